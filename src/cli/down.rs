@@ -1,0 +1,68 @@
+//! `labctl down`: removes the lab's containers and network; data volumes only when asked.
+
+use std::{io::IsTerminal, process::ExitCode};
+
+use anyhow::{bail, Result};
+
+use crate::{config::Config, docker::Runtime, stack::Stack, state::State};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Also delete the data volumes (topic, tables, Delta table, checkpoints) and the state file.
+    #[arg(long)]
+    volumes: bool,
+    /// Do not ask before deleting data.
+    #[arg(long, short)]
+    yes: bool,
+}
+
+pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
+    let rt = Runtime::connect().await?;
+    let project = config.project.clone();
+    if args.volumes && !args.yes {
+        if !std::io::stdin().is_terminal() {
+            bail!("`down --volumes` deletes all of lab `{project}`'s data; add --yes to confirm when not at a terminal");
+        }
+        eprint!("Delete all data of lab `{project}` (topic, tables, Delta table, checkpoints)? [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("nothing deleted");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    // Stop dependants before what they depend on, so e.g. TaskManagers do not log a storm of
+    // reconnect errors while the JobManager goes away.
+    let order: Vec<&str> = match State::load(&project)? {
+        Some(st) => Stack::new(&config, &st).start_order().iter().rev().map(|s| s.name).collect(),
+        None => vec![],
+    };
+    let mut containers = rt.list_containers(&project).await?;
+    containers.sort_by_key(|c| order.iter().position(|s| *s == c.service).unwrap_or(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in &containers {
+        let (rt, name) = (rt.clone(), c.name.clone());
+        tasks.spawn(async move { rt.remove_container(&name, 20).await.map(|_| name) });
+    }
+    while let Some(r) = tasks.join_next().await {
+        eprintln!("removed {}", r??);
+    }
+    for n in rt.project_networks(&project).await? {
+        rt.remove_network(&n).await?;
+        eprintln!("removed network {n}");
+    }
+    if args.volumes {
+        for v in rt.project_volumes(&project).await? {
+            rt.remove_volume(&v).await?;
+            eprintln!("removed volume {v}");
+        }
+        State::remove(&project)?;
+    } else {
+        let kept = rt.project_volumes(&project).await?;
+        if !kept.is_empty() {
+            eprintln!("kept {} data volume(s); `labctl down --volumes` deletes them", kept.len());
+        }
+    }
+    eprintln!("lab `{project}` is down");
+    Ok(ExitCode::SUCCESS)
+}

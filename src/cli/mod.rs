@@ -1,0 +1,101 @@
+//! The command line: one module per command, each taking its parsed arguments and a config.
+
+mod down;
+mod images;
+mod logs;
+mod render;
+mod status;
+mod up;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "labctl",
+    version,
+    about = "Stand up, feed and inspect the IIoT streaming lab (Kafka-API broker, TimescaleDB, Flink, Spark, Delta Lake on Azurite)",
+    after_help = "Configuration: defaults, then labctl.toml (or --config), then LABCTL_* variables \
+                  (e.g. LABCTL_FLINK_TASKMANAGERS=2). Logs: RUST_LOG=labctl=debug."
+)]
+pub struct Cli {
+    /// Config file (default: ./labctl.toml if it exists).
+    #[arg(long, global = true, env = "LABCTL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Lab name: prefix of its containers, network and volumes (overrides the config).
+    #[arg(long, short = 'p', global = true, value_name = "NAME")]
+    pub project: Option<String>,
+    /// More log output (same as RUST_LOG=labctl=debug).
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build what is missing, start every service and wait until each really works.
+    Up(up::Args),
+    /// Stop and remove the lab's containers and network (data volumes stay unless --volumes).
+    Down(down::Args),
+    /// Where every service stands.
+    Status(status::Args),
+    /// Show a service's logs.
+    Logs(logs::Args),
+    /// Print files derived from the stack definition (compose file, init-db.sql).
+    Render(render::Args),
+    /// Build or inspect the lab's images.
+    #[command(subcommand)]
+    Images(images::Command),
+    /// Print the effective configuration (defaults + labctl.toml + LABCTL_*), as TOML.
+    Config,
+}
+
+pub fn load_config(cli: &Cli) -> Result<Config> {
+    let mut config = Config::load(cli.config.as_deref(), std::env::vars())?;
+    if let Some(p) = &cli.project {
+        config.project = p.clone();
+        config.validate()?;
+    }
+    Ok(config)
+}
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let config = load_config(&cli)?;
+    match cli.command {
+        Command::Up(a) => up::run(config, a).await,
+        Command::Down(a) => down::run(config, a).await,
+        Command::Status(a) => status::run(config, a).await,
+        Command::Logs(a) => logs::run(config, a).await,
+        Command::Render(a) => render::run(config, a),
+        Command::Images(c) => images::run(config, c).await,
+        Command::Config => {
+            print!("{}", toml::to_string_pretty(&config)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A spinner-style progress line; hidden automatically when stderr is not a terminal.
+pub fn spinner(multi: &indicatif::MultiProgress, prefix: &str) -> indicatif::ProgressBar {
+    let pb = multi.add(indicatif::ProgressBar::new_spinner());
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{spinner:.cyan} {prefix:<18.bold} {elapsed:>4} {wide_msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    pb.set_prefix(prefix.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    pb
+}
+
+/// Ends a progress line with a final message that also reaches non-terminal output.
+pub fn finish(pb: &indicatif::ProgressBar, msg: String) {
+    if pb.is_hidden() {
+        eprintln!("{:<18} {msg}", pb.prefix());
+    }
+    pb.finish_with_message(msg);
+}

@@ -1,0 +1,58 @@
+//! `labctl render`: the files derived from the stack definition.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Context, Result};
+
+use crate::{config::Config, render, schema, stack::Stack, state::State};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(value_enum)]
+    what: What,
+    /// Write to this file instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Exit non-zero if FILE (--output) differs from what would be rendered; write nothing.
+    #[arg(long, requires = "output")]
+    check: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum What {
+    /// docker-compose.yml for the configured stack.
+    Compose,
+    /// init-db.sql: both tables and hypertables.
+    InitDb,
+}
+
+pub fn run(config: Config, args: Args) -> Result<ExitCode> {
+    let text = match args.what {
+        What::Compose => {
+            // Rendering needs no running lab: use remembered ports if any, else the config's.
+            let state = State::load(&config.project)?
+                .unwrap_or_else(|| State { db_password: String::new(), ports: config.ports.clone() });
+            render::compose(&Stack::new(&config, &state))?
+        }
+        What::InitDb => schema::init_db_sql(),
+    };
+    match (&args.output, args.check) {
+        (Some(path), true) => {
+            let current = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            if current != text {
+                eprintln!("{} is out of date; regenerate it with `labctl render {} -o {}`", path.display(), what_name(args.what), path.display());
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        (Some(path), false) => std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?,
+        (None, _) => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn what_name(w: What) -> &'static str {
+    match w {
+        What::Compose => "compose",
+        What::InitDb => "init-db",
+    }
+}

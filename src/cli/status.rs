@@ -1,0 +1,153 @@
+//! `labctl status`: every service's containers and readiness, checked in parallel, each check
+//! with a short timeout so a dead service shows as down instead of hanging the command.
+
+use std::{process::ExitCode, time::{Duration, Instant}};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::{
+    config::Config,
+    docker::Runtime,
+    lab::Lab,
+    stack::Probe,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// One JSON document on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Include the database password and connection string.
+    #[arg(long)]
+    show_secrets: bool,
+    /// Seconds each check may take.
+    #[arg(long, default_value_t = 2.0, value_name = "SECS")]
+    timeout: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceStatus {
+    pub service: String,
+    /// running / partial / stopped / missing
+    pub state: String,
+    pub containers: Vec<ContainerStatus>,
+    pub ready: bool,
+    pub detail: String,
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ContainerStatus {
+    pub name: String,
+    pub state: String,
+    pub status: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub project: String,
+    pub healthy: bool,
+    pub services: Vec<ServiceStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<serde_json::Value>,
+    pub elapsed_ms: u128,
+}
+
+pub async fn collect(lab: &Lab, rt: &Runtime, timeout: Duration) -> Result<Vec<ServiceStatus>> {
+    let containers = rt.list_containers(&lab.stack.project).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, svc) in lab.stack.services.iter().enumerate() {
+        let (lab, svc) = (lab.clone(), svc.clone());
+        tasks.spawn(async move {
+            let r = tokio::time::timeout(timeout, lab.probe(&svc.probe, timeout)).await;
+            let r = r.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {timeout:?}")));
+            (i, r.map_err(|e| format!("{e:#}")))
+        });
+    }
+    let mut probes = vec![Err(String::new()); lab.stack.services.len()];
+    while let Some(r) = tasks.join_next().await {
+        let (i, res) = r?;
+        probes[i] = res;
+    }
+    let mut out = Vec::new();
+    for (svc, probe) in lab.stack.services.iter().zip(probes) {
+        let mine: Vec<_> = containers.iter().filter(|c| c.service == svc.name).collect();
+        let running = mine.iter().filter(|c| c.running()).count();
+        let state = match (running, mine.len()) {
+            (_, 0) => "missing",
+            (r, n) if r == n && n as u32 >= svc.replicas => "running",
+            (0, _) => "stopped",
+            _ => "partial",
+        };
+        // A service checked through another is ready when its containers run and that check passes.
+        let (ready, detail) = match (&svc.probe, probe) {
+            (Probe::CoveredBy { .. }, Ok(d)) => (state == "running", if state == "running" { d } else { format!("{running}/{} running", svc.replicas) }),
+            (_, Ok(d)) => (state == "running", d),
+            (_, Err(e)) => (false, e),
+        };
+        out.push(ServiceStatus {
+            service: svc.name.to_string(),
+            state: state.to_string(),
+            containers: mine
+                .iter()
+                .map(|c| ContainerStatus { name: c.name.clone(), state: c.state.clone(), status: c.status.clone() })
+                .collect(),
+            ready,
+            detail,
+            url: svc.ports.iter().find(|p| p.url_path.is_some()).map(|p| format!("http://{}:{}", lab.stack.bind_address, p.host)),
+        });
+    }
+    Ok(out)
+}
+
+pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
+    let started = Instant::now();
+    let lab = Lab::existing(config)?;
+    let rt = Runtime::connect().await?;
+    let timeout = Duration::from_secs_f64(args.timeout.clamp(0.1, 60.0));
+    let services = collect(&lab, &rt, timeout).await?;
+    let healthy = services.iter().all(|s| s.ready);
+    let secrets = args.show_secrets.then(|| {
+        let p = &lab.state.ports;
+        serde_json::json!({
+            "db_password": lab.state.db_password,
+            "db_url": format!("postgresql://{}:{}@{}:{}/{}", lab.config.database.user, lab.state.db_password, lab.stack.bind_address, p.database, lab.config.database.name),
+        })
+    });
+    let report = Report { project: lab.stack.project.clone(), healthy, services, secrets, elapsed_ms: started.elapsed().as_millis() };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
+
+fn print_table(r: &Report) {
+    let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let paint = |ok: bool, s: &str| match (color, ok) {
+        (false, _) => s.to_string(),
+        (true, true) => format!("\x1b[32m{s}\x1b[0m"),
+        (true, false) => format!("\x1b[31m{s}\x1b[0m"),
+    };
+    println!("lab `{}`: {}", r.project, paint(r.healthy, if r.healthy { "all services ready" } else { "NOT all services ready" }));
+    println!("{:<18} {:<8} {:<6} {:<24} {}", "SERVICE", "STATE", "READY", "URL", "DETAIL");
+    for s in &r.services {
+        let n = s.containers.len();
+        let state = if n > 1 { format!("{} x{n}", s.state) } else { s.state.clone() };
+        println!(
+            "{:<18} {:<8} {:<6} {:<24} {}",
+            s.service,
+            state,
+            paint(s.ready, if s.ready { "yes" } else { "no" }),
+            s.url.clone().unwrap_or_default(),
+            s.detail
+        );
+    }
+    if let Some(sec) = &r.secrets {
+        println!("database password: {}", sec["db_password"].as_str().unwrap_or(""));
+        println!("database url:      {}", sec["db_url"].as_str().unwrap_or(""));
+    }
+    println!("({} ms)", r.elapsed_ms);
+}

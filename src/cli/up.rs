@@ -1,0 +1,258 @@
+//! `labctl up`: images, network, volumes, containers in dependency order, then real readiness,
+//! then the lab's own setup (topic, schema, lake container). Safe to run again at any time:
+//! what already runs is kept, what is missing or changed is repaired.
+
+use std::{
+    collections::HashSet,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use indicatif::MultiProgress;
+
+use super::{finish, spinner};
+use crate::{
+    config::Config,
+    docker::{images::tail_lines, Action, ContainerInfo, Runtime},
+    lab::Lab,
+    stack::{Probe, Secret, Service, IMAGES},
+    state::State,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Number of Flink TaskManagers (overrides flink.taskmanagers).
+    #[arg(long, value_name = "N")]
+    taskmanagers: Option<u32>,
+    /// Number of Spark workers (overrides spark.workers).
+    #[arg(long, value_name = "N")]
+    spark_workers: Option<u32>,
+    /// Rebuild every image even if one with the same inputs exists.
+    #[arg(long)]
+    rebuild: bool,
+    /// Print a JSON summary (ports, URLs, timings) on stdout when done.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(mut config: Config, args: Args) -> Result<ExitCode> {
+    if let Some(n) = args.taskmanagers {
+        config.flink.taskmanagers = n;
+    }
+    if let Some(n) = args.spark_workers {
+        config.spark.workers = n;
+    }
+    config.validate()?;
+    let started = Instant::now();
+    let rt = Runtime::connect().await?;
+    let state = State::load_or_init(&config)?;
+    let lab = Lab::new(config, state);
+    let existing = rt.list_containers(&lab.stack.project).await?;
+
+    check_ports(&lab, &existing)?;
+    lab.state.save(&lab.stack.project)?;
+
+    let multi = MultiProgress::new();
+    let t_images = Instant::now();
+    let tags = build_images(&rt, &multi, args.rebuild).await?;
+    let images_secs = t_images.elapsed().as_secs_f64();
+
+    rt.ensure_network(&lab.stack).await?;
+    rt.ensure_volumes(&lab.stack).await?;
+    remove_surplus(&rt, &lab, &existing).await?;
+
+    let t_start = Instant::now();
+    let password = lab.state.db_password.clone();
+    let secrets = move |s: Secret| match s {
+        Secret::DbPassword => password.clone(),
+    };
+    let mut changed = 0;
+    for svc in lab.stack.start_order() {
+        let tag = tags.iter().find(|(n, _)| *n == svc.image.name).map(|(_, t)| t.clone()).context("image tag")?;
+        for replica in 1..=svc.replicas {
+            let name = lab.stack.container_name(svc.name, replica);
+            let current = existing.iter().find(|c| c.name == name);
+            let action = rt.ensure_container(&lab.stack, svc, replica, &tag, &secrets, current).await?;
+            if action != Action::Kept {
+                changed += 1;
+                tracing::info!("{name}: {}", action.verb());
+            }
+        }
+    }
+
+    wait_ready(&rt, &lab, &multi).await?;
+    setup_lab(&lab, &multi).await?;
+    let ready_secs = t_start.elapsed().as_secs_f64();
+
+    let total = started.elapsed().as_secs_f64();
+    let urls = [("Flink UI", lab.stack.url("flink_ui")), ("Spark UI", lab.stack.url("spark_ui"))];
+    if args.json {
+        let doc = serde_json::json!({
+            "project": lab.stack.project,
+            "containers_changed": changed,
+            "ports": lab.state.ports,
+            "flink_ui": urls[0].1, "spark_ui": urls[1].1,
+            "seconds": { "images": images_secs, "start_to_ready": ready_secs, "total": total },
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        eprintln!(
+            "lab `{}` is up ({} container(s) changed) in {total:.1} s",
+            lab.stack.project, changed
+        );
+        for (what, url) in urls {
+            if let Some(u) = url {
+                eprintln!("  {what:<9} {u}");
+            }
+        }
+        let p = &lab.state.ports;
+        eprintln!("  broker    {}:{} (topic `{}`)", lab.stack.bind_address, p.broker, lab.config.broker.topic);
+        eprintln!(
+            "  database  postgresql://{}@{}:{}/{} (password: `labctl status --show-secrets`)",
+            lab.config.database.user, lab.stack.bind_address, p.database, lab.config.database.name
+        );
+        eprintln!("  azurite   http://{}:{}/devstoreaccount1", lab.stack.bind_address, p.azurite);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses before changing anything when a host port the lab needs is held by something else.
+fn check_ports(lab: &Lab, existing: &[ContainerInfo]) -> Result<()> {
+    for svc in &lab.stack.services {
+        let ours_running = existing.iter().any(|c| c.service == svc.name && c.running());
+        for p in &svc.ports {
+            if ours_running {
+                continue; // held by our own container
+            }
+            if let Err(e) = std::net::TcpListener::bind((lab.stack.bind_address.as_str(), p.host)) {
+                bail!(
+                    "port {} on {} ({}, config key ports.{}) is already in use: {e}. Free it, or pick another port in \
+                     labctl.toml [ports] or with LABCTL_PORTS_{}=<port> (0 picks a free one)",
+                    p.host,
+                    lab.stack.bind_address,
+                    svc.name,
+                    p.key,
+                    p.key.to_ascii_uppercase()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Base image first, then each image one at a time (builds are CPU-bound; 2 cores here).
+async fn build_images(rt: &Runtime, multi: &MultiProgress, force: bool) -> Result<Vec<(&'static str, String)>> {
+    let pb = spinner(multi, "images");
+    rt.ensure_base(&pb).await?;
+    let mut tags = Vec::new();
+    let mut built = Vec::new();
+    for spec in IMAGES {
+        let t = Instant::now();
+        let (tag, was_built) = rt.ensure_image(spec, force, &pb).await?;
+        if was_built {
+            let line = format!("built {tag} in {:.0} s", t.elapsed().as_secs_f64());
+            pb.println(&line);
+            tracing::info!("{line}");
+            built.push(spec.name);
+        }
+        tags.push((spec.name, tag));
+    }
+    finish(&pb, if built.is_empty() { "all cached".into() } else { format!("built {}", built.join(", ")) });
+    Ok(tags)
+}
+
+/// Containers of replicas beyond the configured count, or of services no longer defined.
+async fn remove_surplus(rt: &Runtime, lab: &Lab, existing: &[ContainerInfo]) -> Result<()> {
+    for c in existing {
+        let keep = lab.stack.service(&c.service).is_some_and(|s| c.replica >= 1 && c.replica <= s.replicas);
+        if !keep {
+            tracing::info!("removing {} (scaled down or no longer defined)", c.name);
+            rt.remove_container(&c.name, 20).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Polls every service's probe concurrently until it passes or the timeout ends.
+async fn wait_ready(rt: &Runtime, lab: &Lab, multi: &MultiProgress) -> Result<()> {
+    let timeout = Duration::from_secs(lab.config.ready_timeout_secs);
+    let mut tasks = tokio::task::JoinSet::new();
+    for svc in lab.stack.services.iter().filter(|s| !matches!(s.probe, Probe::CoveredBy { .. })) {
+        let pb = spinner(multi, svc.name);
+        let (lab, svc) = (lab.clone(), svc.clone());
+        tasks.spawn(async move {
+            let start = Instant::now();
+            let mut last_err = String::new();
+            loop {
+                match lab.probe(&svc.probe, Duration::from_secs(3)).await {
+                    Ok(detail) => {
+                        finish(&pb, format!("ready in {:.1} s: {detail}", start.elapsed().as_secs_f64()));
+                        return Ok::<_, (Service, String)>(());
+                    }
+                    Err(e) => {
+                        last_err = format!("{e:#}");
+                        pb.set_message(format!("waiting: {last_err}"));
+                    }
+                }
+                if start.elapsed() > timeout {
+                    pb.abandon_with_message(format!("NOT READY after {timeout:?}: {last_err}"));
+                    return Err((svc, last_err));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(res) = tasks.join_next().await {
+        if let Err((svc, why)) = res.context("readiness task")? {
+            failures.push((svc, why));
+        }
+    }
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let mut msg = String::new();
+    for (svc, why) in &failures {
+        msg.push_str(&format!("\n{} never became ready: {why}", svc.name));
+        // Show the logs of the service and of those whose readiness it stands for.
+        let related: HashSet<&str> = lab
+            .stack
+            .services
+            .iter()
+            .filter(|s| s.name == svc.name || s.probe == Probe::CoveredBy { service: svc.name })
+            .map(|s| s.name)
+            .collect();
+        for s in lab.stack.services.iter().filter(|s| related.contains(s.name)) {
+            for r in 1..=s.replicas {
+                let name = lab.stack.container_name(s.name, r);
+                let logs = rt.tail_logs(&name, 25).await.unwrap_or_else(|e| format!("(no logs: {e})"));
+                msg.push_str(&format!("\n--- last log lines of {name} ---\n{}", tail_lines(&logs, 25)));
+            }
+        }
+    }
+    bail!(
+        "{} service(s) not ready; the containers are left running for inspection (`labctl logs SERVICE`, `labctl down`):{msg}",
+        failures.len()
+    )
+}
+
+/// What the lab needs beyond running services: the topic, the schema, the lake's container.
+async fn setup_lab(lab: &Lab, multi: &MultiProgress) -> Result<()> {
+    let pb = spinner(multi, "setup");
+    let topic = &lab.config.broker.topic;
+    let created = lab.broker()?.ensure_topic(topic, lab.config.broker.partitions).await?;
+    pb.set_message(format!("topic {topic} {}", if created { "created" } else { "present" }));
+    let tables = lab.database()?.apply_schema().await?;
+    let container = &lab.config.lake.container;
+    lab.blob(Duration::from_secs(5))?.create_container(container).await?;
+    finish(
+        &pb,
+        format!(
+            "topic `{topic}` ({} partitions), hypertables {}, blob container `{container}`",
+            lab.config.broker.partitions,
+            tables.join(" + ")
+        ),
+    );
+    Ok(())
+}

@@ -1,0 +1,408 @@
+//! What the user can change: defaults compiled in, then `labctl.toml`, then `LABCTL_*`
+//! environment variables. Every value that later reaches a container command, a file path or
+//! SQL is validated here, once, so the rest of the code can trust a `Config`.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Environment variables that configure labctl itself rather than the lab.
+const NON_CONFIG_VARS: &[&str] = &["LABCTL_CONFIG", "LABCTL_STATE_DIR", "LABCTL_TANSU_CACHE", "LABCTL_LOG"];
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Prefix of every container, network and volume; two labs with different names never collide.
+    pub project: String,
+    /// Host address the published ports bind to.
+    pub bind_address: String,
+    pub ports: Ports,
+    pub broker: BrokerConfig,
+    pub database: DatabaseConfig,
+    pub flink: FlinkConfig,
+    pub spark: SparkConfig,
+    pub lake: LakeConfig,
+    /// Seconds `up` waits for one service to become ready.
+    pub ready_timeout_secs: u64,
+}
+
+/// Host ports. 0 means "pick a free one on first `up` and keep it" (tests use this).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ports {
+    pub broker: u16,
+    pub database: u16,
+    pub flink_ui: u16,
+    pub spark_ui: u16,
+    pub spark_rest: u16,
+    pub azurite: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    pub topic: String,
+    pub partitions: i32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub user: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlinkConfig {
+    pub taskmanagers: u32,
+    pub slots_per_taskmanager: u32,
+    pub jobmanager_memory: String,
+    pub taskmanager_memory: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SparkConfig {
+    pub workers: u32,
+    pub worker_cores: u32,
+    pub worker_memory: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LakeConfig {
+    /// Blob container holding the Delta tables.
+    pub container: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            project: "iiot-lab".into(),
+            bind_address: "127.0.0.1".into(),
+            ports: Ports::default(),
+            broker: BrokerConfig::default(),
+            database: DatabaseConfig::default(),
+            flink: FlinkConfig::default(),
+            spark: SparkConfig::default(),
+            lake: LakeConfig::default(),
+            ready_timeout_secs: 240,
+        }
+    }
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Self { broker: 9092, database: 5432, flink_ui: 8081, spark_ui: 8080, spark_rest: 6066, azurite: 10000 }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self { topic: "sensors".into(), partitions: 3 }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { user: "lab".into(), name: "iiot".into() }
+    }
+}
+
+impl Default for FlinkConfig {
+    fn default() -> Self {
+        Self {
+            taskmanagers: 1,
+            slots_per_taskmanager: 3,
+            jobmanager_memory: "1024m".into(),
+            taskmanager_memory: "1280m".into(),
+        }
+    }
+}
+
+impl Default for SparkConfig {
+    fn default() -> Self {
+        Self { workers: 1, worker_cores: 2, worker_memory: "2g".into() }
+    }
+}
+
+impl Default for LakeConfig {
+    fn default() -> Self {
+        Self { container: "lake".into() }
+    }
+}
+
+/// A config value that failed validation; names the key so the user knows what to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid value for `{key}`: {value:?}: {reason}")]
+pub struct InvalidValue {
+    pub key: String,
+    pub value: String,
+    pub reason: String,
+}
+
+fn invalid(key: &str, value: impl fmt::Display, reason: &str) -> anyhow::Error {
+    InvalidValue { key: key.into(), value: value.to_string(), reason: reason.into() }.into()
+}
+
+/// Lowercase DNS-label style name: safe in container names, SQL identifiers (after quoting) and paths.
+pub fn check_name(key: &str, value: &str, max: usize) -> Result<()> {
+    let ok = !value.is_empty()
+        && value.len() <= max
+        && value.starts_with(|c: char| c.is_ascii_lowercase())
+        && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !value.ends_with('-');
+    if !ok {
+        bail!(invalid(key, value, &format!("use 1-{max} characters a-z, 0-9 and '-', starting with a letter")));
+    }
+    Ok(())
+}
+
+/// A plain SQL identifier (no quoting needed, nothing to inject).
+pub fn check_identifier(key: &str, value: &str) -> Result<()> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !ok {
+        bail!(invalid(key, value, "use a lowercase SQL identifier: a-z, 0-9 and '_', starting with a letter or '_'"));
+    }
+    Ok(())
+}
+
+fn check_range<T: PartialOrd + fmt::Display + Copy>(key: &str, value: T, lo: T, hi: T) -> Result<()> {
+    if value < lo || value > hi {
+        bail!(invalid(key, value, &format!("must be between {lo} and {hi}")));
+    }
+    Ok(())
+}
+
+/// JVM-style memory size such as `1024m` or `2g`.
+fn check_memory(key: &str, value: &str) -> Result<()> {
+    let (digits, unit) = value.split_at(value.len().saturating_sub(1));
+    let ok = matches!(unit, "m" | "g") && !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit());
+    if !ok {
+        bail!(invalid(key, value, "use a whole number followed by m or g, e.g. 1024m or 2g"));
+    }
+    Ok(())
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<()> {
+        check_name("project", &self.project, 40)?;
+        let addr: std::net::IpAddr = self
+            .bind_address
+            .parse()
+            .map_err(|_| invalid("bind_address", &self.bind_address, "must be an IP address such as 127.0.0.1"))?;
+        if addr.is_unspecified() {
+            tracing::warn!("bind_address {addr} publishes the lab's ports on every interface of this host");
+        }
+        let topic_ok = !self.broker.topic.is_empty()
+            && self.broker.topic.len() <= 200
+            && self.broker.topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            && self.broker.topic != "."
+            && self.broker.topic != "..";
+        if !topic_ok {
+            bail!(invalid("broker.topic", &self.broker.topic, "use 1-200 characters a-z, A-Z, 0-9, '.', '_' and '-'"));
+        }
+        check_range("broker.partitions", self.broker.partitions, 1, 64)?;
+        check_identifier("database.user", &self.database.user)?;
+        check_identifier("database.name", &self.database.name)?;
+        check_range("flink.taskmanagers", self.flink.taskmanagers, 1, 8)?;
+        check_range("flink.slots_per_taskmanager", self.flink.slots_per_taskmanager, 1, 16)?;
+        check_memory("flink.jobmanager_memory", &self.flink.jobmanager_memory)?;
+        check_memory("flink.taskmanager_memory", &self.flink.taskmanager_memory)?;
+        check_range("spark.workers", self.spark.workers, 1, 8)?;
+        check_range("spark.worker_cores", self.spark.worker_cores, 1, 64)?;
+        check_memory("spark.worker_memory", &self.spark.worker_memory)?;
+        // Azure container names: 3-63 lowercase letters, digits and single dashes.
+        check_name("lake.container", &self.lake.container, 63)?;
+        if self.lake.container.len() < 3 || self.lake.container.contains("--") {
+            bail!(invalid("lake.container", &self.lake.container, "Azure needs 3-63 characters and no '--'"));
+        }
+        check_range("ready_timeout_secs", self.ready_timeout_secs, 5, 3600)?;
+        Ok(())
+    }
+
+    /// Loads defaults, then the file (explicit path, or `labctl.toml` in the working directory
+    /// if present), then `LABCTL_*` variables from `env`.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self> {
+        let mut value = toml::Value::try_from(Config::default()).context("serialising defaults")?;
+        let file = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from("labctl.toml")).filter(|p| p.exists()),
+        };
+        if let Some(file) = &file {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read config file {}", file.display()))?;
+            let overlay: toml::Value = parse_toml(file, &text)?;
+            merge(&mut value, overlay);
+            // Deserialise the merged file once here so unknown keys are reported against the file.
+            let merged = toml::to_string(&value).context("re-serialising config")?;
+            toml::from_str::<Config>(&merged).map_err(|e| file_error(file, &text, &e))?;
+        }
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix("LABCTL_") else { continue };
+            if NON_CONFIG_VARS.contains(&name.as_str()) {
+                continue;
+            }
+            apply_env(&mut value, &name, rest, &raw)?;
+        }
+        let merged = toml::to_string(&value).context("re-serialising config")?;
+        let config: Config = toml::from_str(&merged).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        config.validate().with_context(|| match &file {
+            Some(f) => format!("configuration from {} and LABCTL_* variables", f.display()),
+            None => "configuration from LABCTL_* variables".to_string(),
+        })?;
+        Ok(config)
+    }
+}
+
+fn parse_toml(file: &Path, text: &str) -> Result<toml::Value> {
+    // Parse as a table, not as `Config`, so the file may set only some keys.
+    toml::from_str::<toml::Table>(text).map(toml::Value::Table).map_err(|e| file_error(file, text, &e))
+}
+
+/// Formats a TOML error as `file:line:column: message`, the shape editors jump to.
+fn file_error(file: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let (line, col) = match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+            (line, col)
+        }
+        None => (1, 1),
+    };
+    anyhow::anyhow!("{}:{line}:{col}: {}", file.display(), e.message().trim())
+}
+
+fn merge(base: &mut toml::Value, overlay: toml::Value) {
+    match (base, overlay) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) if slot.is_table() && v.is_table() => merge(slot, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// `LABCTL_FLINK_TASKMANAGERS=2` sets `flink.taskmanagers`; `LABCTL_PROJECT=x` sets `project`.
+fn apply_env(value: &mut toml::Value, name: &str, rest: &str, raw: &str) -> Result<()> {
+    let root = value.as_table_mut().expect("config is a table");
+    let lower = rest.to_ascii_lowercase();
+    // Top-level keys first (they contain underscores too: ready_timeout_secs, bind_address).
+    let (table, key) = if root.get(&lower).is_some_and(|v| !v.is_table()) {
+        (root, lower)
+    } else {
+        let Some((section, key)) = lower.split_once('_') else {
+            bail!("unknown environment variable {name}: no config key `{lower}`; see `labctl config --help`")
+        };
+        match root.get_mut(section).and_then(|v| v.as_table_mut()) {
+            Some(t) if t.contains_key(key) => (t, key.to_string()),
+            _ => bail!("unknown environment variable {name}: no config key `{section}.{key}`; see `labctl config show`"),
+        }
+    };
+    let old = table.get(&key).expect("checked above");
+    let new = match old {
+        toml::Value::Integer(_) => toml::Value::Integer(
+            raw.trim().parse().map_err(|_| invalid(name, raw, "must be a whole number"))?,
+        ),
+        toml::Value::Boolean(_) => toml::Value::Boolean(
+            raw.trim().parse().map_err(|_| invalid(name, raw, "must be true or false"))?,
+        ),
+        _ => toml::Value::String(raw.to_string()),
+    };
+    table.insert(key, new);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("labctl.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Some(&path), env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let c = load_str("project = \"lab-a\"\n[flink]\ntaskmanagers = 2\n", &[("LABCTL_FLINK_TASKMANAGERS", "3"), ("LABCTL_PORTS_BROKER", "0")]).unwrap();
+        assert_eq!(c.project, "lab-a");
+        assert_eq!(c.flink.taskmanagers, 3);
+        assert_eq!(c.ports.broker, 0);
+        assert_eq!(c.flink.slots_per_taskmanager, 3, "untouched keys keep defaults");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = load_str("project = \"x\"\n[flink]\ntaskmanager = 2\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("labctl.toml:"), "{err}");
+        assert!(err.contains("taskmanager"), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let err = load_str("project = \n", &[]).unwrap_err().to_string();
+        assert!(err.contains("labctl.toml:1:"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let err = load_str("[flink]\ntaskmanagers = \"two\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("taskmanagers") || err.contains("invalid type"), "{err}");
+    }
+
+    #[test]
+    fn hostile_values_are_rejected() {
+        for (k, v) in [
+            ("LABCTL_PROJECT", "lab; rm -rf /"),
+            ("LABCTL_PROJECT", "../etc"),
+            ("LABCTL_PROJECT", "$(id)"),
+            ("LABCTL_BROKER_TOPIC", "a'b"),
+            ("LABCTL_DATABASE_USER", "x\"; drop table t; --"),
+            ("LABCTL_DATABASE_NAME", "Robert'); DROP"),
+            ("LABCTL_FLINK_JOBMANAGER_MEMORY", "1g -XX:+Evil"),
+            ("LABCTL_LAKE_CONTAINER", "../../x"),
+            ("LABCTL_BIND_ADDRESS", "localhost; id"),
+        ] {
+            let err = load_str("", &[(k, v)]).unwrap_err();
+            let text = format!("{err:#}");
+            let key = k.trim_start_matches("LABCTL_").to_ascii_lowercase();
+            let dotted = key.replacen('_', ".", 1);
+            assert!(text.contains(&key) || text.contains(&dotted), "{k}={v}: {text}");
+        }
+    }
+
+    #[test]
+    fn impossible_counts_are_rejected() {
+        for (k, v) in [("LABCTL_FLINK_TASKMANAGERS", "0"), ("LABCTL_SPARK_WORKERS", "99"), ("LABCTL_BROKER_PARTITIONS", "-1"), ("LABCTL_FLINK_TASKMANAGERS", "two")] {
+            assert!(load_str("", &[(k, v)]).is_err(), "{k}={v} accepted");
+        }
+    }
+
+    #[test]
+    fn unknown_env_var_is_an_error() {
+        let err = load_str("", &[("LABCTL_FLINK_TASKMANAGER", "2")]).unwrap_err().to_string();
+        assert!(err.contains("LABCTL_FLINK_TASKMANAGER"), "{err}");
+    }
+}

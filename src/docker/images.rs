@@ -1,0 +1,310 @@
+//! Images built here, on one Debian 12 base. An image's tag is a hash of its build inputs (the
+//! Dockerfile and the files it copies, all embedded in this binary), so an unchanged image is
+//! never rebuilt and a changed one always is.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bollard::image::{BuildImageOptions, CreateImageOptions, TagImageOptions};
+use futures_util::StreamExt;
+use indicatif::ProgressBar;
+use sha2::{Digest, Sha256};
+
+use super::Runtime;
+use crate::{
+    assets,
+    stack::{HostBinary, ImageSpec},
+};
+
+pub const BASE_IMAGE: &str = "labctl/debian:bookworm";
+/// Tried first where a registry is reachable.
+const REGISTRY_BASE: &str = "debian:bookworm-slim";
+pub const TANSU_VERSION: &str = "0.6.0";
+const TANSU_FEATURES: &str = "libsql";
+/// Lines of build output shown when a step fails.
+const FAILED_STEP_LINES: usize = 40;
+
+pub fn image_tag(spec: &ImageSpec) -> String {
+    format!("labctl/{}:{}", spec.name, input_hash(spec))
+}
+
+/// Hash of everything an image is built from, except the host's CA bundle (an environment
+/// fact, not an input: the same Dockerfile behind a proxy or not gives the same image).
+pub fn input_hash(spec: &ImageSpec) -> String {
+    let mut h = Sha256::new();
+    h.update(spec.dockerfile.as_bytes());
+    for (path, bytes) in context_files(spec) {
+        h.update(path.as_bytes());
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    }
+    if let Some(HostBinary::Tansu) = spec.host_binary {
+        h.update(format!("tansu {TANSU_VERSION} features={TANSU_FEATURES}").as_bytes());
+    }
+    hex::encode(&h.finalize()[..6])
+}
+
+fn context_files(spec: &ImageSpec) -> Vec<(&'static str, &'static [u8])> {
+    assets::FILES
+        .iter()
+        .filter(|(path, _)| {
+            *path == spec.dockerfile
+                || spec.inputs.iter().any(|i| *path == *i || path.starts_with(&format!("{i}/")))
+        })
+        .copied()
+        .collect()
+}
+
+/// The host's CA bundle, so builds work behind an intercepting TLS proxy.
+fn host_ca_bundle() -> Vec<u8> {
+    let path = std::env::var_os("SSL_CERT_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
+    std::fs::read(&path).unwrap_or_default()
+}
+
+fn build_context(spec: &ImageSpec, host_binary: Option<&Path>) -> Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, bytes: &[u8], mode: u32| -> Result<()> {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(mode);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, path, bytes).with_context(|| format!("adding {path} to the build context"))
+    };
+    for (path, bytes) in context_files(spec) {
+        let mode = if path.ends_with(".sh") { 0o755 } else { 0o644 };
+        add(path, bytes, mode)?;
+    }
+    add(".labctl/host-ca.crt", &host_ca_bundle(), 0o644)?;
+    if let Some(bin) = host_binary {
+        let bytes = std::fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
+        add(".labctl/tansu", &bytes, 0o755)?;
+    }
+    Ok(b.into_inner()?)
+}
+
+impl Runtime {
+    pub async fn image_exists(&self, tag: &str) -> bool {
+        self.docker.inspect_image(tag).await.is_ok()
+    }
+
+    /// Makes sure the base image exists: pulled where a registry answers, else debootstrapped.
+    pub async fn ensure_base(&self, pb: &ProgressBar) -> Result<()> {
+        if self.image_exists(BASE_IMAGE).await {
+            return Ok(());
+        }
+        pb.set_message(format!("pulling {REGISTRY_BASE}"));
+        match self.pull(REGISTRY_BASE).await {
+            Ok(()) => {
+                self.docker
+                    .tag_image(REGISTRY_BASE, Some(TagImageOptions { repo: "labctl/debian", tag: "bookworm" }))
+                    .await
+                    .context("tagging the base image")?;
+                return Ok(());
+            }
+            Err(e) => {
+                let msg = format!("no registry reachable ({e:#}); making the base image with debootstrap instead");
+                pb.println(format!("note: {msg}"));
+                tracing::info!("{msg}");
+            }
+        }
+        self.bootstrap_base(pb).await
+    }
+
+    async fn pull(&self, image: &str) -> Result<()> {
+        let fut = async {
+            let mut s = self.docker.create_image(
+                Some(CreateImageOptions { from_image: image, ..Default::default() }),
+                None,
+                None,
+            );
+            while let Some(item) = s.next().await {
+                item?;
+            }
+            Ok::<_, bollard::errors::Error>(())
+        };
+        tokio::time::timeout(Duration::from_secs(120), fut).await.map_err(|_| anyhow!("pull timed out"))??;
+        Ok(())
+    }
+
+    /// `debootstrap --variant=minbase bookworm` into a temporary folder, imported as the base.
+    pub async fn bootstrap_base(&self, pb: &ProgressBar) -> Result<()> {
+        which("debootstrap").ok_or_else(|| {
+            anyhow!("the base image must be made with debootstrap, which is not installed: `apt-get install debootstrap` (as root)")
+        })?;
+        let dir = tempfile_dir("labctl-rootfs")?;
+        let rootfs = dir.join("bookworm");
+        pb.set_message("debootstrap bookworm (about a minute)");
+        let out = tokio::process::Command::new("debootstrap")
+            .args(["--variant=minbase", "bookworm"])
+            .arg(&rootfs)
+            .arg("http://deb.debian.org/debian")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .context("running debootstrap")?;
+        if !out.status.success() {
+            let _ = std::fs::remove_dir_all(&dir);
+            bail!(
+                "debootstrap failed (needs root and Debian's archive):\n{}",
+                tail_lines(&String::from_utf8_lossy(&[out.stdout, out.stderr].concat()), 20)
+            );
+        }
+        pb.set_message("importing the base image");
+        let tar = tokio::process::Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .args(["-c", "."])
+            .stdout(Stdio::piped())
+            .output()
+            .await
+            .context("packing the root file system")?;
+        let _ = std::fs::remove_dir_all(&dir);
+        if !tar.status.success() {
+            bail!("tar of the debootstrapped root file system failed");
+        }
+        let mut s = self.docker.create_image(
+            Some(CreateImageOptions { from_src: "-", repo: "labctl/debian", tag: "bookworm", ..Default::default() }),
+            Some(tar.stdout.into()),
+            None,
+        );
+        while let Some(item) = s.next().await {
+            item.context("importing the base image")?;
+        }
+        Ok(())
+    }
+
+    /// Builds the image unless an image with the same input hash exists. Returns its tag and
+    /// whether it was built.
+    pub async fn ensure_image(&self, spec: &ImageSpec, force: bool, pb: &ProgressBar) -> Result<(String, bool)> {
+        let tag = image_tag(spec);
+        if !force && self.image_exists(&tag).await {
+            return Ok((tag, false));
+        }
+        let binary = match spec.host_binary {
+            Some(HostBinary::Tansu) => Some(ensure_tansu(pb).await?),
+            None => None,
+        };
+        let context = build_context(spec, binary.as_deref())?;
+        pb.set_message(format!("building {tag}"));
+        let mut stream = self.docker.build_image(
+            BuildImageOptions {
+                dockerfile: spec.dockerfile.to_string(),
+                t: tag.clone(),
+                rm: true,
+                forcerm: true,
+                buildargs: HashMap::from([("BASE_IMAGE".to_string(), BASE_IMAGE.to_string())]),
+                labels: HashMap::from([("labctl.image".to_string(), spec.name.to_string())]),
+                ..Default::default()
+            },
+            None,
+            Some(context.into()),
+        );
+        let mut log = String::new();
+        while let Some(item) = stream.next().await {
+            let info = match item {
+                Ok(i) => i,
+                Err(e) => bail!("building {tag} from {} failed: {e}\n{}", spec.dockerfile, tail_lines(&log, FAILED_STEP_LINES)),
+            };
+            if let Some(s) = info.stream {
+                log.push_str(&s);
+                if let Some(line) = s.lines().rev().find(|l| !l.trim().is_empty()) {
+                    pb.set_message(format!("{}: {}", spec.name, truncate(line.trim(), 70)));
+                }
+            }
+            if let Some(err) = info.error {
+                bail!(
+                    "building {tag} from {} failed: {}\n--- last build output ---\n{}",
+                    spec.dockerfile,
+                    err.trim(),
+                    tail_lines(&log, FAILED_STEP_LINES)
+                );
+            }
+        }
+        if !self.image_exists(&tag).await {
+            bail!("building {tag} ended without an image:\n{}", tail_lines(&log, FAILED_STEP_LINES));
+        }
+        Ok((tag, true))
+    }
+}
+
+/// The tansu binary, built once with the host's cargo into a cache folder.
+pub async fn ensure_tansu(pb: &ProgressBar) -> Result<PathBuf> {
+    let root = std::env::var_os("LABCTL_TANSU_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+        home.join(".cache/labctl").join(format!("tansu-{TANSU_VERSION}"))
+    });
+    let bin = root.join("bin/tansu");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    which("cargo").ok_or_else(|| {
+        anyhow!("the broker image needs the tansu binary, built with cargo, which is not on PATH: install Rust (rustup) or set LABCTL_TANSU_CACHE to a folder holding bin/tansu")
+    })?;
+    pb.set_message(format!("cargo install tansu {TANSU_VERSION} (one time, 6-10 min)"));
+    let out = tokio::process::Command::new("cargo")
+        .args(["install", "tansu", "--version", TANSU_VERSION, "--no-default-features", "--features", TANSU_FEATURES, "--root"])
+        .arg(&root)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .context("running cargo install tansu")?;
+    if !out.status.success() || !bin.exists() {
+        bail!("cargo install tansu {TANSU_VERSION} failed:\n{}", tail_lines(&String::from_utf8_lossy(&out.stderr), 30));
+    }
+    Ok(bin)
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(cmd)).find(|p| p.is_file())
+}
+
+fn tempfile_dir(prefix: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+pub fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<_> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n).collect::<String>() + "…"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stack::IMAGES;
+
+    #[test]
+    fn every_image_has_its_dockerfile_embedded() {
+        for spec in IMAGES {
+            assert!(context_files(spec).iter().any(|(p, _)| *p == spec.dockerfile), "{} missing", spec.dockerfile);
+        }
+    }
+
+    #[test]
+    fn tags_are_stable_and_distinct() {
+        let tags: Vec<_> = IMAGES.iter().map(image_tag).collect();
+        assert_eq!(tags, IMAGES.iter().map(image_tag).collect::<Vec<_>>());
+        let mut d = tags.clone();
+        d.dedup();
+        assert_eq!(d.len(), tags.len());
+    }
+}

@@ -1,0 +1,406 @@
+//! The Docker Engine API (bollard), in the terms labctl needs: a project's network, volumes and
+//! containers, labelled so that every command finds exactly what belongs to one lab.
+
+pub mod images;
+
+use std::collections::HashMap;
+
+use anyhow::{anyhow, Context, Result};
+use bollard::{
+    container::{
+        Config as ContainerConfig, CreateContainerOptions, ListContainersOptions, LogOutput, LogsOptions,
+        RemoveContainerOptions, StartContainerOptions, StopContainerOptions, UploadToContainerOptions,
+    },
+    models::{
+        ContainerSummary, EndpointSettings, HostConfig, Mount as DockerMount, MountTypeEnum, PortBinding,
+        RestartPolicy, RestartPolicyNameEnum,
+    },
+    network::{CreateNetworkOptions, ListNetworksOptions},
+    volume::{CreateVolumeOptions, ListVolumesOptions},
+    Docker,
+};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+
+use crate::stack::{Secret, Service, Stack};
+
+pub const LABEL_PROJECT: &str = "labctl.project";
+pub const LABEL_SERVICE: &str = "labctl.service";
+pub const LABEL_REPLICA: &str = "labctl.replica";
+/// Hash of everything a container was created from; a changed definition means recreate.
+pub const LABEL_SPEC: &str = "labctl.spec";
+
+#[derive(Clone)]
+pub struct Runtime {
+    pub docker: Docker,
+}
+
+/// A container of the project as the engine reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ContainerInfo {
+    pub name: String,
+    pub service: String,
+    pub replica: u32,
+    pub state: String,
+    pub status: String,
+    pub spec: String,
+    pub image: String,
+}
+
+impl ContainerInfo {
+    pub fn running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
+impl Runtime {
+    /// Connects and pings, so "Docker is not there" is reported once, clearly, up front.
+    pub async fn connect() -> Result<Self> {
+        let where_ = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+        let hint = "start the engine (e.g. `dockerd &`, or `systemctl start docker`) or point DOCKER_HOST at it";
+        let docker = Docker::connect_with_local_defaults()
+            .with_context(|| format!("Docker engine not reachable at {where_}: {hint}"))?;
+        tokio::time::timeout(std::time::Duration::from_secs(10), docker.ping())
+            .await
+            .map_err(|_| anyhow!("Docker engine at {where_} did not answer within 10 s: {hint}"))?
+            .with_context(|| format!("Docker engine not reachable at {where_}: {hint}"))?;
+        Ok(Self { docker })
+    }
+
+    fn project_filter(project: &str) -> HashMap<String, Vec<String>> {
+        HashMap::from([("label".to_string(), vec![format!("{LABEL_PROJECT}={project}")])])
+    }
+
+    pub async fn list_containers(&self, project: &str) -> Result<Vec<ContainerInfo>> {
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions { all: true, filters: Self::project_filter(project), ..Default::default() }))
+            .await
+            .context("listing containers")?;
+        Ok(list.into_iter().filter_map(container_info).collect())
+    }
+
+    pub async fn ensure_network(&self, stack: &Stack) -> Result<()> {
+        let existing = self
+            .docker
+            .list_networks(Some(ListNetworksOptions { filters: HashMap::from([("name", vec![stack.network.as_str()])]) }))
+            .await
+            .context("listing networks")?;
+        if existing.iter().any(|n| n.name.as_deref() == Some(&stack.network)) {
+            return Ok(());
+        }
+        self.docker
+            .create_network(CreateNetworkOptions {
+                name: stack.network.as_str(),
+                driver: "bridge",
+                check_duplicate: true,
+                labels: HashMap::from([(LABEL_PROJECT, stack.project.as_str())]),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("creating network {}", stack.network))?;
+        Ok(())
+    }
+
+    pub async fn ensure_volumes(&self, stack: &Stack) -> Result<()> {
+        for v in stack.volumes() {
+            let name = stack.volume_name(v);
+            self.docker
+                .create_volume(CreateVolumeOptions {
+                    name: name.as_str(),
+                    labels: HashMap::from([(LABEL_PROJECT, stack.project.as_str())]),
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("creating volume {name}"))?;
+        }
+        Ok(())
+    }
+
+    pub async fn project_volumes(&self, project: &str) -> Result<Vec<String>> {
+        let v = self
+            .docker
+            .list_volumes(Some(ListVolumesOptions { filters: Self::project_filter(project) }))
+            .await
+            .context("listing volumes")?;
+        Ok(v.volumes.unwrap_or_default().into_iter().map(|v| v.name).collect())
+    }
+
+    pub async fn project_networks(&self, project: &str) -> Result<Vec<String>> {
+        let n = self
+            .docker
+            .list_networks(Some(ListNetworksOptions { filters: Self::project_filter(project) }))
+            .await
+            .context("listing networks")?;
+        Ok(n.into_iter().filter_map(|n| n.name).collect())
+    }
+
+    /// Creates (if needed) and starts one replica. Returns what it did, for the progress line.
+    pub async fn ensure_container(
+        &self,
+        stack: &Stack,
+        svc: &Service,
+        replica: u32,
+        image: &str,
+        secrets: &dyn Fn(Secret) -> String,
+        existing: Option<&ContainerInfo>,
+    ) -> Result<Action> {
+        let name = stack.container_name(svc.name, replica);
+        let spec = spec_hash(stack, svc, image);
+        if let Some(c) = existing {
+            if c.spec == spec {
+                if c.running() {
+                    return Ok(Action::Kept);
+                }
+                self.start(&name).await?;
+                return Ok(Action::Started);
+            }
+            // The definition changed (new image, ports, env): replace the container, keep volumes.
+            self.remove_container(&name, 10).await?;
+        }
+        self.create(stack, svc, replica, image, &spec).await?;
+        for s in &svc.secrets {
+            self.upload_file(&name, s.path, (secrets)(s.secret).as_bytes(), 0o444).await?;
+        }
+        self.start(&name).await?;
+        Ok(if existing.is_some() { Action::Recreated } else { Action::Created })
+    }
+
+    async fn create(&self, stack: &Stack, svc: &Service, replica: u32, image: &str, spec: &str) -> Result<()> {
+        let name = stack.container_name(svc.name, replica);
+        let mut exposed = HashMap::new();
+        let mut bindings = HashMap::new();
+        for p in &svc.ports {
+            let key = format!("{}/tcp", p.container);
+            exposed.insert(key.clone(), HashMap::new());
+            bindings.insert(
+                key,
+                Some(vec![PortBinding { host_ip: Some(stack.bind_address.clone()), host_port: Some(p.host.to_string()) }]),
+            );
+        }
+        let mounts = svc
+            .mounts
+            .iter()
+            .map(|m| DockerMount {
+                target: Some(m.path.to_string()),
+                source: Some(stack.volume_name(m.volume)),
+                typ: Some(MountTypeEnum::VOLUME),
+                ..Default::default()
+            })
+            .collect();
+        let labels = HashMap::from([
+            (LABEL_PROJECT.to_string(), stack.project.clone()),
+            (LABEL_SERVICE.to_string(), svc.name.to_string()),
+            (LABEL_REPLICA.to_string(), replica.to_string()),
+            (LABEL_SPEC.to_string(), spec.to_string()),
+        ]);
+        let endpoint = EndpointSettings { aliases: Some(vec![svc.name.to_string()]), ..Default::default() };
+        let config = ContainerConfig {
+            image: Some(image.to_string()),
+            hostname: Some(name.clone()),
+            cmd: if svc.command.is_empty() { None } else { Some(svc.command.clone()) },
+            env: Some(svc.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(labels),
+            exposed_ports: Some(exposed),
+            stop_signal: svc.stop_signal.map(str::to_string),
+            stop_timeout: Some(svc.stop_timeout as i64),
+            host_config: Some(HostConfig {
+                port_bindings: Some(bindings),
+                mounts: Some(mounts),
+                network_mode: Some(stack.network.clone()),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                    maximum_retry_count: None,
+                }),
+                init: Some(true),
+                ..Default::default()
+            }),
+            networking_config: Some(bollard::container::NetworkingConfig {
+                endpoints_config: HashMap::from([(stack.network.clone(), endpoint)]),
+            }),
+            ..Default::default()
+        };
+        self.docker
+            .create_container(Some(CreateContainerOptions { name: name.as_str(), platform: None }), config)
+            .await
+            .with_context(|| format!("creating container {name}"))?;
+        Ok(())
+    }
+
+    pub async fn start(&self, name: &str) -> Result<()> {
+        self.docker.start_container(name, None::<StartContainerOptions<String>>).await.map_err(|e| {
+            let text = e.to_string();
+            if text.contains("address already in use") || text.contains("port is already allocated") {
+                anyhow!("cannot start {name}: a host port it publishes is taken ({text}); free it or change it in labctl.toml [ports]")
+            } else {
+                anyhow!(e).context(format!("starting container {name}"))
+            }
+        })
+    }
+
+    /// Places one file into a (created, maybe not started) container through the archive API.
+    pub async fn upload_file(&self, container: &str, path: &str, content: &[u8], mode: u32) -> Result<()> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let rel = path.trim_start_matches('/');
+        // Parent folders first, so the engine can create them.
+        let mut dir = String::new();
+        let parts: Vec<_> = rel.split('/').collect();
+        for part in &parts[..parts.len() - 1] {
+            dir.push_str(part);
+            dir.push('/');
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            h.set_cksum();
+            builder.append_data(&mut h, &dir, std::io::empty())?;
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(mode);
+        h.set_size(content.len() as u64);
+        h.set_cksum();
+        builder.append_data(&mut h, rel, content)?;
+        let bytes = builder.into_inner()?;
+        self.docker
+            .upload_to_container(container, Some(UploadToContainerOptions { path: "/", ..Default::default() }), bytes.into())
+            .await
+            .with_context(|| format!("copying {path} into {container}"))?;
+        Ok(())
+    }
+
+    pub async fn stop(&self, name: &str, timeout: i64) -> Result<()> {
+        self.docker
+            .stop_container(name, Some(StopContainerOptions { t: timeout }))
+            .await
+            .with_context(|| format!("stopping {name}"))
+    }
+
+    pub async fn remove_container(&self, name: &str, stop_timeout: i64) -> Result<()> {
+        // A graceful stop first: the databases inside flush on SIGTERM/SIGINT.
+        let _ = self.docker.stop_container(name, Some(StopContainerOptions { t: stop_timeout })).await;
+        self.docker
+            .remove_container(name, Some(RemoveContainerOptions { force: true, v: false, link: false }))
+            .await
+            .with_context(|| format!("removing container {name}"))
+    }
+
+    pub async fn remove_network(&self, name: &str) -> Result<()> {
+        self.docker.remove_network(name).await.with_context(|| format!("removing network {name}"))
+    }
+
+    pub async fn remove_volume(&self, name: &str) -> Result<()> {
+        self.docker.remove_volume(name, None).await.with_context(|| format!("removing volume {name}"))
+    }
+
+    /// The last `tail` lines a container wrote, stdout and stderr interleaved.
+    pub async fn tail_logs(&self, name: &str, tail: usize) -> Result<String> {
+        let mut stream = self.docker.logs(
+            name,
+            Some(LogsOptions::<String> { stdout: true, stderr: true, tail: tail.to_string(), ..Default::default() }),
+        );
+        let mut out = String::new();
+        while let Some(chunk) = stream.next().await {
+            out.push_str(&log_text(chunk.with_context(|| format!("reading logs of {name}"))?));
+        }
+        Ok(out)
+    }
+
+    /// Streams logs to stdout, with a prefix per container when several are shown.
+    pub async fn stream_logs(&self, name: &str, prefix: Option<&str>, follow: bool, tail: Option<usize>) -> Result<()> {
+        use std::io::Write;
+        let mut stream = self.docker.logs(
+            name,
+            Some(LogsOptions::<String> {
+                stdout: true,
+                stderr: true,
+                follow,
+                tail: tail.map(|t| t.to_string()).unwrap_or_else(|| "all".into()),
+                ..Default::default()
+            }),
+        );
+        let mut pending = String::new();
+        while let Some(chunk) = stream.next().await {
+            pending.push_str(&log_text(chunk.with_context(|| format!("reading logs of {name}"))?));
+            let mut stdout = std::io::stdout().lock();
+            while let Some(i) = pending.find('\n') {
+                let line: String = pending.drain(..=i).collect();
+                match prefix {
+                    Some(p) => write!(stdout, "{p} | {line}")?,
+                    None => write!(stdout, "{line}")?,
+                }
+            }
+            stdout.flush()?;
+        }
+        if !pending.is_empty() {
+            println!("{}{pending}", prefix.map(|p| format!("{p} | ")).unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    /// Reads one file out of a container (e.g. a Spark driver's stderr) through the archive API.
+    pub async fn read_file(&self, container: &str, path: &str) -> Result<Vec<u8>> {
+        let mut stream = self
+            .docker
+            .download_from_container(container, Some(bollard::container::DownloadFromContainerOptions { path }));
+        let mut tarball = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            tarball.extend_from_slice(&chunk.with_context(|| format!("reading {path} from {container}"))?);
+        }
+        let mut archive = tar::Archive::new(&tarball[..]);
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            if entry.header().entry_type().is_file() {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut entry, &mut buf)?;
+                return Ok(buf);
+            }
+        }
+        Err(anyhow!("{path} in {container} is not a file"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Kept,
+    Started,
+    Created,
+    Recreated,
+}
+
+impl Action {
+    pub fn verb(self) -> &'static str {
+        match self {
+            Action::Kept => "already running",
+            Action::Started => "started",
+            Action::Created => "created",
+            Action::Recreated => "recreated (definition changed)",
+        }
+    }
+}
+
+fn log_text(out: LogOutput) -> String {
+    String::from_utf8_lossy(&out.into_bytes()).into_owned()
+}
+
+fn container_info(c: ContainerSummary) -> Option<ContainerInfo> {
+    let labels = c.labels.unwrap_or_default();
+    Some(ContainerInfo {
+        name: c.names?.first()?.trim_start_matches('/').to_string(),
+        service: labels.get(LABEL_SERVICE)?.clone(),
+        replica: labels.get(LABEL_REPLICA).and_then(|r| r.parse().ok()).unwrap_or(1),
+        spec: labels.get(LABEL_SPEC).cloned().unwrap_or_default(),
+        state: c.state.unwrap_or_default(),
+        status: c.status.unwrap_or_default(),
+        image: c.image.unwrap_or_default(),
+    })
+}
+
+/// Hash of a container's definition. Secrets are not part of it: they are files copied in.
+fn spec_hash(stack: &Stack, svc: &Service, image: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(image.as_bytes());
+    h.update(stack.network.as_bytes());
+    h.update(stack.bind_address.as_bytes());
+    h.update(serde_json::to_vec(&(&svc.command, &svc.env, &svc.ports, &svc.mounts, &svc.secrets, svc.stop_signal)).unwrap_or_default());
+    hex::encode(&h.finalize()[..8])
+}

@@ -1,0 +1,411 @@
+//! The lab described once, as data. `Stack::new` turns a validated `Config` plus the lab's
+//! `State` (generated password, chosen ports) into services; the Docker runtime creates
+//! containers from them and `labctl render compose` renders `docker-compose.yml` from them,
+//! so the two cannot drift apart.
+
+use serde::Serialize;
+
+use crate::{config::Config, state::State};
+
+/// Repository inputs of one image; its tag is a hash of these.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct ImageSpec {
+    /// Short name; the image is tagged `labctl/<name>:<hash>`.
+    pub name: &'static str,
+    pub dockerfile: &'static str,
+    /// Repo-relative files or folders the Dockerfile COPYs (besides the CA bundle).
+    pub inputs: &'static [&'static str],
+    /// A binary prepared on the host and placed in the build context.
+    pub host_binary: Option<HostBinary>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub enum HostBinary {
+    /// The tansu broker, built with cargo on the host: Debian 12's rustc is too old to build it
+    /// inside the image.
+    Tansu,
+}
+
+pub const BROKER_IMAGE: ImageSpec = ImageSpec {
+    name: "broker",
+    dockerfile: "docker/broker/Dockerfile",
+    inputs: &["docker/broker"],
+    host_binary: Some(HostBinary::Tansu),
+};
+pub const DATABASE_IMAGE: ImageSpec = ImageSpec {
+    name: "timescaledb",
+    dockerfile: "docker/timescaledb/Dockerfile",
+    inputs: &["docker/timescaledb"],
+    host_binary: None,
+};
+pub const FLINK_IMAGE: ImageSpec = ImageSpec {
+    name: "flink",
+    dockerfile: "Dockerfile.flink",
+    inputs: &["docker/flink", "flink-jobs/sql-runner"],
+    host_binary: None,
+};
+pub const SPARK_IMAGE: ImageSpec = ImageSpec {
+    name: "spark",
+    dockerfile: "docker/spark/Dockerfile",
+    inputs: &["docker/spark"],
+    host_binary: None,
+};
+pub const AZURITE_IMAGE: ImageSpec = ImageSpec {
+    name: "azurite",
+    dockerfile: "docker/azurite/Dockerfile",
+    inputs: &["docker/azurite"],
+    host_binary: None,
+};
+
+pub const IMAGES: &[ImageSpec] = &[BROKER_IMAGE, DATABASE_IMAGE, FLINK_IMAGE, SPARK_IMAGE, AZURITE_IMAGE];
+
+/// How `up` knows a service really works (not merely that its container runs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Probe {
+    /// Kafka metadata request answered through the published port.
+    KafkaMetadata,
+    /// Password login succeeds and the `timescaledb` library is preloaded.
+    PostgresLogin,
+    /// Flink REST `/overview` lists this many TaskManagers.
+    FlinkTaskManagers { count: u32 },
+    /// Spark master `/json/` lists this many ALIVE workers and the REST server answers.
+    SparkWorkers { count: u32 },
+    /// Azurite answers an authenticated container listing.
+    BlobListing,
+    /// Readiness is covered by another service's probe (e.g. workers by the master's).
+    CoveredBy { service: &'static str },
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PublishedPort {
+    /// Config key under `[ports]`.
+    pub key: &'static str,
+    pub container: u16,
+    pub host: u16,
+    /// What a person opens, if anything (e.g. the Flink UI).
+    pub url_path: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Mount {
+    /// Volume name without the project prefix.
+    pub volume: &'static str,
+    pub path: &'static str,
+}
+
+/// A file placed into the container before it starts, so secrets never appear in the
+/// container's environment or command line (`docker inspect` shows both).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SecretFile {
+    pub path: &'static str,
+    pub secret: Secret,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Secret {
+    DbPassword,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Service {
+    pub name: &'static str,
+    pub image: ImageSpec,
+    pub command: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub ports: Vec<PublishedPort>,
+    pub mounts: Vec<Mount>,
+    pub secrets: Vec<SecretFile>,
+    pub probe: Probe,
+    pub depends_on: Vec<&'static str>,
+    pub replicas: u32,
+    pub stop_signal: Option<&'static str>,
+    /// Seconds between the stop signal and SIGKILL.
+    pub stop_timeout: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Stack {
+    pub project: String,
+    pub network: String,
+    pub bind_address: String,
+    pub services: Vec<Service>,
+}
+
+pub const BROKER: &str = "broker";
+pub const DATABASE: &str = "timescaledb";
+pub const FLINK_JM: &str = "flink-jobmanager";
+pub const FLINK_TM: &str = "flink-taskmanager";
+pub const SPARK_MASTER: &str = "spark-master";
+pub const SPARK_WORKER: &str = "spark-worker";
+pub const AZURITE: &str = "azurite";
+
+/// Ports the services listen on inside the network.
+pub const BROKER_PORT: u16 = 9092;
+pub const DATABASE_PORT: u16 = 5432;
+pub const FLINK_REST_PORT: u16 = 8081;
+pub const SPARK_UI_PORT: u16 = 8080;
+pub const SPARK_REST_PORT: u16 = 6066;
+pub const SPARK_MASTER_PORT: u16 = 7077;
+pub const AZURITE_PORT: u16 = 10000;
+
+pub const DB_PASSWORD_PATH: &str = "/run/secrets/db-password";
+
+fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
+
+fn port(key: &'static str, container: u16, host: u16, url_path: Option<&'static str>) -> PublishedPort {
+    PublishedPort { key, container, host, url_path }
+}
+
+impl Stack {
+    pub fn new(config: &Config, state: &State) -> Self {
+        let p = &state.ports;
+        let flink = &config.flink;
+        let flink_common = [
+            format!("jobmanager.rpc.address: {FLINK_JM}"),
+            format!("rest.port: {FLINK_REST_PORT}"),
+            format!("jobmanager.memory.process.size: {}", flink.jobmanager_memory),
+            format!("taskmanager.memory.process.size: {}", flink.taskmanager_memory),
+            format!("taskmanager.numberOfTaskSlots: {}", flink.slots_per_taskmanager),
+            format!("parallelism.default: {}", config.broker.partitions),
+            "state.checkpoints.dir: file:///var/lib/flink/checkpoints".to_string(),
+            "state.savepoints.dir: file:///var/lib/flink/savepoints".to_string(),
+        ]
+        .join("\n");
+        let services = vec![
+            Service {
+                name: BROKER,
+                image: BROKER_IMAGE,
+                command: vec![],
+                env: env(&[
+                    ("ADVERTISED_LISTENER_URL", format!("tcp://{BROKER}:{BROKER_PORT}")),
+                    ("LISTENER_URL", format!("tcp://0.0.0.0:{BROKER_PORT}")),
+                    ("STORAGE_ENGINE", "sqlite:///var/lib/tansu/tansu.db".into()),
+                ]),
+                ports: vec![port("broker", BROKER_PORT, p.broker, None)],
+                mounts: vec![Mount { volume: "broker-data", path: "/var/lib/tansu" }],
+                secrets: vec![],
+                probe: Probe::KafkaMetadata,
+                depends_on: vec![],
+                replicas: 1,
+                stop_signal: None,
+                stop_timeout: 10,
+            },
+            Service {
+                name: DATABASE,
+                image: DATABASE_IMAGE,
+                command: vec![],
+                env: env(&[
+                    ("POSTGRES_USER", config.database.user.clone()),
+                    ("POSTGRES_DB", config.database.name.clone()),
+                    ("POSTGRES_PASSWORD_FILE", DB_PASSWORD_PATH.into()),
+                ]),
+                ports: vec![port("database", DATABASE_PORT, p.database, None)],
+                mounts: vec![Mount { volume: "db-data", path: "/var/lib/postgresql/data" }],
+                secrets: vec![SecretFile { path: DB_PASSWORD_PATH, secret: Secret::DbPassword }],
+                probe: Probe::PostgresLogin,
+                depends_on: vec![],
+                replicas: 1,
+                stop_signal: Some("SIGINT"),
+                stop_timeout: 30,
+            },
+            Service {
+                name: AZURITE,
+                image: AZURITE_IMAGE,
+                command: vec![],
+                env: vec![],
+                ports: vec![port("azurite", AZURITE_PORT, p.azurite, None)],
+                mounts: vec![Mount { volume: "lake-data", path: "/data" }],
+                secrets: vec![],
+                probe: Probe::BlobListing,
+                depends_on: vec![],
+                replicas: 1,
+                stop_signal: Some("SIGINT"),
+                stop_timeout: 10,
+            },
+            Service {
+                name: FLINK_JM,
+                image: FLINK_IMAGE,
+                command: vec!["jobmanager".into()],
+                env: env(&[("FLINK_PROPERTIES", flink_common.clone())]),
+                ports: vec![port("flink_ui", FLINK_REST_PORT, p.flink_ui, Some("/"))],
+                mounts: vec![Mount { volume: "flink-data", path: "/var/lib/flink" }],
+                secrets: vec![],
+                probe: Probe::FlinkTaskManagers { count: flink.taskmanagers },
+                depends_on: vec![],
+                replicas: 1,
+                stop_signal: None,
+                stop_timeout: 20,
+            },
+            Service {
+                name: FLINK_TM,
+                image: FLINK_IMAGE,
+                command: vec!["taskmanager".into()],
+                env: env(&[("FLINK_PROPERTIES", flink_common)]),
+                ports: vec![],
+                // Checkpoints are written by TaskManagers and read back by the JobManager on
+                // recovery, so both see the same volume.
+                mounts: vec![Mount { volume: "flink-data", path: "/var/lib/flink" }],
+                secrets: vec![],
+                probe: Probe::CoveredBy { service: FLINK_JM },
+                depends_on: vec![FLINK_JM],
+                replicas: flink.taskmanagers,
+                stop_signal: None,
+                stop_timeout: 20,
+            },
+            Service {
+                name: SPARK_MASTER,
+                image: SPARK_IMAGE,
+                command: vec!["master".into()],
+                env: env(&[("SPARK_MASTER_HOST", SPARK_MASTER.into())]),
+                ports: vec![
+                    port("spark_ui", SPARK_UI_PORT, p.spark_ui, Some("/")),
+                    port("spark_rest", SPARK_REST_PORT, p.spark_rest, None),
+                ],
+                mounts: vec![],
+                secrets: vec![],
+                probe: Probe::SparkWorkers { count: config.spark.workers },
+                depends_on: vec![],
+                replicas: 1,
+                stop_signal: None,
+                stop_timeout: 10,
+            },
+            Service {
+                name: SPARK_WORKER,
+                image: SPARK_IMAGE,
+                command: vec!["worker".into(), format!("spark://{SPARK_MASTER}:{SPARK_MASTER_PORT}")],
+                env: env(&[
+                    ("SPARK_WORKER_CORES", config.spark.worker_cores.to_string()),
+                    ("SPARK_WORKER_MEMORY", config.spark.worker_memory.clone()),
+                ]),
+                ports: vec![],
+                mounts: vec![Mount { volume: "spark-work", path: "/var/lib/spark/work" }],
+                secrets: vec![],
+                probe: Probe::CoveredBy { service: SPARK_MASTER },
+                depends_on: vec![SPARK_MASTER],
+                replicas: config.spark.workers,
+                stop_signal: None,
+                stop_timeout: 10,
+            },
+        ];
+        Stack {
+            project: config.project.clone(),
+            network: format!("{}-net", config.project),
+            bind_address: config.bind_address.clone(),
+            services,
+        }
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// Looks a service up by the name a user typed, listing the valid names when it is wrong.
+    pub fn require(&self, name: &str) -> anyhow::Result<&Service> {
+        self.service(name).ok_or_else(|| {
+            let names: Vec<_> = self.services.iter().map(|s| s.name).collect();
+            anyhow::anyhow!("unknown service `{name}`; the lab's services are: {}", names.join(", "))
+        })
+    }
+
+    pub fn container_name(&self, service: &str, replica: u32) -> String {
+        format!("{}-{}-{}", self.project, service, replica)
+    }
+
+    pub fn volume_name(&self, volume: &str) -> String {
+        format!("{}-{}", self.project, volume)
+    }
+
+    /// All volume names of the project, deduplicated, in declaration order.
+    pub fn volumes(&self) -> Vec<&'static str> {
+        let mut out: Vec<&'static str> = Vec::new();
+        for m in self.services.iter().flat_map(|s| &s.mounts) {
+            if !out.contains(&m.volume) {
+                out.push(m.volume);
+            }
+        }
+        out
+    }
+
+    /// Services in an order where every service comes after those it depends on.
+    pub fn start_order(&self) -> Vec<&Service> {
+        let mut done: Vec<&str> = Vec::new();
+        let mut out = Vec::new();
+        while out.len() < self.services.len() {
+            let before = out.len();
+            for s in &self.services {
+                if !done.contains(&s.name) && s.depends_on.iter().all(|d| done.contains(d)) {
+                    done.push(s.name);
+                    out.push(s);
+                }
+            }
+            assert!(out.len() > before, "dependency cycle in the stack definition");
+        }
+        out
+    }
+
+    pub fn published_port(&self, key: &str) -> Option<u16> {
+        self.services.iter().flat_map(|s| &s.ports).find(|p| p.key == key).map(|p| p.host)
+    }
+
+    pub fn url(&self, key: &str) -> Option<String> {
+        self.published_port(key).map(|p| format!("http://{}:{p}", self.bind_address))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack() -> Stack {
+        Stack::new(&Config::default(), &State::for_tests(&Config::default()))
+    }
+
+    #[test]
+    fn dependencies_exist_and_order_respects_them() {
+        let s = stack();
+        let order: Vec<_> = s.start_order().iter().map(|s| s.name).collect();
+        for svc in &s.services {
+            for d in &svc.depends_on {
+                assert!(s.service(d).is_some());
+                let (a, b) = (order.iter().position(|n| n == d), order.iter().position(|n| *n == svc.name));
+                assert!(a < b, "{d} must start before {}", svc.name);
+            }
+        }
+    }
+
+    #[test]
+    fn every_port_is_configurable_and_unique() {
+        let s = stack();
+        let mut keys: Vec<_> = s.services.iter().flat_map(|s| &s.ports).map(|p| p.key).collect();
+        let n = keys.len();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), n);
+        let cfg = toml::Value::try_from(crate::config::Ports::default()).unwrap();
+        for k in keys {
+            assert!(cfg.get(k).is_some(), "[ports] has no key {k}");
+        }
+    }
+
+    #[test]
+    fn no_secret_in_environment_or_command() {
+        let st = State::for_tests(&Config::default());
+        let s = Stack::new(&Config::default(), &st);
+        for svc in &s.services {
+            for (k, v) in &svc.env {
+                assert!(!v.contains(&st.db_password), "{}: {k}", svc.name);
+            }
+            assert!(!svc.command.iter().any(|c| c.contains(&st.db_password)));
+        }
+    }
+
+    #[test]
+    fn unknown_service_lists_names() {
+        let err = stack().require("kafka").unwrap_err().to_string();
+        assert!(err.contains("unknown service `kafka`") && err.contains("broker"), "{err}");
+    }
+}

@@ -1,0 +1,157 @@
+//! What labctl remembers about a lab between commands: the generated database password and
+//! the host ports it settled on. One JSON file per project, readable only by its owner.
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::PathBuf,
+};
+
+use anyhow::{Context, Result};
+use rand::{distributions::Alphanumeric, Rng};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, Ports};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    pub db_password: String,
+    /// Host ports actually used; differs from the config where the config says 0 (auto).
+    pub ports: Ports,
+}
+
+/// Folder holding the state files: `$LABCTL_STATE_DIR`, else `$XDG_STATE_HOME/labctl`,
+/// else `~/.local/state/labctl`.
+pub fn state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("LABCTL_STATE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("labctl");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".local/state/labctl")
+}
+
+pub fn state_path(project: &str) -> PathBuf {
+    state_dir().join(format!("{project}.json"))
+}
+
+fn new_password() -> String {
+    rand::thread_rng().sample_iter(&Alphanumeric).take(32).map(char::from).collect()
+}
+
+/// Picks a port the kernel says is free right now on `bind`.
+fn free_port(bind: &str) -> Result<u16> {
+    let l = std::net::TcpListener::bind((bind, 0)).with_context(|| format!("cannot bind {bind} to find a free port"))?;
+    Ok(l.local_addr()?.port())
+}
+
+impl State {
+    /// Reads the project's state, if `up` ever ran for it.
+    pub fn load(project: &str) -> Result<Option<State>> {
+        let path = state_path(project);
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                let st = serde_json::from_str(&text).with_context(|| {
+                    format!("state file {} is corrupt; fix it or remove it (a new password will be generated)", path.display())
+                })?;
+                Ok(Some(st))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read state file {}", path.display())),
+        }
+    }
+
+    /// Loads the state or creates it (password generated, auto ports chosen), then applies
+    /// the config's fixed ports. Does not save.
+    pub fn load_or_init(config: &Config) -> Result<State> {
+        let old = State::load(&config.project)?;
+        let mut st = old.clone().unwrap_or_else(|| State { db_password: new_password(), ports: Ports::default() });
+        let fresh = old.is_none();
+        let resolve = |want: u16, had: u16| -> Result<u16> {
+            Ok(match want {
+                0 if !fresh && had != 0 => had,
+                0 => free_port(&config.bind_address)?,
+                p => p,
+            })
+        };
+        let c = &config.ports;
+        let h = st.ports.clone();
+        st.ports = Ports {
+            broker: resolve(c.broker, h.broker)?,
+            database: resolve(c.database, h.database)?,
+            flink_ui: resolve(c.flink_ui, h.flink_ui)?,
+            spark_ui: resolve(c.spark_ui, h.spark_ui)?,
+            spark_rest: resolve(c.spark_rest, h.spark_rest)?,
+            azurite: resolve(c.azurite, h.azurite)?,
+        };
+        Ok(st)
+    }
+
+    /// The state as it must be for commands other than `up`: a lab that was never started has none.
+    pub fn require(config: &Config) -> Result<State> {
+        let mut st = State::load(&config.project)?.ok_or_else(|| {
+            anyhow::anyhow!("lab `{}` has not been started on this machine (no state file); run `labctl up` first", config.project)
+        })?;
+        // A fixed port in the config wins, as in `up`.
+        let c = &config.ports;
+        let fixed = |want: u16, had: u16| if want == 0 { had } else { want };
+        st.ports = Ports {
+            broker: fixed(c.broker, st.ports.broker),
+            database: fixed(c.database, st.ports.database),
+            flink_ui: fixed(c.flink_ui, st.ports.flink_ui),
+            spark_ui: fixed(c.spark_ui, st.ports.spark_ui),
+            spark_rest: fixed(c.spark_rest, st.ports.spark_rest),
+            azurite: fixed(c.azurite, st.ports.azurite),
+        };
+        Ok(st)
+    }
+
+    /// Writes the file with mode 0600 (its folder 0700), replacing it atomically.
+    pub fn save(&self, project: &str) -> Result<()> {
+        let dir = state_dir();
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create state folder {}", dir.display()))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict permissions of {}", dir.display()))?;
+        let path = state_path(project);
+        let tmp = path.with_extension("json.tmp");
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(serde_json::to_string_pretty(self)?.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))?;
+        Ok(())
+    }
+
+    pub fn remove(project: &str) -> Result<()> {
+        match fs::remove_file(state_path(project)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).context("cannot remove state file"),
+            _ => Ok(()),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn for_tests(config: &Config) -> State {
+        State { db_password: new_password(), ports: config.ports.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_random_and_long() {
+        let (a, b) = (new_password(), new_password());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+}
