@@ -7,6 +7,7 @@ mod config;
 mod db;
 mod docker;
 mod flink;
+mod generator;
 mod kafka;
 mod lab;
 mod lake;

@@ -135,7 +135,8 @@ if [ "$utils_rc" -ne 0 ] || [ "$(printf '%s\n' "$results" | grep -c .)" -ne 2 ];
   printf '%s\n' "$utils_out" >&2
   die "BashJavaUtils $utils_cmd failed (rc=$utils_rc); see the output above"
 fi
-printf '%s\n' "$utils_out" | grep -v 'BASH_JAVA_UTILS_EXEC_RESULT:' | sed 's/^/    /' >&2 || true
+printf '%s\n' "$utils_out" | grep -v -e 'BASH_JAVA_UTILS_EXEC_RESULT:' -e 'Loading configuration property' \
+  -e 'Using standard YAML parser' | sed 's/^/    /' >&2 || true
 jvm_mem_args="$(printf '%s\n' "$results" | sed -n 1p)"
 dynamic_args="$(printf '%s\n' "$results" | sed -n 2p)"
 

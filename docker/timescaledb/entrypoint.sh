@@ -81,7 +81,7 @@ EOF
 chown -R postgres:postgres "$PGDATA/conf.d"
 
 # --- setup phase: temporary server on the unix socket only ---
-as_pg pg_ctl -D "$PGDATA" -w -t 60 -o "-c listen_addresses=''" start >&2 \
+as_pg pg_ctl -D "$PGDATA" -w -t 60 -o "-c listen_addresses='' -c timescaledb.max_background_workers=0" start >&2 \
   || die "temporary server did not start"
 
 psql_pg() { as_pg psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -U postgres "$@"; }

@@ -2,6 +2,7 @@
 
 mod down;
 mod images;
+pub mod ingest;
 mod logs;
 mod render;
 mod status;
@@ -44,6 +45,8 @@ pub enum Command {
     Down(down::Args),
     /// Where every service stands.
     Status(status::Args),
+    /// Produce synthetic sensor readings into the lab's topic (backfill, then live).
+    Ingest(ingest::Args),
     /// Show a service's logs.
     Logs(logs::Args),
     /// Print files derived from the stack definition (compose file, init-db.sql).
@@ -70,6 +73,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Up(a) => up::run(config, a).await,
         Command::Down(a) => down::run(config, a).await,
         Command::Status(a) => status::run(config, a).await,
+        Command::Ingest(a) => ingest::run(config, a).await,
         Command::Logs(a) => logs::run(config, a).await,
         Command::Render(a) => render::run(config, a),
         Command::Images(c) => images::run(config, c).await,

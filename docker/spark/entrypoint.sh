@@ -1,0 +1,36 @@
+#!/bin/bash
+# labctl Spark entrypoint (runs as user spark under tini).
+#   master [extra Master args]
+#       env SPARK_MASTER_HOST (spark-master: the container's network name/alias),
+#       SPARK_MASTER_OPTS (extra -D options); RPC 7077, web UI 8080, REST 6066.
+#   worker [spark://spark-master:7077] [extra Worker args]
+#       env SPARK_WORKER_CORES (2), SPARK_WORKER_MEMORY (2g), SPARK_WORKER_OPTS;
+#       work dir /var/lib/spark/work (drivers' stdout/stderr in driver-<id>/), web UI 8081.
+#   anything else: exec'd as is (e.g. bash, spark-submit, python).
+# Both daemons run in the foreground and log to stderr; SIGTERM stops them.
+set -euo pipefail
+
+role="${1:-master}"
+[ $# -gt 0 ] && shift
+
+case "$role" in
+  master)
+    export SPARK_MASTER_OPTS="-Dspark.master.rest.enabled=true -Dspark.master.rest.port=6066 ${SPARK_MASTER_OPTS:-}"
+    export SPARK_DAEMON_JAVA_OPTS="-Duser.timezone=UTC ${SPARK_DAEMON_JAVA_OPTS:-}"
+    exec spark-class org.apache.spark.deploy.master.Master \
+      --host "${SPARK_MASTER_HOST:-spark-master}" --port 7077 --webui-port 8080 "$@"
+    ;;
+  worker)
+    master_url="spark://spark-master:7077"
+    if [ $# -gt 0 ] && [[ "$1" == spark://* ]]; then master_url="$1"; shift; fi
+    export SPARK_DAEMON_JAVA_OPTS="-Duser.timezone=UTC ${SPARK_DAEMON_JAVA_OPTS:-}"
+    mkdir -p "${SPARK_WORKER_DIR:-/var/lib/spark/work}"
+    exec spark-class org.apache.spark.deploy.worker.Worker \
+      --cores "${SPARK_WORKER_CORES:-2}" --memory "${SPARK_WORKER_MEMORY:-2g}" \
+      --work-dir "${SPARK_WORKER_DIR:-/var/lib/spark/work}" --webui-port 8081 \
+      "$@" "$master_url"
+    ;;
+  *)
+    exec "$role" "$@"
+    ;;
+esac

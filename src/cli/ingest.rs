@@ -1,0 +1,293 @@
+//! `labctl ingest`: synthetic readings into the lab's topic, 7 days of history first (resumed,
+//! never repeated), then one reading per sensor and machine every interval, on the wall clock.
+
+use std::{
+    io::Write,
+    process::ExitCode,
+    sync::{atomic::{AtomicBool, Ordering}, Arc},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    config::Config,
+    generator::{
+        generate,
+        model::{Fleet, MachineType, MACHINE_TYPES},
+        producer::Sender,
+        resume, Position,
+    },
+    lab::Lab,
+};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Machines per type.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub machines: u32,
+    /// Machine types in the fleet, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "CNC,Lathe,Welder", value_name = "TYPES")]
+    pub types: Vec<String>,
+    /// Seed of the random model; the same seed gives the same readings bit for bit.
+    #[arg(long, default_value_t = 20231010, value_name = "S")]
+    pub seed: u64,
+    /// Seconds between readings.
+    #[arg(long, default_value_t = 5, value_name = "SECS", allow_negative_numbers = true)]
+    pub interval: i64,
+    /// History to backfill on a first start, e.g. 7d, 12h, 30m, 0.
+    #[arg(long, default_value = "7d", value_name = "DURATION")]
+    pub backfill: String,
+    /// Stop after the backfill instead of following the clock.
+    #[arg(long)]
+    pub no_live: bool,
+    /// Stop after this many messages.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Print messages (JSON lines) to stdout instead of producing; needs no broker.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Broker to produce to (default: the lab's, through its published port).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub bootstrap: Option<String>,
+    /// Topic (default: broker.topic from the config).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Print the final summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `7d`, `12h`, `30m`, `45s` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<i64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'd')) => (&s[..i], 86_400),
+        Some((i, 'h')) => (&s[..i], 3_600),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 's')) => (&s[..i], 1),
+        _ => (s, 1),
+    };
+    let n: i64 = num.parse().map_err(|_| anyhow::anyhow!("invalid duration `{s}`: use e.g. 7d, 12h, 30m, 45s or 0"))?;
+    if n < 0 {
+        bail!("invalid duration `{s}`: must not be negative");
+    }
+    n.checked_mul(mult).ok_or_else(|| anyhow::anyhow!("duration `{s}` is too large"))
+}
+
+pub fn fleet_from(args: &Args) -> Result<Fleet> {
+    let mut types = Vec::new();
+    for t in &args.types {
+        let t = MachineType::parse(t.trim())?;
+        if !types.iter().any(|(x, _)| *x == t) {
+            types.push((t, args.machines));
+        }
+    }
+    types.sort_by_key(|(t, _)| MACHINE_TYPES.iter().position(|x| x == t));
+    Fleet::new(&types, args.seed)
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Summary {
+    pub produced: u64,
+    pub delivered: u64,
+    pub failed: u64,
+    pub seconds: f64,
+    pub rate_per_s: f64,
+    pub resumed: bool,
+}
+
+pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
+    if args.interval <= 0 {
+        bail!("--interval must be a positive number of seconds, got {}", args.interval);
+    }
+    let backfill = parse_duration(&args.backfill).context("--backfill")?;
+    let fleet = fleet_from(&args)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+            eprintln!("ingest: stopping, flushing what is in flight");
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    if args.dry_run {
+        let args2 = args.clone();
+        let n = tokio::task::spawn_blocking(move || dry_run(&fleet, &args2, backfill, &stop)).await??;
+        tracing::info!("printed {n} messages");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let topic = args.topic.clone().unwrap_or_else(|| config.broker.topic.clone());
+    let base = match &args.bootstrap {
+        Some(b) => {
+            let mut c = rdkafka::ClientConfig::new();
+            c.set("bootstrap.servers", b);
+            c
+        }
+        None => Lab::existing(config)?.broker()?.client_config(),
+    };
+    let summary = tokio::task::spawn_blocking(move || produce(&fleet, &args, backfill, &topic, &base, &stop)).await??;
+    if summary.failed > 0 {
+        eprintln!("ingest: {} reading(s) NOT delivered", summary.failed);
+    }
+    Ok(if summary.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(4) })
+}
+
+fn dry_run(fleet: &Fleet, args: &Args, backfill: i64, stop: &AtomicBool) -> Result<u64> {
+    let out = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, out.lock());
+    let now_tick = now_secs() / args.interval;
+    let starts = vec![Position { tick: now_tick - backfill / args.interval, sensor: 0 }; fleet.machines.len()];
+    let limit = args.count.unwrap_or(u64::MAX);
+    let mut n = 0u64;
+    let mut err = None;
+    generate(fleet, args.interval, &starts, now_tick + 1, stop, |_, _, payload| {
+        if let Err(e) = out.write_all(payload).and_then(|_| out.write_all(b"\n")) {
+            err = Some(e);
+            return false;
+        }
+        n += 1;
+        n < limit
+    });
+    match err {
+        // A closed pipe (`| head`) is a normal way to stop reading.
+        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e).context("writing to stdout"),
+        _ => {}
+    }
+    let _ = out.flush();
+    Ok(n)
+}
+
+fn produce(fleet: &Fleet, args: &Args, backfill: i64, topic: &str, base: &rdkafka::ClientConfig, stop: &AtomicBool) -> Result<Summary> {
+    use rdkafka::consumer::BaseConsumer;
+    let interval = args.interval;
+    // Where the topic already is: a restart continues, it does not backfill again.
+    let consumer: BaseConsumer = base
+        .clone()
+        .set("group.id", "labctl-ingest-resume")
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("creating a Kafka consumer")?;
+    let found = resume::positions(&consumer, topic, fleet, interval, Duration::from_secs(10)).with_context(|| {
+        format!("cannot read topic `{topic}` (is the broker up? `labctl status`)")
+    })?;
+    drop(consumer);
+    let resumed = found.iter().any(Option::is_some);
+    let now_tick = now_secs() / interval;
+    let first = now_tick - backfill / interval;
+    let starts: Vec<Position> = found.iter().map(|p| p.unwrap_or(Position { tick: first, sensor: 0 })).collect();
+    let behind: i64 = starts.iter().map(|p| (now_tick + 1 - p.tick).max(0)).sum::<i64>() * 3;
+    if resumed {
+        eprintln!("ingest: resuming; {behind} reading(s) to catch up to now");
+    }
+
+    let sender = Sender::new(base, topic)?;
+    let counters = sender.counters();
+    let limit = args.count.unwrap_or(u64::MAX);
+    let t0 = Instant::now();
+    let pb = indicatif::ProgressBar::new(behind.max(0) as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("backfill {bar:30} {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let sent = std::cell::Cell::new(0u64);
+    let mut send = |_: usize, key: &[u8], payload: &[u8]| -> bool {
+        if sent.get() >= limit || !sender.send(key, payload, stop) {
+            return false;
+        }
+        sent.set(sent.get() + 1);
+        if sent.get() % 8192 == 0 {
+            pb.set_position(sent.get());
+        }
+        sent.get() < limit
+    };
+    // Backfill up to the current tick; the clock moves on during a long backfill, so repeat
+    // until caught up.
+    let mut starts = starts;
+    loop {
+        let now_tick = now_secs() / interval;
+        let to = now_tick + 1;
+        if starts.iter().all(|p| p.tick >= to) || stop.load(Ordering::Relaxed) || sent.get() >= limit {
+            break;
+        }
+        generate(fleet, interval, &starts, to, stop, &mut send);
+        starts = starts.iter().map(|p| if p.tick < to { Position { tick: to, sensor: 0 } } else { *p }).collect();
+    }
+    pb.finish_and_clear();
+    let backfill_secs = t0.elapsed().as_secs_f64();
+    tracing::info!("backfill done: {} readings queued in {backfill_secs:.1} s", sent.get());
+
+    if !args.no_live && !stop.load(Ordering::Relaxed) && sent.get() < limit {
+        eprintln!("ingest: live, one reading per sensor every {interval} s");
+        let mut last_report = Instant::now();
+        let mut last_count = counters.delivered.load(Ordering::Relaxed);
+        while !stop.load(Ordering::Relaxed) && sent.get() < limit {
+            let tick = starts.iter().map(|p| p.tick).min().unwrap_or(now_secs() / interval);
+            // Sleep to the wall-clock instant of the tick, computed afresh each time: no drift.
+            let due = tick * interval;
+            while now_secs() < due && !stop.load(Ordering::Relaxed) {
+                let ms = (due as f64 - SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)) * 1000.0;
+                std::thread::sleep(Duration::from_millis((ms.clamp(1.0, 200.0)) as u64));
+            }
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            generate(fleet, interval, &starts, tick + 1, stop, &mut send);
+            starts = starts.iter().map(|p| if p.tick <= tick { Position { tick: tick + 1, sensor: 0 } } else { *p }).collect();
+            if last_report.elapsed() >= Duration::from_secs(60) {
+                let d = counters.delivered.load(Ordering::Relaxed);
+                eprintln!(
+                    "ingest: live at {}, delivered {d} ({:.1}/s over the last minute), failed {}, in flight {}",
+                    String::from_utf8_lossy(&crate::generator::encode::format_timestamp(tick * interval)),
+                    (d - last_count) as f64 / last_report.elapsed().as_secs_f64(),
+                    counters.failed.load(Ordering::Relaxed),
+                    sender.in_flight()
+                );
+                last_report = Instant::now();
+                last_count = d;
+            }
+        }
+    }
+    // Deliver what is queued. On a stop request give the broker a bounded time; otherwise wait.
+    let flush_for = if stop.load(Ordering::Relaxed) { Duration::from_secs(30) } else { Duration::from_secs(600) };
+    if let Err(e) = sender.flush(flush_for) {
+        eprintln!("ingest: {} reading(s) still in flight after {flush_for:?}: {e:#}", sender.in_flight());
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let produced = counters.produced.load(Ordering::Relaxed);
+    let delivered = counters.delivered.load(Ordering::Relaxed);
+    let failed = counters.failed.load(Ordering::Relaxed) + sender.in_flight().max(0) as u64;
+    let summary = Summary { produced, delivered, failed, seconds, rate_per_s: delivered as f64 / seconds.max(1e-9), resumed };
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    }
+    eprintln!(
+        "ingest: produced {produced}, delivered {delivered}, failed {failed} in {seconds:.1} s ({:.0} msg/s)",
+        summary.rate_per_s
+    );
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("7d").unwrap(), 604_800);
+        assert_eq!(parse_duration("12h").unwrap(), 43_200);
+        assert_eq!(parse_duration("0").unwrap(), 0);
+        assert_eq!(parse_duration("90").unwrap(), 90);
+        assert!(parse_duration("-1d").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}
