@@ -26,6 +26,7 @@ pub struct Config {
     pub flink: FlinkConfig,
     pub spark: SparkConfig,
     pub lake: LakeConfig,
+    pub ingest: IngestConfig,
     /// Seconds `up` waits for one service to become ready.
     pub ready_timeout_secs: u64,
 }
@@ -73,6 +74,26 @@ pub struct SparkConfig {
     pub worker_memory: String,
 }
 
+/// The generator that `up` starts as a service of the lab.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Start it with `up` (`up --no-ingest` overrides).
+    pub enabled: bool,
+    /// Machines per type (CNC, Lathe, Welder).
+    pub machines: u32,
+    pub seed: u64,
+    pub interval_secs: u32,
+    /// History produced on a first start, e.g. `7d`, `12h`, `0`.
+    pub backfill: String,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self { enabled: true, machines: 1, seed: 20231010, interval_secs: 5, backfill: "7d".into() }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LakeConfig {
@@ -91,6 +112,7 @@ impl Default for Config {
             flink: FlinkConfig::default(),
             spark: SparkConfig::default(),
             lake: LakeConfig::default(),
+            ingest: IngestConfig::default(),
             ready_timeout_secs: 240,
         }
     }
@@ -225,6 +247,10 @@ impl Config {
         if self.lake.container.len() < 3 || self.lake.container.contains("--") {
             bail!(invalid("lake.container", &self.lake.container, "Azure needs 3-63 characters and no '--'"));
         }
+        check_range("ingest.machines", self.ingest.machines, 1, 1000)?;
+        check_range("ingest.interval_secs", self.ingest.interval_secs, 1, 86_400)?;
+        crate::cli::ingest::parse_duration(&self.ingest.backfill)
+            .map_err(|e| invalid("ingest.backfill", &self.ingest.backfill, &e.to_string()))?;
         check_range("ready_timeout_secs", self.ready_timeout_secs, 5, 3600)?;
         Ok(())
     }
@@ -241,10 +267,10 @@ impl Config {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("cannot read config file {}", file.display()))?;
             let overlay: toml::Value = parse_toml(file, &text)?;
+            // Every field has a default, so the file alone deserialises as a Config: unknown keys
+            // and wrong types are reported with positions in the file the user wrote.
+            toml::from_str::<Config>(&text).map_err(|e| file_error(file, &text, &e))?;
             merge(&mut value, overlay);
-            // Deserialise the merged file once here so unknown keys are reported against the file.
-            let merged = toml::to_string(&value).context("re-serialising config")?;
-            toml::from_str::<Config>(&merged).map_err(|e| file_error(file, &text, &e))?;
         }
         for (name, raw) in env {
             let Some(rest) = name.strip_prefix("LABCTL_") else { continue };

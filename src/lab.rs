@@ -88,6 +88,12 @@ impl Lab {
                 Ok(format!("{n} container(s)"))
             }
             Probe::CoveredBy { service } => Ok(format!("checked with {service}")),
+            Probe::Running => {
+                let topic = &self.config.broker.topic;
+                let offsets = self.broker()?.offsets(topic, timeout).await?;
+                let ends: Vec<String> = offsets.iter().map(|p| p.high.to_string()).collect();
+                Ok(format!("topic `{topic}` end offsets [{}] = {}", ends.join(", "), offsets.iter().map(|p| p.high).sum::<i64>()))
+            }
         }
     }
 }

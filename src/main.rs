@@ -1,25 +1,11 @@
 //! labctl: stands up the IIoT streaming lab (broker, TimescaleDB, Flink, Spark, Azurite) on a
 //! Docker engine, feeds it, runs its jobs and shows where everything stands.
 
-mod assets;
-mod cli;
-mod config;
-mod db;
-mod docker;
-mod flink;
-mod generator;
-mod kafka;
-mod lab;
-mod lake;
-mod render;
-mod schema;
-mod spark;
-mod stack;
-mod state;
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use labctl::cli;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();

@@ -24,6 +24,8 @@ pub enum HostBinary {
     /// The tansu broker, built with cargo on the host: Debian 12's rustc is too old to build it
     /// inside the image.
     Tansu,
+    /// labctl itself, for the ingest service.
+    Labctl,
 }
 
 pub const BROKER_IMAGE: ImageSpec = ImageSpec {
@@ -57,7 +59,14 @@ pub const AZURITE_IMAGE: ImageSpec = ImageSpec {
     host_binary: None,
 };
 
-pub const IMAGES: &[ImageSpec] = &[BROKER_IMAGE, DATABASE_IMAGE, FLINK_IMAGE, SPARK_IMAGE, AZURITE_IMAGE];
+pub const INGEST_IMAGE: ImageSpec = ImageSpec {
+    name: "ingest",
+    dockerfile: "docker/ingest/Dockerfile",
+    inputs: &["docker/ingest"],
+    host_binary: Some(HostBinary::Labctl),
+};
+
+pub const IMAGES: &[ImageSpec] = &[BROKER_IMAGE, DATABASE_IMAGE, FLINK_IMAGE, SPARK_IMAGE, AZURITE_IMAGE, INGEST_IMAGE];
 
 /// How `up` knows a service really works (not merely that its container runs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -75,6 +84,8 @@ pub enum Probe {
     BlobListing,
     /// Readiness is covered by another service's probe (e.g. workers by the master's).
     CoveredBy { service: &'static str },
+    /// A worker process with no port: ready while its containers run.
+    Running,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -123,6 +134,8 @@ pub struct Service {
     pub stop_signal: Option<&'static str>,
     /// Seconds between the stop signal and SIGKILL.
     pub stop_timeout: u32,
+    /// Started only after the lab is set up (topic, schema), because it needs them.
+    pub after_setup: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -140,6 +153,7 @@ pub const FLINK_TM: &str = "flink-taskmanager";
 pub const SPARK_MASTER: &str = "spark-master";
 pub const SPARK_WORKER: &str = "spark-worker";
 pub const AZURITE: &str = "azurite";
+pub const INGEST: &str = "ingest";
 
 /// Ports the services listen on inside the network.
 pub const BROKER_PORT: u16 = 9092;
@@ -193,6 +207,7 @@ impl Stack {
                 replicas: 1,
                 stop_signal: None,
                 stop_timeout: 10,
+                after_setup: false,
             },
             Service {
                 name: DATABASE,
@@ -211,6 +226,7 @@ impl Stack {
                 replicas: 1,
                 stop_signal: Some("SIGINT"),
                 stop_timeout: 30,
+                after_setup: false,
             },
             Service {
                 name: AZURITE,
@@ -225,6 +241,7 @@ impl Stack {
                 replicas: 1,
                 stop_signal: Some("SIGINT"),
                 stop_timeout: 10,
+                after_setup: false,
             },
             Service {
                 name: FLINK_JM,
@@ -239,6 +256,7 @@ impl Stack {
                 replicas: 1,
                 stop_signal: None,
                 stop_timeout: 20,
+                after_setup: false,
             },
             Service {
                 name: FLINK_TM,
@@ -255,6 +273,7 @@ impl Stack {
                 replicas: flink.taskmanagers,
                 stop_signal: None,
                 stop_timeout: 20,
+                after_setup: false,
             },
             Service {
                 name: SPARK_MASTER,
@@ -272,6 +291,7 @@ impl Stack {
                 replicas: 1,
                 stop_signal: None,
                 stop_timeout: 10,
+                after_setup: false,
             },
             Service {
                 name: SPARK_WORKER,
@@ -289,8 +309,36 @@ impl Stack {
                 replicas: config.spark.workers,
                 stop_signal: None,
                 stop_timeout: 10,
+                after_setup: false,
             },
         ];
+        let mut services = services;
+        if config.ingest.enabled {
+            let i = &config.ingest;
+            services.push(Service {
+                name: INGEST,
+                image: INGEST_IMAGE,
+                command: [
+                    "ingest", "--bootstrap", &format!("{BROKER}:{BROKER_PORT}"), "--topic", &config.broker.topic,
+                    "--machines", &i.machines.to_string(), "--seed", &i.seed.to_string(),
+                    "--interval", &i.interval_secs.to_string(), "--backfill", &i.backfill,
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+                env: env(&[("RUST_LOG", "info".into())]),
+                ports: vec![],
+                mounts: vec![],
+                secrets: vec![],
+                probe: Probe::Running,
+                depends_on: vec![BROKER],
+                replicas: 1,
+                // SIGTERM: flush what is in flight, print the summary, exit 0.
+                stop_signal: None,
+                stop_timeout: 40,
+                after_setup: true,
+            });
+        }
         Stack {
             project: config.project.clone(),
             network: format!("{}-net", config.project),

@@ -28,6 +28,9 @@ pub struct Args {
     /// Number of Spark workers (overrides spark.workers).
     #[arg(long, value_name = "N")]
     spark_workers: Option<u32>,
+    /// Do not start the generator (`labctl ingest` can be run by hand).
+    #[arg(long)]
+    no_ingest: bool,
     /// Rebuild every image even if one with the same inputs exists.
     #[arg(long)]
     rebuild: bool,
@@ -43,6 +46,9 @@ pub async fn run(mut config: Config, args: Args) -> Result<ExitCode> {
     if let Some(n) = args.spark_workers {
         config.spark.workers = n;
     }
+    if args.no_ingest {
+        config.ingest.enabled = false;
+    }
     config.validate()?;
     let started = Instant::now();
     let rt = Runtime::connect().await?;
@@ -55,7 +61,7 @@ pub async fn run(mut config: Config, args: Args) -> Result<ExitCode> {
 
     let multi = MultiProgress::new();
     let t_images = Instant::now();
-    let tags = build_images(&rt, &multi, args.rebuild).await?;
+    let tags = build_images(&rt, &lab, &multi, args.rebuild).await?;
     let images_secs = t_images.elapsed().as_secs_f64();
 
     rt.ensure_network(&lab.stack).await?;
@@ -68,21 +74,26 @@ pub async fn run(mut config: Config, args: Args) -> Result<ExitCode> {
         Secret::DbPassword => password.clone(),
     };
     let mut changed = 0;
-    for svc in lab.stack.start_order() {
-        let tag = tags.iter().find(|(n, _)| *n == svc.image.name).map(|(_, t)| t.clone()).context("image tag")?;
-        for replica in 1..=svc.replicas {
-            let name = lab.stack.container_name(svc.name, replica);
-            let current = existing.iter().find(|c| c.name == name);
-            let action = rt.ensure_container(&lab.stack, svc, replica, &tag, &secrets, current).await?;
-            if action != Action::Kept {
-                changed += 1;
-                tracing::info!("{name}: {}", action.verb());
+    // Services first, then what needs the lab set up (the generator needs the topic).
+    for after_setup in [false, true] {
+        if after_setup {
+            wait_ready(&rt, &lab, &multi, false).await?;
+            setup_lab(&lab, &multi).await?;
+        }
+        for svc in lab.stack.start_order().into_iter().filter(|s| s.after_setup == after_setup) {
+            let tag = tags.iter().find(|(n, _)| *n == svc.image.name).map(|(_, t)| t.clone()).context("image tag")?;
+            for replica in 1..=svc.replicas {
+                let name = lab.stack.container_name(svc.name, replica);
+                let current = existing.iter().find(|c| c.name == name);
+                let action = rt.ensure_container(&lab.stack, svc, replica, &tag, &secrets, current).await?;
+                if action != Action::Kept {
+                    changed += 1;
+                    tracing::info!("{name}: {}", action.verb());
+                }
             }
         }
     }
-
-    wait_ready(&rt, &lab, &multi).await?;
-    setup_lab(&lab, &multi).await?;
+    wait_ready(&rt, &lab, &multi, true).await?;
     let ready_secs = t_start.elapsed().as_secs_f64();
 
     let total = started.elapsed().as_secs_f64();
@@ -142,12 +153,12 @@ fn check_ports(lab: &Lab, existing: &[ContainerInfo]) -> Result<()> {
 }
 
 /// Base image first, then each image one at a time (builds are CPU-bound; 2 cores here).
-async fn build_images(rt: &Runtime, multi: &MultiProgress, force: bool) -> Result<Vec<(&'static str, String)>> {
+async fn build_images(rt: &Runtime, lab: &Lab, multi: &MultiProgress, force: bool) -> Result<Vec<(&'static str, String)>> {
     let pb = spinner(multi, "images");
     rt.ensure_base(&pb).await?;
     let mut tags = Vec::new();
     let mut built = Vec::new();
-    for spec in IMAGES {
+    for spec in IMAGES.iter().filter(|i| lab.stack.services.iter().any(|s| s.image.name == i.name)) {
         let t = Instant::now();
         let (tag, was_built) = rt.ensure_image(spec, force, &pb).await?;
         if was_built {
@@ -175,10 +186,10 @@ async fn remove_surplus(rt: &Runtime, lab: &Lab, existing: &[ContainerInfo]) -> 
 }
 
 /// Polls every service's probe concurrently until it passes or the timeout ends.
-async fn wait_ready(rt: &Runtime, lab: &Lab, multi: &MultiProgress) -> Result<()> {
+async fn wait_ready(rt: &Runtime, lab: &Lab, multi: &MultiProgress, after_setup: bool) -> Result<()> {
     let timeout = Duration::from_secs(lab.config.ready_timeout_secs);
     let mut tasks = tokio::task::JoinSet::new();
-    for svc in lab.stack.services.iter().filter(|s| !matches!(s.probe, Probe::CoveredBy { .. })) {
+    for svc in lab.stack.services.iter().filter(|s| !matches!(s.probe, Probe::CoveredBy { .. }) && s.after_setup == after_setup) {
         let pb = spinner(multi, svc.name);
         let (lab, svc) = (lab.clone(), svc.clone());
         tasks.spawn(async move {

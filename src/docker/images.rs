@@ -43,8 +43,12 @@ pub fn input_hash(spec: &ImageSpec) -> String {
         h.update((bytes.len() as u64).to_le_bytes());
         h.update(bytes);
     }
-    if let Some(HostBinary::Tansu) = spec.host_binary {
-        h.update(format!("tansu {TANSU_VERSION} features={TANSU_FEATURES}").as_bytes());
+    match spec.host_binary {
+        Some(HostBinary::Tansu) => h.update(format!("tansu {TANSU_VERSION} features={TANSU_FEATURES}").as_bytes()),
+        // The binary itself changes with every build; it is tracked by a label instead (see
+        // `ensure_image`), so the tag, and the compose file naming it, stay put.
+        Some(HostBinary::Labctl) => h.update(concat!("labctl ", env!("CARGO_PKG_VERSION")).as_bytes()),
+        None => {}
     }
     hex::encode(&h.finalize()[..6])
 }
@@ -68,6 +72,14 @@ fn host_ca_bundle() -> Vec<u8> {
     std::fs::read(&path).unwrap_or_default()
 }
 
+/// Label on images that embed the labctl binary: the binary's hash.
+const BINARY_LABEL: &str = "labctl.binary-sha256";
+
+fn file_sha256(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
 fn build_context(spec: &ImageSpec, host_binary: Option<&Path>) -> Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
     let mut add = |path: &str, bytes: &[u8], mode: u32| -> Result<()> {
@@ -85,7 +97,11 @@ fn build_context(spec: &ImageSpec, host_binary: Option<&Path>) -> Result<Vec<u8>
     add(".labctl/host-ca.crt", &host_ca_bundle(), 0o644)?;
     if let Some(bin) = host_binary {
         let bytes = std::fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
-        add(".labctl/tansu", &bytes, 0o755)?;
+        let name = match spec.host_binary {
+            Some(HostBinary::Labctl) => ".labctl/labctl",
+            _ => ".labctl/tansu",
+        };
+        add(name, &bytes, 0o755)?;
     }
     Ok(b.into_inner()?)
 }
@@ -186,13 +202,28 @@ impl Runtime {
     /// whether it was built.
     pub async fn ensure_image(&self, spec: &ImageSpec, force: bool, pb: &ProgressBar) -> Result<(String, bool)> {
         let tag = image_tag(spec);
-        if !force && self.image_exists(&tag).await {
-            return Ok((tag, false));
+        let binary = match spec.host_binary {
+            Some(HostBinary::Tansu) => None,
+            Some(HostBinary::Labctl) => Some(std::env::current_exe().context("locating the labctl binary")?),
+            None => None,
+        };
+        let binary_sha = binary.as_deref().map(file_sha256).transpose()?;
+        if !force {
+            if let Ok(img) = self.docker.inspect_image(&tag).await {
+                let label = img.config.and_then(|c| c.labels).and_then(|l| l.get(BINARY_LABEL).cloned());
+                if binary_sha.is_none() || label == binary_sha {
+                    return Ok((tag, false));
+                }
+            }
         }
         let binary = match spec.host_binary {
             Some(HostBinary::Tansu) => Some(ensure_tansu(pb).await?),
-            None => None,
+            _ => binary,
         };
+        let mut labels = HashMap::from([("labctl.image".to_string(), spec.name.to_string())]);
+        if let Some(sha) = &binary_sha {
+            labels.insert(BINARY_LABEL.to_string(), sha.clone());
+        }
         let context = build_context(spec, binary.as_deref())?;
         pb.set_message(format!("building {tag}"));
         let mut stream = self.docker.build_image(
@@ -202,7 +233,7 @@ impl Runtime {
                 rm: true,
                 forcerm: true,
                 buildargs: HashMap::from([("BASE_IMAGE".to_string(), BASE_IMAGE.to_string())]),
-                labels: HashMap::from([("labctl.image".to_string(), spec.name.to_string())]),
+                labels,
                 ..Default::default()
             },
             None,

@@ -146,7 +146,9 @@ impl Runtime {
         existing: Option<&ContainerInfo>,
     ) -> Result<Action> {
         let name = stack.container_name(svc.name, replica);
-        let spec = spec_hash(stack, svc, image);
+        // The image's id, not just its tag: a rebuilt image under the same tag means recreate.
+        let image_id = self.docker.inspect_image(image).await.ok().and_then(|i| i.id).unwrap_or_default();
+        let spec = spec_hash(stack, svc, &format!("{image}@{image_id}"));
         if let Some(c) = existing {
             if c.spec == spec {
                 if c.running() {

@@ -1,0 +1,104 @@
+//! Bad input at the command line: each gives one clear error naming the cause and the fix,
+//! exits non-zero and changes nothing.
+
+mod common;
+
+use common::TestLab;
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn malformed_config_names_file_line_and_key() {
+    let t = TestLab::new("cfg");
+    let path = t.state_dir.path().join("labctl.toml");
+    std::fs::write(&path, "project = \"x\"\n\n[flink]\ntaskmanagerz = 2\n").unwrap();
+    let out = t.run(&["--config", path.to_str().unwrap(), "config"]);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains("labctl.toml:4:") && e.contains("taskmanagerz"), "{e}");
+
+    std::fs::write(&path, "[flink\n").unwrap();
+    let out = t.run(&["--config", path.to_str().unwrap(), "config"]);
+    assert!(!out.status.success() && stderr(&out).contains("labctl.toml:1:"), "{}", stderr(&out));
+}
+
+#[test]
+fn impossible_values_are_rejected_with_their_key() {
+    let t = TestLab::new("val");
+    for (k, v, key) in [
+        ("LABCTL_FLINK_TASKMANAGERS", "0", "flink.taskmanagers"),
+        ("LABCTL_SPARK_WORKERS", "x", "LABCTL_SPARK_WORKERS"),
+        ("LABCTL_PROJECT", "a;b", "project"),
+        ("LABCTL_BROKER_TOPIC", "../x", "broker.topic"),
+    ] {
+        let out = t.command(&["config"]).env(k, v).output().unwrap();
+        assert!(!out.status.success(), "{k}={v} accepted");
+        assert!(stderr(&out).contains(key), "{k}={v}: {}", stderr(&out));
+    }
+    let out = t.run(&["up", "--taskmanagers", "99"]);
+    assert!(!out.status.success() && stderr(&out).contains("flink.taskmanagers"), "{}", stderr(&out));
+}
+
+#[test]
+fn docker_not_reachable_says_how_to_fix_it() {
+    let t = TestLab::new("dock");
+    let out = t.command(&["up"]).env("DOCKER_HOST", "unix:///nonexistent/docker.sock").output().unwrap();
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains("Docker engine not reachable") && e.contains("DOCKER_HOST"), "{e}");
+}
+
+#[test]
+fn commands_on_a_lab_never_started_say_so() {
+    let t = TestLab::new("none");
+    for cmd in [&["status"][..], &["logs", "broker"][..], &["ingest", "--no-live"][..]] {
+        let out = t.run(cmd);
+        assert!(!out.status.success(), "{cmd:?}");
+        assert!(stderr(&out).contains("labctl up"), "{cmd:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn a_taken_port_is_named_before_anything_changes() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let t = TestLab::new("port").with_env("LABCTL_PORTS_FLINK_UI", &port);
+    let out = t.run(&["up"]);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains(&port) && e.contains("ports.flink_ui") && e.contains("already in use"), "{e}");
+    // Nothing of the lab was created.
+    let ps = std::process::Command::new("docker")
+        .args(["ps", "-a", "--filter", &format!("label=labctl.project={}", t.project), "-q"])
+        .output()
+        .unwrap();
+    assert!(ps.stdout.is_empty(), "containers were created despite the error");
+}
+
+#[test]
+fn generator_input_is_validated() {
+    let t = TestLab::new("gen");
+    for (args, want) in [
+        (&["ingest", "--dry-run", "--machines", "0"][..], "fleet is empty"),
+        (&["ingest", "--dry-run", "--interval", "0"][..], "--interval"),
+        (&["ingest", "--dry-run", "--interval", "-5"][..], "--interval"),
+        (&["ingest", "--dry-run", "--types", "drill"][..], "unknown machine type `drill`"),
+        (&["ingest", "--dry-run", "--backfill", "soon"][..], "invalid duration"),
+    ] {
+        let out = t.run(args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "{args:?} printed messages despite the error");
+    }
+}
+
+#[test]
+fn every_command_has_help() {
+    let t = TestLab::new("help");
+    for cmd in ["up", "down", "status", "logs", "ingest", "render", "images", "config"] {
+        let out = t.run(&[cmd, "--help"]);
+        assert!(out.status.success() && !out.stdout.is_empty(), "{cmd} --help");
+    }
+}

@@ -1,0 +1,279 @@
+//! The lab on a real Docker engine, checked through each service's own protocol. One lab for
+//! the whole binary (JVM clusters are slow to start), phases in order; it is removed at the end.
+
+mod common;
+
+use std::{collections::HashMap, time::Duration};
+
+use bollard::container::ListContainersOptions;
+use common::{rt, wait_for, TestLab};
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
+    producer::{BaseProducer, BaseRecord, Producer},
+    Message, Offset, TopicPartitionList,
+};
+
+#[test]
+fn lab_on_a_real_engine() {
+    // The generator service is checked in its own phase below, so start without it.
+    let mut t = TestLab::new("lab").with_env("LABCTL_INGEST_ENABLED", "false");
+    let up = t.json(&["up", "--json"]);
+    assert!(up["containers_changed"].as_u64().unwrap() >= 7, "{up}");
+
+    let lab = t.lab();
+    let rt = rt();
+
+    // --- status: every service ready, JSON for scripts ---------------------------------------
+    let status = t.json(&["status", "--json"]);
+    assert_eq!(status["healthy"], true, "{status:#}");
+    let names: Vec<_> = status["services"].as_array().unwrap().iter().map(|s| s["service"].as_str().unwrap().to_string()).collect();
+    for want in ["broker", "timescaledb", "azurite", "flink-jobmanager", "flink-taskmanager", "spark-master", "spark-worker"] {
+        assert!(names.iter().any(|n| n == want), "status lacks {want}: {names:?}");
+    }
+    assert!(status.get("secrets").is_none(), "secrets only with --show-secrets");
+    let secret = t.json(&["status", "--json", "--show-secrets"]);
+    assert_eq!(secret["secrets"]["db_password"].as_str().unwrap(), lab.state.db_password);
+
+    // --- broker: produce and consume one message through the published port ------------------
+    let broker = lab.broker().unwrap();
+    let probe_topic = lab.config.broker.topic.clone();
+    let producer: BaseProducer = broker.client_config().create().unwrap();
+    let marker = format!("probe-{}", t.project);
+    producer.send(BaseRecord::to(&probe_topic).key("probe").payload(&marker)).unwrap();
+    producer.flush(Duration::from_secs(20)).unwrap();
+    let consumer: BaseConsumer = broker.client_config().set("group.id", "lab-test").create().unwrap();
+    let md = consumer.fetch_metadata(Some(&probe_topic), Duration::from_secs(10)).unwrap();
+    let parts = md.topics()[0].partitions().len();
+    assert_eq!(parts as i32, lab.config.broker.partitions, "topic created with the configured partitions");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..parts as i32 {
+        tpl.add_partition_offset(&probe_topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let got = wait_for("the probe message back", Duration::from_secs(30), || {
+        consumer.poll(Duration::from_millis(500)).and_then(|m| m.ok()).and_then(|m| m.payload().map(|p| p.to_vec()))
+    });
+    assert_eq!(String::from_utf8(got).unwrap(), marker);
+
+    // --- database: both hypertables take rows and give them back ----------------------------
+    rt.block_on(async {
+        let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
+        let hts: Vec<String> = db
+            .query("SELECT hypertable_name::text FROM timescaledb_information.hypertables ORDER BY 1", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(hts, vec!["machine_sensors", "sensor_aggregates"]);
+        db.execute(
+            "INSERT INTO machine_sensors VALUES ('2026-01-01T00:00:00Z','CNC-01','CNC','temperature',70.5,'C')",
+            &[],
+        )
+        .await
+        .unwrap();
+        db.execute(
+            "INSERT INTO sensor_aggregates VALUES ('2026-01-01T00:00:00Z','2026-01-01T00:01:00Z','CNC-01','temperature',70.5,70.0,71.0,12)",
+            &[],
+        )
+        .await
+        .unwrap();
+        let v: f64 = db.query_one("SELECT value FROM machine_sensors WHERE machine_id='CNC-01'", &[]).await.unwrap().get(0);
+        assert_eq!(v, 70.5);
+        let n: i64 = db.query_one("SELECT reading_count FROM sensor_aggregates", &[]).await.unwrap().get(0);
+        assert_eq!(n, 12);
+        // A wrong password is refused.
+        let mut bad = tokio_postgres::Config::new();
+        bad.host("127.0.0.1").port(lab.state.ports.database).user(&lab.config.database.user).dbname(&lab.config.database.name).password("wrong");
+        assert!(bad.connect(tokio_postgres::NoTls).await.is_err(), "a wrong password must be refused");
+    });
+
+    // --- Flink, Spark, Azurite over their REST APIs -----------------------------------------
+    rt.block_on(async {
+        let flink = lab.flink(Duration::from_secs(5)).unwrap();
+        let o = flink.overview().await.unwrap();
+        assert_eq!(o.taskmanagers, lab.config.flink.taskmanagers);
+        assert_eq!(o.slots_total, lab.config.flink.taskmanagers * lab.config.flink.slots_per_taskmanager);
+        assert!(o.flink_version.starts_with("2.0"), "{}", o.flink_version);
+        assert_eq!(flink.taskmanagers().await.unwrap().len() as u32, lab.config.flink.taskmanagers);
+
+        let spark = lab.spark(Duration::from_secs(5)).unwrap();
+        let m = spark.master().await.unwrap();
+        assert_eq!(m.status, "ALIVE");
+        assert_eq!(labctl::spark::Client::alive_workers(&m), lab.config.spark.workers as usize);
+
+        let blob = lab.blob(Duration::from_secs(5)).unwrap();
+        assert!(blob.create_container("probe-container").await.unwrap());
+        let listed = blob.list_containers().await.unwrap();
+        assert!(listed.contains(&"probe-container".to_string()) && listed.contains(&lab.config.lake.container), "{listed:?}");
+    });
+
+    // --- security: ports on 127.0.0.1 only, no password in the engine's view ------------------
+    rt.block_on(async {
+        let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+        let filters = HashMap::from([("label".to_string(), vec![format!("labctl.project={}", t.project)])]);
+        let cs = docker.list_containers(Some(ListContainersOptions { all: true, filters, ..Default::default() })).await.unwrap();
+        for c in &cs {
+            for p in c.ports.iter().flatten() {
+                if p.public_port.is_some() {
+                    assert_eq!(p.ip.as_deref(), Some("127.0.0.1"), "{:?} publishes {p:?}", c.names);
+                }
+            }
+            let name = c.names.as_ref().unwrap()[0].trim_start_matches('/');
+            let inspect = serde_json::to_string(&docker.inspect_container(name, None).await.unwrap()).unwrap();
+            assert!(!inspect.contains(&lab.state.db_password), "{name}: password visible in docker inspect");
+        }
+    });
+    let state_file = t.state_dir.path().join(format!("{}.json", t.project));
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&state_file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "state file must be readable by its owner only");
+
+    // --- up again: nothing changes ---------------------------------------------------------
+    let again = t.json(&["up", "--json"]);
+    assert_eq!(again["containers_changed"], 0, "second up must be a no-op: {again}");
+    assert!(again["seconds"]["images"].as_f64().unwrap() < 30.0, "second up must build nothing: {again}");
+
+    // --- logs and bad input ------------------------------------------------------------------
+    let logs = t.run(&["logs", "timescaledb", "--tail", "20"]);
+    assert!(logs.status.success() && !logs.stdout.is_empty());
+    let bad = t.run(&["logs", "kafka"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown service `kafka`"));
+
+    // --- ingest from the host: backfill, consume back, restart without duplicates ------------
+    check_host_ingest(&t, &lab);
+
+    // --- ingest as a service of the lab: resumes, restarts after a crash ----------------------
+    t.set_env("LABCTL_INGEST_ENABLED", "true");
+    t.set_env("LABCTL_INGEST_BACKFILL", "20m");
+    let with_ingest = t.json(&["up", "--json"]);
+    assert_eq!(with_ingest["containers_changed"], 1, "only the generator is added: {with_ingest}");
+    let before = total_offsets(&lab);
+    wait_for("the generator service to produce", Duration::from_secs(60), || (total_offsets(&lab) > before).then_some(()));
+    let ingest_container = format!("{}-ingest-1", t.project);
+    assert!(std::process::Command::new("docker").args(["kill", &ingest_container]).status().unwrap().success());
+    let after_kill = total_offsets(&lab);
+    wait_for("the generator to be restarted and produce again", Duration::from_secs(60), || (total_offsets(&lab) > after_kill).then_some(()));
+    let readings = read_all(&lab);
+    assert_no_duplicates_or_gaps(&readings, 5);
+
+    // --- down keeps data, down --volumes removes everything -----------------------------------
+    t.ok(&["down"]);
+    rt.block_on(async {
+        let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+        let filters = HashMap::from([("label".to_string(), vec![format!("labctl.project={}", t.project)])]);
+        let cs = docker.list_containers(Some(ListContainersOptions { all: true, filters: filters.clone(), ..Default::default() })).await.unwrap();
+        assert!(cs.is_empty(), "containers left after down: {cs:?}");
+        let nets = docker.list_networks(Some(bollard::network::ListNetworksOptions { filters: filters.clone() })).await.unwrap();
+        assert!(nets.is_empty(), "network left after down");
+        let vols = docker.list_volumes(Some(bollard::volume::ListVolumesOptions { filters: filters.clone() })).await.unwrap();
+        assert!(!vols.volumes.unwrap_or_default().is_empty(), "down without --volumes keeps the data");
+    });
+    t.ok(&["down", "--volumes", "--yes"]);
+    rt.block_on(async {
+        let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+        let filters = HashMap::from([("label".to_string(), vec![format!("labctl.project={}", t.project)])]);
+        let vols = docker.list_volumes(Some(bollard::volume::ListVolumesOptions { filters })).await.unwrap();
+        assert!(vols.volumes.unwrap_or_default().is_empty(), "volumes left after down --volumes");
+    });
+    assert!(!state_file.exists(), "state removed with the volumes");
+}
+
+fn total_offsets(lab: &labctl::lab::Lab) -> i64 {
+    rt().block_on(lab.broker().unwrap().offsets(&lab.config.broker.topic, Duration::from_secs(5)))
+        .map(|o| o.iter().map(|p| p.high).sum())
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone)]
+struct Reading {
+    partition: i32,
+    key: String,
+    machine: String,
+    sensor: String,
+    ts: i64,
+}
+
+/// Every generator message on the topic (the probe message above is skipped).
+fn read_all(lab: &labctl::lab::Lab) -> Vec<Reading> {
+    let broker = lab.broker().unwrap();
+    let topic = &lab.config.broker.topic;
+    let offsets = rt().block_on(broker.offsets(topic, Duration::from_secs(5))).unwrap();
+    let consumer: BaseConsumer = broker.client_config().set("group.id", "lab-test-read").create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining: HashMap<i32, i64> = HashMap::new();
+    for p in &offsets {
+        tpl.add_partition_offset(topic, p.partition, Offset::Offset(p.low)).unwrap();
+        if p.high > p.low {
+            remaining.insert(p.partition, p.high);
+        }
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let start = std::time::Instant::now();
+    while !remaining.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(120), "reading the topic back timed out");
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let m = m.unwrap();
+        if m.offset() + 1 >= remaining.get(&m.partition()).copied().unwrap_or(i64::MAX) {
+            remaining.remove(&m.partition());
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(m.payload().unwrap_or_default()) else { continue };
+        let Some(ts) = v["timestamp"].as_str() else { continue };
+        out.push(Reading {
+            partition: m.partition(),
+            key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+            machine: v["machine_id"].as_str().unwrap().into(),
+            sensor: v["sensor_type"].as_str().unwrap().into(),
+            ts: labctl::generator::encode::parse_timestamp(ts).unwrap(),
+        });
+    }
+    out
+}
+
+/// Each machine on one partition, keyed by its id, its readings in time order, every
+/// (machine, sensor, timestamp) exactly once, and no tick missing between first and last.
+fn assert_no_duplicates_or_gaps(readings: &[Reading], interval: i64) {
+    let mut partition_of: HashMap<&str, i32> = HashMap::new();
+    let mut last: HashMap<(&str, &str), i64> = HashMap::new();
+    let mut count: HashMap<(&str, &str), (i64, i64, usize)> = HashMap::new();
+    for r in readings {
+        assert_eq!(r.key, r.machine, "messages are keyed by machine_id");
+        let p = *partition_of.entry(&r.machine).or_insert(r.partition);
+        assert_eq!(p, r.partition, "{} appears on two partitions", r.machine);
+        let k = (r.machine.as_str(), r.sensor.as_str());
+        if let Some(prev) = last.insert(k, r.ts) {
+            assert!(r.ts > prev, "{k:?}: {} after {prev}: duplicate or out of order", r.ts);
+        }
+        let e = count.entry(k).or_insert((r.ts, r.ts, 0));
+        e.0 = e.0.min(r.ts);
+        e.1 = e.1.max(r.ts);
+        e.2 += 1;
+    }
+    assert_eq!(count.len(), 9, "3 machines x 3 sensors: {:?}", count.keys());
+    for (k, (first, last, n)) in count {
+        assert_eq!(((last - first) / interval + 1) as usize, n, "{k:?}: gap between {first} and {last}");
+    }
+}
+
+fn check_host_ingest(t: &TestLab, lab: &labctl::lab::Lab) {
+    // Dry run needs no broker and prints exactly N messages.
+    let dry = t.ok(&["ingest", "--dry-run", "--count", "7"]);
+    assert_eq!(dry.lines().count(), 7);
+
+    let first = t.json(&["ingest", "--backfill", "30m", "--no-live", "--json"]);
+    let produced = first["produced"].as_u64().unwrap();
+    // 30 minutes at 5 s = 360 ticks (plus the current one) x 9 readings.
+    assert!((360 * 9..=362 * 9).contains(&produced), "{first}");
+    assert_eq!(first["delivered"], first["produced"]);
+    assert_eq!(first["failed"], 0);
+    assert_eq!(total_offsets(lab) as u64, produced + 1, "every reading in the topic once (+1 probe message)");
+
+    // A restart continues where the topic is: only ticks that passed since, no backfill again.
+    let second = t.json(&["ingest", "--backfill", "30m", "--no-live", "--json"]);
+    assert_eq!(second["resumed"], true);
+    assert!(second["produced"].as_u64().unwrap() <= 9 * 4, "restart must not backfill again: {second}");
+    let readings = read_all(lab);
+    assert_eq!(readings.len() as u64, produced + second["produced"].as_u64().unwrap());
+    assert_no_duplicates_or_gaps(&readings, 5);
+}
