@@ -126,7 +126,7 @@ else
 fi
 
 set +e
-utils_out="$(java -classpath "${FLINK_BIN_DIR}/bash-java-utils.jar:${flink_dist}" \
+utils_out="$(java -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Xshare:auto -classpath "${FLINK_BIN_DIR}/bash-java-utils.jar:${flink_dist}" \
   org.apache.flink.runtime.util.bash.BashJavaUtils "$utils_cmd" --configDir "$FLINK_CONF_DIR" "$@" 2>&1)"
 utils_rc=$?
 set -e

@@ -63,3 +63,181 @@ impl Client {
         Ok(self.get::<TaskManagers>("/taskmanagers").await?.taskmanagers)
     }
 }
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct JarFile {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub uploaded: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Jars {
+    #[serde(default)]
+    files: Vec<JarFile>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct JobOverview {
+    pub jid: String,
+    pub name: String,
+    pub state: String,
+    #[serde(rename = "start-time")]
+    pub start_time: i64,
+    #[serde(default)]
+    pub duration: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct JobsOverview {
+    jobs: Vec<JobOverview>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct Vertex {
+    pub id: String,
+    pub name: String,
+    pub parallelism: u32,
+    pub status: String,
+    #[serde(default)]
+    pub metrics: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct JobDetails {
+    pub jid: String,
+    pub name: String,
+    pub state: String,
+    #[serde(rename = "start-time")]
+    pub start_time: i64,
+    #[serde(default)]
+    pub vertices: Vec<Vertex>,
+}
+
+/// Error body of Flink's REST API.
+#[derive(Debug, Deserialize)]
+struct Errors {
+    #[serde(default)]
+    errors: Vec<String>,
+}
+
+/// A job submission that Flink refused; `cause` is the part a user can act on.
+#[derive(Debug, thiserror::Error)]
+#[error("{cause}")]
+pub struct SubmitError {
+    pub cause: String,
+    pub full: String,
+}
+
+/// The message after "The main method caused an error:", else the last "Caused by:", else
+/// the first line: what a user needs from an 8 KB stack trace.
+pub fn useful_cause(text: &str) -> String {
+    const MAIN: &str = "The main method caused an error:";
+    if let Some(i) = text.find(MAIN) {
+        let rest = text[i + MAIN.len()..].trim_start();
+        let line = rest.lines().next().unwrap_or(rest).trim();
+        if !line.is_empty() {
+            return line.to_string();
+        }
+    }
+    if let Some(i) = text.rfind("Caused by:") {
+        let rest = &text[i + "Caused by:".len()..];
+        return rest.lines().next().unwrap_or(rest).trim().to_string();
+    }
+    text.lines().find(|l| !l.trim().is_empty()).unwrap_or(text).trim().to_string()
+}
+
+impl Client {
+    async fn send_json<T: serde::de::DeserializeOwned>(&self, req: reqwest::RequestBuilder, what: &str) -> Result<T> {
+        let resp = req.send().await.with_context(|| format!("Flink REST ({what}) did not answer at {}", self.base))?;
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            let errors = serde_json::from_str::<Errors>(&body).map(|e| e.errors.join("\n")).unwrap_or(body);
+            return Err(SubmitError { cause: useful_cause(&errors), full: errors }.into());
+        }
+        serde_json::from_str(&body).with_context(|| format!("Flink REST ({what}): unexpected answer: {body}"))
+    }
+
+    pub async fn jars(&self) -> Result<Vec<JarFile>> {
+        Ok(self.get::<Jars>("/jars").await?.files)
+    }
+
+    pub async fn upload_jar(&self, name: &str, bytes: Vec<u8>) -> Result<String> {
+        #[derive(Deserialize)]
+        struct Uploaded {
+            filename: String,
+        }
+        let part = reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()).mime_str("application/x-java-archive")?;
+        let form = reqwest::multipart::Form::new().part("jarfile", part);
+        let up: Uploaded = self.send_json(self.http.post(format!("{}/jars/upload", self.base)).multipart(form), "jar upload").await?;
+        // The answer names the stored file; its last path component is the jar id.
+        Ok(up.filename.rsplit('/').next().unwrap_or(&up.filename).to_string())
+    }
+
+    /// Runs a jar's main class; Flink answers once the job is submitted (or refuses it).
+    pub async fn run_jar(&self, jar_id: &str, entry_class: &str, args: &[String], parallelism: Option<u32>) -> Result<String> {
+        #[derive(Deserialize)]
+        struct Run {
+            jobid: String,
+        }
+        let mut body = serde_json::json!({ "entryClass": entry_class, "programArgsList": args });
+        if let Some(p) = parallelism {
+            body["parallelism"] = p.into();
+        }
+        let run: Run = self.send_json(self.http.post(format!("{}/jars/{jar_id}/run", self.base)).json(&body), "jar run").await?;
+        Ok(run.jobid)
+    }
+
+    pub async fn jobs(&self) -> Result<Vec<JobOverview>> {
+        Ok(self.get::<JobsOverview>("/jobs/overview").await?.jobs)
+    }
+
+    pub async fn job(&self, id: &str) -> Result<JobDetails> {
+        self.get(&format!("/jobs/{id}")).await
+    }
+
+    /// The newest failure of a job, reduced to its useful cause (full text second).
+    pub async fn last_exception(&self, id: &str) -> Result<Option<(String, String)>> {
+        let v: serde_json::Value = self.get(&format!("/jobs/{id}/exceptions")).await?;
+        let entries = v["exceptionHistory"]["entries"].as_array().cloned().unwrap_or_default();
+        Ok(entries.first().and_then(|e| e["stacktrace"].as_str()).map(|s| (useful_cause(s), s.to_string())))
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<()> {
+        let url = format!("{}/jobs/{id}?mode=cancel", self.base);
+        let resp = self.http.patch(&url).send().await.with_context(|| format!("cancelling job {id}"))?;
+        resp.error_for_status().with_context(|| format!("cancelling job {id}"))?;
+        Ok(())
+    }
+
+    /// Aggregated metric of a job's vertices, e.g. `numLateRecordsDropped`.
+    pub async fn vertex_metric(&self, job: &str, vertex: &str, metric: &str) -> Result<f64> {
+        let v: serde_json::Value =
+            self.get(&format!("/jobs/{job}/vertices/{vertex}/subtasks/metrics?get={metric}&agg=sum")).await?;
+        Ok(v.as_array().and_then(|a| a.first()).and_then(|m| m["sum"].as_f64()).unwrap_or(0.0))
+    }
+
+    /// Names of a vertex's metrics (they carry operator prefixes that differ per plan).
+    pub async fn vertex_metric_names(&self, job: &str, vertex: &str) -> Result<Vec<String>> {
+        let v: serde_json::Value = self.get(&format!("/jobs/{job}/vertices/{vertex}/subtasks/metrics")).await?;
+        Ok(v.as_array().map(|a| a.iter().filter_map(|m| m["id"].as_str().map(str::to_string)).collect()).unwrap_or_default())
+    }
+
+    pub async fn checkpoints(&self, job: &str) -> Result<serde_json::Value> {
+        self.get(&format!("/jobs/{job}/checkpoints")).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn useful_cause_picks_the_actionable_line() {
+        let t = "org.apache.flink.client.program.ProgramInvocationException: The main method caused an error: SQL validation failed. Column 'avg_val' not found\n\tat org...\nCaused by: x";
+        assert_eq!(useful_cause(t), "SQL validation failed. Column 'avg_val' not found");
+        assert_eq!(useful_cause("java.lang.Exception: a\nCaused by: b\nCaused by: java.net.ConnectException: refused\n\tat x"), "java.net.ConnectException: refused");
+    }
+}
