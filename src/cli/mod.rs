@@ -1,6 +1,7 @@
 //! The command line: one module per command, each taking its parsed arguments and a config.
 
 mod down;
+pub mod flink;
 mod images;
 pub mod ingest;
 mod logs;
@@ -47,6 +48,12 @@ pub enum Command {
     Status(status::Args),
     /// Produce synthetic sensor readings into the lab's topic (backfill, then live).
     Ingest(ingest::Args),
+    /// Submit a job: `flink` (the streaming aggregation).
+    #[command(subcommand)]
+    Submit(SubmitCommand),
+    /// The Flink cluster's jobs.
+    #[command(subcommand)]
+    Flink(flink::FlinkCommand),
     /// Show a service's logs.
     Logs(logs::Args),
     /// Print files derived from the stack definition (compose file, init-db.sql).
@@ -56,6 +63,12 @@ pub enum Command {
     Images(images::Command),
     /// Print the effective configuration (defaults + labctl.toml + LABCTL_*), as TOML.
     Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubmitCommand {
+    /// The streaming job: Kafka source, raw readings and 1-minute aggregates into TimescaleDB.
+    Flink(flink::SubmitArgs),
 }
 
 pub fn load_config(cli: &Cli) -> Result<Config> {
@@ -74,6 +87,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Down(a) => down::run(config, a).await,
         Command::Status(a) => status::run(config, a).await,
         Command::Ingest(a) => ingest::run(config, a).await,
+        Command::Submit(SubmitCommand::Flink(a)) => flink::submit(config, a).await,
+        Command::Flink(c) => flink::command(config, c).await,
         Command::Logs(a) => logs::run(config, a).await,
         Command::Render(a) => render::run(config, a),
         Command::Images(c) => images::run(config, c).await,

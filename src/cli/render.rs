@@ -24,6 +24,8 @@ enum What {
     Compose,
     /// init-db.sql: both tables and hypertables.
     InitDb,
+    /// The Flink SQL job (with the database password left out).
+    Flink,
 }
 
 pub fn run(config: Config, args: Args) -> Result<ExitCode> {
@@ -35,6 +37,8 @@ pub fn run(config: Config, args: Args) -> Result<ExitCode> {
             render::compose(&Stack::new(&config, &state))?
         }
         What::InitDb => schema::init_db_sql(),
+        // The password is filled in at submit time only; rendered output never shows it.
+        What::Flink => super::flink::render(&config, None)?,
     };
     match (&args.output, args.check) {
         (Some(path), true) => {
@@ -54,5 +58,6 @@ fn what_name(w: What) -> &'static str {
     match w {
         What::Compose => "compose",
         What::InitDb => "init-db",
+        What::Flink => "flink",
     }
 }

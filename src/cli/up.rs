@@ -194,7 +194,7 @@ async fn wait_ready(rt: &Runtime, lab: &Lab, multi: &MultiProgress, after_setup:
         let (lab, svc) = (lab.clone(), svc.clone());
         tasks.spawn(async move {
             let start = Instant::now();
-            let mut last_err = String::new();
+            let mut last_err;
             loop {
                 match lab.probe(&svc.probe, Duration::from_secs(3)).await {
                     Ok(detail) => {

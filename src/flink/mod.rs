@@ -1,5 +1,7 @@
 //! Flink's REST API, typed: what labctl reads and calls on the JobManager.
 
+pub mod job;
+
 use std::time::Duration;
 
 use anyhow::{Context, Result};

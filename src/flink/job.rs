@@ -1,0 +1,202 @@
+//! The streaming job: rendered from `templates/flink/sensor_aggregation.sql.tera` with every
+//! column list derived from `schema`, split into statements for the SQL runner.
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use crate::{
+    config::Config,
+    render::render_template,
+    schema::{flink_ident, MACHINE_SENSORS, MESSAGE_FIELDS, SENSOR_AGGREGATES},
+    stack::{BROKER, BROKER_PORT, DATABASE, DATABASE_PORT},
+    state::State,
+};
+
+pub const TEMPLATE: &str = "templates/flink/sensor_aggregation.sql.tera";
+pub const RUNNER_JAR_NAME: &str = "labctl-sql-runner.jar";
+pub const RUNNER_ENTRY_CLASS: &str = "lab.SqlRunner";
+
+/// Settings of the job that are not part of the stack.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobSettings {
+    pub watermark_delay_secs: u32,
+    pub window_secs: u32,
+    pub checkpoint_interval_secs: u32,
+    /// A partition without records for this long stops holding back event time (an empty
+    /// partition would otherwise stop every window from closing).
+    pub idle_timeout_secs: u32,
+    pub restart_attempts: u32,
+    pub parallelism: u32,
+}
+
+impl JobSettings {
+    pub fn for_lab(config: &Config) -> Self {
+        Self {
+            watermark_delay_secs: 5,
+            window_secs: 60,
+            checkpoint_interval_secs: 10,
+            idle_timeout_secs: 30,
+            restart_attempts: 10,
+            // One reader per partition: tansu fills a fetch from one partition before the next,
+            // so a reader owning several starves some and event time races past them.
+            parallelism: config.broker.partitions as u32,
+        }
+    }
+}
+
+pub fn job_name(project: &str) -> String {
+    format!("{project}: sensor aggregation")
+}
+
+/// Expression producing each aggregate column; a column of `SENSOR_AGGREGATES` without one
+/// fails `render` (and a unit test), so the table and the job cannot disagree on names.
+fn aggregate_expr(column: &str) -> Option<&'static str> {
+    Some(match column {
+        "window_start" => "window_start",
+        "window_end" => "window_end",
+        "machine_id" => "machine_id",
+        "sensor_type" => "sensor_type",
+        "avg_value" => "AVG(`value`)",
+        "min_value" => "MIN(`value`)",
+        "max_value" => "MAX(`value`)",
+        "reading_count" => "COUNT(*)",
+        _ => return None,
+    })
+}
+
+/// Expression producing each raw column from the source table.
+fn raw_expr(column: &str) -> String {
+    match column {
+        "timestamp" => "event_time".into(),
+        other => flink_ident(other),
+    }
+}
+
+/// SQL string literal for Flink ('' escapes a quote).
+fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+pub fn render(config: &Config, state: &State, settings: &JobSettings) -> Result<String> {
+    let source_columns: Vec<String> =
+        MESSAGE_FIELDS.iter().map(|c| format!("{} {}", flink_ident(c.name), c.ty.flink())).collect();
+    let raw_select: Vec<String> = MACHINE_SENSORS.columns.iter().map(|c| raw_expr(c.name)).collect();
+    let mut agg_select = Vec::new();
+    for c in SENSOR_AGGREGATES.columns {
+        match aggregate_expr(c.name) {
+            Some(e) => agg_select.push(format!("{e} AS {}", flink_ident(c.name))),
+            None => bail!("the Flink job has no expression for column {}.{}", SENSOR_AGGREGATES.name, c.name),
+        }
+    }
+    let jdbc_url = format!(
+        "jdbc:postgresql://{DATABASE}:{DATABASE_PORT}/{}?reWriteBatchedInserts=true",
+        config.database.name
+    );
+    let mut ctx = tera::Context::new();
+    ctx.insert("job_name", &lit(&job_name(&config.project)));
+    ctx.insert("s", settings);
+    ctx.insert("topic", &lit(&config.broker.topic));
+    ctx.insert("bootstrap", &lit(&format!("{BROKER}:{BROKER_PORT}")));
+    ctx.insert("group_id", &lit(&format!("labctl-{}-flink", config.project)));
+    ctx.insert("source_columns", &source_columns.join(",\n  "));
+    ctx.insert("jdbc_url", &lit(&jdbc_url));
+    ctx.insert("db_user", &lit(&config.database.user));
+    ctx.insert("db_password", &lit(&state.db_password));
+    ctx.insert("raw_table", MACHINE_SENSORS.name);
+    ctx.insert("raw_columns", &MACHINE_SENSORS.flink_sink_columns());
+    ctx.insert("raw_select", &raw_select.join(", "));
+    ctx.insert("agg_table", SENSOR_AGGREGATES.name);
+    ctx.insert("agg_columns", &SENSOR_AGGREGATES.flink_sink_columns());
+    ctx.insert("agg_select", &agg_select.join(",\n  "));
+    render_template(TEMPLATE, &ctx)
+}
+
+/// Splits a script into statements at `;` outside quotes and comments; drops comments-only parts.
+pub fn split_statements(script: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = script.chars().peekable();
+    let (mut in_single, mut in_backtick) = (false, false);
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' if !in_backtick => in_single = !in_single,
+            '`' if !in_single => in_backtick = !in_backtick,
+            '-' if !in_single && !in_backtick && chars.peek() == Some(&'-') => {
+                // A comment runs to the end of the line; it is not part of any statement.
+                for c2 in chars.by_ref() {
+                    if c2 == '\n' {
+                        break;
+                    }
+                }
+                cur.push('\n');
+                continue;
+            }
+            ';' if !in_single && !in_backtick => {
+                push_statement(&mut out, &cur);
+                cur.clear();
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    push_statement(&mut out, &cur);
+    out
+}
+
+fn push_statement(out: &mut Vec<String>, s: &str) {
+    let lines: Vec<&str> = s.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
+    if !lines.is_empty() {
+        out.push(lines.join("\n"));
+    }
+}
+
+/// What a statement is, for the local checks before submitting.
+pub fn kind(statement: &str) -> &'static str {
+    let first = statement.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+    match first.as_str() {
+        "SET" => "SET",
+        "INSERT" => "INSERT",
+        "CREATE" => "CREATE",
+        _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendered() -> String {
+        let c = Config::default();
+        let st = State { db_password: "pw'x".into(), ports: c.ports.clone() };
+        render(&c, &st, &JobSettings::for_lab(&c)).unwrap()
+    }
+
+    #[test]
+    fn every_aggregate_column_has_an_expression() {
+        for c in SENSOR_AGGREGATES.columns {
+            assert!(aggregate_expr(c.name).is_some(), "{}", c.name);
+        }
+        assert!(aggregate_expr("avg_val").is_none());
+    }
+
+    #[test]
+    fn rendered_job_uses_schema_names_and_the_t_fix() {
+        let sql = rendered();
+        assert!(sql.contains("TO_TIMESTAMP(REPLACE(`timestamp`, 'T', ' '))"), "{sql}");
+        assert!(sql.contains("`avg_value` DOUBLE"));
+        assert!(sql.contains("AVG(`value`) AS `avg_value`"));
+        assert!(sql.contains("PRIMARY KEY (`machine_id`, `sensor_type`, `window_start`) NOT ENFORCED"));
+        assert!(sql.contains("'pw''x'"), "password quoted as a literal");
+        let stmts = split_statements(&sql);
+        assert_eq!(stmts.iter().filter(|s| kind(s) == "INSERT").count(), 2);
+        assert_eq!(stmts.iter().filter(|s| kind(s) == "CREATE").count(), 4);
+        assert!(stmts.iter().all(|s| !s.trim_start().starts_with("--")));
+    }
+
+    #[test]
+    fn splitting_respects_quotes_and_comments() {
+        let s = split_statements("-- c; x\nSET 'a' = 'b;c';\nCREATE TABLE `t;` (x INT); -- tail\n\n");
+        assert_eq!(s, vec!["SET 'a' = 'b;c'", "CREATE TABLE `t;` (x INT)"]);
+    }
+}
