@@ -98,12 +98,13 @@ pub fn producer_config(base: &ClientConfig) -> ClientConfig {
     let mut c = base.clone();
     c.set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "25")
-        .set("batch.num.messages", "100000")
-        .set("batch.size", "4000000")
-        .set("queue.buffering.max.messages", "2000000")
-        .set("queue.buffering.max.kbytes", "2097151")
-        .set("compression.type", "lz4")
+        .set("linger.ms", "10")
+        .set("batch.num.messages", "10000")
+        .set("batch.size", "1000000")
+        // A bounded queue: a backfill waits for the broker instead of buffering a week in memory.
+        .set("queue.buffering.max.messages", "200000")
+        .set("queue.buffering.max.kbytes", "65536")
+        .set("compression.type", "none")
         .set("partitioner", "murmur2_random")
         // 0 = no limit: while the broker is away, readings wait and are retried, never expire.
         .set("message.timeout.ms", "0");
