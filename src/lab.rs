@@ -70,9 +70,10 @@ impl Lab {
                 self.database()?.probe(timeout).await?;
                 Ok("login ok, timescaledb preloaded".into())
             }
-            Probe::FlinkTaskManagers { count } => {
+            Probe::FlinkTaskManagers { count, slots } => {
                 let o = self.flink(timeout)?.overview().await?;
                 anyhow::ensure!(o.taskmanagers >= *count, "{} of {count} TaskManagers registered", o.taskmanagers);
+                anyhow::ensure!(o.slots_total >= *slots, "{} of {slots} task slots registered", o.slots_total);
                 Ok(format!("{} TaskManager(s), {} slots", o.taskmanagers, o.slots_total))
             }
             Probe::SparkWorkers { count } => {

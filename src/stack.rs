@@ -76,8 +76,8 @@ pub enum Probe {
     KafkaMetadata,
     /// Password login succeeds and the `timescaledb` library is preloaded.
     PostgresLogin,
-    /// Flink REST `/overview` lists this many TaskManagers.
-    FlinkTaskManagers { count: u32 },
+    /// Flink REST `/overview` lists this many TaskManagers with all their slots.
+    FlinkTaskManagers { count: u32, slots: u32 },
     /// Spark master `/json/` lists this many ALIVE workers and the REST server answers.
     SparkWorkers { count: u32 },
     /// Azurite answers an authenticated container listing.
@@ -251,7 +251,7 @@ impl Stack {
                 ports: vec![port("flink_ui", FLINK_REST_PORT, p.flink_ui, Some("/"))],
                 mounts: vec![Mount { volume: "flink-data", path: "/var/lib/flink" }],
                 secrets: vec![],
-                probe: Probe::FlinkTaskManagers { count: flink.taskmanagers },
+                probe: Probe::FlinkTaskManagers { count: flink.taskmanagers, slots: flink.taskmanagers * flink.slots_per_taskmanager },
                 depends_on: vec![],
                 replicas: 1,
                 stop_signal: None,

@@ -151,9 +151,11 @@ fn lab_on_a_real_engine() {
     let before = total_offsets(&lab);
     wait_for("the generator service to produce", Duration::from_secs(60), || (total_offsets(&lab) > before).then_some(()));
     let ingest_container = format!("{}-ingest-1", t.project);
-    assert!(std::process::Command::new("docker").args(["kill", &ingest_container]).status().unwrap().success());
+    crash(&ingest_container);
     let after_kill = total_offsets(&lab);
     wait_for("the generator to be restarted and produce again", Duration::from_secs(60), || (total_offsets(&lab) > after_kill).then_some(()));
+    let restarts = std::process::Command::new("docker").args(["inspect", "-f", "{{.RestartCount}}", &ingest_container]).output().unwrap();
+    assert_ne!(String::from_utf8_lossy(&restarts.stdout).trim(), "0", "the engine restarted the crashed generator");
     let readings = read_all(&lab);
     assert_no_duplicates_or_gaps(&readings, 5);
 
@@ -177,6 +179,16 @@ fn lab_on_a_real_engine() {
         assert!(vols.volumes.unwrap_or_default().is_empty(), "volumes left after down --volumes");
     });
     assert!(!state_file.exists(), "state removed with the volumes");
+}
+
+/// Kills a container's main process with SIGKILL from the host, as a crash would; unlike
+/// `docker kill` (a manual stop) this lets the restart policy act.
+fn crash(container: &str) {
+    let out = std::process::Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", container]).output().unwrap();
+    let init_pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let children = std::process::Command::new("ps").args(["--ppid", &init_pid, "-o", "pid="]).output().unwrap();
+    let pid = String::from_utf8_lossy(&children.stdout).split_whitespace().next().map(str::to_string).unwrap_or(init_pid);
+    assert!(std::process::Command::new("kill").args(["-9", &pid]).status().unwrap().success(), "kill -9 {pid}");
 }
 
 fn total_offsets(lab: &labctl::lab::Lab) -> i64 {

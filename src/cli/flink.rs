@@ -37,6 +37,9 @@ pub struct SubmitArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Submit this SQL script through the runner instead of the lab's job (SET, DDL, INSERTs).
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -84,9 +87,16 @@ fn validate(statements: &[String]) -> Result<()> {
 
 pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
     let lab = Lab::existing(config)?;
-    let script = render(&lab.config, Some(&lab.state))?;
+    let script = match &args.file {
+        Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        None => render(&lab.config, Some(&lab.state))?,
+    };
     let statements = job::split_statements(&script);
-    validate(&statements)?;
+    if args.file.is_none() {
+        validate(&statements)?;
+    } else if !statements.iter().any(|s| job::kind(s) == "INSERT") {
+        bail!("the script has no INSERT statement, so it would start no job");
+    }
     if args.dry_run {
         eprintln!("rendered {} statements ({} INSERT); nothing submitted", statements.len(), statements.iter().filter(|s| job::kind(s) == "INSERT").count());
         return Ok(ExitCode::SUCCESS);
@@ -110,8 +120,17 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
     }
     lab.database()?.probe(Duration::from_secs(5)).await.context("the database is not reachable; check `labctl status`")?;
 
-    let name = job::job_name(&lab.config.project);
-    let running: Vec<_> = client.jobs().await?.into_iter().filter(|j| j.name == name && ACTIVE.contains(&j.state.as_str())).collect();
+    let name = match &args.file {
+        // A custom script names its job with SET 'pipeline.name'; only the lab's own job is unique.
+        Some(_) => String::new(),
+        None => job::job_name(&lab.config.project),
+    };
+    let running: Vec<_> = client
+        .jobs()
+        .await?
+        .into_iter()
+        .filter(|j| !name.is_empty() && j.name == name && ACTIVE.contains(&j.state.as_str()))
+        .collect();
     if !running.is_empty() {
         if !args.replace {
             let ids: Vec<_> = running.iter().map(|j| format!("{} ({})", j.jid, j.state)).collect();

@@ -44,11 +44,27 @@ pub struct ContainerStatus {
     pub status: String,
 }
 
+/// A Flink job as `status` shows it.
+#[derive(Debug, Serialize)]
+pub struct FlinkJobStatus {
+    pub id: String,
+    pub name: String,
+    pub state: String,
+    pub uptime_secs: i64,
+    /// Records read by the sources and written by the sinks (Flink's vertex metrics).
+    pub records_in: i64,
+    pub records_out: i64,
+    pub last_checkpoint_age_secs: Option<i64>,
+    pub restarts: Option<i64>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub project: String,
     pub healthy: bool,
     pub services: Vec<ServiceStatus>,
+    /// Jobs on the Flink cluster (empty when it is down).
+    pub flink_jobs: Vec<FlinkJobStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secrets: Option<serde_json::Value>,
     pub elapsed_ms: u128,
@@ -101,12 +117,52 @@ pub async fn collect(lab: &Lab, rt: &Runtime, timeout: Duration) -> Result<Vec<S
     Ok(out)
 }
 
+/// Active and recently ended jobs with their throughput counters and checkpoint age.
+pub async fn flink_jobs(lab: &Lab, timeout: Duration) -> Vec<FlinkJobStatus> {
+    let Ok(client) = lab.flink(timeout) else { return vec![] };
+    let Ok(jobs) = client.jobs().await else { return vec![] };
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut out = Vec::new();
+    for j in jobs.into_iter().filter(|j| j.state != "CANCELED" && j.state != "FINISHED") {
+        let (mut records_in, mut records_out) = (0, 0);
+        if let Ok(d) = client.job(&j.jid).await {
+            for v in &d.vertices {
+                // Sources have no upstream reads and sinks no downstream writes, so count their
+                // own counters: what a source emitted came in, what a sink took in went out.
+                let m = &v.metrics;
+                if v.name.starts_with("Source") {
+                    records_in += m["write-records"].as_i64().unwrap_or(0);
+                }
+                if v.name.contains("Sink") {
+                    records_out += m["read-records"].as_i64().unwrap_or(0);
+                }
+            }
+        }
+        let cp = client.checkpoints(&j.jid).await.ok();
+        let last = cp.as_ref().and_then(|c| c["latest"]["completed"]["latest_ack_timestamp"].as_i64()).filter(|t| *t > 0);
+        out.push(FlinkJobStatus {
+            id: j.jid.clone(),
+            name: j.name.clone(),
+            state: j.state.clone(),
+            uptime_secs: (now - j.start_time).max(0) / 1000,
+            records_in,
+            records_out,
+            last_checkpoint_age_secs: last.map(|t| (now - t).max(0) / 1000),
+            restarts: cp.as_ref().and_then(|c| c["counts"]["restored"].as_i64()),
+        });
+    }
+    out
+}
+
 pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
     let started = Instant::now();
     let lab = Lab::existing(config)?;
     let rt = Runtime::connect().await?;
     let timeout = Duration::from_secs_f64(args.timeout.clamp(0.1, 60.0));
-    let services = collect(&lab, &rt, timeout).await?;
+    let (services, flink_jobs) = tokio::join!(collect(&lab, &rt, timeout), async {
+        tokio::time::timeout(timeout, flink_jobs(&lab, timeout)).await.unwrap_or_default()
+    });
+    let services = services?;
     let healthy = services.iter().all(|s| s.ready);
     let secrets = args.show_secrets.then(|| {
         let p = &lab.state.ports;
@@ -115,7 +171,7 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
             "db_url": format!("postgresql://{}:{}@{}:{}/{}", lab.config.database.user, lab.state.db_password, lab.stack.bind_address, p.database, lab.config.database.name),
         })
     });
-    let report = Report { project: lab.stack.project.clone(), healthy, services, secrets, elapsed_ms: started.elapsed().as_millis() };
+    let report = Report { project: lab.stack.project.clone(), healthy, services, flink_jobs, secrets, elapsed_ms: started.elapsed().as_millis() };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -144,6 +200,13 @@ fn print_table(r: &Report) {
             s.url.clone().unwrap_or_default(),
             s.detail
         );
+    }
+    if !r.flink_jobs.is_empty() {
+        println!("{:<34} {:<11} {:>8} {:>12} {:>12} {:>10}  NAME", "FLINK JOB", "STATE", "UPTIME", "RECORDS IN", "RECORDS OUT", "CHECKPOINT");
+        for j in &r.flink_jobs {
+            let cp = j.last_checkpoint_age_secs.map(|a| format!("{a}s ago")).unwrap_or_else(|| "none".into());
+            println!("{:<34} {:<11} {:>7}s {:>12} {:>12} {:>10}  {}", j.id, j.state, j.uptime_secs, j.records_in, j.records_out, cp, j.name);
+        }
     }
     if let Some(sec) = &r.secrets {
         println!("database password: {}", sec["db_password"].as_str().unwrap_or(""));

@@ -217,7 +217,7 @@ impl Client {
     /// Aggregated metric of a job's vertices, e.g. `numLateRecordsDropped`.
     pub async fn vertex_metric(&self, job: &str, vertex: &str, metric: &str) -> Result<f64> {
         let v: serde_json::Value =
-            self.get(&format!("/jobs/{job}/vertices/{vertex}/subtasks/metrics?get={metric}&agg=sum")).await?;
+            self.get(&format!("/jobs/{job}/vertices/{vertex}/subtasks/metrics?get={}&agg=sum", url_escape(metric))).await?;
         Ok(v.as_array().and_then(|a| a.first()).and_then(|m| m["sum"].as_f64()).unwrap_or(0.0))
     }
 
@@ -227,14 +227,44 @@ impl Client {
         Ok(v.as_array().map(|a| a.iter().filter_map(|m| m["id"].as_str().map(str::to_string)).collect()).unwrap_or_default())
     }
 
+    /// Records dropped as late by any operator of the job (Flink's `numLateRecordsDropped`).
+    /// Non-zero means readings were silently lost: event time ran ahead of some partition.
+    pub async fn late_records_dropped(&self, job: &str) -> Result<f64> {
+        let details = self.job(job).await?;
+        let mut total = 0.0;
+        for v in &details.vertices {
+            for name in self.vertex_metric_names(job, &v.id).await? {
+                if name.ends_with("numLateRecordsDropped") {
+                    total += self.vertex_metric(job, &v.id, &name).await?;
+                }
+            }
+        }
+        Ok(total)
+    }
+
     pub async fn checkpoints(&self, job: &str) -> Result<serde_json::Value> {
         self.get(&format!("/jobs/{job}/checkpoints")).await
     }
 }
 
+/// Metric names carry brackets (`GlobalWindowAggregate[8].…`), which must be escaped in a query.
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metric_names_are_escaped() {
+        assert_eq!(url_escape("GlobalWindowAggregate[8].numLateRecordsDropped"), "GlobalWindowAggregate%5B8%5D.numLateRecordsDropped");
+    }
 
     #[test]
     fn useful_cause_picks_the_actionable_line() {

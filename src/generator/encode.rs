@@ -46,6 +46,12 @@ impl Template {
     /// Appends the whole message to `out`.
     #[inline]
     pub fn encode(&self, value: f64, timestamp: &[u8; 19], out: &mut Vec<u8>) {
+        self.encode_with(value, timestamp, out)
+    }
+
+    /// Same, with any timestamp text (e.g. with a fraction of a second), for tests and tools.
+    #[inline]
+    pub fn encode_with(&self, value: f64, timestamp: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(&self.head);
         write_fixed3(value, out);
         out.extend_from_slice(&self.middle);

@@ -1,0 +1,227 @@
+//! The streaming job on the real Flink cluster: known readings in, exact rows out.
+
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use common::{rt, wait_for, TestLab};
+use labctl::generator::{encode::Template, model::Sensor, producer::producer_config};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+/// 2026-01-05T10:00:00Z: an arbitrary whole minute in the past.
+const T0: i64 = 1_767_607_200;
+const MACHINES: [(&str, &str); 3] = [("CNC-01", "CNC"), ("LATHE-01", "Lathe"), ("WELDER-01", "Welder")];
+const SENSORS: [Sensor; 3] = [Sensor::Temperature, Sensor::Pressure, Sensor::Vibration];
+
+#[derive(Debug, Clone)]
+struct Reading {
+    machine: &'static str,
+    kind: &'static str,
+    sensor: Sensor,
+    /// Milliseconds since the epoch.
+    ms: i64,
+    value: f64,
+}
+
+fn ts_text(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let base = String::from_utf8(labctl::generator::encode::format_timestamp(secs).to_vec()).unwrap();
+    match ms.rem_euclid(1000) {
+        0 => base,
+        f => format!("{base}.{f:03}"),
+    }
+}
+
+/// Readings of `minutes` whole minutes from `start`, every 5 s, plus one with a fraction of a
+/// second in each minute; values are exact in three decimals so expectations are exact.
+fn known_readings(start: i64, minutes: i64) -> Vec<Reading> {
+    let mut out = Vec::new();
+    for (mi, (machine, kind)) in MACHINES.iter().enumerate() {
+        for (si, sensor) in SENSORS.iter().enumerate() {
+            for k in 0..minutes * 12 {
+                let ms = (start + k * 5) * 1000;
+                let value = 10.0 * mi as f64 + si as f64 + (k % 7) as f64 * 0.125;
+                out.push(Reading { machine, kind, sensor: *sensor, ms, value });
+            }
+            for m in 0..minutes {
+                out.push(Reading { machine, kind, sensor: *sensor, ms: (start + m * 60 + 7) * 1000 + 250, value: 100.5 + m as f64 });
+            }
+        }
+    }
+    out.sort_by_key(|r| r.ms);
+    out
+}
+
+fn produce(lab: &labctl::lab::Lab, readings: &[Reading]) {
+    let broker = lab.broker().unwrap();
+    let producer: BaseProducer = producer_config(&broker.client_config()).create().unwrap();
+    let mut buf = Vec::new();
+    for r in readings {
+        buf.clear();
+        Template::new(r.machine, r.kind, r.sensor).encode_with(r.value, ts_text(r.ms).as_bytes(), &mut buf);
+        producer.send(BaseRecord::to(&lab.config.broker.topic).key(r.machine).payload(&buf)).unwrap();
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+type Key = (String, String, i64);
+
+/// (machine, sensor, window start in seconds) -> (avg, min, max, count), computed here.
+fn expected_windows(readings: &[Reading]) -> BTreeMap<Key, (f64, f64, f64, i64)> {
+    let mut acc: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
+    for r in readings {
+        acc.entry((r.machine.into(), r.sensor.name().into(), r.ms.div_euclid(60_000) * 60)).or_default().push(r.value);
+    }
+    acc.into_iter()
+        .map(|(k, v)| {
+            let n = v.len() as f64;
+            let avg = v.iter().sum::<f64>() / n;
+            let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
+            let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            (k, (avg, min, max, v.len() as i64))
+        })
+        .collect()
+}
+
+async fn windows_in_db(lab: &labctl::lab::Lab) -> BTreeMap<Key, (f64, f64, f64, i64)> {
+    let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
+    let rows = db
+        .query(
+            "SELECT machine_id, sensor_type, extract(epoch from window_start)::bigint, avg_value, min_value, max_value, reading_count,
+                    extract(epoch from window_end - window_start)::bigint FROM sensor_aggregates",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| {
+            assert_eq!(r.get::<_, i64>(7), 60, "1-minute windows");
+            ((r.get(0), r.get(1), r.get(2)), (r.get(3), r.get(4), r.get(5), r.get(6)))
+        })
+        .collect()
+}
+
+fn assert_windows(got: &BTreeMap<Key, (f64, f64, f64, i64)>, want: &BTreeMap<Key, (f64, f64, f64, i64)>) {
+    for (k, w) in want {
+        let g = got.get(k).unwrap_or_else(|| panic!("window {k:?} missing"));
+        assert!((g.0 - w.0).abs() < 1e-9 && g.1 == w.1 && g.2 == w.2 && g.3 == w.3, "window {k:?}: got {g:?}, want {w:?}");
+    }
+}
+
+#[test]
+fn streaming_job_writes_exact_rows() {
+    let t = TestLab::new("flink").with_env("LABCTL_INGEST_ENABLED", "false");
+    t.ok(&["up"]);
+    let lab = t.lab();
+    let rt = rt();
+
+    // Three closed minutes, then one reading per machine ten minutes later to move event
+    // time past them (its own window stays open and is not checked).
+    let readings = known_readings(T0, 3);
+    let pushers: Vec<Reading> = MACHINES
+        .iter()
+        .map(|(m, k)| Reading { machine: m, kind: k, sensor: Sensor::Temperature, ms: (T0 + 600) * 1000, value: 1.0 })
+        .collect();
+    produce(&lab, &readings);
+    produce(&lab, &pushers);
+
+    let sub = t.json(&["submit", "flink", "--json"]);
+    let job_id = sub["job_id"].as_str().unwrap().to_string();
+    eprintln!("submit to RUNNING: {} s", sub["submit_to_running_secs"]);
+
+    let want = expected_windows(&readings);
+    assert_eq!(want.len(), 27, "3 machines x 3 sensors x 3 minutes");
+    let got = wait_for("all 27 closed windows in sensor_aggregates", Duration::from_secs(180), || {
+        let got = rt.block_on(windows_in_db(&lab));
+        want.keys().all(|k| got.contains_key(k)).then_some(got)
+    });
+    assert_windows(&got, &want);
+
+    // Raw rows: every reading once, timestamps parsed from the 'T' form, millis kept.
+    rt.block_on(async {
+        let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
+        let n: i64 = db.query_one("SELECT count(*) FROM machine_sensors", &[]).await.unwrap().get(0);
+        assert_eq!(n as usize, readings.len() + pushers.len());
+        let ms: i64 = db
+            .query_one(
+                "SELECT (extract(epoch from \"timestamp\") * 1000)::bigint FROM machine_sensors WHERE machine_id = 'CNC-01' AND sensor_type = 'pressure' AND value = 100.5",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(ms, (T0 + 7) * 1000 + 250, "the millisecond reading keeps its time, in UTC");
+    });
+
+    // A second submit of the same job is refused: still one job.
+    let again = t.run(&["submit", "flink"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already running"), "{}", String::from_utf8_lossy(&again.stderr));
+    let jobs: serde_json::Value = t.json(&["flink", "jobs", "--json"]);
+    let running = jobs.as_array().unwrap().iter().filter(|j| j["state"] == "RUNNING").count();
+    assert_eq!(running, 1, "{jobs}");
+
+    // SQL the planner rejects: its message reaches the user, and nothing is left running.
+    let bad = t.state_dir.path().join("bad.sql");
+    std::fs::write(
+        &bad,
+        "CREATE TABLE src (x INT) WITH ('connector' = 'datagen');\nCREATE TABLE snk (x INT) WITH ('connector' = 'blackhole');\nINSERT INTO snk SELECT avg_val FROM src;\n",
+    )
+    .unwrap();
+    let out = t.run(&["submit", "flink", "--file", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Column 'avg_val' not found"), "{err}");
+    assert!(err.lines().count() < 10, "the cause, not a stack trace: {err}");
+    let jobs: serde_json::Value = t.json(&["flink", "jobs", "--json"]);
+    assert_eq!(jobs.as_array().unwrap().iter().filter(|j| j["state"] == "RUNNING").count(), 1);
+
+    // Late records: none dropped.
+    let client = lab.flink(Duration::from_secs(10)).unwrap();
+    assert_eq!(rt.block_on(client.late_records_dropped(&job_id)).unwrap(), 0.0, "readings dropped as late");
+
+    // TaskManager restart: the job recovers from its checkpoint, windows stay exactly once.
+    wait_for("a completed checkpoint", Duration::from_secs(60), || {
+        let cp = rt.block_on(client.checkpoints(&job_id)).ok()?;
+        (cp["counts"]["completed"].as_i64()? > 0).then_some(())
+    });
+    let tm = format!("{}-flink-taskmanager-1", t.project);
+    assert!(std::process::Command::new("docker").args(["restart", &tm]).status().unwrap().success());
+    // After the first pushers (event time is already past T0 + 595 s): minutes 11 and 12.
+    let later = known_readings(T0 + 660, 2);
+    produce(&lab, &later);
+    let pushers2: Vec<Reading> = MACHINES
+        .iter()
+        .map(|(m, k)| Reading { machine: m, kind: k, sensor: Sensor::Temperature, ms: (T0 + 1260) * 1000, value: 2.0 })
+        .collect();
+    produce(&lab, &pushers2);
+    let mut all = readings.clone();
+    all.extend(later.iter().cloned());
+    let want_all = expected_windows(&all);
+    let got = wait_for("the job to recover and write the later windows", Duration::from_secs(240), || {
+        let got = rt.block_on(windows_in_db(&lab));
+        want_all.keys().all(|k| got.contains_key(k)).then_some(got)
+    });
+    assert_windows(&got, &want_all);
+    let state = rt.block_on(client.job(&job_id)).unwrap().state;
+    assert_eq!(state, "RUNNING");
+    rt.block_on(async {
+        let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
+        let dup: i64 = db
+            .query_one(
+                "SELECT count(*) FROM (SELECT machine_id, sensor_type, \"timestamp\" FROM machine_sensors GROUP BY 1,2,3 HAVING count(*) > 1) d",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(dup, 0, "no duplicate raw readings after the restart");
+    });
+    assert_eq!(rt.block_on(client.late_records_dropped(&job_id)).unwrap(), 0.0, "readings dropped as late after restart");
+
+    // status shows the job.
+    let status = t.json(&["status", "--json"]);
+    let jobs = status["flink_jobs"].as_array().unwrap();
+    assert!(jobs.iter().any(|j| j["id"] == job_id.as_str() && j["state"] == "RUNNING" && j["records_in"].as_i64().unwrap() > 0), "{status:#}");
+}
