@@ -4,6 +4,7 @@ mod down;
 pub mod flink;
 mod images;
 pub mod ingest;
+pub mod spark;
 mod logs;
 mod render;
 mod status;
@@ -48,12 +49,15 @@ pub enum Command {
     Status(status::Args),
     /// Produce synthetic sensor readings into the lab's topic (backfill, then live).
     Ingest(ingest::Args),
-    /// Submit a job: `flink` (the streaming aggregation).
+    /// Submit a job: `flink` (the streaming aggregation) or `spark` (the export to the lake).
     #[command(subcommand)]
     Submit(SubmitCommand),
     /// The Flink cluster's jobs.
     #[command(subcommand)]
     Flink(flink::FlinkCommand),
+    /// Spark export submissions.
+    #[command(subcommand)]
+    Spark(spark::SparkCommand),
     /// Show a service's logs.
     Logs(logs::Args),
     /// Print files derived from the stack definition (compose file, init-db.sql).
@@ -69,6 +73,8 @@ pub enum Command {
 pub enum SubmitCommand {
     /// The streaming job: Kafka source, raw readings and 1-minute aggregates into TimescaleDB.
     Flink(flink::SubmitArgs),
+    /// The batch export: TimescaleDB over JDBC to a Delta table on Azurite, by year/month/day.
+    Spark(spark::SubmitArgs),
 }
 
 pub fn load_config(cli: &Cli) -> Result<Config> {
@@ -88,7 +94,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(a) => status::run(config, a).await,
         Command::Ingest(a) => ingest::run(config, a).await,
         Command::Submit(SubmitCommand::Flink(a)) => flink::submit(config, a).await,
+        Command::Submit(SubmitCommand::Spark(a)) => spark::submit(config, a).await,
         Command::Flink(c) => flink::command(config, c).await,
+        Command::Spark(c) => spark::command(config, c).await,
         Command::Logs(a) => logs::run(config, a).await,
         Command::Render(a) => render::run(config, a),
         Command::Images(c) => images::run(config, c).await,

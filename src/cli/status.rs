@@ -124,20 +124,7 @@ pub async fn flink_jobs(lab: &Lab, timeout: Duration) -> Vec<FlinkJobStatus> {
     let now = chrono::Utc::now().timestamp_millis();
     let mut out = Vec::new();
     for j in jobs.into_iter().filter(|j| j.state != "CANCELED" && j.state != "FINISHED") {
-        let (mut records_in, mut records_out) = (0, 0);
-        if let Ok(d) = client.job(&j.jid).await {
-            for v in &d.vertices {
-                // Sources have no upstream reads and sinks no downstream writes, so count their
-                // own counters: what a source emitted came in, what a sink took in went out.
-                let m = &v.metrics;
-                if v.name.starts_with("Source") {
-                    records_in += m["write-records"].as_i64().unwrap_or(0);
-                }
-                if v.name.contains("Sink") {
-                    records_out += m["read-records"].as_i64().unwrap_or(0);
-                }
-            }
-        }
+        let (records_in, records_out) = client.records_in_out(&j.jid).await.unwrap_or((0.0, 0.0));
         let cp = client.checkpoints(&j.jid).await.ok();
         let last = cp.as_ref().and_then(|c| c["latest"]["completed"]["latest_ack_timestamp"].as_i64()).filter(|t| *t > 0);
         out.push(FlinkJobStatus {
@@ -145,8 +132,8 @@ pub async fn flink_jobs(lab: &Lab, timeout: Duration) -> Vec<FlinkJobStatus> {
             name: j.name.clone(),
             state: j.state.clone(),
             uptime_secs: (now - j.start_time).max(0) / 1000,
-            records_in,
-            records_out,
+            records_in: records_in as i64,
+            records_out: records_out as i64,
             last_checkpoint_age_secs: last.map(|t| (now - t).max(0) / 1000),
             restarts: cp.as_ref().and_then(|c| c["counts"]["restored"].as_i64()),
         });

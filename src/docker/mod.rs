@@ -242,6 +242,11 @@ impl Runtime {
 
     /// Places one file into a (created, maybe not started) container through the archive API.
     pub async fn upload_file(&self, container: &str, path: &str, content: &[u8], mode: u32) -> Result<()> {
+        self.upload_file_owned(container, path, content, mode, 0).await
+    }
+
+    /// Same, owned by `uid` (and the group of the same number) inside the container.
+    pub async fn upload_file_owned(&self, container: &str, path: &str, content: &[u8], mode: u32, uid: u64) -> Result<()> {
         let mut builder = tar::Builder::new(Vec::new());
         let rel = path.trim_start_matches('/');
         // Parent folders first, so the engine can create them.
@@ -259,6 +264,8 @@ impl Runtime {
         }
         let mut h = tar::Header::new_gnu();
         h.set_mode(mode);
+        h.set_uid(uid);
+        h.set_gid(uid);
         h.set_size(content.len() as u64);
         h.set_cksum();
         builder.append_data(&mut h, rel, content)?;

@@ -65,3 +65,86 @@ impl Client {
         Ok(())
     }
 }
+
+/// Answer of the REST submission server.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubmissionStatus {
+    #[serde(default)]
+    pub submission_id: String,
+    #[serde(default)]
+    pub success: bool,
+    #[serde(default)]
+    pub driver_state: Option<String>,
+    #[serde(default)]
+    pub worker_host_port: Option<String>,
+    #[serde(default)]
+    pub worker_id: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+impl SubmissionStatus {
+    pub fn finished(&self) -> bool {
+        matches!(self.driver_state.as_deref(), Some("FINISHED" | "FAILED" | "KILLED" | "ERROR"))
+    }
+}
+
+/// A PythonRunner submission in cluster mode.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub app_name: String,
+    /// Path of the .py file on the workers' file systems.
+    pub py_file: String,
+    pub args: Vec<String>,
+    pub master_url: String,
+    pub properties: Vec<(String, String)>,
+}
+
+impl Client {
+    async fn rest_json(&self, req: reqwest::RequestBuilder, what: &str) -> Result<SubmissionStatus> {
+        let resp = req.send().await.with_context(|| format!("Spark REST server ({what}) did not answer at {}", self.rest))?;
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        let parsed: SubmissionStatus = serde_json::from_str(&body)
+            .with_context(|| format!("Spark REST server ({what}): HTTP {status}: {body}"))?;
+        Ok(parsed)
+    }
+
+    pub async fn create(&self, s: &Submission) -> Result<String> {
+        let mut props = serde_json::Map::new();
+        props.insert("spark.master".into(), s.master_url.clone().into());
+        props.insert("spark.submit.deployMode".into(), "cluster".into());
+        props.insert("spark.app.name".into(), s.app_name.clone().into());
+        for (k, v) in &s.properties {
+            props.insert(k.clone(), v.clone().into());
+        }
+        let mut app_args = vec![s.py_file.clone(), String::new()];
+        app_args.extend(s.args.iter().cloned());
+        let body = serde_json::json!({
+            "action": "CreateSubmissionRequest",
+            "clientSparkVersion": "4.0.5",
+            "mainClass": "org.apache.spark.deploy.PythonRunner",
+            "appResource": format!("file:{}", s.py_file),
+            "appArgs": app_args,
+            "environmentVariables": { "PYTHONUNBUFFERED": "1" },
+            "sparkProperties": props,
+        });
+        let url = format!("{}/v1/submissions/create", self.rest.trim_end_matches('/'));
+        let r = self.rest_json(self.http.post(url).json(&body), "create").await?;
+        if !r.success || r.submission_id.is_empty() {
+            anyhow::bail!("Spark refused the submission: {}", r.message.unwrap_or_default());
+        }
+        Ok(r.submission_id)
+    }
+
+    pub async fn status(&self, id: &str) -> Result<SubmissionStatus> {
+        let url = format!("{}/v1/submissions/status/{id}", self.rest.trim_end_matches('/'));
+        self.rest_json(self.http.get(url), "status").await
+    }
+
+    pub async fn kill(&self, id: &str) -> Result<SubmissionStatus> {
+        let url = format!("{}/v1/submissions/kill/{id}", self.rest.trim_end_matches('/'));
+        self.rest_json(self.http.post(url), "kill").await
+    }
+}
