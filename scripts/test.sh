@@ -29,4 +29,4 @@ start=$(date +%s)
 echo "[test] images ready in $(( $(date +%s) - start )) s" >&2
 
 echo "[test] integration tests against real containers" >&2
-cargo test --locked --test cli --test lab -- --test-threads=1 --nocapture
+cargo test --locked --test cli --test lab --test flink --test spark -- --test-threads=1 --nocapture

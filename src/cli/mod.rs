@@ -1,5 +1,6 @@
 //! The command line: one module per command, each taking its parsed arguments and a config.
 
+pub mod bench;
 mod down;
 pub mod flink;
 mod images;
@@ -65,6 +66,9 @@ pub enum Command {
     /// Build or inspect the lab's images.
     #[command(subcommand)]
     Images(images::Command),
+    /// Benchmarks against named baselines, in one run (a running lab is needed).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Print the effective configuration (defaults + labctl.toml + LABCTL_*), as TOML.
     Config,
 }
@@ -100,6 +104,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Logs(a) => logs::run(config, a).await,
         Command::Render(a) => render::run(config, a),
         Command::Images(c) => images::run(config, c).await,
+        Command::Bench(c) => bench::run(config, c).await,
         Command::Config => {
             print!("{}", toml::to_string_pretty(&config)?);
             Ok(ExitCode::SUCCESS)

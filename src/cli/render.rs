@@ -26,6 +26,8 @@ enum What {
     InitDb,
     /// The Flink SQL job (with the database password left out).
     Flink,
+    /// The Spark export's config (with the database password left out).
+    Spark,
 }
 
 pub fn run(config: Config, args: Args) -> Result<ExitCode> {
@@ -39,6 +41,14 @@ pub fn run(config: Config, args: Args) -> Result<ExitCode> {
         What::InitDb => schema::init_db_sql(),
         // The password is filled in at submit time only; rendered output never shows it.
         What::Flink => super::flink::render(&config, None)?,
+        What::Spark => {
+            let state = State { db_password: String::new(), ports: config.ports.clone() };
+            let lab = crate::lab::Lab::new(config.clone(), state);
+            let args = super::spark::SubmitArgs {
+                from: None, to: None, with_aggregates: false, partitions: 4, no_wait: false, timeout: 0, dry_run: true, json: false,
+            };
+            super::spark::render_config(&lab, &args, "<filled in by labctl submit spark>")?
+        }
     };
     match (&args.output, args.check) {
         (Some(path), true) => {
@@ -59,5 +69,6 @@ fn what_name(w: What) -> &'static str {
         What::Compose => "compose",
         What::InitDb => "init-db",
         What::Flink => "flink",
+        What::Spark => "spark",
     }
 }

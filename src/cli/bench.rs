@@ -1,0 +1,252 @@
+//! `labctl bench ingest`: the generator against named baselines, in one run, on one broker.
+//!
+//! (a) labctl's backfill (`labctl ingest`, the real code path) into the lab's broker;
+//! (b) the broker's raw ceiling: the same messages pre-encoded, from an rdkafka producer with
+//!     the same settings that does nothing else;
+//! (c) the original lab's Python producer (`shared/bench/seed_style_producer.py`);
+//! (d) generate-and-encode without a broker, against the Python script's `-` mode.
+//! (a)-(c) run in containers on the lab's network, so all three take the same path to the
+//! broker; each writes a topic of its own, removed afterwards.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use bollard::container::{Config as ContainerConfig, CreateContainerOptions, RemoveContainerOptions, WaitContainerOptions};
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use crate::{
+    config::Config,
+    docker::{images::image_tag, Runtime, LABEL_PROJECT},
+    generator::{generate, model::Fleet, producer::Sender, Position},
+    lab::Lab,
+    stack::{BROKER, BROKER_PORT, INGEST_IMAGE, SPARK_IMAGE},
+};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Generator vs raw broker ceiling vs the Python baseline (see module docs).
+    Ingest(IngestArgs),
+    /// Inside a bench container: produce pre-encoded messages as fast as the broker takes them.
+    #[command(hide = true)]
+    RawProducer {
+        #[arg(long)]
+        bootstrap: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        days: f64,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs {
+    /// Days of history each producer writes (7 = 1,088,640 messages).
+    #[arg(long, default_value_t = 7.0)]
+    days: f64,
+    /// The Python baseline script.
+    #[arg(long, default_value = "../shared/bench/seed_style_producer.py", value_name = "FILE")]
+    baseline: PathBuf,
+    /// Write the table as JSON to this file as well.
+    #[arg(long, value_name = "FILE")]
+    json_out: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    name: &'static str,
+    messages: u64,
+    seconds: f64,
+    msgs_per_s: f64,
+    baseline: &'static str,
+    ratio: Option<f64>,
+}
+
+fn fleet_and_starts(days: f64) -> (Fleet, Vec<Position>, i64) {
+    let fleet = Fleet::default_fleet(20231010);
+    let now_tick = chrono::Utc::now().timestamp() / 5;
+    let first = now_tick - (days * 86_400.0 / 5.0) as i64;
+    let starts = vec![Position { tick: first, sensor: 0 }; fleet.machines.len()];
+    (fleet, starts, now_tick)
+}
+
+/// (d): generation and encoding only, into a sink that keeps nothing.
+fn generate_only(days: f64) -> (u64, f64) {
+    let (fleet, starts, end) = fleet_and_starts(days);
+    let t = Instant::now();
+    let mut bytes = 0usize;
+    let n = generate(&fleet, 5, &starts, end, &AtomicBool::new(false), |_, k, p| {
+        bytes += k.len() + p.len();
+        true
+    });
+    std::hint::black_box(bytes);
+    (n, t.elapsed().as_secs_f64())
+}
+
+/// Inside a container: pre-encode, then time only producing and delivery.
+pub fn raw_producer(bootstrap: &str, topic: &str, days: f64) -> Result<()> {
+    let (fleet, starts, end) = fleet_and_starts(days);
+    let mut messages: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    generate(&fleet, 5, &starts, end, &AtomicBool::new(false), |_, k, p| {
+        messages.push((k.to_vec(), p.to_vec()));
+        true
+    });
+    let mut base = rdkafka::ClientConfig::new();
+    base.set("bootstrap.servers", bootstrap);
+    let sender = Sender::new(&base, topic)?;
+    let stop = AtomicBool::new(false);
+    let t = Instant::now();
+    for (k, p) in &messages {
+        sender.send(k, p, &stop);
+    }
+    sender.flush(Duration::from_secs(600))?;
+    let secs = t.elapsed().as_secs_f64();
+    let c = sender.counters();
+    let delivered = c.delivered.load(Ordering::Relaxed);
+    println!(
+        "{}",
+        serde_json::json!({"messages": delivered, "failed": c.failed.load(Ordering::Relaxed), "seconds": secs, "msgs_per_s": delivered as f64 / secs})
+    );
+    Ok(())
+}
+
+/// Runs a one-off container on the lab's network and returns its last output line.
+async fn run_container(rt: &Runtime, lab: &Lab, name: &str, image: &str, entrypoint: Option<Vec<String>>, cmd: Vec<String>, files: &[(&str, &[u8])]) -> Result<String> {
+    let cname = format!("{}-bench-{name}", lab.stack.project);
+    let _ = rt.docker.remove_container(&cname, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
+    let config = ContainerConfig {
+        image: Some(image.to_string()),
+        entrypoint,
+        cmd: Some(cmd),
+        labels: Some(HashMap::from([(LABEL_PROJECT.to_string(), lab.stack.project.clone())])),
+        host_config: Some(bollard::models::HostConfig { network_mode: Some(lab.stack.network.clone()), ..Default::default() }),
+        ..Default::default()
+    };
+    rt.docker
+        .create_container(Some(CreateContainerOptions { name: cname.as_str(), platform: None }), config)
+        .await
+        .with_context(|| format!("creating {cname}"))?;
+    for (path, content) in files {
+        rt.upload_file(&cname, path, content, 0o644).await?;
+    }
+    rt.start(&cname).await?;
+    let mut wait = rt.docker.wait_container(&cname, None::<WaitContainerOptions<String>>);
+    while let Some(r) = wait.next().await {
+        if let Err(e) = r {
+            tracing::debug!("wait {cname}: {e}");
+        }
+    }
+    let logs = rt.tail_logs(&cname, 40).await?;
+    let _ = rt.docker.remove_container(&cname, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
+    logs.lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .map(|l| l.trim().to_string())
+        .with_context(|| format!("{name} printed no result:\n{logs}"))
+}
+
+fn field(json: &str, key: &str) -> Result<f64> {
+    let v: serde_json::Value = serde_json::from_str(json).with_context(|| format!("not JSON: {json}"))?;
+    v[key].as_f64().with_context(|| format!("no `{key}` in {json}"))
+}
+
+pub async fn run(config: Config, cmd: BenchCommand) -> Result<ExitCode> {
+    let args = match cmd {
+        BenchCommand::RawProducer { bootstrap, topic, days } => {
+            tokio::task::spawn_blocking(move || raw_producer(&bootstrap, &topic, days)).await??;
+            return Ok(ExitCode::SUCCESS);
+        }
+        BenchCommand::Ingest(a) => a,
+    };
+    let baseline = std::fs::read(&args.baseline).with_context(|| {
+        format!("cannot read the Python baseline {}; pass --baseline PATH", args.baseline.display())
+    })?;
+    let lab = Lab::existing(config)?;
+    let rt = Runtime::connect().await?;
+    let broker = lab.broker()?;
+    let bootstrap = format!("{BROKER}:{BROKER_PORT}");
+    let partitions = lab.config.broker.partitions;
+    let nonce = chrono::Utc::now().format("%H%M%S").to_string();
+    let topic = |x: &str| format!("bench-{nonce}-{x}");
+    for x in ["a", "b", "c"] {
+        broker.ensure_topic(&topic(x), partitions).await?;
+    }
+    let days = format!("{}", args.days);
+    let ingest_image = image_tag(&INGEST_IMAGE);
+    let spark_image = image_tag(&SPARK_IMAGE);
+    if !rt.image_exists(&ingest_image).await || !rt.image_exists(&spark_image).await {
+        bail!("the bench needs the lab's images; run `labctl up` first");
+    }
+
+    eprintln!("(d) generate and encode in this process …");
+    let (d_n, d_s) = tokio::task::spawn_blocking(move || generate_only(args.days)).await?;
+    let venv = python_venv().await?;
+    eprintln!("(d) baseline: Python script, '-' mode …");
+    let out = tokio::process::Command::new(venv.join("bin/python"))
+        .arg(&args.baseline)
+        .args(["-", "unused", &days])
+        .output()
+        .await
+        .context("running the Python baseline")?;
+    let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_string();
+    let (pd_n, pd_s) = (field(&line, "messages")?, field(&line, "seconds")?);
+
+    eprintln!("(a) labctl ingest into the broker …");
+    let a = run_container(&rt, &lab, "a", &ingest_image, None,
+        ["ingest", "--bootstrap", &bootstrap, "--topic", &topic("a"), "--backfill", &format!("{}s", (args.days * 86_400.0) as i64), "--no-live", "--json"].map(String::from).to_vec(), &[]).await?;
+    eprintln!("(b) raw rdkafka producer, pre-encoded …");
+    let b = run_container(&rt, &lab, "b", &ingest_image, None,
+        ["bench", "raw-producer", "--bootstrap", &bootstrap, "--topic", &topic("b"), "--days", &days].map(String::from).to_vec(), &[]).await?;
+    eprintln!("(c) the Python baseline into the broker (installing confluent-kafka and numpy first, not timed) …");
+    let script = format!(
+        "python -m venv /tmp/v && /tmp/v/bin/pip install -q confluent-kafka numpy >/dev/null && /tmp/v/bin/python /tmp/bench/seed_style_producer.py {bootstrap} {} {days}",
+        topic("c")
+    );
+    let c = run_container(&rt, &lab, "c", &spark_image, Some(vec!["sh".into(), "-c".into()]), vec![script], &[("/tmp/bench/seed_style_producer.py", &baseline)]).await?;
+
+    let (a_n, a_s) = (field(&a, "delivered")?, field(&a, "seconds")?);
+    let (b_n, b_s) = (field(&b, "messages")?, field(&b, "seconds")?);
+    let (c_n, c_s) = (field(&c, "messages")?, field(&c, "seconds")?);
+    let rate = |n: f64, s: f64| n / s.max(1e-9);
+    let rows = vec![
+        Row { name: "(a) labctl ingest -> broker", messages: a_n as u64, seconds: a_s, msgs_per_s: rate(a_n, a_s), baseline: "(b) raw ceiling", ratio: Some(rate(a_n, a_s) / rate(b_n, b_s)) },
+        Row { name: "(a) labctl ingest -> broker", messages: a_n as u64, seconds: a_s, msgs_per_s: rate(a_n, a_s), baseline: "(c) python", ratio: Some(rate(a_n, a_s) / rate(c_n, c_s)) },
+        Row { name: "(b) raw rdkafka, pre-encoded", messages: b_n as u64, seconds: b_s, msgs_per_s: rate(b_n, b_s), baseline: "-", ratio: None },
+        Row { name: "(c) python seed-style producer", messages: c_n as u64, seconds: c_s, msgs_per_s: rate(c_n, c_s), baseline: "-", ratio: None },
+        Row { name: "(d) generate+encode, no broker", messages: d_n, seconds: d_s, msgs_per_s: rate(d_n as f64, d_s), baseline: "python '-' mode", ratio: Some(rate(d_n as f64, d_s) / rate(pd_n, pd_s)) },
+        Row { name: "(d) python '-' mode", messages: pd_n as u64, seconds: pd_s, msgs_per_s: rate(pd_n, pd_s), baseline: "-", ratio: None },
+    ];
+    println!("{:<34} {:>10} {:>8} {:>12}  {:<16} {:>7}", "BENCHMARK", "MESSAGES", "SECONDS", "MSG/S", "BASELINE", "RATIO");
+    for r in &rows {
+        println!(
+            "{:<34} {:>10} {:>8.2} {:>12.0}  {:<16} {:>7}",
+            r.name, r.messages, r.seconds, r.msgs_per_s, r.baseline, r.ratio.map(|x| format!("{x:.2}x")).unwrap_or_default()
+        );
+    }
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A venv with the baseline's dependencies, made once in labctl's cache folder.
+async fn python_venv() -> Result<PathBuf> {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    let dir = home.join(".cache/labctl/bench-venv");
+    if !dir.join("bin/python").exists() || !dir.join(".ready").exists() {
+        eprintln!("making {} (confluent-kafka, numpy) …", dir.display());
+        let ok = tokio::process::Command::new("python3").args(["-m", "venv"]).arg(&dir).status().await?.success()
+            && tokio::process::Command::new(dir.join("bin/pip")).args(["install", "-q", "confluent-kafka", "numpy"]).status().await?.success();
+        if !ok {
+            bail!("could not set up the Python baseline's venv in {}", dir.display());
+        }
+        std::fs::write(dir.join(".ready"), b"")?;
+    }
+    Ok(dir)
+}
