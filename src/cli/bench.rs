@@ -178,9 +178,10 @@ pub async fn run(config: Config, cmd: BenchCommand) -> Result<ExitCode> {
         broker.ensure_topic(&topic(x), partitions).await?;
     }
     let days = format!("{}", args.days);
-    let ingest_image = image_tag(&INGEST_IMAGE);
+    // The generator's image carries this very binary (rebuilt here if it changed).
+    let (ingest_image, _) = rt.ensure_image(&INGEST_IMAGE, false, &indicatif::ProgressBar::hidden()).await?;
     let spark_image = image_tag(&SPARK_IMAGE);
-    if !rt.image_exists(&ingest_image).await || !rt.image_exists(&spark_image).await {
+    if !rt.image_exists(&spark_image).await {
         bail!("the bench needs the lab's images; run `labctl up` first");
     }
 
