@@ -65,6 +65,10 @@ pub struct Report {
     pub services: Vec<ServiceStatus>,
     /// Jobs on the Flink cluster (empty when it is down).
     pub flink_jobs: Vec<FlinkJobStatus>,
+    /// Spark drivers known to the master (active and completed), newest first.
+    pub spark_drivers: Vec<serde_json::Value>,
+    /// Delta tables in the lake's container.
+    pub lake: Vec<crate::lake::DeltaSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secrets: Option<serde_json::Value>,
     pub elapsed_ms: u128,
@@ -141,14 +145,40 @@ pub async fn flink_jobs(lab: &Lab, timeout: Duration) -> Vec<FlinkJobStatus> {
     out
 }
 
+async fn spark_drivers(lab: &Lab, timeout: Duration) -> Vec<serde_json::Value> {
+    let Ok(client) = lab.spark(timeout) else { return vec![] };
+    let Ok(m) = client.master().await else { return vec![] };
+    let pick = |d: &serde_json::Value| serde_json::json!({"id": d["id"], "state": d["state"], "starttime": d["starttime"]});
+    let mut all: Vec<_> = m.activedrivers.iter().chain(m.completeddrivers.iter()).map(pick).collect();
+    all.sort_by_key(|d| std::cmp::Reverse(d["starttime"].as_i64().unwrap_or(0)));
+    all.truncate(5);
+    all
+}
+
+async fn lake_tables(lab: &Lab, timeout: Duration) -> Vec<crate::lake::DeltaSummary> {
+    let Ok(blob) = lab.blob(timeout) else { return vec![] };
+    let mut out = Vec::new();
+    for t in crate::schema::TABLES {
+        if let Ok(s) = blob.delta_summary(&lab.config.lake.container, t.name).await {
+            if s.version.is_some() {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
 pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
     let started = Instant::now();
     let lab = Lab::existing(config)?;
     let rt = Runtime::connect().await?;
     let timeout = Duration::from_secs_f64(args.timeout.clamp(0.1, 60.0));
-    let (services, flink_jobs) = tokio::join!(collect(&lab, &rt, timeout), async {
-        tokio::time::timeout(timeout, flink_jobs(&lab, timeout)).await.unwrap_or_default()
-    });
+    let (services, flink_jobs, spark_drivers, lake) = tokio::join!(
+        collect(&lab, &rt, timeout),
+        async { tokio::time::timeout(timeout, flink_jobs(&lab, timeout)).await.unwrap_or_default() },
+        async { tokio::time::timeout(timeout, spark_drivers(&lab, timeout)).await.unwrap_or_default() },
+        async { tokio::time::timeout(timeout, lake_tables(&lab, timeout)).await.unwrap_or_default() },
+    );
     let services = services?;
     let healthy = services.iter().all(|s| s.ready);
     let secrets = args.show_secrets.then(|| {
@@ -158,7 +188,16 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
             "db_url": format!("postgresql://{}:{}@{}:{}/{}", lab.config.database.user, lab.state.db_password, lab.stack.bind_address, p.database, lab.config.database.name),
         })
     });
-    let report = Report { project: lab.stack.project.clone(), healthy, services, flink_jobs, secrets, elapsed_ms: started.elapsed().as_millis() };
+    let report = Report {
+        project: lab.stack.project.clone(),
+        healthy,
+        services,
+        flink_jobs,
+        spark_drivers,
+        lake,
+        secrets,
+        elapsed_ms: started.elapsed().as_millis(),
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -194,6 +233,18 @@ fn print_table(r: &Report) {
             let cp = j.last_checkpoint_age_secs.map(|a| format!("{a}s ago")).unwrap_or_else(|| "none".into());
             println!("{:<34} {:<11} {:>7}s {:>12} {:>12} {:>10}  {}", j.id, j.state, j.uptime_secs, j.records_in, j.records_out, cp, j.name);
         }
+    }
+    for d in &r.spark_drivers {
+        println!("spark driver {:<28} {}", d["id"].as_str().unwrap_or(""), d["state"].as_str().unwrap_or(""));
+    }
+    for t in &r.lake {
+        println!(
+            "lake table {:<20} version {:<5} {} partition(s), {} data file(s)",
+            t.table,
+            t.version.map(|v| v.to_string()).unwrap_or_default(),
+            t.partitions,
+            t.data_files
+        );
     }
     if let Some(sec) = &r.secrets {
         println!("database password: {}", sec["db_password"].as_str().unwrap_or(""));

@@ -105,6 +105,33 @@ impl BlobClient {
     }
 }
 
+/// What storage says about one Delta table (from blob names alone, no log parsing).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeltaSummary {
+    pub table: String,
+    /// Newest commit in `_delta_log`, None if the table does not exist yet.
+    pub version: Option<u64>,
+    /// `year=/month=/day=` folders holding data files.
+    pub partitions: usize,
+    pub data_files: usize,
+}
+
+impl BlobClient {
+    pub async fn delta_summary(&self, container: &str, table: &str) -> Result<DeltaSummary> {
+        let blobs = self.list_blobs(container, &format!("{table}/")).await?;
+        let log_prefix = format!("{table}/_delta_log/");
+        let version = blobs
+            .iter()
+            .filter_map(|b| b.strip_prefix(&log_prefix)?.strip_suffix(".json")?.parse::<u64>().ok())
+            .max();
+        let data: Vec<&String> = blobs.iter().filter(|b| !b.starts_with(&log_prefix) && b.ends_with(".parquet")).collect();
+        let mut dirs: Vec<&str> = data.iter().filter_map(|b| b.rsplit_once('/').map(|(d, _)| d)).collect();
+        dirs.sort_unstable();
+        dirs.dedup();
+        Ok(DeltaSummary { table: table.to_string(), version, partitions: dirs.len(), data_files: data.len() })
+    }
+}
+
 fn url_path_of(endpoint: &str) -> String {
     let after_scheme = endpoint.split_once("://").map(|(_, r)| r).unwrap_or(endpoint);
     after_scheme.find('/').map(|i| after_scheme[i..].to_string()).unwrap_or_default()
