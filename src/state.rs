@@ -90,23 +90,14 @@ impl State {
         Ok(st)
     }
 
-    /// The state as it must be for commands other than `up`: a lab that was never started has none.
+    /// The state as it must be for commands other than `up`: a lab that was never started has
+    /// none. Its ports are the ones the lab runs with; a changed `[ports]` takes effect at the
+    /// next `up`, so until then every command keeps talking to the lab that is actually there
+    /// (and never to another lab on the default ports).
     pub fn require(config: &Config) -> Result<State> {
-        let mut st = State::load(&config.project)?.ok_or_else(|| {
+        State::load(&config.project)?.ok_or_else(|| {
             anyhow::anyhow!("lab `{}` has not been started on this machine (no state file); run `labctl up` first", config.project)
-        })?;
-        // A fixed port in the config wins, as in `up`.
-        let c = &config.ports;
-        let fixed = |want: u16, had: u16| if want == 0 { had } else { want };
-        st.ports = Ports {
-            broker: fixed(c.broker, st.ports.broker),
-            database: fixed(c.database, st.ports.database),
-            flink_ui: fixed(c.flink_ui, st.ports.flink_ui),
-            spark_ui: fixed(c.spark_ui, st.ports.spark_ui),
-            spark_rest: fixed(c.spark_rest, st.ports.spark_rest),
-            azurite: fixed(c.azurite, st.ports.azurite),
-        };
-        Ok(st)
+        })
     }
 
     /// Writes the file with mode 0600 (its folder 0700), replacing it atomically.

@@ -206,10 +206,10 @@ pub async fn run(config: Config, cmd: BenchCommand) -> Result<ExitCode> {
         ["bench", "raw-producer", "--bootstrap", &bootstrap, "--topic", &topic("b"), "--days", &days].map(String::from).to_vec(), &[]).await?;
     eprintln!("(c) the Python baseline into the broker (installing confluent-kafka and numpy first, not timed) …");
     let script = format!(
-        "python -m venv /tmp/v && /tmp/v/bin/pip install -q confluent-kafka numpy >/dev/null && /tmp/v/bin/python /tmp/bench/seed_style_producer.py {bootstrap} {} {days}",
+        "python -m venv /tmp/v && /tmp/v/bin/pip install -q confluent-kafka numpy >/dev/null && /tmp/v/bin/python /tmp/seed_style_producer.py {bootstrap} {} {days}",
         topic("c")
     );
-    let c = run_container(&rt, &lab, "c", &spark_image, Some(vec!["sh".into(), "-c".into()]), vec![script], &[("/tmp/bench/seed_style_producer.py", &baseline)]).await?;
+    let c = run_container(&rt, &lab, "c", &spark_image, Some(vec!["sh".into(), "-c".into()]), vec![script], &[("/tmp/seed_style_producer.py", &baseline)]).await?;
 
     let (a_n, a_s) = (field(&a, "delivered")?, field(&a, "seconds")?);
     let (b_n, b_s) = (field(&b, "messages")?, field(&b, "seconds")?);

@@ -246,35 +246,48 @@ impl Runtime {
     }
 
     /// Same, owned by `uid` (and the group of the same number) inside the container.
+    ///
+    /// The archive is unpacked at the deepest folder that already exists, and holds only the
+    /// folders missing below it: a folder entry for an existing one (say `/tmp`) would reset
+    /// its owner and mode.
     pub async fn upload_file_owned(&self, container: &str, path: &str, content: &[u8], mode: u32, uid: u64) -> Result<()> {
-        let mut builder = tar::Builder::new(Vec::new());
-        let rel = path.trim_start_matches('/');
-        // Parent folders first, so the engine can create them.
-        let mut dir = String::new();
-        let parts: Vec<_> = rel.split('/').collect();
-        for part in &parts[..parts.len() - 1] {
-            dir.push_str(part);
-            dir.push('/');
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let (dirs, file) = parts.split_at(parts.len() - 1);
+        let mut last_err = None;
+        for existing in (0..=dirs.len()).rev() {
+            let base = format!("/{}", dirs[..existing].join("/"));
+            let mut builder = tar::Builder::new(Vec::new());
+            let mut rel = String::new();
+            for d in &dirs[existing..] {
+                rel.push_str(d);
+                rel.push('/');
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                h.set_cksum();
+                builder.append_data(&mut h, &rel, std::io::empty())?;
+            }
             let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_mode(0o755);
-            h.set_size(0);
+            h.set_mode(mode);
+            h.set_uid(uid);
+            h.set_gid(uid);
+            h.set_size(content.len() as u64);
             h.set_cksum();
-            builder.append_data(&mut h, &dir, std::io::empty())?;
+            builder.append_data(&mut h, format!("{rel}{}", file[0]), content)?;
+            let bytes = builder.into_inner()?;
+            match self
+                .docker
+                .upload_to_container(container, Some(UploadToContainerOptions { path: base.as_str(), ..Default::default() }), bytes.into())
+                .await
+            {
+                Ok(()) => return Ok(()),
+                // The folder is missing: try one level up, creating it in the archive.
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, message }) => last_err = Some(message),
+                Err(e) => return Err(e).with_context(|| format!("copying {path} into {container}")),
+            }
         }
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(mode);
-        h.set_uid(uid);
-        h.set_gid(uid);
-        h.set_size(content.len() as u64);
-        h.set_cksum();
-        builder.append_data(&mut h, rel, content)?;
-        let bytes = builder.into_inner()?;
-        self.docker
-            .upload_to_container(container, Some(UploadToContainerOptions { path: "/", ..Default::default() }), bytes.into())
-            .await
-            .with_context(|| format!("copying {path} into {container}"))?;
-        Ok(())
+        Err(anyhow!("copying {path} into {container}: {}", last_err.unwrap_or_default()))
     }
 
     pub async fn stop(&self, name: &str, timeout: i64) -> Result<()> {

@@ -25,11 +25,20 @@ struct Tail {
 
 /// Next position per machine of `fleet` (None where the topic holds nothing of it).
 pub fn positions(consumer: &BaseConsumer, topic: &str, fleet: &Fleet, interval_s: i64, timeout: Duration) -> Result<Vec<Option<Position>>> {
-    let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| anyhow!("metadata of {topic}: {e}"))?;
-    let t = md.topics().iter().find(|t| t.name() == topic).ok_or_else(|| anyhow!("topic {topic} does not exist"))?;
-    if t.partitions().is_empty() {
-        return Err(anyhow!("topic {topic} does not exist (create it with `labctl up`)"));
-    }
+    // A topic created a moment ago may show without partitions at first: look again briefly.
+    let deadline = Instant::now() + timeout;
+    let md = loop {
+        let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| anyhow!("metadata of {topic}: {e}"))?;
+        let ready = md.topics().iter().any(|t| t.name() == topic && !t.partitions().is_empty());
+        if ready {
+            break md;
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!("topic {topic} does not exist (create it with `labctl up`)"));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let t = md.topics().iter().find(|t| t.name() == topic).expect("checked above");
     // Producing is lockstep across machines, so the newest entry of every machine lies within
     // the last few ticks' worth of messages of its partition.
     let window = (fleet.messages_per_tick() as i64) * 4 + 16;

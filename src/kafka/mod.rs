@@ -106,6 +106,14 @@ impl Broker {
                 Err((t, code)) => bail!("creating topic {t} failed: {code}"),
             }
         }
+        // Metadata can lag the creation; clients started right after must find the partitions.
+        let start = std::time::Instant::now();
+        while self.partitions(topic, timeout).await? != Some(partitions as usize) {
+            if start.elapsed() > timeout {
+                bail!("topic {topic} was created but its {partitions} partitions do not show in the metadata");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         Ok(true)
     }
 
