@@ -133,6 +133,16 @@ fn lab_on_a_real_engine() {
     assert_eq!(again["containers_changed"], 0, "second up must be a no-op: {again}");
     assert!(again["seconds"]["images"].as_f64().unwrap() < 30.0, "second up must build nothing: {again}");
 
+    // --- a port taken by something else: refused before the running lab is touched ----------
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = listener.local_addr().unwrap().port().to_string();
+    let refused = t.command(&["up"]).env("LABCTL_PORTS_FLINK_UI", &taken).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains(&format!("port {taken}")), "{}", String::from_utf8_lossy(&refused.stderr));
+    let still = t.json(&["status", "--json"]);
+    assert_eq!(still["healthy"], true, "the running lab must be untouched: {still:#}");
+    drop(listener);
+
     // --- logs and bad input ------------------------------------------------------------------
     let logs = t.run(&["logs", "timescaledb", "--tail", "20"]);
     assert!(logs.status.success() && !logs.stdout.is_empty());

@@ -128,13 +128,14 @@ pub async fn run(mut config: Config, args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Refuses before changing anything when a host port the lab needs is held by something else.
+/// Refuses before changing anything when a host port the lab needs is held by something else
+/// (a port our own running container already publishes is fine: it stays).
 fn check_ports(lab: &Lab, existing: &[ContainerInfo]) -> Result<()> {
     for svc in &lab.stack.services {
-        let ours_running = existing.iter().any(|c| c.service == svc.name && c.running());
         for p in &svc.ports {
-            if ours_running {
-                continue; // held by our own container
+            let ours = existing.iter().any(|c| c.service == svc.name && c.running() && c.host_ports.contains(&p.host));
+            if ours {
+                continue;
             }
             if let Err(e) = std::net::TcpListener::bind((lab.stack.bind_address.as_str(), p.host)) {
                 bail!(

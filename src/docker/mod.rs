@@ -45,6 +45,8 @@ pub struct ContainerInfo {
     pub status: String,
     pub spec: String,
     pub image: String,
+    /// Host ports it publishes.
+    pub host_ports: Vec<u16>,
 }
 
 impl ContainerInfo {
@@ -414,6 +416,7 @@ fn container_info(c: ContainerSummary) -> Option<ContainerInfo> {
         state: c.state.unwrap_or_default(),
         status: c.status.unwrap_or_default(),
         image: c.image.unwrap_or_default(),
+        host_ports: c.ports.unwrap_or_default().iter().filter_map(|p| p.public_port).collect(),
     })
 }
 
