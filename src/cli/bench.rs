@@ -33,6 +33,8 @@ use crate::{
 pub enum BenchCommand {
     /// Generator vs raw broker ceiling vs the Python baseline (see module docs).
     Ingest(IngestArgs),
+    /// The Flink job's backfill throughput into both tables vs Flink merely reading the topic.
+    Flink(FlinkArgs),
     /// Inside a bench container: produce pre-encoded messages as fast as the broker takes them.
     #[command(hide = true)]
     RawProducer {
@@ -53,6 +55,16 @@ pub struct IngestArgs {
     /// The Python baseline script.
     #[arg(long, default_value = "../shared/bench/seed_style_producer.py", value_name = "FILE")]
     baseline: PathBuf,
+    /// Write the table as JSON to this file as well.
+    #[arg(long, value_name = "FILE")]
+    json_out: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FlinkArgs {
+    /// Days of history in the benchmark's own topic (7 = 1,088,640 readings).
+    #[arg(long, default_value_t = 7.0)]
+    days: f64,
     /// Write the table as JSON to this file as well.
     #[arg(long, value_name = "FILE")]
     json_out: Option<PathBuf>,
@@ -163,6 +175,7 @@ pub async fn run(config: Config, cmd: BenchCommand) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         BenchCommand::Ingest(a) => a,
+        BenchCommand::Flink(a) => return bench_flink(config, a).await,
     };
     let baseline = std::fs::read(&args.baseline).with_context(|| {
         format!("cannot read the Python baseline {}; pass --baseline PATH", args.baseline.display())
@@ -250,4 +263,144 @@ async fn python_venv() -> Result<PathBuf> {
         std::fs::write(dir.join(".ready"), b"")?;
     }
     Ok(dir)
+}
+
+/// Produces `days` of the default fleet into `topic` from this process; returns the count.
+async fn fill_topic(lab: &Lab, topic: &str, days: f64) -> Result<u64> {
+    let base = lab.broker()?.client_config();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || -> Result<u64> {
+        let (fleet, starts, end) = fleet_and_starts(days);
+        let sender = Sender::new(&base, &topic)?;
+        let stop = AtomicBool::new(false);
+        generate(&fleet, 5, &starts, end, &stop, |_, k, p| sender.send(k, p, &stop));
+        sender.flush(Duration::from_secs(600))?;
+        let c = sender.counters();
+        let failed = c.failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            bail!("{failed} readings were not delivered to {topic}");
+        }
+        Ok(c.delivered.load(Ordering::Relaxed))
+    })
+    .await?
+}
+
+/// Submits a script through the SQL runner and waits until it runs.
+async fn run_script(client: &crate::flink::Client, script: &str) -> Result<String> {
+    use base64::{engine::general_purpose::STANDARD as B64, Engine};
+    let jar = super::flink::find_or_explain_runner(client).await?;
+    let args: Vec<String> = crate::flink::job::split_statements(script).iter().map(|s| B64.encode(s)).collect();
+    let id = client.run_jar(&jar, crate::flink::job::RUNNER_ENTRY_CLASS, &args, None).await?;
+    super::flink::wait_running(client, &id, Duration::from_secs(120)).await?;
+    Ok(id)
+}
+
+/// The full job on a topic and scratch tables of its own, against a read-only baseline (the
+/// same source into a blackhole sink): how close writing both tables gets to reading alone.
+async fn bench_flink(config: Config, args: FlinkArgs) -> Result<ExitCode> {
+    use crate::flink::job::{render_for, JobSettings, Target};
+    let lab = Lab::existing(config)?;
+    let client = lab.flink(Duration::from_secs(10))?;
+    let overview = client.overview().await.context("the Flink cluster is not up")?;
+    let nonce = chrono::Utc::now().format("%H%M%S").to_string();
+    let topic = format!("bench-flink-{nonce}");
+    lab.broker()?.ensure_topic(&topic, lab.config.broker.partitions).await?;
+    eprintln!("producing {} days into {topic} …", args.days);
+    let n = fill_topic(&lab, &topic, args.days).await?;
+
+    let db = lab.database()?.connect(Duration::from_secs(10)).await?;
+    let (raw, agg) = (format!("bench_raw_{nonce}"), format!("bench_agg_{nonce}"));
+    for (t, like, time) in [(&raw, "machine_sensors", "timestamp"), (&agg, "sensor_aggregates", "window_start")] {
+        db.batch_execute(&format!(
+            "CREATE TABLE {t} (LIKE {like} INCLUDING ALL); SELECT create_hypertable('{t}', '{time}');"
+        ))
+        .await
+        .with_context(|| format!("creating scratch table {t}"))?;
+    }
+    let settings = JobSettings::for_lab(&lab.config);
+    let target = |kind: &str| Target {
+        topic: topic.clone(),
+        group_id: format!("bench-{nonce}-{kind}"),
+        raw_table: raw.clone(),
+        agg_table: agg.clone(),
+        job_name: format!("{}: bench {kind}", lab.stack.project),
+    };
+    // Baseline: the job's own SET and source statements, into a blackhole.
+    let full = render_for(&lab.config, &lab.state, &settings, &target("full"))?;
+    let read_only = render_for(&lab.config, &lab.state, &settings, &target("read"))?;
+    let mut base_script: Vec<String> = crate::flink::job::split_statements(&read_only)
+        .into_iter()
+        .filter(|s| s.starts_with("SET") || s.contains("CREATE TABLE sensor_readings"))
+        .collect();
+    base_script.push("CREATE TABLE bench_sink (machine_id STRING) WITH ('connector' = 'blackhole')".into());
+    base_script.push("INSERT INTO bench_sink SELECT machine_id FROM sensor_readings".into());
+
+    eprintln!("baseline: Flink reading the topic into a blackhole …");
+    let t = Instant::now();
+    let id = run_script(&client, &base_script.join(";\n")).await?;
+    loop {
+        let (read, _) = client.records_in_out(&id).await.unwrap_or((0.0, 0.0));
+        if read as u64 >= n {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(900) {
+            bail!("the read-only job read {read} of {n} records in 15 min");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let base_secs = t.elapsed().as_secs_f64();
+    client.cancel(&id).await?;
+
+    eprintln!("the lab's job into scratch tables {raw} and {agg} …");
+    let t = Instant::now();
+    let id = run_script(&client, &full).await?;
+    let submit_secs = t.elapsed().as_secs_f64();
+    // Done when every reading is a raw row and every window but the last open minute is written.
+    let open = 9 * 12;
+    let (mut raw_secs, mut done_secs) = (None, None);
+    while done_secs.is_none() {
+        let r: i64 = db.query_one(&format!("SELECT count(*) FROM {raw}"), &[]).await?.get(0);
+        let a: i64 = db.query_one(&format!("SELECT coalesce(sum(reading_count), 0)::bigint FROM {agg}"), &[]).await?.get(0);
+        if raw_secs.is_none() && r as u64 >= n {
+            raw_secs = Some(t.elapsed().as_secs_f64());
+        }
+        if r as u64 >= n && a as u64 + open >= n {
+            done_secs = Some(t.elapsed().as_secs_f64());
+        }
+        if t.elapsed() > Duration::from_secs(900) {
+            bail!("the job wrote {r} raw rows and windows for {a} readings of {n} in 15 min");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let late = client.late_records_dropped(&id).await.unwrap_or(f64::NAN);
+    client.cancel(&id).await?;
+    db.batch_execute(&format!("DROP TABLE {raw}; DROP TABLE {agg};")).await.context("dropping scratch tables")?;
+
+    let done = done_secs.unwrap_or(f64::NAN);
+    let rows = vec![
+        serde_json::json!({"benchmark": "flink read-only (source -> blackhole)", "readings": n, "seconds": base_secs, "per_s": n as f64 / base_secs}),
+        serde_json::json!({"benchmark": "flink lab job: raw rows + windows", "readings": n, "seconds": done, "per_s": n as f64 / done,
+            "raw_rows_done_s": raw_secs, "submit_to_running_s": submit_secs, "late_records_dropped": late,
+            "ratio_vs_read_only": (n as f64 / done) / (n as f64 / base_secs)}),
+    ];
+    println!(
+        "Flink {} TaskManager(s), {} slots, parallelism {}; {n} readings",
+        overview.taskmanagers, overview.slots_total, settings.parallelism
+    );
+    println!("{:<40} {:>9} {:>10}  {}", "BENCHMARK", "SECONDS", "READINGS/S", "NOTES");
+    println!("{:<40} {:>9.1} {:>10.0}  baseline", "read-only (source -> blackhole)", base_secs, n as f64 / base_secs);
+    println!(
+        "{:<40} {:>9.1} {:>10.0}  {:.2}x of read-only; raw rows done at {:.1} s; submit->RUNNING {:.1} s; late dropped {}",
+        "lab job (raw + 1-min windows)",
+        done,
+        n as f64 / done,
+        base_secs / done,
+        raw_secs.unwrap_or(f64::NAN),
+        submit_secs,
+        late
+    );
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -182,7 +182,7 @@ fn explain_submit_error(e: anyhow::Error, verbose: bool) -> anyhow::Error {
     }
 }
 
-async fn find_or_explain_runner(client: &flink::Client) -> Result<String> {
+pub(crate) async fn find_or_explain_runner(client: &flink::Client) -> Result<String> {
     let jars = client.jars().await?;
     match jars.iter().find(|j| j.name == RUNNER_JAR_NAME) {
         Some(j) => Ok(j.id.clone()),
@@ -192,7 +192,7 @@ async fn find_or_explain_runner(client: &flink::Client) -> Result<String> {
     }
 }
 
-async fn wait_running(client: &flink::Client, id: &str, timeout: Duration) -> Result<()> {
+pub(crate) async fn wait_running(client: &flink::Client, id: &str, timeout: Duration) -> Result<()> {
     let start = Instant::now();
     loop {
         let j = client.job(id).await?;

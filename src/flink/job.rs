@@ -77,7 +77,35 @@ fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// Where the job reads and writes; the lab's own names by default, scratch names in benchmarks.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub topic: String,
+    pub group_id: String,
+    pub raw_table: String,
+    pub agg_table: String,
+    pub job_name: String,
+}
+
+impl Target {
+    pub fn lab(config: &Config) -> Self {
+        Self {
+            topic: config.broker.topic.clone(),
+            group_id: format!("labctl-{}-flink", config.project),
+            raw_table: MACHINE_SENSORS.name.into(),
+            agg_table: SENSOR_AGGREGATES.name.into(),
+            job_name: job_name(&config.project),
+        }
+    }
+}
+
 pub fn render(config: &Config, state: &State, settings: &JobSettings) -> Result<String> {
+    render_for(config, state, settings, &Target::lab(config))
+}
+
+pub fn render_for(config: &Config, state: &State, settings: &JobSettings, target: &Target) -> Result<String> {
+    crate::config::check_identifier("raw table", &target.raw_table)?;
+    crate::config::check_identifier("aggregate table", &target.agg_table)?;
     let source_columns: Vec<String> =
         MESSAGE_FIELDS.iter().map(|c| format!("{} {}", flink_ident(c.name), c.ty.flink())).collect();
     let raw_select: Vec<String> = MACHINE_SENSORS.columns.iter().map(|c| raw_expr(c.name)).collect();
@@ -93,19 +121,19 @@ pub fn render(config: &Config, state: &State, settings: &JobSettings) -> Result<
         config.database.name
     );
     let mut ctx = tera::Context::new();
-    ctx.insert("job_name", &lit(&job_name(&config.project)));
+    ctx.insert("job_name", &lit(&target.job_name));
     ctx.insert("s", settings);
-    ctx.insert("topic", &lit(&config.broker.topic));
+    ctx.insert("topic", &lit(&target.topic));
     ctx.insert("bootstrap", &lit(&format!("{BROKER}:{BROKER_PORT}")));
-    ctx.insert("group_id", &lit(&format!("labctl-{}-flink", config.project)));
+    ctx.insert("group_id", &lit(&target.group_id));
     ctx.insert("source_columns", &source_columns.join(",\n  "));
     ctx.insert("jdbc_url", &lit(&jdbc_url));
     ctx.insert("db_user", &lit(&config.database.user));
     ctx.insert("db_password", &lit(&state.db_password));
-    ctx.insert("raw_table", MACHINE_SENSORS.name);
+    ctx.insert("raw_table", &target.raw_table);
     ctx.insert("raw_columns", &MACHINE_SENSORS.flink_sink_columns());
     ctx.insert("raw_select", &raw_select.join(", "));
-    ctx.insert("agg_table", SENSOR_AGGREGATES.name);
+    ctx.insert("agg_table", &target.agg_table);
     ctx.insert("agg_columns", &SENSOR_AGGREGATES.flink_sink_columns());
     ctx.insert("agg_select", &agg_select.join(",\n  "));
     render_template(TEMPLATE, &ctx)
