@@ -173,7 +173,8 @@ impl Client {
         }
         let part = reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()).mime_str("application/x-java-archive")?;
         let form = reqwest::multipart::Form::new().part("jarfile", part);
-        let up: Uploaded = self.send_json(self.http.post(format!("{}/jars/upload", self.base)).multipart(form), "jar upload").await?;
+        let req = self.http.post(format!("{}/jars/upload", self.base)).multipart(form).timeout(Duration::from_secs(180));
+        let up: Uploaded = self.send_json(req, "jar upload").await?;
         // The answer names the stored file; its last path component is the jar id.
         Ok(up.filename.rsplit('/').next().unwrap_or(&up.filename).to_string())
     }
@@ -188,7 +189,10 @@ impl Client {
         if let Some(p) = parallelism {
             body["parallelism"] = p.into();
         }
-        let run: Run = self.send_json(self.http.post(format!("{}/jars/{jar_id}/run", self.base)).json(&body), "jar run").await?;
+        // The job's main runs inside the JobManager (planning, first-time class loading): on a
+        // fresh or busy cluster that takes well over the usual request timeout.
+        let req = self.http.post(format!("{}/jars/{jar_id}/run", self.base)).json(&body).timeout(Duration::from_secs(180));
+        let run: Run = self.send_json(req, "jar run").await?;
         Ok(run.jobid)
     }
 
