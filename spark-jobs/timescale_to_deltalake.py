@@ -45,10 +45,11 @@ when the range spans at least that many days); each Spark task writes one Parque
 of its slice to year=Y/month=M/day=D/ in the table location and returns the add-file metadata
 (path, size, partition values, stats); the driver commits all files of the table in ONE Delta
 transaction (delta-rs create_write_transaction, or create_table_with_add_actions for a new table),
-together with the remove actions of replaced days. Files written by a failed run are never
-committed; the vacuum after each commit (retention 0) deletes them and every other data file the
-new version does not reference, so storage does not grow with re-runs. One run = one new table
-version (or none when there is nothing to export).
+together with the remove actions of replaced days. Then a vacuum (retention 0 for the files this
+commit removed: deleted at once, so storage does not grow with re-runs) also deletes data files no
+version references (files of failed runs, never committed) once they are 15 minutes old; younger
+ones may belong to an export running at the same time. One run = one new table version, or none
+when there is nothing to export. A failure before the commit leaves the table at its version.
 
 Table schema: the source columns (timestamps as timestamp[us, UTC], i.e. Delta `timestamp`;
 double stays double, text -> string, bigint -> long, integer -> integer) plus partition columns
@@ -63,8 +64,11 @@ Output: on success one stdout line
   table does not exist); committed tells whether any table got a new version; seconds counts from
   the driver JVM's start. Each entry of "tables" has name, delta_uri, mode (replace|incremental),
   from, to (the effective range, ISO), committed, rows_read, rows_written, files, files_removed,
-  vacuumed, delta_version, previous_version, partitions, message, phases (seconds per step),
-  seconds. When no table has rows to export, no Spark application is started at all.
+  vacuumed, orphans_kept, delta_version, previous_version, partitions, message, phases (seconds
+  per step) and seconds; "startup" holds the driver's start-up steps (seconds). When no table has
+  rows to export, no Spark application is started at all (only the driver's JVM and Python).
+Submission needs the PostgreSQL JDBC driver in spark.jars (also used on the driver, before the
+SparkContext exists) and python with pyarrow + deltalake on driver and executors.
 On failure one line `LABCTL_ERROR <message>` on stdout (and stderr when that is a different
 stream), then the traceback; the process exits non-zero (driverState FAILED).
 """
@@ -86,6 +90,8 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 # object_store client settings: fail within seconds instead of minutes when storage is down.
 STORAGE_CLIENT_OPTIONS = {"max_retries": "3", "retry_timeout": "20s", "connect_timeout": "5s",
                           "timeout": "120s"}
+# Unreferenced data files younger than this may belong to an export still running: kept.
+ORPHAN_GRACE_SECONDS = 15 * 60
 
 
 class JobError(Exception):
@@ -497,13 +503,14 @@ def exact_max_time(dt_table, opts, table_uri, time_column):
     return best
 
 
-def vacuum_unreferenced(table, table_uri, opts):
-    """Vacuum with retention 0: delete every data file in the table location that the current
-    version does not reference (files replaced by this or earlier commits, files of failed runs).
+def vacuum_unreferenced(table, table_uri, opts, removed):
+    """Vacuum with retention 0 for the files this commit removed: they are deleted at once.
+    Other data files that the current version does not reference (files of failed runs, or of
+    an earlier vacuum that failed) are deleted once older than ORPHAN_GRACE_SECONDS, so the
+    uncommitted files of an export running at the same time are never touched.
     Not DeltaTable.vacuum: in deltalake 1.6.6 it re-lists already deleted tombstones on every call
-    and so appends two log entries (VACUUM START/END) to every run. Hidden paths (_delta_log, ...)
-    are never touched. Like any vacuum with retention 0 it must not run next to another writer of
-    the same table."""
+    and appends two log entries (VACUUM START/END) to every run; and with retention 0 it would
+    delete a concurrent writer's uncommitted files. Hidden paths (_delta_log, ...) are skipped."""
     from urllib.parse import unquote
 
     import pyarrow as pa
@@ -511,18 +518,25 @@ def vacuum_unreferenced(table, table_uri, opts):
     from deltalake.fs import DeltaStorageHandler
 
     referenced = {unquote(p) for p in pa.table(table.get_add_actions()).column("path").to_pylist()}
+    removed = {unquote(p) for p in removed}
     fs = pafs.PyFileSystem(DeltaStorageHandler(table_uri, opts))
-    deleted = 0
+    cutoff = time.time() - ORPHAN_GRACE_SECONDS
+    deleted = kept = 0
     for info in fs.get_file_info(pafs.FileSelector("", recursive=True, allow_not_found=True)):
         path = info.path.lstrip("/")
         if info.type != pafs.FileType.File or not path.endswith(".parquet"):
             continue
         if any(seg.startswith(("_", ".")) for seg in path.split("/")):
             continue
-        if unquote(path) not in referenced:
-            fs.delete_file(path)
+        path = unquote(path)
+        if path in referenced:
+            continue
+        if path in removed or (info.mtime is not None and info.mtime.timestamp() < cutoff):
+            fs.delete_file(info.path.lstrip("/"))
             deleted += 1
-    return deleted
+        else:
+            kept += 1
+    return deleted, kept
 
 
 def plan_table(jvm, cfg, tcfg, now):
@@ -537,7 +551,7 @@ def plan_table(jvm, cfg, tcfg, now):
     delta_path = tcfg["delta_path"].strip("/")
     table_uri = f"az://{lake['container']}/{delta_path}"
     result = {"name": name, "delta_uri": table_uri, "committed": False, "rows_read": 0,
-              "rows_written": 0, "files": 0, "files_removed": 0, "vacuumed": 0,
+              "rows_written": 0, "files": 0, "files_removed": 0, "vacuumed": 0, "orphans_kept": 0,
               "delta_version": None, "previous_version": None, "partitions": []}
 
     # -- current table state (also the early reachability check of the lake)
@@ -678,6 +692,7 @@ def export_table(spark, cfg, plan, result):
                       f["stats"]) for f in files]
     info = {"labctl.export": {"table": name, "mode": mode, "from": iso(lower), "to": iso(upper),
                               "rows": result["rows_written"], "files": len(files)}}
+    removes = []
     try:
         if table is None:
             from deltalake import Schema as DeltaSchema
@@ -687,7 +702,6 @@ def export_table(spark, cfg, plan, result):
                 commit_properties=CommitProperties(custom_metadata=info))
             table = DeltaTable(table_uri, storage_options=opts)
         else:
-            removes = []
             if mode == "replace":
                 first, end = lower.date(), upper.date()
                 existing = pa.table(table.get_add_actions(flatten=True)).to_pylist()
@@ -716,7 +730,8 @@ def export_table(spark, cfg, plan, result):
     # -- vacuum: files no longer referenced and files of failed runs
     t = time.time()
     try:
-        result["vacuumed"] = vacuum_unreferenced(table, table_uri, opts)
+        result["vacuumed"], result["orphans_kept"] = vacuum_unreferenced(
+            table, table_uri, opts, [r.path for r in removes])
     except Exception as exc:  # noqa: BLE001  (the data is committed; the next run vacuums again)
         result["vacuum_error"] = one_line(exc)
         log(f"WARNING: vacuum of {table_uri} failed, retried by the next run: {one_line(exc)}")
@@ -751,7 +766,10 @@ def main(argv):
     spark = None
     if any(plan for plan, _ in planned):
         t = time.time()
-        sc = SparkContext.getOrCreate(SparkConf().setAppName("labctl-timescale-to-deltalake"))
+        conf = SparkConf()  # spark.* from the submission; the app name only as a fallback
+        if not conf.contains("spark.app.name"):
+            conf.setAppName("labctl-timescale-to-deltalake")
+        sc = SparkContext.getOrCreate(conf)
         startup["spark_context"] = round(time.time() - t, 3)
         t = time.time()
         spark = SparkSession(sc)
