@@ -67,8 +67,7 @@ pub enum Command {
     #[command(subcommand)]
     Images(images::Command),
     /// Benchmarks against named baselines, in one run (a running lab is needed).
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    Bench(bench::Args),
     /// Print the effective configuration (defaults + labctl.toml + LABCTL_*), as TOML.
     Config,
 }
