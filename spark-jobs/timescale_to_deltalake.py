@@ -17,6 +17,9 @@ Config (all keys required unless marked optional):
       "range": {"from": null, "to": null},          # ISO-8601 strings (UTC; "Z", an offset, or none
                                                     # = UTC; a bare date = midnight UTC) or null
       "partitions": 4,                              # JDBC read partitions (= Spark tasks), >= 1
+      "read_only": false,                           # optional, default false: read the range over
+                                                    # JDBC into the tasks and count the rows; write
+                                                    # and commit nothing (a benchmark's baseline)
       "lake": {
         "account":   "devstoreaccount1",
         "key":       "...",                         # shared key (base64)
@@ -35,7 +38,8 @@ Range semantics (per table; the time column is the partitioning instant):
     in the range, nothing is committed (the lake keeps its data: it may be the only copy left).
   * range.from null ("incremental" mode): rows with time > the newest instant already in the Delta
     table (exact max of its time column; everything if the table does not exist) and
-    time < (to or now). Appends only; a run without new rows exports 0 rows and commits nothing.
+    time < (to or now - 60 s: readings younger than that may still be on their way through
+    Flink). Appends only; a run without new rows exports 0 rows and commits nothing.
     (A row inserted later with a time older than that instant is not picked up incrementally;
     re-export its day with an explicit range.)
 
@@ -67,6 +71,9 @@ Output: on success one stdout line
   vacuumed, orphans_kept, delta_version, previous_version, partitions, message, phases (seconds
   per step) and seconds; "startup" holds the driver's start-up steps (seconds). When no table has
   rows to export, no Spark application is started at all (only the driver's JVM and Python).
+Spark property spark.labctl.driverTaskThreads=N (optional, set by labctl when the cluster has one
+worker and the driver was granted its cores): the tasks run inside the driver with N threads
+(local[N,maxFailures]) instead of on executors.
 Submission needs the PostgreSQL JDBC driver in spark.jars (also used on the driver, before the
 SparkContext exists) and python with pyarrow + deltalake on driver and executors.
 On failure one line `LABCTL_ERROR <message>` on stdout (and stderr when that is a different
@@ -90,6 +97,9 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 # object_store client settings: fail within seconds instead of minutes when storage is down.
 STORAGE_CLIENT_OPTIONS = {"max_retries": "3", "retry_timeout": "20s", "connect_timeout": "5s",
                           "timeout": "120s"}
+# An incremental run without `to` exports readings older than this: younger ones may still be
+# on their way through Flink, and the next run starts above the newest exported instant.
+SETTLE_SECONDS = 60
 # Unreferenced data files younger than this may belong to an export still running: kept.
 ORPHAN_GRACE_SECONDS = 15 * 60
 
@@ -191,6 +201,9 @@ def load_config(argv):
         raise JobError(f"partitions must be an integer: {json.dumps(cfg.get('partitions'))}") from None
     if cfg["partitions"] < 1:
         raise JobError("partitions must be >= 1")
+    cfg["read_only"] = cfg.get("read_only", False)
+    if not isinstance(cfg["read_only"], bool):
+        raise JobError(f"read_only must be true or false: {json.dumps(cfg['read_only'])}")
     return cfg
 
 
@@ -351,6 +364,31 @@ def make_partition_writer(table_uri, opts, time_column):
             ("write_seconds", pa.float64())]))
 
     return write_partition
+
+
+def make_partition_counter():
+    """read_only mode: the same JDBC slice as Arrow record batches, counted and dropped."""
+
+    def count_partition(batches):
+        import pyarrow as pa
+        from pyspark import TaskContext
+
+        task = TaskContext.get().partitionId()
+        t_read = time.time()
+        rows_read = sum(batch.num_rows for batch in batches)
+        yield pa.RecordBatch.from_pydict(
+            {"task": [task], "rows_read": [rows_read], "file_path": [None], "size": [None],
+             "year": [None], "month": [None], "day": [None], "modification_time": [None],
+             "stats": [None], "rows": [0], "read_seconds": [time.time() - t_read],
+             "write_seconds": [0.0]},
+            schema=pa.schema([
+                ("task", pa.int32()), ("rows_read", pa.int64()), ("file_path", pa.string()),
+                ("size", pa.int64()), ("year", pa.string()), ("month", pa.string()),
+                ("day", pa.string()), ("modification_time", pa.int64()), ("stats", pa.string()),
+                ("rows", pa.int64()), ("read_seconds", pa.float64()),
+                ("write_seconds", pa.float64())]))
+
+    return count_partition
 
 
 def map_in_arrow(df, func, schema):
@@ -579,7 +617,9 @@ def plan_table(jvm, cfg, tcfg, now):
         lower_us, lower_inclusive, upper_us = to_us(lower), True, to_us(upper)
     else:
         mode = "incremental"
-        upper = cfg["_to"] or now
+        # Not `now`: Flink writes a reading a few seconds after its timestamp, and one that lands
+        # below an exported bound would be skipped for good (the next run starts above it).
+        upper = cfg["_to"] or now - dt.timedelta(seconds=SETTLE_SECONDS)
         upper_us = to_us(upper)
         try:
             lower_us = exact_max_time(table, opts, table_uri, time_column) if table else None
@@ -656,7 +696,9 @@ def export_table(spark, cfg, plan, result):
     if not isinstance(time_type, T.TimestampType):
         raise JobError(f"{name}: time column {time_column} missing or not a timestamp with time zone "
                        f"(got {time_type})")
-    writer = make_partition_writer(table_uri, opts, time_column)
+    read_only = cfg["read_only"]
+    writer = make_partition_counter() if read_only else make_partition_writer(table_uri, opts,
+                                                                              time_column)
     phases["jdbc_schema"] = round(time.time() - t, 3)
     t = time.time()
     try:
@@ -681,6 +723,11 @@ def export_table(spark, cfg, plan, result):
                             f["partition_values"]["day"]) for f in files},
                           key=lambda k: tuple(int(x) for x in k))
     result["partitions"] = [list(k) for k in written_days]
+    if read_only:
+        result["message"] = (f"{name}: read {result['rows_read']} rows (read_only: nothing "
+                             f"written, {table_uri} left at version {result['previous_version']})")
+        log(result["message"])
+        return result
     if result["rows_written"] != result["rows_read"]:
         raise JobError(f"{name}: read {result['rows_read']} rows but wrote {result['rows_written']}")
 
@@ -769,6 +816,10 @@ def main(argv):
         conf = SparkConf()  # spark.* from the submission; the app name only as a fallback
         if not conf.contains("spark.app.name"):
             conf.setAppName("labctl-timescale-to-deltalake")
+        threads = conf.get("spark.labctl.driverTaskThreads", None)
+        if threads:  # one worker: the tasks run in this driver (cores granted to it by labctl),
+            # with a failed task retried like on executors (spark.task.maxFailures, default 4)
+            conf.setMaster(f"local[{int(threads)},{conf.get('spark.task.maxFailures', '4')}]")
         sc = SparkContext.getOrCreate(conf)
         startup["spark_context"] = round(time.time() - t, 3)
         t = time.time()
@@ -796,6 +847,7 @@ def main(argv):
         "tables": results,
         "message": "; ".join(r["message"] for r in results),
         "startup": startup,
+        "read_only": cfg["read_only"],
         "seconds": round(time.time() - jvm_start / 1000, 3),
     }
     if spark is not None:

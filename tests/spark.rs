@@ -116,6 +116,12 @@ fn export_writes_a_partitioned_delta_table_once() {
     assert_eq!(meta["value_type"], "double", "{meta}");
     assert_eq!(meta["partition_columns"], serde_json::json!(["year", "month", "day"]), "{meta}");
     let version = meta["version"].as_i64().unwrap();
+    // What `labctl status` reads from the Delta log: the row count and the last commit.
+    let summary = rt.block_on(lab.blob(Duration::from_secs(5)).unwrap().delta_summary("lake", "machine_sensors")).unwrap();
+    assert_eq!(summary.rows, Some(rows.len() as u64), "{summary:?}");
+    assert_eq!(summary.version, Some(version as u64), "{summary:?}");
+    let age = chrono::Utc::now() - summary.last_commit.expect("last commit time");
+    assert!(age.num_seconds() >= 0 && age.num_seconds() < 600, "{summary:?}");
 
     // Partition folders for exactly those days.
     let blobs = rt.block_on(lab.blob(Duration::from_secs(5)).unwrap().list_blobs("lake", "machine_sensors/year=")).unwrap();
@@ -156,6 +162,8 @@ fn export_writes_a_partitioned_delta_table_once() {
     let (lake3, meta3) = lake_per_day(&t);
     assert_eq!(meta3["version"], meta2["version"], "a failed export must not commit");
     assert_eq!(lake3, lake);
+    let summary3 = rt.block_on(lab.blob(Duration::from_secs(5)).unwrap().delta_summary("lake", "machine_sensors")).unwrap();
+    assert_eq!(summary3.rows, Some(rows.len() as u64), "a failed export leaves the count: {summary3:?}");
 
     // And the re-run completes it.
     let again = t.json(&[&["submit", "spark", "--json"][..], &range[..]].concat());

@@ -35,7 +35,8 @@ pub struct SubmitArgs {
     /// after the newest reading already in the lake.
     #[arg(long, value_name = "TIME")]
     pub from: Option<String>,
-    /// End of the range (exclusive; default: now).
+    /// End of the range (exclusive; default: now, minus 60 s without --from: younger readings may
+    /// still be on their way through Flink).
     #[arg(long, value_name = "TIME")]
     pub to: Option<String>,
     /// Export sensor_aggregates too (to its own Delta table).
@@ -81,7 +82,42 @@ pub fn parse_instant(flag: &str, s: &str) -> Result<String> {
     Ok(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
+/// What one export submission works on, where it differs from `labctl submit spark`: the
+/// benchmark exports a scratch table of its own to a scratch Delta path, and its baseline only
+/// reads. The default is the lab's tables, written.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// A table shaped like machine_sensors (same time column) to export instead of it.
+    pub table: Option<String>,
+    /// The Delta table's path below the lake container (default: the table's name).
+    pub delta_path: Option<String>,
+    /// Read the range over JDBC into the tasks and count it; write and commit nothing.
+    pub read_only: bool,
+}
+
+/// A PostgreSQL table name labctl may hand to the job: lower-case identifier, at most 63 bytes.
+fn valid_table_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some('a'..='z' | '_'))
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
+        && name.len() <= 63
+}
+
+/// A Delta path below the container: `/`-separated segments of letters, digits, `_ . - =`, each
+/// starting with a letter or digit (so no `..`, no hidden `_delta_log`-like segment, no empty one).
+fn valid_delta_path(path: &str) -> bool {
+    path.len() <= 200
+        && path.split('/').all(|seg| {
+            seg.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+                && seg.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '='))
+        })
+}
+
 pub fn render_config(lab: &Lab, args: &SubmitArgs, password: &str) -> Result<String> {
+    render_config_with(lab, args, password, &Overrides::default())
+}
+
+pub fn render_config_with(lab: &Lab, args: &SubmitArgs, password: &str, over: &Overrides) -> Result<String> {
     let from = args.from.as_deref().map(|s| parse_instant("--from", s)).transpose()?;
     let to = args.to.as_deref().map(|s| parse_instant("--to", s)).transpose()?;
     if let (Some(f), Some(t)) = (&from, &to) {
@@ -92,7 +128,25 @@ pub fn render_config(lab: &Lab, args: &SubmitArgs, password: &str) -> Result<Str
     if !(1..=64).contains(&args.partitions) {
         bail!("--partitions must be between 1 and 64");
     }
-    let mut tables = vec![serde_json::json!({"name": MACHINE_SENSORS.name, "time_column": MACHINE_SENSORS.time_column, "delta_path": MACHINE_SENSORS.name})];
+    if let Some(t) = &over.table {
+        if !valid_table_name(t) {
+            bail!("table {t:?} is not a plain lower-case PostgreSQL identifier");
+        }
+    }
+    if let Some(p) = &over.delta_path {
+        if !valid_delta_path(p) {
+            bail!("Delta path {p:?}: use /-separated segments of letters, digits, _ . - =, each starting with a letter or digit");
+        }
+        if crate::schema::TABLES.iter().any(|t| t.name == p.as_str()) && over.table.as_deref() != Some(p.as_str()) {
+            bail!("Delta path {p:?} is the lab's own table; an override needs a path of its own");
+        }
+    }
+    if (over.table.is_some() || over.delta_path.is_some()) && args.with_aggregates {
+        bail!("a table or Delta path override exports one table; --with-aggregates does not go with it");
+    }
+    let name = over.table.as_deref().unwrap_or(MACHINE_SENSORS.name);
+    let delta_path = over.delta_path.as_deref().unwrap_or(name);
+    let mut tables = vec![serde_json::json!({"name": name, "time_column": MACHINE_SENSORS.time_column, "delta_path": delta_path})];
     if args.with_aggregates {
         tables.push(serde_json::json!({"name": SENSOR_AGGREGATES.name, "time_column": SENSOR_AGGREGATES.time_column, "delta_path": SENSOR_AGGREGATES.name}));
     }
@@ -105,6 +159,7 @@ pub fn render_config(lab: &Lab, args: &SubmitArgs, password: &str) -> Result<Str
     ctx.insert("from", &json_or_null(&from));
     ctx.insert("to", &json_or_null(&to));
     ctx.insert("partitions", &args.partitions);
+    ctx.insert("read_only", &over.read_only);
     ctx.insert("lake_account", DEV_ACCOUNT);
     ctx.insert("lake_key", DEV_KEY);
     ctx.insert("lake_endpoint", &format!("http://{AZURITE}:{AZURITE_PORT}/{DEV_ACCOUNT}"));
@@ -114,44 +169,131 @@ pub fn render_config(lab: &Lab, args: &SubmitArgs, password: &str) -> Result<Str
     Ok(text)
 }
 
-/// Executors from the workers' free cores: in cluster mode the driver takes one core.
-fn sizing(master: &spark::MasterState) -> Result<Vec<(String, String)>> {
-    let alive: Vec<_> = master.workers.iter().filter(|w| w.state == "ALIVE").collect();
-    let cores: u32 = alive.iter().map(|w| w.cores).sum();
-    if cores < 2 {
-        bail!("the Spark cluster has {cores} core(s) but the export needs 2 (one for the driver, one for an executor); add workers or cores");
-    }
-    let executors = cores - 1;
-    let memory_mb: u64 = alive.iter().map(|w| w.memory).sum();
-    let per_executor = ((memory_mb.saturating_sub(512)) / executors as u64).clamp(512, 1024);
-    Ok(vec![
-        ("spark.driver.cores".into(), "1".into()),
-        ("spark.driver.memory".into(), "512m".into()),
-        ("spark.executor.cores".into(), "1".into()),
-        ("spark.cores.max".into(), executors.to_string()),
-        ("spark.executor.memory".into(), format!("{per_executor}m")),
-    ])
+/// How an export submission is sized, from the workers' free cores and memory.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Sizing {
+    /// Executors started for the job; 0 when the driver runs the tasks itself.
+    pub executors: u32,
+    pub executor_cores: u32,
+    pub executor_memory_mb: u64,
+    pub driver_cores: u32,
+    pub driver_memory_mb: u64,
+    /// Tasks that run at once.
+    pub task_slots: u32,
 }
 
-pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
-    let lab = Lab::existing(config)?;
-    let config_json = render_config(&lab, &args, &lab.state.db_password)?;
-    if args.dry_run {
-        eprintln!("config renders and validates; nothing submitted");
-        return Ok(ExitCode::SUCCESS);
+/// JVM options of the driver and executors: UTC, and the serial collector: for a job of seconds
+/// on a few cores G1's concurrent threads cost more than they save (measured on 2 cores, 7-day
+/// export with the tasks in the driver: ~27 instead of ~34 CPU seconds, 18 instead of 23 s).
+/// The client compiler alone (-XX:TieredStopAtLevel=1) saved CPU too but made the JDBC read
+/// slower; not used.
+const JVM_OPTIONS: &str = "-Duser.timezone=UTC -XX:+UseSerialGC";
+
+impl Sizing {
+    /// From the workers' free cores (all cores when fewer than 2 are free: the submission then
+    /// queues). In cluster mode the driver takes a core of a worker. With one worker the driver
+    /// gets all of its cores and runs the tasks itself (Spark's local mode inside the driver,
+    /// one task thread per core): on a 2-core worker that is 2 task slots instead of 1 executor
+    /// core, and no executor JVM to start. With several workers the driver takes one core and
+    /// executors of one core each take the rest.
+    pub fn from_master(master: &spark::MasterState) -> Result<Self> {
+        let alive: Vec<_> = master.workers.iter().filter(|w| w.state == "ALIVE").collect();
+        let total: u32 = alive.iter().map(|w| w.cores).sum();
+        if total < 2 {
+            bail!("the Spark cluster has {total} core(s) but the export needs 2; add workers or cores");
+        }
+        let free: u32 = alive.iter().map(|w| w.cores.saturating_sub(w.coresused)).sum();
+        let (cores, memory_mb): (u32, u64) = if free >= 2 {
+            (free, alive.iter().map(|w| w.memory.saturating_sub(w.memoryused)).sum())
+        } else {
+            (total, alive.iter().map(|w| w.memory).sum())
+        };
+        if alive.len() == 1 {
+            let driver_memory_mb = memory_mb.saturating_sub(512).clamp(512, 1536);
+            return Ok(Self { executors: 0, executor_cores: 0, executor_memory_mb: 0, driver_cores: cores, driver_memory_mb, task_slots: cores });
+        }
+        let executors = cores - 1;
+        let per_executor = ((memory_mb.saturating_sub(512)) / executors as u64).clamp(512, 1024);
+        Ok(Self { executors, executor_cores: 1, executor_memory_mb: per_executor, driver_cores: 1, driver_memory_mb: 512, task_slots: executors })
     }
+
+    pub fn properties(&self) -> Vec<(String, String)> {
+        let mut p = vec![
+            ("spark.driver.cores".to_string(), self.driver_cores.to_string()),
+            ("spark.driver.memory".into(), format!("{}m", self.driver_memory_mb)),
+            ("spark.driver.extraJavaOptions".into(), JVM_OPTIONS.into()),
+        ];
+        if self.executors == 0 {
+            // read by the job: run the tasks in the driver with this many threads
+            p.push(("spark.labctl.driverTaskThreads".into(), self.task_slots.to_string()));
+        } else {
+            p.extend([
+                ("spark.executor.cores".to_string(), self.executor_cores.to_string()),
+                ("spark.cores.max".into(), (self.executors * self.executor_cores).to_string()),
+                ("spark.executor.memory".into(), format!("{}m", self.executor_memory_mb)),
+                ("spark.executor.extraJavaOptions".into(), JVM_OPTIONS.into()),
+            ]);
+        }
+        p
+    }
+
+    /// e.g. "tasks in the driver: 2 cores (2 task slots), 1536 MiB" or
+    /// "3 executors x 1 core, 1024 MiB; driver 1 core, 512 MiB"
+    pub fn describe(&self) -> String {
+        if self.executors == 0 {
+            return format!("no executors, tasks in the driver: {} cores ({} task slots), {} MiB", self.driver_cores, self.task_slots, self.driver_memory_mb);
+        }
+        format!(
+            "{} executor{} x {} core{}, {} MiB; driver {} core, {} MiB",
+            self.executors,
+            if self.executors == 1 { "" } else { "s" },
+            self.executor_cores,
+            if self.executor_cores == 1 { "" } else { "s" },
+            self.executor_memory_mb,
+            self.driver_cores,
+            self.driver_memory_mb
+        )
+    }
+}
+
+/// A submitted export: enough to wait for it and find its output.
+pub struct Started {
+    pub id: String,
+    pub sizing: Sizing,
+    /// When the submission was sent.
+    pub submitted: Instant,
+    client: spark::Client,
+    rt: Runtime,
+    containers: Vec<crate::docker::ContainerInfo>,
+}
+
+/// How a waited-for export ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub id: String,
+    /// FINISHED, FAILED, KILLED or ERROR.
+    pub state: String,
+    /// Submit to the end state, as seen by polling the REST server every 200 ms.
+    pub seconds: f64,
+    /// The job's LABCTL_RESULT line (Null when missing).
+    pub result: serde_json::Value,
+    pub output: Option<String>,
+}
+
+/// Copies the job and its config into the Spark containers and submits it.
+pub async fn start_export(lab: &Lab, config_json: &str) -> Result<Started> {
     let job = assets::text(JOB_FILE).ok_or_else(|| anyhow!("{JOB_FILE} is not embedded in this build"))?;
     let client = lab.spark(Duration::from_secs(10))?;
     let master = client.master().await.context("the Spark master is not up; start it with `labctl up`")?;
-    let mut props = sizing(&master)?;
+    let sizing = Sizing::from_master(&master)?;
+    let mut props = sizing.properties();
     props.extend([
         ("spark.jars".to_string(), "file:/usr/share/java/postgresql.jar".to_string()),
         ("spark.pyspark.python".into(), "/opt/spark-venv/bin/python".into()),
-        ("spark.driver.extraJavaOptions".into(), "-Duser.timezone=UTC".into()),
-        ("spark.executor.extraJavaOptions".into(), "-Duser.timezone=UTC".into()),
         ("spark.sql.session.timeZone".into(), "UTC".into()),
+        // The driver's web UI: not published by the lab, and its start costs CPU.
+        ("spark.ui.enabled".into(), "false".into()),
     ]);
-
     // The job and its config go into every Spark container; the driver runs on any worker.
     let rt = Runtime::connect().await?;
     let containers: Vec<_> = rt
@@ -177,8 +319,56 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
         master_url: format!("spark://{SPARK_MASTER}:{SPARK_MASTER_PORT}"),
         properties: props,
     };
-    let t0 = Instant::now();
+    let submitted = Instant::now();
     let id = client.create(&submission).await?;
+    Ok(Started { id, sizing, submitted, client, rt, containers })
+}
+
+/// Polls a submission to its end (killing it after `timeout`) and collects its result.
+pub async fn wait_export(started: &Started, timeout: Duration, pb: &indicatif::ProgressBar) -> Result<Outcome> {
+    let id = &started.id;
+    let status = loop {
+        let s = started.client.status(id).await?;
+        pb.set_message(format!("{id}: {}", s.driver_state.as_deref().unwrap_or("?")));
+        if s.finished() {
+            break s;
+        }
+        if started.submitted.elapsed() > timeout {
+            let _ = started.client.kill(id).await;
+            bail!("the export did not finish within {} s and was killed ({id})", timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let seconds = started.submitted.elapsed().as_secs_f64();
+    let output = driver_output(&started.rt, &started.containers, id).await;
+    let result = output
+        .as_deref()
+        .and_then(|o| o.lines().rev().find_map(|l| l.strip_prefix(RESULT_PREFIX)))
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .unwrap_or(serde_json::Value::Null);
+    Ok(Outcome { id: id.clone(), state: status.driver_state.unwrap_or_default(), seconds, result, output })
+}
+
+impl Outcome {
+    /// An error with the driver output's last lines unless the export FINISHED.
+    pub fn require_finished(&self) -> Result<()> {
+        if self.state != "FINISHED" {
+            let tail = self.output.as_deref().map(|o| last_lines(o, 15)).unwrap_or_else(|| "(driver output not found)".into());
+            bail!("the export {} ended {} after {:.1} s:\n{tail}", self.id, self.state, self.seconds);
+        }
+        Ok(())
+    }
+}
+
+pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
+    let lab = Lab::existing(config)?;
+    let config_json = render_config(&lab, &args, &lab.state.db_password)?;
+    if args.dry_run {
+        eprintln!("config renders and validates; nothing submitted");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let started = start_export(&lab, &config_json).await?;
+    let id = started.id.clone();
     if args.no_wait {
         if args.json {
             println!("{}", serde_json::json!({"submission_id": id}));
@@ -189,36 +379,15 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
     }
     let pb = indicatif::ProgressBar::new_spinner();
     pb.enable_steady_tick(Duration::from_millis(120));
-    let status = loop {
-        let s = client.status(&id).await?;
-        pb.set_message(format!("{id}: {}", s.driver_state.as_deref().unwrap_or("?")));
-        if s.finished() {
-            break s;
-        }
-        if t0.elapsed() > Duration::from_secs(args.timeout) {
-            pb.finish_and_clear();
-            let _ = client.kill(&id).await;
-            bail!("the export did not finish within {} s and was killed ({id})", args.timeout);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let outcome = wait_export(&started, Duration::from_secs(args.timeout), &pb).await;
     pb.finish_and_clear();
-    let secs = t0.elapsed().as_secs_f64();
-    let output = driver_output(&rt, &containers, &id).await;
-    let state = status.driver_state.clone().unwrap_or_default();
-    if state != "FINISHED" {
-        let tail = output.as_deref().map(|o| last_lines(o, 15)).unwrap_or_else(|| "(driver output not found)".into());
-        bail!("the export {id} ended {state} after {secs:.1} s:\n{tail}");
-    }
-    let result = output
-        .as_deref()
-        .and_then(|o| o.lines().rev().find_map(|l| l.strip_prefix(RESULT_PREFIX)))
-        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .unwrap_or(serde_json::Value::Null);
+    let outcome = outcome?;
+    outcome.require_finished()?;
+    let (state, secs, result) = (&outcome.state, outcome.seconds, &outcome.result);
     if args.json {
-        println!("{}", serde_json::json!({"submission_id": id, "state": state, "seconds": secs, "result": result}));
+        println!("{}", serde_json::json!({"submission_id": id, "state": state, "seconds": secs, "sizing": started.sizing, "result": result}));
     } else {
-        eprintln!("export {id} FINISHED in {secs:.1} s: {result}");
+        eprintln!("export {id} FINISHED in {secs:.1} s ({}): {result}", started.sizing.describe());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -268,5 +437,63 @@ mod tests {
         assert_eq!(parse_instant("--from", "2026-11-17T06:30:00+01:00").unwrap(), "2026-11-17T05:30:00.000Z");
         assert!(parse_instant("--from", "yesterday").unwrap_err().to_string().contains("--from"));
         assert!(parse_instant("--to", "2026-13-01").is_err());
+    }
+
+    #[test]
+    fn override_names() {
+        assert!(valid_table_name("bench_spark_185055"));
+        for bad in ["", "Machine", "1abc", "a-b", "a.b", "a\"b", &"x".repeat(64)] {
+            assert!(!valid_table_name(bad), "{bad:?}");
+        }
+        assert!(valid_delta_path("bench-spark-1/export-0"));
+        assert!(valid_delta_path("a/year=2026"));
+        for bad in ["", "/a", "a/", "a//b", "../a", "a/../b", "a/_delta_log", "a b", "a/.x"] {
+            assert!(!valid_delta_path(bad), "{bad:?}");
+        }
+    }
+
+    fn master(workers: &[(u32, u32, u64)]) -> spark::MasterState {
+        spark::MasterState {
+            url: String::new(),
+            status: "ALIVE".into(),
+            workers: workers
+                .iter()
+                .enumerate()
+                .map(|(i, &(cores, coresused, memory))| spark::Worker {
+                    id: format!("w{i}"),
+                    host: String::new(),
+                    state: "ALIVE".into(),
+                    cores,
+                    coresused,
+                    memory,
+                    memoryused: 0,
+                })
+                .collect(),
+            cores: 0,
+            coresused: 0,
+            activedrivers: vec![],
+            completeddrivers: vec![],
+        }
+    }
+
+    #[test]
+    fn sizing() {
+        // One 2-core worker: the driver gets both cores and runs the tasks itself.
+        let s = Sizing::from_master(&master(&[(2, 0, 2048)])).unwrap();
+        assert_eq!((s.executors, s.driver_cores, s.task_slots, s.driver_memory_mb), (0, 2, 2, 1536));
+        let props = s.properties();
+        assert!(props.contains(&("spark.labctl.driverTaskThreads".into(), "2".into())));
+        assert!(!props.iter().any(|(k, _)| k == "spark.cores.max"));
+        // Two workers: the driver takes one core, executors of one core the rest.
+        let s = Sizing::from_master(&master(&[(2, 0, 2048), (2, 0, 2048)])).unwrap();
+        assert_eq!((s.executors, s.driver_cores, s.task_slots), (3, 1, 3));
+        assert!(s.properties().contains(&("spark.cores.max".into(), "3".into())));
+        // Busy cores are not counted while 2 are free ...
+        let s = Sizing::from_master(&master(&[(2, 1, 2048), (2, 0, 2048)])).unwrap();
+        assert_eq!(s.executors, 2);
+        // ... and when fewer are free, the submission is sized for the cluster and queues.
+        let s = Sizing::from_master(&master(&[(2, 2, 2048)])).unwrap();
+        assert_eq!(s.task_slots, 2);
+        assert!(Sizing::from_master(&master(&[(1, 0, 2048)])).is_err());
     }
 }

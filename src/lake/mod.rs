@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use futures_util::StreamExt;
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -89,47 +90,219 @@ impl BlobClient {
         Ok(true)
     }
 
-    /// Blob names in a container under a prefix (first 5000).
+    /// Blob names in a container under a prefix (all of them, page by page).
     pub async fn list_blobs(&self, container: &str, prefix: &str) -> Result<Vec<String>> {
-        let mut q = vec![("restype", "container"), ("comp", "list")];
-        if !prefix.is_empty() {
-            q.push(("prefix", prefix));
+        let mut names = Vec::new();
+        let mut marker = String::new();
+        loop {
+            let mut q = vec![("restype", "container"), ("comp", "list")];
+            if !prefix.is_empty() {
+                q.push(("prefix", prefix));
+            }
+            if !marker.is_empty() {
+                q.push(("marker", marker.as_str()));
+            }
+            let resp = self.send(reqwest::Method::GET, &format!("/{container}"), &q).await?;
+            let status = resp.status();
+            let body = resp.text().await?;
+            if !status.is_success() {
+                bail!("listing blobs of {container} failed: HTTP {status}: {}", first_line(&body));
+            }
+            names.extend(xml_values(&body, "Name"));
+            match xml_values(&body, "NextMarker").into_iter().next() {
+                Some(m) if !m.is_empty() => marker = m,
+                _ => return Ok(names),
+            }
         }
-        let resp = self.send(reqwest::Method::GET, &format!("/{container}"), &q).await?;
+    }
+
+    /// The content of one blob.
+    pub async fn get_blob(&self, container: &str, name: &str) -> Result<bytes::Bytes> {
+        let resp = self.send(reqwest::Method::GET, &format!("/{container}/{}", encode_blob_path(name)), &[]).await?;
         let status = resp.status();
-        let body = resp.text().await?;
         if !status.is_success() {
-            bail!("listing blobs of {container} failed: HTTP {status}: {}", first_line(&body));
+            bail!("reading blob {container}/{name} failed: HTTP {status}: {}", first_line(&resp.text().await?));
         }
-        Ok(xml_values(&body, "Name"))
+        Ok(resp.bytes().await?)
+    }
+
+    /// Deletes one blob; a missing one is fine. Returns whether it existed.
+    pub async fn delete_blob(&self, container: &str, name: &str) -> Result<bool> {
+        let resp = self.send(reqwest::Method::DELETE, &format!("/{container}/{}", encode_blob_path(name)), &[]).await?;
+        let status = resp.status();
+        if status.as_u16() == 404 {
+            return Ok(false);
+        }
+        if !status.is_success() {
+            bail!("deleting blob {container}/{name} failed: HTTP {status}: {}", first_line(&resp.text().await?));
+        }
+        Ok(true)
+    }
+
+    /// Deletes every blob whose name starts with `prefix` (which must be a non-empty folder
+    /// path ending in `/`, so a typo cannot empty the container). Returns how many went.
+    pub async fn delete_prefix(&self, container: &str, prefix: &str) -> Result<usize> {
+        if prefix.trim_matches('/').is_empty() || !prefix.ends_with('/') {
+            bail!("refusing to delete under {prefix:?}: give a folder like `scratch/`");
+        }
+        let names = self.list_blobs(container, prefix).await?;
+        let deleted: Vec<bool> = futures_util::stream::iter(names.iter().map(|n| self.delete_blob(container, n)))
+            .buffer_unordered(8)
+            .collect::<Vec<Result<bool>>>()
+            .await
+            .into_iter()
+            .collect::<Result<_>>()?;
+        Ok(deleted.into_iter().filter(|d| *d).count())
     }
 }
 
-/// What storage says about one Delta table (from blob names alone, no log parsing).
+/// What storage says about one Delta table: blob names, plus the row count and last commit time
+/// from the JSON commits of its `_delta_log`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DeltaSummary {
     pub table: String,
     /// Newest commit in `_delta_log`, None if the table does not exist yet.
     pub version: Option<u64>,
-    /// `year=/month=/day=` folders holding data files.
+    /// `year=/month=/day=` folders holding data files (blobs in storage, including files no
+    /// longer referenced by the current version).
     pub partitions: usize,
     pub data_files: usize,
+    /// Rows in the current version: the sum of `numRecords` in the stats of its live add
+    /// actions. None (unknown, never a guess) when the table does not exist, when a commit
+    /// needed for the replay is no longer a JSON file (only a checkpoint, which labctl does not
+    /// read, covers it), or when a live file has no `numRecords`.
+    pub rows: Option<u64>,
+    /// When the newest commit was made (its commitInfo timestamp): the last export.
+    pub last_commit: Option<chrono::DateTime<chrono::Utc>>,
+    /// Rows per UTC day (`YYYY-MM-DD`) in the current version; empty when `rows` is unknown.
+    pub rows_per_day: std::collections::BTreeMap<String, u64>,
 }
+
+/// Commits fetched at once while replaying a log.
+const LOG_FETCH_CONCURRENCY: usize = 8;
 
 impl BlobClient {
     pub async fn delta_summary(&self, container: &str, table: &str) -> Result<DeltaSummary> {
         let blobs = self.list_blobs(container, &format!("{table}/")).await?;
         let log_prefix = format!("{table}/_delta_log/");
-        let version = blobs
+        let commits: std::collections::BTreeSet<u64> = blobs
             .iter()
             .filter_map(|b| b.strip_prefix(&log_prefix)?.strip_suffix(".json")?.parse::<u64>().ok())
-            .max();
+            .collect();
+        let version = commits.iter().next_back().copied();
         let data: Vec<&String> = blobs.iter().filter(|b| !b.starts_with(&log_prefix) && b.ends_with(".parquet")).collect();
         let mut dirs: Vec<&str> = data.iter().filter_map(|b| b.rsplit_once('/').map(|(d, _)| d)).collect();
         dirs.sort_unstable();
         dirs.dedup();
-        Ok(DeltaSummary { table: table.to_string(), version, partitions: dirs.len(), data_files: data.len() })
+        let (mut rows, mut last_commit, mut rows_per_day) = (None, None, Default::default());
+        if let Some(v) = version {
+            // Replay needs every commit 0..=v as JSON (a checkpoint would stand in for the
+            // early ones, but it is Parquet: then the count is unknown).
+            let complete = commits.len() as u64 == v + 1;
+            let wanted: Vec<u64> = if complete { (0..=v).collect() } else { vec![v] };
+            let texts: Vec<String> = futures_util::stream::iter(wanted.iter().map(|n| {
+                let name = format!("{log_prefix}{n:020}.json");
+                async move { self.get_blob(container, &name).await.map(|b| String::from_utf8_lossy(&b).into_owned()) }
+            }))
+            .buffered(LOG_FETCH_CONCURRENCY)
+            .collect::<Vec<Result<String>>>()
+            .await
+            .into_iter()
+            .collect::<Result<_>>()?;
+            let state = replay_log(texts.iter().map(String::as_str))?;
+            if complete {
+                rows = state.rows;
+                rows_per_day = state.rows_per_day;
+            }
+            last_commit = state.last_commit_ms.and_then(chrono::DateTime::from_timestamp_millis);
+        }
+        Ok(DeltaSummary { table: table.to_string(), version, partitions: dirs.len(), data_files: data.len(), rows, last_commit, rows_per_day })
     }
+}
+
+/// What a replay of JSON commits (in version order, from version 0) says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogState {
+    /// Sum of numRecords over the live add actions; None if any of them has no numRecords.
+    pub rows: Option<u64>,
+    pub live_files: usize,
+    /// commitInfo timestamp (ms since the epoch) of the last commit that has one.
+    pub last_commit_ms: Option<i64>,
+    /// Rows per `YYYY-MM-DD` of the live files' year/month/day partition values (files
+    /// without those values or without numRecords are not counted here).
+    pub rows_per_day: std::collections::BTreeMap<String, u64>,
+}
+
+/// Replays Delta JSON commits (newline-delimited actions): add puts a file in the table, remove
+/// takes it out (paths compared percent-decoded: writers differ in what they encode).
+pub fn replay_log<'a>(commits: impl IntoIterator<Item = &'a str>) -> Result<LogState> {
+    let mut live: std::collections::HashMap<String, (Option<u64>, Option<String>)> = std::collections::HashMap::new();
+    let mut last_commit_ms = None;
+    for (i, text) in commits.into_iter().enumerate() {
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let action: serde_json::Value =
+                serde_json::from_str(line).with_context(|| format!("commit {i} of the Delta log: a line is not JSON"))?;
+            if let Some(add) = action.get("add") {
+                let path = add["path"].as_str().context("an add action without a path")?;
+                // stats is a JSON document inside a string
+                let n = add["stats"]
+                    .as_str()
+                    .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+                    .and_then(|s| s["numRecords"].as_u64());
+                let pv = &add["partitionValues"];
+                let day = match (pv["year"].as_str(), pv["month"].as_str(), pv["day"].as_str()) {
+                    (Some(y), Some(m), Some(d)) => Some(format!("{y}-{:0>2}-{:0>2}", m, d)),
+                    _ => None,
+                };
+                live.insert(percent_decode(path), (n, day));
+            } else if let Some(remove) = action.get("remove") {
+                let path = remove["path"].as_str().context("a remove action without a path")?;
+                live.remove(&percent_decode(path));
+            } else if let Some(ts) = action.get("commitInfo").and_then(|c| c["timestamp"].as_i64()) {
+                last_commit_ms = Some(ts);
+            }
+        }
+    }
+    let rows = live.values().try_fold(0u64, |sum, (n, _)| n.map(|n| sum + n));
+    let mut rows_per_day = std::collections::BTreeMap::new();
+    for (n, day) in live.values() {
+        if let (Some(n), Some(day)) = (n, day) {
+            *rows_per_day.entry(day.clone()).or_insert(0) += n;
+        }
+    }
+    Ok(LogState { rows, live_files: live.len(), last_commit_ms, rows_per_day })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(Ok(v)) = s.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16)) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A blob name as a URL path: everything but unreserved characters, `/` and `=` percent-encoded
+/// (the signature covers the encoded path, as sent).
+fn encode_blob_path(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/' | b'=') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn url_path_of(endpoint: &str) -> String {
@@ -163,6 +336,52 @@ mod tests {
     fn xml_names() {
         let xml = "<E><Containers><Container><Name>a</Name></Container><Container><Name>b&amp;c</Name></Container></Containers></E>";
         assert_eq!(xml_values(xml, "Name"), vec!["a", "b&c"]);
+    }
+
+    #[test]
+    fn delta_log_replay() {
+        // v0 creates the table with two files, v1 adds a third, v2 replaces day 1 (removes its
+        // file, path percent-encoded differently, and adds a new one).
+        let v0 = r#"{"protocol":{"minReaderVersion":1,"minWriterVersion":2}}
+{"metaData":{"id":"x","format":{"provider":"parquet","options":{}},"schemaString":"{}","partitionColumns":["year","month","day"],"configuration":{},"createdTime":1}}
+{"add":{"path":"year=2026/month=1/day=1/part-0.parquet","partitionValues":{"year":"2026","month":"1","day":"1"},"size":10,"modificationTime":1,"dataChange":true,"stats":"{\"numRecords\":100,\"minValues\":{},\"maxValues\":{},\"nullCount\":{}}"}}
+{"add":{"path":"year=2026/month=1/day=2/part-0.parquet","partitionValues":{"year":"2026","month":"1","day":"2"},"size":10,"modificationTime":1,"dataChange":true,"stats":"{\"numRecords\":20}"}}
+{"commitInfo":{"timestamp":1767225600000,"operation":"CREATE TABLE"}}
+"#;
+        let v1 = r#"{"add":{"path":"year=2026/month=1/day=3/part-0.parquet","partitionValues":{"year":"2026","month":"1","day":"3"},"size":10,"modificationTime":2,"dataChange":true,"stats":"{\"numRecords\":3}"}}
+{"commitInfo":{"timestamp":1767225700000,"operation":"WRITE"}}
+"#;
+        let v2 = r#"{"commitInfo":{"timestamp":1767225800000,"operation":"WRITE"}}
+{"remove":{"path":"year%3D2026/month%3D1/day%3D1/part-0.parquet","deletionTimestamp":3,"dataChange":true}}
+{"add":{"path":"year=2026/month=1/day=1/part-1.parquet","partitionValues":{"year":"2026","month":"1","day":"1"},"size":10,"modificationTime":3,"dataChange":true,"stats":"{\"numRecords\":7}"}}
+"#;
+        let s = replay_log([v0, v1, v2]).unwrap();
+        let per_day = [("2026-01-01", 7), ("2026-01-02", 20), ("2026-01-03", 3)].map(|(d, n)| (d.to_string(), n)).into();
+        assert_eq!(s, LogState { rows: Some(7 + 20 + 3), live_files: 3, last_commit_ms: Some(1767225800000), rows_per_day: per_day });
+        assert_eq!(
+            chrono::DateTime::from_timestamp_millis(s.last_commit_ms.unwrap()).unwrap().to_rfc3339(),
+            "2026-01-01T00:03:20+00:00"
+        );
+        // Only v0: two files.
+        assert_eq!(replay_log([v0]).unwrap().rows, Some(120));
+        // A live file without numRecords makes the count unknown, not too small.
+        let v3 = r#"{"add":{"path":"year=2026/month=1/day=4/p.parquet","partitionValues":{},"size":1,"modificationTime":4,"dataChange":true}}"#;
+        assert_eq!(replay_log([v0, v1, v2, v3]).unwrap().rows, None);
+        // ... unless a later commit removes it again.
+        let v4 = r#"{"remove":{"path":"year=2026/month=1/day=4/p.parquet","dataChange":true}}"#;
+        assert_eq!(replay_log([v0, v1, v2, v3, v4]).unwrap().rows, Some(30));
+        // An empty table (created without files) has 0 rows.
+        assert_eq!(replay_log([r#"{"commitInfo":{"timestamp":5}}"#]).unwrap(), LogState { rows: Some(0), live_files: 0, last_commit_ms: Some(5), rows_per_day: Default::default() });
+        assert!(replay_log(["not json"]).is_err());
+    }
+
+    #[test]
+    fn blob_paths() {
+        assert_eq!(encode_blob_path("t/year=2026/month=1/part-0.snappy.parquet"), "t/year=2026/month=1/part-0.snappy.parquet");
+        assert_eq!(encode_blob_path("a b%/ü"), "a%20b%25/%C3%BC");
+        assert_eq!(percent_decode("a%20b%25/%C3%BC"), "a b%/ü");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 
     #[test]

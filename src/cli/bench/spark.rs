@@ -1,0 +1,271 @@
+//! Spark: the lab's export job (`labctl submit spark`'s submission, job and config template) on
+//! a scratch hypertable of its own, against a read-only baseline in the same run: the same
+//! submission reading the same rows over JDBC into the tasks and counting them, writing and
+//! committing nothing. So the ratio shows what writing the Delta table costs on top of reading.
+//! Also the job's own phases and submit-to-FINISHED against the target.
+//!
+//! The scratch table and the scratch Delta path are removed afterwards, also when a run fails.
+
+use std::{path::PathBuf, time::{Duration, Instant}};
+
+use anyhow::{bail, Context, Result};
+use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::Type};
+
+use super::{fleet_and_starts, Measurement};
+use crate::{
+    cli::spark::{render_config_with, start_export, wait_export, Outcome, Overrides, Sizing, SubmitArgs},
+    generator::model::{MachineRng, SENSORS},
+    lab::Lab,
+    schema::{pg_ident, MACHINE_SENSORS},
+};
+
+/// The target: a 7-day table exported within this many seconds, submit to FINISHED.
+const TARGET_SECS: f64 = 15.0;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Days of history in the scratch table (7 = 1,088,640 readings).
+    #[arg(long, default_value_t = 7.0)]
+    pub days: f64,
+    /// Parallel JDBC reads (as `labctl submit spark --partitions`).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub partitions: u32,
+    /// Runs of each (baseline, export), alternating; the median of each is reported.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub runs: u32,
+    /// Write the table as JSON to this file as well.
+    #[arg(long, value_name = "FILE")]
+    pub json_out: Option<PathBuf>,
+}
+
+/// Fills `table` with `days` of the default fleet's readings (the generator's own values) by
+/// binary COPY. Returns the row count.
+async fn fill_table(db: &tokio_postgres::Client, table: &str, days: f64) -> Result<u64> {
+    let (fleet, starts, end) = fleet_and_starts(days);
+    let interval = 5i64;
+    let cols: Vec<String> = MACHINE_SENSORS.columns.iter().map(|c| pg_ident(c.name)).collect();
+    let sink = db.copy_in(&format!("COPY {} ({}) FROM STDIN BINARY", pg_ident(table), cols.join(", "))).await?;
+    let types = [Type::TIMESTAMPTZ, Type::TEXT, Type::TEXT, Type::TEXT, Type::FLOAT8, Type::TEXT];
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    tokio::pin!(writer);
+    let mut rngs: Vec<_> = fleet.machines.iter().map(|m| MachineRng::new(fleet.seed, m)).collect();
+    let from = starts.iter().map(|p| p.tick).min().unwrap_or(end);
+    for tick in from..end {
+        let secs = tick * interval;
+        let ts = chrono::DateTime::from_timestamp(secs, 0).context("tick out of range")?;
+        for (i, m) in fleet.machines.iter().enumerate() {
+            let values = rngs[i].readings(m, tick, secs);
+            for s in SENSORS {
+                let (mid, kind, sensor, unit) = (m.id.as_str(), m.kind.name(), s.name(), s.unit());
+                writer.as_mut().write(&[&ts, &mid, &kind, &sensor, &values[s.index()], &unit]).await?;
+            }
+        }
+    }
+    Ok(writer.finish().await?)
+}
+
+/// One submission of the export job, waited for; fails unless it FINISHED.
+async fn run_once(lab: &Lab, table: &str, delta_path: &str, partitions: u32, read_only: bool) -> Result<(Outcome, Sizing)> {
+    let args = SubmitArgs { from: None, to: None, with_aggregates: false, partitions, no_wait: false, timeout: 900, dry_run: false, json: true };
+    let over = Overrides { table: Some(table.into()), delta_path: Some(delta_path.into()), read_only };
+    let config = render_config_with(lab, &args, &lab.state.db_password, &over)?;
+    // The previous run's application may still be releasing its cores.
+    let spark = lab.spark(Duration::from_secs(10))?;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(30) {
+        let m = spark.master().await?;
+        if m.activedrivers.is_empty() && m.workers.iter().all(|w| w.coresused == 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let started = start_export(lab, &config).await?;
+    let outcome = wait_export(&started, Duration::from_secs(900), &indicatif::ProgressBar::hidden()).await?;
+    outcome.require_finished()?;
+    Ok((outcome, started.sizing))
+}
+
+fn num(v: &serde_json::Value, path: &[&str]) -> f64 {
+    let mut v = v;
+    for p in path {
+        v = &v[*p];
+    }
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    if xs.is_empty() {
+        f64::NAN
+    } else if xs.len() % 2 == 1 {
+        xs[xs.len() / 2]
+    } else {
+        (xs[xs.len() / 2 - 1] + xs[xs.len() / 2]) / 2.0
+    }
+}
+
+/// Where the time of one run went, in seconds (from the job's result and the submit clock).
+#[derive(Debug, Clone, Copy)]
+struct Phases {
+    total: f64,
+    /// Submit until the driver's JVM started, plus the JVM's exit and the polling after the
+    /// result line (the submit clock minus the driver's own count).
+    outside_driver: f64,
+    /// Driver JVM start to the job's Python code.
+    jvm_to_python: f64,
+    /// Lake state and the bounds query, before Spark starts.
+    plan: f64,
+    /// SparkContext (with executor registration) and session.
+    spark_start: f64,
+    /// JDBC schema, then the tasks: JDBC read + Parquet write (or count).
+    read_write: f64,
+    commit: f64,
+    vacuum: f64,
+}
+
+impl Phases {
+    fn of(o: &Outcome) -> Self {
+        let r = &o.result;
+        let t = &r["tables"][0];
+        let p = |k: &str| {
+            let x = num(t, &["phases", k]);
+            if x.is_nan() { 0.0 } else { x }
+        };
+        let driver = num(r, &["seconds"]);
+        Self {
+            total: o.seconds,
+            outside_driver: o.seconds - driver,
+            jvm_to_python: num(r, &["startup", "jvm_to_python"]),
+            plan: p("lake_state") + p("bounds_query"),
+            spark_start: num(r, &["startup", "spark_context"]) + num(r, &["startup", "spark_session"]),
+            read_write: p("jdbc_schema") + p("read_write"),
+            commit: p("commit"),
+            vacuum: p("vacuum"),
+        }
+    }
+
+    fn median_of(all: &[Phases]) -> Self {
+        let m = |f: fn(&Phases) -> f64| median(all.iter().map(f).collect());
+        Self {
+            total: m(|p| p.total),
+            outside_driver: m(|p| p.outside_driver),
+            jvm_to_python: m(|p| p.jvm_to_python),
+            plan: m(|p| p.plan),
+            spark_start: m(|p| p.spark_start),
+            read_write: m(|p| p.read_write),
+            commit: m(|p| p.commit),
+            vacuum: m(|p| p.vacuum),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "submit->driver JVM + exit {:.1} s, JVM->python {:.1} s, plan {:.1} s, Spark start {:.1} s, read/write {:.1} s, commit {:.1} s, vacuum {:.1} s",
+            self.outside_driver, self.jvm_to_python, self.plan, self.spark_start, self.read_write, self.commit, self.vacuum
+        )
+    }
+}
+
+pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
+    if args.runs == 0 || args.runs > 20 {
+        bail!("--runs must be between 1 and 20");
+    }
+    let blob = lab.blob(Duration::from_secs(30))?;
+    let container = lab.config.lake.container.clone();
+    blob.list_containers().await.context("the lake's storage (Azurite) is not up; start the lab with `labctl up`")?;
+    lab.spark(Duration::from_secs(10))?.master().await.context("the Spark master is not up; start the lab with `labctl up`")?;
+    let db = lab.database()?.connect(Duration::from_secs(10)).await?;
+    let nonce = chrono::Utc::now().format("%H%M%S").to_string();
+    let table = format!("bench_spark_{nonce}");
+    let prefix = format!("bench-spark-{nonce}");
+    db.batch_execute(&format!(
+        "CREATE TABLE {t} (LIKE {like} INCLUDING ALL); SELECT create_hypertable('{t}', '{time}');",
+        t = table,
+        like = MACHINE_SENSORS.name,
+        time = MACHINE_SENSORS.time_column
+    ))
+    .await
+    .with_context(|| format!("creating scratch table {table}"))?;
+
+    let result = measure(lab, args, &db, &table, &prefix).await;
+
+    // Clean up whatever happened above.
+    let mut cleanup = Vec::new();
+    if let Err(e) = db.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await {
+        cleanup.push(format!("dropping scratch table {table}: {e}"));
+    }
+    match blob.delete_prefix(&container, &format!("{prefix}/")).await {
+        Ok(n) => tracing::debug!("deleted {n} scratch blobs under {prefix}/"),
+        Err(e) => cleanup.push(format!("deleting scratch blobs {container}/{prefix}/: {e:#}")),
+    }
+    if !cleanup.is_empty() {
+        eprintln!("warning: clean-up incomplete: {}", cleanup.join("; "));
+    }
+    result
+}
+
+async fn measure(lab: &Lab, args: &Args, db: &tokio_postgres::Client, table: &str, prefix: &str) -> Result<Vec<Measurement>> {
+    eprintln!("filling scratch table {table} with {} days of the default fleet (binary COPY) …", args.days);
+    let t = Instant::now();
+    let n = fill_table(db, table, args.days).await?;
+    db.batch_execute(&format!("ANALYZE {table}")).await?;
+    let fill_secs = t.elapsed().as_secs_f64();
+    eprintln!("{n} rows in {fill_secs:.1} s");
+
+    let blob = lab.blob(Duration::from_secs(30))?;
+    let container = &lab.config.lake.container;
+    let (mut base, mut export) = (Vec::new(), Vec::new());
+    let mut sizing = None;
+    for i in 0..args.runs {
+        eprintln!("run {}/{}: baseline (read over JDBC and count, write nothing) …", i + 1, args.runs);
+        let (o, _) = run_once(lab, table, &format!("{prefix}/base-{i}"), args.partitions, true).await?;
+        let read = o.result["rows_read"].as_u64().unwrap_or(0);
+        if read != n || o.result["committed"] != false {
+            bail!("the read-only baseline read {read} of {n} rows (committed: {}): {}", o.result["committed"], o.result);
+        }
+        eprintln!("  {:.1} s submit->FINISHED; {}", o.seconds, Phases::of(&o).describe());
+        base.push(Phases::of(&o));
+
+        eprintln!("run {}/{}: the export to {container}/{prefix}/export-{i} …", i + 1, args.runs);
+        let path = format!("{prefix}/export-{i}");
+        let (o, s) = run_once(lab, table, &path, args.partitions, false).await?;
+        let written = o.result["rows_written"].as_u64().unwrap_or(0);
+        if written != n || o.result["committed"] != true {
+            bail!("the export wrote {written} of {n} rows (committed: {}): {}", o.result["committed"], o.result);
+        }
+        // What `labctl status` will say about it: the row count from the Delta log.
+        let summary = blob.delta_summary(container, &path).await?;
+        if summary.rows != Some(n) {
+            bail!("the Delta log of {path} counts {:?} rows, the export wrote {n}", summary.rows);
+        }
+        eprintln!("  {:.1} s submit->FINISHED; {}", o.seconds, Phases::of(&o).describe());
+        export.push(Phases::of(&o));
+        sizing = Some(s);
+    }
+    let (b, e) = (Phases::median_of(&base), Phases::median_of(&export));
+    let sizing = sizing.map(|s| s.describe()).unwrap_or_default();
+    let conditions = format!("{n} rows ({} days), {} JDBC partitions; {sizing}; median of {} run(s)", args.days, args.partitions, args.runs);
+    let rate = |secs: f64| n as f64 / secs;
+    let target = if args.days == 7.0 {
+        format!("target: 7-day table within {TARGET_SECS:.0} s submit->FINISHED: {}", if e.total <= TARGET_SECS { "met" } else { "NOT met" })
+    } else {
+        format!("target ({TARGET_SECS:.0} s) applies to --days 7")
+    };
+    const BASE: &str = "read-only (JDBC -> count)";
+    Ok(vec![
+        Measurement::new("spark", BASE, rate(b.total), "rows/s").note(format!("{:.1} s submit->FINISHED; {conditions}", b.total)),
+        Measurement::new("spark", "export -> Delta (submit->FINISHED)", rate(e.total), "rows/s")
+            .against(BASE, b.total / e.total)
+            .note(format!("{:.1} s; {target}", e.total)),
+        Measurement::new("spark", "export submit -> FINISHED", e.total, "s")
+            .against(BASE, b.total / e.total)
+            .note(format!("{}; {target}", e.describe())),
+        Measurement::new("spark", "read-only: JDBC read in tasks", rate(b.read_write), "rows/s").note(format!("{:.1} s of {:.1} s; {}", b.read_write, b.total, b.describe())),
+        Measurement::new("spark", "export: JDBC read + Parquet write", rate(e.read_write), "rows/s")
+            .against("read-only: JDBC read in tasks", b.read_write / e.read_write)
+            .note(format!("{:.1} s; then commit {:.1} s, vacuum {:.1} s", e.read_write, e.commit, e.vacuum)),
+        Measurement::new("spark", "fixed cost: submit -> tasks start", e.total - e.read_write - e.commit - e.vacuum, "s")
+            .note(format!("driver JVM, planning, Spark start, exit; {:.1} s in the baseline", b.total - b.read_write)),
+        Measurement::new("spark", "scratch table fill (binary COPY)", rate(fill_secs), "rows/s").note(format!("{fill_secs:.1} s, not part of any ratio")),
+    ])
+}
