@@ -65,7 +65,61 @@ fn produce(lab: &labctl::lab::Lab, readings: &[Reading]) {
     producer.flush(Duration::from_secs(30)).unwrap();
 }
 
+/// One temperature reading per machine at `secs` + 0.5 s: moves event time (and so the
+/// watermark) past everything before it; the half second keeps it off the 5 s grid of
+/// `known_readings`, so it never shares a raw row's key with one of them.
+fn pusher_readings(secs: i64, value: f64) -> Vec<Reading> {
+    MACHINES.iter().map(|(m, k)| Reading { machine: m, kind: k, sensor: Sensor::Temperature, ms: secs * 1000 + 500, value }).collect()
+}
+
 type Key = (String, String, i64);
+
+/// The windows of `all` that a watermark at `watermark_s` (seconds) has closed.
+fn closed_windows(all: &[Reading], watermark_s: i64) -> BTreeMap<Key, (f64, f64, f64, i64)> {
+    expected_windows(all).into_iter().filter(|(k, _)| k.2 + 60 <= watermark_s).collect()
+}
+
+async fn raw_rows(lab: &labctl::lab::Lab) -> (i64, i64) {
+    let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
+    let n: i64 = db.query_one("SELECT count(*) FROM machine_sensors", &[]).await.unwrap().get(0);
+    let dup: i64 = db
+        .query_one(
+            "SELECT count(*) FROM (SELECT machine_id, sensor_type, \"timestamp\" FROM machine_sensors GROUP BY 1,2,3 HAVING count(*) > 1) d",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    (n, dup)
+}
+
+/// The Flink jobs of `labctl status --json`, checked against the documented schema.
+fn status_jobs(status: &serde_json::Value) -> Vec<serde_json::Value> {
+    common::assert_status_schema(status);
+    status["flink"]["jobs"].as_array().cloned().unwrap_or_default()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// The lab job's entries in `labctl flink jobs --json` that are RUNNING, or None while the
+/// JobManager does not answer.
+fn lab_jobs_running(t: &TestLab) -> Option<Vec<String>> {
+    let out = t.command(&["flink", "jobs", "--json"]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let name = format!("{}: sensor aggregation", t.project);
+    Some(
+        jobs.as_array()?
+            .iter()
+            .filter(|j| j["name"] == name.as_str() && j["state"] == "RUNNING")
+            .filter_map(|j| j["jid"].as_str().map(str::to_string))
+            .collect(),
+    )
+}
 
 /// (machine, sensor, window start in seconds) -> (avg, min, max, count), computed here.
 fn expected_windows(readings: &[Reading]) -> BTreeMap<Key, (f64, f64, f64, i64)> {
@@ -191,10 +245,7 @@ fn streaming_job_writes_exact_rows() {
     // After the first pushers (event time is already past T0 + 595 s): minutes 11 and 12.
     let later = known_readings(T0 + 660, 2);
     produce(&lab, &later);
-    let pushers2: Vec<Reading> = MACHINES
-        .iter()
-        .map(|(m, k)| Reading { machine: m, kind: k, sensor: Sensor::Temperature, ms: (T0 + 1260) * 1000, value: 2.0 })
-        .collect();
+    let pushers2 = pusher_readings(T0 + 1260, 2.0);
     produce(&lab, &pushers2);
     let mut all = readings.clone();
     all.extend(later.iter().cloned());
@@ -222,6 +273,82 @@ fn streaming_job_writes_exact_rows() {
 
     // status shows the job.
     let status = t.json(&["status", "--json"]);
-    let jobs = status["flink_jobs"].as_array().unwrap();
+    let jobs = status_jobs(&status);
     assert!(jobs.iter().any(|j| j["id"] == job_id.as_str() && j["state"] == "RUNNING" && j["records_in"].as_i64().unwrap() > 0), "{status:#}");
+
+    // Everything produced so far; the windows a watermark has closed are checked against it.
+    let mut all: Vec<Reading> = readings.iter().chain(&pushers).chain(&later).chain(&pushers2).cloned().collect();
+
+    // --replace: the job is stopped with a savepoint and the new one starts from it. Minute 21
+    // is open at that moment and already holds the second pushers, read by the old job: its
+    // count below is only right if the window's state was carried over.
+    let rep = t.json(&["submit", "flink", "--replace", "--json"]);
+    let job2 = rep["job_id"].as_str().unwrap().to_string();
+    assert_ne!(job2, job_id, "a new job");
+    let savepoint = rep["savepoint"].as_str().unwrap_or_else(|| panic!("no savepoint reported: {rep}")).to_string();
+    assert_eq!(rep["restored_from"]["kind"], "savepoint", "{rep}");
+    assert_eq!(rep["restored_from"]["path"], savepoint.as_str(), "{rep}");
+    assert_eq!(rep["replaced"][0], job_id.as_str(), "{rep}");
+    assert_eq!(rt.block_on(client.restored_from(&job2)).unwrap(), Some((savepoint.clone(), true)), "Flink: job {job2} restored from the savepoint");
+    assert_eq!(rt.block_on(client.job(&job_id)).unwrap().state, "FINISHED", "the old job ended with its savepoint");
+    assert_eq!(lab_jobs_running(&t).unwrap(), vec![job2.clone()], "only the new job runs");
+    let phase3 = known_readings(T0 + 1260, 2);
+    let pushers3 = pusher_readings(T0 + 1500, 3.0);
+    produce(&lab, &phase3);
+    produce(&lab, &pushers3);
+    all.extend(phase3.iter().chain(&pushers3).cloned());
+    let want = closed_windows(&all, T0 + 1500 - 5);
+    assert!(want.contains_key(&("CNC-01".into(), "temperature".into(), T0 + 1260)) && want.len() > want_all.len());
+    let got = wait_for("the windows after --replace", Duration::from_secs(120), || {
+        let got = rt.block_on(windows_in_db(&lab));
+        want.keys().all(|k| got.contains_key(k)).then_some(got)
+    });
+    assert_windows(&got, &want);
+    assert_eq!(got[&("CNC-01".to_string(), "temperature".to_string(), T0 + 1260)].3, 14, "12 + 1 readings + the pusher read before --replace");
+    assert_eq!(rt.block_on(client.late_records_dropped(&job2)).unwrap(), 0.0, "late records after --replace");
+
+    // JobManager restart (no HA): the job is gone with it. The third pushers (minute 25, open)
+    // are in the job's state; wait for a checkpoint taken after they were read.
+    let read_at = now_ms();
+    wait_for("a checkpoint holding the third pushers", Duration::from_secs(60), || {
+        let cp = rt.block_on(client.checkpoints(&job2)).ok()?;
+        (cp["latest"]["completed"]["trigger_timestamp"].as_i64()? > read_at).then_some(())
+    });
+    let jm = format!("{}-flink-jobmanager-1", t.project);
+    assert!(std::process::Command::new("docker").args(["restart", &jm]).status().unwrap().success());
+    let running = wait_for("the JobManager to answer again", Duration::from_secs(120), || lab_jobs_running(&t));
+    assert!(running.is_empty(), "no job survives a JobManager restart without HA: {running:?}");
+    let status = t.run(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+    let stale = status_jobs(&status).iter().any(|j| j["id"] == job2.as_str() && j["state"] == "RUNNING");
+    assert!(!stale, "status shows the lost job as running: {status:#}");
+
+    // A plain submit restores the job from its latest retained checkpoint.
+    let sub = t.json(&["submit", "flink", "--json"]);
+    let job3 = sub["job_id"].as_str().unwrap().to_string();
+    assert_eq!(sub["restored_from"]["kind"], "checkpoint", "{sub}");
+    let chk = sub["restored_from"]["path"].as_str().unwrap().to_string();
+    assert!(chk.contains(&format!("/{job2}/chk-")), "the latest checkpoint of {job2}: {chk}");
+    // (Flink reports any restore in its default NO_CLAIM mode with is_savepoint = true.)
+    let (restored, _) = rt.block_on(client.restored_from(&job3)).unwrap().expect("Flink reports a restore");
+    let bare = |p: &str| p.trim_start_matches("file:").trim_start_matches('/').to_string();
+    assert_eq!(bare(&restored), bare(&chk), "Flink: job {job3} restored from the checkpoint");
+    let phase5 = known_readings(T0 + 1500, 2);
+    let pushers4 = pusher_readings(T0 + 1740, 4.0);
+    produce(&lab, &phase5);
+    produce(&lab, &pushers4);
+    all.extend(phase5.iter().chain(&pushers4).cloned());
+    let want = closed_windows(&all, T0 + 1740 - 5);
+    let got = wait_for("the windows after the JobManager restart", Duration::from_secs(120), || {
+        let got = rt.block_on(windows_in_db(&lab));
+        want.keys().all(|k| got.contains_key(k)).then_some(got)
+    });
+    assert_windows(&got, &want);
+    assert_eq!(got[&("WELDER-01".to_string(), "temperature".to_string(), T0 + 1500)].3, 14, "12 + 1 readings + the pusher read before the restart");
+    let (n, dup) = wait_for("every reading as one raw row", Duration::from_secs(30), || {
+        let (n, dup) = rt.block_on(raw_rows(&lab));
+        (n as usize >= all.len()).then_some((n, dup))
+    });
+    assert_eq!((n as usize, dup), (all.len(), 0), "every reading exactly once");
+    assert_eq!(rt.block_on(client.late_records_dropped(&job3)).unwrap(), 0.0, "late records after the JobManager restart");
 }

@@ -2,6 +2,7 @@
 //! session cluster, through the SQL-runner jar and Flink's REST API.
 
 use std::{
+    collections::HashSet,
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -11,13 +12,15 @@ use base64::{engine::general_purpose::STANDARD as B64, Engine};
 
 use crate::{
     config::Config,
+    docker::Runtime,
     flink::{
         self,
         job::{self, JobSettings, RUNNER_ENTRY_CLASS, RUNNER_JAR_NAME},
-        SubmitError,
+        SavepointStatus, SubmitError,
     },
     lab::Lab,
     schema,
+    stack::FLINK_JM,
 };
 
 #[derive(Debug, clap::Args)]
@@ -25,9 +28,14 @@ pub struct SubmitArgs {
     /// Render and check the job locally; submit nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Cancel the running job of this lab first, then submit.
+    /// Replace this lab's running job: stop it with a savepoint and start the new job from that
+    /// savepoint (cancels it instead, without carrying its state over, if the savepoint fails).
     #[arg(long)]
     pub replace: bool,
+    /// Start without saved state: no savepoint on --replace, and no restore from the latest
+    /// retained checkpoint or savepoint when the lab's job is not running.
+    #[arg(long)]
+    pub fresh: bool,
     /// Seconds to wait for the job and all its tasks to be RUNNING.
     #[arg(long, default_value_t = 90)]
     pub timeout: u64,
@@ -85,6 +93,218 @@ fn validate(statements: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// A retained checkpoint or savepoint of the lab's job in the flink-data volume.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Snapshot {
+    /// "checkpoint" or "savepoint".
+    pub kind: &'static str,
+    /// Its directory as Flink names it (`file:///var/lib/flink/…/chk-N`).
+    pub path: String,
+    /// Modification time of its `_metadata`, seconds since the epoch.
+    pub modified: f64,
+}
+
+/// Parses `find -printf '%T@ %h\n'` lines of `_metadata` files into snapshots, newest first.
+/// A checkpoint directory without `_metadata` was never completed and is not listed by find.
+fn parse_snapshots(listing: &str) -> Vec<Snapshot> {
+    let mut out: Vec<Snapshot> = listing
+        .lines()
+        .filter_map(|l| {
+            let (t, dir) = l.trim().split_once(' ')?;
+            let base = dir.rsplit('/').next()?;
+            let kind = if base.starts_with("chk-") {
+                "checkpoint"
+            } else if base.starts_with("savepoint-") {
+                "savepoint"
+            } else {
+                return None;
+            };
+            Some(Snapshot { kind, path: format!("file://{dir}"), modified: t.parse().ok()? })
+        })
+        .collect();
+    out.sort_by(|a, b| b.modified.total_cmp(&a.modified));
+    out
+}
+
+/// Runs a command in a container and returns its standard output.
+async fn exec_output(rt: &Runtime, container: &str, cmd: &[&str]) -> Result<String> {
+    use bollard::exec::{CreateExecOptions, StartExecResults};
+    use futures_util::StreamExt;
+    let exec = rt
+        .docker
+        .create_exec(
+            container,
+            CreateExecOptions { cmd: Some(cmd.to_vec()), attach_stdout: Some(true), attach_stderr: Some(true), ..Default::default() },
+        )
+        .await
+        .with_context(|| format!("running {} in {container}", cmd.join(" ")))?;
+    let mut stdout = String::new();
+    if let StartExecResults::Attached { mut output, .. } = rt.docker.start_exec(&exec.id, None).await? {
+        while let Some(chunk) = output.next().await {
+            if let bollard::container::LogOutput::StdOut { message } = chunk? {
+                stdout.push_str(&String::from_utf8_lossy(&message));
+            }
+        }
+    }
+    Ok(stdout)
+}
+
+/// The lab job's retained checkpoints and savepoints in the flink-data volume, newest first,
+/// listed inside the JobManager container (which mounts the volume).
+pub async fn retained_snapshots(lab: &Lab) -> Result<Vec<Snapshot>> {
+    let rt = Runtime::connect().await?;
+    let jm = lab.stack.container_name(FLINK_JM, 1);
+    let script = format!(
+        "find {} {} -mindepth 2 -maxdepth 3 -name _metadata -printf '%T@ %h\\n' 2>/dev/null; true",
+        job::lab_checkpoint_dir(),
+        job::lab_savepoint_dir()
+    );
+    let listing = exec_output(&rt, &jm, &["bash", "-c", &script]).await.context("listing the retained checkpoints and savepoints")?;
+    Ok(parse_snapshots(&listing))
+}
+
+/// The value of `SET 'pipeline.name' = '…'` in a script: the name its job will have.
+fn pipeline_name(statements: &[String]) -> Option<String> {
+    statements.iter().filter(|s| job::kind(s) == "SET").find_map(|s| {
+        let (k, v) = s["SET".len()..].split_once('=')?;
+        let unquote = |x: &str| x.trim().trim_matches(|c| c == '\'' || c == '`').replace("''", "'");
+        (unquote(k) == "pipeline.name").then(|| unquote(v))
+    })
+}
+
+/// How a failed run request leaves the cluster.
+#[derive(Debug, PartialEq)]
+enum RunFailure {
+    /// Flink answered and refused the job: nothing was started.
+    Refused,
+    /// The request never reached Flink (connection refused): nothing was started.
+    NotSent,
+    /// A timeout, a broken connection or a server error: the job may have started anyway.
+    Unknown,
+}
+
+fn classify_run_error(e: &anyhow::Error) -> RunFailure {
+    if let Some(se) = e.downcast_ref::<SubmitError>() {
+        return if se.status < 500 { RunFailure::Refused } else { RunFailure::Unknown };
+    }
+    match e.downcast_ref::<reqwest::Error>() {
+        Some(re) if re.is_connect() => RunFailure::NotSent,
+        _ => RunFailure::Unknown,
+    }
+}
+
+/// After a run request that failed without a clear answer: the job it started anyway, if any.
+/// Matches by job name (or, for a script without a name, any job that was not there before).
+async fn find_started_job(client: &flink::Client, name: &str, before: &HashSet<String>, within: Duration) -> Option<String> {
+    let start = Instant::now();
+    loop {
+        if let Ok(jobs) = client.jobs().await {
+            if let Some(j) = jobs.iter().find(|j| !before.contains(&j.jid) && (name.is_empty() || j.name == name)) {
+                return Some(j.jid.clone());
+            }
+        }
+        if start.elapsed() > within {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Runs the SQL runner jar. When the request fails without a clear answer (client-side
+/// timeout, broken connection, server error), Flink may still have started the job: it is looked
+/// for by name among the jobs that were not there `before`, for up to `within`, and taken as the
+/// submitted job if found.
+#[allow(clippy::too_many_arguments)]
+async fn run_or_find(
+    client: &flink::Client,
+    jar: &str,
+    argv: &[String],
+    restore: Option<&flink::Restore>,
+    lookup_name: &str,
+    before: &HashSet<String>,
+    within: Duration,
+    verbose: bool,
+) -> Result<String> {
+    let e = match client.run_jar(jar, RUNNER_ENTRY_CLASS, argv, None, restore).await {
+        Ok(id) => return Ok(id),
+        Err(e) => e,
+    };
+    match classify_run_error(&e) {
+        RunFailure::Refused | RunFailure::NotSent => Err(explain_submit_error(e, verbose)),
+        RunFailure::Unknown => {
+            eprintln!("the run request failed without a clear answer ({e:#}); Flink may have started the job anyway: looking for it for up to {within:?}");
+            match find_started_job(client, lookup_name, before, within).await {
+                Some(id) => {
+                    eprintln!("found job {id}: Flink started it after all");
+                    Ok(id)
+                }
+                None => {
+                    let which = if lookup_name.is_empty() { String::new() } else { format!("`{lookup_name}` ") };
+                    Err(explain_submit_error(e, verbose).context(format!("no job {which}appeared within {within:?}, so none was started")))
+                }
+            }
+        }
+    }
+}
+
+/// Waits until the cluster offers `need` slots, when the lab is configured with that many:
+/// after a JobManager restart the TaskManagers take about a minute to register again.
+async fn wait_for_slots(client: &flink::Client, lab: &Lab, need: u32, timeout: Duration) -> Result<()> {
+    let configured = lab.config.flink.taskmanagers * lab.config.flink.slots_per_taskmanager;
+    let start = Instant::now();
+    let mut said = false;
+    loop {
+        let o = client.overview().await.with_context(|| "the Flink cluster is not up; start it with `labctl up`")?;
+        if o.slots_total >= need {
+            return Ok(());
+        }
+        if configured < need {
+            bail!(
+                "the job needs {need} slots (one per topic partition) but the cluster has {}; add TaskManagers (`labctl up --taskmanagers N`)",
+                o.slots_total
+            );
+        }
+        if start.elapsed() > timeout {
+            bail!("only {} of {need} task slots registered after {timeout:?}; check `labctl status` and `labctl logs flink-taskmanager`", o.slots_total);
+        }
+        if !said {
+            eprintln!(
+                "waiting for TaskManagers: {} of {need} slots registered (after a JobManager restart they register again within about a minute)",
+                o.slots_total
+            );
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Stops a job with a savepoint into the lab job's savepoint folder; returns the savepoint path
+/// once the savepoint is complete and the job has ended.
+async fn stop_with_savepoint(client: &flink::Client, id: &str, timeout: Duration) -> Result<String> {
+    let trigger = client.stop_with_savepoint(id, &format!("file://{}", job::lab_savepoint_dir())).await?;
+    let start = Instant::now();
+    loop {
+        match client.savepoint_status(id, &trigger).await? {
+            SavepointStatus::Completed(path) => {
+                wait_terminal(client, id, Duration::from_secs(60)).await?;
+                return Ok(path);
+            }
+            SavepointStatus::Failed(cause) => bail!("{cause}"),
+            SavepointStatus::InProgress => {}
+        }
+        if start.elapsed() > timeout {
+            bail!("the savepoint did not complete within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Cancels a job and waits (bounded) until it has ended; for clean-up paths, errors ignored.
+async fn cancel_quietly(client: &flink::Client, id: &str) {
+    let _ = client.cancel(id).await;
+    let _ = wait_terminal(client, id, Duration::from_secs(30)).await;
+}
+
 pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
     let lab = Lab::existing(config)?;
     let script = match &args.file {
@@ -102,15 +322,9 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let client = lab.flink(Duration::from_secs(10))?;
-    let overview = client.overview().await.with_context(|| "the Flink cluster is not up; start it with `labctl up`")?;
+    client.overview().await.with_context(|| "the Flink cluster is not up; start it with `labctl up`")?;
     let settings = JobSettings::for_lab(&lab.config);
-    if overview.slots_total < settings.parallelism {
-        bail!(
-            "the job needs {} slots (one per topic partition) but the cluster has {}; add TaskManagers (`labctl up --taskmanagers N`)",
-            settings.parallelism,
-            overview.slots_total
-        );
-    }
+    wait_for_slots(&client, &lab, settings.parallelism, Duration::from_secs(args.timeout.max(90))).await?;
     // The topic must exist: a Kafka source on a missing topic waits silently forever.
     let topic = &lab.config.broker.topic;
     match lab.broker()?.partitions(topic, Duration::from_secs(5)).await {
@@ -120,56 +334,115 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
     }
     lab.database()?.probe(Duration::from_secs(5)).await.context("the database is not reachable; check `labctl status`")?;
 
+    let lab_job = args.file.is_none();
     let name = match &args.file {
-        // A custom script names its job with SET 'pipeline.name'; only the lab's own job is unique.
+        // A custom script names its job with SET 'pipeline.name'; only the lab's own job is
+        // checked for a running copy, but the name also finds a job after an unclear answer.
         Some(_) => String::new(),
         None => job::job_name(&lab.config.project),
     };
-    let running: Vec<_> = client
-        .jobs()
-        .await?
-        .into_iter()
-        .filter(|j| !name.is_empty() && j.name == name && ACTIVE.contains(&j.state.as_str()))
-        .collect();
+    let lookup_name = if lab_job { name.clone() } else { pipeline_name(&statements).unwrap_or_default() };
+    let jobs = client.jobs().await?;
+    let running: Vec<_> = jobs.iter().filter(|j| lab_job && j.name == name && ACTIVE.contains(&j.state.as_str())).cloned().collect();
+
+    // What the new job starts from: a savepoint of the job it replaces, the latest retained
+    // checkpoint or savepoint of a job that is gone, or nothing.
+    let mut restore: Option<Snapshot> = None;
+    let mut savepoint: Option<String> = None;
+    let mut replaced = Vec::new();
+    let mut state_note: Option<String> = None;
     if !running.is_empty() {
         if !args.replace {
             let ids: Vec<_> = running.iter().map(|j| format!("{} ({})", j.jid, j.state)).collect();
-            bail!("the job `{name}` is already running: {}; use --replace to cancel and resubmit it", ids.join(", "));
+            bail!("the job `{name}` is already running: {}; use --replace to stop it with a savepoint and resubmit it", ids.join(", "));
         }
-        for j in &running {
+        for (i, j) in running.iter().enumerate() {
+            replaced.push(j.jid.clone());
+            if i == 0 && !args.fresh {
+                eprintln!("stopping {} with a savepoint into {} …", j.jid, job::lab_savepoint_dir());
+                match stop_with_savepoint(&client, &j.jid, Duration::from_secs(120)).await {
+                    Ok(path) => {
+                        eprintln!("stopped {} with savepoint {path}; the new job restores from it", j.jid);
+                        restore = Some(Snapshot { kind: "savepoint", path: path.clone(), modified: 0.0 });
+                        savepoint = Some(path);
+                        continue;
+                    }
+                    Err(e) => {
+                        let note = format!(
+                            "the savepoint of {} failed ({e:#}); cancelling it instead: its state is NOT carried over, the new job starts fresh from the consumer group's committed offsets",
+                            j.jid
+                        );
+                        eprintln!("{note}");
+                        state_note = Some(note);
+                    }
+                }
+            }
             client.cancel(&j.jid).await?;
             wait_terminal(&client, &j.jid, Duration::from_secs(60)).await?;
             eprintln!("cancelled {}", j.jid);
         }
+        if args.fresh {
+            state_note = Some("--fresh: the replaced job's state is not carried over".into());
+        }
+    } else if lab_job && !args.fresh {
+        match retained_snapshots(&lab).await {
+            Ok(list) => restore = list.into_iter().next(),
+            Err(e) => eprintln!("warning: cannot list retained checkpoints ({e:#}); starting without saved state"),
+        }
+        if let Some(r) = &restore {
+            eprintln!("the job `{name}` is not running; restoring it from the latest retained {} {} (--fresh starts without it)", r.kind, r.path);
+        }
+    }
+    if restore.is_some() {
+        eprintln!("(non-restored state allowed: saved state of operators the new job does not have is dropped, so a changed job still starts)");
     }
 
     let jar = find_or_explain_runner(&client).await?;
     let argv: Vec<String> = statements.iter().map(|s| B64.encode(s.as_bytes())).collect();
+    let before: HashSet<String> = client.jobs().await?.into_iter().map(|j| j.jid).collect();
+    let restore_req = restore.as_ref().map(|r| flink::Restore { path: r.path.clone(), allow_non_restored_state: true });
     let t0 = Instant::now();
-    let job_id = match client.run_jar(&jar, RUNNER_ENTRY_CLASS, &argv, None).await {
-        Ok(id) => id,
-        Err(e) => return Err(explain_submit_error(e, args.verbose)),
-    };
+    let job_id = run_or_find(&client, &jar, &argv, restore_req.as_ref(), &lookup_name, &before, Duration::from_secs(60), args.verbose).await?;
     eprintln!("submitted job {job_id}; waiting for it and all its tasks to run");
-    match wait_running(&client, &job_id, Duration::from_secs(args.timeout)).await {
-        Ok(()) => {}
-        Err(e) => {
-            // Leave nothing half-submitted behind.
-            let _ = client.cancel(&job_id).await;
-            let cause = client.last_exception(&job_id).await.ok().flatten();
-            return Err(match cause {
-                Some((c, full)) if args.verbose => anyhow::anyhow!("{e:#}\n{full}").context(format!("job failed: {c}")),
-                Some((c, _)) => anyhow::anyhow!("job {job_id} failed and was cancelled: {c}\n(full text: --verbose)"),
-                None => e.context(format!("job {job_id} was cancelled")),
-            });
-        }
+    if let Err(e) = wait_running(&client, &job_id, Duration::from_secs(args.timeout)).await {
+        // Leave nothing half-submitted behind.
+        let cause = client.last_exception(&job_id).await.ok().flatten();
+        cancel_quietly(&client, &job_id).await;
+        let hint = match (&restore, &savepoint) {
+            (Some(r), Some(_)) => format!("\nthe replaced job was stopped; its savepoint {} is kept: fix the job and run `labctl submit flink` to restore from it, or add --fresh", r.path),
+            (Some(r), None) => format!("\nit was restoring from {} {}; `labctl submit flink --fresh` starts without that state", r.kind, r.path),
+            _ => String::new(),
+        };
+        return Err(match cause {
+            Some((c, full)) if args.verbose => anyhow::anyhow!("{e:#}\n{full}{hint}").context(format!("job failed: {c}")),
+            Some((c, _)) => anyhow::anyhow!("job {job_id} failed and was cancelled: {c}\n(full text: --verbose){hint}"),
+            None => anyhow::anyhow!("{e:#}{hint}").context(format!("job {job_id} was cancelled")),
+        });
     }
     let secs = t0.elapsed().as_secs_f64();
     let url = format!("{}/#/job/running/{job_id}/overview", client.base());
     if args.json {
-        println!("{}", serde_json::json!({ "job_id": job_id, "name": name, "url": url, "submit_to_running_secs": secs }));
+        println!(
+            "{}",
+            serde_json::json!({
+                "job_id": job_id,
+                "name": name,
+                "url": url,
+                "submit_to_running_secs": secs,
+                "replaced": replaced,
+                "savepoint": savepoint,
+                "restored_from": restore.as_ref().map(|r| serde_json::json!({ "kind": r.kind, "path": r.path })),
+                "allow_non_restored_state": restore.is_some(),
+                "state_note": state_note,
+            })
+        );
     } else {
-        eprintln!("job `{name}` RUNNING after {secs:.1} s\n  id  {job_id}\n  ui  {url}");
+        let from = match &restore {
+            Some(r) => format!("\n  restored from {} {}", r.kind, r.path),
+            None if !replaced.is_empty() => "\n  started WITHOUT the replaced job's state".to_string(),
+            None => String::new(),
+        };
+        eprintln!("job `{name}` RUNNING after {secs:.1} s\n  id  {job_id}\n  ui  {url}{from}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -258,4 +531,80 @@ pub async fn command(config: Config, cmd: FlinkCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_complete_snapshot_first() {
+        let listing = "1700000010.5 /var/lib/flink/checkpoints/sensor-aggregation/aaa/chk-7\n\
+                       1700000030.25 /var/lib/flink/savepoints/sensor-aggregation/savepoint-aaa-1\n\
+                       1700000020.0 /var/lib/flink/checkpoints/sensor-aggregation/bbb/chk-3\n\
+                       1700000040.0 /var/lib/flink/checkpoints/sensor-aggregation/bbb/shared\n";
+        let s = parse_snapshots(listing);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[0], Snapshot { kind: "savepoint", path: "file:///var/lib/flink/savepoints/sensor-aggregation/savepoint-aaa-1".into(), modified: 1700000030.25 });
+        assert_eq!(s[1].path, "file:///var/lib/flink/checkpoints/sensor-aggregation/bbb/chk-3");
+        assert_eq!(s[1].kind, "checkpoint");
+        assert!(parse_snapshots("").is_empty());
+    }
+
+    #[test]
+    fn pipeline_name_of_a_script() {
+        let st = job::split_statements("SET 'parallelism.default' = '1';\nSET 'pipeline.name' = 'it''s mine';\nINSERT INTO x SELECT 1;");
+        assert_eq!(pipeline_name(&st).as_deref(), Some("it's mine"));
+        assert_eq!(pipeline_name(&job::split_statements("INSERT INTO x SELECT 1")), None);
+    }
+
+    /// A fake JobManager: the run request's connection is dropped without an answer (as after a
+    /// client-side timeout), while the job list shows the job the request started anyway.
+    async fn fake_flink(job_listed: bool) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else { return };
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    let n = sock.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                    if req.starts_with("POST /jars/") {
+                        return; // dropped: no answer
+                    }
+                    let jobs = if job_listed {
+                        r#"{"jobs":[{"jid":"old1","name":"lab: sensor aggregation","state":"CANCELED","start-time":1},{"jid":"new2","name":"lab: sensor aggregation","state":"CREATED","start-time":2},{"jid":"other","name":"x","state":"RUNNING","start-time":3}]}"#
+                    } else {
+                        r#"{"jobs":[{"jid":"old1","name":"lab: sensor aggregation","state":"CANCELED","start-time":1}]}"#
+                    };
+                    let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{jobs}", jobs.len());
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_job_started_despite_a_failed_run_request_is_found() {
+        let client = flink::Client::new(fake_flink(true).await, Duration::from_secs(5)).unwrap();
+        let before = HashSet::from(["old1".to_string()]);
+        let id = run_or_find(&client, "jar", &[], None, "lab: sensor aggregation", &before, Duration::from_secs(3), false).await.unwrap();
+        assert_eq!(id, "new2");
+
+        let client = flink::Client::new(fake_flink(false).await, Duration::from_secs(5)).unwrap();
+        let e = run_or_find(&client, "jar", &[], None, "lab: sensor aggregation", &before, Duration::from_secs(2), false).await.unwrap_err();
+        assert!(format!("{e:#}").contains("no job `lab: sensor aggregation` appeared"), "{e:#}");
+    }
+
+    #[test]
+    fn refused_and_unclear_run_failures() {
+        let refused: anyhow::Error = SubmitError { cause: "x".into(), full: "x".into(), status: 400 }.into();
+        assert_eq!(classify_run_error(&refused), RunFailure::Refused);
+        let server: anyhow::Error = SubmitError { cause: "x".into(), full: "x".into(), status: 500 }.into();
+        assert_eq!(classify_run_error(&server), RunFailure::Unknown);
+        assert_eq!(classify_run_error(&anyhow::anyhow!("body cut off")), RunFailure::Unknown);
+    }
 }

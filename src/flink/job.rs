@@ -16,6 +16,23 @@ pub const TEMPLATE: &str = "templates/flink/sensor_aggregation.sql.tera";
 pub const RUNNER_JAR_NAME: &str = "labctl-sql-runner.jar";
 pub const RUNNER_ENTRY_CLASS: &str = "lab.SqlRunner";
 
+/// Where the flink-data volume is mounted in the JobManager and TaskManager containers.
+pub const FLINK_DATA: &str = "/var/lib/flink";
+/// The lab job's own folder under `checkpoints/` and `savepoints/` of the flink-data volume: its
+/// retained checkpoints and savepoints are found there and nowhere else (benchmark and `--file`
+/// jobs write elsewhere), so "the newest one there" is the lab job's latest state.
+pub const LAB_STATE_SUBDIR: &str = "sensor-aggregation";
+
+/// Folder (inside the Flink containers) of the lab job's checkpoints: `<job id>/chk-N/_metadata`.
+pub fn lab_checkpoint_dir() -> String {
+    format!("{FLINK_DATA}/checkpoints/{LAB_STATE_SUBDIR}")
+}
+
+/// Folder (inside the Flink containers) of the lab job's savepoints: `savepoint-…/_metadata`.
+pub fn lab_savepoint_dir() -> String {
+    format!("{FLINK_DATA}/savepoints/{LAB_STATE_SUBDIR}")
+}
+
 /// Settings of the job that are not part of the stack.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobSettings {
@@ -85,6 +102,11 @@ pub struct Target {
     pub raw_table: String,
     pub agg_table: String,
     pub job_name: String,
+    /// Folder (inside the Flink containers) the job's checkpoints go to.
+    pub checkpoint_dir: String,
+    /// Keep the last checkpoint when the job is cancelled, fails or its JobManager goes away,
+    /// so a later submit can restore from it.
+    pub retain_checkpoints: bool,
 }
 
 impl Target {
@@ -95,6 +117,8 @@ impl Target {
             raw_table: MACHINE_SENSORS.name.into(),
             agg_table: SENSOR_AGGREGATES.name.into(),
             job_name: job_name(&config.project),
+            checkpoint_dir: lab_checkpoint_dir(),
+            retain_checkpoints: true,
         }
     }
 }
@@ -126,6 +150,11 @@ pub fn render_for(config: &Config, state: &State, settings: &JobSettings, target
     ctx.insert("topic", &lit(&target.topic));
     ctx.insert("bootstrap", &lit(&format!("{BROKER}:{BROKER_PORT}")));
     ctx.insert("group_id", &lit(&target.group_id));
+    ctx.insert("checkpoint_dir", &lit(&format!("file://{}", target.checkpoint_dir)));
+    ctx.insert(
+        "checkpoint_retention",
+        &lit(if target.retain_checkpoints { "RETAIN_ON_CANCELLATION" } else { "DELETE_ON_CANCELLATION" }),
+    );
     ctx.insert("source_columns", &source_columns.join(",\n  "));
     ctx.insert("jdbc_url", &lit(&jdbc_url));
     ctx.insert("db_user", &lit(&config.database.user));
@@ -216,6 +245,8 @@ mod tests {
         assert!(sql.contains("AVG(`value`) AS `avg_value`"));
         assert!(sql.contains("PRIMARY KEY (`machine_id`, `sensor_type`, `window_start`) NOT ENFORCED"));
         assert!(sql.contains("'pw''x'"), "password quoted as a literal");
+        assert!(sql.contains("SET 'execution.checkpointing.externalized-checkpoint-retention' = 'RETAIN_ON_CANCELLATION'"), "{sql}");
+        assert!(sql.contains("SET 'execution.checkpointing.dir' = 'file:///var/lib/flink/checkpoints/sensor-aggregation'"), "{sql}");
         let stmts = split_statements(&sql);
         assert_eq!(stmts.iter().filter(|s| kind(s) == "INSERT").count(), 2);
         assert_eq!(stmts.iter().filter(|s| kind(s) == "CREATE").count(), 4);

@@ -1,6 +1,7 @@
 //! Flink's REST API, typed: what labctl reads and calls on the JobManager.
 
 pub mod job;
+pub mod metrics;
 
 use std::time::Duration;
 
@@ -130,6 +131,26 @@ struct Errors {
 pub struct SubmitError {
     pub cause: String,
     pub full: String,
+    /// The HTTP status of the answer: 4xx means Flink refused the request itself; a 5xx (e.g. a
+    /// timeout inside the JobManager) leaves open whether the job was started.
+    pub status: u16,
+}
+
+/// Where a submitted job restores its state from.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Restore {
+    /// A savepoint or retained checkpoint directory (or its `_metadata` file).
+    pub path: String,
+    /// Let the job start when some saved state belongs to no operator of the new job.
+    pub allow_non_restored_state: bool,
+}
+
+/// The state of a savepoint operation (`GET /jobs/{id}/savepoints/{trigger}`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SavepointStatus {
+    InProgress,
+    Completed(String),
+    Failed(String),
 }
 
 /// The message after "The main method caused an error:", else the last "Caused by:", else
@@ -157,7 +178,7 @@ impl Client {
         let body = resp.text().await.unwrap_or_default();
         if !status.is_success() {
             let errors = serde_json::from_str::<Errors>(&body).map(|e| e.errors.join("\n")).unwrap_or(body);
-            return Err(SubmitError { cause: useful_cause(&errors), full: errors }.into());
+            return Err(SubmitError { cause: useful_cause(&errors), full: errors, status: status.as_u16() }.into());
         }
         serde_json::from_str(&body).with_context(|| format!("Flink REST ({what}): unexpected answer: {body}"))
     }
@@ -180,7 +201,15 @@ impl Client {
     }
 
     /// Runs a jar's main class; Flink answers once the job is submitted (or refuses it).
-    pub async fn run_jar(&self, jar_id: &str, entry_class: &str, args: &[String], parallelism: Option<u32>) -> Result<String> {
+    /// With `restore`, the job starts from that savepoint or retained checkpoint.
+    pub async fn run_jar(
+        &self,
+        jar_id: &str,
+        entry_class: &str,
+        args: &[String],
+        parallelism: Option<u32>,
+        restore: Option<&Restore>,
+    ) -> Result<String> {
         #[derive(Deserialize)]
         struct Run {
             jobid: String,
@@ -188,6 +217,10 @@ impl Client {
         let mut body = serde_json::json!({ "entryClass": entry_class, "programArgsList": args });
         if let Some(p) = parallelism {
             body["parallelism"] = p.into();
+        }
+        if let Some(r) = restore {
+            body["savepointPath"] = r.path.clone().into();
+            body["allowNonRestoredState"] = r.allow_non_restored_state.into();
         }
         // The job's main runs inside the JobManager (planning, first-time class loading): on a
         // fresh or busy cluster that takes well over the usual request timeout.
@@ -276,6 +309,46 @@ impl Client {
 
     pub async fn checkpoints(&self, job: &str) -> Result<serde_json::Value> {
         self.get(&format!("/jobs/{job}/checkpoints")).await
+    }
+
+    /// What a job restored from when it started (`latest.restored` of its checkpoint
+    /// statistics): (path, is_savepoint), or None for a job that started without state.
+    pub async fn restored_from(&self, job: &str) -> Result<Option<(String, bool)>> {
+        let cp = self.checkpoints(job).await?;
+        let r = &cp["latest"]["restored"];
+        Ok(r["external_path"].as_str().map(|p| (p.to_string(), r["is_savepoint"].as_bool().unwrap_or(false))))
+    }
+
+    /// Stops a job with a savepoint into `target_dir` (`POST /jobs/{id}/stop`, no drain: event
+    /// time is not advanced to the end, so open windows stay open in the savepoint). Returns the
+    /// trigger id to poll with [`Client::savepoint_status`].
+    pub async fn stop_with_savepoint(&self, job: &str, target_dir: &str) -> Result<String> {
+        #[derive(Deserialize)]
+        struct Trigger {
+            #[serde(rename = "request-id")]
+            request_id: String,
+        }
+        let body = serde_json::json!({ "targetDirectory": target_dir, "drain": false });
+        let req = self.http.post(format!("{}/jobs/{job}/stop", self.base)).json(&body);
+        let t: Trigger = self.send_json(req, "stop with savepoint").await?;
+        Ok(t.request_id)
+    }
+
+    pub async fn savepoint_status(&self, job: &str, trigger: &str) -> Result<SavepointStatus> {
+        let v: serde_json::Value = self.get(&format!("/jobs/{job}/savepoints/{trigger}")).await?;
+        if v["status"]["id"].as_str() != Some("COMPLETED") {
+            return Ok(SavepointStatus::InProgress);
+        }
+        let op = &v["operation"];
+        Ok(match op["location"].as_str() {
+            Some(loc) => SavepointStatus::Completed(loc.to_string()),
+            None => {
+                let cause = &op["failure-cause"];
+                let text = cause["stack-trace"].as_str().or(cause["serialized-throwable"].as_str()).unwrap_or("");
+                let text = if text.is_empty() { cause.to_string() } else { useful_cause(text) };
+                SavepointStatus::Failed(text)
+            }
+        })
     }
 }
 
