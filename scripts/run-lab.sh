@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The lab end to end on a bare Debian machine: a Docker engine (installed and started if
-# missing), labctl built, the lab's images built, every service started and ready, the
-# generator feeding the topic. Extra arguments go to `labctl up` (e.g. --taskmanagers 2).
+# missing), labctl built, then `labctl demo`: images, every service started and ready, the
+# generator's backfill and live feed, the Flink job, the Spark export to the Delta Lake, and a
+# summary. Extra arguments go to `labctl demo` (e.g. --no-export, --json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-docker.sh >/dev/null
 cargo build --release --locked
-./target/release/labctl up "$@"
+./target/release/labctl demo "$@"
 ./target/release/labctl status

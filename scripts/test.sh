@@ -20,8 +20,9 @@ export CARGO_TERM_COLOR=never
 echo "[test] building labctl" >&2
 cargo build --locked --all-targets
 
-echo "[test] unit tests" >&2
+echo "[test] unit tests, then property tests of config and command line (no services)" >&2
 cargo test --locked --lib --bins
+cargo test --locked --test fuzz
 
 echo "[test] images (cached after the first build)" >&2
 start=$(date +%s)
@@ -29,4 +30,4 @@ start=$(date +%s)
 echo "[test] images ready in $(( $(date +%s) - start )) s" >&2
 
 echo "[test] integration tests against real containers" >&2
-cargo test --locked --test cli --test lab --test flink --test spark -- --test-threads=1 --nocapture
+cargo test --locked --test cli --test lab --test plot --test flink --test spark --test demo -- --test-threads=1 --nocapture

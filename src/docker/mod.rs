@@ -292,6 +292,12 @@ impl Runtime {
         Err(anyhow!("copying {path} into {container}: {}", last_err.unwrap_or_default()))
     }
 
+    /// How often the engine restarted the container under its restart policy.
+    pub async fn restart_count(&self, name: &str) -> Result<i64> {
+        let c = self.docker.inspect_container(name, None).await.with_context(|| format!("inspecting {name}"))?;
+        Ok(c.restart_count.unwrap_or(0))
+    }
+
     pub async fn stop(&self, name: &str, timeout: i64) -> Result<()> {
         self.docker
             .stop_container(name, Some(StopContainerOptions { t: timeout }))

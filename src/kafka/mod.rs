@@ -9,6 +9,7 @@ use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer},
+    topic_partition_list::{Offset, TopicPartitionList},
     types::RDKafkaErrorCode,
     ClientConfig,
 };
@@ -70,18 +71,7 @@ impl Broker {
     pub async fn partitions(&self, topic: &str, timeout: Duration) -> Result<Option<usize>> {
         let me = self.clone();
         let topic = topic.to_string();
-        tokio::task::spawn_blocking(move || {
-            let c = me.consumer()?;
-            let md = c.fetch_metadata(Some(&topic), timeout).map_err(|e| anyhow!("metadata for {topic}: {e}"))?;
-            Ok(md.topics().iter().find(|t| t.name() == topic).and_then(|t| {
-                if t.error().is_some() || t.partitions().is_empty() {
-                    None
-                } else {
-                    Some(t.partitions().len())
-                }
-            }))
-        })
-        .await?
+        tokio::task::spawn_blocking(move || Ok(partition_ids(&me.consumer()?, &topic, timeout)?.map(|p| p.len()))).await?
     }
 
     /// Creates the topic if missing; an existing topic with another partition count is an error
@@ -119,22 +109,129 @@ impl Broker {
 
     /// Low and high watermarks of every partition of `topic`.
     pub async fn offsets(&self, topic: &str, timeout: Duration) -> Result<Vec<PartitionOffsets>> {
-        let me = self.clone();
-        let topic = topic.to_string();
-        tokio::task::spawn_blocking(move || {
-            let c = me.consumer()?;
-            let md = c.fetch_metadata(Some(&topic), timeout).map_err(|e| anyhow!("metadata for {topic}: {e}"))?;
-            let t = md.topics().iter().find(|t| t.name() == topic).ok_or_else(|| anyhow!("no topic {topic}"))?;
-            let mut out = Vec::new();
-            for p in t.partitions() {
-                let (low, high) = c
-                    .fetch_watermarks(&topic, p.id(), timeout)
-                    .map_err(|e| anyhow!("offsets of {topic}/{}: {e}", p.id()))?;
-                out.push(PartitionOffsets { partition: p.id(), low, high });
+        Ok(self.activity(topic, None, timeout).await?.partitions.into_iter().map(|p| p.offsets).collect())
+    }
+
+    /// Offsets of every partition of `topic` now and at `since` (by message timestamp): what
+    /// `status` needs for the ingest rate. When the broker does not answer the lookup by time,
+    /// `at_since` stays None instead of failing the whole.
+    pub async fn activity(&self, topic: &str, since: Option<chrono::DateTime<chrono::Utc>>, timeout: Duration) -> Result<TopicActivity> {
+        let ids = {
+            let (me, topic) = (self.clone(), topic.to_string());
+            tokio::task::spawn_blocking(move || partition_ids(&me.consumer()?, &topic, timeout)).await??
+        }
+        .ok_or_else(|| anyhow!("no topic {topic} on the broker"))?;
+        // Each lookup is a round trip of its own; run them side by side, each on its own client.
+        let lookup = |what: Lookup| {
+            let (me, topic, ids) = (self.clone(), topic.to_string(), ids.clone());
+            tokio::task::spawn_blocking(move || -> Result<Vec<Option<i64>>> {
+                let t = std::time::Instant::now();
+                let c = me.consumer()?;
+                let _timing = Timing(t, format!("{what:?} offsets of {topic}"));
+                let at = |o: Offset| {
+                    let mut tpl = TopicPartitionList::new();
+                    for id in &ids {
+                        tpl.add_partition_offset(&topic, *id, o).ok();
+                    }
+                    tpl
+                };
+                let found = match what {
+                    // ListOffsets with timestamp -2 / -1 answers every partition's start / end at once.
+                    Lookup::Low => pick(&c.offsets_for_times(at(Offset::Beginning), timeout)?, &topic, &ids),
+                    Lookup::End => pick(&c.offsets_for_times(at(Offset::End), timeout)?, &topic, &ids),
+                    Lookup::Since(ms) => pick(&c.offsets_for_times(at(Offset::Offset(ms)), timeout)?, &topic, &ids),
+                };
+                Ok(found.into_iter().map(|o| if let Offset::Offset(o) = o { Some(o) } else { None }).collect())
+            })
+        };
+        let none = || vec![None; ids.len()];
+        let (low, end, at_since) = tokio::join!(
+            lookup(Lookup::Low),
+            lookup(Lookup::End),
+            async { if let Some(t) = since { lookup(Lookup::Since(t.timestamp_millis())).await } else { Ok(Ok(none())) } },
+        );
+        let (low, end) = (low??, end??);
+        let optional = |r: Result<Result<Vec<Option<i64>>>, tokio::task::JoinError>, what: &str| match r {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                tracing::debug!("{what} of {topic}: {e:#}");
+                none()
             }
-            out.sort_by_key(|p| p.partition);
-            Ok(out)
-        })
-        .await?
+            Err(e) => {
+                tracing::debug!("{what} of {topic}: {e}");
+                none()
+            }
+        };
+        let at_since = optional(at_since, "offsets by time");
+        let partitions = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let high = end[i].with_context(|| format!("no end offset for {topic}/{id}"))?;
+                Ok(PartitionActivity {
+                    offsets: PartitionOffsets { partition: *id, low: low[i].unwrap_or(0), high },
+                    // No message at or after `since`: the partition has nothing newer.
+                    at_since: since.map(|_| at_since[i].unwrap_or(high)).filter(|_| at_since.iter().any(Option::is_some)),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(TopicActivity { partitions })
+    }
+}
+
+/// Logs how long a lookup took when dropped (RUST_LOG=labctl=debug).
+struct Timing(std::time::Instant, String);
+
+impl Drop for Timing {
+    fn drop(&mut self) {
+        tracing::debug!("{} took {} ms", self.1, self.0.elapsed().as_millis());
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Lookup {
+    Low,
+    End,
+    Since(i64),
+}
+
+/// The offsets of `ids` in a broker's answer, in the order of `ids`.
+fn pick(tpl: &TopicPartitionList, topic: &str, ids: &[i32]) -> Vec<Offset> {
+    ids.iter().map(|id| tpl.find_partition(topic, *id).map(|e| e.offset()).unwrap_or(Offset::Invalid)).collect()
+}
+
+/// Partition ids of `topic` from the broker's metadata, None if the topic does not exist.
+fn partition_ids(c: &BaseConsumer, topic: &str, timeout: Duration) -> Result<Option<Vec<i32>>> {
+    let md = c.fetch_metadata(Some(topic), timeout).map_err(|e| anyhow!("metadata for {topic}: {e}"))?;
+    Ok(md.topics().iter().find(|t| t.name() == topic).and_then(|t| {
+        if t.error().is_some() || t.partitions().is_empty() {
+            return None;
+        }
+        let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+        ids.sort_unstable();
+        Some(ids)
+    }))
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PartitionActivity {
+    #[serde(flatten)]
+    pub offsets: PartitionOffsets,
+    /// First offset with a timestamp at or after the `since` instant asked for.
+    pub at_since: Option<i64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TopicActivity {
+    pub partitions: Vec<PartitionActivity>,
+}
+
+impl TopicActivity {
+    pub fn end_offsets(&self) -> i64 {
+        self.partitions.iter().map(|p| p.offsets.high).sum()
+    }
+    /// Messages appended since the instant asked for, if the broker answered for every partition.
+    pub fn appended_since(&self) -> Option<i64> {
+        self.partitions.iter().map(|p| p.at_since.map(|o| p.offsets.high - o)).sum()
     }
 }

@@ -106,3 +106,12 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
 }
+
+/// Fails unless `doc` (a `labctl status --json` document) matches docs/status.schema.json.
+pub fn assert_status_schema(doc: &serde_json::Value) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/status.schema.json");
+    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).expect("reading the schema")).expect("schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator.iter_errors(doc).map(|e| format!("{}: {e}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "status JSON does not match docs/status.schema.json: {errors:#?}\n{doc:#}");
+}

@@ -6,6 +6,8 @@
 
 mod flink;
 mod ingest;
+mod status;
+mod spark;
 
 use std::{
     collections::HashMap,
@@ -54,6 +56,10 @@ enum BenchCommand {
     Ingest(ingest::Args),
     /// The Flink job's backfill throughput into both tables vs Flink merely reading the topic.
     Flink(flink::Args),
+    /// The Spark export of a scratch 7-day table to Delta vs the same submission only reading.
+    Spark(spark::Args),
+    /// `status` latency: every service asked at once vs one after another.
+    Status(status::Args),
     /// Inside a bench container: produce pre-encoded messages as fast as the broker takes them.
     #[command(hide = true)]
     RawProducer {
@@ -99,7 +105,7 @@ impl Measurement {
 }
 
 pub fn print_table(rows: &[Measurement]) {
-    println!("{:<8} {:<38} {:>12} {:<10} {:<26} {:>7}  {}", "BENCH", "MEASUREMENT", "VALUE", "UNIT", "BASELINE", "RATIO", "NOTES");
+    println!("{:<8} {:<38} {:>12} {:<10} {:<26} {:>7}  NOTES", "BENCH", "MEASUREMENT", "VALUE", "UNIT", "BASELINE", "RATIO");
     for r in rows {
         let value = if r.value.abs() >= 100.0 { format!("{:.0}", r.value) } else { format!("{:.2}", r.value) };
         println!(
@@ -141,14 +147,26 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
             let out = a.json_out.clone();
             (flink::run(&Lab::existing(config)?, &a).await?, out)
         }
+        Some(BenchCommand::Spark(a)) => {
+            let out = a.json_out.clone();
+            (spark::run(&Lab::existing(config)?, &a).await?, out)
+        }
+        Some(BenchCommand::Status(a)) => {
+            let out = a.json_out.clone();
+            (status::run(&Lab::existing(config)?, &a).await?, out)
+        }
         None => {
             let all = args.all;
             let lab = Lab::existing(config)?;
             let mut rows = Vec::new();
             eprintln!("== ingest");
             rows.extend(ingest::run(&lab, &ingest::Args { days: all.days, baseline: all.baseline.clone(), json_out: None }).await?);
+            eprintln!("== status");
+            rows.extend(status::run(&lab, &status::Args { runs: 15, json_out: None }).await?);
             eprintln!("== flink");
-            rows.extend(flink::run(&lab, &flink::Args { days: all.days, json_out: None }).await?);
+            rows.extend(flink::run(&lab, &flink::Args { days: all.days, live_windows: 3, json_out: None }).await?);
+            eprintln!("== spark");
+            rows.extend(spark::run(&lab, &spark::Args { days: all.days, partitions: 4, runs: 1, json_out: None }).await?);
             (rows, all.json_out)
         }
     };

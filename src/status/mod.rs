@@ -1,0 +1,480 @@
+//! The pipeline at a glance: one [`Report`] built from parallel calls to every service, each
+//! with a short timeout so a dead service shows as down instead of hanging the caller, and a
+//! red/yellow/green [`Light`] per line with the reason a person can act on.
+//!
+//! The JSON form of [`Report`] is documented by `docs/status.schema.json`; a test checks real
+//! reports against it, so the two cannot drift apart.
+
+mod health;
+mod rate;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+pub use health::{Health, Light};
+
+use crate::{
+    docker::Runtime,
+    lab::Lab,
+    schema,
+    stack::{Probe, INGEST},
+};
+
+pub const SCHEMA_ID: &str = "labctl.status/v1";
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub schema: &'static str,
+    pub project: String,
+    pub at: DateTime<Utc>,
+    /// The worst light of all sections.
+    pub health: Health,
+    /// Every service's containers run and its readiness check passes (the exit code's basis).
+    pub healthy: bool,
+    pub services: Vec<ServiceStatus>,
+    pub broker: BrokerSection,
+    pub flink: FlinkSection,
+    pub database: DatabaseSection,
+    pub spark: SparkSection,
+    pub lake: LakeSection,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<serde_json::Value>,
+    pub elapsed_ms: u128,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceStatus {
+    pub service: String,
+    /// running / partial / paused / stopped / missing
+    pub state: String,
+    pub ready: bool,
+    pub light: Light,
+    /// Restarts by the engine's restart policy, summed over the service's containers.
+    pub restarts: i64,
+    pub url: Option<String>,
+    pub containers: Vec<ContainerStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ContainerStatus {
+    pub name: String,
+    pub state: String,
+    pub status: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct BrokerSection {
+    pub light: Light,
+    pub topic: String,
+    pub partitions: Vec<crate::kafka::PartitionActivity>,
+    /// Sum of the partitions' end offsets: readings in the topic.
+    pub end_offsets: Option<i64>,
+    /// Messages appended over the last minute, per second (by message timestamp).
+    pub ingest_per_s: Option<f64>,
+    /// Records the lab's Flink job has yet to read (its Kafka source's `pendingRecords`; tansu
+    /// does not answer OffsetFetch for the job's group, so the broker cannot tell).
+    pub flink_consumer_lag: Option<i64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct FlinkSection {
+    pub light: Light,
+    pub taskmanagers: Option<u32>,
+    pub slots_total: Option<u32>,
+    pub slots_available: Option<u32>,
+    /// Active jobs (and failed ones), the lab's own job first.
+    pub jobs: Vec<FlinkJobStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FlinkJobStatus {
+    pub id: String,
+    pub name: String,
+    pub state: String,
+    /// Whether this is the lab's streaming job (by name).
+    pub lab_job: bool,
+    pub uptime_secs: i64,
+    /// Records the sources emitted and the sinks took in (since the job last started).
+    pub records_in: i64,
+    pub records_out: i64,
+    pub records_in_per_s: f64,
+    pub records_out_per_s: f64,
+    /// Readings dropped as late: non-zero means data loss (see PLATFORM.md on idle partitions).
+    pub late_records_dropped: i64,
+    /// Records in the topic its sources have not read yet (consumer lag).
+    pub pending_records: i64,
+    pub last_checkpoint_age_secs: Option<i64>,
+    /// Restores from a checkpoint since the job was submitted.
+    pub restarts: Option<i64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct DatabaseSection {
+    pub light: Light,
+    pub tables: Vec<TableStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TableStatus {
+    pub table: String,
+    pub rows: i64,
+    /// False when `rows` is TimescaleDB's estimate (large tables; within ~0.1 %).
+    pub rows_exact: bool,
+    pub chunks: i64,
+    pub newest: Option<DateTime<Utc>>,
+    /// Seconds between the newest row and now (for aggregates: the newest window's end).
+    pub freshness_secs: Option<i64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct SparkSection {
+    pub light: Light,
+    pub master: Option<String>,
+    pub workers: Vec<crate::spark::Worker>,
+    pub cores: Option<u32>,
+    pub cores_used: Option<u32>,
+    /// The newest drivers (running and completed) with their outcome.
+    pub drivers: Vec<SparkDriver>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SparkDriver {
+    pub id: String,
+    pub state: String,
+    pub started: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct LakeSection {
+    pub light: Light,
+    pub container: String,
+    pub tables: Vec<crate::lake::DeltaSummary>,
+}
+
+/// Everything `status` shows, gathered concurrently; no call may take longer than `timeout`.
+pub async fn report(lab: &Lab, rt: &Runtime, timeout: Duration) -> Result<Report> {
+    report_with(lab, rt, timeout, true).await
+}
+
+/// `concurrent = false` makes the same calls one after another: the benchmark's baseline.
+pub async fn report_with(lab: &Lab, rt: &Runtime, timeout: Duration, concurrent: bool) -> Result<Report> {
+    let started = Instant::now();
+    let services_f = bounded("services", timeout * 2, services(lab, rt, timeout));
+    let broker_f = bounded("broker", timeout, broker(lab, timeout));
+    let flink_f = bounded("flink", timeout, flink(lab, timeout));
+    let database_f = bounded("database", timeout, database(lab, timeout));
+    let spark_f = bounded("spark", timeout, spark(lab, timeout));
+    let lake_f = bounded("lake", timeout, lake(lab, timeout));
+    let (services, broker, flink, database, spark, lake) = if concurrent {
+        tokio::join!(services_f, broker_f, flink_f, database_f, spark_f, lake_f)
+    } else {
+        (services_f.await, broker_f.await, flink_f.await, database_f.await, spark_f.await, lake_f.await)
+    };
+    let services = services?;
+    let ingest_running = services.iter().any(|s| s.service == INGEST && s.state == "running");
+    let facts = health::Facts { ingest_running, now: Utc::now(), checkpoint_interval_secs: crate::flink::job::JobSettings::for_lab(&lab.config).checkpoint_interval_secs as i64 };
+    let mut broker = broker.unwrap_or_else(|e| BrokerSection { light: Light::red(format!("{e:#}")), topic: lab.config.broker.topic.clone(), ..Default::default() });
+    let mut flink = flink.unwrap_or_else(|e| FlinkSection { light: Light::red(format!("{e:#}")), ..Default::default() });
+    let mut database = database.unwrap_or_else(|e| DatabaseSection { light: Light::red(format!("{e:#}")), ..Default::default() });
+    let mut spark = spark.unwrap_or_else(|e| SparkSection { light: Light::red(format!("{e:#}")), ..Default::default() });
+    let mut lake = lake.unwrap_or_else(|e| LakeSection { light: Light::red(format!("{e:#}")), container: lab.config.lake.container.clone(), ..Default::default() });
+    broker.flink_consumer_lag = flink.jobs.iter().find(|j| j.lab_job && j.state == "RUNNING").map(|j| j.pending_records);
+    health::judge_broker(&mut broker, &facts);
+    health::judge_flink(&mut flink, &facts);
+    health::judge_database(&mut database, &facts, flink.jobs.iter().any(|j| j.lab_job && j.state == "RUNNING"));
+    health::judge_spark(&mut spark);
+    health::judge_lake(&mut lake);
+    let health = services
+        .iter()
+        .map(|s| s.light.health)
+        .chain([broker.light.health, flink.light.health, database.light.health, spark.light.health, lake.light.health])
+        .max()
+        .unwrap_or(Health::Green);
+    Ok(Report {
+        schema: SCHEMA_ID,
+        project: lab.stack.project.clone(),
+        at: facts.now,
+        health,
+        healthy: services.iter().all(|s| s.ready),
+        services,
+        broker,
+        flink,
+        database,
+        spark,
+        lake,
+        secrets: None,
+        elapsed_ms: started.elapsed().as_millis(),
+    })
+}
+
+/// `fut`'s result, or an error naming the timeout when it takes longer.
+async fn bounded<T>(what: &str, timeout: Duration, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    let t = Instant::now();
+    let r = tokio::time::timeout(timeout, fut).await.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {timeout:?}")));
+    tracing::debug!("status: {what} took {} ms", t.elapsed().as_millis());
+    r
+}
+
+/// Containers from the engine, readiness through each service's own protocol.
+async fn services(lab: &Lab, rt: &Runtime, timeout: Duration) -> Result<Vec<ServiceStatus>> {
+    let containers = rt.list_containers(&lab.stack.project).await?;
+    let probes = lab.stack.services.iter().map(|svc| async move {
+        // The generator's liveness is its container; its output shows in the broker section.
+        if matches!(svc.probe, Probe::Running | Probe::CoveredBy { .. }) {
+            return Ok(match &svc.probe {
+                Probe::CoveredBy { service } => format!("checked with {service}"),
+                _ => "container running".to_string(),
+            });
+        }
+        tokio::time::timeout(timeout, lab.probe(&svc.probe, timeout))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {timeout:?}")))
+            .map_err(|e| format!("{e:#}"))
+    });
+    let restarts = containers.iter().map(|c| async move { (c.name.clone(), rt.restart_count(&c.name).await.unwrap_or(0)) });
+    let (probes, restarts) = tokio::join!(futures_util::future::join_all(probes), futures_util::future::join_all(restarts));
+    let mut out = Vec::new();
+    for (svc, probe) in lab.stack.services.iter().zip(probes) {
+        let mine: Vec<_> = containers.iter().filter(|c| c.service == svc.name).collect();
+        let running = mine.iter().filter(|c| c.running()).count();
+        let state = match (running, mine.len()) {
+            (_, 0) => "missing",
+            _ if mine.iter().any(|c| c.state == "paused") => "paused",
+            (r, n) if r == n && n as u32 >= svc.replicas => "running",
+            (0, _) => "stopped",
+            _ => "partial",
+        };
+        let restarts: i64 = restarts.iter().filter(|(n, _)| mine.iter().any(|c| &c.name == n)).map(|(_, r)| r).sum();
+        let ready = state == "running" && probe.is_ok();
+        let light = health::judge_service(svc.name, state, running, svc.replicas, &probe, restarts, lab.config.ingest.enabled);
+        out.push(ServiceStatus {
+            service: svc.name.to_string(),
+            state: state.to_string(),
+            ready: ready || (svc.name == INGEST && !lab.config.ingest.enabled && mine.is_empty()),
+            light,
+            restarts,
+            url: svc.ports.iter().find(|p| p.url_path.is_some()).map(|p| format!("http://{}:{}", lab.stack.bind_address, p.host)),
+            containers: mine.iter().map(|c| ContainerStatus { name: c.name.clone(), state: c.state.clone(), status: c.status.clone() }).collect(),
+        });
+    }
+    Ok(out)
+}
+
+async fn broker(lab: &Lab, timeout: Duration) -> Result<BrokerSection> {
+    let topic = lab.config.broker.topic.clone();
+    let project = &lab.stack.project;
+    let mut samples = rate::load(project);
+    let broker = lab.broker()?;
+    let mut a = broker.activity(&topic, None, timeout).await?;
+    let now = rate::Sample { at: Utc::now(), end_offsets: a.end_offsets() };
+    let mut ingest_per_s = rate::update(&mut samples, now);
+    rate::store(project, &samples);
+    if ingest_per_s.is_none() {
+        a = broker.activity(&topic, Some(now.at - chrono::Duration::seconds(60)), timeout).await?;
+        ingest_per_s = a.appended_since().map(|n| n as f64 / 60.0);
+    }
+    Ok(BrokerSection {
+        light: Light::default(),
+        topic,
+        end_offsets: Some(a.end_offsets()),
+        ingest_per_s,
+        flink_consumer_lag: None,
+        partitions: a.partitions,
+    })
+}
+
+async fn flink(lab: &Lab, timeout: Duration) -> Result<FlinkSection> {
+    let client = lab.flink(timeout)?;
+    let (overview, jobs) = tokio::try_join!(client.overview(), client.jobs())?;
+    let lab_job = crate::flink::job::Target::lab(&lab.config).job_name;
+    let now = Utc::now().timestamp_millis();
+    let shown = jobs.into_iter().filter(|j| !matches!(j.state.as_str(), "CANCELED" | "FINISHED"));
+    let jobs = futures_util::future::join_all(shown.map(|j| {
+        let (client, lab_job) = (&client, &lab_job);
+        async move {
+            let (m, cp) = tokio::join!(client.job_metrics(&j.jid), client.checkpoints(&j.jid));
+            let m = m.unwrap_or_else(|e| {
+                tracing::debug!("metrics of job {}: {e:#}", j.jid);
+                Default::default()
+            });
+            let cp = cp.ok();
+            let last = cp.as_ref().and_then(|c| c["latest"]["completed"]["latest_ack_timestamp"].as_i64()).filter(|t| *t > 0);
+            FlinkJobStatus {
+                lab_job: &j.name == lab_job,
+                uptime_secs: (now - j.start_time).max(0) / 1000,
+                records_in: m.records_in as i64,
+                records_out: m.records_out as i64,
+                records_in_per_s: m.records_in_per_s,
+                records_out_per_s: m.records_out_per_s,
+                late_records_dropped: m.late_records_dropped as i64,
+                pending_records: m.pending_records as i64,
+                last_checkpoint_age_secs: last.map(|t| (now - t).max(0) / 1000),
+                restarts: cp.as_ref().and_then(|c| c["counts"]["restored"].as_i64()),
+                id: j.jid,
+                name: j.name,
+                state: j.state,
+            }
+        }
+    }))
+    .await;
+    let mut jobs = jobs;
+    jobs.sort_by_key(|j| (!j.lab_job, j.state != "RUNNING", -j.uptime_secs));
+    Ok(FlinkSection {
+        light: Light::default(),
+        taskmanagers: Some(overview.taskmanagers),
+        slots_total: Some(overview.slots_total),
+        slots_available: Some(overview.slots_available),
+        jobs,
+    })
+}
+
+async fn database(lab: &Lab, timeout: Duration) -> Result<DatabaseSection> {
+    let client = lab.database()?.connect(timeout).await?;
+    let now = Utc::now();
+    let stats = futures_util::future::try_join_all(schema::TABLES.iter().map(|t| crate::db::table_stats(&client, t))).await?;
+    let tables = stats
+        .into_iter()
+        .map(|s| {
+            // A window is fresh when it closed, not when it opened.
+            let shift = if s.table == "sensor_aggregates" { 60 } else { 0 };
+            TableStatus { freshness_secs: s.newest.map(|n| (now - n).num_seconds() - shift), table: s.table, rows: s.rows, rows_exact: s.rows_exact, chunks: s.chunks, newest: s.newest }
+        })
+        .collect();
+    Ok(DatabaseSection { light: Light::default(), tables })
+}
+
+async fn spark(lab: &Lab, timeout: Duration) -> Result<SparkSection> {
+    let m = lab.spark(timeout)?.master().await?;
+    let driver = |d: &serde_json::Value| SparkDriver {
+        id: d["id"].as_str().unwrap_or_default().to_string(),
+        state: d["state"].as_str().unwrap_or_default().to_string(),
+        started: d["starttime"].as_i64().and_then(DateTime::from_timestamp_millis),
+    };
+    let mut drivers: Vec<SparkDriver> = m.activedrivers.iter().chain(m.completeddrivers.iter()).map(driver).collect();
+    drivers.sort_by_key(|d| std::cmp::Reverse(d.started));
+    drivers.truncate(5);
+    Ok(SparkSection { light: Light::default(), master: Some(m.status), cores: Some(m.cores), cores_used: Some(m.coresused), workers: m.workers, drivers })
+}
+
+async fn lake(lab: &Lab, timeout: Duration) -> Result<LakeSection> {
+    let blob = lab.blob(timeout)?;
+    let container = lab.config.lake.container.clone();
+    let tables = futures_util::future::try_join_all(schema::TABLES.iter().map(|t| blob.delta_summary(&container, t.name))).await?;
+    Ok(LakeSection { light: Light::default(), tables: tables.into_iter().filter(|t| t.version.is_some()).collect(), container })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented schema and the serialized report cannot drift apart: a report with every
+    /// optional part filled and one with every part empty both validate.
+    #[test]
+    fn report_matches_its_documented_schema() {
+        let schema: serde_json::Value = serde_json::from_str(include_str!("../../docs/status.schema.json")).expect("schema is JSON");
+        let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+        let light = Light::green("fine");
+        let full = Report {
+            schema: SCHEMA_ID,
+            project: "lab".into(),
+            at: Utc::now(),
+            health: Health::Yellow,
+            healthy: true,
+            services: vec![ServiceStatus {
+                service: "broker".into(),
+                state: "running".into(),
+                ready: true,
+                light: light.clone(),
+                restarts: 1,
+                url: Some("http://127.0.0.1:1".into()),
+                containers: vec![ContainerStatus { name: "lab-broker-1".into(), state: "running".into(), status: "Up".into() }],
+            }],
+            broker: BrokerSection {
+                light: light.clone(),
+                topic: "sensors".into(),
+                partitions: vec![crate::kafka::PartitionActivity { offsets: crate::kafka::PartitionOffsets { partition: 0, low: 0, high: 9 }, at_since: Some(3) }],
+                end_offsets: Some(9),
+                ingest_per_s: Some(1.8),
+                flink_consumer_lag: Some(0),
+            },
+            flink: FlinkSection {
+                light: light.clone(),
+                taskmanagers: Some(1),
+                slots_total: Some(3),
+                slots_available: Some(0),
+                jobs: vec![FlinkJobStatus {
+                    id: "0123456789abcdef0123456789abcdef".into(),
+                    name: "lab: sensor aggregation".into(),
+                    state: "RUNNING".into(),
+                    lab_job: true,
+                    uptime_secs: 5,
+                    records_in: 1,
+                    records_out: 2,
+                    records_in_per_s: 0.5,
+                    records_out_per_s: 1.0,
+                    late_records_dropped: 0,
+                    pending_records: 0,
+                    last_checkpoint_age_secs: Some(1),
+                    restarts: Some(0),
+                }],
+            },
+            database: DatabaseSection {
+                light: light.clone(),
+                tables: vec![TableStatus { table: "machine_sensors".into(), rows: 3, rows_exact: true, chunks: 1, newest: Some(Utc::now()), freshness_secs: Some(2) }],
+            },
+            spark: SparkSection {
+                light: light.clone(),
+                master: Some("ALIVE".into()),
+                workers: vec![crate::spark::Worker { id: "w".into(), host: "h".into(), state: "ALIVE".into(), cores: 2, coresused: 0, memory: 1024, memoryused: 0 }],
+                cores: Some(2),
+                cores_used: Some(0),
+                drivers: vec![SparkDriver { id: "driver-1".into(), state: "FINISHED".into(), started: Some(Utc::now()) }],
+            },
+            lake: LakeSection {
+                light,
+                container: "lake".into(),
+                tables: vec![crate::lake::DeltaSummary { table: "machine_sensors".into(), version: Some(0), partitions: 1, data_files: 1, rows: Some(3), last_commit: Some(Utc::now()), rows_per_day: [("2026-11-24".to_string(), 3)].into() }],
+            },
+            secrets: Some(serde_json::json!({"db_password": "x", "db_url": "postgresql://..."})),
+            elapsed_ms: 12,
+        };
+        let empty = Report {
+            services: vec![],
+            broker: BrokerSection { light: Light::red("down"), ..Default::default() },
+            flink: FlinkSection { light: Light::red("down"), ..Default::default() },
+            database: DatabaseSection { light: Light::red("down"), ..Default::default() },
+            spark: SparkSection { light: Light::red("down"), ..Default::default() },
+            lake: LakeSection { light: Light::red("down"), ..Default::default() },
+            secrets: None,
+            ..full.clone_shallow()
+        };
+        for report in [&full, &empty] {
+            let doc = serde_json::to_value(report).expect("serializes");
+            let errors: Vec<String> = validator.iter_errors(&doc).map(|e| format!("{}: {e}", e.instance_path())).collect();
+            assert!(errors.is_empty(), "{errors:#?}\n{doc:#}");
+        }
+    }
+
+    impl Report {
+        fn clone_shallow(&self) -> Report {
+            Report {
+                schema: self.schema,
+                project: self.project.clone(),
+                at: self.at,
+                health: self.health,
+                healthy: self.healthy,
+                services: vec![],
+                broker: Default::default(),
+                flink: Default::default(),
+                database: Default::default(),
+                spark: Default::default(),
+                lake: Default::default(),
+                secrets: None,
+                elapsed_ms: self.elapsed_ms,
+            }
+        }
+    }
+}
