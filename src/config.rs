@@ -206,8 +206,9 @@ fn check_range<T: PartialOrd + fmt::Display + Copy>(key: &str, value: T, lo: T, 
 
 /// JVM-style memory size such as `1024m` or `2g`.
 fn check_memory(key: &str, value: &str) -> Result<()> {
-    let (digits, unit) = value.split_at(value.len().saturating_sub(1));
-    let ok = matches!(unit, "m" | "g") && !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit());
+    // strip_suffix, not split_at: a value ending in a multi-byte character must not panic.
+    let digits = value.strip_suffix('m').or_else(|| value.strip_suffix('g'));
+    let ok = digits.is_some_and(|d| !d.is_empty() && d.len() <= 7 && d.chars().all(|c| c.is_ascii_digit()));
     if !ok {
         bail!(invalid(key, value, "use a whole number followed by m or g, e.g. 1024m or 2g"));
     }
@@ -269,7 +270,12 @@ impl Config {
             let overlay: toml::Value = parse_toml(file, &text)?;
             // Every field has a default, so the file alone deserialises as a Config: unknown keys
             // and wrong types are reported with positions in the file the user wrote.
-            toml::from_str::<Config>(&text).map_err(|e| file_error(file, &text, &e))?;
+            // The key's path goes into the message: toml's own type errors name only the position.
+            serde_path_to_error::deserialize::<_, Config>(toml::Deserializer::new(&text)).map_err(|e| {
+                let key = e.path().to_string();
+                let key = if key.is_empty() || key == "." { None } else { Some(key) };
+                file_error(file, &text, e.inner(), key.as_deref())
+            })?;
             merge(&mut value, overlay);
         }
         for (name, raw) in env {
@@ -280,7 +286,8 @@ impl Config {
             apply_env(&mut value, &name, rest, &raw)?;
         }
         let merged = toml::to_string(&value).context("re-serialising config")?;
-        let config: Config = toml::from_str(&merged).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        let config: Config = serde_path_to_error::deserialize(toml::Deserializer::new(&merged))
+            .map_err(|e| anyhow::anyhow!("config key `{}` (LABCTL_{} or the file): {}", e.path(), e.path().to_string().replace('.', "_").to_ascii_uppercase(), e.inner().message()))?;
         config.validate().with_context(|| match &file {
             Some(f) => format!("configuration from {} and LABCTL_* variables", f.display()),
             None => "configuration from LABCTL_* variables".to_string(),
@@ -291,11 +298,11 @@ impl Config {
 
 fn parse_toml(file: &Path, text: &str) -> Result<toml::Value> {
     // Parse as a table, not as `Config`, so the file may set only some keys.
-    toml::from_str::<toml::Table>(text).map(toml::Value::Table).map_err(|e| file_error(file, text, &e))
+    toml::from_str::<toml::Table>(text).map(toml::Value::Table).map_err(|e| file_error(file, text, &e, None))
 }
 
-/// Formats a TOML error as `file:line:column: message`, the shape editors jump to.
-fn file_error(file: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
+/// Formats a TOML error as `file:line:column: [key: ]message`, the shape editors jump to.
+fn file_error(file: &Path, text: &str, e: &toml::de::Error, key: Option<&str>) -> anyhow::Error {
     let (line, col) = match e.span() {
         Some(span) => {
             let before = &text[..span.start.min(text.len())];
@@ -305,7 +312,8 @@ fn file_error(file: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
         }
         None => (1, 1),
     };
-    anyhow::anyhow!("{}:{line}:{col}: {}", file.display(), e.message().trim())
+    let key = key.map(|k| format!("config key `{k}`: ")).unwrap_or_default();
+    anyhow::anyhow!("{}:{line}:{col}: {key}{}", file.display(), e.message().trim())
 }
 
 fn merge(base: &mut toml::Value, overlay: toml::Value) {
