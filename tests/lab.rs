@@ -33,6 +33,27 @@ fn lab_on_a_real_engine() {
     assert!(status.get("secrets").is_none(), "secrets only with --show-secrets");
     let secret = t.json(&["status", "--json", "--show-secrets"]);
     assert_eq!(secret["secrets"]["db_password"].as_str().unwrap(), lab.state.db_password);
+    common::assert_status_schema(&status);
+    common::assert_status_schema(&secret);
+
+    // --- status: a hung service is reported down within the check timeout ---------------------
+    // A paused container accepts connections but never answers: only the timeout ends the call.
+    let azurite = format!("{}-azurite-1", t.project);
+    assert!(std::process::Command::new("docker").args(["pause", &azurite]).status().unwrap().success());
+    let started = std::time::Instant::now();
+    let out = t.run(&["status", "--json", "--timeout", "1"]);
+    let took = started.elapsed();
+    assert!(std::process::Command::new("docker").args(["unpause", &azurite]).status().unwrap().success());
+    assert_eq!(out.status.code(), Some(3), "a service down means exit code 3");
+    let down: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    common::assert_status_schema(&down);
+    let svc = down["services"].as_array().unwrap().iter().find(|s| s["service"] == "azurite").unwrap();
+    assert_eq!(svc["light"]["health"], "red", "{svc:#}");
+    assert_eq!(down["lake"]["light"]["health"], "red", "{:#}", down["lake"]);
+    assert_eq!(down["health"], "red");
+    assert_eq!(down["database"]["light"]["health"], "green", "other services are unaffected: {:#}", down["database"]);
+    // 1 s per check (the service checks get twice that), plus the process's own start.
+    assert!(took < Duration::from_millis(3500), "status took {took:?} with a 1 s timeout");
 
     // --- broker: produce and consume one message through the published port ------------------
     let broker = lab.broker().unwrap();
@@ -166,6 +187,17 @@ fn lab_on_a_real_engine() {
     wait_for("the generator to be restarted and produce again", Duration::from_secs(60), || (total_offsets(&lab) > after_kill).then_some(()));
     let restarts = std::process::Command::new("docker").args(["inspect", "-f", "{{.RestartCount}}", &ingest_container]).output().unwrap();
     assert_ne!(String::from_utf8_lossy(&restarts.stdout).trim(), "0", "the engine restarted the crashed generator");
+    let readings = read_all(&lab);
+    assert_no_duplicates_or_gaps(&readings, 5);
+
+    // --- the broker restarts under the live generator: it recovers by itself, nothing is lost
+    // or doubled (refused readings stop the generator; its restart resumes from the topic).
+    let broker_container = format!("{}-broker-1", t.project);
+    let before = total_offsets(&lab);
+    let restarted = std::time::Instant::now();
+    assert!(std::process::Command::new("docker").args(["restart", &broker_container]).status().unwrap().success());
+    wait_for("the generator to produce again after the broker restart", Duration::from_secs(120), || (total_offsets(&lab) > before + 18).then_some(()));
+    eprintln!("generator producing again {:.1} s after the broker restart began", restarted.elapsed().as_secs_f64());
     let readings = read_all(&lab);
     assert_no_duplicates_or_gaps(&readings, 5);
 

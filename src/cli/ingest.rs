@@ -60,7 +60,6 @@ pub struct Args {
 
 /// `7d`, `12h`, `30m`, `45s` or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<i64> {
-    let s = s.trim();
     let (num, mult) = match s.char_indices().last() {
         Some((i, 'd')) => (&s[..i], 86_400),
         Some((i, 'h')) => (&s[..i], 3_600),
@@ -200,12 +199,16 @@ fn produce(fleet: &Fleet, args: &Args, backfill: i64, topic: &str, base: &rdkafk
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let sent = std::cell::Cell::new(0u64);
+    // A reading the broker refused for good is gone from this run; carrying on would put later
+    // readings after the hole. Stop instead: the exit status is non-zero, and a restart (the
+    // service's restart policy, or the user) resumes from what the topic really holds.
+    let lost = || counters.failed.load(Ordering::Relaxed) > 0;
     let mut send = |_: usize, key: &[u8], payload: &[u8]| -> bool {
-        if sent.get() >= limit || !sender.send(key, payload, stop) {
+        if sent.get() >= limit || lost() || !sender.send(key, payload, stop) {
             return false;
         }
         sent.set(sent.get() + 1);
-        if sent.get() % 8192 == 0 {
+        if sent.get().is_multiple_of(8192) {
             pb.set_position(sent.get());
         }
         sent.get() < limit
@@ -216,7 +219,7 @@ fn produce(fleet: &Fleet, args: &Args, backfill: i64, topic: &str, base: &rdkafk
     loop {
         let now_tick = now_secs() / interval;
         let to = now_tick + 1;
-        if starts.iter().all(|p| p.tick >= to) || stop.load(Ordering::Relaxed) || sent.get() >= limit {
+        if starts.iter().all(|p| p.tick >= to) || stop.load(Ordering::Relaxed) || sent.get() >= limit || lost() {
             break;
         }
         generate(fleet, interval, &starts, to, stop, &mut send);
@@ -226,11 +229,15 @@ fn produce(fleet: &Fleet, args: &Args, backfill: i64, topic: &str, base: &rdkafk
     let backfill_secs = t0.elapsed().as_secs_f64();
     tracing::info!("backfill done: {} readings queued in {backfill_secs:.1} s", sent.get());
 
-    if !args.no_live && !stop.load(Ordering::Relaxed) && sent.get() < limit {
+    if !args.no_live && !stop.load(Ordering::Relaxed) && sent.get() < limit && !lost() {
         eprintln!("ingest: live, one reading per sensor every {interval} s");
         let mut last_report = Instant::now();
         let mut last_count = counters.delivered.load(Ordering::Relaxed);
         while !stop.load(Ordering::Relaxed) && sent.get() < limit {
+            if lost() {
+                eprintln!("ingest: the broker refused {} reading(s) for good; stopping so that a restart resumes from the topic without a hole", counters.failed.load(Ordering::Relaxed));
+                break;
+            }
             let tick = starts.iter().map(|p| p.tick).min().unwrap_or(now_secs() / interval);
             // Sleep to the wall-clock instant of the tick, computed afresh each time: no drift.
             let due = tick * interval;
