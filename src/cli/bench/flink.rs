@@ -52,6 +52,16 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
     use crate::flink::job::{render_for, JobSettings, Target};
     let client = lab.flink(Duration::from_secs(10))?;
     let overview = client.overview().await.context("the Flink cluster is not up")?;
+    // A job without slots fails and restarts instead of waiting: say so before starting one.
+    let needed = JobSettings::for_lab(&lab.config).parallelism;
+    if overview.slots_available < needed {
+        bail!(
+            "the benchmark's jobs need {needed} free task slots but {} of {} are free (the lab's own job holds them?); \
+             cancel it with `labctl flink cancel` (resubmit later with `labctl submit flink`) or add TaskManagers with `labctl up --taskmanagers 2`",
+            overview.slots_available,
+            overview.slots_total
+        );
+    }
     let nonce = chrono::Utc::now().format("%H%M%S").to_string();
     let topic = format!("bench-flink-{nonce}");
     lab.broker()?.ensure_topic(&topic, lab.config.broker.partitions).await?;

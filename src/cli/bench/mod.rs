@@ -159,14 +159,28 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
             let all = args.all;
             let lab = Lab::existing(config)?;
             let mut rows = Vec::new();
+            let mut failed = Vec::new();
+            // One benchmark failing does not throw away the others' figures.
+            let mut keep = |name: &'static str, r: Result<Vec<Measurement>>| match r {
+                Ok(v) => rows.extend(v),
+                Err(e) => {
+                    eprintln!("bench {name} failed: {e:#}");
+                    failed.push(name);
+                }
+            };
             eprintln!("== ingest");
-            rows.extend(ingest::run(&lab, &ingest::Args { days: all.days, baseline: all.baseline.clone(), json_out: None }).await?);
+            keep("ingest", ingest::run(&lab, &ingest::Args { days: all.days, baseline: all.baseline.clone(), json_out: None }).await);
             eprintln!("== status");
-            rows.extend(status::run(&lab, &status::Args { runs: 15, json_out: None }).await?);
+            keep("status", status::run(&lab, &status::Args { runs: 15, json_out: None }).await);
             eprintln!("== flink");
-            rows.extend(flink::run(&lab, &flink::Args { days: all.days, live_windows: 3, json_out: None }).await?);
+            keep("flink", flink::run(&lab, &flink::Args { days: all.days, live_windows: 3, json_out: None }).await);
             eprintln!("== spark");
-            rows.extend(spark::run(&lab, &spark::Args { days: all.days, partitions: 4, runs: 1, json_out: None }).await?);
+            keep("spark", spark::run(&lab, &spark::Args { days: all.days, partitions: 4, runs: 1, json_out: None }).await);
+            if !failed.is_empty() {
+                print_table(&rows);
+                write_json(all.json_out.as_ref(), &rows)?;
+                bail!("benchmark(s) failed: {} (see above); the table holds the others", failed.join(", "));
+            }
             (rows, all.json_out)
         }
     };
