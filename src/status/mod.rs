@@ -267,15 +267,13 @@ async fn broker(lab: &Lab, timeout: Duration) -> Result<BrokerSection> {
     let topic = lab.config.broker.topic.clone();
     let project = &lab.stack.project;
     let mut samples = rate::load(project);
-    let broker = lab.broker()?;
-    let mut a = broker.activity(&topic, None, timeout).await?;
-    let now = rate::Sample { at: Utc::now(), end_offsets: a.end_offsets() };
-    let mut ingest_per_s = rate::update(&mut samples, now);
+    // One round trip set: the slow lookup by time only when no sample can give the rate.
+    let at = Utc::now();
+    let since = (!rate::has_base(&samples, at)).then(|| at - chrono::Duration::seconds(60));
+    let a = lab.broker()?.activity(&topic, since, timeout).await?;
+    let cached = rate::update(&mut samples, rate::Sample { at, end_offsets: a.end_offsets() });
     rate::store(project, &samples);
-    if ingest_per_s.is_none() {
-        a = broker.activity(&topic, Some(now.at - chrono::Duration::seconds(60)), timeout).await?;
-        ingest_per_s = a.appended_since().map(|n| n as f64 / 60.0);
-    }
+    let ingest_per_s = cached.or_else(|| a.appended_since().map(|n| n as f64 / 60.0));
     Ok(BrokerSection {
         light: Light::default(),
         topic,

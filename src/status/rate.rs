@@ -35,6 +35,11 @@ pub fn store(project: &str, samples: &[Sample]) {
     }
 }
 
+/// Whether `update` at `now` will find a sample to compute the rate against.
+pub fn has_base(samples: &[Sample], now: DateTime<Utc>) -> bool {
+    samples.iter().any(|s| (MIN_SPAN_SECS..=KEEP_SECS).contains(&(now - s.at).num_seconds()))
+}
+
 /// Adds `now` to `samples`, drops stale ones, and returns the rate per second against the
 /// sample closest to one minute before `now` (at least 30 s before), if any.
 pub fn update(samples: &mut Vec<Sample>, now: Sample) -> Option<f64> {
@@ -63,6 +68,7 @@ mod tests {
     fn rate_against_the_sample_nearest_a_minute_ago() {
         let now = Utc::now();
         let mut v = vec![s(700, 0, now), s(90, 100, now), s(58, 120, now), s(5, 170, now)];
+        assert!(has_base(&v, now));
         let r = update(&mut v, s(0, 180, now)).unwrap();
         assert!((r - 60.0 / 58.0).abs() < 1e-6, "{r}");
         assert_eq!(v.len(), 3, "the stale sample is dropped; the new one is within 10 s of the last, not kept");
@@ -74,6 +80,7 @@ mod tests {
     fn no_rate_without_an_old_enough_sample_or_after_a_reset() {
         let now = Utc::now();
         let mut v = vec![s(10, 100, now)];
+        assert!(!has_base(&v, now));
         assert_eq!(update(&mut v, s(0, 110, now)), None);
         // A recreated topic starts again at 0: older, larger samples are from before.
         let mut v = vec![s(60, 5000, now)];

@@ -66,7 +66,9 @@ async fn fill_table(db: &tokio_postgres::Client, table: &str, days: f64) -> Resu
 
 /// One submission of the export job, waited for; fails unless it FINISHED.
 async fn run_once(lab: &Lab, table: &str, delta_path: &str, partitions: u32, read_only: bool) -> Result<(Outcome, Sizing)> {
-    let args = SubmitArgs { from: None, to: None, with_aggregates: false, partitions, no_wait: false, timeout: 900, dry_run: false, json: true };
+    // An explicit end: the default stops 60 s before now, and the scratch table reaches now.
+    let to = Some((chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    let args = SubmitArgs { from: None, to, with_aggregates: false, partitions, no_wait: false, timeout: 900, dry_run: false, json: true };
     let over = Overrides { table: Some(table.into()), delta_path: Some(delta_path.into()), read_only };
     let config = render_config_with(lab, &args, &lab.state.db_password, &over)?;
     // The previous run's application may still be releasing its cores.
