@@ -34,6 +34,11 @@ pub fn state_dir() -> PathBuf {
     home.join(".local/state/labctl")
 }
 
+/// Offset samples `status` keeps between calls (see `status::rate`).
+pub fn samples_path(project: &str) -> PathBuf {
+    state_dir().join(format!("{project}.offsets.json"))
+}
+
 pub fn state_path(project: &str) -> PathBuf {
     state_dir().join(format!("{project}.json"))
 }
@@ -121,11 +126,15 @@ impl State {
         Ok(())
     }
 
+    /// Removes the state file and what `status` keeps beside it (offset samples).
     pub fn remove(project: &str) -> Result<()> {
-        match fs::remove_file(state_path(project)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).context("cannot remove state file"),
-            _ => Ok(()),
+        for path in [state_path(project), samples_path(project)] {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+                _ => {}
+            }
         }
+        Ok(())
     }
 
     #[cfg(test)]

@@ -221,6 +221,7 @@ fn lab_on_a_real_engine() {
         assert!(vols.volumes.unwrap_or_default().is_empty(), "volumes left after down --volumes");
     });
     assert!(!state_file.exists(), "state removed with the volumes");
+    assert!(!t.state_dir.path().join(format!("{}.offsets.json", t.project)).exists(), "status's offset samples removed too");
 }
 
 /// Kills a container's main process with SIGKILL from the host, as a crash would; unlike

@@ -18,8 +18,9 @@ pub struct Sample {
 const KEEP_SECS: i64 = 600;
 const MIN_SPAN_SECS: i64 = 30;
 
+/// Beside the state file; `State::remove` (down --volumes) removes it too.
 fn path(project: &str) -> PathBuf {
-    crate::state::state_dir().join(format!("{project}.offsets.json"))
+    crate::state::samples_path(project)
 }
 
 pub fn load(project: &str) -> Vec<Sample> {
