@@ -28,5 +28,15 @@ CREATE TABLE IF NOT EXISTS sensor_aggregates (
 );
 SELECT create_hypertable('sensor_aggregates', 'window_start', if_not_exists => TRUE, migrate_data => TRUE);
 
+-- Messages the streaming job rejected, with the reason
+CREATE TABLE IF NOT EXISTS rejected_readings (
+    "topic_partition" INTEGER NOT NULL,
+    "topic_offset"  BIGINT NOT NULL,
+    "produced_at"   TIMESTAMPTZ NOT NULL,
+    "reason"        TEXT NOT NULL,
+    "payload"       TEXT NOT NULL,
+    PRIMARY KEY ("topic_partition", "topic_offset")
+);
+
 CREATE INDEX IF NOT EXISTS machine_sensors_machine_time_idx
     ON machine_sensors (machine_id, "timestamp" DESC);

@@ -107,3 +107,22 @@ pub async fn table_stats(client: &Client, t: &schema::Table) -> Result<TableStat
     }
     Ok(stats)
 }
+
+/// What the streaming job rejected: how many messages, the newest one's time and reason.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RejectedStats {
+    pub count: i64,
+    pub newest: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_reason: Option<String>,
+}
+
+pub async fn rejected_stats(client: &Client) -> Result<RejectedStats> {
+    let t = schema::REJECTED_READINGS;
+    let sql = format!(
+        "SELECT count(*), max({tc}), (SELECT reason FROM {name} ORDER BY {tc} DESC, topic_offset DESC LIMIT 1) FROM {name}",
+        tc = schema::pg_ident(t.time_column),
+        name = t.name
+    );
+    let row = client.query_one(&sql, &[]).await.with_context(|| format!("counting {}", t.name))?;
+    Ok(RejectedStats { count: row.get(0), newest: row.get(1), last_reason: row.get(2) })
+}

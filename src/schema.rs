@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColumnType {
     Text,
+    Int,
     Double,
     BigInt,
     /// A UTC instant: `TIMESTAMPTZ` in PostgreSQL, `TIMESTAMP(3)` in Flink.
@@ -18,6 +19,7 @@ impl ColumnType {
     pub fn postgres(self) -> &'static str {
         match self {
             ColumnType::Text => "TEXT",
+            ColumnType::Int => "INTEGER",
             ColumnType::Double => "DOUBLE PRECISION",
             ColumnType::BigInt => "BIGINT",
             ColumnType::Instant => "TIMESTAMPTZ",
@@ -27,6 +29,7 @@ impl ColumnType {
     pub fn flink(self) -> &'static str {
         match self {
             ColumnType::Text => "STRING",
+            ColumnType::Int => "INT",
             ColumnType::Double => "DOUBLE",
             ColumnType::BigInt => "BIGINT",
             ColumnType::Instant => "TIMESTAMP(3)",
@@ -48,8 +51,9 @@ const fn col(name: &'static str, ty: ColumnType) -> Column {
 pub struct Table {
     pub name: &'static str,
     pub columns: &'static [Column],
-    /// The hypertable's partitioning column.
+    /// The time column; the hypertable's partitioning column where `hypertable` is set.
     pub time_column: &'static str,
+    pub hypertable: bool,
     /// Unique key; sinks upsert on it so replays do not duplicate rows.
     pub primary_key: &'static [&'static str],
     pub comment: &'static str,
@@ -69,6 +73,7 @@ pub const MACHINE_SENSORS: Table = Table {
         col("unit", Text),
     ],
     time_column: "timestamp",
+    hypertable: true,
     primary_key: &["machine_id", "sensor_type", "timestamp"],
     comment: "Raw sensor readings, one row per machine, sensor and instant",
 };
@@ -87,11 +92,35 @@ pub const SENSOR_AGGREGATES: Table = Table {
         col("reading_count", BigInt),
     ],
     time_column: "window_start",
+    hypertable: true,
     primary_key: &["machine_id", "sensor_type", "window_start"],
     comment: "Per-window AVG/MIN/MAX/COUNT of each machine's sensors",
 };
 
+/// Messages of the topic the streaming job could not use (not JSON, a field missing, a timestamp
+/// that does not parse, ...), one row per message, so a bad record is counted and kept instead of
+/// killing the job or vanishing. Keyed by its place in the topic: a replay writes the same rows.
+/// A plain table: it stays small, and a hypertable would need the time in its key.
+pub const REJECTED_READINGS: Table = Table {
+    name: "rejected_readings",
+    columns: &[
+        col("topic_partition", Int),
+        col("topic_offset", BigInt),
+        col("produced_at", Instant),
+        col("reason", Text),
+        col("payload", Text),
+    ],
+    time_column: "produced_at",
+    hypertable: false,
+    primary_key: &["topic_partition", "topic_offset"],
+    comment: "Messages the streaming job rejected, with the reason",
+};
+
+/// The hypertables: what the Flink job fills and the Spark job exports.
 pub const TABLES: &[Table] = &[MACHINE_SENSORS, SENSOR_AGGREGATES];
+
+/// Every table of `init-db.sql`.
+pub const ALL_TABLES: &[Table] = &[MACHINE_SENSORS, SENSOR_AGGREGATES, REJECTED_READINGS];
 
 /// Fields of the JSON message on the topic, in order. The timestamp travels as a string
 /// (`2023-10-10T10:00:00`, UTC, no zone suffix) and becomes event time in the Flink source.
@@ -128,6 +157,9 @@ impl Table {
         }
         let pk: Vec<_> = self.primary_key.iter().map(|c| pg_ident(c)).collect();
         let _ = writeln!(s, "    PRIMARY KEY ({})\n);", pk.join(", "));
+        if !self.hypertable {
+            return s;
+        }
         let _ = writeln!(
             s,
             "SELECT create_hypertable('{}', '{}', if_not_exists => TRUE, migrate_data => TRUE);",
@@ -159,7 +191,7 @@ pub fn init_db_sql() -> String {
          -- Idempotent: labctl applies it on every `up`.\n\
          CREATE EXTENSION IF NOT EXISTS timescaledb;\n\n",
     );
-    for t in TABLES {
+    for t in ALL_TABLES {
         s.push_str(&t.postgres_ddl());
         s.push('\n');
     }
@@ -186,12 +218,13 @@ mod tests {
 
     #[test]
     fn primary_keys_are_columns_and_contain_time() {
-        for t in TABLES {
+        for t in ALL_TABLES {
             for k in t.primary_key {
                 assert!(t.column(k).is_some(), "{}.{k}", t.name);
             }
             // TimescaleDB requires the partitioning column in every unique index.
-            assert!(t.primary_key.contains(&t.time_column), "{}", t.name);
+            assert!(!t.hypertable || t.primary_key.contains(&t.time_column), "{}", t.name);
+            assert!(t.column(t.time_column).is_some(), "{}", t.name);
         }
     }
 

@@ -65,6 +65,35 @@ fn produce(lab: &labctl::lab::Lab, readings: &[Reading]) {
     producer.flush(Duration::from_secs(30)).unwrap();
 }
 
+/// Messages the job cannot use, each with the reason it must give, and the key they travel under.
+fn bad_messages() -> Vec<(&'static [u8], Vec<u8>, &'static str)> {
+    let reading = |replace: (&str, &str)| {
+        let good = r#"{"machine_id":"CNC-01","machine_type":"CNC","sensor_type":"temperature","value":20.5,"unit":"C","timestamp":"2026-01-05T10:00:02"}"#;
+        assert!(good.contains(replace.0));
+        good.replace(replace.0, replace.1).into_bytes()
+    };
+    vec![
+        (&b"CNC-01"[..], b"not json at all".to_vec(), "not a JSON object"),
+        (b"CNC-01", b"[1, 2, 3]".to_vec(), "not a JSON object"),
+        (b"LATHE-01", b"\xff\xfe\x00 binary".to_vec(), "not a JSON object"),
+        (b"CNC-01", reading(("2026-01-05T10:00:02", "yesterday")), "timestamp does not parse"),
+        (b"LATHE-01", reading(("2026-01-05T10:00:02", "2099-01-01T00:00:00")), "timestamp is after the time the message was produced"),
+        (b"CNC-01", reading(("20.5", r#""hot""#)), "value missing or not a number"),
+        (b"CNC-01", reading((r#""machine_id":"CNC-01","#, "")), "machine_id missing"),
+        (b"WELDER-01", reading((r#""unit":"C""#, r#""unit":"C\u0000""#)), "unit contains a NUL character"),
+        (b"CNC-01", reading((r#""CNC-01""#, r#""x'; DROP TABLE machine_sensors; --""#)), "machine_id is not an identifier"),
+    ]
+}
+
+fn produce_raw(lab: &labctl::lab::Lab, messages: &[(&[u8], Vec<u8>, &str)]) {
+    let broker = lab.broker().unwrap();
+    let producer: BaseProducer = producer_config(&broker.client_config()).create().unwrap();
+    for (key, payload, _) in messages {
+        producer.send(BaseRecord::to(&lab.config.broker.topic).key(*key).payload(payload)).unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
 /// One temperature reading per machine at `secs` + 0.5 s: moves event time (and so the
 /// watermark) past everything before it; the half second keeps it off the 5 s grid of
 /// `known_readings`, so it never shares a raw row's key with one of them.
@@ -178,6 +207,9 @@ fn streaming_job_writes_exact_rows() {
         .map(|(m, k)| Reading { machine: m, kind: k, sensor: Sensor::Temperature, ms: (T0 + 600) * 1000, value: 1.0 })
         .collect();
     produce(&lab, &readings);
+    // Bad messages among the good ones: skipped, counted and kept; the job runs on.
+    let bad = bad_messages();
+    produce_raw(&lab, &bad);
     produce(&lab, &pushers);
 
     let sub = t.json(&["submit", "flink", "--json"]);
@@ -207,6 +239,27 @@ fn streaming_job_writes_exact_rows() {
             .get(0);
         assert_eq!(ms, (T0 + 7) * 1000 + 250, "the millisecond reading keeps its time, in UTC");
     });
+
+    // Every bad message is in rejected_readings once, with its reason; status counts them.
+    let rejected = wait_for("the bad messages in rejected_readings", Duration::from_secs(60), || {
+        let rows = rt.block_on(async {
+            let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
+            db.query("SELECT reason, payload FROM rejected_readings ORDER BY topic_partition, topic_offset", &[]).await.unwrap()
+        });
+        (rows.len() >= bad.len()).then(|| rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect::<Vec<_>>())
+    });
+    let mut got_reasons: Vec<&str> = rejected.iter().map(|(r, _)| r.as_str()).collect();
+    let mut want_reasons: Vec<&str> = bad.iter().map(|(_, _, r)| *r).collect();
+    got_reasons.sort();
+    want_reasons.sort();
+    assert_eq!(got_reasons, want_reasons, "one row per bad message, with its reason");
+    assert!(rejected.iter().any(|(_, p)| p == "not json at all"), "the payload is kept: {rejected:?}");
+    assert!(rejected.iter().all(|(_, p)| !p.contains('\0')), "NUL cannot reach PostgreSQL text");
+    let status = t.json(&["status", "--json"]);
+    common::assert_status_schema(&status);
+    assert_eq!(status["database"]["rejected"]["count"], bad.len() as i64, "{status:#}");
+    assert_eq!(status["database"]["light"]["health"], "yellow", "recent rejections ask for a look: {status:#}");
+    assert!(status["database"]["light"]["reason"].as_str().unwrap_or_default().contains("rejected"), "{status:#}");
 
     // A second submit of the same job is refused: still one job.
     let again = t.run(&["submit", "flink"]);
@@ -241,7 +294,12 @@ fn streaming_job_writes_exact_rows() {
         (cp["counts"]["completed"].as_i64()? > 0).then_some(())
     });
     let tm = format!("{}-flink-taskmanager-1", t.project);
-    assert!(std::process::Command::new("docker").args(["restart", &tm]).status().unwrap().success());
+    // SIGKILL, not a graceful stop: the TaskManager gets no chance to flush or say goodbye.
+    // (A killed container counts as stopped by hand for the restart policy, so start it again.)
+    let killed = std::time::Instant::now();
+    for args in [["kill", "--signal", "KILL"].as_slice(), ["start"].as_slice()] {
+        assert!(std::process::Command::new("docker").args(args).arg(&tm).status().unwrap().success(), "docker {args:?} {tm}");
+    }
     // After the first pushers (event time is already past T0 + 595 s): minutes 11 and 12.
     let later = known_readings(T0 + 660, 2);
     produce(&lab, &later);
@@ -255,6 +313,7 @@ fn streaming_job_writes_exact_rows() {
         want_all.keys().all(|k| got.contains_key(k)).then_some(got)
     });
     assert_windows(&got, &want_all);
+    eprintln!("windows complete {:.1} s after the TaskManager was killed", killed.elapsed().as_secs_f64());
     let state = rt.block_on(client.job(&job_id)).unwrap().state;
     assert_eq!(state, "RUNNING");
     rt.block_on(async {

@@ -160,7 +160,11 @@ pub fn render(r: &Report, color: bool) -> String {
             format!("{} {}{} rows/{} chunks{fresh}", t.table, if t.rows_exact { "" } else { "~" }, count(t.rows), t.chunks)
         })
         .collect();
-    line(&mut o, "database", &d.light, tables.join(" | "));
+    let mut text = tables.join(" | ");
+    if let Some(r) = d.rejected.as_ref().filter(|r| r.count > 0) {
+        let _ = write!(text, " | rejected {}", count(r.count));
+    }
+    line(&mut o, "database", &d.light, text);
 
     let s = &r.spark;
     let mut text = String::new();

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::{
     config::Config,
     render::render_template,
-    schema::{flink_ident, MACHINE_SENSORS, MESSAGE_FIELDS, SENSOR_AGGREGATES},
+    schema::{flink_ident, ColumnType, MACHINE_SENSORS, MESSAGE_FIELDS, REJECTED_READINGS, SENSOR_AGGREGATES},
     stack::{BROKER, BROKER_PORT, DATABASE, DATABASE_PORT},
     state::State,
 };
@@ -44,6 +44,9 @@ pub struct JobSettings {
     pub idle_timeout_secs: u32,
     pub restart_attempts: u32,
     pub parallelism: u32,
+    /// How far a reading's timestamp may be ahead of its message's produce time (clock skew
+    /// between producer hosts); further ahead it is rejected instead of moving event time.
+    pub max_future_secs: u32,
 }
 
 impl JobSettings {
@@ -57,6 +60,7 @@ impl JobSettings {
             // One reader per partition: tansu fills a fetch from one partition before the next,
             // so a reader owning several starves some and event time races past them.
             parallelism: config.broker.partitions as u32,
+            max_future_secs: 3600,
         }
     }
 }
@@ -101,6 +105,7 @@ pub struct Target {
     pub group_id: String,
     pub raw_table: String,
     pub agg_table: String,
+    pub rejected_table: String,
     pub job_name: String,
     /// Folder (inside the Flink containers) the job's checkpoints go to.
     pub checkpoint_dir: String,
@@ -116,6 +121,7 @@ impl Target {
             group_id: format!("labctl-{}-flink", config.project),
             raw_table: MACHINE_SENSORS.name.into(),
             agg_table: SENSOR_AGGREGATES.name.into(),
+            rejected_table: REJECTED_READINGS.name.into(),
             job_name: job_name(&config.project),
             checkpoint_dir: lab_checkpoint_dir(),
             retain_checkpoints: true,
@@ -130,8 +136,8 @@ pub fn render(config: &Config, state: &State, settings: &JobSettings) -> Result<
 pub fn render_for(config: &Config, state: &State, settings: &JobSettings, target: &Target) -> Result<String> {
     crate::config::check_identifier("raw table", &target.raw_table)?;
     crate::config::check_identifier("aggregate table", &target.agg_table)?;
-    let source_columns: Vec<String> =
-        MESSAGE_FIELDS.iter().map(|c| format!("{} {}", flink_ident(c.name), c.ty.flink())).collect();
+    crate::config::check_identifier("rejected table", &target.rejected_table)?;
+    let message = MessageParsing::from_schema();
     let raw_select: Vec<String> = MACHINE_SENSORS.columns.iter().map(|c| raw_expr(c.name)).collect();
     let mut agg_select = Vec::new();
     for c in SENSOR_AGGREGATES.columns {
@@ -155,7 +161,14 @@ pub fn render_for(config: &Config, state: &State, settings: &JobSettings, target
         "checkpoint_retention",
         &lit(if target.retain_checkpoints { "RETAIN_ON_CANCELLATION" } else { "DELETE_ON_CANCELLATION" }),
     );
-    ctx.insert("source_columns", &source_columns.join(",\n  "));
+    ctx.insert("field_names", &lit(&message.names));
+    ctx.insert("timestamp_path", &lit(&format!("$.{}", MESSAGE_FIELDS[message.index("timestamp")? - 1].name)));
+    ctx.insert("field_select", &message.select.join(",\n  "));
+    ctx.insert("field_checks", &message.checks.join("\n    "));
+    ctx.insert("machine_id_index", &message.index("machine_id")?);
+    ctx.insert("sensor_type_index", &message.index("sensor_type")?);
+    ctx.insert("rejected_table", &target.rejected_table);
+    ctx.insert("rejected_columns", &REJECTED_READINGS.flink_sink_columns());
     ctx.insert("jdbc_url", &lit(&jdbc_url));
     ctx.insert("db_user", &lit(&config.database.user));
     ctx.insert("db_password", &lit(&state.db_password));
@@ -166,6 +179,50 @@ pub fn render_for(config: &Config, state: &State, settings: &JobSettings, target
     ctx.insert("agg_columns", &SENSOR_AGGREGATES.flink_sink_columns());
     ctx.insert("agg_select", &agg_select.join(",\n  "));
     render_template(TEMPLATE, &ctx)
+}
+
+/// How the job turns a message's text into the reading's columns, from `MESSAGE_FIELDS`: the
+/// field list handed to `json_fields`, one typed expression per field, and one check per field
+/// naming what is wrong with a message that lacks it.
+struct MessageParsing {
+    names: String,
+    select: Vec<String>,
+    checks: Vec<String>,
+}
+
+impl MessageParsing {
+    fn from_schema() -> Self {
+        let (mut select, mut checks) = (Vec::new(), Vec::new());
+        for (i, c) in MESSAGE_FIELDS.iter().enumerate() {
+            let field = format!("f[{}]", i + 1);
+            let name = c.name;
+            match c.ty {
+                ColumnType::Double => {
+                    let value = format!("TRY_CAST({field} AS DOUBLE)");
+                    checks.push(format!("WHEN {value} IS NULL THEN '{name} missing or not a number'"));
+                    // NaN fails every comparison, so this also catches it.
+                    checks.push(format!("WHEN NOT (ABS({value}) <= 1.7976931348623157E308) THEN '{name} is not a finite number'"));
+                    select.push(format!("{value} AS {}", flink_ident(name)));
+                }
+                _ => {
+                    checks.push(format!("WHEN {field} IS NULL THEN '{name} missing'"));
+                    // PostgreSQL text cannot hold NUL: the sink would fail on it and restart forever.
+                    checks.push(format!("WHEN POSITION(CHR(0) IN {field}) > 0 THEN '{name} contains a NUL character'"));
+                    select.push(format!("{field} AS {}", flink_ident(name)));
+                }
+            }
+        }
+        let names = MESSAGE_FIELDS.iter().map(|c| c.name).collect::<Vec<_>>().join(",");
+        Self { names, select, checks }
+    }
+
+    /// 1-based position of a field in the `json_fields` array.
+    fn index(&self, name: &str) -> Result<usize> {
+        match MESSAGE_FIELDS.iter().position(|c| c.name == name) {
+            Some(i) => Ok(i + 1),
+            None => bail!("the message has no field {name}, which the job checks"),
+        }
+    }
 }
 
 /// Splits a script into statements at `;` outside quotes and comments; drops comments-only parts.
@@ -240,7 +297,10 @@ mod tests {
     #[test]
     fn rendered_job_uses_schema_names_and_the_t_fix() {
         let sql = rendered();
-        assert!(sql.contains("TO_TIMESTAMP(REPLACE(`timestamp`, 'T', ' '))"), "{sql}");
+        assert!(sql.contains("TO_TIMESTAMP(REPLACE(JSON_VALUE(`payload`, '$.timestamp'), 'T', ' '))"), "{sql}");
+        assert!(sql.contains("json_fields(`payload`, 'machine_id,machine_type,sensor_type,value,unit,timestamp')"), "{sql}");
+        assert!(sql.contains("TRY_CAST(f[4] AS DOUBLE) AS `value`"), "{sql}");
+        assert!(sql.contains("REGEXP(f[1], "), "{sql}");
         assert!(sql.contains("`avg_value` DOUBLE"));
         assert!(sql.contains("AVG(`value`) AS `avg_value`"));
         assert!(sql.contains("PRIMARY KEY (`machine_id`, `sensor_type`, `window_start`) NOT ENFORCED"));
@@ -248,8 +308,9 @@ mod tests {
         assert!(sql.contains("SET 'execution.checkpointing.externalized-checkpoint-retention' = 'RETAIN_ON_CANCELLATION'"), "{sql}");
         assert!(sql.contains("SET 'execution.checkpointing.dir' = 'file:///var/lib/flink/checkpoints/sensor-aggregation'"), "{sql}");
         let stmts = split_statements(&sql);
-        assert_eq!(stmts.iter().filter(|s| kind(s) == "INSERT").count(), 2);
-        assert_eq!(stmts.iter().filter(|s| kind(s) == "CREATE").count(), 4);
+        assert_eq!(stmts.iter().filter(|s| kind(s) == "INSERT").count(), 3);
+        // The function, the source, two views and three sinks.
+        assert_eq!(stmts.iter().filter(|s| kind(s) == "CREATE").count(), 7);
         assert!(stmts.iter().all(|s| !s.trim_start().starts_with("--")));
     }
 

@@ -119,7 +119,21 @@ pub fn judge_database(d: &mut DatabaseSection, f: &Facts, flink_running: bool) {
             None => Light::green("tables empty"),
         },
     };
+    // Bad messages do not stop the job, so they would go unseen; recent ones ask for a look.
+    if let Some(r) = d.rejected.as_ref().filter(|r| r.count > 0) {
+        let recent = r.newest.is_some_and(|n| (f.now - n).num_seconds() < REJECTED_RECENT_SECS);
+        if recent && d.light.health == Health::Green {
+            d.light = Light::yellow(format!(
+                "{} message(s) rejected by the job, last: {} (see table rejected_readings)",
+                r.count,
+                r.last_reason.as_deref().unwrap_or("?")
+            ));
+        }
+    }
 }
+
+/// Rejections newer than this turn the database line yellow.
+const REJECTED_RECENT_SECS: i64 = 3600;
 
 pub fn judge_spark(s: &mut SparkSection) {
     if s.light.is_set() {
@@ -225,5 +239,20 @@ mod tests {
         let mut d = DatabaseSection { tables: vec![table("machine_sensors", 2), table("sensor_aggregates", 400)], ..Default::default() };
         judge_database(&mut d, &facts(false), true);
         assert_eq!(d.light.health, Health::Green);
+    }
+
+    #[test]
+    fn recent_rejections_turn_the_database_yellow() {
+        let f = facts(true);
+        let rejected = |age_secs: i64| {
+            let mut d = DatabaseSection::default();
+            d.rejected = Some(crate::db::RejectedStats { count: 2, newest: Some(f.now - chrono::Duration::seconds(age_secs)), last_reason: Some("timestamp does not parse".into()) });
+            judge_database(&mut d, &f, false);
+            d.light
+        };
+        let recent = rejected(30);
+        assert_eq!(recent.health, Health::Yellow);
+        assert!(recent.reason.contains("2 message(s) rejected") && recent.reason.contains("timestamp does not parse"), "{}", recent.reason);
+        assert_eq!(rejected(7200).health, Health::Green, "old rejections are history, not a problem");
     }
 }

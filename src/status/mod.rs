@@ -115,6 +115,9 @@ pub struct FlinkJobStatus {
 pub struct DatabaseSection {
     pub light: Light,
     pub tables: Vec<TableStatus>,
+    /// Messages the streaming job could not use (table `rejected_readings`); None when the
+    /// table cannot be read (a lab created before it existed, until the next `up`).
+    pub rejected: Option<crate::db::RejectedStats>,
 }
 
 #[derive(Debug, Serialize)]
@@ -341,7 +344,14 @@ async fn database(lab: &Lab, timeout: Duration) -> Result<DatabaseSection> {
             TableStatus { freshness_secs: s.newest.map(|n| (now - n).num_seconds() - shift), table: s.table, rows: s.rows, rows_exact: s.rows_exact, chunks: s.chunks, newest: s.newest }
         })
         .collect();
-    Ok(DatabaseSection { light: Light::default(), tables })
+    let rejected = match crate::db::rejected_stats(&client).await {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::debug!("rejected readings: {e:#}");
+            None
+        }
+    };
+    Ok(DatabaseSection { light: Light::default(), tables, rejected })
 }
 
 async fn spark(lab: &Lab, timeout: Duration) -> Result<SparkSection> {
@@ -422,6 +432,7 @@ mod tests {
             database: DatabaseSection {
                 light: light.clone(),
                 tables: vec![TableStatus { table: "machine_sensors".into(), rows: 3, rows_exact: true, chunks: 1, newest: Some(Utc::now()), freshness_secs: Some(2) }],
+                rejected: Some(crate::db::RejectedStats { count: 1, newest: Some(Utc::now()), last_reason: Some("not a JSON object".into()) }),
             },
             spark: SparkSection {
                 light: light.clone(),

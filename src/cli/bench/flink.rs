@@ -69,7 +69,7 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
     let n = fill_topic(lab, &topic, args.days).await?;
 
     let db = lab.database()?.connect(Duration::from_secs(10)).await?;
-    let (raw, agg) = (format!("bench_raw_{nonce}"), format!("bench_agg_{nonce}"));
+    let (raw, agg, rejected) = (format!("bench_raw_{nonce}"), format!("bench_agg_{nonce}"), format!("bench_rejected_{nonce}"));
     for (t, like, time) in [(&raw, "machine_sensors", "timestamp"), (&agg, "sensor_aggregates", "window_start")] {
         db.batch_execute(&format!(
             "CREATE TABLE {t} (LIKE {like} INCLUDING ALL); SELECT create_hypertable('{t}', '{time}');"
@@ -77,12 +77,16 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
         .await
         .with_context(|| format!("creating scratch table {t}"))?;
     }
+    db.batch_execute(&format!("CREATE TABLE {rejected} (LIKE rejected_readings INCLUDING ALL)"))
+        .await
+        .with_context(|| format!("creating scratch table {rejected}"))?;
     let settings = JobSettings::for_lab(&lab.config);
     let target = |kind: &str| Target {
         topic: topic.clone(),
         group_id: format!("bench-{nonce}-{kind}"),
         raw_table: raw.clone(),
         agg_table: agg.clone(),
+        rejected_table: rejected.clone(),
         job_name: format!("{}: bench {kind}", lab.stack.project),
         // Not the lab job's folder: its restore must never pick up a benchmark's checkpoint.
         checkpoint_dir: format!("{}/checkpoints/bench", crate::flink::job::FLINK_DATA),
@@ -95,8 +99,8 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
         .into_iter()
         .filter(|s| s.starts_with("SET") || s.contains("CREATE TABLE sensor_readings"))
         .collect();
-    base_script.push("CREATE TABLE bench_sink (machine_id STRING) WITH ('connector' = 'blackhole')".into());
-    base_script.push("INSERT INTO bench_sink SELECT machine_id FROM sensor_readings".into());
+    base_script.push("CREATE TABLE bench_sink (payload STRING) WITH ('connector' = 'blackhole')".into());
+    base_script.push("INSERT INTO bench_sink SELECT payload FROM sensor_readings".into());
 
     eprintln!("baseline: Flink reading the topic into a blackhole …");
     let t = Instant::now();
@@ -148,7 +152,7 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
     };
     let late = client.late_records_dropped(&id).await.unwrap_or(f64::NAN);
     client.cancel(&id).await?;
-    db.batch_execute(&format!("DROP TABLE {raw}; DROP TABLE {agg};")).await.context("dropping scratch tables")?;
+    db.batch_execute(&format!("DROP TABLE {raw}; DROP TABLE {agg}; DROP TABLE {rejected};")).await.context("dropping scratch tables")?;
 
     let done = done_secs.unwrap_or(f64::NAN);
     let conditions = format!(
