@@ -316,18 +316,8 @@ fn streaming_job_writes_exact_rows() {
     eprintln!("windows complete {:.1} s after the TaskManager was killed", killed.elapsed().as_secs_f64());
     let state = rt.block_on(client.job(&job_id)).unwrap().state;
     assert_eq!(state, "RUNNING");
-    rt.block_on(async {
-        let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
-        let dup: i64 = db
-            .query_one(
-                "SELECT count(*) FROM (SELECT machine_id, sensor_type, \"timestamp\" FROM machine_sensors GROUP BY 1,2,3 HAVING count(*) > 1) d",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(dup, 0, "no duplicate raw readings after the restart");
-    });
+    let (_, dup) = rt.block_on(raw_rows(&lab));
+    assert_eq!(dup, 0, "no duplicate raw readings after the restart");
     assert_eq!(rt.block_on(client.late_records_dropped(&job_id)).unwrap(), 0.0, "readings dropped as late after restart");
 
     // status shows the job.
