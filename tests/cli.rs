@@ -102,3 +102,42 @@ fn every_command_has_help() {
         assert!(out.status.success() && !out.stdout.is_empty(), "{cmd} --help");
     }
 }
+
+#[test]
+fn images_prune_removes_only_stale_unused_images() {
+    let t = TestLab::new("prune");
+    let name = format!("prunetest-{}", t.project);
+    let tag = format!("labctl/{name}:old");
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new("docker").args(args).output().expect("running docker");
+        assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // An image as labctl labels its builds, with a tag no build of labctl uses.
+    let dir = t.state_dir.path().join("ctx");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("Dockerfile"), format!("FROM labctl/debian:bookworm\nLABEL labctl.image={name}\n")).unwrap();
+    docker(&["build", "-q", "-t", &tag, dir.to_str().unwrap()]);
+    let container = docker(&["create", &tag, "true"]);
+
+    let current: serde_json::Value = t.json(&["images", "list", "--json"]);
+    let listed = t.json(&["images", "prune", "--dry-run", "--json"]);
+    let stale = listed["images"].as_array().unwrap();
+    for img in current.as_array().unwrap() {
+        assert!(!stale.iter().any(|s| s["tags"].as_array().unwrap().contains(&img["tag"])), "a current image listed as stale: {img}");
+    }
+    let ours = stale.iter().find(|s| s["image"] == name.as_str()).unwrap_or_else(|| panic!("{name} not listed: {listed:#}"));
+    assert!(ours["outcome"].as_str().unwrap().contains("kept: used by"), "{ours}");
+
+    // In use: kept. Unused: removed, and only it (the filter by name).
+    t.json(&["images", "prune", "--json", &name]);
+    docker(&["image", "inspect", &tag]);
+    docker(&["rm", &container]);
+    let pruned = t.json(&["images", "prune", "--json", &name]);
+    assert_eq!(pruned["removed"], 1, "{pruned:#}");
+    let gone = std::process::Command::new("docker").args(["image", "inspect", &tag]).output().unwrap();
+    assert!(!gone.status.success(), "{tag} still present");
+    for img in current.as_array().unwrap() {
+        docker(&["image", "inspect", img["tag"].as_str().unwrap()]);
+    }
+}

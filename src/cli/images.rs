@@ -29,6 +29,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Remove images labctl built that this build no longer uses (older input hashes, copies a
+    /// rebuild left untagged). Images a container still uses are kept. Another labctl version
+    /// needing one of them rebuilds it.
+    Prune {
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+        /// Only old copies of these images (broker, flink, ...); all by default.
+        names: Vec<String>,
+    },
 }
 
 pub async fn run(_config: Config, cmd: Command) -> Result<ExitCode> {
@@ -73,6 +85,47 @@ pub async fn run(_config: Config, cmd: Command) -> Result<ExitCode> {
                 }
             }
         }
+        Command::Prune { dry_run, json, names } => prune(&rt, dry_run, json, &names).await?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn prune(rt: &Runtime, dry_run: bool, json: bool, names: &[String]) -> Result<()> {
+    let mut rows = Vec::new();
+    let (mut freed, mut removed) = (0i64, 0usize);
+    let stale = rt.stale_images().await?.into_iter().filter(|i| names.is_empty() || names.contains(&i.image));
+    for img in stale {
+        let name = if img.tags.is_empty() { format!("{} (untagged {})", img.image, short_id(&img.id)) } else { img.tags.join(", ") };
+        let outcome = if !img.used_by.is_empty() {
+            format!("kept: used by {}", img.used_by.join(", "))
+        } else if dry_run {
+            "would be removed".to_string()
+        } else {
+            match rt.remove_image(&img.id).await {
+                Ok(()) => {
+                    freed += img.size_bytes;
+                    removed += 1;
+                    "removed".to_string()
+                }
+                Err(e) => format!("kept: {e:#}"),
+            }
+        };
+        if !json {
+            println!("{name:<40} {:>6} MB  {outcome}", img.size_bytes / 1_000_000);
+        }
+        rows.push(serde_json::json!({"id": img.id, "image": img.image, "tags": img.tags, "size_bytes": img.size_bytes, "used_by": img.used_by, "outcome": outcome}));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"dry_run": dry_run, "removed": removed, "freed_bytes": freed, "images": rows}))?);
+    } else if rows.is_empty() {
+        println!("no stale images: every labctl image present is one this build uses");
+    } else if !dry_run {
+        println!("removed {removed} image(s), up to {} MB (layers shared with kept images stay)", freed / 1_000_000);
+    }
+    Ok(())
+}
+
+fn short_id(id: &str) -> &str {
+    let hex = id.trim_start_matches("sha256:");
+    &hex[..hex.len().min(12)]
 }
