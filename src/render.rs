@@ -93,7 +93,7 @@ mod tests {
 
     fn default_stack() -> Stack {
         let c = Config::default();
-        Stack::new(&c, &State { db_password: "unused".into(), ports: c.ports.clone() })
+        Stack::new(&c, &State { db_password: "unused".into(), ports: c.ports.clone(), replicas: Default::default() })
     }
 
     /// The committed docker-compose.yml must be what `labctl render compose` gives for the

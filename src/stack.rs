@@ -166,6 +166,26 @@ pub const AZURITE_PORT: u16 = 10000;
 
 pub const DB_PASSWORD_PATH: &str = "/run/secrets/db-password";
 
+/// Services `labctl scale` resizes: the replicated workers of the two clusters.
+pub const SCALABLE: &[&str] = &[FLINK_TM, SPARK_WORKER];
+/// Largest replica count of a scalable service (as `flink.taskmanagers` / `spark.workers`).
+pub const MAX_REPLICAS: u32 = 8;
+
+/// Replicas of a scalable service: the size the lab was scaled to (remembered in its state),
+/// else the config's initial size.
+pub fn replicas(config: &Config, state: &State, service: &str) -> u32 {
+    state.replicas.get(service).copied().unwrap_or_else(|| initial_replicas(config, service))
+}
+
+/// The config's size of a service: what a lab that was never scaled runs with.
+pub fn initial_replicas(config: &Config, service: &str) -> u32 {
+    match service {
+        FLINK_TM => config.flink.taskmanagers,
+        SPARK_WORKER => config.spark.workers,
+        _ => 1,
+    }
+}
+
 fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
@@ -178,6 +198,7 @@ impl Stack {
     pub fn new(config: &Config, state: &State) -> Self {
         let p = &state.ports;
         let flink = &config.flink;
+        let (taskmanagers, workers) = (replicas(config, state, FLINK_TM), replicas(config, state, SPARK_WORKER));
         let flink_common = [
             format!("jobmanager.rpc.address: {FLINK_JM}"),
             format!("rest.port: {FLINK_REST_PORT}"),
@@ -251,7 +272,7 @@ impl Stack {
                 ports: vec![port("flink_ui", FLINK_REST_PORT, p.flink_ui, Some("/"))],
                 mounts: vec![Mount { volume: "flink-data", path: "/var/lib/flink" }],
                 secrets: vec![],
-                probe: Probe::FlinkTaskManagers { count: flink.taskmanagers, slots: flink.taskmanagers * flink.slots_per_taskmanager },
+                probe: Probe::FlinkTaskManagers { count: taskmanagers, slots: taskmanagers * flink.slots_per_taskmanager },
                 depends_on: vec![],
                 replicas: 1,
                 stop_signal: None,
@@ -270,7 +291,7 @@ impl Stack {
                 secrets: vec![],
                 probe: Probe::CoveredBy { service: FLINK_JM },
                 depends_on: vec![FLINK_JM],
-                replicas: flink.taskmanagers,
+                replicas: taskmanagers,
                 stop_signal: None,
                 stop_timeout: 20,
                 after_setup: false,
@@ -286,7 +307,7 @@ impl Stack {
                 ],
                 mounts: vec![],
                 secrets: vec![],
-                probe: Probe::SparkWorkers { count: config.spark.workers },
+                probe: Probe::SparkWorkers { count: workers },
                 depends_on: vec![],
                 replicas: 1,
                 stop_signal: None,
@@ -306,7 +327,7 @@ impl Stack {
                 secrets: vec![],
                 probe: Probe::CoveredBy { service: SPARK_MASTER },
                 depends_on: vec![SPARK_MASTER],
-                replicas: config.spark.workers,
+                replicas: workers,
                 stop_signal: None,
                 stop_timeout: 10,
                 after_setup: false,
@@ -448,6 +469,20 @@ mod tests {
                 assert!(!v.contains(&st.db_password), "{}: {k}", svc.name);
             }
             assert!(!svc.command.iter().any(|c| c.contains(&st.db_password)));
+        }
+    }
+
+    #[test]
+    fn remembered_size_wins_over_config() {
+        let c = Config::default();
+        let mut st = State::for_tests(&c);
+        st.replicas.insert(FLINK_TM.into(), 2);
+        let s = Stack::new(&c, &st);
+        assert_eq!(s.service(FLINK_TM).unwrap().replicas, 2);
+        assert_eq!(s.service(SPARK_WORKER).unwrap().replicas, c.spark.workers);
+        assert_eq!(s.service(FLINK_JM).unwrap().probe, Probe::FlinkTaskManagers { count: 2, slots: 2 * c.flink.slots_per_taskmanager });
+        for name in SCALABLE {
+            assert!(s.service(name).is_some(), "{name}");
         }
     }
 

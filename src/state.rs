@@ -1,7 +1,9 @@
-//! What labctl remembers about a lab between commands: the generated database password and
-//! the host ports it settled on. One JSON file per project, readable only by its owner.
+//! What labctl remembers about a lab between commands: the generated database password, the
+//! host ports it settled on and the replica counts it was scaled to. One JSON file per
+//! project, readable only by its owner.
 
 use std::{
+    collections::BTreeMap,
     fs,
     io::Write,
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
@@ -19,6 +21,11 @@ pub struct State {
     pub db_password: String,
     /// Host ports actually used; differs from the config where the config says 0 (auto).
     pub ports: Ports,
+    /// Replica counts set by `labctl scale SERVICE N` (or `up --taskmanagers/--spark-workers`),
+    /// by service name. They win over the config's `flink.taskmanagers` / `spark.workers`,
+    /// which only give the size of a lab that was never scaled; `down --volumes` forgets them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub replicas: BTreeMap<String, u32>,
 }
 
 /// Folder holding the state files: `$LABCTL_STATE_DIR`, else `$XDG_STATE_HOME/labctl`,
@@ -73,7 +80,7 @@ impl State {
     /// the config's fixed ports. Does not save.
     pub fn load_or_init(config: &Config) -> Result<State> {
         let old = State::load(&config.project)?;
-        let mut st = old.clone().unwrap_or_else(|| State { db_password: new_password(), ports: Ports::default() });
+        let mut st = old.clone().unwrap_or_else(|| State { db_password: new_password(), ports: Ports::default(), replicas: BTreeMap::new() });
         let fresh = old.is_none();
         let resolve = |want: u16, had: u16| -> Result<u16> {
             Ok(match want {
@@ -139,7 +146,7 @@ impl State {
 
     #[cfg(test)]
     pub fn for_tests(config: &Config) -> State {
-        State { db_password: new_password(), ports: config.ports.clone() }
+        State { db_password: new_password(), ports: config.ports.clone(), replicas: BTreeMap::new() }
     }
 }
 

@@ -97,7 +97,7 @@ fn generator_input_is_validated() {
 #[test]
 fn every_command_has_help() {
     let t = TestLab::new("help");
-    for cmd in ["demo", "up", "down", "status", "logs", "ingest", "submit", "flink", "spark", "plot", "bench", "render", "images", "config"] {
+    for cmd in ["demo", "up", "down", "scale", "status", "logs", "ingest", "submit", "flink", "spark", "plot", "bench", "render", "images", "config"] {
         let out = t.run(&[cmd, "--help"]);
         assert!(out.status.success() && !out.stdout.is_empty(), "{cmd} --help");
     }

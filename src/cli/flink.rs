@@ -71,7 +71,7 @@ pub fn render(config: &Config, lab_state: Option<&crate::state::State>) -> Resul
     let state = match lab_state {
         Some(s) => s,
         None => {
-            fallback = crate::state::State { db_password: "<filled in by labctl submit flink>".into(), ports: config.ports.clone() };
+            fallback = crate::state::State { db_password: "<filled in by labctl submit flink>".into(), ports: config.ports.clone(), replicas: Default::default() };
             &fallback
         }
     };
@@ -247,10 +247,11 @@ async fn run_or_find(
     }
 }
 
-/// Waits until the cluster offers `need` slots, when the lab is configured with that many:
+/// Waits until the cluster offers `need` slots, when the lab is sized for that many:
 /// after a JobManager restart the TaskManagers take about a minute to register again.
 async fn wait_for_slots(client: &flink::Client, lab: &Lab, need: u32, timeout: Duration) -> Result<()> {
-    let configured = lab.config.flink.taskmanagers * lab.config.flink.slots_per_taskmanager;
+    let taskmanagers = lab.stack.service(crate::stack::FLINK_TM).map_or(0, |s| s.replicas);
+    let configured = taskmanagers * lab.config.flink.slots_per_taskmanager;
     let start = Instant::now();
     let mut said = false;
     loop {
@@ -260,7 +261,7 @@ async fn wait_for_slots(client: &flink::Client, lab: &Lab, need: u32, timeout: D
         }
         if configured < need {
             bail!(
-                "the job needs {need} slots (one per topic partition) but the cluster has {}; add TaskManagers (`labctl up --taskmanagers N`)",
+                "the job needs {need} slots (one per topic partition) but the cluster has {}; add TaskManagers (`labctl scale flink-taskmanager N`)",
                 o.slots_total
             );
         }

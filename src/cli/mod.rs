@@ -10,6 +10,7 @@ pub mod spark;
 mod logs;
 mod plot;
 mod render;
+mod scale;
 pub(crate) mod status;
 mod up;
 
@@ -50,6 +51,8 @@ pub enum Command {
     Up(up::Args),
     /// Stop and remove the lab's containers and network (data volumes stay unless --volumes).
     Down(down::Args),
+    /// Resize a running lab's Flink TaskManagers or Spark workers; the new size is remembered.
+    Scale(scale::Args),
     /// Where every service stands.
     Status(status::Args),
     /// Produce synthetic sensor readings into the lab's topic (backfill, then live).
@@ -101,6 +104,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(a) => demo::run(config, cli.config.clone(), a).await,
         Command::Up(a) => up::run(config, a).await,
         Command::Down(a) => down::run(config, a).await,
+        Command::Scale(a) => scale::run(config, a).await,
         Command::Status(a) => status::run(config, a).await,
         Command::Ingest(a) => ingest::run(config, a).await,
         Command::Submit(SubmitCommand::Flink(a)) => flink::submit(config, a).await,

@@ -16,16 +16,16 @@ use crate::{
     config::Config,
     docker::{images::tail_lines, Action, ContainerInfo, Runtime},
     lab::Lab,
-    stack::{Probe, Secret, Service, IMAGES},
+    stack::{self, Probe, Secret, Service, FLINK_TM, IMAGES, SCALABLE, SPARK_WORKER},
     state::State,
 };
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Number of Flink TaskManagers (overrides flink.taskmanagers).
+    /// Number of Flink TaskManagers; remembered like `labctl scale flink-taskmanager N`.
     #[arg(long, value_name = "N")]
     taskmanagers: Option<u32>,
-    /// Number of Spark workers (overrides spark.workers).
+    /// Number of Spark workers; remembered like `labctl scale spark-worker N`.
     #[arg(long, value_name = "N")]
     spark_workers: Option<u32>,
     /// Do not start the generator (`labctl ingest` can be run by hand).
@@ -52,7 +52,19 @@ pub async fn run(mut config: Config, args: Args) -> Result<ExitCode> {
     config.validate()?;
     let started = Instant::now();
     let rt = Runtime::connect().await?;
-    let state = State::load_or_init(&config)?;
+    let mut state = State::load_or_init(&config)?;
+    // An explicit size is remembered; without one the lab keeps the size it was scaled to.
+    for (service, n) in [(FLINK_TM, args.taskmanagers), (SPARK_WORKER, args.spark_workers)] {
+        if let Some(n) = n {
+            state.replicas.insert(service.to_string(), n);
+        }
+    }
+    for service in SCALABLE {
+        let (now, initial) = (stack::replicas(&config, &state, service), stack::initial_replicas(&config, service));
+        if now != initial {
+            eprintln!("{service}: {now} replica(s), the size this lab was scaled to (the config's initial size is {initial}; `labctl scale {service} N` changes it)");
+        }
+    }
     let lab = Lab::new(config, state);
     let existing = rt.list_containers(&lab.stack.project).await?;
 
@@ -69,10 +81,6 @@ pub async fn run(mut config: Config, args: Args) -> Result<ExitCode> {
     remove_surplus(&rt, &lab, &existing).await?;
 
     let t_start = Instant::now();
-    let password = lab.state.db_password.clone();
-    let secrets = move |s: Secret| match s {
-        Secret::DbPassword => password.clone(),
-    };
     let mut changed = 0;
     // Services first, then what needs the lab set up (the generator needs the topic).
     for after_setup in [false, true] {
@@ -82,15 +90,7 @@ pub async fn run(mut config: Config, args: Args) -> Result<ExitCode> {
         }
         for svc in lab.stack.start_order().into_iter().filter(|s| s.after_setup == after_setup) {
             let tag = tags.iter().find(|(n, _)| *n == svc.image.name).map(|(_, t)| t.clone()).context("image tag")?;
-            for replica in 1..=svc.replicas {
-                let name = lab.stack.container_name(svc.name, replica);
-                let current = existing.iter().find(|c| c.name == name);
-                let action = rt.ensure_container(&lab.stack, svc, replica, &tag, &secrets, current).await?;
-                if action != Action::Kept {
-                    changed += 1;
-                    tracing::info!("{name}: {}", action.verb());
-                }
-            }
+            changed += ensure_replicas(&rt, &lab, svc, &tag, &existing).await?;
         }
     }
     wait_ready(&rt, &lab, &multi, true).await?;
@@ -174,16 +174,44 @@ async fn build_images(rt: &Runtime, lab: &Lab, multi: &MultiProgress, force: boo
     Ok(tags)
 }
 
-/// Containers of replicas beyond the configured count, or of services no longer defined.
-async fn remove_surplus(rt: &Runtime, lab: &Lab, existing: &[ContainerInfo]) -> Result<()> {
-    for c in existing {
-        let keep = lab.stack.service(&c.service).is_some_and(|s| c.replica >= 1 && c.replica <= s.replicas);
-        if !keep {
-            tracing::info!("removing {} (scaled down or no longer defined)", c.name);
-            rt.remove_container(&c.name, 20).await?;
+/// Creates, starts or keeps replicas 1..=N of one service (N from the stack, i.e. the lab's
+/// remembered size); returns how many containers changed. `up` and `scale` both start
+/// replicas through here.
+pub(crate) async fn ensure_replicas(rt: &Runtime, lab: &Lab, svc: &Service, tag: &str, existing: &[ContainerInfo]) -> Result<usize> {
+    let password = lab.state.db_password.clone();
+    let secrets = move |s: Secret| match s {
+        Secret::DbPassword => password.clone(),
+    };
+    let mut changed = 0;
+    for replica in 1..=svc.replicas {
+        let name = lab.stack.container_name(svc.name, replica);
+        let current = existing.iter().find(|c| c.name == name);
+        let action = rt.ensure_container(&lab.stack, svc, replica, tag, &secrets, current).await?;
+        if action != Action::Kept {
+            changed += 1;
+            tracing::info!("{name}: {}", action.verb());
         }
     }
-    Ok(())
+    Ok(changed)
+}
+
+/// Removes containers of replicas beyond the lab's count, or of services no longer defined,
+/// highest replica number first, each stopped gracefully within its service's stop timeout.
+/// Returns the names removed. `up` and `scale` both stop replicas through here.
+pub(crate) async fn remove_surplus(rt: &Runtime, lab: &Lab, existing: &[ContainerInfo]) -> Result<Vec<String>> {
+    let mut surplus: Vec<&ContainerInfo> = existing
+        .iter()
+        .filter(|c| !lab.stack.service(&c.service).is_some_and(|s| c.replica >= 1 && c.replica <= s.replicas))
+        .collect();
+    surplus.sort_by(|a, b| b.replica.cmp(&a.replica));
+    let mut removed = Vec::new();
+    for c in surplus {
+        let timeout = lab.stack.service(&c.service).map_or(20, |s| s.stop_timeout);
+        tracing::info!("removing {} (scaled down or no longer defined)", c.name);
+        rt.remove_container(&c.name, timeout as i64).await?;
+        removed.push(c.name.clone());
+    }
+    Ok(removed)
 }
 
 /// Polls every service's probe concurrently until it passes or the timeout ends.

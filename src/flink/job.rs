@@ -282,7 +282,7 @@ mod tests {
 
     fn rendered() -> String {
         let c = Config::default();
-        let st = State { db_password: "pw'x".into(), ports: c.ports.clone() };
+        let st = State { db_password: "pw'x".into(), ports: c.ports.clone(), replicas: Default::default() };
         render(&c, &st, &JobSettings::for_lab(&c)).unwrap()
     }
 

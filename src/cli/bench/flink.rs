@@ -57,7 +57,7 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
     if overview.slots_available < needed {
         bail!(
             "the benchmark's jobs need {needed} free task slots but {} of {} are free (the lab's own job holds them?); \
-             cancel it with `labctl flink cancel` (resubmit later with `labctl submit flink`) or add TaskManagers with `labctl up --taskmanagers 2`",
+             cancel it with `labctl flink cancel` (resubmit later with `labctl submit flink`) or add TaskManagers with `labctl scale flink-taskmanager 2`",
             overview.slots_available,
             overview.slots_total
         );
