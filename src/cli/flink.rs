@@ -247,6 +247,85 @@ async fn run_or_find(
     }
 }
 
+/// Left in the state folder while a submit's run request may be in flight. A submit killed at
+/// that moment (SIGKILL, a closed terminal) never sees the answer, but Flink carries on and
+/// starts the job a moment later; without the marker the next submit would find no job yet
+/// and start a second one.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SubmitMarker {
+    pid: u32,
+    /// When the run request went out, ms since the epoch.
+    sent_ms: i64,
+    /// The name the job will have ("" for a script that sets none).
+    name: String,
+}
+
+/// Removes the marker when the submit ends, however it ends short of being killed.
+struct MarkerGuard(std::path::PathBuf);
+
+impl Drop for MarkerGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn write_marker(project: &str, name: &str) -> Option<MarkerGuard> {
+    let path = crate::state::submit_marker_path(project);
+    let m = SubmitMarker { pid: std::process::id(), sent_ms: chrono::Utc::now().timestamp_millis(), name: name.to_string() };
+    let written = serde_json::to_vec(&m).map_err(anyhow::Error::from).and_then(|b| std::fs::write(&path, b).map_err(anyhow::Error::from));
+    match written {
+        Ok(()) => Some(MarkerGuard(path)),
+        Err(e) => {
+            eprintln!("warning: cannot write {} ({e:#}); a submit interrupted now could be repeated", path.display());
+            None
+        }
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 sends nothing; kill only checks that the process exists.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Before a submit: what an earlier one left in flight. Refuses while another submit of this
+/// lab runs; after one that was killed with its run request out, waits (up to `within`) until
+/// the job that request starts shows, so the normal checks below see it (and refuse, or replace
+/// it with --replace) instead of starting a second copy.
+async fn settle_interrupted_submit(client: &flink::Client, project: &str, within: Duration) -> Result<()> {
+    let path = crate::state::submit_marker_path(project);
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    if let Ok(m) = serde_json::from_str::<SubmitMarker>(&text) {
+        let age_ms = chrono::Utc::now().timestamp_millis() - m.sent_ms;
+        if m.pid != std::process::id() && pid_alive(m.pid) && age_ms < 3_600_000 {
+            bail!("another `labctl submit flink` (pid {}) is submitting to this lab; wait for it to end", m.pid);
+        }
+        if !m.name.is_empty() {
+            eprintln!(
+                "an earlier `labctl submit flink` (pid {}) ended while its run request was in flight; looking for the job `{}` it may have started (up to {within:?})",
+                m.pid, m.name
+            );
+            let start = Instant::now();
+            loop {
+                if let Ok(jobs) = client.jobs().await {
+                    // Flink stamps start-time on the same host clock; allow a little slack.
+                    if let Some(j) = jobs.iter().find(|j| j.name == m.name && j.start_time >= m.sent_ms - 10_000) {
+                        eprintln!("found job {} ({}), started by the interrupted submit", j.jid, j.state);
+                        break;
+                    }
+                }
+                if start.elapsed() > within {
+                    eprintln!("no job appeared: the interrupted request started none");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+    Ok(())
+}
+
 /// Waits until the cluster offers `need` slots, when the lab is configured with that many:
 /// after a JobManager restart the TaskManagers take about a minute to register again.
 async fn wait_for_slots(client: &flink::Client, lab: &Lab, need: u32, timeout: Duration) -> Result<()> {
@@ -323,6 +402,7 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
     }
     let client = lab.flink(Duration::from_secs(10))?;
     client.overview().await.with_context(|| "the Flink cluster is not up; start it with `labctl up`")?;
+    settle_interrupted_submit(&client, &lab.config.project, Duration::from_secs(60)).await?;
     let settings = JobSettings::for_lab(&lab.config);
     wait_for_slots(&client, &lab, settings.parallelism, Duration::from_secs(args.timeout.max(90))).await?;
     // The topic must exist: a Kafka source on a missing topic waits silently forever.
@@ -401,8 +481,12 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
     let argv: Vec<String> = statements.iter().map(|s| B64.encode(s.as_bytes())).collect();
     let before: HashSet<String> = client.jobs().await?.into_iter().map(|j| j.jid).collect();
     let restore_req = restore.as_ref().map(|r| flink::Restore { path: r.path.clone(), allow_non_restored_state: true });
+    eprintln!("submitting the job{} to {}", if lookup_name.is_empty() { String::new() } else { format!(" `{lookup_name}`") }, client.base());
+    let marker = write_marker(&lab.config.project, &lookup_name);
     let t0 = Instant::now();
     let job_id = run_or_find(&client, &jar, &argv, restore_req.as_ref(), &lookup_name, &before, Duration::from_secs(60), args.verbose).await?;
+    // Flink lists the job now: a later submit sees it without the marker.
+    drop(marker);
     eprintln!("submitted job {job_id}; waiting for it and all its tasks to run");
     if let Err(e) = wait_running(&client, &job_id, Duration::from_secs(args.timeout)).await {
         // Leave nothing half-submitted behind.
