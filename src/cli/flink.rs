@@ -258,6 +258,8 @@ struct SubmitMarker {
     sent_ms: i64,
     /// The name the job will have ("" for a script that sets none).
     name: String,
+    /// The jobs Flink listed before the request: the request's job is none of them.
+    before: Vec<String>,
 }
 
 /// Removes the marker when the submit ends, however it ends short of being killed.
@@ -269,9 +271,14 @@ impl Drop for MarkerGuard {
     }
 }
 
-fn write_marker(project: &str, name: &str) -> Option<MarkerGuard> {
+fn write_marker(project: &str, name: &str, before: &HashSet<String>) -> Option<MarkerGuard> {
     let path = crate::state::submit_marker_path(project);
-    let m = SubmitMarker { pid: std::process::id(), sent_ms: chrono::Utc::now().timestamp_millis(), name: name.to_string() };
+    let m = SubmitMarker {
+        pid: std::process::id(),
+        sent_ms: chrono::Utc::now().timestamp_millis(),
+        name: name.to_string(),
+        before: before.iter().cloned().collect(),
+    };
     let written = serde_json::to_vec(&m).map_err(anyhow::Error::from).and_then(|b| std::fs::write(&path, b).map_err(anyhow::Error::from));
     match written {
         Ok(()) => Some(MarkerGuard(path)),
@@ -280,6 +287,11 @@ fn write_marker(project: &str, name: &str) -> Option<MarkerGuard> {
             None
         }
     }
+}
+
+/// The job an interrupted submit's request started: its name, and not listed before it.
+fn interrupted_job<'a>(m: &SubmitMarker, jobs: &'a [flink::JobOverview]) -> Option<&'a flink::JobOverview> {
+    jobs.iter().find(|j| j.name == m.name && !m.before.contains(&j.jid))
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -308,8 +320,7 @@ async fn settle_interrupted_submit(client: &flink::Client, project: &str, within
             let start = Instant::now();
             loop {
                 if let Ok(jobs) = client.jobs().await {
-                    // Flink stamps start-time on the same host clock; allow a little slack.
-                    if let Some(j) = jobs.iter().find(|j| j.name == m.name && j.start_time >= m.sent_ms - 10_000) {
+                    if let Some(j) = interrupted_job(&m, &jobs) {
                         eprintln!("found job {} ({}), started by the interrupted submit", j.jid, j.state);
                         break;
                     }
@@ -482,7 +493,7 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
     let before: HashSet<String> = client.jobs().await?.into_iter().map(|j| j.jid).collect();
     let restore_req = restore.as_ref().map(|r| flink::Restore { path: r.path.clone(), allow_non_restored_state: true });
     eprintln!("submitting the job{} to {}", if lookup_name.is_empty() { String::new() } else { format!(" `{lookup_name}`") }, client.base());
-    let marker = write_marker(&lab.config.project, &lookup_name);
+    let marker = write_marker(&lab.config.project, &lookup_name, &before);
     let t0 = Instant::now();
     let job_id = run_or_find(&client, &jar, &argv, restore_req.as_ref(), &lookup_name, &before, Duration::from_secs(60), args.verbose).await?;
     // Flink lists the job now: a later submit sees it without the marker.
@@ -633,6 +644,18 @@ mod tests {
         assert_eq!(s[1].path, "file:///var/lib/flink/checkpoints/sensor-aggregation/bbb/chk-3");
         assert_eq!(s[1].kind, "checkpoint");
         assert!(parse_snapshots("").is_empty());
+    }
+
+    #[test]
+    fn the_job_of_an_interrupted_submit_is_the_new_one() {
+        let job = |jid: &str, name: &str, state: &str| flink::JobOverview { jid: jid.into(), name: name.into(), state: state.into(), start_time: 1, duration: 0 };
+        let m = SubmitMarker { pid: 1, sent_ms: 0, name: "lab: sensor aggregation".into(), before: vec!["old".into()] };
+        // A job of the same name cancelled just before the request is not the request's job.
+        let jobs = vec![job("old", "lab: sensor aggregation", "CANCELED"), job("x", "other", "RUNNING")];
+        assert!(interrupted_job(&m, &jobs).is_none());
+        let mut jobs = jobs;
+        jobs.push(job("new", "lab: sensor aggregation", "INITIALIZING"));
+        assert_eq!(interrupted_job(&m, &jobs).map(|j| j.jid.as_str()), Some("new"));
     }
 
     #[test]
