@@ -46,6 +46,11 @@ pub fn samples_path(project: &str) -> PathBuf {
     state_dir().join(format!("{project}.offsets.json"))
 }
 
+/// Marker of a `labctl submit flink` whose run request may be in flight (see `cli::flink`).
+pub fn submit_marker_path(project: &str) -> PathBuf {
+    state_dir().join(format!("{project}.flink-submit.json"))
+}
+
 pub fn state_path(project: &str) -> PathBuf {
     state_dir().join(format!("{project}.json"))
 }
@@ -133,9 +138,10 @@ impl State {
         Ok(())
     }
 
-    /// Removes the state file and what `status` keeps beside it (offset samples).
+    /// Removes the state file and what is kept beside it (status's offset samples, a submit
+    /// marker).
     pub fn remove(project: &str) -> Result<()> {
-        for path in [state_path(project), samples_path(project)] {
+        for path in [state_path(project), samples_path(project), submit_marker_path(project)] {
             match fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
                 _ => {}

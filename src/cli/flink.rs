@@ -247,6 +247,96 @@ async fn run_or_find(
     }
 }
 
+/// Left in the state folder while a submit's run request may be in flight. A submit killed at
+/// that moment (SIGKILL, a closed terminal) never sees the answer, but Flink carries on and
+/// starts the job a moment later; without the marker the next submit would find no job yet
+/// and start a second one.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SubmitMarker {
+    pid: u32,
+    /// When the run request went out, ms since the epoch.
+    sent_ms: i64,
+    /// The name the job will have ("" for a script that sets none).
+    name: String,
+    /// The jobs Flink listed before the request: the request's job is none of them.
+    before: Vec<String>,
+}
+
+/// Removes the marker when the submit ends, however it ends short of being killed.
+struct MarkerGuard(std::path::PathBuf);
+
+impl Drop for MarkerGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn write_marker(project: &str, name: &str, before: &HashSet<String>) -> Option<MarkerGuard> {
+    let path = crate::state::submit_marker_path(project);
+    let m = SubmitMarker {
+        pid: std::process::id(),
+        sent_ms: chrono::Utc::now().timestamp_millis(),
+        name: name.to_string(),
+        before: before.iter().cloned().collect(),
+    };
+    let written = serde_json::to_vec(&m).map_err(anyhow::Error::from).and_then(|b| std::fs::write(&path, b).map_err(anyhow::Error::from));
+    match written {
+        Ok(()) => Some(MarkerGuard(path)),
+        Err(e) => {
+            eprintln!("warning: cannot write {} ({e:#}); a submit interrupted now could be repeated", path.display());
+            None
+        }
+    }
+}
+
+/// The job an interrupted submit's request started: its name, and not listed before it.
+fn interrupted_job<'a>(m: &SubmitMarker, jobs: &'a [flink::JobOverview]) -> Option<&'a flink::JobOverview> {
+    jobs.iter().find(|j| j.name == m.name && !m.before.contains(&j.jid))
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 sends nothing; kill only checks that the process exists.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Before a submit: what an earlier one left in flight. Refuses while another submit of this
+/// lab runs; after one that was killed with its run request out, waits (up to `within`) until
+/// the job that request starts shows, so the normal checks below see it (and refuse, or replace
+/// it with --replace) instead of starting a second copy.
+async fn settle_interrupted_submit(client: &flink::Client, project: &str, within: Duration) -> Result<()> {
+    let path = crate::state::submit_marker_path(project);
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    if let Ok(m) = serde_json::from_str::<SubmitMarker>(&text) {
+        let age_ms = chrono::Utc::now().timestamp_millis() - m.sent_ms;
+        if m.pid != std::process::id() && pid_alive(m.pid) && age_ms < 3_600_000 {
+            bail!("another `labctl submit flink` (pid {}) is submitting to this lab; wait for it to end", m.pid);
+        }
+        if !m.name.is_empty() {
+            eprintln!(
+                "an earlier `labctl submit flink` (pid {}) ended while its run request was in flight; looking for the job `{}` it may have started (up to {within:?})",
+                m.pid, m.name
+            );
+            let start = Instant::now();
+            loop {
+                if let Ok(jobs) = client.jobs().await {
+                    if let Some(j) = interrupted_job(&m, &jobs) {
+                        eprintln!("found job {} ({}), started by the interrupted submit", j.jid, j.state);
+                        break;
+                    }
+                }
+                if start.elapsed() > within {
+                    eprintln!("no job appeared: the interrupted request started none");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+    Ok(())
+}
+
 /// Waits until the cluster offers `need` slots, when the lab is sized for that many:
 /// after a JobManager restart the TaskManagers take about a minute to register again.
 async fn wait_for_slots(client: &flink::Client, lab: &Lab, need: u32, timeout: Duration) -> Result<()> {
@@ -324,6 +414,7 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
     }
     let client = lab.flink(Duration::from_secs(10))?;
     client.overview().await.with_context(|| "the Flink cluster is not up; start it with `labctl up`")?;
+    settle_interrupted_submit(&client, &lab.config.project, Duration::from_secs(60)).await?;
     let settings = JobSettings::for_lab(&lab.config);
     wait_for_slots(&client, &lab, settings.parallelism, Duration::from_secs(args.timeout.max(90))).await?;
     // The topic must exist: a Kafka source on a missing topic waits silently forever.
@@ -402,8 +493,12 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
     let argv: Vec<String> = statements.iter().map(|s| B64.encode(s.as_bytes())).collect();
     let before: HashSet<String> = client.jobs().await?.into_iter().map(|j| j.jid).collect();
     let restore_req = restore.as_ref().map(|r| flink::Restore { path: r.path.clone(), allow_non_restored_state: true });
+    eprintln!("submitting the job{} to {}", if lookup_name.is_empty() { String::new() } else { format!(" `{lookup_name}`") }, client.base());
+    let marker = write_marker(&lab.config.project, &lookup_name, &before);
     let t0 = Instant::now();
     let job_id = run_or_find(&client, &jar, &argv, restore_req.as_ref(), &lookup_name, &before, Duration::from_secs(60), args.verbose).await?;
+    // Flink lists the job now: a later submit sees it without the marker.
+    drop(marker);
     eprintln!("submitted job {job_id}; waiting for it and all its tasks to run");
     if let Err(e) = wait_running(&client, &job_id, Duration::from_secs(args.timeout)).await {
         // Leave nothing half-submitted behind.
@@ -550,6 +645,18 @@ mod tests {
         assert_eq!(s[1].path, "file:///var/lib/flink/checkpoints/sensor-aggregation/bbb/chk-3");
         assert_eq!(s[1].kind, "checkpoint");
         assert!(parse_snapshots("").is_empty());
+    }
+
+    #[test]
+    fn the_job_of_an_interrupted_submit_is_the_new_one() {
+        let job = |jid: &str, name: &str, state: &str| flink::JobOverview { jid: jid.into(), name: name.into(), state: state.into(), start_time: 1, duration: 0 };
+        let m = SubmitMarker { pid: 1, sent_ms: 0, name: "lab: sensor aggregation".into(), before: vec!["old".into()] };
+        // A job of the same name cancelled just before the request is not the request's job.
+        let jobs = vec![job("old", "lab: sensor aggregation", "CANCELED"), job("x", "other", "RUNNING")];
+        assert!(interrupted_job(&m, &jobs).is_none());
+        let mut jobs = jobs;
+        jobs.push(job("new", "lab: sensor aggregation", "INITIALIZING"));
+        assert_eq!(interrupted_job(&m, &jobs).map(|j| j.jid.as_str()), Some("new"));
     }
 
     #[test]

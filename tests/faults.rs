@@ -1,0 +1,478 @@
+//! Faults, restarts and hostile timing against the real stack: the lab loses nothing and
+//! doubles nothing. One lab for the whole binary, scenarios in sequence:
+//! 1. the broker restarts while the generator backfills;
+//! 2. `down` + `up` keeps the topic, both tables and the Delta table as they were; `down
+//!    --volumes` needs --yes when not at a terminal;
+//! 3. `labctl submit flink` is SIGKILLed at several points: the next submit finds one job;
+//! 4. the Spark driver is killed while it writes: the Delta table is unchanged, a re-run
+//!    completes it once.
+//!
+//! Each scenario prints one `MEASURE` line (fault, action, lost, duplicated, recovery time).
+
+mod common;
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::BufRead,
+    process::Stdio,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use common::{rt, wait_for, TestLab};
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
+    Message, Offset, TopicPartitionList,
+};
+
+const INTERVAL: i64 = 5;
+const BACKFILL_SECS: i64 = 12 * 3_600;
+/// 3 machines x 3 sensors.
+const PER_TICK: i64 = 9;
+
+fn now_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker").args(args).output().expect("running docker");
+    assert!(out.status.success(), "docker {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn offsets(rt: &tokio::runtime::Runtime, lab: &labctl::lab::Lab) -> Option<Vec<(i32, i64)>> {
+    let o = rt.block_on(lab.broker().ok()?.offsets(&lab.config.broker.topic, Duration::from_secs(3))).ok()?;
+    let mut v: Vec<(i32, i64)> = o.iter().map(|p| (p.partition, p.high)).collect();
+    v.sort();
+    Some(v)
+}
+
+fn total(rt: &tokio::runtime::Runtime, lab: &labctl::lab::Lab) -> Option<i64> {
+    offsets(rt, lab).map(|v| v.iter().map(|(_, h)| h).sum())
+}
+
+#[derive(serde::Deserialize)]
+struct Msg<'a> {
+    machine_id: &'a str,
+    sensor_type: &'a str,
+    timestamp: &'a str,
+}
+
+/// (machine, sensor, seconds) of every message in the topic, in partition order.
+fn read_topic(rt: &tokio::runtime::Runtime, lab: &labctl::lab::Lab) -> Vec<(String, String, i64)> {
+    let broker = lab.broker().unwrap();
+    let topic = &lab.config.broker.topic;
+    let offsets = rt.block_on(broker.offsets(topic, Duration::from_secs(5))).unwrap();
+    let consumer: BaseConsumer = broker.client_config().set("group.id", "faults-test-read").create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining: HashMap<i32, i64> = HashMap::new();
+    for p in &offsets {
+        tpl.add_partition_offset(topic, p.partition, Offset::Offset(p.low)).unwrap();
+        if p.high > p.low {
+            remaining.insert(p.partition, p.high);
+        }
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let start = Instant::now();
+    while !remaining.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(180), "reading the topic back timed out");
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let m = m.unwrap();
+        let Some(&end) = remaining.get(&m.partition()) else { continue };
+        if m.offset() >= end {
+            continue;
+        }
+        if m.offset() + 1 >= end {
+            remaining.remove(&m.partition());
+        }
+        let msg: Msg = serde_json::from_slice(m.payload().unwrap_or_default()).expect("a generator message");
+        let ts = labctl::generator::encode::parse_timestamp(msg.timestamp).expect("a timestamp");
+        out.push((msg.machine_id.to_string(), msg.sensor_type.to_string(), ts));
+    }
+    out
+}
+
+/// Lost and duplicated readings, given what the generator must have produced: every tick from
+/// `first_tick` to the newest tick in the topic, for each of the 9 (machine, sensor) pairs.
+struct Audit {
+    messages: usize,
+    unique: usize,
+    duplicated: usize,
+    lost: i64,
+    first_ticks: HashSet<i64>,
+    last_tick: i64,
+}
+
+fn audit(readings: &[(String, String, i64)], first_tick_range: (i64, i64)) -> Audit {
+    let mut seen: HashSet<(&str, &str, i64)> = HashSet::with_capacity(readings.len());
+    let mut first: HashMap<(&str, &str), i64> = HashMap::new();
+    let mut last: HashMap<(&str, &str), i64> = HashMap::new();
+    let mut duplicated = 0;
+    for (m, s, ts) in readings {
+        if !seen.insert((m, s, *ts)) {
+            duplicated += 1;
+        }
+        let k = (m.as_str(), s.as_str());
+        let f = first.entry(k).or_insert(*ts);
+        *f = (*f).min(*ts);
+        let l = last.entry(k).or_insert(*ts);
+        *l = (*l).max(*ts);
+    }
+    assert_eq!(first.len() as i64, PER_TICK, "3 machines x 3 sensors: {:?}", first.keys());
+    let first_ticks: HashSet<i64> = first.values().map(|ts| ts / INTERVAL).collect();
+    for t in &first_ticks {
+        assert!(
+            (first_tick_range.0..=first_tick_range.1).contains(t),
+            "the backfill starts at tick {t}, expected {first_tick_range:?} (the backfill before the generator's start)"
+        );
+    }
+    // Lockstep: every pair is complete up to the newest tick except, at most, the one in flight.
+    let last_tick = last.values().map(|ts| ts / INTERVAL).max().unwrap();
+    let first_tick = *first_ticks.iter().min().unwrap();
+    let expected: i64 = first.keys().map(|k| last[k] / INTERVAL - first_tick + 1).sum();
+    for (k, l) in &last {
+        assert!(last_tick - l / INTERVAL <= 1, "{k:?} ends at tick {}, others at {last_tick}", l / INTERVAL);
+    }
+    Audit { messages: readings.len(), unique: seen.len(), duplicated, lost: expected - seen.len() as i64, first_ticks, last_tick }
+}
+
+async fn table_count(lab: &labctl::lab::Lab, sql: &str) -> i64 {
+    let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
+    db.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+const DUP_RAW: &str =
+    "SELECT count(*) FROM (SELECT machine_id, sensor_type, \"timestamp\" FROM machine_sensors GROUP BY 1,2,3 HAVING count(*) > 1) d";
+
+/// The lab job's entries of `labctl flink jobs --json`: (id, state), or None while Flink does not answer.
+fn lab_jobs(t: &TestLab) -> Option<Vec<(String, String)>> {
+    let out = t.command(&["flink", "jobs", "--json"]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let name = format!("{}: sensor aggregation", t.project);
+    Some(
+        jobs.as_array()?
+            .iter()
+            .filter(|j| j["name"] == name.as_str())
+            .map(|j| (j["jid"].as_str().unwrap_or_default().to_string(), j["state"].as_str().unwrap_or_default().to_string()))
+            .collect(),
+    )
+}
+
+const ACTIVE: &[&str] = &["CREATED", "INITIALIZING", "RUNNING", "RESTARTING", "RECONCILING", "FAILING", "CANCELLING"];
+
+fn active_lab_jobs(t: &TestLab) -> Vec<(String, String)> {
+    wait_for("the Flink job list", Duration::from_secs(30), || lab_jobs(t)).into_iter().filter(|(_, s)| ACTIVE.contains(&s.as_str())).collect()
+}
+
+fn volumes(project: &str) -> Vec<String> {
+    let out = docker(&["volume", "ls", "-q", "--filter", &format!("label=labctl.project={project}")]);
+    out.lines().map(str::to_string).collect()
+}
+
+fn containers(project: &str) -> Vec<String> {
+    let out = docker(&["ps", "-a", "--format", "{{.Names}}", "--filter", &format!("label=labctl.project={project}")]);
+    out.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn faults_lose_and_double_nothing() {
+    let test_start = Instant::now();
+    let t = TestLab::new("faults").with_env("LABCTL_INGEST_BACKFILL", "12h");
+    let rt = rt();
+
+    // ========== 1. broker restart during the generator's backfill ==========================
+    let before_up = now_secs();
+    t.ok(&["up"]);
+    let after_up = now_secs();
+    let lab = t.lab();
+    let backfill_readings = BACKFILL_SECS / INTERVAL * PER_TICK;
+    // Restart while the backfill is under way: offsets growing, well below the total. (What the
+    // topic holds once the restart returns is only reported: the generator may be back by then.)
+    let (at, t_seen) = wait_for("the generator's backfill to be under way", Duration::from_secs(120), || {
+        let n = total(&rt, &lab)?;
+        (n > backfill_readings / 10).then_some((n, Instant::now()))
+    });
+    assert!(at < backfill_readings * 8 / 10, "the backfill went too fast to be interrupted ({at} of {backfill_readings} already)");
+    let broker = format!("{}-broker-1", t.project);
+    let ingest = format!("{}-ingest-1", t.project);
+    let restarted = Instant::now();
+    docker(&["restart", &broker]);
+    let at_restart = total(&rt, &lab).unwrap_or(0);
+    eprintln!(
+        "broker restarted with {at} readings in the topic ({:.1} s after seeing the backfill); {at_restart} after the restart",
+        restarted.duration_since(t_seen).as_secs_f64()
+    );
+    let (producing_again, _) = wait_for("the generator to produce again", Duration::from_secs(180), || {
+        let n = total(&rt, &lab)?;
+        (n > at_restart + 1000 || n >= backfill_readings).then_some((restarted.elapsed().as_secs_f64(), n))
+    });
+    // Done with the backfill: the topic reaches the 2 days plus the ticks since.
+    let backfill_done = wait_for("the backfill to complete after the broker restart", Duration::from_secs(300), || {
+        let n = total(&rt, &lab)?;
+        (n >= backfill_readings).then(|| restarted.elapsed().as_secs_f64())
+    });
+    let ingest_restarts = docker(&["inspect", "-f", "{{.RestartCount}}", &ingest]);
+    let broker_restarts = docker(&["inspect", "-f", "{{.RestartCount}}", &broker]);
+    let ingest_state = docker(&["inspect", "-f", "{{.State.Status}}", &ingest]);
+    assert_eq!(ingest_state, "running", "the generator runs on by itself");
+    let gen_logs = t.run(&["logs", "ingest", "--tail", "40"]);
+    let gen_logs = String::from_utf8_lossy(&gen_logs.stdout).to_string() + &String::from_utf8_lossy(&gen_logs.stderr);
+    eprintln!("--- generator log (tail) ---\n{gen_logs}");
+    let broker_logs = t.run(&["logs", "broker", "--tail", "60"]);
+    let broker_text = String::from_utf8_lossy(&broker_logs.stdout).to_string() + &String::from_utf8_lossy(&broker_logs.stderr);
+    let panics: Vec<&str> = broker_text.lines().filter(|l| l.contains("panicked") || l.contains("labctl: tansu")).collect();
+    eprintln!("broker restarts by policy: {broker_restarts}; panic lines: {panics:?}");
+
+    let readings = read_topic(&rt, &lab);
+    let first_range = (before_up / INTERVAL - BACKFILL_SECS / INTERVAL - 1, after_up / INTERVAL - BACKFILL_SECS / INTERVAL + 1);
+    let a = audit(&readings, first_range);
+    eprintln!(
+        "MEASURE | broker restart during backfill | docker restart broker at {at}/{backfill_readings} readings ({at_restart} once it returned) | messages {} unique {} lost {} duplicated {} | producing again after {producing_again:.1} s, backfill complete after {backfill_done:.1} s | generator restarts {ingest_restarts}",
+        a.messages, a.unique, a.lost, a.duplicated
+    );
+    assert_eq!(a.first_ticks.len(), 1, "every pair starts at the same tick: {:?}", a.first_ticks);
+    assert_eq!((a.lost, a.duplicated), (0, 0), "every reading in the topic exactly once");
+
+    // The Flink job writes every reading once into machine_sensors.
+    let sub = t.json(&["submit", "flink", "--json"]);
+    let job_id = sub["job_id"].as_str().unwrap().to_string();
+    let cutoff = a.last_tick * INTERVAL;
+    let want = readings.iter().filter(|r| r.2 <= cutoff).count() as i64;
+    let flink_started = Instant::now();
+    let q = format!("SELECT count(*) FROM machine_sensors WHERE \"timestamp\" <= to_timestamp({cutoff})");
+    let got = wait_for("Flink to write the topic into machine_sensors", Duration::from_secs(300), || {
+        let n = rt.block_on(table_count(&lab, &q));
+        (n >= want).then_some(n)
+    });
+    let caught_up = flink_started.elapsed().as_secs_f64();
+    let dup = rt.block_on(table_count(&lab, DUP_RAW));
+    let client = lab.flink(Duration::from_secs(10)).unwrap();
+    let late = rt.block_on(client.late_records_dropped(&job_id)).unwrap();
+    eprintln!(
+        "MEASURE | broker restart during backfill, then Flink | submit flink after the restart | rows {got} of {want} readings, lost {} duplicated {dup}, late dropped {late} | caught up {caught_up:.1} s after RUNNING",
+        want - got
+    );
+    assert_eq!((got, dup), (want, 0), "machine_sensors holds each reading of the topic exactly once");
+    assert_eq!(late, 0.0, "no reading dropped as late");
+
+    // ========== 2. down + up keeps every piece of data =======================================
+    // Quiet the lab: stop the generator, let Flink write the rest, end the job, export.
+    docker(&["stop", &ingest]);
+    let readings = read_topic(&rt, &lab);
+    let n_readings = readings.len() as i64;
+    wait_for("Flink to write the last readings", Duration::from_secs(120), || {
+        (rt.block_on(table_count(&lab, "SELECT count(*) FROM machine_sensors")) >= n_readings).then_some(())
+    });
+    // And every window the final watermark (newest reading - 5 s) closes, once.
+    let watermark = readings.iter().map(|r| r.2).max().unwrap() - 5;
+    let closed: HashSet<(&str, &str, i64)> =
+        readings.iter().map(|r| (r.0.as_str(), r.1.as_str(), r.2.div_euclid(60) * 60)).filter(|w| w.2 + 60 <= watermark).collect();
+    let q = format!("SELECT count(*) FROM sensor_aggregates WHERE window_end <= to_timestamp({watermark})");
+    let windows_at = Instant::now();
+    let windows = wait_for("Flink to write every closed window", Duration::from_secs(180), || {
+        let n = rt.block_on(table_count(&lab, &q));
+        (n >= closed.len() as i64).then_some(n)
+    });
+    eprintln!("{windows} closed windows of {} expected, {:.1} s after the raw rows", closed.len(), windows_at.elapsed().as_secs_f64());
+    assert_eq!(windows, closed.len() as i64, "each closed window once");
+    t.ok(&["flink", "cancel"]);
+    let day = |secs: i64| chrono::DateTime::from_timestamp(secs, 0).unwrap().format("%Y-%m-%d").to_string();
+    let from = day(before_up - BACKFILL_SECS - 86_400);
+    let to = day(now_secs() + 86_400);
+    let range = ["--from", from.as_str(), "--to", to.as_str()];
+    let export = t.json(&[&["submit", "spark", "--json"][..], &range[..]].concat());
+    assert_eq!(export["state"], "FINISHED", "{export}");
+    assert_eq!(export["result"]["rows_written"].as_i64().unwrap(), n_readings, "{export}");
+
+    let snapshot = || {
+        let offs = offsets(&rt, &lab).expect("topic offsets");
+        let raw = rt.block_on(table_count(&lab, "SELECT count(*) FROM machine_sensors"));
+        let agg = rt.block_on(table_count(&lab, "SELECT count(*) FROM sensor_aggregates"));
+        let d = rt.block_on(lab.blob(Duration::from_secs(10)).unwrap().delta_summary(&lab.config.lake.container, "machine_sensors")).unwrap();
+        (offs, raw, agg, d.version, d.rows, d.rows_per_day)
+    };
+    let before = snapshot();
+    assert_eq!(before.1, n_readings);
+    assert_eq!(before.4, Some(n_readings as u64), "the Delta table holds the export");
+    assert!(before.2 > 0, "windows were written");
+    t.ok(&["down"]);
+    assert!(containers(&t.project).is_empty(), "down removes the containers");
+    let vols_kept = volumes(&t.project);
+    assert!(!vols_kept.is_empty(), "down keeps the volumes");
+    let up_again = Instant::now();
+    let t = t.with_env("LABCTL_INGEST_ENABLED", "false");
+    t.ok(&["up"]);
+    let up_secs = up_again.elapsed().as_secs_f64();
+    let lab = t.lab();
+    let after = snapshot();
+    let lost_raw = before.1 - after.1;
+    eprintln!(
+        "MEASURE | down + up | labctl down (volumes kept), labctl up | offsets {:?} -> {:?}, machine_sensors {} -> {}, sensor_aggregates {} -> {}, Delta v{:?}/{:?} rows -> v{:?}/{:?} rows | lost {lost_raw} duplicated {} | up again in {up_secs:.1} s",
+        before.0, after.0, before.1, after.1, before.2, after.2, before.3, before.4, after.3, after.4, (after.1 - before.1).max(0)
+    );
+    assert_eq!(after, before, "topic, tables and Delta table unchanged by down + up");
+
+    // ========== 3. SIGKILL of `labctl submit flink` ==========================================
+    // At three points: after 1 s (checks, or the run request if it went out), while the run
+    // request is in flight (just after labctl says it submits), and the moment the job shows in
+    // Flink (before labctl saw it RUNNING). Each time the next
+    // `labctl submit flink` runs at once and must leave exactly one job of the lab.
+    #[derive(Clone, Copy, Debug)]
+    enum KillAt {
+        AfterOneSecond,
+        RunRequestInFlight,
+        JobListed,
+    }
+    for point in [KillAt::AfterOneSecond, KillAt::RunRequestInFlight, KillAt::JobListed] {
+        assert!(active_lab_jobs(&t).is_empty(), "no job of the lab before {point:?}");
+        let before_ids: HashSet<String> = lab_jobs(&t).unwrap().into_iter().map(|(id, _)| id).collect();
+        let mut child = t.command(&["submit", "flink"]).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+        let started = Instant::now();
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        let stderr = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line.clone());
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        match point {
+            KillAt::AfterOneSecond => std::thread::sleep(Duration::from_secs(1)),
+            KillAt::RunRequestInFlight => {
+                let line = lines.recv_timeout(Duration::from_secs(60)).ok();
+                let mut line = line;
+                while let Some(l) = &line {
+                    if l.contains("submitting the job") {
+                        break;
+                    }
+                    line = lines.recv_timeout(Duration::from_secs(60)).ok();
+                }
+                assert!(line.is_some(), "submit never said it was submitting");
+                // The request goes out right after that line; the JobManager needs far longer
+                // than this to answer it.
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            KillAt::JobListed => {
+                let client = lab.flink(Duration::from_secs(2)).unwrap();
+                wait_for("the job to show in Flink", Duration::from_secs(60), || {
+                    let jobs = rt.block_on(client.jobs()).ok()?;
+                    jobs.iter().any(|j| !before_ids.contains(&j.jid)).then_some(())
+                });
+            }
+        }
+        let killed_after = started.elapsed().as_secs_f64();
+        let finished_already = child.try_wait().unwrap().is_some();
+        child.kill().ok();
+        child.wait().unwrap();
+        let killed_output = reader.join().unwrap();
+        let recovering = Instant::now();
+        let next = t.run(&["submit", "flink", "--json"]);
+        let next_err = String::from_utf8_lossy(&next.stderr).to_string();
+        let outcome = if next.status.success() {
+            "submitted or adopted"
+        } else {
+            assert!(next_err.contains("already running"), "after a SIGKILL at {point:?} the next submit fails:\n{next_err}");
+            "refused: already running"
+        };
+        // Whatever was in flight has had time to show: still one job, and it runs.
+        let mut most = 0;
+        let running = wait_for("one RUNNING job of the lab", Duration::from_secs(90), || {
+            let jobs = active_lab_jobs(&t);
+            most = most.max(jobs.len());
+            assert!(jobs.len() <= 1, "after a SIGKILL at {point:?}: two jobs of the lab: {jobs:?}\nkilled submit said:\n{killed_output}");
+            (jobs.len() == 1 && jobs[0].1 == "RUNNING").then(|| jobs[0].0.clone())
+        });
+        let recover_secs = recovering.elapsed().as_secs_f64();
+        for _ in 0..10 {
+            let jobs = active_lab_jobs(&t);
+            assert_eq!(jobs.len(), 1, "after a SIGKILL at {point:?}: {jobs:?}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        eprintln!(
+            "MEASURE | SIGKILL of submit flink {point:?} | killed after {killed_after:.1} s{} | next submit {outcome}; lab jobs active: 1 ({running}), at most {most} | consistent {recover_secs:.1} s after the kill",
+            if finished_already { " (had already ended)" } else { "" }
+        );
+        t.ok(&["flink", "cancel"]);
+    }
+
+    // ========== 4. the Spark driver killed while it writes ===================================
+    let summary = |lab: &labctl::lab::Lab| {
+        rt.block_on(lab.blob(Duration::from_secs(10)).unwrap().delta_summary(&lab.config.lake.container, "machine_sensors")).unwrap()
+    };
+    let v_before = summary(&lab);
+    let parquet = |lab: &labctl::lab::Lab| {
+        rt.block_on(lab.blob(Duration::from_secs(10)).unwrap().list_blobs(&lab.config.lake.container, "machine_sensors/year="))
+            .map(|b| b.iter().filter(|n| n.ends_with(".parquet")).count())
+            .unwrap_or(0)
+    };
+    let files_before = parquet(&lab);
+    let sub = t.json(&[&["submit", "spark", "--json", "--no-wait"][..], &range[..]].concat());
+    let id = sub["submission_id"].as_str().unwrap().to_string();
+    let spark = lab.spark(Duration::from_secs(5)).unwrap();
+    let worker = format!("{}-spark-worker-1", t.project);
+    // Mid-write: the first new data file is in storage, the commit is not made yet.
+    wait_for("the export to write its first file", Duration::from_secs(180), || (parquet(&lab) > files_before).then_some(()));
+    // The driver is the DriverWrapper JVM and what it started (the Python program, the task
+    // workers): all of them at once, as a crash of the driver's machine would.
+    let kill_driver = r#"
+jvm=""
+for p in /proc/[0-9]*; do
+  case "$(tr '\0' ' ' < $p/cmdline 2>/dev/null)" in *java*[D]riverWrapper*) jvm="$jvm ${p#/proc/}";; esac
+done
+[ -n "$jvm" ] || { echo "no driver" >&2; exit 1; }
+all="$jvm"; frontier="$jvm"
+while [ -n "$frontier" ]; do
+  next=""
+  for s in /proc/[0-9]*/stat; do
+    read -r pid comm state ppid rest < "$s" 2>/dev/null || continue
+    for f in $frontier; do [ "$ppid" = "$f" ] && next="$next $pid"; done
+  done
+  all="$all$next"; frontier="$next"
+done
+kill -9 $all 2>/dev/null || true  # a task worker may have ended by itself meanwhile
+echo $all
+"#;
+    let killed = Instant::now();
+    let pids = docker(&["exec", &worker, "bash", "-c", kill_driver]);
+    let v_at_kill = summary(&lab).version;
+    let end = wait_for("the driver to end", Duration::from_secs(120), || {
+        let s = rt.block_on(spark.status(&id)).ok()?;
+        s.finished().then_some(s.driver_state.unwrap_or_default())
+    });
+    let v_after = summary(&lab);
+    eprintln!("driver processes {pids} killed: {end}; Delta v{:?} just after the kill, v{:?} after the end", v_at_kill, v_after.version);
+    assert_ne!(end, "FINISHED", "a killed driver cannot have finished");
+    assert_eq!(v_at_kill, v_before.version, "killed before its commit");
+    assert_eq!((v_after.version, v_after.rows), (v_before.version, v_before.rows), "a killed export commits nothing");
+    let again = t.json(&[&["submit", "spark", "--json"][..], &range[..]].concat());
+    assert_eq!(again["state"], "FINISHED", "{again}");
+    let v_rerun = summary(&lab);
+    let rerun_secs = killed.elapsed().as_secs_f64();
+    let rows = v_rerun.rows.unwrap() as i64;
+    eprintln!(
+        "MEASURE | Spark driver SIGKILL mid-write | kill -9 of the driver (JVM, Python, task workers) after its first data file, re-run | Delta v{:?} -> v{:?} (killed) -> v{:?}, rows {} -> {rows} of {n_readings}: lost {} duplicated {} | re-run complete {rerun_secs:.1} s after the kill",
+        v_before.version, v_after.version, v_rerun.version, v_before.rows.unwrap(), (n_readings - rows).max(0), (rows - n_readings).max(0)
+    );
+    assert_eq!(v_rerun.version, v_before.version.map(|v| v + 1), "the re-run is one new version");
+    assert_eq!(rows, n_readings, "each reading once in the lake");
+    assert_eq!(v_rerun.rows_per_day, v_before.rows_per_day);
+
+    // ========== down --volumes: refused without --yes off a terminal, then removes ==========
+    let vols = volumes(&t.project);
+    let running = containers(&t.project);
+    let refused = t.run(&["down", "--volumes"]);
+    assert!(!refused.status.success(), "down --volumes without --yes must refuse when not at a terminal");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert_eq!(volumes(&t.project), vols, "nothing removed");
+    assert_eq!(containers(&t.project), running, "nothing stopped");
+    t.ok(&["down", "--volumes", "--yes"]);
+    assert!(volumes(&t.project).is_empty(), "down --volumes --yes removes the volumes");
+    assert!(containers(&t.project).is_empty());
+    eprintln!("faults test wall time {:.1} s", test_start.elapsed().as_secs_f64());
+}
