@@ -18,11 +18,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use common::{rt, wait_for, TestLab};
-use rdkafka::{
-    consumer::{BaseConsumer, Consumer},
-    Message, Offset, TopicPartitionList,
-};
+use common::{lab_jobs, rt, wait_for, TestLab};
 
 const INTERVAL: i64 = 5;
 const BACKFILL_SECS: i64 = 12 * 3_600;
@@ -58,38 +54,15 @@ struct Msg<'a> {
 }
 
 /// (machine, sensor, seconds) of every message in the topic, in partition order.
-fn read_topic(rt: &tokio::runtime::Runtime, lab: &labctl::lab::Lab) -> Vec<(String, String, i64)> {
-    let broker = lab.broker().unwrap();
-    let topic = &lab.config.broker.topic;
-    let offsets = rt.block_on(broker.offsets(topic, Duration::from_secs(5))).unwrap();
-    let consumer: BaseConsumer = broker.client_config().set("group.id", "faults-test-read").create().unwrap();
-    let mut tpl = TopicPartitionList::new();
-    let mut remaining: HashMap<i32, i64> = HashMap::new();
-    for p in &offsets {
-        tpl.add_partition_offset(topic, p.partition, Offset::Offset(p.low)).unwrap();
-        if p.high > p.low {
-            remaining.insert(p.partition, p.high);
-        }
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let start = Instant::now();
-    while !remaining.is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(180), "reading the topic back timed out");
-        let Some(m) = consumer.poll(Duration::from_millis(500)) else { continue };
-        let m = m.unwrap();
-        let Some(&end) = remaining.get(&m.partition()) else { continue };
-        if m.offset() >= end {
-            continue;
-        }
-        if m.offset() + 1 >= end {
-            remaining.remove(&m.partition());
-        }
-        let msg: Msg = serde_json::from_slice(m.payload().unwrap_or_default()).expect("a generator message");
-        let ts = labctl::generator::encode::parse_timestamp(msg.timestamp).expect("a timestamp");
-        out.push((msg.machine_id.to_string(), msg.sensor_type.to_string(), ts));
-    }
-    out
+fn read_topic(lab: &labctl::lab::Lab) -> Vec<(String, String, i64)> {
+    common::read_topic(lab, Duration::from_secs(180))
+        .iter()
+        .map(|m| {
+            let msg: Msg = serde_json::from_slice(&m.payload).expect("a generator message");
+            let ts = labctl::generator::encode::parse_timestamp(msg.timestamp).expect("a timestamp");
+            (msg.machine_id.to_string(), msg.sensor_type.to_string(), ts)
+        })
+        .collect()
 }
 
 /// Lost and duplicated readings, given what the generator must have produced: every tick from
@@ -145,21 +118,6 @@ const DUP_RAW: &str =
     "SELECT count(*) FROM (SELECT machine_id, sensor_type, \"timestamp\" FROM machine_sensors GROUP BY 1,2,3 HAVING count(*) > 1) d";
 
 /// The lab job's entries of `labctl flink jobs --json`: (id, state), or None while Flink does not answer.
-fn lab_jobs(t: &TestLab) -> Option<Vec<(String, String)>> {
-    let out = t.command(&["flink", "jobs", "--json"]).output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let name = format!("{}: sensor aggregation", t.project);
-    Some(
-        jobs.as_array()?
-            .iter()
-            .filter(|j| j["name"] == name.as_str())
-            .map(|j| (j["jid"].as_str().unwrap_or_default().to_string(), j["state"].as_str().unwrap_or_default().to_string()))
-            .collect(),
-    )
-}
 
 const ACTIVE: &[&str] = &["CREATED", "INITIALIZING", "RUNNING", "RESTARTING", "RECONCILING", "FAILING", "CANCELLING"];
 
@@ -226,7 +184,7 @@ fn faults_lose_and_double_nothing() {
     let panics: Vec<&str> = broker_text.lines().filter(|l| l.contains("panicked") || l.contains("labctl: tansu")).collect();
     eprintln!("broker restarts by policy: {broker_restarts}; panic lines: {panics:?}");
 
-    let readings = read_topic(&rt, &lab);
+    let readings = read_topic(&lab);
     let first_range = (before_up / INTERVAL - BACKFILL_SECS / INTERVAL - 1, after_up / INTERVAL - BACKFILL_SECS / INTERVAL + 1);
     let a = audit(&readings, first_range);
     eprintln!(
@@ -261,7 +219,7 @@ fn faults_lose_and_double_nothing() {
     // ========== 2. down + up keeps every piece of data =======================================
     // Quiet the lab: stop the generator, let Flink write the rest, end the job, export.
     docker(&["stop", &ingest]);
-    let readings = read_topic(&rt, &lab);
+    let readings = read_topic(&lab);
     let n_readings = readings.len() as i64;
     wait_for("Flink to write the last readings", Duration::from_secs(120), || {
         (rt.block_on(table_count(&lab, "SELECT count(*) FROM machine_sensors")) >= n_readings).then_some(())

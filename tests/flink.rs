@@ -135,19 +135,7 @@ fn now_ms() -> i64 {
 /// The lab job's entries in `labctl flink jobs --json` that are RUNNING, or None while the
 /// JobManager does not answer.
 fn lab_jobs_running(t: &TestLab) -> Option<Vec<String>> {
-    let out = t.command(&["flink", "jobs", "--json"]).output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let name = format!("{}: sensor aggregation", t.project);
-    Some(
-        jobs.as_array()?
-            .iter()
-            .filter(|j| j["name"] == name.as_str() && j["state"] == "RUNNING")
-            .filter_map(|j| j["jid"].as_str().map(str::to_string))
-            .collect(),
-    )
+    Some(common::lab_jobs(t)?.into_iter().filter(|(_, state)| state == "RUNNING").map(|(id, _)| id).collect())
 }
 
 /// (machine, sensor, window start in seconds) -> (avg, min, max, count), computed here.

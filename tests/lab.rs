@@ -251,39 +251,20 @@ struct Reading {
 
 /// Every generator message on the topic (the probe message above is skipped).
 fn read_all(lab: &labctl::lab::Lab) -> Vec<Reading> {
-    let broker = lab.broker().unwrap();
-    let topic = &lab.config.broker.topic;
-    let offsets = rt().block_on(broker.offsets(topic, Duration::from_secs(5))).unwrap();
-    let consumer: BaseConsumer = broker.client_config().set("group.id", "lab-test-read").create().unwrap();
-    let mut tpl = TopicPartitionList::new();
-    let mut remaining: HashMap<i32, i64> = HashMap::new();
-    for p in &offsets {
-        tpl.add_partition_offset(topic, p.partition, Offset::Offset(p.low)).unwrap();
-        if p.high > p.low {
-            remaining.insert(p.partition, p.high);
-        }
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let start = std::time::Instant::now();
-    while !remaining.is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(120), "reading the topic back timed out");
-        let Some(m) = consumer.poll(Duration::from_millis(500)) else { continue };
-        let m = m.unwrap();
-        if m.offset() + 1 >= remaining.get(&m.partition()).copied().unwrap_or(i64::MAX) {
-            remaining.remove(&m.partition());
-        }
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(m.payload().unwrap_or_default()) else { continue };
-        let Some(ts) = v["timestamp"].as_str() else { continue };
-        out.push(Reading {
-            partition: m.partition(),
-            key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-            machine: v["machine_id"].as_str().unwrap().into(),
-            sensor: v["sensor_type"].as_str().unwrap().into(),
-            ts: labctl::generator::encode::parse_timestamp(ts).unwrap(),
-        });
-    }
-    out
+    common::read_topic(lab, Duration::from_secs(120))
+        .iter()
+        .filter_map(|m| {
+            let v = serde_json::from_slice::<serde_json::Value>(&m.payload).ok()?;
+            let ts = v["timestamp"].as_str()?;
+            Some(Reading {
+                partition: m.partition,
+                key: String::from_utf8_lossy(&m.key).into_owned(),
+                machine: v["machine_id"].as_str().unwrap().into(),
+                sensor: v["sensor_type"].as_str().unwrap().into(),
+                ts: labctl::generator::encode::parse_timestamp(ts).unwrap(),
+            })
+        })
+        .collect()
 }
 
 /// Each machine on one partition, keyed by its id, its readings in time order, every

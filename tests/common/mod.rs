@@ -115,3 +115,66 @@ pub fn assert_status_schema(doc: &serde_json::Value) {
     let errors: Vec<String> = validator.iter_errors(doc).map(|e| format!("{}: {e}", e.instance_path())).collect();
     assert!(errors.is_empty(), "status JSON does not match docs/status.schema.json: {errors:#?}\n{doc:#}");
 }
+
+/// One message of the lab's topic as read back by a test.
+pub struct TopicMessage {
+    pub partition: i32,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+/// Every message of the lab's topic, from each partition's low to its high offset as they were
+/// when the call began.
+pub fn read_topic(lab: &Lab, timeout: Duration) -> Vec<TopicMessage> {
+    use rdkafka::{
+        consumer::{BaseConsumer, Consumer},
+        Message, Offset, TopicPartitionList,
+    };
+    let broker = lab.broker().expect("broker address");
+    let topic = &lab.config.broker.topic;
+    let offsets = rt().block_on(broker.offsets(topic, Duration::from_secs(5))).expect("end offsets");
+    let consumer: BaseConsumer = broker.client_config().set("group.id", "labctl-test-read").create().expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = std::collections::HashMap::new();
+    for p in &offsets {
+        tpl.add_partition_offset(topic, p.partition, Offset::Offset(p.low)).expect("partition offset");
+        if p.high > p.low {
+            remaining.insert(p.partition, p.high);
+        }
+    }
+    consumer.assign(&tpl).expect("assigning partitions");
+    let mut out = Vec::new();
+    let start = Instant::now();
+    while !remaining.is_empty() {
+        assert!(start.elapsed() < timeout, "reading the topic back timed out after {timeout:?}");
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let m = m.expect("a message");
+        let Some(&end) = remaining.get(&m.partition()) else { continue };
+        if m.offset() >= end {
+            continue;
+        }
+        if m.offset() + 1 >= end {
+            remaining.remove(&m.partition());
+        }
+        out.push(TopicMessage { partition: m.partition(), key: m.key().unwrap_or_default().to_vec(), payload: m.payload().unwrap_or_default().to_vec() });
+    }
+    out
+}
+
+/// The lab job's entries of `labctl flink jobs --json` as (id, state), or None while the
+/// JobManager does not answer.
+pub fn lab_jobs(t: &TestLab) -> Option<Vec<(String, String)>> {
+    let out = t.command(&["flink", "jobs", "--json"]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let name = format!("{}: sensor aggregation", t.project);
+    Some(
+        jobs.as_array()?
+            .iter()
+            .filter(|j| j["name"] == name.as_str())
+            .map(|j| (j["jid"].as_str().unwrap_or_default().to_string(), j["state"].as_str().unwrap_or_default().to_string()))
+            .collect(),
+    )
+}
