@@ -16,7 +16,8 @@ use crate::{
 pub enum Command {
     /// Build images whose inputs changed (all with --force).
     Build {
-        /// Rebuild even when an image with the same input hash exists.
+        /// Rebuild from scratch, without the engine's layer cache, even when an image with the
+        /// same input hash exists (the tansu binary and the base image stay; see `bootstrap`).
         #[arg(long)]
         force: bool,
         /// Only these images (broker, timescaledb, flink, spark, azurite).

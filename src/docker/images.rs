@@ -289,6 +289,9 @@ impl Runtime {
                 t: tag.clone(),
                 rm: true,
                 forcerm: true,
+                // --force is for a real rebuild (new Debian and PyPI packages, a suspect layer):
+                // with the layer cache every step would be reused and nothing would change.
+                nocache: force,
                 buildargs: HashMap::from([("BASE_IMAGE".to_string(), BASE_IMAGE.to_string())]),
                 labels,
                 ..Default::default()
