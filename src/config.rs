@@ -236,11 +236,11 @@ impl Config {
         check_range("broker.partitions", self.broker.partitions, 1, 64)?;
         check_identifier("database.user", &self.database.user)?;
         check_identifier("database.name", &self.database.name)?;
-        check_range("flink.taskmanagers", self.flink.taskmanagers, 1, 8)?;
+        check_range("flink.taskmanagers", self.flink.taskmanagers, 1, crate::stack::MAX_REPLICAS)?;
         check_range("flink.slots_per_taskmanager", self.flink.slots_per_taskmanager, 1, 16)?;
         check_memory("flink.jobmanager_memory", &self.flink.jobmanager_memory)?;
         check_memory("flink.taskmanager_memory", &self.flink.taskmanager_memory)?;
-        check_range("spark.workers", self.spark.workers, 1, 8)?;
+        check_range("spark.workers", self.spark.workers, 1, crate::stack::MAX_REPLICAS)?;
         check_range("spark.worker_cores", self.spark.worker_cores, 1, 64)?;
         check_memory("spark.worker_memory", &self.spark.worker_memory)?;
         // Azure container names: 3-63 lowercase letters, digits and single dashes.
