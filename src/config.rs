@@ -11,7 +11,21 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// Environment variables that configure labctl itself rather than the lab.
-const NON_CONFIG_VARS: &[&str] = &["LABCTL_CONFIG", "LABCTL_STATE_DIR", "LABCTL_TANSU_CACHE", "LABCTL_LOG"];
+const NON_CONFIG_VARS: &[&str] = &[
+    "LABCTL_CONFIG",
+    "LABCTL_STATE_DIR",
+    "LABCTL_TANSU_CACHE",
+    "LABCTL_LOG",
+    SECRET_DATABASE_PASSWORD,
+    SECRET_BROKER_PASSWORD,
+    SECRET_LAKE_KEY,
+];
+
+/// Secrets of external services: read from these environment variables when needed, never from
+/// the config file, never written to the state file.
+pub const SECRET_DATABASE_PASSWORD: &str = "LABCTL_DATABASE_PASSWORD";
+pub const SECRET_BROKER_PASSWORD: &str = "LABCTL_BROKER_SASL_PASSWORD";
+pub const SECRET_LAKE_KEY: &str = "LABCTL_LAKE_KEY";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -48,6 +62,21 @@ pub struct Ports {
 pub struct BrokerConfig {
     pub topic: String,
     pub partitions: i32,
+    /// An external broker (labctl starts none): its bootstrap list as labctl reaches it,
+    /// `host:port,host:port`. Empty: the lab's own broker.
+    pub bootstrap: String,
+    /// The same brokers as the Flink cluster reaches them (default: `bootstrap`).
+    pub cluster_bootstrap: String,
+    /// Advertised broker address -> address labctl connects to instead, e.g.
+    /// `{ "kafka-0.internal:9092" = "127.0.0.1:19092" }`, for brokers that advertise names
+    /// only their own network resolves.
+    pub address_map: std::collections::BTreeMap<String, String>,
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub security_protocol: String,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (with a sasl_* protocol); the password comes
+    /// from LABCTL_BROKER_SASL_PASSWORD.
+    pub sasl_mechanism: String,
+    pub sasl_username: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -55,11 +84,20 @@ pub struct BrokerConfig {
 pub struct DatabaseConfig {
     pub user: String,
     pub name: String,
+    /// An external PostgreSQL with TimescaleDB: `postgresql://[user@]host[:port]/dbname` as
+    /// labctl reaches it (user and dbname, when given, replace `user` and `name`); the password
+    /// comes from LABCTL_DATABASE_PASSWORD. Empty: the lab's own database.
+    pub url: String,
+    /// The same database as the Flink and Spark clusters reach it (default: `url`).
+    pub cluster_url: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct FlinkConfig {
+    /// An external Flink session cluster's REST address, e.g. `http://flink:8081`. Empty: the
+    /// lab's own cluster.
+    pub url: String,
     pub taskmanagers: u32,
     pub slots_per_taskmanager: u32,
     pub jobmanager_memory: String,
@@ -69,6 +107,13 @@ pub struct FlinkConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SparkConfig {
+    /// An external Spark standalone master as its workers and drivers reach it,
+    /// `spark://host:7077`. Empty: the lab's own cluster (then `rest_url`/`ui_url` are empty too).
+    pub master_url: String,
+    /// Its REST submission server (`spark.master.rest.enabled`), e.g. `http://host:6066`.
+    pub rest_url: String,
+    /// Its web UI, whose `/json/` reports workers and cores, e.g. `http://host:8080`.
+    pub ui_url: String,
     pub workers: u32,
     pub worker_cores: u32,
     pub worker_memory: String,
@@ -99,6 +144,15 @@ impl Default for IngestConfig {
 pub struct LakeConfig {
     /// Blob container holding the Delta tables.
     pub container: String,
+    /// External blob storage, path-style with the account as labctl reaches it: e.g.
+    /// `https://myaccount.blob.core.windows.net` or `http://host:10000/devstoreaccount1`; the
+    /// key comes from LABCTL_LAKE_KEY. Empty: the lab's own Azurite.
+    pub endpoint: String,
+    /// The same storage as the Spark cluster reaches it (default: `endpoint`).
+    pub cluster_endpoint: String,
+    /// Storage account name (default with an endpoint: its first host label for
+    /// `*.blob.core.windows.net`, else the endpoint's path).
+    pub account: String,
 }
 
 impl Default for Config {
@@ -126,19 +180,29 @@ impl Default for Ports {
 
 impl Default for BrokerConfig {
     fn default() -> Self {
-        Self { topic: "sensors".into(), partitions: 3 }
+        Self {
+            topic: "sensors".into(),
+            partitions: 3,
+            bootstrap: String::new(),
+            cluster_bootstrap: String::new(),
+            address_map: Default::default(),
+            security_protocol: "plaintext".into(),
+            sasl_mechanism: String::new(),
+            sasl_username: String::new(),
+        }
     }
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { user: "lab".into(), name: "iiot".into() }
+        Self { user: "lab".into(), name: "iiot".into(), url: String::new(), cluster_url: String::new() }
     }
 }
 
 impl Default for FlinkConfig {
     fn default() -> Self {
         Self {
+            url: String::new(),
             taskmanagers: 1,
             slots_per_taskmanager: 3,
             jobmanager_memory: "1024m".into(),
@@ -149,13 +213,13 @@ impl Default for FlinkConfig {
 
 impl Default for SparkConfig {
     fn default() -> Self {
-        Self { workers: 1, worker_cores: 2, worker_memory: "2g".into() }
+        Self { master_url: String::new(), rest_url: String::new(), ui_url: String::new(), workers: 1, worker_cores: 2, worker_memory: "2g".into() }
     }
 }
 
 impl Default for LakeConfig {
     fn default() -> Self {
-        Self { container: "lake".into() }
+        Self { container: "lake".into(), endpoint: String::new(), cluster_endpoint: String::new(), account: String::new() }
     }
 }
 
@@ -253,6 +317,7 @@ impl Config {
         crate::cli::ingest::parse_duration(&self.ingest.backfill)
             .map_err(|e| invalid("ingest.backfill", &self.ingest.backfill, &e.to_string()))?;
         check_range("ready_timeout_secs", self.ready_timeout_secs, 5, 3600)?;
+        crate::endpoints::validate(self)?;
         Ok(())
     }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use tokio_postgres::{Client, NoTls};
 
-use crate::{config::Config, schema, stack::Stack, state::State};
+use crate::schema;
 
 #[derive(Debug, Clone)]
 pub struct Database {
@@ -17,14 +17,8 @@ pub struct Database {
 }
 
 impl Database {
-    pub fn for_lab(config: &Config, state: &State, stack: &Stack) -> Result<Self> {
-        Ok(Self {
-            host: stack.bind_address.clone(),
-            port: stack.published_port("database").context("the stack has no database port")?,
-            user: config.database.user.clone(),
-            name: config.database.name.clone(),
-            password: state.db_password.clone(),
-        })
+    pub fn new(host: String, port: u16, user: String, name: String, password: String) -> Self {
+        Self { host, port, user, name, password }
     }
 
     pub async fn connect(&self, timeout: Duration) -> Result<Client> {

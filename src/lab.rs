@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use crate::{
     config::Config,
     db::Database,
+    endpoints::{self, Part},
     flink, kafka::Broker,
     lake::BlobClient,
     spark,
@@ -38,23 +39,52 @@ impl Lab {
         self.stack.url(key).with_context(|| format!("the stack publishes no `{key}` port"))
     }
 
+    fn external(&self, part: Part) -> bool {
+        part.is_external(&self.config)
+    }
+
     pub fn broker(&self) -> Result<Broker> {
+        if self.external(Part::Broker) {
+            endpoints::apply_address_map(&self.config)?;
+            return Ok(Broker { bootstrap: self.config.broker.bootstrap.clone(), security: endpoints::kafka_security(&self.config)? });
+        }
         Broker::for_stack(&self.stack)
     }
 
+    /// The database password (generated for the lab's own database, from the environment for
+    /// an external one).
+    pub fn db_password(&self) -> Result<String> {
+        endpoints::database_password(&self.config, &self.state)
+    }
+
     pub fn database(&self) -> Result<Database> {
-        Database::for_lab(&self.config, &self.state, &self.stack)
+        let (host, port) = if self.external(Part::Database) {
+            let a = endpoints::parse_pg_url("database.url", &self.config.database.url)?;
+            (a.host, a.port)
+        } else {
+            (self.stack.bind_address.clone(), self.stack.published_port("database").context("the stack has no database port")?)
+        };
+        Ok(Database::new(host, port, endpoints::database_user(&self.config), endpoints::database_name(&self.config), self.db_password()?))
     }
 
     pub fn flink(&self, timeout: Duration) -> Result<flink::Client> {
-        flink::Client::new(self.url("flink_ui")?, timeout)
+        let url = if self.external(Part::Flink) { self.config.flink.url.trim_end_matches('/').to_string() } else { self.url("flink_ui")? };
+        flink::Client::new(url, timeout)
     }
 
     pub fn spark(&self, timeout: Duration) -> Result<spark::Client> {
+        if self.external(Part::Spark) {
+            let s = &self.config.spark;
+            return spark::Client::new(s.ui_url.trim_end_matches('/'), s.rest_url.trim_end_matches('/'), timeout);
+        }
         spark::Client::new(self.url("spark_ui")?, self.url("spark_rest")?, timeout)
     }
 
     pub fn blob(&self, timeout: Duration) -> Result<BlobClient> {
+        if self.external(Part::Lake) {
+            let c = &self.config;
+            return BlobClient::new(&c.lake.endpoint, &endpoints::lake_account(c), &endpoints::lake_key(c)?, timeout);
+        }
         let port = self.stack.published_port("azurite").context("the stack publishes no azurite port")?;
         BlobClient::azurite(&self.stack.bind_address, port, timeout)
     }

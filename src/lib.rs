@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod docker;
+pub mod endpoints;
 pub mod flink;
 pub mod generator;
 pub mod kafka;

@@ -5,7 +5,11 @@
 
 use serde::Serialize;
 
-use crate::{config::Config, state::State};
+use crate::{
+    config::Config,
+    endpoints::{external_parts, Part},
+    state::State,
+};
 
 /// Repository inputs of one image; its tag is a hash of these.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -138,12 +142,27 @@ pub struct Service {
     pub after_setup: bool,
 }
 
+/// A part of the lab that runs elsewhere: labctl checks it with the probe its managed service
+/// would have and never starts, stops or removes anything of it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ExternalService {
+    /// The name of the managed service it replaces (`status` and `logs` know it by that name).
+    pub name: &'static str,
+    pub part: Part,
+    /// Where labctl reaches it.
+    pub address: String,
+    pub probe: Probe,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Stack {
     pub project: String,
     pub network: String,
     pub bind_address: String,
+    /// What labctl runs in containers.
     pub services: Vec<Service>,
+    /// What the config points at instead.
+    pub external: Vec<ExternalService>,
 }
 
 pub const BROKER: &str = "broker";
@@ -334,7 +353,11 @@ impl Stack {
             },
         ];
         let mut services = services;
-        if config.ingest.enabled {
+        let external = external_parts(config);
+        services.retain(|s| !Part::of_service(s.name).is_some_and(|p| external.contains(&p)));
+        // The generator's container reaches only a broker on the lab's network; beside an
+        // external broker `labctl ingest` runs on this host instead.
+        if config.ingest.enabled && !external.contains(&Part::Broker) {
             let i = &config.ingest;
             services.push(Service {
                 name: INGEST,
@@ -360,11 +383,28 @@ impl Stack {
                 after_setup: true,
             });
         }
+        let external = external
+            .into_iter()
+            .map(|part| ExternalService {
+                name: part.services()[0],
+                part,
+                address: part.external_address(config),
+                probe: match part {
+                    Part::Broker => Probe::KafkaMetadata,
+                    Part::Database => Probe::PostgresLogin,
+                    // Any size will do: the job asks for its slots when it is submitted.
+                    Part::Flink => Probe::FlinkTaskManagers { count: 1, slots: 1 },
+                    Part::Spark => Probe::SparkWorkers { count: 1 },
+                    Part::Lake => Probe::BlobListing,
+                },
+            })
+            .collect();
         Stack {
             project: config.project.clone(),
             network: format!("{}-net", config.project),
             bind_address: config.bind_address.clone(),
             services,
+            external,
         }
     }
 
@@ -372,8 +412,17 @@ impl Stack {
         self.services.iter().find(|s| s.name == name)
     }
 
+    /// The external part standing for a service name, if the config made it external.
+    pub fn external_for(&self, name: &str) -> Option<&ExternalService> {
+        let part = Part::of_service(name)?;
+        self.external.iter().find(|e| e.part == part)
+    }
+
     /// Looks a service up by the name a user typed, listing the valid names when it is wrong.
     pub fn require(&self, name: &str) -> anyhow::Result<&Service> {
+        if let Some(e) = self.external_for(name) {
+            anyhow::bail!("`{name}` is external in this lab ({} = {:?}): labctl does not run it; look at it where it runs", e.part.key(), e.address);
+        }
         self.service(name).ok_or_else(|| {
             let names: Vec<_> = self.services.iter().map(|s| s.name).collect();
             anyhow::anyhow!("unknown service `{name}`; the lab's services are: {}", names.join(", "))
@@ -484,6 +533,21 @@ mod tests {
         for name in SCALABLE {
             assert!(s.service(name).is_some(), "{name}");
         }
+    }
+
+    #[test]
+    fn external_parts_start_no_container() {
+        let mut c = Config::default();
+        c.flink.url = "http://127.0.0.1:18081".into();
+        c.broker.bootstrap = "127.0.0.1:19092".into();
+        let s = Stack::new(&c, &State::for_tests(&c));
+        for name in [FLINK_JM, FLINK_TM, BROKER, INGEST] {
+            assert!(s.service(name).is_none(), "{name} would be started");
+        }
+        assert!(s.service(DATABASE).is_some() && s.service(SPARK_WORKER).is_some());
+        let names: Vec<_> = s.external.iter().map(|e| e.name).collect();
+        assert_eq!(names, [BROKER, FLINK_JM]);
+        assert!(s.require(FLINK_TM).unwrap_err().to_string().contains("external"));
     }
 
     #[test]

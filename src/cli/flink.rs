@@ -13,6 +13,7 @@ use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use crate::{
     config::Config,
     docker::Runtime,
+    endpoints::{self, Part},
     flink::{
         self,
         job::{self, JobSettings, RUNNER_ENTRY_CLASS, RUNNER_JAR_NAME},
@@ -66,16 +67,13 @@ pub enum FlinkCommand {
 
 const ACTIVE: &[&str] = &["CREATED", "INITIALIZING", "RUNNING", "RESTARTING", "RECONCILING", "FAILING", "CANCELLING"];
 
+/// The lab's job as SQL; without the lab's state (never started) the password is a placeholder.
 pub fn render(config: &Config, lab_state: Option<&crate::state::State>) -> Result<String> {
-    let fallback;
-    let state = match lab_state {
-        Some(s) => s,
-        None => {
-            fallback = crate::state::State { db_password: "<filled in by labctl submit flink>".into(), ports: config.ports.clone(), replicas: Default::default() };
-            &fallback
-        }
+    let password = match lab_state {
+        Some(s) => crate::endpoints::database_password(config, s)?,
+        None => "<filled in by labctl submit flink>".into(),
     };
-    job::render(config, state, &JobSettings::for_lab(config))
+    job::render(config, &password, &JobSettings::for_lab(config))
 }
 
 /// Local checks: statement kinds, one job, sink tables exist in the schema.
@@ -152,6 +150,9 @@ async fn exec_output(rt: &Runtime, container: &str, cmd: &[&str]) -> Result<Stri
 /// The lab job's retained checkpoints and savepoints in the flink-data volume, newest first,
 /// listed inside the JobManager container (which mounts the volume).
 pub async fn retained_snapshots(lab: &Lab) -> Result<Vec<Snapshot>> {
+    if Part::Flink.is_external(&lab.config) {
+        return rest_snapshots(lab).await;
+    }
     let rt = Runtime::connect().await?;
     let jm = lab.stack.container_name(FLINK_JM, 1);
     let script = format!(
@@ -161,6 +162,31 @@ pub async fn retained_snapshots(lab: &Lab) -> Result<Vec<Snapshot>> {
     );
     let listing = exec_output(&rt, &jm, &["bash", "-c", &script]).await.context("listing the retained checkpoints and savepoints")?;
     Ok(parse_snapshots(&listing))
+}
+
+/// On a cluster labctl cannot look into: the newest completed checkpoint or savepoint Flink
+/// still reports for an ended job of the lab's name (`/jobs/{id}/checkpoints`). After a
+/// JobManager restart without HA that history is gone; the job then starts without state.
+async fn rest_snapshots(lab: &Lab) -> Result<Vec<Snapshot>> {
+    let client = lab.flink(Duration::from_secs(10))?;
+    let name = job::job_name(&lab.config.project);
+    let mut ended: Vec<_> = client.jobs().await?.into_iter().filter(|j| j.name == name && !ACTIVE.contains(&j.state.as_str())).collect();
+    ended.sort_by_key(|j| std::cmp::Reverse(j.start_time));
+    let mut out = Vec::new();
+    for j in ended {
+        let Ok(cp) = client.checkpoints(&j.jid).await else { continue };
+        for (kind, key) in [("savepoint", "savepoint"), ("checkpoint", "completed")] {
+            let c = &cp["latest"][key];
+            if let (Some(path), Some(t)) = (c["external_path"].as_str(), c["latest_ack_timestamp"].as_f64()) {
+                out.push(Snapshot { kind, path: path.to_string(), modified: t / 1000.0 });
+            }
+        }
+        if !out.is_empty() {
+            break;
+        }
+    }
+    out.sort_by(|a, b| b.modified.total_cmp(&a.modified));
+    Ok(out)
 }
 
 /// The value of `SET 'pipeline.name' = '…'` in a script: the name its job will have.
@@ -341,7 +367,8 @@ async fn settle_interrupted_submit(client: &flink::Client, project: &str, within
 /// after a JobManager restart the TaskManagers take about a minute to register again.
 async fn wait_for_slots(client: &flink::Client, lab: &Lab, need: u32, timeout: Duration) -> Result<()> {
     let taskmanagers = lab.stack.service(crate::stack::FLINK_TM).map_or(0, |s| s.replicas);
-    let configured = taskmanagers * lab.config.flink.slots_per_taskmanager;
+    // An external cluster's size is its own business: wait for it like for a restarting one.
+    let configured = if Part::Flink.is_external(&lab.config) { need } else { taskmanagers * lab.config.flink.slots_per_taskmanager };
     let start = Instant::now();
     let mut said = false;
     loop {
@@ -413,7 +440,10 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let client = lab.flink(Duration::from_secs(10))?;
-    client.overview().await.with_context(|| "the Flink cluster is not up; start it with `labctl up`")?;
+    client.overview().await.with_context(|| match endpoints::context_for(&lab.config, Part::Flink) {
+        Some(ext) => format!("the {ext} does not answer"),
+        None => "the Flink cluster is not up; start it with `labctl up`".into(),
+    })?;
     settle_interrupted_submit(&client, &lab.config.project, Duration::from_secs(60)).await?;
     let settings = JobSettings::for_lab(&lab.config);
     wait_for_slots(&client, &lab, settings.parallelism, Duration::from_secs(args.timeout.max(90))).await?;
@@ -489,7 +519,7 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
         eprintln!("(non-restored state allowed: saved state of operators the new job does not have is dropped, so a changed job still starts)");
     }
 
-    let jar = find_or_explain_runner(&client).await?;
+    let jar = ensure_runner(&lab, &client).await?;
     let argv: Vec<String> = statements.iter().map(|s| B64.encode(s.as_bytes())).collect();
     let before: HashSet<String> = client.jobs().await?.into_iter().map(|j| j.jid).collect();
     let restore_req = restore.as_ref().map(|r| flink::Restore { path: r.path.clone(), allow_non_restored_state: true });
@@ -544,6 +574,9 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
 }
 
 fn explain_submit_error(e: anyhow::Error, verbose: bool) -> anyhow::Error {
+    if let Some(hint) = e.downcast_ref::<SubmitError>().and_then(|se| missing_connector(&format!("{}\n{}", se.cause, se.full))) {
+        return anyhow::anyhow!("Flink refused the job: {hint}");
+    }
     match e.downcast::<SubmitError>() {
         Ok(se) if verbose => anyhow::anyhow!("Flink refused the job: {}\n--- full error ---\n{}", se.cause, se.full),
         Ok(se) => anyhow::anyhow!("Flink refused the job: {}\n(full text: --verbose)", se.cause),
@@ -559,6 +592,40 @@ pub(crate) async fn find_or_explain_runner(client: &flink::Client) -> Result<Str
             "the Flink cluster has no {RUNNER_JAR_NAME}; the lab's Flink image provides it: recreate the JobManager with `labctl up`"
         ),
     }
+}
+
+/// The SQL runner's jar id on the cluster. The lab's own JobManager lists it from the start;
+/// an external cluster gets it uploaded, taken from the lab's Flink image (built if missing),
+/// so the runner always matches the job labctl renders.
+async fn ensure_runner(lab: &Lab, client: &flink::Client) -> Result<String> {
+    if !Part::Flink.is_external(&lab.config) || client.jars().await?.iter().any(|j| j.name == RUNNER_JAR_NAME) {
+        return find_or_explain_runner(client).await;
+    }
+    let rt = Runtime::connect().await.context("the SQL runner jar comes from the lab's Flink image, which needs Docker here")?;
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.enable_steady_tick(Duration::from_millis(120));
+    let (image, _) = rt.ensure_image(&crate::stack::FLINK_IMAGE, false, &pb).await?;
+    pb.finish_and_clear();
+    let bytes = rt.file_from_image(&image, RUNNER_JAR_PATH).await?;
+    eprintln!("uploading {RUNNER_JAR_NAME} ({} KiB, from {image}) to {}", bytes.len() / 1024, client.base());
+    client.upload_jar(RUNNER_JAR_NAME, bytes).await.context("uploading the SQL runner jar")
+}
+
+/// The SQL runner in the lab's Flink image.
+const RUNNER_JAR_PATH: &str = "/opt/flink/usrlib/labctl-sql-runner.jar";
+
+/// A job that fails because the cluster lacks a connector fails while planning, with this text.
+fn missing_connector(cause: &str) -> Option<&'static str> {
+    if !cause.contains("Could not find any factory for identifier") {
+        return None;
+    }
+    Some(if cause.contains("'kafka'") {
+        "the Flink cluster has no Kafka connector: put flink-connector-kafka and kafka-clients jars (for Flink 2.0) into its lib/ and restart it"
+    } else if cause.contains("'jdbc'") {
+        "the Flink cluster has no JDBC connector: put flink-connector-jdbc-core, flink-connector-jdbc-postgres and the PostgreSQL driver jars into its lib/ and restart it"
+    } else {
+        "the Flink cluster lacks a connector the job uses; add its jar to the cluster's lib/"
+    })
 }
 
 pub(crate) async fn wait_running(client: &flink::Client, id: &str, timeout: Duration) -> Result<()> {

@@ -67,6 +67,9 @@ fn check(service: &str, n: u32) -> Result<()> {
 pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
     let service = args.service.as_str();
     check(service, args.replicas)?;
+    if let Some(part) = crate::endpoints::Part::of_service(service) {
+        crate::endpoints::ensure_managed(&config, part, &format!("`labctl scale {service}`"))?;
+    }
     let n = args.replicas;
     let started = Instant::now();
     let mut state = State::require(&config)?;

@@ -47,10 +47,11 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
     }
     let mut report = status::report(&lab, &rt, timeout).await?;
     if args.show_secrets {
-        let p = &lab.state.ports;
+        let db = lab.database()?;
+        let password = lab.db_password()?;
         report.secrets = Some(serde_json::json!({
-            "db_password": lab.state.db_password,
-            "db_url": format!("postgresql://{}:{}@{}:{}/{}", lab.config.database.user, lab.state.db_password, lab.stack.bind_address, p.database, lab.config.database.name),
+            "db_password": password,
+            "db_url": format!("postgresql://{}:{password}@{}:{}/{}", db.user, db.host, db.port, db.name),
         }));
     }
     if args.json {

@@ -14,6 +14,7 @@ use indicatif::MultiProgress;
 use super::{finish, spinner};
 use crate::{
     config::Config,
+    endpoints,
     docker::{images::tail_lines, Action, ContainerInfo, Runtime},
     lab::Lab,
     stack::{self, Probe, Secret, Service, FLINK_TM, IMAGES, SCALABLE, SPARK_WORKER},
@@ -118,12 +119,29 @@ pub async fn run(mut config: Config, args: Args) -> Result<ExitCode> {
             }
         }
         let p = &lab.state.ports;
-        eprintln!("  broker    {}:{} (topic `{}`)", lab.stack.bind_address, p.broker, lab.config.broker.topic);
-        eprintln!(
-            "  database  postgresql://{}@{}:{}/{} (password: `labctl status --show-secrets`)",
-            lab.config.database.user, lab.stack.bind_address, p.database, lab.config.database.name
-        );
-        eprintln!("  azurite   http://{}:{}/devstoreaccount1", lab.stack.bind_address, p.azurite);
+        let (bind, c) = (&lab.stack.bind_address, &lab.config);
+        let topic = &c.broker.topic;
+        match lab.stack.external_for(stack::BROKER) {
+            Some(e) => eprintln!("  broker    {} (external; topic `{topic}`)", e.address),
+            None => eprintln!("  broker    {bind}:{} (topic `{topic}`)", p.broker),
+        }
+        match lab.stack.external_for(stack::DATABASE) {
+            Some(e) => eprintln!("  database  {} (external)", e.address),
+            None => eprintln!(
+                "  database  postgresql://{}@{bind}:{}/{} (password: `labctl status --show-secrets`)",
+                c.database.user, p.database, c.database.name
+            ),
+        }
+        match lab.stack.external_for(stack::AZURITE) {
+            Some(e) => eprintln!("  lake      {} (external)", e.address),
+            None => eprintln!("  azurite   http://{bind}:{}/devstoreaccount1", p.azurite),
+        }
+        for e in lab.stack.external.iter().filter(|e| matches!(e.part, endpoints::Part::Flink | endpoints::Part::Spark)) {
+            eprintln!("  {:<9} {} (external)", e.name, e.address);
+        }
+        if c.ingest.enabled && lab.stack.service(stack::INGEST).is_none() {
+            eprintln!("  the generator runs beside a managed broker only; feed the external one with `labctl ingest`");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -218,17 +236,28 @@ pub(crate) async fn remove_surplus(rt: &Runtime, lab: &Lab, existing: &[Containe
 async fn wait_ready(rt: &Runtime, lab: &Lab, multi: &MultiProgress, after_setup: bool) -> Result<()> {
     let timeout = Duration::from_secs(lab.config.ready_timeout_secs);
     let mut tasks = tokio::task::JoinSet::new();
-    for svc in lab.stack.services.iter().filter(|s| !matches!(s.probe, Probe::CoveredBy { .. }) && s.after_setup == after_setup) {
-        let pb = spinner(multi, svc.name);
-        let (lab, svc) = (lab.clone(), svc.clone());
+    // External services get the same probes as the managed ones they replace.
+    let mut checks: Vec<(&'static str, Probe, String)> = lab
+        .stack
+        .services
+        .iter()
+        .filter(|s| !matches!(s.probe, Probe::CoveredBy { .. }) && s.after_setup == after_setup)
+        .map(|s| (s.name, s.probe.clone(), String::new()))
+        .collect();
+    if !after_setup {
+        checks.extend(lab.stack.external.iter().map(|e| (e.name, e.probe.clone(), format!("external {}: ", e.address))));
+    }
+    for (name, probe, label) in checks {
+        let pb = spinner(multi, name);
+        let lab = lab.clone();
         tasks.spawn(async move {
             let start = Instant::now();
             let mut last_err;
             loop {
-                match lab.probe(&svc.probe, Duration::from_secs(3)).await {
+                match lab.probe(&probe, Duration::from_secs(3)).await {
                     Ok(detail) => {
-                        finish(&pb, format!("ready in {:.1} s: {detail}", start.elapsed().as_secs_f64()));
-                        return Ok::<_, (Service, String)>(());
+                        finish(&pb, format!("{label}ready in {:.1} s: {detail}", start.elapsed().as_secs_f64()));
+                        return Ok::<_, (&'static str, String)>(());
                     }
                     Err(e) => {
                         last_err = format!("{e:#}");
@@ -236,8 +265,8 @@ async fn wait_ready(rt: &Runtime, lab: &Lab, multi: &MultiProgress, after_setup:
                     }
                 }
                 if start.elapsed() > timeout {
-                    pb.abandon_with_message(format!("NOT READY after {timeout:?}: {last_err}"));
-                    return Err((svc, last_err));
+                    pb.abandon_with_message(format!("{label}NOT READY after {timeout:?}: {last_err}"));
+                    return Err((name, last_err));
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -253,14 +282,23 @@ async fn wait_ready(rt: &Runtime, lab: &Lab, multi: &MultiProgress, after_setup:
         return Ok(());
     }
     let mut msg = String::new();
-    for (svc, why) in &failures {
-        msg.push_str(&format!("\n{} never became ready: {why}", svc.name));
+    for (name, why) in &failures {
+        if let Some(e) = lab.stack.external_for(name) {
+            msg.push_str(&format!(
+                "\nthe external {name} at {} ({}) is not ready: {why}\n  labctl expects there: {}",
+                e.address,
+                e.part.key(),
+                endpoints::requirement(e.part)
+            ));
+            continue;
+        }
+        msg.push_str(&format!("\n{name} never became ready: {why}"));
         // Show the logs of the service and of those whose readiness it stands for.
         let related: HashSet<&str> = lab
             .stack
             .services
             .iter()
-            .filter(|s| s.name == svc.name || s.probe == Probe::CoveredBy { service: svc.name })
+            .filter(|s| s.name == *name || s.probe == Probe::CoveredBy { service: name })
             .map(|s| s.name)
             .collect();
         for s in lab.stack.services.iter().filter(|s| related.contains(s.name)) {

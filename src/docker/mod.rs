@@ -368,6 +368,25 @@ impl Runtime {
     }
 
     /// Reads one file out of a container (e.g. a Spark driver's stderr) through the archive API.
+    /// One file of an image, read from a container created for it and never started.
+    pub async fn file_from_image(&self, image: &str, path: &str) -> Result<Vec<u8>> {
+        let name = format!("labctl-extract-{}-{}", std::process::id(), chrono::Utc::now().timestamp_micros());
+        let config = bollard::container::Config { image: Some(image.to_string()), ..Default::default() };
+        self.docker
+            .create_container(Some(bollard::container::CreateContainerOptions { name: name.as_str(), platform: None }), config)
+            .await
+            .with_context(|| format!("creating a container of {image} to read {path}"))?;
+        let bytes = self.read_file(&name, path).await;
+        let removed = self
+            .docker
+            .remove_container(&name, Some(bollard::container::RemoveContainerOptions { force: true, ..Default::default() }))
+            .await;
+        if let Err(e) = removed {
+            tracing::warn!("could not remove {name}: {e}");
+        }
+        bytes
+    }
+
     pub async fn read_file(&self, container: &str, path: &str) -> Result<Vec<u8>> {
         let mut stream = self
             .docker

@@ -8,8 +8,7 @@ use crate::{
     config::Config,
     render::render_template,
     schema::{flink_ident, ColumnType, MACHINE_SENSORS, MESSAGE_FIELDS, REJECTED_READINGS, SENSOR_AGGREGATES},
-    stack::{BROKER, BROKER_PORT, DATABASE, DATABASE_PORT},
-    state::State,
+    endpoints,
 };
 
 pub const TEMPLATE: &str = "templates/flink/sensor_aggregation.sql.tera";
@@ -129,11 +128,13 @@ impl Target {
     }
 }
 
-pub fn render(config: &Config, state: &State, settings: &JobSettings) -> Result<String> {
-    render_for(config, state, settings, &Target::lab(config))
+pub fn render(config: &Config, db_password: &str, settings: &JobSettings) -> Result<String> {
+    render_for(config, db_password, settings, &Target::lab(config))
 }
 
-pub fn render_for(config: &Config, state: &State, settings: &JobSettings, target: &Target) -> Result<String> {
+/// The job's SQL. Broker and database addresses are the ones the Flink cluster reaches
+/// (`endpoints`), which for an external cluster can differ from labctl's own.
+pub fn render_for(config: &Config, db_password: &str, settings: &JobSettings, target: &Target) -> Result<String> {
     crate::config::check_identifier("raw table", &target.raw_table)?;
     crate::config::check_identifier("aggregate table", &target.agg_table)?;
     crate::config::check_identifier("rejected table", &target.rejected_table)?;
@@ -146,15 +147,15 @@ pub fn render_for(config: &Config, state: &State, settings: &JobSettings, target
             None => bail!("the Flink job has no expression for column {}.{}", SENSOR_AGGREGATES.name, c.name),
         }
     }
-    let jdbc_url = format!(
-        "jdbc:postgresql://{DATABASE}:{DATABASE_PORT}/{}?reWriteBatchedInserts=true",
-        config.database.name
-    );
+    let jdbc_url = format!("{}?reWriteBatchedInserts=true", endpoints::cluster_jdbc_url(config));
+    let kafka_properties: Vec<String> =
+        endpoints::flink_kafka_properties(config)?.iter().map(|(k, v)| format!("{} = {},", lit(k), lit(v))).collect();
     let mut ctx = tera::Context::new();
     ctx.insert("job_name", &lit(&target.job_name));
     ctx.insert("s", settings);
     ctx.insert("topic", &lit(&target.topic));
-    ctx.insert("bootstrap", &lit(&format!("{BROKER}:{BROKER_PORT}")));
+    ctx.insert("bootstrap", &lit(&endpoints::cluster_bootstrap(config)));
+    ctx.insert("kafka_properties", &kafka_properties);
     ctx.insert("group_id", &lit(&target.group_id));
     ctx.insert("checkpoint_dir", &lit(&format!("file://{}", target.checkpoint_dir)));
     ctx.insert(
@@ -170,8 +171,8 @@ pub fn render_for(config: &Config, state: &State, settings: &JobSettings, target
     ctx.insert("rejected_table", &target.rejected_table);
     ctx.insert("rejected_columns", &REJECTED_READINGS.flink_sink_columns());
     ctx.insert("jdbc_url", &lit(&jdbc_url));
-    ctx.insert("db_user", &lit(&config.database.user));
-    ctx.insert("db_password", &lit(&state.db_password));
+    ctx.insert("db_user", &lit(&endpoints::database_user(config)));
+    ctx.insert("db_password", &lit(db_password));
     ctx.insert("raw_table", &target.raw_table);
     ctx.insert("raw_columns", &MACHINE_SENSORS.flink_sink_columns());
     ctx.insert("raw_select", &raw_select.join(", "));
@@ -282,8 +283,7 @@ mod tests {
 
     fn rendered() -> String {
         let c = Config::default();
-        let st = State { db_password: "pw'x".into(), ports: c.ports.clone(), replicas: Default::default() };
-        render(&c, &st, &JobSettings::for_lab(&c)).unwrap()
+        render(&c, "pw'x", &JobSettings::for_lab(&c)).unwrap()
     }
 
     #[test]

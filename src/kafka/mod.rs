@@ -17,10 +17,12 @@ use rdkafka::{
 use crate::stack::{Stack, BROKER, BROKER_PORT};
 
 /// How labctl on the host reaches the broker.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Broker {
     /// Bootstrap list as passed to librdkafka.
     pub bootstrap: String,
+    /// security.protocol and SASL settings of an external broker (empty: plaintext).
+    pub security: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -30,12 +32,20 @@ pub struct PartitionOffsets {
     pub high: i64,
 }
 
+/// Without the SASL password: the client is logged at debug level.
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let security: Vec<_> = self.security.iter().map(|(k, v)| (k.as_str(), if k.contains("password") { "***" } else { v.as_str() })).collect();
+        f.debug_struct("Broker").field("bootstrap", &self.bootstrap).field("security", &security).finish()
+    }
+}
+
 impl Broker {
     /// The lab's own broker: advertised as `broker:9092`, reached through the published port.
     pub fn for_stack(stack: &Stack) -> Result<Self> {
         let port = stack.published_port("broker").context("the stack has no broker port")?;
         resolve::map_broker(BROKER, BROKER_PORT, &stack.bind_address, port);
-        Ok(Self { bootstrap: format!("{BROKER}:{BROKER_PORT}") })
+        Ok(Self { bootstrap: format!("{BROKER}:{BROKER_PORT}"), security: vec![] })
     }
 
     pub fn client_config(&self) -> ClientConfig {
@@ -45,6 +55,9 @@ impl Broker {
             .set("socket.timeout.ms", "5000")
             .set("reconnect.backoff.max.ms", "2000")
             .set("log_level", "3");
+        for (k, v) in &self.security {
+            c.set(k, v);
+        }
         c
     }
 

@@ -48,7 +48,7 @@ pub struct Report {
 #[derive(Debug, Serialize)]
 pub struct ServiceStatus {
     pub service: String,
-    /// running / partial / paused / stopped / missing
+    /// running / partial / paused / stopped / missing / external
     pub state: String,
     pub ready: bool,
     pub light: Light,
@@ -263,6 +263,27 @@ async fn services(lab: &Lab, rt: &Runtime, timeout: Duration) -> Result<Vec<Serv
             containers: mine.iter().map(|c| ContainerStatus { name: c.name.clone(), state: c.state.clone(), status: c.status.clone() }).collect(),
         });
     }
+    // External services: no containers, only whether they answer.
+    let external = futures_util::future::join_all(lab.stack.external.iter().map(|e| async move {
+        let probe = tokio::time::timeout(timeout, lab.probe(&e.probe, timeout))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {timeout:?}")));
+        let light = match probe {
+            Ok(d) => Light::green(format!("external at {}: {d}", e.address)),
+            Err(err) => Light::red(format!("external at {} ({}) not answering: {err:#}", e.address, e.part.key())),
+        };
+        ServiceStatus {
+            service: e.name.to_string(),
+            state: "external".into(),
+            ready: light.health == Health::Green,
+            light,
+            restarts: 0,
+            url: Some(e.address.clone()),
+            containers: vec![],
+        }
+    }))
+    .await;
+    out.extend(external);
     Ok(out)
 }
 

@@ -93,8 +93,9 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
         retain_checkpoints: false,
     };
     // Baseline: the job's own SET and source statements, into a blackhole.
-    let full = render_for(&lab.config, &lab.state, &settings, &target("full"))?;
-    let read_only = render_for(&lab.config, &lab.state, &settings, &target("read"))?;
+    let password = lab.db_password()?;
+    let full = render_for(&lab.config, &password, &settings, &target("full"))?;
+    let read_only = render_for(&lab.config, &password, &settings, &target("read"))?;
     let mut base_script: Vec<String> = crate::flink::job::split_statements(&read_only)
         .into_iter()
         .filter(|s| s.starts_with("SET") || s.contains("CREATE TABLE sensor_readings"))

@@ -1,0 +1,507 @@
+//! Where the lab's services are, seen from two places: labctl on this host, and the Flink and
+//! Spark clusters, whose jobs connect to the broker, the database and the lake themselves.
+//!
+//! A **managed** service (labctl builds, starts and stops it) is reached through its published
+//! port from here and by its name on the lab's network from the clusters. An **external** one
+//! (labctl only connects) is wherever the config says, once for each view, because the two can
+//! differ: a broker that advertises in-cluster names, a database behind a proxy on this host.
+//! Secrets of external services come from the environment (`config::SECRET_*`).
+
+use anyhow::{bail, Result};
+use reqwest::Url;
+
+use crate::{
+    config::{Config, InvalidValue, SECRET_BROKER_PASSWORD, SECRET_DATABASE_PASSWORD, SECRET_LAKE_KEY},
+    lake::{DEV_ACCOUNT, DEV_KEY},
+    stack::{
+        AZURITE, AZURITE_PORT, BROKER, BROKER_PORT, DATABASE, DATABASE_PORT, FLINK_JM, FLINK_TM, SPARK_MASTER,
+        SPARK_MASTER_PORT, SPARK_WORKER,
+    },
+};
+
+/// The parts of the lab a config can mark external, each with the stack services it stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Part {
+    Broker,
+    Database,
+    Flink,
+    Spark,
+    Lake,
+}
+
+impl Part {
+    pub const ALL: [Part; 5] = [Part::Broker, Part::Database, Part::Flink, Part::Spark, Part::Lake];
+
+    /// The config section that makes it external.
+    pub fn key(self) -> &'static str {
+        match self {
+            Part::Broker => "broker.bootstrap",
+            Part::Database => "database.url",
+            Part::Flink => "flink.url",
+            Part::Spark => "spark.master_url",
+            Part::Lake => "lake.endpoint",
+        }
+    }
+
+    /// The stack's services that run it when it is managed; the first is the one whose probe
+    /// and name stand for the part.
+    pub fn services(self) -> &'static [&'static str] {
+        match self {
+            Part::Broker => &[BROKER],
+            Part::Database => &[DATABASE],
+            Part::Flink => &[FLINK_JM, FLINK_TM],
+            Part::Spark => &[SPARK_MASTER, SPARK_WORKER],
+            Part::Lake => &[AZURITE],
+        }
+    }
+
+    pub fn of_service(service: &str) -> Option<Part> {
+        Part::ALL.into_iter().find(|p| p.services().contains(&service))
+    }
+
+    pub fn is_external(self, config: &Config) -> bool {
+        !match self {
+            Part::Broker => &config.broker.bootstrap,
+            Part::Database => &config.database.url,
+            Part::Flink => &config.flink.url,
+            Part::Spark => &config.spark.master_url,
+            Part::Lake => &config.lake.endpoint,
+        }
+        .is_empty()
+    }
+
+    /// Where labctl reaches an external part, for messages and `status`.
+    pub fn external_address(self, config: &Config) -> String {
+        match self {
+            Part::Broker => config.broker.bootstrap.clone(),
+            Part::Database => {
+                let pg = parse_pg_url("database.url", &config.database.url).ok();
+                pg.map(|a| format!("{}:{}/{}", a.host, a.port, database_name(config))).unwrap_or_default()
+            }
+            Part::Flink => config.flink.url.clone(),
+            Part::Spark => format!("{} (REST {})", config.spark.master_url, config.spark.rest_url),
+            Part::Lake => config.lake.endpoint.clone(),
+        }
+    }
+}
+
+fn invalid(key: &str, value: &str, reason: &str) -> anyhow::Error {
+    InvalidValue { key: key.into(), value: value.into(), reason: reason.into() }.into()
+}
+
+/// A host name or IP address: letters, digits, `.`, `-`, `_`, or a bracketed IPv6 address.
+fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && (h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+            || (h.starts_with('[') && h.ends_with(']') && h[1..h.len() - 1].parse::<std::net::Ipv6Addr>().is_ok()))
+}
+
+/// `host:port`.
+pub fn parse_host_port(key: &str, s: &str) -> Result<(String, u16)> {
+    let bad = || invalid(key, s, "use host:port, e.g. kafka-1.example.net:9092");
+    let (host, port) = s.trim().rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if !valid_host(host) || port == 0 {
+        return Err(bad());
+    }
+    Ok((host.to_string(), port))
+}
+
+/// `host:port,host:port,…`, at least one.
+pub fn parse_bootstrap(key: &str, s: &str) -> Result<Vec<(String, u16)>> {
+    s.split(',').map(|one| parse_host_port(key, one)).collect()
+}
+
+/// An `http(s)://host[:port][/path]` address without credentials, query or fragment.
+pub fn parse_http_url(key: &str, s: &str) -> Result<Url> {
+    let u = Url::parse(s).map_err(|e| invalid(key, s, &format!("not a URL ({e}); use e.g. http://host:8081")))?;
+    if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+        bail!(invalid(key, s, "use an http:// or https:// URL with a host"));
+    }
+    if !u.username().is_empty() || u.password().is_some() || u.query().is_some() || u.fragment().is_some() {
+        bail!(invalid(key, s, "no user, password, query or fragment in the URL: secrets come from the environment"));
+    }
+    Ok(u)
+}
+
+/// `database.url` taken apart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PgAddress {
+    pub host: String,
+    pub port: u16,
+    pub user: Option<String>,
+    pub dbname: Option<String>,
+}
+
+/// `postgresql://[user@]host[:port][/dbname]`. No password (LABCTL_DATABASE_PASSWORD holds it)
+/// and no parameters: labctl speaks plain TCP to PostgreSQL.
+pub fn parse_pg_url(key: &str, s: &str) -> Result<PgAddress> {
+    let u = Url::parse(s).map_err(|e| invalid(key, s, &format!("not a URL ({e}); use postgresql://user@host:5432/dbname")))?;
+    if !matches!(u.scheme(), "postgresql" | "postgres") {
+        bail!(invalid(key, s, "use postgresql://[user@]host[:port]/dbname"));
+    }
+    if u.password().is_some() {
+        bail!(invalid(key, s, &format!("put no password in the URL; set {SECRET_DATABASE_PASSWORD}")));
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        bail!(invalid(key, s, "no parameters: labctl connects without TLS (sslmode is not supported)"));
+    }
+    let host = u.host_str().filter(|h| valid_host(h)).ok_or_else(|| invalid(key, s, "the URL needs a host"))?.to_string();
+    let user = Some(u.username().to_string()).filter(|x| !x.is_empty());
+    let dbname = Some(u.path().trim_start_matches('/').to_string()).filter(|x| !x.is_empty());
+    for (what, v) in [("user", &user), ("database name", &dbname)] {
+        if let Some(v) = v {
+            crate::config::check_identifier(&format!("{key} ({what})"), v)?;
+        }
+    }
+    Ok(PgAddress { host, port: u.port().unwrap_or(5432), user, dbname })
+}
+
+/// The database user: `database.url`'s when it names one, else `database.user`.
+pub fn database_user(config: &Config) -> String {
+    parse_pg_url("database.url", &config.database.url).ok().and_then(|a| a.user).unwrap_or_else(|| config.database.user.clone())
+}
+
+/// The database name: `database.url`'s when it names one, else `database.name`.
+pub fn database_name(config: &Config) -> String {
+    parse_pg_url("database.url", &config.database.url).ok().and_then(|a| a.dbname).unwrap_or_else(|| config.database.name.clone())
+}
+
+const PROTOCOLS: &[&str] = &["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"];
+const MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+
+/// Checks the external-service keys; `Config::validate` calls this.
+pub fn validate(config: &Config) -> Result<()> {
+    let b = &config.broker;
+    if !b.bootstrap.is_empty() {
+        parse_bootstrap("broker.bootstrap", &b.bootstrap)?;
+    }
+    for (key, value, needs) in [
+        ("broker.cluster_bootstrap", &b.cluster_bootstrap, &b.bootstrap),
+        ("database.cluster_url", &config.database.cluster_url, &config.database.url),
+        ("lake.cluster_endpoint", &config.lake.cluster_endpoint, &config.lake.endpoint),
+        ("lake.account", &config.lake.account, &config.lake.endpoint),
+    ] {
+        if !value.is_empty() && needs.is_empty() {
+            bail!(invalid(key, value, "applies to an external service only: set the service's address first"));
+        }
+    }
+    if !b.cluster_bootstrap.is_empty() {
+        parse_bootstrap("broker.cluster_bootstrap", &b.cluster_bootstrap)?;
+    }
+    for (from, to) in &b.address_map {
+        parse_host_port("broker.address_map (advertised address)", from)?;
+        parse_host_port(&format!("broker.address_map.\"{from}\""), to)?;
+    }
+    if !PROTOCOLS.contains(&b.security_protocol.as_str()) {
+        bail!(invalid("broker.security_protocol", &b.security_protocol, &format!("use one of {}", PROTOCOLS.join(", "))));
+    }
+    let sasl = b.security_protocol.starts_with("sasl_");
+    if b.security_protocol != "plaintext" && b.bootstrap.is_empty() {
+        bail!(invalid("broker.security_protocol", &b.security_protocol, "the lab's own broker speaks plaintext; security settings are for an external broker (broker.bootstrap)"));
+    }
+    if sasl {
+        if !MECHANISMS.contains(&b.sasl_mechanism.as_str()) {
+            bail!(invalid("broker.sasl_mechanism", &b.sasl_mechanism, &format!("a sasl_* protocol needs one of {}", MECHANISMS.join(", "))));
+        }
+        // The user name goes into a JAAS line of the Flink job: keep it to characters that need no quoting there.
+        let ok = !b.sasl_username.is_empty()
+            && b.sasl_username.len() <= 255
+            && b.sasl_username.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '\\' | ';'));
+        if !ok {
+            bail!(invalid("broker.sasl_username", &b.sasl_username, "a sasl_* protocol needs a user name of printable characters without quotes, backslash or ';'"));
+        }
+    } else if !b.sasl_mechanism.is_empty() || !b.sasl_username.is_empty() {
+        bail!(invalid("broker.sasl_mechanism", &b.sasl_mechanism, "SASL settings need security_protocol sasl_plaintext or sasl_ssl"));
+    }
+    if !config.database.url.is_empty() {
+        parse_pg_url("database.url", &config.database.url)?;
+    }
+    if !config.database.cluster_url.is_empty() {
+        parse_pg_url("database.cluster_url", &config.database.cluster_url)?;
+    }
+    if !config.flink.url.is_empty() {
+        parse_http_url("flink.url", &config.flink.url)?;
+    }
+    let s = &config.spark;
+    let given = [&s.master_url, &s.rest_url, &s.ui_url].iter().filter(|v| !v.is_empty()).count();
+    if given != 0 && given != 3 {
+        bail!(invalid("spark.master_url", &s.master_url, "an external Spark cluster needs all of spark.master_url, spark.rest_url and spark.ui_url"));
+    }
+    if given == 3 {
+        let (host, port) = s
+            .master_url
+            .strip_prefix("spark://")
+            .and_then(|hp| parse_host_port("spark.master_url", hp).ok())
+            .ok_or_else(|| invalid("spark.master_url", &s.master_url, "use spark://host:7077"))?;
+        let _ = (host, port);
+        parse_http_url("spark.rest_url", &s.rest_url)?;
+        parse_http_url("spark.ui_url", &s.ui_url)?;
+    }
+    if !config.lake.endpoint.is_empty() {
+        parse_http_url("lake.endpoint", &config.lake.endpoint)?;
+        if !config.lake.cluster_endpoint.is_empty() {
+            parse_http_url("lake.cluster_endpoint", &config.lake.cluster_endpoint)?;
+        }
+        let account = lake_account(config);
+        let ok = (3..=64).contains(&account.len()) && account.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if !ok {
+            bail!(invalid("lake.account", &account, "a storage account name is 3-24 lowercase letters and digits; set lake.account"));
+        }
+    }
+    Ok(())
+}
+
+/// Kafka client settings for security, under librdkafka's names (the Java client's are the
+/// same): empty for plaintext. The password is only read where it is needed.
+pub fn kafka_security(config: &Config) -> Result<Vec<(String, String)>> {
+    let b = &config.broker;
+    if b.security_protocol == "plaintext" {
+        return Ok(vec![]);
+    }
+    let mut out = vec![("security.protocol".to_string(), b.security_protocol.to_ascii_uppercase())];
+    if b.security_protocol.starts_with("sasl_") {
+        out.push(("sasl.mechanism".into(), b.sasl_mechanism.clone()));
+        out.push(("sasl.username".into(), b.sasl_username.clone()));
+        out.push(("sasl.password".into(), secret(SECRET_BROKER_PASSWORD, "the external broker's SASL password")?));
+    }
+    Ok(out)
+}
+
+/// The same settings as `properties.*` options of Flink's Kafka connector (the Java client
+/// takes SASL credentials as one JAAS line).
+pub fn flink_kafka_properties(config: &Config) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let (mut user, mut password, mut mechanism) = (None, None, None);
+    for (k, v) in kafka_security(config)? {
+        match k.as_str() {
+            "sasl.username" => user = Some(v),
+            "sasl.password" => password = Some(v),
+            "sasl.mechanism" => {
+                mechanism = Some(v.clone());
+                out.push((format!("properties.{k}"), v));
+            }
+            _ => out.push((format!("properties.{k}"), v)),
+        }
+    }
+    if let (Some(u), Some(p), Some(m)) = (user, password, mechanism) {
+        if p.contains(['"', '\\']) {
+            bail!("{SECRET_BROKER_PASSWORD} contains a '\"' or '\\', which a JAAS line cannot carry unescaped");
+        }
+        let module = if m == "PLAIN" {
+            "org.apache.kafka.common.security.plain.PlainLoginModule"
+        } else {
+            "org.apache.kafka.common.security.scram.ScramLoginModule"
+        };
+        out.push(("properties.sasl.jaas.config".into(), format!("{module} required username=\"{u}\" password=\"{p}\";")));
+    }
+    Ok(out)
+}
+
+/// A secret from the environment, with the fix in the error.
+pub fn secret(var: &str, what: &str) -> Result<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Ok(v),
+        _ => bail!("{what} is not set: export {var}=… (labctl reads it from the environment, never from a file it writes)"),
+    }
+}
+
+/// The database password: generated for the lab's own database (kept in its state file),
+/// from LABCTL_DATABASE_PASSWORD for an external one.
+pub fn database_password(config: &Config, state: &crate::state::State) -> Result<String> {
+    if Part::Database.is_external(config) {
+        secret(SECRET_DATABASE_PASSWORD, "the external database's password")
+    } else {
+        Ok(state.db_password.clone())
+    }
+}
+
+/// The broker's bootstrap list as the Flink cluster reaches it.
+pub fn cluster_bootstrap(config: &Config) -> String {
+    let b = &config.broker;
+    match (b.cluster_bootstrap.is_empty(), b.bootstrap.is_empty()) {
+        (false, _) => b.cluster_bootstrap.clone(),
+        (true, false) => b.bootstrap.clone(),
+        (true, true) => format!("{BROKER}:{BROKER_PORT}"),
+    }
+}
+
+/// The database as the Flink and Spark clusters reach it: `jdbc:postgresql://host:port/dbname`.
+pub fn cluster_jdbc_url(config: &Config) -> String {
+    let d = &config.database;
+    let addr = [&d.cluster_url, &d.url].into_iter().find(|u| !u.is_empty()).and_then(|u| parse_pg_url("database.url", u).ok());
+    let (host, port) = addr.map(|a| (a.host, a.port)).unwrap_or_else(|| (DATABASE.to_string(), DATABASE_PORT));
+    format!("jdbc:postgresql://{host}:{port}/{}", database_name(config))
+}
+
+/// The Spark master as drivers and executors reach it.
+pub fn spark_master_url(config: &Config) -> String {
+    if config.spark.master_url.is_empty() {
+        format!("spark://{SPARK_MASTER}:{SPARK_MASTER_PORT}")
+    } else {
+        config.spark.master_url.clone()
+    }
+}
+
+/// The storage account of the lake.
+pub fn lake_account(config: &Config) -> String {
+    let l = &config.lake;
+    if l.endpoint.is_empty() {
+        return DEV_ACCOUNT.into();
+    }
+    if !l.account.is_empty() {
+        return l.account.clone();
+    }
+    let Ok(u) = Url::parse(&l.endpoint) else { return String::new() };
+    let host = u.host_str().unwrap_or_default();
+    match host.strip_suffix(".blob.core.windows.net") {
+        Some(account) => account.to_string(),
+        None => u.path().trim_matches('/').split('/').next().unwrap_or_default().to_string(),
+    }
+}
+
+/// The lake's shared key: Azurite's public development key for the lab's own Azurite, from
+/// LABCTL_LAKE_KEY for external storage.
+pub fn lake_key(config: &Config) -> Result<String> {
+    if Part::Lake.is_external(config) {
+        secret(SECRET_LAKE_KEY, "the external lake's storage account key")
+    } else {
+        Ok(DEV_KEY.into())
+    }
+}
+
+/// The lake's blob endpoint (with the account in the path where the service wants it there) as
+/// the Spark cluster reaches it.
+pub fn cluster_lake_endpoint(config: &Config) -> String {
+    let l = &config.lake;
+    match [&l.cluster_endpoint, &l.endpoint].into_iter().find(|e| !e.is_empty()) {
+        Some(e) => e.trim_end_matches('/').to_string(),
+        None => format!("http://{AZURITE}:{AZURITE_PORT}/{DEV_ACCOUNT}"),
+    }
+}
+
+/// Registers `broker.address_map` with labctl's Kafka clients (see `kafka::resolve`).
+pub fn apply_address_map(config: &Config) -> Result<()> {
+    for (from, to) in &config.broker.address_map {
+        let (fh, fp) = parse_host_port("broker.address_map", from)?;
+        let (th, tp) = parse_host_port("broker.address_map", to)?;
+        crate::kafka::resolve::map_broker(&fh, fp, &th, tp);
+    }
+    Ok(())
+}
+
+/// What an external part needs on its side, for the error when it lacks it.
+pub fn requirement(part: Part) -> &'static str {
+    match part {
+        Part::Broker => "a Kafka-API broker",
+        Part::Database => "PostgreSQL with the timescaledb extension preloaded",
+        Part::Flink => "a Flink 2.0 session cluster with the Kafka and JDBC (PostgreSQL) connectors in lib/",
+        Part::Spark => "a Spark 4.0 standalone master with the REST server enabled; workers with Python 3, pyspark, deltalake and pyarrow, and the PostgreSQL JDBC driver",
+        Part::Lake => "Azure Blob storage (or Azurite) with Shared Key access",
+    }
+}
+
+/// Context for an error of an external part.
+pub fn context_for(config: &Config, part: Part) -> Option<String> {
+    part.is_external(config).then(|| format!("external {} at {} ({})", part_name(part), part.external_address(config), part.key()))
+}
+
+fn part_name(part: Part) -> &'static str {
+    match part {
+        Part::Broker => "broker",
+        Part::Database => "database",
+        Part::Flink => "Flink cluster",
+        Part::Spark => "Spark cluster",
+        Part::Lake => "lake storage",
+    }
+}
+
+/// The external parts of a config, for messages.
+pub fn external_parts(config: &Config) -> Vec<Part> {
+    Part::ALL.into_iter().filter(|p| p.is_external(config)).collect()
+}
+
+pub fn ensure_managed(config: &Config, part: Part, what: &str) -> Result<()> {
+    if part.is_external(config) {
+        bail!("{what} needs the lab's own {}; this lab's is external ({} = {:?}): do that where it runs", part_name(part), part.key(), part.external_address(config));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(f: impl FnOnce(&mut Config)) -> Config {
+        let mut c = Config::default();
+        f(&mut c);
+        c
+    }
+
+    #[test]
+    fn managed_lab_uses_network_names() {
+        let c = Config::default();
+        assert!(external_parts(&c).is_empty());
+        assert_eq!(cluster_bootstrap(&c), "broker:9092");
+        assert_eq!(cluster_jdbc_url(&c), "jdbc:postgresql://timescaledb:5432/iiot");
+        assert_eq!(cluster_lake_endpoint(&c), "http://azurite:10000/devstoreaccount1");
+        assert_eq!(spark_master_url(&c), "spark://spark-master:7077");
+        assert_eq!(lake_account(&c), "devstoreaccount1");
+    }
+
+    #[test]
+    fn external_addresses_and_cluster_views() {
+        let c = cfg(|c| {
+            c.broker.bootstrap = "127.0.0.1:19092".into();
+            c.broker.cluster_bootstrap = "broker:9092".into();
+            c.database.url = "postgresql://ops@db.example.net:6543/plant".into();
+            c.lake.endpoint = "https://plantlake.blob.core.windows.net".into();
+        });
+        c.validate().unwrap();
+        assert_eq!(external_parts(&c), vec![Part::Broker, Part::Database, Part::Lake]);
+        assert_eq!(cluster_bootstrap(&c), "broker:9092");
+        assert_eq!(cluster_jdbc_url(&c), "jdbc:postgresql://db.example.net:6543/plant");
+        assert_eq!((database_user(&c), database_name(&c)), ("ops".into(), "plant".into()));
+        assert_eq!(lake_account(&c), "plantlake");
+        assert_eq!(cluster_lake_endpoint(&c), "https://plantlake.blob.core.windows.net");
+    }
+
+    #[test]
+    fn bad_external_values_name_their_key() {
+        for (key, f) in [
+            ("broker.bootstrap", Box::new(|c: &mut Config| c.broker.bootstrap = "kafka;rm -rf /:9092".into()) as Box<dyn Fn(&mut Config)>),
+            ("broker.bootstrap", Box::new(|c: &mut Config| c.broker.bootstrap = "kafka".into())),
+            ("broker.cluster_bootstrap", Box::new(|c: &mut Config| c.broker.cluster_bootstrap = "broker:9092".into())),
+            ("database.url", Box::new(|c: &mut Config| c.database.url = "postgresql://u:secret@h/db".into())),
+            ("database.url", Box::new(|c: &mut Config| c.database.url = "postgresql://h/db?sslmode=require".into())),
+            ("database.url", Box::new(|c: &mut Config| c.database.url = "postgresql://h/Robert');DROP".into())),
+            ("flink.url", Box::new(|c: &mut Config| c.flink.url = "ftp://x".into())),
+            ("spark.master_url", Box::new(|c: &mut Config| c.spark.master_url = "spark://m:7077".into())),
+            ("broker.security_protocol", Box::new(|c: &mut Config| c.broker.security_protocol = "sasl_plaintext".into())),
+            ("lake.account", Box::new(|c: &mut Config| c.lake.endpoint = "http://127.0.0.1:10000/".into())),
+        ] {
+            let mut c = Config::default();
+            f(&mut c);
+            let err = format!("{:#}", c.validate().unwrap_err());
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn sasl_becomes_a_jaas_line() {
+        let c = cfg(|c| {
+            c.broker.bootstrap = "k:9092".into();
+            c.broker.security_protocol = "sasl_plaintext".into();
+            c.broker.sasl_mechanism = "PLAIN".into();
+            c.broker.sasl_username = "lab".into();
+        });
+        c.validate().unwrap();
+        std::env::set_var(SECRET_BROKER_PASSWORD, "pw");
+        let props = flink_kafka_properties(&c).unwrap();
+        assert!(props.contains(&("properties.security.protocol".into(), "SASL_PLAINTEXT".into())), "{props:?}");
+        assert!(props.iter().any(|(k, v)| k == "properties.sasl.jaas.config" && v.contains("PlainLoginModule required username=\"lab\" password=\"pw\";")), "{props:?}");
+        assert!(!props.iter().any(|(k, _)| k == "properties.sasl.password"));
+    }
+}
