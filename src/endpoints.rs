@@ -308,6 +308,21 @@ pub fn secret(var: &str, what: &str) -> Result<String> {
     }
 }
 
+/// Fails naming the variable when a secret an external part needs is not in the environment,
+/// so `up` stops before it waits on a probe that cannot pass.
+pub fn check_secrets(config: &Config) -> Result<()> {
+    if Part::Database.is_external(config) {
+        secret(SECRET_DATABASE_PASSWORD, "the external database's password (database.url)")?;
+    }
+    if Part::Lake.is_external(config) {
+        secret(SECRET_LAKE_KEY, "the external lake's storage account key (lake.endpoint)")?;
+    }
+    if config.broker.security_protocol.starts_with("sasl_") {
+        secret(SECRET_BROKER_PASSWORD, "the external broker's SASL password (broker.sasl_username)")?;
+    }
+    Ok(())
+}
+
 /// The database password: generated for the lab's own database (kept in its state file),
 /// from LABCTL_DATABASE_PASSWORD for an external one.
 pub fn database_password(config: &Config, state: &crate::state::State) -> Result<String> {

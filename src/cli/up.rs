@@ -51,6 +51,7 @@ pub async fn run(mut config: Config, args: Args) -> Result<ExitCode> {
         config.ingest.enabled = false;
     }
     config.validate()?;
+    endpoints::check_secrets(&config)?;
     let started = Instant::now();
     let rt = Runtime::connect().await?;
     let mut state = State::load_or_init(&config)?;
