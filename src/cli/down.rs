@@ -63,6 +63,11 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
             eprintln!("kept {} data volume(s); `labctl down --volumes` deletes them", kept.len());
         }
     }
+    let external = crate::endpoints::external_parts(&config);
+    if !external.is_empty() {
+        let keys: Vec<_> = external.iter().map(|p| p.key()).collect();
+        eprintln!("left alone: the external services of {} (their data too)", keys.join(", "));
+    }
     eprintln!("lab `{project}` is down");
     Ok(ExitCode::SUCCESS)
 }
