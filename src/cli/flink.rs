@@ -727,6 +727,14 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_connector_is_named() {
+        let kafka = "org.apache.flink.table.api.ValidationException: Could not find any factory for identifier 'kafka' that implements 'org.apache.flink.table.factories.DynamicTableFactory' in the classpath.";
+        assert!(missing_connector(kafka).unwrap().contains("Kafka connector"));
+        assert!(missing_connector(&kafka.replace("'kafka'", "'jdbc'")).unwrap().contains("JDBC connector"));
+        assert!(missing_connector("Column 'avg_val' not found").is_none());
+    }
+
+    #[test]
     fn pipeline_name_of_a_script() {
         let st = job::split_statements("SET 'parallelism.default' = '1';\nSET 'pipeline.name' = 'it''s mine';\nINSERT INTO x SELECT 1;");
         assert_eq!(pipeline_name(&st).as_deref(), Some("it's mine"));
