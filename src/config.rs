@@ -98,6 +98,9 @@ pub struct FlinkConfig {
     /// An external Flink session cluster's REST address, e.g. `http://flink:8081`. Empty: the
     /// lab's own cluster.
     pub url: String,
+    /// Checkpoints and savepoints of the lab's job on an external cluster: a URI all its
+    /// JobManagers and TaskManagers reach, e.g. `s3://bucket/flink` (default: `file:///var/lib/flink`).
+    pub state_dir: String,
     pub taskmanagers: u32,
     pub slots_per_taskmanager: u32,
     pub jobmanager_memory: String,
@@ -203,6 +206,7 @@ impl Default for FlinkConfig {
     fn default() -> Self {
         Self {
             url: String::new(),
+            state_dir: String::new(),
             taskmanagers: 1,
             slots_per_taskmanager: 3,
             jobmanager_memory: "1024m".into(),

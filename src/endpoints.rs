@@ -183,6 +183,7 @@ pub fn validate(config: &Config) -> Result<()> {
         ("database.cluster_url", &config.database.cluster_url, &config.database.url),
         ("lake.cluster_endpoint", &config.lake.cluster_endpoint, &config.lake.endpoint),
         ("lake.account", &config.lake.account, &config.lake.endpoint),
+        ("flink.state_dir", &config.flink.state_dir, &config.flink.url),
     ] {
         if !value.is_empty() && needs.is_empty() {
             bail!(invalid(key, value, "applies to an external service only: set the service's address first"));
@@ -224,6 +225,14 @@ pub fn validate(config: &Config) -> Result<()> {
     }
     if !config.flink.url.is_empty() {
         parse_http_url("flink.url", &config.flink.url)?;
+    }
+    if !config.flink.state_dir.is_empty() {
+        let d = &config.flink.state_dir;
+        let ok = Url::parse(d).is_ok_and(|u| u.scheme().len() > 1 && u.query().is_none() && u.password().is_none())
+            && d.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '\'' | '"' | '\\'));
+        if !ok {
+            bail!(invalid("flink.state_dir", d, "use a URI the cluster's file systems know, e.g. s3://bucket/flink or file:///var/lib/flink"));
+        }
     }
     let s = &config.spark;
     let given = [&s.master_url, &s.rest_url, &s.ui_url].iter().filter(|v| !v.is_empty()).count();

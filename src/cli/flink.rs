@@ -398,8 +398,8 @@ async fn wait_for_slots(client: &flink::Client, lab: &Lab, need: u32, timeout: D
 
 /// Stops a job with a savepoint into the lab job's savepoint folder; returns the savepoint path
 /// once the savepoint is complete and the job has ended.
-async fn stop_with_savepoint(client: &flink::Client, id: &str, timeout: Duration) -> Result<String> {
-    let trigger = client.stop_with_savepoint(id, &format!("file://{}", job::lab_savepoint_dir())).await?;
+async fn stop_with_savepoint(client: &flink::Client, id: &str, target_dir: &str, timeout: Duration) -> Result<String> {
+    let trigger = client.stop_with_savepoint(id, target_dir).await?;
     let start = Instant::now();
     loop {
         match client.savepoint_status(id, &trigger).await? {
@@ -481,8 +481,9 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
         for (i, j) in running.iter().enumerate() {
             replaced.push(j.jid.clone());
             if i == 0 && !args.fresh {
-                eprintln!("stopping {} with a savepoint into {} …", j.jid, job::lab_savepoint_dir());
-                match stop_with_savepoint(&client, &j.jid, Duration::from_secs(120)).await {
+                let target_dir = job::lab_savepoint_uri(&lab.config);
+                eprintln!("stopping {} with a savepoint into {target_dir} …", j.jid);
+                match stop_with_savepoint(&client, &j.jid, &target_dir, Duration::from_secs(120)).await {
                     Ok(path) => {
                         eprintln!("stopped {} with savepoint {path}; the new job restores from it", j.jid);
                         restore = Some(Snapshot { kind: "savepoint", path: path.clone(), modified: 0.0 });

@@ -32,6 +32,27 @@ pub fn lab_savepoint_dir() -> String {
     format!("{FLINK_DATA}/savepoints/{LAB_STATE_SUBDIR}")
 }
 
+/// Where the cluster keeps checkpoints and savepoints, as a URI: the flink-data volume of the
+/// lab's own cluster, or `flink.state_dir` of an external one (storage all its JobManagers and
+/// TaskManagers share, e.g. `s3://bucket/flink`).
+pub fn state_root(config: &Config) -> String {
+    if config.flink.state_dir.is_empty() {
+        format!("file://{FLINK_DATA}")
+    } else {
+        config.flink.state_dir.trim_end_matches('/').to_string()
+    }
+}
+
+/// URI of the lab job's checkpoint folder.
+pub fn lab_checkpoint_uri(config: &Config) -> String {
+    format!("{}/checkpoints/{LAB_STATE_SUBDIR}", state_root(config))
+}
+
+/// URI of the lab job's savepoint folder.
+pub fn lab_savepoint_uri(config: &Config) -> String {
+    format!("{}/savepoints/{LAB_STATE_SUBDIR}", state_root(config))
+}
+
 /// Settings of the job that are not part of the stack.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobSettings {
@@ -106,7 +127,7 @@ pub struct Target {
     pub agg_table: String,
     pub rejected_table: String,
     pub job_name: String,
-    /// Folder (inside the Flink containers) the job's checkpoints go to.
+    /// URI of the folder the job's checkpoints go to.
     pub checkpoint_dir: String,
     /// Keep the last checkpoint when the job is cancelled, fails or its JobManager goes away,
     /// so a later submit can restore from it.
@@ -122,7 +143,7 @@ impl Target {
             agg_table: SENSOR_AGGREGATES.name.into(),
             rejected_table: REJECTED_READINGS.name.into(),
             job_name: job_name(&config.project),
-            checkpoint_dir: lab_checkpoint_dir(),
+            checkpoint_dir: lab_checkpoint_uri(config),
             retain_checkpoints: true,
         }
     }
@@ -157,7 +178,7 @@ pub fn render_for(config: &Config, db_password: &str, settings: &JobSettings, ta
     ctx.insert("bootstrap", &lit(&endpoints::cluster_bootstrap(config)));
     ctx.insert("kafka_properties", &kafka_properties);
     ctx.insert("group_id", &lit(&target.group_id));
-    ctx.insert("checkpoint_dir", &lit(&format!("file://{}", target.checkpoint_dir)));
+    ctx.insert("checkpoint_dir", &lit(&target.checkpoint_dir));
     ctx.insert(
         "checkpoint_retention",
         &lit(if target.retain_checkpoints { "RETAIN_ON_CANCELLATION" } else { "DELETE_ON_CANCELLATION" }),

@@ -89,7 +89,7 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
         rejected_table: rejected.clone(),
         job_name: format!("{}: bench {kind}", lab.stack.project),
         // Not the lab job's folder: its restore must never pick up a benchmark's checkpoint.
-        checkpoint_dir: format!("{}/checkpoints/bench", crate::flink::job::FLINK_DATA),
+        checkpoint_dir: format!("{}/checkpoints/bench", crate::flink::job::state_root(&lab.config)),
         retain_checkpoints: false,
     };
     // Baseline: the job's own SET and source statements, into a blackhole.
