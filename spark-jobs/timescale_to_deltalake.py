@@ -4,6 +4,10 @@ submitted by `labctl` (config from templates/spark/export.json.tera).
 Usage (as the Python application of a Spark driver):
     timescale_to_deltalake.py '<config JSON>'
     timescale_to_deltalake.py @/path/to/config.json
+    timescale_to_deltalake.py @https://account.blob.example/container/config.json?<SAS>
+  A config fetched over http(s) (how labctl ships it: a SAS URL with read and delete permission
+  of a blob in the lake) is deleted right after it is read, with a DELETE on the same URL: it
+  holds the database password. A failed deletion is a warning on stderr, not a failure.
 
 Config (all keys required unless marked optional):
     {
@@ -20,6 +24,9 @@ Config (all keys required unless marked optional):
       "read_only": false,                           # optional, default false: read the range over
                                                     # JDBC into the tasks and count the rows; write
                                                     # and commit nothing (a benchmark's baseline)
+      "result_url": null,                           # optional: a URL (a blob SAS with create and
+                                                    # write permission) the job PUTs its result to
+                                                    # as a block blob, see Output
       "lake": {
         "account":   "devstoreaccount1",
         "key":       "...",                         # shared key (base64)
@@ -78,6 +85,10 @@ Submission needs the PostgreSQL JDBC driver in spark.jars (also used on the driv
 SparkContext exists) and python with pyarrow + deltalake on driver and executors.
 On failure one line `LABCTL_ERROR <message>` on stdout (and stderr when that is a different
 stream), then the traceback; the process exits non-zero (driverState FAILED).
+With result_url set, the same JSON as the LABCTL_RESULT line is also PUT there on success, and
+on failure {"error": "<exception type: message>", "traceback_tail": "<last lines>"} (a config
+that cannot be read has no result_url to report to). A failed PUT is a warning on stderr; it
+changes neither the output nor the exit status.
 """
 
 import datetime as dt
@@ -86,6 +97,10 @@ import os
 import re
 import sys
 import time
+import traceback
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 
 T0 = time.time()
@@ -102,6 +117,11 @@ STORAGE_CLIENT_OPTIONS = {"max_retries": "3", "retry_timeout": "20s", "connect_t
 SETTLE_SECONDS = 60
 # Unreferenced data files younger than this may belong to an export still running: kept.
 ORPHAN_GRACE_SECONDS = 15 * 60
+# Fetching the config, deleting it, writing the result: each call is small.
+HTTP_TIMEOUT_SECONDS = 30
+# Blob service version of those calls (sent as x-ms-version).
+BLOB_API_VERSION = "2021-08-06"
+TRACEBACK_TAIL_LINES = 15
 
 
 class JobError(Exception):
@@ -158,11 +178,61 @@ def parse_instant(value, what):
     return parsed.astimezone(dt.timezone.utc)
 
 
+def without_query(url):
+    """A URL for messages: a SAS query string is a credential."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def blob_request(url, method, data=None, headers=None):
+    """One HTTP call to blob storage; returns the body. Raises OSError (urllib's errors are
+    subclasses) on failure."""
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"x-ms-version": BLOB_API_VERSION, **(headers or {})})
+    with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_SECONDS) as resp:
+        return resp.read()
+
+
+def http_error_text(exc):
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    return str(getattr(exc, "reason", None) or exc)
+
+
+def fetch_config(url):
+    """The config at an http(s) URL, then deleted there (it holds the database password)."""
+    try:
+        text = blob_request(url, "GET").decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobError(f"cannot fetch the config from {without_query(url)}: "
+                       f"{http_error_text(exc)}") from None
+    try:
+        blob_request(url, "DELETE")
+    except OSError as exc:
+        print(f"warning: cannot delete the config at {without_query(url)} after reading it: "
+              f"{http_error_text(exc)}", file=sys.stderr, flush=True)
+    return text
+
+
+def put_result(url, doc):
+    """PUTs the result document as a block blob; a failure is only a warning."""
+    body = json.dumps(doc, separators=(",", ":")).encode("utf-8")
+    try:
+        blob_request(url, "PUT", data=body, headers={"x-ms-blob-type": "BlockBlob",
+                                                     "Content-Type": "application/json"})
+    except OSError as exc:
+        print(f"warning: cannot write the result to {without_query(url)}: {http_error_text(exc)}",
+              file=sys.stderr, flush=True)
+
+
 def load_config(argv):
     if len(argv) < 2 or not argv[1].strip():
-        raise JobError("usage: timescale_to_deltalake.py '<config JSON>' | @<config file>")
+        raise JobError("usage: timescale_to_deltalake.py '<config JSON>' | @<config file> | "
+                       "@<http(s) URL>")
     arg = argv[1]
-    if arg.startswith("@"):
+    if arg.startswith(("@http://", "@https://")):
+        arg = fetch_config(arg[1:])
+    elif arg.startswith("@"):
         try:
             with open(arg[1:], encoding="utf-8") as fh:
                 arg = fh.read()
@@ -204,6 +274,10 @@ def load_config(argv):
     cfg["read_only"] = cfg.get("read_only", False)
     if not isinstance(cfg["read_only"], bool):
         raise JobError(f"read_only must be true or false: {json.dumps(cfg['read_only'])}")
+    result_url = cfg.get("result_url")
+    if result_url is not None and not (isinstance(result_url, str)
+                                       and result_url.startswith(("http://", "https://"))):
+        raise JobError("result_url must be an http(s) URL or null")
     return cfg
 
 
@@ -788,8 +862,8 @@ def export_table(spark, cfg, plan, result):
     return result
 
 
-def main(argv):
-    cfg = load_config(argv)  # config/range errors fail before Spark starts
+def main(cfg):
+    """Runs the export of a loaded config; returns the summary (also printed)."""
     from pyspark import SparkConf, SparkContext
     from pyspark.sql import SparkSession
 
@@ -853,6 +927,7 @@ def main(argv):
     if spark is not None:
         spark.stop()
     print(PREFIX_RESULT + json.dumps(summary, separators=(",", ":")), flush=True)
+    return summary
 
 
 def report_error(line):
@@ -867,12 +942,26 @@ def report_error(line):
         print(line, file=sys.stderr, flush=True)
 
 
+def error_result(err):
+    tail = traceback.format_exc().rstrip("\n").splitlines()[-TRACEBACK_TAIL_LINES:]
+    return {"error": f"{type(err).__name__}: {one_line(err, limit=1000)}",
+            "traceback_tail": "\n".join(tail)}
+
+
 if __name__ == "__main__":
+    config = None
     try:
-        main(sys.argv)
+        config = load_config(sys.argv)  # config/range errors fail before Spark starts
+        outcome = main(config)
+        if config.get("result_url"):
+            put_result(config["result_url"], outcome)
     except JobError as err:
         report_error(PREFIX_ERROR + one_line(err, limit=1000))
+        if config and config.get("result_url"):
+            put_result(config["result_url"], error_result(err))
         raise
     except Exception as err:  # noqa: BLE001
         report_error(PREFIX_ERROR + f"unexpected {type(err).__name__}: {one_line(err, limit=600)}")
+        if config and config.get("result_url"):
+            put_result(config["result_url"], error_result(err))
         raise

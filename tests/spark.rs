@@ -138,6 +138,11 @@ fn export_writes_a_partitioned_delta_table_once() {
     assert_eq!(meta2["version"].as_i64().unwrap(), version + 1, "exactly one new table version");
     assert_eq!(meta2["files"], meta["files"], "replaced files are no longer part of the table");
 
+    // Job and config reach the cluster through the lake; a waited-for export leaves none of it.
+    let blob = lab.blob(Duration::from_secs(5)).unwrap();
+    let staged = rt.block_on(blob.list_blobs("lake", "_labctl/")).unwrap();
+    assert!(staged.is_empty(), "staged files left behind: {staged:?}");
+
     // A malformed range is refused before anything is submitted.
     let bad = t.run(&["submit", "spark", "--from", "yesterday"]);
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("--from"));
@@ -150,6 +155,15 @@ fn export_writes_a_partitioned_delta_table_once() {
         let s = rt.block_on(spark.status(&id)).ok()?;
         (s.driver_state.as_deref() == Some("RUNNING")).then_some(())
     });
+    // The job deletes its config (it holds the password) as soon as it has read it, long before
+    // it ends.
+    let staged = wait_for("the job to delete its config", Duration::from_secs(60), || {
+        let names = rt.block_on(blob.list_blobs("lake", "_labctl/spark/")).ok()?;
+        (!names.is_empty() && !names.iter().any(|n| n.ends_with("/config.json"))).then_some(names)
+    });
+    assert!(staged.iter().any(|n| n.ends_with(".py")), "{staged:?}");
+    let running = rt.block_on(spark.status(&id)).unwrap();
+    assert_eq!(running.driver_state.as_deref(), Some("RUNNING"), "the driver was still running then: {running:?}");
     let azurite = format!("{}-azurite-1", t.project);
     assert!(std::process::Command::new("docker").args(["stop", &azurite]).status().unwrap().success());
     let end = wait_for("the driver to end", Duration::from_secs(240), || {

@@ -13,7 +13,7 @@ use crate::{
     config::Config,
     docker::Runtime,
     lab::Lab,
-    lake::{DEV_ACCOUNT, DEV_KEY},
+    lake::{BlobClient, DEV_ACCOUNT, DEV_KEY},
     render::render_template,
     schema::{MACHINE_SENSORS, SENSOR_AGGREGATES},
     spark::{self, Submission},
@@ -22,12 +22,17 @@ use crate::{
 
 pub const JOB_FILE: &str = "spark-jobs/timescale_to_deltalake.py";
 pub const TEMPLATE: &str = "templates/spark/export.json.tera";
-/// Where job files live in the Spark containers.
-const JOB_DIR: &str = "/opt/labctl/jobs";
-/// The spark user of the image (uid and gid): the config, which holds the database password,
-/// is readable by it alone.
-const SPARK_UID: u64 = 185;
-const RESULT_PREFIX: &str = "LABCTL_RESULT ";
+/// Folder of the lake container where submissions stage their files, one subfolder each. The
+/// `_` keeps it out of every Delta table path (`valid_delta_path` refuses such segments).
+const STAGING_ROOT: &str = "_labctl/spark";
+/// Staged file names. The job's name is the one the driver's work dir gets (Spark's DriverRunner
+/// names a downloaded app resource after the URL path's last segment).
+const STAGED_JOB: &str = "timescale_to_deltalake.py";
+const STAGED_CONFIG: &str = "config.json";
+const STAGED_RESULT: &str = "result.json";
+/// How much longer than the submit timeout the SAS URLs stay valid: the driver may queue and
+/// start late, and writes its result at the very end.
+const SAS_MARGIN: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SubmitArgs {
@@ -113,11 +118,18 @@ fn valid_delta_path(path: &str) -> bool {
         })
 }
 
-pub fn render_config(lab: &Lab, args: &SubmitArgs, password: &str) -> Result<String> {
-    render_config_with(lab, args, password, &Overrides::default())
+/// The lake's endpoint as the Spark cluster reaches it (not as labctl does): the job's Delta
+/// writes and the staged files' SAS URLs use it.
+fn cluster_lake_endpoint(_lab: &Lab) -> String {
+    format!("http://{AZURITE}:{AZURITE_PORT}/{DEV_ACCOUNT}")
 }
 
-pub fn render_config_with(lab: &Lab, args: &SubmitArgs, password: &str, over: &Overrides) -> Result<String> {
+/// `result_url`: where the job writes its result (a SAS URL from `Staging`); None leaves it out.
+pub fn render_config(lab: &Lab, args: &SubmitArgs, password: &str, result_url: Option<&str>) -> Result<String> {
+    render_config_with(lab, args, password, &Overrides::default(), result_url)
+}
+
+pub fn render_config_with(lab: &Lab, args: &SubmitArgs, password: &str, over: &Overrides, result_url: Option<&str>) -> Result<String> {
     let from = args.from.as_deref().map(|s| parse_instant("--from", s)).transpose()?;
     let to = args.to.as_deref().map(|s| parse_instant("--to", s)).transpose()?;
     if let (Some(f), Some(t)) = (&from, &to) {
@@ -162,8 +174,9 @@ pub fn render_config_with(lab: &Lab, args: &SubmitArgs, password: &str, over: &O
     ctx.insert("read_only", &over.read_only);
     ctx.insert("lake_account", DEV_ACCOUNT);
     ctx.insert("lake_key", DEV_KEY);
-    ctx.insert("lake_endpoint", &format!("http://{AZURITE}:{AZURITE_PORT}/{DEV_ACCOUNT}"));
+    ctx.insert("lake_endpoint", &cluster_lake_endpoint(lab));
     ctx.insert("lake_container", &lab.config.lake.container);
+    ctx.insert("result_url", &result_url);
     let text = render_template(TEMPLATE, &ctx)?;
     serde_json::from_str::<serde_json::Value>(&text).with_context(|| format!("{TEMPLATE} did not render valid JSON"))?;
     Ok(text)
@@ -256,6 +269,76 @@ impl Sizing {
     }
 }
 
+/// Where one submission's files live in the lake while it runs: `_labctl/spark/<stamp>/` in the
+/// lake container, reached by the Spark cluster through SAS URLs (no shared disk, no copy into
+/// containers, no account key on the cluster for them), so an external cluster works as well.
+pub struct Staging {
+    blob: BlobClient,
+    container: String,
+    /// `_labctl/spark/<stamp>/`
+    prefix: String,
+    /// The lake's endpoint as the cluster sees it: the host of the SAS URLs.
+    endpoint: String,
+    ttl: Duration,
+    result_url: String,
+}
+
+impl Staging {
+    /// A new staging folder for a submission waited for at most `timeout`. Touches no storage.
+    pub fn new(lab: &Lab, timeout: Duration) -> Result<Self> {
+        let blob = lab.blob(Duration::from_secs(30))?;
+        // Milliseconds and the process id: two labctl processes submitting at once do not share one.
+        let stamp = format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%3f"), std::process::id());
+        let mut staging = Self {
+            blob,
+            container: lab.config.lake.container.clone(),
+            prefix: format!("{STAGING_ROOT}/{stamp}/"),
+            endpoint: cluster_lake_endpoint(lab),
+            ttl: timeout + SAS_MARGIN,
+            result_url: String::new(),
+        };
+        // create (first write) and write (replace): the job writes the result once, at its end.
+        staging.result_url = staging.url(STAGED_RESULT, "cw")?;
+        Ok(staging)
+    }
+
+    /// The SAS URL the job PUTs its result to (`result_url` in its config).
+    pub fn result_url(&self) -> &str {
+        &self.result_url
+    }
+
+    fn blob_name(&self, file: &str) -> String {
+        format!("{}{file}", self.prefix)
+    }
+
+    fn url(&self, file: &str, permissions: &str) -> Result<String> {
+        self.blob.sas_url(&self.endpoint, &self.container, &self.blob_name(file), permissions, self.ttl)
+    }
+
+    async fn put(&self, file: &str, bytes: &[u8], content_type: &str) -> Result<()> {
+        self.blob
+            .put_blob(&self.container, &self.blob_name(file), bytes, content_type)
+            .await
+            .with_context(|| format!("staging {file} in the lake ({}/{})", self.container, self.prefix))
+    }
+
+    /// The job's result.json; None when it wrote none.
+    async fn result(&self) -> Result<Option<serde_json::Value>> {
+        let name = self.blob_name(STAGED_RESULT);
+        let Some(bytes) = self.blob.get_blob_if_exists(&self.container, &name).await? else { return Ok(None) };
+        let v = serde_json::from_slice(&bytes).with_context(|| format!("{}/{name} is not JSON", self.container))?;
+        Ok(Some(v))
+    }
+
+    /// Removes the whole folder; a failure is a warning (the job deletes its config itself, so
+    /// what may stay behind is the job file and the result, no secret).
+    async fn remove(&self) {
+        if let Err(e) = self.blob.delete_prefix(&self.container, &self.prefix).await {
+            eprintln!("warning: cannot remove the export's staged files {}/{}: {e:#}", self.container, self.prefix);
+        }
+    }
+}
+
 /// A submitted export: enough to wait for it and find its output.
 pub struct Started {
     pub id: String,
@@ -263,8 +346,9 @@ pub struct Started {
     /// When the submission was sent.
     pub submitted: Instant,
     client: spark::Client,
-    rt: Runtime,
-    containers: Vec<crate::docker::ContainerInfo>,
+    staging: Staging,
+    /// The lab's compose project, to read the driver's output from its workers for detail.
+    project: String,
 }
 
 /// How a waited-for export ended.
@@ -275,16 +359,23 @@ pub struct Outcome {
     pub state: String,
     /// Submit to the end state, as seen by polling the REST server every 200 ms.
     pub seconds: f64,
-    /// The job's LABCTL_RESULT line (Null when missing).
+    /// The job's result.json: its summary, or `{"error", "traceback_tail"}` when it failed
+    /// (Null when it wrote none).
     pub result: serde_json::Value,
+    /// The driver's stdout, read from the lab's worker containers only when the export did not
+    /// end well and the workers are the lab's own (None otherwise).
     pub output: Option<String>,
 }
 
-/// Copies the job and its config into the Spark containers and submits it.
-pub async fn start_export(lab: &Lab, config_json: &str) -> Result<Started> {
+/// Stages the job and its config (rendered with `staging.result_url()`) in the lake and
+/// submits it; the cluster fetches both through SAS URLs.
+pub async fn start_export(lab: &Lab, staging: Staging, config_json: &str) -> Result<Started> {
     let job = assets::text(JOB_FILE).ok_or_else(|| anyhow!("{JOB_FILE} is not embedded in this build"))?;
     let client = lab.spark(Duration::from_secs(10))?;
     let master = client.master().await.context("the Spark master is not up; start it with `labctl up`")?;
+    if spark::Client::alive_workers(&master) == 0 {
+        bail!("no Spark worker is alive; `labctl up` starts them");
+    }
     let sizing = Sizing::from_master(&master)?;
     let mut props = sizing.properties();
     props.extend([
@@ -294,38 +385,41 @@ pub async fn start_export(lab: &Lab, config_json: &str) -> Result<Started> {
         // The driver's web UI: not published by the lab, and its start costs CPU.
         ("spark.ui.enabled".into(), "false".into()),
     ]);
-    // The job and its config go into every Spark container; the driver runs on any worker.
-    let rt = Runtime::connect().await?;
-    let containers: Vec<_> = rt
-        .list_containers(&lab.stack.project)
-        .await?
-        .into_iter()
-        .filter(|c| (c.service == SPARK_WORKER || c.service == SPARK_MASTER) && c.running())
-        .collect();
-    if !containers.iter().any(|c| c.service == SPARK_WORKER) {
-        bail!("no Spark worker is running; `labctl up` starts them");
+    let submission = async {
+        staging.put(STAGED_JOB, job.as_bytes(), "text/x-python").await?;
+        // Read, then deleted by the job as soon as it has it (it holds the database password).
+        // With --no-wait nobody else removes the folder: that deletion is what keeps the secret
+        // from staying in the lake.
+        staging.put(STAGED_CONFIG, config_json.as_bytes(), "application/json").await?;
+        let submission = Submission {
+            app_name: format!("{}: timescale to delta", lab.stack.project),
+            app_resource: staging.url(STAGED_JOB, "r")?,
+            args: vec![format!("@{}", staging.url(STAGED_CONFIG, "rd")?)],
+            master_url: format!("spark://{SPARK_MASTER}:{SPARK_MASTER_PORT}"),
+            properties: props,
+        };
+        let submitted = Instant::now();
+        client.create(&submission).await.map(|id| (id, submitted))
     }
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%3f");
-    let config_path = format!("{JOB_DIR}/export-{stamp}.json");
-    let job_path = format!("{JOB_DIR}/timescale_to_deltalake.py");
-    for c in &containers {
-        rt.upload_file_owned(&c.name, &job_path, job.as_bytes(), 0o644, SPARK_UID).await?;
-        rt.upload_file_owned(&c.name, &config_path, config_json.as_bytes(), 0o600, SPARK_UID).await?;
+    .await;
+    match submission {
+        Ok((id, submitted)) => Ok(Started { id, sizing, submitted, client, staging, project: lab.stack.project.clone() }),
+        Err(e) => {
+            staging.remove().await;
+            Err(e)
+        }
     }
-    let submission = Submission {
-        app_name: format!("{}: timescale to delta", lab.stack.project),
-        py_file: job_path,
-        args: vec![format!("@{config_path}")],
-        master_url: format!("spark://{SPARK_MASTER}:{SPARK_MASTER_PORT}"),
-        properties: props,
-    };
-    let submitted = Instant::now();
-    let id = client.create(&submission).await?;
-    Ok(Started { id, sizing, submitted, client, rt, containers })
 }
 
-/// Polls a submission to its end (killing it after `timeout`) and collects its result.
+/// Polls a submission to its end (killing it after `timeout`), collects its result and removes
+/// its staged files.
 pub async fn wait_export(started: &Started, timeout: Duration, pb: &indicatif::ProgressBar) -> Result<Outcome> {
+    let outcome = poll_export(started, timeout, pb).await;
+    started.staging.remove().await;
+    outcome
+}
+
+async fn poll_export(started: &Started, timeout: Duration, pb: &indicatif::ProgressBar) -> Result<Outcome> {
     let id = &started.id;
     let status = loop {
         let s = started.client.status(id).await?;
@@ -340,21 +434,33 @@ pub async fn wait_export(started: &Started, timeout: Duration, pb: &indicatif::P
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let seconds = started.submitted.elapsed().as_secs_f64();
-    let output = driver_output(&started.rt, &started.containers, id).await;
-    let result = output
-        .as_deref()
-        .and_then(|o| o.lines().rev().find_map(|l| l.strip_prefix(RESULT_PREFIX)))
-        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .unwrap_or(serde_json::Value::Null);
-    Ok(Outcome { id: id.clone(), state: status.driver_state.unwrap_or_default(), seconds, result, output })
+    let state = status.driver_state.unwrap_or_default();
+    let result = started.staging.result().await?;
+    let output = match (&result, state.as_str()) {
+        (Some(_), "FINISHED") => None,
+        _ => driver_output(&started.project, id).await,
+    };
+    if state == "FINISHED" && result.is_none() {
+        let tail = output.as_deref().map(|o| format!(":\n{}", last_lines(o, 15))).unwrap_or_default();
+        bail!(
+            "the export {id} FINISHED but wrote no result to {}/{}{STAGED_RESULT}{tail}",
+            started.staging.container,
+            started.staging.prefix
+        );
+    }
+    Ok(Outcome { id: id.clone(), state, seconds, result: result.unwrap_or(serde_json::Value::Null), output })
 }
 
 impl Outcome {
-    /// An error with the driver output's last lines unless the export FINISHED.
+    /// An error unless the export FINISHED: with the job's own error and traceback from its
+    /// result, else the driver output's last lines when they could be read.
     pub fn require_finished(&self) -> Result<()> {
         if self.state != "FINISHED" {
-            let tail = self.output.as_deref().map(|o| last_lines(o, 15)).unwrap_or_else(|| "(driver output not found)".into());
-            bail!("the export {} ended {} after {:.1} s:\n{tail}", self.id, self.state, self.seconds);
+            let detail = match self.result["error"].as_str() {
+                Some(err) => format!("{err}\n{}", self.result["traceback_tail"].as_str().unwrap_or("")),
+                None => self.output.as_deref().map(|o| last_lines(o, 15)).unwrap_or_else(|| "(no result from the job, driver output not found)".into()),
+            };
+            bail!("the export {} ended {} after {:.1} s:\n{}", self.id, self.state, self.seconds, detail.trim_end());
         }
         Ok(())
     }
@@ -362,12 +468,13 @@ impl Outcome {
 
 pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
     let lab = Lab::existing(config)?;
-    let config_json = render_config(&lab, &args, &lab.state.db_password)?;
+    let staging = Staging::new(&lab, Duration::from_secs(args.timeout))?;
+    let config_json = render_config(&lab, &args, &lab.state.db_password, Some(staging.result_url()))?;
     if args.dry_run {
         eprintln!("config renders and validates; nothing submitted");
         return Ok(ExitCode::SUCCESS);
     }
-    let started = start_export(&lab, &config_json).await?;
+    let started = start_export(&lab, staging, &config_json).await?;
     let id = started.id.clone();
     if args.no_wait {
         if args.json {
@@ -392,8 +499,11 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The driver's stdout (PythonRunner merges Python's stderr into it), from whichever worker ran it.
-async fn driver_output(rt: &Runtime, containers: &[crate::docker::ContainerInfo], id: &str) -> Option<String> {
+/// The driver's stdout (PythonRunner merges Python's stderr into it), from whichever of the lab's
+/// workers ran it; None when Docker or the lab's workers are not there (an external cluster).
+async fn driver_output(project: &str, id: &str) -> Option<String> {
+    let rt = Runtime::connect().await.ok()?;
+    let containers = rt.list_containers(project).await.ok()?;
     for c in containers.iter().filter(|c| c.service == SPARK_WORKER) {
         if let Ok(bytes) = rt.read_file(&c.name, &format!("/var/lib/spark/work/{id}/stdout")).await {
             return Some(String::from_utf8_lossy(&bytes).into_owned());

@@ -13,6 +13,14 @@ use sha2::Sha256;
 pub const DEV_ACCOUNT: &str = "devstoreaccount1";
 pub const DEV_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 const API_VERSION: &str = "2021-08-06";
+/// Service SAS version: its string-to-sign (since 2020-12-06) has the encryption scope field.
+const SAS_VERSION: &str = "2021-08-06";
+
+/// A request body and its Content-Type (both signed).
+struct Body<'a> {
+    bytes: &'a [u8],
+    content_type: &'a str,
+}
 
 #[derive(Debug, Clone)]
 pub struct BlobClient {
@@ -34,41 +42,64 @@ impl BlobClient {
         Ok(Self { endpoint: endpoint.trim_end_matches('/').to_string(), account: account.to_string(), key, http })
     }
 
-    /// Signs and sends one request. `path` is below the account (e.g. `/lake`), `query` unencoded.
-    async fn send(&self, method: reqwest::Method, path: &str, query: &[(&str, &str)]) -> Result<reqwest::Response> {
+    /// Signs (Shared Key) and sends one request. `path` is below the account (e.g. `/lake`),
+    /// `query` unencoded; `ms_headers` are extra `x-ms-*` headers, which the signature covers.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, &str)],
+        ms_headers: &[(&str, &str)],
+        body: Option<Body<'_>>,
+    ) -> Result<reqwest::Response> {
         let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
         let url_path = format!("{}{}", url_path_of(&self.endpoint), path);
-        // Content-Length is signed as empty when zero (API versions since 2015-02-21).
-        // Canonicalized resource: "/account" + URI path, then the query parameters sorted.
-        let mut resource = format!("/{}{}", self.account, url_path);
-        let mut q: Vec<_> = query.iter().map(|(k, v)| (k.to_ascii_lowercase(), *v)).collect();
-        q.sort();
-        for (k, v) in &q {
-            resource.push_str(&format!("\n{k}:{v}"));
-        }
-        let to_sign = format!(
-            "{method}\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{API_VERSION}\n{resource}"
-        );
+        let mut headers: Vec<(String, &str)> = ms_headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), *v)).collect();
+        headers.extend([("x-ms-date".to_string(), date.as_str()), ("x-ms-version".to_string(), API_VERSION)]);
+        let (length, content_type) = body.as_ref().map(|b| (b.bytes.len(), b.content_type)).unwrap_or((0, ""));
+        let to_sign = shared_key_string_to_sign(method.as_str(), length, content_type, &headers, &self.account, &url_path, query);
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).context("HMAC key")?;
         mac.update(to_sign.as_bytes());
         let sig = B64.encode(mac.finalize().into_bytes());
         let url = format!("{}{}", self.endpoint, path);
-        let resp = self
-            .http
-            .request(method, &url)
-            .query(query)
-            .header("x-ms-date", &date)
-            .header("x-ms-version", API_VERSION)
-            .header("Content-Length", "0")
-            .header("Authorization", format!("SharedKey {}:{sig}", self.account))
+        let mut req = self.http.request(method, &url).query(query);
+        for (k, v) in &headers {
+            req = req.header(k.as_str(), *v);
+        }
+        req = match body {
+            Some(b) => req.header("Content-Type", b.content_type).body(b.bytes.to_vec()),
+            None => req.header("Content-Length", "0"),
+        };
+        req.header("Authorization", format!("SharedKey {}:{sig}", self.account))
             .send()
             .await
-            .with_context(|| format!("blob storage at {} did not answer", self.endpoint))?;
-        Ok(resp)
+            .with_context(|| format!("blob storage at {} did not answer", self.endpoint))
+    }
+
+    /// Writes one block blob (replacing an existing one) in a single request.
+    pub async fn put_blob(&self, container: &str, name: &str, bytes: &[u8], content_type: &str) -> Result<()> {
+        let path = format!("/{container}/{}", encode_blob_path(name));
+        let body = Body { bytes, content_type };
+        let resp = self.send(reqwest::Method::PUT, &path, &[], &[("x-ms-blob-type", "BlockBlob")], Some(body)).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            bail!("writing blob {container}/{name} failed: HTTP {status}: {}", first_line(&resp.text().await?));
+        }
+        Ok(())
+    }
+
+    /// A URL of one blob with a service SAS in its query: whoever holds it may do `permissions`
+    /// (letters of `racwd`, in that order) on that blob alone until `ttl` from now, without the
+    /// account key. `endpoint` is the account's endpoint as the URL's user reaches it (another
+    /// host than labctl's maybe); the signature does not cover the host.
+    pub fn sas_url(&self, endpoint: &str, container: &str, blob: &str, permissions: &str, ttl: Duration) -> Result<String> {
+        let expiry = chrono::Utc::now() + chrono::Duration::from_std(ttl).context("SAS lifetime out of range")?;
+        let query = blob_sas_query(&self.account, &self.key, container, blob, permissions, expiry)?;
+        Ok(format!("{}/{container}/{}?{query}", endpoint.trim_end_matches('/'), encode_blob_path(blob)))
     }
 
     pub async fn list_containers(&self) -> Result<Vec<String>> {
-        let resp = self.send(reqwest::Method::GET, "", &[("comp", "list")]).await?;
+        let resp = self.send(reqwest::Method::GET, "", &[("comp", "list")], &[], None).await?;
         let status = resp.status();
         let body = resp.text().await?;
         if !status.is_success() {
@@ -79,7 +110,7 @@ impl BlobClient {
 
     /// Creates the container; an existing one is fine.
     pub async fn create_container(&self, name: &str) -> Result<bool> {
-        let resp = self.send(reqwest::Method::PUT, &format!("/{name}"), &[("restype", "container")]).await?;
+        let resp = self.send(reqwest::Method::PUT, &format!("/{name}"), &[("restype", "container")], &[], None).await?;
         let status = resp.status();
         if status.as_u16() == 409 {
             return Ok(false);
@@ -102,7 +133,7 @@ impl BlobClient {
             if !marker.is_empty() {
                 q.push(("marker", marker.as_str()));
             }
-            let resp = self.send(reqwest::Method::GET, &format!("/{container}"), &q).await?;
+            let resp = self.send(reqwest::Method::GET, &format!("/{container}"), &q, &[], None).await?;
             let status = resp.status();
             let body = resp.text().await?;
             if !status.is_success() {
@@ -118,7 +149,7 @@ impl BlobClient {
 
     /// The content of one blob.
     pub async fn get_blob(&self, container: &str, name: &str) -> Result<bytes::Bytes> {
-        let resp = self.send(reqwest::Method::GET, &format!("/{container}/{}", encode_blob_path(name)), &[]).await?;
+        let resp = self.send(reqwest::Method::GET, &format!("/{container}/{}", encode_blob_path(name)), &[], &[], None).await?;
         let status = resp.status();
         if !status.is_success() {
             bail!("reading blob {container}/{name} failed: HTTP {status}: {}", first_line(&resp.text().await?));
@@ -126,9 +157,22 @@ impl BlobClient {
         Ok(resp.bytes().await?)
     }
 
+    /// The content of one blob; None when there is no such blob.
+    pub async fn get_blob_if_exists(&self, container: &str, name: &str) -> Result<Option<bytes::Bytes>> {
+        let resp = self.send(reqwest::Method::GET, &format!("/{container}/{}", encode_blob_path(name)), &[], &[], None).await?;
+        let status = resp.status();
+        if status.as_u16() == 404 {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            bail!("reading blob {container}/{name} failed: HTTP {status}: {}", first_line(&resp.text().await?));
+        }
+        Ok(Some(resp.bytes().await?))
+    }
+
     /// Deletes one blob; a missing one is fine. Returns whether it existed.
     pub async fn delete_blob(&self, container: &str, name: &str) -> Result<bool> {
-        let resp = self.send(reqwest::Method::DELETE, &format!("/{container}/{}", encode_blob_path(name)), &[]).await?;
+        let resp = self.send(reqwest::Method::DELETE, &format!("/{container}/{}", encode_blob_path(name)), &[], &[], None).await?;
         let status = resp.status();
         if status.as_u16() == 404 {
             return Ok(false);
@@ -305,6 +349,73 @@ fn encode_blob_path(name: &str) -> String {
     out
 }
 
+/// The Shared Key string-to-sign of a Blob request: verb, the standard headers (only
+/// Content-Length and Content-Type are ever set here; Content-Length empty when zero, as for
+/// API versions since 2015-02-21), the `x-ms-*` headers sorted, then "/account" + URI path and
+/// the query parameters (names lower-cased, sorted).
+fn shared_key_string_to_sign(
+    method: &str,
+    content_length: usize,
+    content_type: &str,
+    ms_headers: &[(String, &str)],
+    account: &str,
+    url_path: &str,
+    query: &[(&str, &str)],
+) -> String {
+    let length = if content_length == 0 { String::new() } else { content_length.to_string() };
+    let mut headers: Vec<_> = ms_headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.trim())).collect();
+    headers.sort();
+    let mut s = format!("{method}\n\n\n{length}\n\n{content_type}\n\n\n\n\n\n\n");
+    for (k, v) in headers {
+        s.push_str(&format!("{k}:{v}\n"));
+    }
+    s.push_str(&format!("/{account}{url_path}"));
+    let mut q: Vec<_> = query.iter().map(|(k, v)| (k.to_ascii_lowercase(), *v)).collect();
+    q.sort();
+    for (k, v) in &q {
+        s.push_str(&format!("\n{k}:{v}"));
+    }
+    s
+}
+
+/// The string-to-sign of a blob service SAS, version 2020-12-06 and later: permissions, start,
+/// expiry, canonicalized resource, identifier, IP range, protocol, version, resource (`b`),
+/// snapshot time, encryption scope, then the response header overrides rscc, rscd, rsce, rscl,
+/// rsct. Only permissions, expiry, resource, protocol and version are used here.
+fn blob_sas_string_to_sign(account: &str, container: &str, blob: &str, permissions: &str, expiry: &str) -> String {
+    let resource = format!("/blob/{account}/{container}/{blob}");
+    [permissions, "", expiry, &resource, "", "", SAS_PROTOCOL, SAS_VERSION, "b", "", "", "", "", "", "", ""].join("\n")
+}
+
+/// Both schemes: the lab's Azurite speaks http.
+const SAS_PROTOCOL: &str = "https,http";
+
+/// The query string of a blob service SAS (values URL-encoded).
+fn blob_sas_query(account: &str, key: &[u8], container: &str, blob: &str, permissions: &str, expiry: chrono::DateTime<chrono::Utc>) -> Result<String> {
+    if permissions.is_empty() || !permissions.chars().all(|c| "racwd".contains(c)) {
+        bail!("SAS permissions {permissions:?}: use letters of racwd");
+    }
+    let se = expiry.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).context("HMAC key")?;
+    mac.update(blob_sas_string_to_sign(account, container, blob, permissions, &se).as_bytes());
+    let sig = B64.encode(mac.finalize().into_bytes());
+    let pairs = [("sv", SAS_VERSION), ("spr", SAS_PROTOCOL), ("se", &se), ("sr", "b"), ("sp", permissions), ("sig", &sig)];
+    Ok(pairs.iter().map(|(k, v)| format!("{k}={}", encode_query_value(v))).collect::<Vec<_>>().join("&"))
+}
+
+/// A query value percent-encoded: everything but unreserved characters.
+fn encode_query_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn url_path_of(endpoint: &str) -> String {
     let after_scheme = endpoint.split_once("://").map(|(_, r)| r).unwrap_or(endpoint);
     after_scheme.find('/').map(|i| after_scheme[i..].to_string()).unwrap_or_default()
@@ -388,5 +499,38 @@ mod tests {
     fn path_of_endpoint() {
         assert_eq!(url_path_of("http://127.0.0.1:10000/devstoreaccount1"), "/devstoreaccount1");
         assert_eq!(url_path_of("https://acct.blob.core.windows.net"), "");
+    }
+
+    #[test]
+    fn shared_key_signing_string() {
+        let h = |d| vec![("x-ms-date".to_string(), d), ("x-ms-version".to_string(), "2021-08-06")];
+        // Bodyless: Content-Length empty, no Content-Type.
+        let get = shared_key_string_to_sign("GET", 0, "", &h("D"), "acct", "/acct/lake", &[("restype", "container"), ("comp", "list")]);
+        assert_eq!(get, "GET\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:D\nx-ms-version:2021-08-06\n/acct/acct/lake\ncomp:list\nrestype:container");
+        // A body: its length and type are signed; extra x-ms headers are sorted in.
+        let mut headers = h("D");
+        headers.insert(0, ("X-MS-Blob-Type".to_string(), "BlockBlob"));
+        let put = shared_key_string_to_sign("PUT", 12, "application/json", &headers, "acct", "/acct/lake/a/b.json", &[]);
+        assert_eq!(put, "PUT\n\n\n12\n\napplication/json\n\n\n\n\n\n\nx-ms-blob-type:BlockBlob\nx-ms-date:D\nx-ms-version:2021-08-06\n/acct/acct/lake/a/b.json");
+    }
+
+    #[test]
+    fn service_sas() {
+        let s = blob_sas_string_to_sign("devstoreaccount1", "lake", "_labctl/spark/x/config.json", "rd", "2026-01-02T03:04:05Z");
+        assert_eq!(s, "rd\n\n2026-01-02T03:04:05Z\n/blob/devstoreaccount1/lake/_labctl/spark/x/config.json\n\n\nhttps,http\n2021-08-06\nb\n\n\n\n\n\n\n");
+        // The signature Azurite 3.35's own generateBlobSASSignature computes for these values.
+        let key = B64.decode(DEV_KEY).unwrap();
+        let expiry = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z").unwrap().with_timezone(&chrono::Utc);
+        let q = blob_sas_query(DEV_ACCOUNT, &key, "lake", "_labctl/spark/x/config.json", "rd", expiry).unwrap();
+        assert_eq!(
+            q,
+            "sv=2021-08-06&spr=https%2Chttp&se=2026-01-02T03%3A04%3A05Z&sr=b&sp=rd&sig=zlfTQM1hfsYHedWUicAMf6Jl8BZczcDqNGMkbxsFF4g%3D"
+        );
+        assert!(blob_sas_query(DEV_ACCOUNT, &key, "lake", "x", "rwx", expiry).is_err());
+        assert!(blob_sas_query(DEV_ACCOUNT, &key, "lake", "x", "", expiry).is_err());
+        assert_eq!(encode_query_value("a+b/c=d e"), "a%2Bb%2Fc%3Dd%20e");
+        let c = BlobClient::azurite("127.0.0.1", 1, Duration::from_secs(1)).unwrap();
+        let url = c.sas_url("http://azurite:10000/devstoreaccount1/", "lake", "_labctl/spark/x/job.py", "r", Duration::from_secs(60)).unwrap();
+        assert!(url.starts_with("http://azurite:10000/devstoreaccount1/lake/_labctl/spark/x/job.py?sv=2021-08-06&"), "{url}");
     }
 }

@@ -94,8 +94,10 @@ impl SubmissionStatus {
 #[derive(Debug, Clone)]
 pub struct Submission {
     pub app_name: String,
-    /// Path of the .py file on the workers' file systems.
-    pub py_file: String,
+    /// URL of the .py file as the worker that runs the driver reaches it (`file:`, `http(s):`):
+    /// the worker fetches it into the driver's work dir first.
+    pub app_resource: String,
+    /// The application's own arguments.
     pub args: Vec<String>,
     pub master_url: String,
     pub properties: Vec<(String, String)>,
@@ -119,13 +121,16 @@ impl Client {
         for (k, v) in &s.properties {
             props.insert(k.clone(), v.clone().into());
         }
-        let mut app_args = vec![s.py_file.clone(), String::new()];
+        // PythonRunner's arguments: the .py file, the --py-files list (none), then the app's.
+        // The worker replaces an argument that is exactly {{USER_JAR}} with the local path it
+        // fetched the app resource to.
+        let mut app_args = vec!["{{USER_JAR}}".to_string(), String::new()];
         app_args.extend(s.args.iter().cloned());
         let body = serde_json::json!({
             "action": "CreateSubmissionRequest",
             "clientSparkVersion": "4.0.5",
             "mainClass": "org.apache.spark.deploy.PythonRunner",
-            "appResource": format!("file:{}", s.py_file),
+            "appResource": s.app_resource,
             "appArgs": app_args,
             "environmentVariables": { "PYTHONUNBUFFERED": "1" },
             "sparkProperties": props,

@@ -13,7 +13,7 @@ use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::Type};
 
 use super::{fleet_and_starts, Measurement};
 use crate::{
-    cli::spark::{render_config_with, start_export, wait_export, Outcome, Overrides, Sizing, SubmitArgs},
+    cli::spark::{render_config_with, start_export, wait_export, Outcome, Overrides, Sizing, Staging, SubmitArgs},
     generator::model::{MachineRng, SENSORS},
     lab::Lab,
     schema::{pg_ident, MACHINE_SENSORS},
@@ -70,7 +70,8 @@ async fn run_once(lab: &Lab, table: &str, delta_path: &str, partitions: u32, rea
     let to = Some((chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     let args = SubmitArgs { from: None, to, with_aggregates: false, partitions, no_wait: false, timeout: 900, dry_run: false, json: true };
     let over = Overrides { table: Some(table.into()), delta_path: Some(delta_path.into()), read_only };
-    let config = render_config_with(lab, &args, &lab.state.db_password, &over)?;
+    let staging = Staging::new(lab, Duration::from_secs(900))?;
+    let config = render_config_with(lab, &args, &lab.state.db_password, &over, Some(staging.result_url()))?;
     // The previous run's application may still be releasing its cores.
     let spark = lab.spark(Duration::from_secs(10))?;
     let t = Instant::now();
@@ -81,7 +82,7 @@ async fn run_once(lab: &Lab, table: &str, delta_path: &str, partitions: u32, rea
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let started = start_export(lab, &config).await?;
+    let started = start_export(lab, staging, &config).await?;
     let outcome = wait_export(&started, Duration::from_secs(900), &indicatif::ProgressBar::hidden()).await?;
     outcome.require_finished()?;
     Ok((outcome, started.sizing))
