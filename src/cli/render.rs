@@ -47,7 +47,7 @@ pub fn run(config: Config, args: Args) -> Result<ExitCode> {
             let args = super::spark::SubmitArgs {
                 from: None, to: None, with_aggregates: false, partitions: 4, no_wait: false, timeout: 0, dry_run: true, json: false,
             };
-            super::spark::render_config(&lab, &args, "<filled in by labctl submit spark>", Some("<filled in by labctl submit spark>"))?
+            super::spark::render_config(&lab, &args, &super::spark::JobSecrets::placeholders(), Some("<filled in by labctl submit spark>"))?
         }
     };
     match (&args.output, args.check) {

@@ -13,11 +13,12 @@ use crate::{
     config::Config,
     docker::Runtime,
     lab::Lab,
-    lake::{BlobClient, DEV_ACCOUNT, DEV_KEY},
+    endpoints,
+    lake::BlobClient,
     render::render_template,
     schema::{MACHINE_SENSORS, SENSOR_AGGREGATES},
     spark::{self, Submission},
-    stack::{AZURITE, AZURITE_PORT, DATABASE, DATABASE_PORT, SPARK_MASTER, SPARK_MASTER_PORT, SPARK_WORKER},
+    stack::SPARK_WORKER,
 };
 
 pub const JOB_FILE: &str = "spark-jobs/timescale_to_deltalake.py";
@@ -120,16 +121,35 @@ fn valid_delta_path(path: &str) -> bool {
 
 /// The lake's endpoint as the Spark cluster reaches it (not as labctl does): the job's Delta
 /// writes and the staged files' SAS URLs use it.
-fn cluster_lake_endpoint(_lab: &Lab) -> String {
-    format!("http://{AZURITE}:{AZURITE_PORT}/{DEV_ACCOUNT}")
+fn cluster_lake_endpoint(lab: &Lab) -> String {
+    endpoints::cluster_lake_endpoint(&lab.config)
+}
+
+/// The secrets a rendered export config carries.
+pub struct JobSecrets {
+    pub db_password: String,
+    pub lake_key: String,
+}
+
+impl JobSecrets {
+    /// The lab's own (from its state), or an external service's (from the environment).
+    pub fn of(lab: &Lab) -> Result<Self> {
+        Ok(Self { db_password: lab.db_password()?, lake_key: endpoints::lake_key(&lab.config)? })
+    }
+
+    /// For showing a config (`labctl render spark`) without any secret in it.
+    pub fn placeholders() -> Self {
+        let p = "<filled in by labctl submit spark>".to_string();
+        Self { db_password: p.clone(), lake_key: p }
+    }
 }
 
 /// `result_url`: where the job writes its result (a SAS URL from `Staging`); None leaves it out.
-pub fn render_config(lab: &Lab, args: &SubmitArgs, password: &str, result_url: Option<&str>) -> Result<String> {
-    render_config_with(lab, args, password, &Overrides::default(), result_url)
+pub fn render_config(lab: &Lab, args: &SubmitArgs, secrets: &JobSecrets, result_url: Option<&str>) -> Result<String> {
+    render_config_with(lab, args, secrets, &Overrides::default(), result_url)
 }
 
-pub fn render_config_with(lab: &Lab, args: &SubmitArgs, password: &str, over: &Overrides, result_url: Option<&str>) -> Result<String> {
+pub fn render_config_with(lab: &Lab, args: &SubmitArgs, secrets: &JobSecrets, over: &Overrides, result_url: Option<&str>) -> Result<String> {
     let from = args.from.as_deref().map(|s| parse_instant("--from", s)).transpose()?;
     let to = args.to.as_deref().map(|s| parse_instant("--to", s)).transpose()?;
     if let (Some(f), Some(t)) = (&from, &to) {
@@ -164,16 +184,16 @@ pub fn render_config_with(lab: &Lab, args: &SubmitArgs, password: &str, over: &O
     }
     let json_or_null = |v: &Option<String>| v.as_ref().map(|s| serde_json::to_string(s).unwrap_or_default()).unwrap_or_else(|| "null".into());
     let mut ctx = tera::Context::new();
-    ctx.insert("jdbc_url", &format!("jdbc:postgresql://{DATABASE}:{DATABASE_PORT}/{}", lab.config.database.name));
-    ctx.insert("db_user", &lab.config.database.user);
-    ctx.insert("db_password", password);
+    ctx.insert("jdbc_url", &endpoints::cluster_jdbc_url(&lab.config));
+    ctx.insert("db_user", &endpoints::database_user(&lab.config));
+    ctx.insert("db_password", &secrets.db_password);
     ctx.insert("tables", &tables);
     ctx.insert("from", &json_or_null(&from));
     ctx.insert("to", &json_or_null(&to));
     ctx.insert("partitions", &args.partitions);
     ctx.insert("read_only", &over.read_only);
-    ctx.insert("lake_account", DEV_ACCOUNT);
-    ctx.insert("lake_key", DEV_KEY);
+    ctx.insert("lake_account", &endpoints::lake_account(&lab.config));
+    ctx.insert("lake_key", &secrets.lake_key);
     ctx.insert("lake_endpoint", &cluster_lake_endpoint(lab));
     ctx.insert("lake_container", &lab.config.lake.container);
     ctx.insert("result_url", &result_url);
@@ -372,7 +392,10 @@ pub struct Outcome {
 pub async fn start_export(lab: &Lab, staging: Staging, config_json: &str) -> Result<Started> {
     let job = assets::text(JOB_FILE).ok_or_else(|| anyhow!("{JOB_FILE} is not embedded in this build"))?;
     let client = lab.spark(Duration::from_secs(10))?;
-    let master = client.master().await.context("the Spark master is not up; start it with `labctl up`")?;
+    let master = client.master().await.with_context(|| match endpoints::context_for(&lab.config, endpoints::Part::Spark) {
+        Some(ext) => format!("the {ext} does not answer"),
+        None => "the Spark master is not up; start it with `labctl up`".into(),
+    })?;
     if spark::Client::alive_workers(&master) == 0 {
         bail!("no Spark worker is alive; `labctl up` starts them");
     }
@@ -395,7 +418,7 @@ pub async fn start_export(lab: &Lab, staging: Staging, config_json: &str) -> Res
             app_name: format!("{}: timescale to delta", lab.stack.project),
             app_resource: staging.url(STAGED_JOB, "r")?,
             args: vec![format!("@{}", staging.url(STAGED_CONFIG, "rd")?)],
-            master_url: format!("spark://{SPARK_MASTER}:{SPARK_MASTER_PORT}"),
+            master_url: endpoints::spark_master_url(&lab.config),
             properties: props,
         };
         let submitted = Instant::now();
@@ -469,7 +492,7 @@ impl Outcome {
 pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
     let lab = Lab::existing(config)?;
     let staging = Staging::new(&lab, Duration::from_secs(args.timeout))?;
-    let config_json = render_config(&lab, &args, &lab.state.db_password, Some(staging.result_url()))?;
+    let config_json = render_config(&lab, &args, &JobSecrets::of(&lab)?, Some(staging.result_url()))?;
     if args.dry_run {
         eprintln!("config renders and validates; nothing submitted");
         return Ok(ExitCode::SUCCESS);

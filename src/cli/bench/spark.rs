@@ -71,7 +71,7 @@ async fn run_once(lab: &Lab, table: &str, delta_path: &str, partitions: u32, rea
     let args = SubmitArgs { from: None, to, with_aggregates: false, partitions, no_wait: false, timeout: 900, dry_run: false, json: true };
     let over = Overrides { table: Some(table.into()), delta_path: Some(delta_path.into()), read_only };
     let staging = Staging::new(lab, Duration::from_secs(900))?;
-    let config = render_config_with(lab, &args, &lab.state.db_password, &over, Some(staging.result_url()))?;
+    let config = render_config_with(lab, &args, &crate::cli::spark::JobSecrets::of(lab)?, &over, Some(staging.result_url()))?;
     // The previous run's application may still be releasing its cores.
     let spark = lab.spark(Duration::from_secs(10))?;
     let t = Instant::now();
