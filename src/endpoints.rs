@@ -214,8 +214,12 @@ pub fn validate(config: &Config) -> Result<()> {
         if !ok {
             bail!(invalid("broker.sasl_username", &b.sasl_username, "a sasl_* protocol needs a user name of printable characters without quotes, backslash or ';'"));
         }
-    } else if !b.sasl_mechanism.is_empty() || !b.sasl_username.is_empty() {
-        bail!(invalid("broker.sasl_mechanism", &b.sasl_mechanism, "SASL settings need security_protocol sasl_plaintext or sasl_ssl"));
+    } else {
+        for (key, value) in [("broker.sasl_mechanism", &b.sasl_mechanism), ("broker.sasl_username", &b.sasl_username)] {
+            if !value.is_empty() {
+                bail!(invalid(key, value, "SASL settings need security_protocol sasl_plaintext or sasl_ssl"));
+            }
+        }
     }
     if !config.database.url.is_empty() {
         parse_pg_url("database.url", &config.database.url)?;
@@ -235,10 +239,12 @@ pub fn validate(config: &Config) -> Result<()> {
         }
     }
     let s = &config.spark;
-    let given = [&s.master_url, &s.rest_url, &s.ui_url].iter().filter(|v| !v.is_empty()).count();
-    if given != 0 && given != 3 {
-        bail!(invalid("spark.master_url", &s.master_url, "an external Spark cluster needs all of spark.master_url, spark.rest_url and spark.ui_url"));
+    let spark_keys = [("spark.master_url", &s.master_url), ("spark.rest_url", &s.rest_url), ("spark.ui_url", &s.ui_url)];
+    let given: Vec<_> = spark_keys.iter().filter(|(_, v)| !v.is_empty()).collect();
+    if let Some((key, value)) = given.first().filter(|_| given.len() != 3) {
+        bail!(invalid(key, value, "an external Spark cluster needs all of spark.master_url, spark.rest_url and spark.ui_url"));
     }
+    let given = given.len();
     if given == 3 {
         let (host, port) = s
             .master_url
