@@ -117,6 +117,12 @@ pub struct SparkConfig {
     pub rest_url: String,
     /// Its web UI, whose `/json/` reports workers and cores, e.g. `http://host:8080`.
     pub ui_url: String,
+    /// Python with pyspark, deltalake and pyarrow on its workers (default: the lab image's
+    /// `/opt/spark-venv/bin/python`).
+    pub python: String,
+    /// The PostgreSQL JDBC driver on its workers, as a `spark.jars` entry (default: the lab
+    /// image's `file:/usr/share/java/postgresql.jar`).
+    pub jdbc_jar: String,
     pub workers: u32,
     pub worker_cores: u32,
     pub worker_memory: String,
@@ -217,7 +223,16 @@ impl Default for FlinkConfig {
 
 impl Default for SparkConfig {
     fn default() -> Self {
-        Self { master_url: String::new(), rest_url: String::new(), ui_url: String::new(), workers: 1, worker_cores: 2, worker_memory: "2g".into() }
+        Self {
+            master_url: String::new(),
+            rest_url: String::new(),
+            ui_url: String::new(),
+            python: String::new(),
+            jdbc_jar: String::new(),
+            workers: 1,
+            worker_cores: 2,
+            worker_memory: "2g".into(),
+        }
     }
 }
 

@@ -184,6 +184,8 @@ pub fn validate(config: &Config) -> Result<()> {
         ("lake.cluster_endpoint", &config.lake.cluster_endpoint, &config.lake.endpoint),
         ("lake.account", &config.lake.account, &config.lake.endpoint),
         ("flink.state_dir", &config.flink.state_dir, &config.flink.url),
+        ("spark.python", &config.spark.python, &config.spark.master_url),
+        ("spark.jdbc_jar", &config.spark.jdbc_jar, &config.spark.master_url),
     ] {
         if !value.is_empty() && needs.is_empty() {
             bail!(invalid(key, value, "applies to an external service only: set the service's address first"));
@@ -254,6 +256,14 @@ pub fn validate(config: &Config) -> Result<()> {
         let _ = (host, port);
         parse_http_url("spark.rest_url", &s.rest_url)?;
         parse_http_url("spark.ui_url", &s.ui_url)?;
+        // Both reach the driver's command line and Spark's properties: plain paths and URIs only.
+        let plain = |v: &str| v.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '\'' | '"' | '\\' | '$' | '`' | ';'));
+        if !s.python.is_empty() && !(s.python.starts_with('/') && plain(&s.python)) {
+            bail!(invalid("spark.python", &s.python, "use the absolute path of the workers' Python, e.g. /opt/venv/bin/python"));
+        }
+        if !s.jdbc_jar.is_empty() && !(Url::parse(&s.jdbc_jar).is_ok() && plain(&s.jdbc_jar)) {
+            bail!(invalid("spark.jdbc_jar", &s.jdbc_jar, "use a URI Spark can fetch, e.g. file:/usr/share/java/postgresql.jar or https://…/postgresql-42.7.3.jar"));
+        }
     }
     if !config.lake.endpoint.is_empty() {
         parse_http_url("lake.endpoint", &config.lake.endpoint)?;
@@ -375,6 +385,16 @@ pub fn spark_master_url(config: &Config) -> String {
     }
 }
 
+/// Python of the Spark workers, for `spark.pyspark.python`.
+pub fn spark_python(config: &Config) -> String {
+    Some(config.spark.python.clone()).filter(|p| !p.is_empty()).unwrap_or_else(|| "/opt/spark-venv/bin/python".into())
+}
+
+/// The PostgreSQL JDBC driver as a `spark.jars` entry.
+pub fn spark_jdbc_jar(config: &Config) -> String {
+    Some(config.spark.jdbc_jar.clone()).filter(|p| !p.is_empty()).unwrap_or_else(|| "file:/usr/share/java/postgresql.jar".into())
+}
+
 /// The storage account of the lake.
 pub fn lake_account(config: &Config) -> String {
     let l = &config.lake;
@@ -453,9 +473,10 @@ pub fn external_parts(config: &Config) -> Vec<Part> {
     Part::ALL.into_iter().filter(|p| p.is_external(config)).collect()
 }
 
-pub fn ensure_managed(config: &Config, part: Part, what: &str) -> Result<()> {
+/// Refuses what only works on a part labctl runs itself; `fix` says what to do instead.
+pub fn ensure_managed(config: &Config, part: Part, what: &str, fix: &str) -> Result<()> {
     if part.is_external(config) {
-        bail!("{what} needs the lab's own {}; this lab's is external ({} = {:?}): do that where it runs", part_name(part), part.key(), part.external_address(config));
+        bail!("{what} needs the lab's own {}; this lab's is external ({} = {:?}): {fix}", part_name(part), part.key(), part.external_address(config));
     }
     Ok(())
 }
@@ -511,6 +532,17 @@ mod tests {
             ("spark.master_url", Box::new(|c: &mut Config| c.spark.master_url = "spark://m:7077".into())),
             ("broker.security_protocol", Box::new(|c: &mut Config| c.broker.security_protocol = "sasl_plaintext".into())),
             ("lake.account", Box::new(|c: &mut Config| c.lake.endpoint = "http://127.0.0.1:10000/".into())),
+            ("spark.python", Box::new(|c: &mut Config| c.spark.python = "/usr/bin/python3".into())),
+            ("spark.python", Box::new(|c: &mut Config| {
+                c.spark.master_url = "spark://m:7077".into();
+                c.spark.rest_url = "http://m:6066".into();
+                c.spark.ui_url = "http://m:8080".into();
+                c.spark.python = "python3; rm -rf /".into();
+            })),
+            ("flink.state_dir", Box::new(|c: &mut Config| {
+                c.flink.url = "http://f:8081".into();
+                c.flink.state_dir = "s3://b/x' OR '1".into();
+            })),
         ] {
             let mut c = Config::default();
             f(&mut c);

@@ -58,6 +58,8 @@ state_dir = "file:///var/lib/flink/remote"
 master_url = "spark://spark-master:7077"
 rest_url = "http://127.0.0.1:{rest}"
 ui_url = "http://127.0.0.1:{ui}"
+python = "/opt/spark-venv/bin/python"
+jdbc_jar = "file:/usr/share/java/postgresql.jar"
 
 [lake]
 endpoint = "http://127.0.0.1:{lake}/devstoreaccount1"

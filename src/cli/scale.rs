@@ -68,7 +68,7 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
     let service = args.service.as_str();
     check(service, args.replicas)?;
     if let Some(part) = crate::endpoints::Part::of_service(service) {
-        crate::endpoints::ensure_managed(&config, part, &format!("`labctl scale {service}`"))?;
+        crate::endpoints::ensure_managed(&config, part, &format!("`labctl scale {service}`"), "resize it where it runs")?;
     }
     let n = args.replicas;
     let started = Instant::now();

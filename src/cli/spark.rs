@@ -402,8 +402,8 @@ pub async fn start_export(lab: &Lab, staging: Staging, config_json: &str) -> Res
     let sizing = Sizing::from_master(&master)?;
     let mut props = sizing.properties();
     props.extend([
-        ("spark.jars".to_string(), "file:/usr/share/java/postgresql.jar".to_string()),
-        ("spark.pyspark.python".into(), "/opt/spark-venv/bin/python".into()),
+        ("spark.jars".to_string(), endpoints::spark_jdbc_jar(&lab.config)),
+        ("spark.pyspark.python".into(), endpoints::spark_python(&lab.config)),
         ("spark.sql.session.timeZone".into(), "UTC".into()),
         // The driver's web UI: not published by the lab, and its start costs CPU.
         ("spark.ui.enabled".into(), "false".into()),

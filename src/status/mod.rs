@@ -269,8 +269,8 @@ async fn services(lab: &Lab, rt: &Runtime, timeout: Duration) -> Result<Vec<Serv
             .await
             .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {timeout:?}")));
         let light = match probe {
-            Ok(d) => Light::green(format!("external at {}: {d}", e.address)),
-            Err(err) => Light::red(format!("external at {} ({}) not answering: {err:#}", e.address, e.part.key())),
+            Ok(d) => Light::green(d),
+            Err(err) => Light::red(format!("not answering (the address is {}): {err:#}", e.part.key())),
         };
         ServiceStatus {
             service: e.name.to_string(),
