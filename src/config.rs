@@ -71,10 +71,9 @@ pub struct BrokerConfig {
     /// `{ "kafka-0.internal:9092" = "127.0.0.1:19092" }`, for brokers that advertise names
     /// only their own network resolves.
     pub address_map: std::collections::BTreeMap<String, String>,
-    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    /// `plaintext` or `sasl_plaintext` (this build's Kafka client has no TLS).
     pub security_protocol: String,
-    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (with a sasl_* protocol); the password comes
-    /// from LABCTL_BROKER_SASL_PASSWORD.
+    /// `PLAIN` (with sasl_plaintext); the password comes from LABCTL_BROKER_SASL_PASSWORD.
     pub sasl_mechanism: String,
     pub sasl_username: String,
 }

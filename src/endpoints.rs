@@ -169,8 +169,11 @@ pub fn database_name(config: &Config) -> String {
     parse_pg_url("database.url", &config.database.url).ok().and_then(|a| a.dbname).unwrap_or_else(|| config.database.name.clone())
 }
 
-const PROTOCOLS: &[&str] = &["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"];
-const MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+/// What labctl's own Kafka client can speak: its librdkafka is built without OpenSSL, so no TLS
+/// and no SCRAM (`kafka::security_tests` checks this).
+const PROTOCOLS: &[&str] = &["plaintext", "sasl_plaintext"];
+const MECHANISMS: &[&str] = &["PLAIN"];
+const NOT_BUILT_IN: &str = "labctl's Kafka client is built without OpenSSL, so TLS (ssl, sasl_ssl) and SCRAM are not available yet; use plaintext or sasl_plaintext with PLAIN";
 
 /// Checks the external-service keys; `Config::validate` calls this.
 pub fn validate(config: &Config) -> Result<()> {
@@ -198,6 +201,9 @@ pub fn validate(config: &Config) -> Result<()> {
         parse_host_port("broker.address_map (advertised address)", from)?;
         parse_host_port(&format!("broker.address_map.\"{from}\""), to)?;
     }
+    if matches!(b.security_protocol.as_str(), "ssl" | "sasl_ssl") {
+        bail!(invalid("broker.security_protocol", &b.security_protocol, NOT_BUILT_IN));
+    }
     if !PROTOCOLS.contains(&b.security_protocol.as_str()) {
         bail!(invalid("broker.security_protocol", &b.security_protocol, &format!("use one of {}", PROTOCOLS.join(", "))));
     }
@@ -206,6 +212,9 @@ pub fn validate(config: &Config) -> Result<()> {
         bail!(invalid("broker.security_protocol", &b.security_protocol, "the lab's own broker speaks plaintext; security settings are for an external broker (broker.bootstrap)"));
     }
     if sasl {
+        if b.sasl_mechanism.starts_with("SCRAM-") {
+            bail!(invalid("broker.sasl_mechanism", &b.sasl_mechanism, NOT_BUILT_IN));
+        }
         if !MECHANISMS.contains(&b.sasl_mechanism.as_str()) {
             bail!(invalid("broker.sasl_mechanism", &b.sasl_mechanism, &format!("a sasl_* protocol needs one of {}", MECHANISMS.join(", "))));
         }
@@ -299,27 +308,20 @@ pub fn kafka_security(config: &Config) -> Result<Vec<(String, String)>> {
 /// takes SASL credentials as one JAAS line).
 pub fn flink_kafka_properties(config: &Config) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
-    let (mut user, mut password, mut mechanism) = (None, None, None);
+    let (mut user, mut password) = (None, None);
     for (k, v) in kafka_security(config)? {
         match k.as_str() {
             "sasl.username" => user = Some(v),
             "sasl.password" => password = Some(v),
-            "sasl.mechanism" => {
-                mechanism = Some(v.clone());
-                out.push((format!("properties.{k}"), v));
-            }
             _ => out.push((format!("properties.{k}"), v)),
         }
     }
-    if let (Some(u), Some(p), Some(m)) = (user, password, mechanism) {
+    if let (Some(u), Some(p)) = (user, password) {
         if p.contains(['"', '\\']) {
             bail!("{SECRET_BROKER_PASSWORD} contains a '\"' or '\\', which a JAAS line cannot carry unescaped");
         }
-        let module = if m == "PLAIN" {
-            "org.apache.kafka.common.security.plain.PlainLoginModule"
-        } else {
-            "org.apache.kafka.common.security.scram.ScramLoginModule"
-        };
+        // PLAIN is the only mechanism `validate` lets through (MECHANISMS).
+        let module = "org.apache.kafka.common.security.plain.PlainLoginModule";
         out.push(("properties.sasl.jaas.config".into(), format!("{module} required username=\"{u}\" password=\"{p}\";")));
     }
     Ok(out)
@@ -532,6 +534,10 @@ mod tests {
             ("spark.master_url", Box::new(|c: &mut Config| c.spark.master_url = "spark://m:7077".into())),
             ("broker.security_protocol", Box::new(|c: &mut Config| c.broker.security_protocol = "sasl_plaintext".into())),
             ("lake.account", Box::new(|c: &mut Config| c.lake.endpoint = "http://127.0.0.1:10000/".into())),
+            ("broker.security_protocol", Box::new(|c: &mut Config| {
+                c.broker.bootstrap = "k:9092".into();
+                c.broker.security_protocol = "sasl_ssl".into();
+            })),
             ("spark.python", Box::new(|c: &mut Config| c.spark.python = "/usr/bin/python3".into())),
             ("spark.python", Box::new(|c: &mut Config| {
                 c.spark.master_url = "spark://m:7077".into();

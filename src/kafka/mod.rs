@@ -248,3 +248,23 @@ impl TopicActivity {
         self.partitions.iter().map(|p| p.at_since.map(|o| p.offsets.high - o)).sum()
     }
 }
+
+#[cfg(test)]
+mod security_tests {
+    use super::*;
+
+    fn creates(security: &[(&str, &str)]) -> std::result::Result<(), String> {
+        let b = Broker { bootstrap: "127.0.0.1:1".into(), security: security.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
+        b.consumer().map(|_| ()).map_err(|e| format!("{e:#}"))
+    }
+
+    /// What this build's librdkafka (no OpenSSL) can do; `endpoints::validate` allows just that.
+    #[test]
+    fn sasl_plain_works_and_tls_is_not_built_in() {
+        creates(&[]).unwrap();
+        creates(&[("security.protocol", "SASL_PLAINTEXT"), ("sasl.mechanism", "PLAIN"), ("sasl.username", "u"), ("sasl.password", "p")]).unwrap();
+        assert!(creates(&[("security.protocol", "SSL")]).is_err());
+        let scram = creates(&[("security.protocol", "SASL_PLAINTEXT"), ("sasl.mechanism", "SCRAM-SHA-256"), ("sasl.username", "u"), ("sasl.password", "p")]);
+        assert!(scram.is_err_and(|e| e.contains("No provider for SASL mechanism")));
+    }
+}
