@@ -119,6 +119,7 @@ cluster_endpoint = "http://azurite:10000/devstoreaccount1"
     let submit_err = String::from_utf8_lossy(&submit.stderr);
     assert!(submit.status.success(), "{submit_err}");
     assert!(submit_err.contains("uploading labctl-sql-runner.jar"), "{submit_err}");
+    assert!(!submit_err.contains("class path shows no jar"), "host's cluster has every connector: {submit_err}");
     let job: serde_json::Value = serde_json::from_slice(&submit.stdout).unwrap();
     let job_id = job["job_id"].as_str().unwrap();
     let on_host = get_json(&rt, &format!("{flink}/jobs/{job_id}"));

@@ -520,6 +520,9 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
         eprintln!("(non-restored state allowed: saved state of operators the new job does not have is dropped, so a changed job still starts)");
     }
 
+    if Part::Flink.is_external(&lab.config) {
+        warn_about_connectors(&client).await;
+    }
     let jar = ensure_runner(&lab, &client).await?;
     let argv: Vec<String> = statements.iter().map(|s| B64.encode(s.as_bytes())).collect();
     let before: HashSet<String> = client.jobs().await?.into_iter().map(|j| j.jid).collect();
@@ -610,6 +613,42 @@ async fn ensure_runner(lab: &Lab, client: &flink::Client) -> Result<String> {
     let bytes = rt.file_from_image(&image, RUNNER_JAR_PATH).await?;
     eprintln!("uploading {RUNNER_JAR_NAME} ({} KiB, from {image}) to {}", bytes.len() / 1024, client.base());
     client.upload_jar(RUNNER_JAR_NAME, bytes).await.context("uploading the SQL runner jar")
+}
+
+/// Connector jars the lab's job needs on a cluster: (what, file name prefixes that provide it).
+const CONNECTORS: &[(&str, &[&str])] = &[
+    ("the Kafka connector", &["flink-connector-kafka", "flink-sql-connector-kafka"]),
+    ("the Kafka client", &["kafka-clients", "flink-sql-connector-kafka"]),
+    ("the JDBC connector", &["flink-connector-jdbc"]),
+    ("the PostgreSQL JDBC driver", &["postgresql-", "flink-connector-jdbc-postgres"]),
+];
+
+/// What of `CONNECTORS` a class path lacks, judged by jar file names.
+fn missing_jars(classpath: &[String]) -> Vec<&'static str> {
+    let names: Vec<&str> = classpath.iter().map(|p| p.rsplit('/').next().unwrap_or(p)).collect();
+    CONNECTORS
+        .iter()
+        .filter(|(_, prefixes)| !names.iter().any(|n| prefixes.iter().any(|p| n.starts_with(p))))
+        .map(|(what, _)| *what)
+        .collect()
+}
+
+/// Warns before submitting to an external cluster whose JobManager shows no jar for a
+/// connector the job needs. Only a warning: a jar of another name may still provide it, and the
+/// planner's answer (see `missing_connector`) is the final word.
+async fn warn_about_connectors(client: &flink::Client) {
+    match client.jobmanager_classpath().await {
+        Ok(cp) => {
+            let missing = missing_jars(&cp);
+            if !missing.is_empty() {
+                eprintln!(
+                    "warning: the Flink cluster's class path shows no jar for {}; the job needs them in the lib/ of its JobManager and TaskManagers (Flink 2.0 builds of flink-connector-kafka, kafka-clients, flink-connector-jdbc-core, flink-connector-jdbc-postgres and the PostgreSQL driver)",
+                    missing.join(", ")
+                );
+            }
+        }
+        Err(e) => tracing::debug!("no class path from the JobManager: {e:#}"),
+    }
 }
 
 /// The SQL runner in the lab's Flink image.
@@ -725,6 +764,18 @@ mod tests {
         let mut jobs = jobs;
         jobs.push(job("new", "lab: sensor aggregation", "INITIALIZING"));
         assert_eq!(interrupted_job(&m, &jobs).map(|j| j.jid.as_str()), Some("new"));
+    }
+
+    #[test]
+    fn connector_jars_by_name() {
+        let lab_image: Vec<String> = ["flink-dist-2.0.0.jar", "flink-connector-jdbc-core-4.0.0-2.0.jar", "flink-connector-jdbc-postgres-4.0.0-2.0.jar", "flink-connector-kafka-4.0.1-2.0.jar", "kafka-clients-3.9.1.jar", "postgresql-42.7.3.jar"]
+            .iter()
+            .map(|j| format!("/opt/flink/lib/{j}"))
+            .collect();
+        assert!(missing_jars(&lab_image).is_empty());
+        assert_eq!(missing_jars(&lab_image[..1]), ["the Kafka connector", "the Kafka client", "the JDBC connector", "the PostgreSQL JDBC driver"]);
+        let fat = vec!["/x/flink-sql-connector-kafka-4.0.1-2.0.jar".to_string()];
+        assert_eq!(missing_jars(&fat), ["the JDBC connector", "the PostgreSQL JDBC driver"]);
     }
 
     #[test]

@@ -307,6 +307,16 @@ impl Client {
         Ok((input, output))
     }
 
+    /// The JobManager's class path (`/jobmanager/environment`): the jars in its `lib/`.
+    pub async fn jobmanager_classpath(&self) -> Result<Vec<String>> {
+        #[derive(Deserialize)]
+        struct Environment {
+            #[serde(default)]
+            classpath: Vec<String>,
+        }
+        Ok(self.get::<Environment>("/jobmanager/environment").await?.classpath)
+    }
+
     pub async fn checkpoints(&self, job: &str) -> Result<serde_json::Value> {
         self.get(&format!("/jobs/{job}/checkpoints")).await
     }
