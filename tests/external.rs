@@ -149,7 +149,7 @@ cluster_endpoint = "http://azurite:10000/devstoreaccount1"
     // into an external cluster's disks) and restores from it, without uploading the jar again.
     let checkpoint = wait_for("a completed checkpoint under flink.state_dir", Duration::from_secs(90), || {
         let cp = get_json(&rt, &format!("{flink}/jobs/{job_id}/checkpoints"));
-        cp["latest"]["completed"]["external_path"].as_str().filter(|p| p.contains("/var/lib/flink/remote/checkpoints/")).map(str::to_string)
+        cp["latest"]["completed"]["external_path"].as_str().filter(|p| p.contains(&format!("/var/lib/flink/remote/checkpoints/{}-sensor-aggregation/", remote.project))).map(str::to_string)
     });
     remote.ok(&["flink", "cancel"]);
     wait_for("the job to be cancelled", Duration::from_secs(60), || (get_json(&rt, &format!("{flink}/jobs/{job_id}"))["state"] == "CANCELED").then_some(()));
@@ -159,7 +159,7 @@ cluster_endpoint = "http://azurite:10000/devstoreaccount1"
     assert!(!again_err.contains("uploading"), "{again_err}");
     let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     let restored = again["restored_from"]["path"].as_str().unwrap_or_else(|| panic!("{again}"));
-    assert!(restored.contains("/var/lib/flink/remote/checkpoints/"), "{again}");
+    assert!(restored.contains(&format!("/var/lib/flink/remote/checkpoints/{}-sensor-aggregation/", remote.project)), "{again}");
     eprintln!("MEASURE | external | restored from {restored} (newest completed when cancelled: {checkpoint})");
     let job_id = again["job_id"].as_str().unwrap().to_string();
     let job_id = job_id.as_str();

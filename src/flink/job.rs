@@ -43,14 +43,25 @@ pub fn state_root(config: &Config) -> String {
     }
 }
 
+/// The lab job's folder name under `checkpoints/` and `savepoints/`. On a cluster other labs
+/// share it carries the project, so no lab restores another lab's state (the lab's own cluster
+/// lists its folder from the inside and takes the newest snapshot there).
+fn lab_state_subdir(config: &Config) -> String {
+    if crate::endpoints::Part::Flink.is_external(config) {
+        format!("{}-{LAB_STATE_SUBDIR}", config.project)
+    } else {
+        LAB_STATE_SUBDIR.to_string()
+    }
+}
+
 /// URI of the lab job's checkpoint folder.
 pub fn lab_checkpoint_uri(config: &Config) -> String {
-    format!("{}/checkpoints/{LAB_STATE_SUBDIR}", state_root(config))
+    format!("{}/checkpoints/{}", state_root(config), lab_state_subdir(config))
 }
 
 /// URI of the lab job's savepoint folder.
 pub fn lab_savepoint_uri(config: &Config) -> String {
-    format!("{}/savepoints/{LAB_STATE_SUBDIR}", state_root(config))
+    format!("{}/savepoints/{}", state_root(config), lab_state_subdir(config))
 }
 
 /// Settings of the job that are not part of the stack.
