@@ -50,6 +50,7 @@ struct ComposeService {
     replicas: u32,
     stop_signal: Option<String>,
     stop_grace: u32,
+    host_network: bool,
 }
 
 pub fn compose(stack: &Stack) -> Result<String> {
@@ -68,6 +69,7 @@ pub fn compose(stack: &Stack) -> Result<String> {
             replicas: s.replicas,
             stop_signal: s.stop_signal.map(str::to_string),
             stop_grace: s.stop_timeout,
+            host_network: s.host_network,
         })
         .collect();
     let volumes: Vec<(String, String)> =

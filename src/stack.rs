@@ -140,6 +140,9 @@ pub struct Service {
     pub stop_timeout: u32,
     /// Started only after the lab is set up (topic, schema), because it needs them.
     pub after_setup: bool,
+    /// On the host's network instead of the lab's: the generator beside an external broker,
+    /// which it must reach the way labctl on this host does.
+    pub host_network: bool,
 }
 
 /// A part of the lab that runs elsewhere: labctl checks it with the probe its managed service
@@ -248,6 +251,7 @@ impl Stack {
                 stop_signal: None,
                 stop_timeout: 10,
                 after_setup: false,
+                host_network: false,
             },
             Service {
                 name: DATABASE,
@@ -267,6 +271,7 @@ impl Stack {
                 stop_signal: Some("SIGINT"),
                 stop_timeout: 30,
                 after_setup: false,
+                host_network: false,
             },
             Service {
                 name: AZURITE,
@@ -282,6 +287,7 @@ impl Stack {
                 stop_signal: Some("SIGINT"),
                 stop_timeout: 10,
                 after_setup: false,
+                host_network: false,
             },
             Service {
                 name: FLINK_JM,
@@ -297,6 +303,7 @@ impl Stack {
                 stop_signal: None,
                 stop_timeout: 20,
                 after_setup: false,
+                host_network: false,
             },
             Service {
                 name: FLINK_TM,
@@ -314,6 +321,7 @@ impl Stack {
                 stop_signal: None,
                 stop_timeout: 20,
                 after_setup: false,
+                host_network: false,
             },
             Service {
                 name: SPARK_MASTER,
@@ -332,6 +340,7 @@ impl Stack {
                 stop_signal: None,
                 stop_timeout: 10,
                 after_setup: false,
+                host_network: false,
             },
             Service {
                 name: SPARK_WORKER,
@@ -350,37 +359,47 @@ impl Stack {
                 stop_signal: None,
                 stop_timeout: 10,
                 after_setup: false,
+                host_network: false,
             },
         ];
         let mut services = services;
         let external = external_parts(config);
         services.retain(|s| !Part::of_service(s.name).is_some_and(|p| external.contains(&p)));
-        // The generator's container reaches only a broker on the lab's network; beside an
-        // external broker `labctl ingest` runs on this host instead.
-        if config.ingest.enabled && !external.contains(&Part::Broker) {
+        // Beside an external broker the generator runs on the host's network with labctl's
+        // own view of the broker (bootstrap and address map). A broker that wants SASL gets no
+        // generator service: its password would have to go into the container; `labctl ingest`
+        // on this host does the same.
+        let broker_external = external.contains(&Part::Broker);
+        if config.ingest.enabled && (!broker_external || config.broker.security_protocol == "plaintext") {
             let i = &config.ingest;
+            let bootstrap = if broker_external { config.broker.bootstrap.clone() } else { format!("{BROKER}:{BROKER_PORT}") };
+            let mut command: Vec<String> = vec!["ingest".into(), "--bootstrap".into(), bootstrap];
+            if broker_external {
+                for (from, to) in &config.broker.address_map {
+                    command.extend(["--address-map".to_string(), format!("{from}={to}")]);
+                }
+            }
+            command.extend(
+                ["--topic", &config.broker.topic, "--machines", &i.machines.to_string(), "--seed", &i.seed.to_string(), "--interval", &i.interval_secs.to_string(), "--backfill", &i.backfill]
+                    .iter()
+                    .map(|s| s.to_string()),
+            );
             services.push(Service {
                 name: INGEST,
                 image: INGEST_IMAGE,
-                command: [
-                    "ingest", "--bootstrap", &format!("{BROKER}:{BROKER_PORT}"), "--topic", &config.broker.topic,
-                    "--machines", &i.machines.to_string(), "--seed", &i.seed.to_string(),
-                    "--interval", &i.interval_secs.to_string(), "--backfill", &i.backfill,
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+                command,
                 env: env(&[("RUST_LOG", "info".into())]),
                 ports: vec![],
                 mounts: vec![],
                 secrets: vec![],
                 probe: Probe::Running,
-                depends_on: vec![BROKER],
+                depends_on: if broker_external { vec![] } else { vec![BROKER] },
                 replicas: 1,
                 // SIGTERM: flush what is in flight, print the summary, exit 0.
                 stop_signal: None,
                 stop_timeout: 40,
                 after_setup: true,
+                host_network: broker_external,
             });
         }
         let external = external
@@ -541,9 +560,13 @@ mod tests {
         c.flink.url = "http://127.0.0.1:18081".into();
         c.broker.bootstrap = "127.0.0.1:19092".into();
         let s = Stack::new(&c, &State::for_tests(&c));
-        for name in [FLINK_JM, FLINK_TM, BROKER, INGEST] {
+        for name in [FLINK_JM, FLINK_TM, BROKER] {
             assert!(s.service(name).is_none(), "{name} would be started");
         }
+        // The generator follows the broker onto the host's network, with labctl's view of it.
+        let ingest = s.service(INGEST).unwrap();
+        assert!(ingest.host_network && ingest.depends_on.is_empty());
+        assert!(ingest.command.windows(2).any(|w| w[0] == "--bootstrap" && w[1] == "127.0.0.1:19092"), "{:?}", ingest.command);
         assert!(s.service(DATABASE).is_some() && s.service(SPARK_WORKER).is_some());
         let names: Vec<_> = s.external.iter().map(|e| e.name).collect();
         assert_eq!(names, [BROKER, FLINK_JM]);

@@ -87,7 +87,6 @@ pub async fn run(config: Config, config_file: Option<PathBuf>, args: Args) -> Re
     if !config.ingest.enabled {
         bail!("the demo needs the generator, but ingest.enabled = false in the config; enable it (or set LABCTL_INGEST_ENABLED=true)");
     }
-    crate::endpoints::ensure_managed(&config, crate::endpoints::Part::Broker, "the demo's generator service", "run `labctl up`, `labctl ingest --no-live`, `labctl submit flink` and `labctl submit spark` instead")?;
     let started = Instant::now();
     let mut globals = vec!["--project".to_string(), config.project.clone()];
     if let Some(f) = config_file {

@@ -50,6 +50,10 @@ pub struct Args {
     /// Broker to produce to (default: the lab's, through its published port).
     #[arg(long, value_name = "HOST:PORT")]
     pub bootstrap: Option<String>,
+    /// With --bootstrap: connect to RIGHT whenever the broker advertises LEFT
+    /// (`host:port=host:port`, repeatable), like `broker.address_map` in the config.
+    #[arg(long = "address-map", value_name = "ADVERTISED=REACHABLE", requires = "bootstrap")]
+    pub address_map: Vec<String>,
     /// Topic (default: broker.topic from the config).
     #[arg(long)]
     pub topic: Option<String>,
@@ -128,6 +132,12 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
     let topic = args.topic.clone().unwrap_or_else(|| config.broker.topic.clone());
     let base = match &args.bootstrap {
         Some(b) => {
+            for pair in &args.address_map {
+                let (from, to) = pair.split_once('=').with_context(|| format!("--address-map {pair:?}: use ADVERTISED=REACHABLE, e.g. broker:9092=127.0.0.1:19092"))?;
+                let (fh, fp) = crate::endpoints::parse_host_port("--address-map", from)?;
+                let (th, tp) = crate::endpoints::parse_host_port("--address-map", to)?;
+                crate::kafka::resolve::map_broker(&fh, fp, &th, tp);
+            }
             let mut c = rdkafka::ClientConfig::new();
             c.set("bootstrap.servers", b);
             c

@@ -141,7 +141,7 @@ pub async fn run(mut config: Config, args: Args) -> Result<ExitCode> {
             eprintln!("  {:<9} {} (external)", e.name, e.address);
         }
         if c.ingest.enabled && lab.stack.service(stack::INGEST).is_none() {
-            eprintln!("  the generator runs beside a managed broker only; feed the external one with `labctl ingest`");
+            eprintln!("  no generator service: the external broker wants SASL, whose password stays out of containers; feed it with `labctl ingest`");
         }
     }
     Ok(ExitCode::SUCCESS)

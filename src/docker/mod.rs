@@ -199,9 +199,19 @@ impl Runtime {
             (LABEL_SPEC.to_string(), spec.to_string()),
         ]);
         let endpoint = EndpointSettings { aliases: Some(vec![svc.name.to_string()]), ..Default::default() };
+        // The host's network has no aliases, and Docker refuses a hostname with it.
+        let (network_mode, networking_config, hostname) = if svc.host_network {
+            ("host".to_string(), None, None)
+        } else {
+            (
+                stack.network.clone(),
+                Some(bollard::container::NetworkingConfig { endpoints_config: HashMap::from([(stack.network.clone(), endpoint)]) }),
+                Some(name.clone()),
+            )
+        };
         let config = ContainerConfig {
             image: Some(image.to_string()),
-            hostname: Some(name.clone()),
+            hostname,
             cmd: if svc.command.is_empty() { None } else { Some(svc.command.clone()) },
             env: Some(svc.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(labels),
@@ -211,7 +221,7 @@ impl Runtime {
             host_config: Some(HostConfig {
                 port_bindings: Some(bindings),
                 mounts: Some(mounts),
-                network_mode: Some(stack.network.clone()),
+                network_mode: Some(network_mode),
                 restart_policy: Some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
                     maximum_retry_count: None,
@@ -219,9 +229,7 @@ impl Runtime {
                 init: Some(true),
                 ..Default::default()
             }),
-            networking_config: Some(bollard::container::NetworkingConfig {
-                endpoints_config: HashMap::from([(stack.network.clone(), endpoint)]),
-            }),
+            networking_config,
             ..Default::default()
         };
         self.docker
@@ -452,5 +460,9 @@ fn spec_hash(stack: &Stack, svc: &Service, image: &str) -> String {
     h.update(stack.network.as_bytes());
     h.update(stack.bind_address.as_bytes());
     h.update(serde_json::to_vec(&(&svc.command, &svc.env, &svc.ports, &svc.mounts, &svc.secrets, svc.stop_signal)).unwrap_or_default());
+    // Only when set, so the hash of every other container stays what it was (no recreate).
+    if svc.host_network {
+        h.update(b"network_mode=host");
+    }
     hex::encode(&h.finalize()[..8])
 }
