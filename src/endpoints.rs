@@ -267,10 +267,12 @@ pub fn validate(config: &Config) -> Result<()> {
         parse_http_url("spark.ui_url", &s.ui_url)?;
         // Both reach the driver's command line and Spark's properties: plain paths and URIs only.
         let plain = |v: &str| v.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '\'' | '"' | '\\' | '$' | '`' | ';'));
-        if !s.python.is_empty() && !(s.python.starts_with('/') && plain(&s.python)) {
+        let python_ok = s.python.is_empty() || (s.python.starts_with('/') && plain(&s.python));
+        if !python_ok {
             bail!(invalid("spark.python", &s.python, "use the absolute path of the workers' Python, e.g. /opt/venv/bin/python"));
         }
-        if !s.jdbc_jar.is_empty() && !(Url::parse(&s.jdbc_jar).is_ok() && plain(&s.jdbc_jar)) {
+        let jar_ok = s.jdbc_jar.is_empty() || (Url::parse(&s.jdbc_jar).is_ok() && plain(&s.jdbc_jar));
+        if !jar_ok {
             bail!(invalid("spark.jdbc_jar", &s.jdbc_jar, "use a URI Spark can fetch, e.g. file:/usr/share/java/postgresql.jar or https://…/postgresql-42.7.3.jar"));
         }
     }

@@ -187,7 +187,7 @@ cluster_endpoint = "http://azurite:10000/devstoreaccount1"
     let up = remote.json(&["up", "--json"]);
     assert_eq!(up["containers_changed"], 1, "{up}");
     let ingest = format!("{}-ingest-1", remote.project);
-    assert_eq!(running_containers(&remote.project), [ingest.clone()]);
+    assert_eq!(running_containers(&remote.project), std::slice::from_ref(&ingest));
     let mode = std::process::Command::new("docker").args(["inspect", "-f", "{{.HostConfig.NetworkMode}}", &ingest]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&mode.stdout).trim(), "host");
     wait_for("remote's generator to produce into host's topic", Duration::from_secs(90), || (topic_end() > produced).then_some(()));
