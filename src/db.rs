@@ -7,6 +7,39 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::schema;
 
+/// Encryption of the connection, named as libpq names it (`sslmode` in `database.url`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain TCP (the lab's own database on this host).
+    #[default]
+    Disable,
+    /// Encrypted; the server's certificate is not checked (libpq's meaning of `require`).
+    Require,
+    /// Encrypted, and the certificate must be valid for the host name: signed by a public CA
+    /// or by `sslrootcert`.
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "disable" => Some(Self::Disable),
+            "require" => Some(Self::Require),
+            "verify-full" => Some(Self::VerifyFull),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Require => "require",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Database {
     pub host: String,
@@ -14,11 +47,20 @@ pub struct Database {
     pub user: String,
     pub name: String,
     password: String,
+    pub ssl: SslMode,
+    /// PEM file of the CA that signed the server's certificate (verify-full), else the public CAs.
+    pub root_cert: Option<std::path::PathBuf>,
 }
 
 impl Database {
     pub fn new(host: String, port: u16, user: String, name: String, password: String) -> Self {
-        Self { host, port, user, name, password }
+        Self { host, port, user, name, password, ssl: SslMode::Disable, root_cert: None }
+    }
+
+    pub fn with_tls(mut self, ssl: SslMode, root_cert: Option<std::path::PathBuf>) -> Self {
+        self.ssl = ssl;
+        self.root_cert = root_cert;
+        self
     }
 
     pub async fn connect(&self, timeout: Duration) -> Result<Client> {
@@ -30,15 +72,30 @@ impl Database {
             .password(&self.password)
             .application_name("labctl")
             .connect_timeout(timeout);
-        let (client, conn) = tokio::time::timeout(timeout, cfg.connect(NoTls))
-            .await
-            .map_err(|_| anyhow!("database {}:{} did not answer within {timeout:?}", self.host, self.port))?
-            .with_context(|| format!("cannot log in to database {} at {}:{} as {}", self.name, self.host, self.port, self.user))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("database connection closed: {e}");
+        let failed = || format!("cannot log in to database {} at {}:{} as {} (sslmode={})", self.name, self.host, self.port, self.user, self.ssl.as_str());
+        let late = || anyhow!("database {}:{} did not answer within {timeout:?}", self.host, self.port);
+        let client = match self.ssl {
+            SslMode::Disable => {
+                let (client, conn) = tokio::time::timeout(timeout, cfg.connect(NoTls)).await.map_err(|_| late())?.with_context(failed)?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!("database connection closed: {e}");
+                    }
+                });
+                client
             }
-        });
+            mode => {
+                cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls::client_config(mode, self.root_cert.as_deref())?);
+                let (client, conn) = tokio::time::timeout(timeout, cfg.connect(tls)).await.map_err(|_| late())?.with_context(failed)?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!("database connection closed: {e}");
+                    }
+                });
+                client
+            }
+        };
         Ok(client)
     }
 
@@ -119,4 +176,65 @@ pub async fn rejected_stats(client: &Client) -> Result<RejectedStats> {
     );
     let row = client.query_one(&sql, &[]).await.with_context(|| format!("counting {}", t.name))?;
     Ok(RejectedStats { count: row.get(0), newest: row.get(1), last_reason: row.get(2) })
+}
+
+/// rustls settings for the two encrypted modes.
+mod tls {
+    use std::{path::Path, sync::Arc};
+
+    use anyhow::{Context, Result};
+    use rustls::{
+        client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+        crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider},
+        pki_types::{pem::PemObject, CertificateDer, ServerName, UnixTime},
+        ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    };
+
+    use super::SslMode;
+
+    fn provider() -> Arc<CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    pub fn client_config(mode: SslMode, root_cert: Option<&Path>) -> Result<ClientConfig> {
+        let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().context("TLS protocol versions")?;
+        Ok(match mode {
+            SslMode::VerifyFull => {
+                let mut roots = RootCertStore::empty();
+                match root_cert {
+                    Some(path) => {
+                        for cert in CertificateDer::pem_file_iter(path).with_context(|| format!("reading sslrootcert {}", path.display()))? {
+                            roots.add(cert.with_context(|| format!("a certificate in {}", path.display()))?).context("adding the root certificate")?;
+                        }
+                    }
+                    None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            _ => builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate(provider()))).with_no_client_auth(),
+        })
+    }
+
+    /// sslmode=require: encryption without checking who answers, as libpq does it. The
+    /// handshake's signatures are still verified.
+    #[derive(Debug)]
+    struct AnyCertificate(Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
 }

@@ -11,6 +11,7 @@ use anyhow::{bail, Result};
 use reqwest::Url;
 
 use crate::{
+    db::SslMode,
     config::{Config, InvalidValue, SECRET_BROKER_PASSWORD, SECRET_DATABASE_PASSWORD, SECRET_LAKE_KEY},
     lake::{DEV_ACCOUNT, DEV_KEY},
     stack::{
@@ -133,10 +134,27 @@ pub struct PgAddress {
     pub port: u16,
     pub user: Option<String>,
     pub dbname: Option<String>,
+    pub ssl: SslMode,
+    /// `sslrootcert`: PEM file of the CA for verify-full (a path where the connecting side runs).
+    pub root_cert: Option<String>,
 }
 
-/// `postgresql://[user@]host[:port][/dbname]`. No password (LABCTL_DATABASE_PASSWORD holds it)
-/// and no parameters: labctl speaks plain TCP to PostgreSQL.
+impl PgAddress {
+    /// The TLS parameters again, as libpq and the PostgreSQL JDBC driver both take them.
+    pub fn ssl_params(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.ssl != SslMode::Disable {
+            out.push(("sslmode", self.ssl.as_str().to_string()));
+        }
+        if let Some(c) = &self.root_cert {
+            out.push(("sslrootcert", c.clone()));
+        }
+        out
+    }
+}
+
+/// `postgresql://[user@]host[:port][/dbname][?sslmode=disable|require|verify-full][&sslrootcert=FILE]`.
+/// No password (LABCTL_DATABASE_PASSWORD holds it) and no other parameters.
 pub fn parse_pg_url(key: &str, s: &str) -> Result<PgAddress> {
     let u = Url::parse(s).map_err(|e| invalid(key, s, &format!("not a URL ({e}); use postgresql://user@host:5432/dbname")))?;
     if !matches!(u.scheme(), "postgresql" | "postgres") {
@@ -145,8 +163,17 @@ pub fn parse_pg_url(key: &str, s: &str) -> Result<PgAddress> {
     if u.password().is_some() {
         bail!(invalid(key, s, &format!("put no password in the URL; set {SECRET_DATABASE_PASSWORD}")));
     }
-    if u.query().is_some() || u.fragment().is_some() {
-        bail!(invalid(key, s, "no parameters: labctl connects without TLS (sslmode is not supported)"));
+    if u.fragment().is_some() {
+        bail!(invalid(key, s, "no fragment (#…) in a database URL"));
+    }
+    let (mut ssl, mut root_cert) = (SslMode::Disable, None);
+    for (k, v) in u.query_pairs() {
+        match k.as_ref() {
+            "sslmode" => ssl = SslMode::parse(&v).ok_or_else(|| invalid(key, s, "sslmode is disable, require or verify-full"))?,
+            "sslrootcert" if v.starts_with('/') && v.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '\'' | '"' | '&' | '\\')) => root_cert = Some(v.to_string()),
+            "sslrootcert" => bail!(invalid(key, s, "sslrootcert is an absolute path to a PEM file")),
+            other => bail!(invalid(key, s, &format!("unknown parameter `{other}`: only sslmode and sslrootcert"))),
+        }
     }
     let host = u.host_str().filter(|h| valid_host(h)).ok_or_else(|| invalid(key, s, "the URL needs a host"))?.to_string();
     let user = Some(u.username().to_string()).filter(|x| !x.is_empty());
@@ -156,7 +183,7 @@ pub fn parse_pg_url(key: &str, s: &str) -> Result<PgAddress> {
             crate::config::check_identifier(&format!("{key} ({what})"), v)?;
         }
     }
-    Ok(PgAddress { host, port: u.port().unwrap_or(5432), user, dbname })
+    Ok(PgAddress { host, port: u.port().unwrap_or(5432), user, dbname, ssl, root_cert })
 }
 
 /// The database user: `database.url`'s when it names one, else `database.user`.
@@ -372,12 +399,24 @@ pub fn cluster_bootstrap(config: &Config) -> String {
     }
 }
 
-/// The database as the Flink and Spark clusters reach it: `jdbc:postgresql://host:port/dbname`.
+/// The database as the Flink and Spark clusters reach it, as JDBC URL:
+/// `jdbc:postgresql://host:port/dbname`, plus the TLS parameters of `cluster_url` (or `url`).
+/// Further JDBC parameters are appended with `jdbc_param`.
 pub fn cluster_jdbc_url(config: &Config) -> String {
     let d = &config.database;
     let addr = [&d.cluster_url, &d.url].into_iter().find(|u| !u.is_empty()).and_then(|u| parse_pg_url("database.url", u).ok());
+    let params = addr.as_ref().map(|a| a.ssl_params()).unwrap_or_default();
     let (host, port) = addr.map(|a| (a.host, a.port)).unwrap_or_else(|| (DATABASE.to_string(), DATABASE_PORT));
-    format!("jdbc:postgresql://{host}:{port}/{}", database_name(config))
+    let mut url = format!("jdbc:postgresql://{host}:{port}/{}", database_name(config));
+    for (k, v) in params {
+        url = jdbc_param(&url, k, &v);
+    }
+    url
+}
+
+/// `url` with one more query parameter.
+pub fn jdbc_param(url: &str, key: &str, value: &str) -> String {
+    format!("{url}{}{key}={value}", if url.contains('?') { '&' } else { '?' })
 }
 
 /// The Spark master as drivers and executors reach it.
@@ -530,7 +569,6 @@ mod tests {
             ("broker.bootstrap", Box::new(|c: &mut Config| c.broker.bootstrap = "kafka".into())),
             ("broker.cluster_bootstrap", Box::new(|c: &mut Config| c.broker.cluster_bootstrap = "broker:9092".into())),
             ("database.url", Box::new(|c: &mut Config| c.database.url = "postgresql://u:secret@h/db".into())),
-            ("database.url", Box::new(|c: &mut Config| c.database.url = "postgresql://h/db?sslmode=require".into())),
             ("database.url", Box::new(|c: &mut Config| c.database.url = "postgresql://h/Robert');DROP".into())),
             ("flink.url", Box::new(|c: &mut Config| c.flink.url = "ftp://x".into())),
             ("spark.master_url", Box::new(|c: &mut Config| c.spark.master_url = "spark://m:7077".into())),
@@ -556,6 +594,24 @@ mod tests {
             f(&mut c);
             let err = format!("{:#}", c.validate().unwrap_err());
             assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn database_tls_reaches_both_views() {
+        let c = cfg(|c| {
+            c.database.url = "postgresql://ops@127.0.0.1:6543/plant?sslmode=require".into();
+            c.database.cluster_url = "postgresql://db.internal:5432/plant?sslmode=verify-full&sslrootcert=/etc/ssl/plant-ca.pem".into();
+        });
+        c.validate().unwrap();
+        let a = parse_pg_url("database.url", &c.database.url).unwrap();
+        assert_eq!((a.ssl, a.root_cert), (SslMode::Require, None));
+        assert_eq!(cluster_jdbc_url(&c), "jdbc:postgresql://db.internal:5432/plant?sslmode=verify-full&sslrootcert=/etc/ssl/plant-ca.pem");
+        assert_eq!(jdbc_param(&cluster_jdbc_url(&Config::default()), "reWriteBatchedInserts", "true"), "jdbc:postgresql://timescaledb:5432/iiot?reWriteBatchedInserts=true");
+        for bad in ["postgresql://h/db?sslmode=prefer", "postgresql://h/db?sslrootcert=ca.pem", "postgresql://h/db?application_name=x"] {
+            let mut c = Config::default();
+            c.database.url = bad.into();
+            assert!(format!("{:#}", c.validate().unwrap_err()).contains("database.url"), "{bad}");
         }
     }
 

@@ -58,13 +58,13 @@ impl Lab {
     }
 
     pub fn database(&self) -> Result<Database> {
-        let (host, port) = if self.external(Part::Database) {
+        let (user, name, password) = (endpoints::database_user(&self.config), endpoints::database_name(&self.config), self.db_password()?);
+        if self.external(Part::Database) {
             let a = endpoints::parse_pg_url("database.url", &self.config.database.url)?;
-            (a.host, a.port)
-        } else {
-            (self.stack.bind_address.clone(), self.stack.published_port("database").context("the stack has no database port")?)
-        };
-        Ok(Database::new(host, port, endpoints::database_user(&self.config), endpoints::database_name(&self.config), self.db_password()?))
+            return Ok(Database::new(a.host, a.port, user, name, password).with_tls(a.ssl, a.root_cert.map(Into::into)));
+        }
+        let port = self.stack.published_port("database").context("the stack has no database port")?;
+        Ok(Database::new(self.stack.bind_address.clone(), port, user, name, password))
     }
 
     pub fn flink(&self, timeout: Duration) -> Result<flink::Client> {

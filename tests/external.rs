@@ -48,8 +48,8 @@ cluster_bootstrap = "broker:9092"
 address_map = {{ "broker:9092" = "127.0.0.1:{broker}" }}
 
 [database]
-url = "postgresql://lab@127.0.0.1:{db}/iiot"
-cluster_url = "postgresql://timescaledb:5432/iiot"
+url = "postgresql://lab@127.0.0.1:{db}/iiot?sslmode=require"
+cluster_url = "postgresql://timescaledb:5432/iiot?sslmode=require"
 
 [flink]
 url = "http://127.0.0.1:{flink}"
@@ -73,7 +73,8 @@ cluster_endpoint = "http://azurite:10000/devstoreaccount1"
         ui = p.spark_ui,
         lake = p.azurite
     );
-    std::fs::write(remote.state_dir.path().join("labctl.toml"), toml).unwrap();
+    let remote_toml = remote.state_dir.path().join("labctl.toml");
+    std::fs::write(&remote_toml, &toml).unwrap();
 
     // A missing secret is named with its variable, before anything happens.
     let mut no_key = remote.command(&["up"]);
@@ -96,6 +97,23 @@ cluster_endpoint = "http://azurite:10000/devstoreaccount1"
         assert_eq!((s["state"].as_str(), s["ready"].as_bool()), (Some("external"), Some(true)), "{s}");
     }
     assert_eq!(st["healthy"], true);
+    // remote's own database connections are encrypted (sslmode=require against host's
+    // self-signed certificate), and verify-full refuses that certificate.
+    let remote_lab = {
+        let config = labctl::config::Config::load(Some(&remote_toml), remote.env.iter().cloned()).unwrap();
+        let state = labctl::state::State { db_password: String::new(), ports: config.ports.clone(), replicas: Default::default() };
+        labctl::lab::Lab::new(config, state)
+    };
+    std::env::set_var("LABCTL_DATABASE_PASSWORD", &h.state.db_password);
+    let encrypted: bool = rt.block_on(async {
+        let c = remote_lab.database().unwrap().connect(Duration::from_secs(5)).await.unwrap();
+        c.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap().get(0)
+    });
+    assert!(encrypted, "remote's connection is not encrypted");
+    let strict = remote_lab.database().unwrap().with_tls(labctl::db::SslMode::VerifyFull, None);
+    let refused = rt.block_on(strict.connect(Duration::from_secs(5))).err().map(|e| format!("{e:#}")).unwrap_or_default();
+    assert!(refused.contains("verify-full") && refused.to_lowercase().contains("certificate"), "{refused}");
+
     // Nothing of remote's can be scaled or shown as logs: it does not run it.
     let scale = remote.run(&["scale", "flink-taskmanager", "2"]);
     assert!(!scale.status.success() && String::from_utf8_lossy(&scale.stderr).contains("external"));
@@ -137,6 +155,10 @@ cluster_endpoint = "http://azurite:10000/devstoreaccount1"
     let count = |table: &str| query(&format!("SELECT count(*) FROM {table}"));
     let t_rows = Instant::now();
     wait_for("every reading in host's machine_sensors", Duration::from_secs(300), || (count("machine_sensors") == produced).then_some(()));
+    // The job's JDBC sinks took cluster_url's sslmode: their connections are encrypted.
+    let jdbc_tls = query("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'PostgreSQL JDBC Driver' AND s.ssl");
+    let jdbc_plain = query("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'PostgreSQL JDBC Driver' AND NOT s.ssl");
+    assert!(jdbc_tls > 0 && jdbc_plain == 0, "JDBC connections: {jdbc_tls} encrypted, {jdbc_plain} plain");
     eprintln!("MEASURE | external | {produced} readings through remote's job into host's table {:.1} s after RUNNING", t_rows.elapsed().as_secs_f64());
     // Every closed window counts exactly the readings it covers.
     wait_for("host's windows to cover the readings before the newest window's end", Duration::from_secs(120), || {

@@ -78,6 +78,17 @@ max_wal_size = 1GB
 logging_collector = off
 log_destination = 'stderr'
 EOF
+# TLS with a self-signed certificate, made once per data directory: clients that ask for
+# encryption (sslmode=require, JDBC's default "prefer") get it, e.g. across hosts. It proves
+# nothing about the server's identity; sslmode=verify-full needs a CA-signed certificate.
+if [ ! -s "$PGDATA/server.key" ] || [ ! -s "$PGDATA/server.crt" ]; then
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=timescaledb" \
+    -keyout "$PGDATA/server.key" -out "$PGDATA/server.crt" 2>/dev/null || die "could not make a TLS certificate"
+  chown postgres:postgres "$PGDATA/server.key" "$PGDATA/server.crt"
+  chmod 600 "$PGDATA/server.key"
+  log "made a self-signed TLS certificate"
+fi
+echo "ssl = on" >> "$PGDATA/conf.d/00-labctl.conf"
 chown -R postgres:postgres "$PGDATA/conf.d"
 
 # --- setup phase: temporary server on the unix socket only ---

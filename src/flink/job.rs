@@ -179,7 +179,7 @@ pub fn render_for(config: &Config, db_password: &str, settings: &JobSettings, ta
             None => bail!("the Flink job has no expression for column {}.{}", SENSOR_AGGREGATES.name, c.name),
         }
     }
-    let jdbc_url = format!("{}?reWriteBatchedInserts=true", endpoints::cluster_jdbc_url(config));
+    let jdbc_url = endpoints::jdbc_param(&endpoints::cluster_jdbc_url(config), "reWriteBatchedInserts", "true");
     let kafka_properties: Vec<String> =
         endpoints::flink_kafka_properties(config)?.iter().map(|(k, v)| format!("{} = {},", lit(k), lit(v))).collect();
     let mut ctx = tera::Context::new();
