@@ -77,22 +77,14 @@ impl Database {
         let client = match self.ssl {
             SslMode::Disable => {
                 let (client, conn) = tokio::time::timeout(timeout, cfg.connect(NoTls)).await.map_err(|_| late())?.with_context(failed)?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!("database connection closed: {e}");
-                    }
-                });
+                drive(conn);
                 client
             }
             mode => {
                 cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
                 let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls::client_config(mode, self.root_cert.as_deref())?);
                 let (client, conn) = tokio::time::timeout(timeout, cfg.connect(tls)).await.map_err(|_| late())?.with_context(failed)?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!("database connection closed: {e}");
-                    }
-                });
+                drive(conn);
                 client
             }
         };
@@ -176,6 +168,19 @@ pub async fn rejected_stats(client: &Client) -> Result<RejectedStats> {
     );
     let row = client.query_one(&sql, &[]).await.with_context(|| format!("counting {}", t.name))?;
     Ok(RejectedStats { count: row.get(0), newest: row.get(1), last_reason: row.get(2) })
+}
+
+/// Runs a connection's I/O in the background for as long as its client lives.
+fn drive<S, T>(conn: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("database connection closed: {e}");
+        }
+    });
 }
 
 /// rustls settings for the two encrypted modes.
