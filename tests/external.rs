@@ -137,7 +137,11 @@ cluster_endpoint = "http://azurite:10000/devstoreaccount1"
     let submit = remote.run(&["submit", "flink", "--json"]);
     let submit_err = String::from_utf8_lossy(&submit.stderr);
     assert!(submit.status.success(), "{submit_err}");
-    assert!(submit_err.contains("uploading labctl-sql-runner.jar"), "{submit_err}");
+    // The jar is versioned by the Flink image's input hash, so an older runner is never reused.
+    let runner = format!("labctl-sql-runner-{}.jar", labctl::docker::images::input_hash(&labctl::stack::FLINK_IMAGE));
+    assert!(submit_err.contains(&format!("uploading {runner}")), "{submit_err}");
+    let jars = get_json(&rt, &format!("{flink}/jars"));
+    assert!(jars["files"].as_array().unwrap().iter().any(|j| j["name"] == runner.as_str()), "{jars}");
     assert!(!submit_err.contains("class path shows no jar"), "host's cluster has every connector: {submit_err}");
     let job: serde_json::Value = serde_json::from_slice(&submit.stdout).unwrap();
     let job_id = job["job_id"].as_str().unwrap();

@@ -602,8 +602,12 @@ pub(crate) async fn find_or_explain_runner(client: &flink::Client) -> Result<Str
 /// an external cluster gets it uploaded, taken from the lab's Flink image (built if missing),
 /// so the runner always matches the job labctl renders.
 async fn ensure_runner(lab: &Lab, client: &flink::Client) -> Result<String> {
-    if !Part::Flink.is_external(&lab.config) || client.jars().await?.iter().any(|j| j.name == RUNNER_JAR_NAME) {
+    if !Part::Flink.is_external(&lab.config) {
         return find_or_explain_runner(client).await;
+    }
+    let name = external_runner_name();
+    if let Some(j) = client.jars().await?.into_iter().find(|j| j.name == name) {
+        return Ok(j.id);
     }
     let rt = Runtime::connect().await.context("the SQL runner jar comes from the lab's Flink image, which needs Docker here")?;
     let pb = indicatif::ProgressBar::new_spinner();
@@ -611,8 +615,15 @@ async fn ensure_runner(lab: &Lab, client: &flink::Client) -> Result<String> {
     let (image, _) = rt.ensure_image(&crate::stack::FLINK_IMAGE, false, &pb).await?;
     pb.finish_and_clear();
     let bytes = rt.file_from_image(&image, RUNNER_JAR_PATH).await?;
-    eprintln!("uploading {RUNNER_JAR_NAME} ({} KiB, from {image}) to {}", bytes.len() / 1024, client.base());
-    client.upload_jar(RUNNER_JAR_NAME, bytes).await.context("uploading the SQL runner jar")
+    eprintln!("uploading {name} ({} KiB, from {image}) to {}", bytes.len() / 1024, client.base());
+    client.upload_jar(&name, bytes).await.context("uploading the SQL runner jar")
+}
+
+/// The runner's name on a cluster labctl does not run, versioned by the Flink image's input
+/// hash (which covers the runner's sources): a cluster that holds an older runner, e.g. one
+/// without a UDF the job now calls, gets this one instead of running the job with the old.
+fn external_runner_name() -> String {
+    format!("labctl-sql-runner-{}.jar", crate::docker::images::input_hash(&crate::stack::FLINK_IMAGE))
 }
 
 /// Connector jars the lab's job needs on a cluster: (what, file name prefixes that provide it).
