@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::{rt, wait_for, TestLab};
 
 fn get_json(rt: &tokio::runtime::Runtime, url: &str) -> serde_json::Value {
-    rt.block_on(async { reqwest::get(url).await.unwrap().json::<serde_json::Value>().await.unwrap() })
+    common::get_json(rt, url).unwrap_or_else(|| panic!("no JSON from {url}"))
 }
 
 fn running_containers(project: &str) -> Vec<String> {

@@ -10,12 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{rt, wait_for, TestLab};
-
-/// GET a JSON document (Flink REST or the Spark master's UI).
-fn get_json(rt: &tokio::runtime::Runtime, url: &str) -> Option<serde_json::Value> {
-    rt.block_on(async { reqwest::get(url).await.ok()?.json::<serde_json::Value>().await.ok() })
-}
+use common::{get_json, rt, wait_for, TestLab};
 
 #[test]
 fn scale_taskmanagers_and_workers_out_and_back() {

@@ -103,6 +103,11 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// GET a JSON document (Flink REST, the Spark master's UI); None when it does not answer.
+pub fn get_json(rt: &tokio::runtime::Runtime, url: &str) -> Option<serde_json::Value> {
+    rt.block_on(async { reqwest::get(url).await.ok()?.json::<serde_json::Value>().await.ok() })
+}
+
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
 }
