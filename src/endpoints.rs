@@ -284,12 +284,10 @@ pub fn validate(config: &Config) -> Result<()> {
     }
     let given = given.len();
     if given == 3 {
-        let (host, port) = s
-            .master_url
-            .strip_prefix("spark://")
-            .and_then(|hp| parse_host_port("spark.master_url", hp).ok())
-            .ok_or_else(|| invalid("spark.master_url", &s.master_url, "use spark://host:7077"))?;
-        let _ = (host, port);
+        let master_ok = s.master_url.strip_prefix("spark://").is_some_and(|hp| parse_host_port("spark.master_url", hp).is_ok());
+        if !master_ok {
+            bail!(invalid("spark.master_url", &s.master_url, "use spark://host:7077"));
+        }
         parse_http_url("spark.rest_url", &s.rest_url)?;
         parse_http_url("spark.ui_url", &s.ui_url)?;
         // Both reach the driver's command line and Spark's properties: plain paths and URIs only.

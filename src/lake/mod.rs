@@ -147,14 +147,9 @@ impl BlobClient {
         }
     }
 
-    /// The content of one blob.
+    /// The content of one blob; a missing one is an error.
     pub async fn get_blob(&self, container: &str, name: &str) -> Result<bytes::Bytes> {
-        let resp = self.send(reqwest::Method::GET, &format!("/{container}/{}", encode_blob_path(name)), &[], &[], None).await?;
-        let status = resp.status();
-        if !status.is_success() {
-            bail!("reading blob {container}/{name} failed: HTTP {status}: {}", first_line(&resp.text().await?));
-        }
-        Ok(resp.bytes().await?)
+        self.get_blob_if_exists(container, name).await?.ok_or_else(|| anyhow::anyhow!("reading blob {container}/{name} failed: no such blob (HTTP 404)"))
     }
 
     /// The content of one blob; None when there is no such blob.
