@@ -50,6 +50,9 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct Ports {
     pub broker: u16,
+    /// The host listeners of broker nodes 2 and 3 (with `broker.nodes = 3`).
+    pub broker_2: u16,
+    pub broker_3: u16,
     pub database: u16,
     pub flink_ui: u16,
     pub spark_ui: u16,
@@ -62,7 +65,10 @@ pub struct Ports {
 pub struct BrokerConfig {
     pub topic: String,
     pub partitions: i32,
-    /// JVM heap of the lab's broker, e.g. `512m`.
+    /// KRaft nodes of the lab's broker, each a broker and a voter of the controller quorum:
+    /// 1, or 3 for a replicated topic (replication factor 3, `min.insync.replicas` 2).
+    pub nodes: u32,
+    /// JVM heap of each broker node, e.g. `512m`.
     pub heap: String,
     /// An external broker (labctl starts none): its bootstrap list as labctl reaches it,
     /// `host:port,host:port`. Empty: the lab's own broker.
@@ -184,7 +190,7 @@ impl Default for Config {
 
 impl Default for Ports {
     fn default() -> Self {
-        Self { broker: 9092, database: 5432, flink_ui: 8081, spark_ui: 8080, spark_rest: 6066, azurite: 10000 }
+        Self { broker: 9092, broker_2: 9093, broker_3: 9094, database: 5432, flink_ui: 8081, spark_ui: 8080, spark_rest: 6066, azurite: 10000 }
     }
 }
 
@@ -193,6 +199,7 @@ impl Default for BrokerConfig {
         Self {
             topic: "sensors".into(),
             partitions: 3,
+            nodes: 1,
             heap: "512m".into(),
             bootstrap: String::new(),
             cluster_bootstrap: String::new(),
@@ -319,6 +326,7 @@ impl Config {
             bail!(invalid("broker.topic", &self.broker.topic, "use 1-200 characters a-z, A-Z, 0-9, '.', '_' and '-'"));
         }
         check_range("broker.partitions", self.broker.partitions, 1, 64)?;
+        check_range("broker.nodes", self.broker.nodes, 1, crate::stack::MAX_BROKER_NODES)?;
         check_identifier("database.user", &self.database.user)?;
         check_identifier("database.name", &self.database.name)?;
         check_range("flink.taskmanagers", self.flink.taskmanagers, 1, crate::stack::MAX_REPLICAS)?;

@@ -15,7 +15,7 @@ use crate::{
     config::{Config, InvalidValue, SECRET_BROKER_PASSWORD, SECRET_DATABASE_PASSWORD, SECRET_LAKE_KEY},
     lake::{DEV_ACCOUNT, DEV_KEY},
     stack::{
-        AZURITE, AZURITE_PORT, BROKER, BROKER_PORT, DATABASE, DATABASE_PORT, FLINK_JM, FLINK_TM, SPARK_MASTER,
+        AZURITE, AZURITE_PORT, BROKER_NODES, DATABASE, DATABASE_PORT, FLINK_JM, FLINK_TM, SPARK_MASTER,
         SPARK_MASTER_PORT, SPARK_WORKER,
     },
 };
@@ -49,7 +49,7 @@ impl Part {
     /// and name stand for the part.
     pub fn services(self) -> &'static [&'static str] {
         match self {
-            Part::Broker => &[BROKER],
+            Part::Broker => &BROKER_NODES,
             Part::Database => &[DATABASE],
             Part::Flink => &[FLINK_JM, FLINK_TM],
             Part::Spark => &[SPARK_MASTER, SPARK_WORKER],
@@ -393,7 +393,7 @@ pub fn cluster_bootstrap(config: &Config) -> String {
     match (b.cluster_bootstrap.is_empty(), b.bootstrap.is_empty()) {
         (false, _) => b.cluster_bootstrap.clone(),
         (true, false) => b.bootstrap.clone(),
-        (true, true) => format!("{BROKER}:{BROKER_PORT}"),
+        (true, true) => crate::stack::cluster_bootstrap(b.nodes),
     }
 }
 

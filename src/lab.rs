@@ -92,8 +92,9 @@ impl Lab {
     /// Runs one readiness check once. Ok(detail) when ready, Err(why not) otherwise.
     pub async fn probe(&self, probe: &Probe, timeout: Duration) -> Result<String> {
         match probe {
-            Probe::KafkaMetadata => {
+            Probe::KafkaMetadata { brokers } => {
                 let n = self.broker()?.ping(timeout).await?;
+                anyhow::ensure!(n >= *brokers as usize, "{n} of {brokers} brokers in the cluster's metadata");
                 Ok(format!("{n} broker(s) in metadata"))
             }
             Probe::PostgresLogin => {

@@ -89,8 +89,8 @@ pub const IMAGES: &[ImageSpec] = &[BROKER_IMAGE, DATABASE_IMAGE, FLINK_IMAGE, SP
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Probe {
-    /// Kafka metadata request answered through the published port.
-    KafkaMetadata,
+    /// Kafka metadata answered through the published port, listing this many brokers.
+    KafkaMetadata { brokers: u32 },
     /// Password login succeeds and the `timescaledb` library is preloaded.
     PostgresLogin,
     /// Flink REST `/overview` lists this many TaskManagers with all their slots.
@@ -182,6 +182,11 @@ pub struct Stack {
 }
 
 pub const BROKER: &str = "broker";
+/// Service names of the KRaft nodes; node 1 is `broker`, as in a single-node lab.
+pub const BROKER_NODES: [&str; MAX_BROKER_NODES as usize] = [BROKER, "broker-2", "broker-3"];
+const BROKER_PORT_KEYS: [&str; MAX_BROKER_NODES as usize] = ["broker", "broker_2", "broker_3"];
+const BROKER_VOLUMES: [&str; MAX_BROKER_NODES as usize] = ["broker-data", "broker-2-data", "broker-3-data"];
+pub const MAX_BROKER_NODES: u32 = 3;
 pub const DATABASE: &str = "timescaledb";
 pub const FLINK_JM: &str = "flink-jobmanager";
 pub const FLINK_TM: &str = "flink-taskmanager";
@@ -250,36 +255,45 @@ pub fn kafka_cluster_id(project: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16])
 }
 
-/// One combined broker and controller. Containers reach it as `broker:9092` on the lab's
-/// network; host clients through the published port, which the broker advertises as itself on
-/// a listener of its own, so neither side needs an address map.
-fn broker_service(config: &Config, ports: &crate::config::Ports) -> Service {
+/// One KRaft node, a combined broker and controller. Containers reach it by its service name
+/// on the lab's network; host clients through its published port, which it advertises as
+/// itself on a listener of its own, so neither side needs an address map. With several nodes
+/// every one is a voter of the quorum and topics are replicated to three of them.
+fn broker_service(config: &Config, ports: &crate::config::Ports, node: usize) -> Service {
+    let nodes = config.broker.nodes as usize;
+    let name = BROKER_NODES[node];
     let host = host_address(&config.bind_address);
+    let voters: Vec<String> =
+        BROKER_NODES[..nodes].iter().enumerate().map(|(i, n)| format!("{}@{n}:{BROKER_CONTROLLER_PORT}", i + 1)).collect();
+    let (replication, min_isr) = broker_replication(config.broker.nodes);
     let properties = [
         format!("listeners=INTERNAL://:{BROKER_PORT},CONTROLLER://:{BROKER_CONTROLLER_PORT},HOST://:{BROKER_HOST_LISTENER_PORT}"),
-        format!("advertised.listeners=INTERNAL://{BROKER}:{BROKER_PORT},HOST://{host}:{}", ports.broker),
+        format!("advertised.listeners=INTERNAL://{name}:{BROKER_PORT},HOST://{host}:{}", broker_host_port(ports, node)),
         "listener.security.protocol.map=INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT,HOST:PLAINTEXT".to_string(),
-        format!("controller.quorum.voters=1@{BROKER}:{BROKER_CONTROLLER_PORT}"),
-        "offsets.topic.replication.factor=1".to_string(),
-        "transaction.state.log.replication.factor=1".to_string(),
-        "transaction.state.log.min.isr=1".to_string(),
+        format!("controller.quorum.voters={}", voters.join(",")),
+        format!("offsets.topic.replication.factor={replication}"),
+        format!("transaction.state.log.replication.factor={replication}"),
+        format!("transaction.state.log.min.isr={min_isr}"),
+        format!("default.replication.factor={replication}"),
+        format!("min.insync.replicas={min_isr}"),
         format!("num.partitions={}", config.broker.partitions),
     ]
     .join("\n");
     Service {
-        name: BROKER,
+        name,
         image: BROKER_IMAGE,
         command: vec![],
         env: env(&[
-            ("KAFKA_NODE_ID", "1".into()),
+            ("KAFKA_NODE_ID", (node + 1).to_string()),
             ("KAFKA_CLUSTER_ID", kafka_cluster_id(&config.project)),
             ("KAFKA_HEAP_OPTS", format!("-Xms{0} -Xmx{0}", config.broker.heap)),
             ("KAFKA_PROPERTIES", properties),
         ]),
-        ports: vec![port("broker", BROKER_HOST_LISTENER_PORT, ports.broker, None)],
-        mounts: vec![Mount { volume: "broker-data", path: "/var/lib/kafka" }],
+        ports: vec![port(BROKER_PORT_KEYS[node], BROKER_HOST_LISTENER_PORT, broker_host_port(ports, node), None)],
+        mounts: vec![Mount { volume: BROKER_VOLUMES[node], path: "/var/lib/kafka" }],
         secrets: vec![],
-        probe: Probe::KafkaMetadata,
+        // Node 1 answers for the cluster: ready when every node is in its metadata.
+        probe: if node == 0 { Probe::KafkaMetadata { brokers: config.broker.nodes } } else { Probe::CoveredBy { service: BROKER } },
         depends_on: vec![],
         replicas: 1,
         stop_signal: None,
@@ -288,6 +302,22 @@ fn broker_service(config: &Config, ports: &crate::config::Ports) -> Service {
         after_setup: false,
         host_network: false,
     }
+}
+
+/// Replication factor and `min.insync.replicas` of the lab's topics: with three nodes or more
+/// one may die under an acks=all producer and nothing acknowledged is lost.
+pub fn broker_replication(nodes: u32) -> (u32, u32) {
+    let replication = nodes.min(3);
+    (replication, if replication >= 3 { 2 } else { 1 })
+}
+
+fn broker_host_port(ports: &crate::config::Ports, node: usize) -> u16 {
+    [ports.broker, ports.broker_2, ports.broker_3][node]
+}
+
+/// The managed broker's nodes as containers on the lab's network reach them.
+pub fn cluster_bootstrap(nodes: u32) -> String {
+    BROKER_NODES[..nodes as usize].iter().map(|n| format!("{n}:{BROKER_PORT}")).collect::<Vec<_>>().join(",")
 }
 
 impl Stack {
@@ -306,8 +336,8 @@ impl Stack {
             "state.savepoints.dir: file:///var/lib/flink/savepoints".to_string(),
         ]
         .join("\n");
-        let services = vec![
-            broker_service(config, &state.ports),
+        let brokers = (0..config.broker.nodes as usize).map(|node| broker_service(config, &state.ports, node));
+        let services = brokers.chain([
             Service {
                 name: DATABASE,
                 image: DATABASE_IMAGE,
@@ -416,8 +446,8 @@ impl Stack {
                 after_setup: false,
                 host_network: false,
             },
-        ];
-        let mut services = services;
+        ]);
+        let mut services: Vec<Service> = services.collect();
         let external = external_parts(config);
         services.retain(|s| !Part::of_service(s.name).is_some_and(|p| external.contains(&p)));
         // Beside an external broker the generator runs on the host's network with labctl's
@@ -427,7 +457,7 @@ impl Stack {
         let broker_external = external.contains(&Part::Broker);
         if config.ingest.enabled && (!broker_external || config.broker.security_protocol == "plaintext") {
             let i = &config.ingest;
-            let bootstrap = if broker_external { config.broker.bootstrap.clone() } else { format!("{BROKER}:{BROKER_PORT}") };
+            let bootstrap = if broker_external { config.broker.bootstrap.clone() } else { cluster_bootstrap(config.broker.nodes) };
             let mut command: Vec<String> = vec!["ingest".into(), "--bootstrap".into(), bootstrap];
             if broker_external {
                 for (from, to) in &config.broker.address_map {
@@ -448,7 +478,7 @@ impl Stack {
                 mounts: vec![],
                 secrets: vec![],
                 probe: Probe::Running,
-                depends_on: if broker_external { vec![] } else { vec![BROKER] },
+                depends_on: if broker_external { vec![] } else { BROKER_NODES[..config.broker.nodes as usize].to_vec() },
                 replicas: 1,
                 // SIGTERM: flush what is in flight, print the summary, exit 0.
                 stop_signal: None,
@@ -464,7 +494,7 @@ impl Stack {
                 part,
                 address: part.external_address(config),
                 probe: match part {
-                    Part::Broker => Probe::KafkaMetadata,
+                    Part::Broker => Probe::KafkaMetadata { brokers: 1 },
                     Part::Database => Probe::PostgresLogin,
                     // Any size will do: the job asks for its slots when it is submitted.
                     Part::Flink => Probe::FlinkTaskManagers { count: 1, slots: 1 },

@@ -98,6 +98,8 @@ impl State {
         let h = st.ports.clone();
         st.ports = Ports {
             broker: resolve(c.broker, h.broker)?,
+            broker_2: resolve(c.broker_2, h.broker_2)?,
+            broker_3: resolve(c.broker_3, h.broker_3)?,
             database: resolve(c.database, h.database)?,
             flink_ui: resolve(c.flink_ui, h.flink_ui)?,
             spark_ui: resolve(c.spark_ui, h.spark_ui)?,

@@ -14,7 +14,7 @@ use rdkafka::{
     ClientConfig,
 };
 
-use crate::stack::{host_address, Stack};
+use crate::stack::{host_address, Stack, BROKER_NODES};
 
 /// How labctl on the host reaches the broker.
 #[derive(Clone)]
@@ -41,10 +41,18 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// The lab's own broker, through its host listener (advertised as the published port).
+    /// The lab's own broker nodes, through their host listeners (advertised as the published
+    /// ports).
     pub fn for_stack(stack: &Stack) -> Result<Self> {
-        let port = stack.published_port("broker").context("the stack has no broker port")?;
-        Ok(Self { bootstrap: format!("{}:{port}", host_address(&stack.bind_address)), security: vec![] })
+        let host = host_address(&stack.bind_address);
+        let bootstrap: Vec<String> = BROKER_NODES
+            .iter()
+            .filter_map(|n| stack.service(n))
+            .flat_map(|s| &s.ports)
+            .map(|p| format!("{host}:{}", p.host))
+            .collect();
+        anyhow::ensure!(!bootstrap.is_empty(), "the stack has no broker port");
+        Ok(Self { bootstrap: bootstrap.join(","), security: vec![] })
     }
 
     pub fn client_config(&self) -> ClientConfig {
@@ -97,7 +105,9 @@ impl Broker {
             return Ok(false);
         }
         let admin: AdminClient<DefaultClientContext> = self.client_config().create().context("creating a Kafka admin client")?;
-        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        // -1: the cluster's `default.replication.factor` (the lab's brokers set it from their
+        // node count; an external cluster keeps its own policy).
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
         let res = admin
             .create_topics([&new], &AdminOptions::new().operation_timeout(Some(timeout)))
             .await

@@ -21,7 +21,7 @@ use crate::{
     docker::{images::image_tag, Runtime},
     generator::{generate, producer::Sender},
     lab::Lab,
-    stack::{BROKER, BROKER_PORT, INGEST_IMAGE, SPARK_IMAGE},
+    stack::{INGEST_IMAGE, SPARK_IMAGE},
 };
 
 #[derive(Debug, clap::Args)]
@@ -89,7 +89,7 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
     })?;
     let rt = Runtime::connect().await?;
     let broker = lab.broker()?;
-    let bootstrap = format!("{BROKER}:{BROKER_PORT}");
+    let bootstrap = crate::stack::cluster_bootstrap(lab.config.broker.nodes);
     let partitions = lab.config.broker.partitions;
     let nonce = chrono::Utc::now().format("%H%M%S").to_string();
     let topic = |x: &str| format!("bench-{nonce}-{x}");
