@@ -368,7 +368,7 @@ mod tests {
 
     fn fleet() -> Vec<Series> {
         let mut v = Vec::new();
-        for (m, base) in [("CNC-01", 70.0), ("LATHE-01", 55.0), ("WELDER-01", 320.0)] {
+        for (m, base) in [("CNC-1", 70.0), ("LATHE-1", 55.0), ("WELDER-1", 320.0)] {
             v.push(series(m, "temperature", "C", 0..360, base));
             v.push(series(m, "pressure", "bar", 0..360, base / 10.0));
             v.push(series(m, "vibration", "mm/s", 0..360, base / 100.0));
@@ -405,7 +405,7 @@ mod tests {
         assert_eq!(r.points_drawn, 9 * 360);
         assert!(r.svg.starts_with("<svg"), "{}", &r.svg[..100]);
         assert!(r.svg.trim_end().ends_with("</svg>"));
-        for m in ["CNC-01", "LATHE-01", "WELDER-01"] {
+        for m in ["CNC-1", "LATHE-1", "WELDER-1"] {
             for sensor in ["temperature", "pressure", "vibration"] {
                 assert_eq!(has_text(&r.svg, &panel_caption(m, sensor)), 1, "{m} {sensor}");
             }
@@ -428,7 +428,7 @@ mod tests {
     #[test]
     fn band_polygon_follows_max_then_min() {
         let s = vec![Series {
-            machine_id: "CNC-01".into(),
+            machine_id: "CNC-1".into(),
             sensor_type: "pressure".into(),
             unit: Some("bar".into()),
             windows: (0..3).map(|m| Window { start: t(m), avg: 5.0, min: 4.0 + m as f64 * 0.1, max: 6.0, count: 12 }).collect(),
@@ -459,16 +459,16 @@ mod tests {
     #[test]
     fn gaps_split_line_and_band_and_missing_cells_say_so() {
         // Two runs of windows with a 10-minute hole, plus a lone window.
-        let mut a = series("CNC-01", "temperature", "C", (0..20).chain(30..50).chain([55]), 70.0);
+        let mut a = series("CNC-1", "temperature", "C", (0..20).chain(30..50).chain([55]), 70.0);
         a.windows.sort_by_key(|w| w.start);
-        let b = series("LATHE-01", "pressure", "bar", 0..50, 4.5);
+        let b = series("LATHE-1", "pressure", "bar", 0..50, 4.5);
         let s = vec![a, b];
         let r = render(&Chart { lab: "lab", from: t(0), to: t(60), series: &s }).unwrap();
         keep("gaps", &r.svg);
         assert_eq!(r.panels, 2);
-        assert_eq!(count(&r.svg, "<polygon"), 2 + 1, "two runs of CNC-01, one of LATHE-01");
-        assert_eq!(has_text(&r.svg, "CNC-01 pressure: no windows"), 1);
-        assert_eq!(has_text(&r.svg, "LATHE-01 temperature: no windows"), 1);
+        assert_eq!(count(&r.svg, "<polygon"), 2 + 1, "two runs of CNC-1, one of LATHE-1");
+        assert_eq!(has_text(&r.svg, "CNC-1 pressure: no windows"), 1);
+        assert_eq!(has_text(&r.svg, "LATHE-1 temperature: no windows"), 1);
         assert_eq!(count(&r.svg, "<circle"), 1, "the lone window is a dot");
     }
 
@@ -496,7 +496,7 @@ mod tests {
 
     #[test]
     fn long_ranges_are_thinned_and_ticks_are_round() {
-        let s = vec![series("CNC-01", "vibration", "mm/s", 0..(48 * 60), 0.8)];
+        let s = vec![series("CNC-1", "vibration", "mm/s", 0..(48 * 60), 0.8)];
         let r = render(&Chart { lab: "lab", from: t(0), to: t(48 * 60), series: &s }).unwrap();
         keep("thinned", &r.svg);
         assert!(r.points_drawn <= MAX_POINTS_PER_PANEL, "{}", r.points_drawn);

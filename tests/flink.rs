@@ -10,7 +10,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 /// 2026-01-05T10:00:00Z: an arbitrary whole minute in the past.
 const T0: i64 = 1_767_607_200;
-const MACHINES: [(&str, &str); 3] = [("CNC-01", "CNC"), ("LATHE-01", "Lathe"), ("WELDER-01", "Welder")];
+const MACHINES: [(&str, &str); 3] = [("CNC-1", "CNC"), ("LATHE-1", "Lathe"), ("WELDER-1", "Welder")];
 const SENSORS: [Sensor; 3] = [Sensor::Temperature, Sensor::Pressure, Sensor::Vibration];
 
 #[derive(Debug, Clone)]
@@ -68,20 +68,20 @@ fn produce(lab: &labctl::lab::Lab, readings: &[Reading]) {
 /// Messages the job cannot use, each with the reason it must give, and the key they travel under.
 fn bad_messages() -> Vec<(&'static [u8], Vec<u8>, &'static str)> {
     let reading = |replace: (&str, &str)| {
-        let good = r#"{"machine_id":"CNC-01","machine_type":"CNC","sensor_type":"temperature","value":20.5,"unit":"C","timestamp":"2026-01-05T10:00:02"}"#;
+        let good = r#"{"machine_id":"CNC-1","machine_type":"CNC","sensor_type":"temperature","value":20.5,"unit":"C","timestamp":"2026-01-05T10:00:02"}"#;
         assert!(good.contains(replace.0));
         good.replace(replace.0, replace.1).into_bytes()
     };
     vec![
-        (&b"CNC-01"[..], b"not json at all".to_vec(), "not a JSON object"),
-        (b"CNC-01", b"[1, 2, 3]".to_vec(), "not a JSON object"),
-        (b"LATHE-01", b"\xff\xfe\x00 binary".to_vec(), "not a JSON object"),
-        (b"CNC-01", reading(("2026-01-05T10:00:02", "yesterday")), "timestamp does not parse"),
-        (b"LATHE-01", reading(("2026-01-05T10:00:02", "2099-01-01T00:00:00")), "timestamp is after the time the message was produced"),
-        (b"CNC-01", reading(("20.5", r#""hot""#)), "value missing or not a number"),
-        (b"CNC-01", reading((r#""machine_id":"CNC-01","#, "")), "machine_id missing"),
-        (b"WELDER-01", reading((r#""unit":"C""#, r#""unit":"C\u0000""#)), "unit contains a NUL character"),
-        (b"CNC-01", reading((r#""CNC-01""#, r#""x'; DROP TABLE machine_sensors; --""#)), "machine_id is not an identifier"),
+        (&b"CNC-1"[..], b"not json at all".to_vec(), "not a JSON object"),
+        (b"CNC-1", b"[1, 2, 3]".to_vec(), "not a JSON object"),
+        (b"LATHE-1", b"\xff\xfe\x00 binary".to_vec(), "not a JSON object"),
+        (b"CNC-1", reading(("2026-01-05T10:00:02", "yesterday")), "timestamp does not parse"),
+        (b"LATHE-1", reading(("2026-01-05T10:00:02", "2099-01-01T00:00:00")), "timestamp is after the time the message was produced"),
+        (b"CNC-1", reading(("20.5", r#""hot""#)), "value missing or not a number"),
+        (b"CNC-1", reading((r#""machine_id":"CNC-1","#, "")), "machine_id missing"),
+        (b"WELDER-1", reading((r#""unit":"C""#, r#""unit":"C\u0000""#)), "unit contains a NUL character"),
+        (b"CNC-1", reading((r#""CNC-1""#, r#""x'; DROP TABLE machine_sensors; --""#)), "machine_id is not an identifier"),
     ]
 }
 
@@ -219,7 +219,7 @@ fn streaming_job_writes_exact_rows() {
         assert_eq!(n as usize, readings.len() + pushers.len());
         let ms: i64 = db
             .query_one(
-                "SELECT (extract(epoch from \"timestamp\") * 1000)::bigint FROM machine_sensors WHERE machine_id = 'CNC-01' AND sensor_type = 'pressure' AND value = 100.5",
+                "SELECT (extract(epoch from \"timestamp\") * 1000)::bigint FROM machine_sensors WHERE machine_id = 'CNC-1' AND sensor_type = 'pressure' AND value = 100.5",
                 &[],
             )
             .await
@@ -335,13 +335,13 @@ fn streaming_job_writes_exact_rows() {
     produce(&lab, &pushers3);
     all.extend(phase3.iter().chain(&pushers3).cloned());
     let want = closed_windows(&all, T0 + 1500 - 5);
-    assert!(want.contains_key(&("CNC-01".into(), "temperature".into(), T0 + 1260)) && want.len() > want_all.len());
+    assert!(want.contains_key(&("CNC-1".into(), "temperature".into(), T0 + 1260)) && want.len() > want_all.len());
     let got = wait_for("the windows after --replace", Duration::from_secs(120), || {
         let got = rt.block_on(windows_in_db(&lab));
         want.keys().all(|k| got.contains_key(k)).then_some(got)
     });
     assert_windows(&got, &want);
-    assert_eq!(got[&("CNC-01".to_string(), "temperature".to_string(), T0 + 1260)].3, 14, "12 + 1 readings + the pusher read before --replace");
+    assert_eq!(got[&("CNC-1".to_string(), "temperature".to_string(), T0 + 1260)].3, 14, "12 + 1 readings + the pusher read before --replace");
     assert_eq!(rt.block_on(client.late_records_dropped(&job2)).unwrap(), 0.0, "late records after --replace");
 
     // JobManager restart (no HA): the job is gone with it. The third pushers (minute 25, open)
@@ -381,7 +381,7 @@ fn streaming_job_writes_exact_rows() {
         want.keys().all(|k| got.contains_key(k)).then_some(got)
     });
     assert_windows(&got, &want);
-    assert_eq!(got[&("WELDER-01".to_string(), "temperature".to_string(), T0 + 1500)].3, 14, "12 + 1 readings + the pusher read before the restart");
+    assert_eq!(got[&("WELDER-1".to_string(), "temperature".to_string(), T0 + 1500)].3, 14, "12 + 1 readings + the pusher read before the restart");
     let (n, dup) = wait_for("every reading as one raw row", Duration::from_secs(30), || {
         let (n, dup) = rt.block_on(raw_rows(&lab));
         (n as usize >= all.len()).then_some((n, dup))

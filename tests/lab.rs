@@ -88,18 +88,18 @@ fn lab_on_a_real_engine() {
             .collect();
         assert_eq!(hts, vec!["machine_sensors", "sensor_aggregates"]);
         db.execute(
-            "INSERT INTO machine_sensors VALUES ('2026-01-01T00:00:00Z','CNC-01','CNC','temperature',70.5,'C')",
+            "INSERT INTO machine_sensors VALUES ('2026-01-01T00:00:00Z','CNC-1','CNC','temperature',70.5,'C')",
             &[],
         )
         .await
         .unwrap();
         db.execute(
-            "INSERT INTO sensor_aggregates VALUES ('2026-01-01T00:00:00Z','2026-01-01T00:01:00Z','CNC-01','temperature',70.5,70.0,71.0,12)",
+            "INSERT INTO sensor_aggregates VALUES ('2026-01-01T00:00:00Z','2026-01-01T00:01:00Z','CNC-1','temperature',70.5,70.0,71.0,12)",
             &[],
         )
         .await
         .unwrap();
-        let v: f64 = db.query_one("SELECT value FROM machine_sensors WHERE machine_id='CNC-01'", &[]).await.unwrap().get(0);
+        let v: f64 = db.query_one("SELECT value FROM machine_sensors WHERE machine_id='CNC-1'", &[]).await.unwrap().get(0);
         assert_eq!(v, 70.5);
         let n: i64 = db.query_one("SELECT reading_count FROM sensor_aggregates", &[]).await.unwrap().get(0);
         assert_eq!(n, 12);

@@ -48,15 +48,15 @@ fn plot_draws_what_the_table_holds() {
     assert!(stderr(&empty).contains("labctl submit flink"), "{}", stderr(&empty));
     assert!(!svg_path.exists(), "no file without data");
 
-    // --- known windows: 90 min of CNC-01 temperature and vibration, 30 min of WELDER-01
-    // pressure ending at the same minute, and one CNC-01 temperature window 8 h earlier ------
+    // --- known windows: 90 min of CNC-1 temperature and vibration, 30 min of WELDER-1
+    // pressure ending at the same minute, and one CNC-1 temperature window 8 h earlier ------
     let mut inserted: HashMap<(&str, &str), Vec<Avg>> = HashMap::new();
     for m in 0..90 {
-        inserted.entry(("CNC-01", "temperature")).or_default().push((at(m), 70.0 + (m % 5) as f64));
-        inserted.entry(("CNC-01", "vibration")).or_default().push((at(m), 0.8 + (m % 3) as f64 * 0.05));
+        inserted.entry(("CNC-1", "temperature")).or_default().push((at(m), 70.0 + (m % 5) as f64));
+        inserted.entry(("CNC-1", "vibration")).or_default().push((at(m), 0.8 + (m % 3) as f64 * 0.05));
     }
     for m in 60..90 {
-        inserted.entry(("WELDER-01", "pressure")).or_default().push((at(m), 2.0 + (m % 4) as f64 * 0.1));
+        inserted.entry(("WELDER-1", "pressure")).or_default().push((at(m), 2.0 + (m % 4) as f64 * 0.1));
     }
     let old = (at(-8 * 60), 65.0);
     rt.block_on(async {
@@ -67,7 +67,7 @@ fn plot_draws_what_the_table_holds() {
             .unwrap();
         let mut rows: Vec<(&str, &str, DateTime<Utc>, f64)> =
             inserted.iter().flat_map(|((m, s), ws)| ws.iter().map(move |(t, v)| (*m, *s, *t, *v))).collect();
-        rows.push(("CNC-01", "temperature", old.0, old.1));
+        rows.push(("CNC-1", "temperature", old.0, old.1));
         for (m, s, start, v) in rows {
             let end = start + chrono::Duration::minutes(1);
             db.execute(&stmt, &[&start, &end, &m, &s, &v, &(v - 0.5), &(v + 0.5)]).await.unwrap();
@@ -96,21 +96,21 @@ fn plot_draws_what_the_table_holds() {
     let svg = std::fs::read_to_string(&svg_path).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     let tx = texts(&svg);
-    let mut panel_titles: Vec<&str> = tx.iter().map(String::as_str).filter(|x| x.starts_with("CNC-01 ") || x.starts_with("WELDER-01 ")).collect();
+    let mut panel_titles: Vec<&str> = tx.iter().map(String::as_str).filter(|x| x.starts_with("CNC-1 ") || x.starts_with("WELDER-1 ")).collect();
     panel_titles.sort();
     assert_eq!(
         panel_titles,
         [
-            "CNC-01 pressure: no windows",
-            "CNC-01 temperature",
-            "CNC-01 vibration",
-            "WELDER-01 pressure",
-            "WELDER-01 temperature: no windows",
-            "WELDER-01 vibration: no windows",
+            "CNC-1 pressure: no windows",
+            "CNC-1 temperature",
+            "CNC-1 vibration",
+            "WELDER-1 pressure",
+            "WELDER-1 temperature: no windows",
+            "WELDER-1 vibration: no windows",
         ],
         "one panel per inserted series, in a machines x sensors grid"
     );
-    assert!(!tx.iter().any(|x| x.starts_with("LATHE-01")), "no row for a machine without windows");
+    assert!(!tx.iter().any(|x| x.starts_with("LATHE-1")), "no row for a machine without windows");
     assert_eq!(svg.matches("<polygon").count(), 3, "one min-max band per series (no gaps)");
     assert!(tx.contains(&format!("{}: 2026-01-01 05:30 to 11:30 UTC", t.project)), "title: {tx:?}");
     for label in ["temperature (C)", "pressure (bar)", "vibration (mm/s)", "time (UTC)", "11:00"] {
@@ -120,18 +120,18 @@ fn plot_draws_what_the_table_holds() {
     // --- a longer range reaches the old window; filters pick panels ---------------------------
     let j = t.json(&["plot", "-o", svg_arg, "--json", "--hours", "12"]);
     assert_eq!(j["points"], 211, "{j:#}");
-    let j = t.json(&["plot", "-o", svg_arg, "--json", "--machine", "WELDER-01", "--sensor", "pressure"]);
+    let j = t.json(&["plot", "-o", svg_arg, "--json", "--machine", "WELDER-1", "--sensor", "pressure"]);
     assert_eq!((j["panels"].as_u64(), j["points"].as_u64()), (Some(1), Some(30)), "{j:#}");
     assert_eq!(j["from"], "2026-01-01T05:30:00Z", "newest window of the filtered series");
     let svg = std::fs::read_to_string(&svg_path).unwrap();
-    assert!(texts(&svg).iter().any(|x| x == "WELDER-01 pressure"));
-    assert!(!texts(&svg).iter().any(|x| x.starts_with("CNC-01")));
+    assert!(texts(&svg).iter().any(|x| x == "WELDER-1 pressure"));
+    assert!(!texts(&svg).iter().any(|x| x.starts_with("CNC-1")));
 
     // --- bad input ----------------------------------------------------------------------------
-    let unknown = t.run(&["plot", "-o", svg_arg, "--machine", "CNC-01", "--machine", "NOPE-99"]);
+    let unknown = t.run(&["plot", "-o", svg_arg, "--machine", "CNC-1", "--machine", "NOPE-99"]);
     assert!(!unknown.status.success());
     let e = stderr(&unknown);
-    assert!(e.contains("unknown machine `NOPE-99`") && e.contains("CNC-01, WELDER-01"), "{e}");
+    assert!(e.contains("unknown machine `NOPE-99`") && e.contains("CNC-1, WELDER-1"), "{e}");
     let bad = t.run(&["plot", "--machine", "x'; DROP TABLE sensor_aggregates; --"]);
     assert!(!bad.status.success() && stderr(&bad).contains("is not a machine id"), "{}", stderr(&bad));
     let bad = t.run(&["plot", "--sensor", "humidity"]);

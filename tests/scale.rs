@@ -78,7 +78,7 @@ fn scale_taskmanagers_and_workers_out_and_back() {
     rt.block_on(async {
         let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
         db.batch_execute(
-            "INSERT INTO machine_sensors SELECT '2026-01-01'::timestamptz + i * interval '1 second', 'CNC-01', 'CNC', 'temperature', i % 100, 'C' \
+            "INSERT INTO machine_sensors SELECT '2026-01-01'::timestamptz + i * interval '1 second', 'CNC-1', 'CNC', 'temperature', i % 100, 'C' \
              FROM generate_series(0, 199999) i",
         )
         .await

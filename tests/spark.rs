@@ -20,7 +20,7 @@ fn known_rows() -> Vec<(String, &'static str, &'static str, f64)> {
         "2026-01-03T23:59:59.999Z",
     ];
     for (i, ts) in stamps.iter().enumerate() {
-        for (m, machine) in ["CNC-01", "LATHE-01"].iter().enumerate() {
+        for (m, machine) in ["CNC-1", "LATHE-1"].iter().enumerate() {
             for (s, sensor) in ["temperature", "pressure"].iter().enumerate() {
                 rows.push((ts.to_string(), *machine, *sensor, 1.5 * i as f64 + 10.0 * m as f64 + s as f64 + 0.125));
             }

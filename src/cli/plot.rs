@@ -26,7 +26,7 @@ pub struct Args {
     /// clock, so a lab fed only with a backfill still plots its data).
     #[arg(long, default_value_t = 6, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_HOURS as i64))]
     hours: u32,
-    /// Only this machine, e.g. CNC-01 (repeatable).
+    /// Only this machine, e.g. CNC-1 (repeatable).
     #[arg(long = "machine", value_name = "ID", value_parser = parse_machine)]
     machines: Vec<String>,
     /// Only this sensor type: temperature, pressure or vibration (repeatable).
@@ -40,7 +40,7 @@ pub struct Args {
     json: bool,
 }
 
-/// A machine id as the generator makes them (`CNC-01`, `LATHE-12`); checked so that a typo
+/// A machine id as the generator makes them (`CNC-1`, `LATHE-12`); checked so that a typo
 /// fails early with a clear message. The value only ever reaches SQL as a parameter.
 fn parse_machine(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
@@ -49,7 +49,7 @@ fn parse_machine(s: &str) -> Result<String, String> {
     if ok {
         Ok(s.to_string())
     } else {
-        Err(format!("`{s}` is not a machine id (letters, digits, `-`, `_`, `.`; at most 64), e.g. CNC-01"))
+        Err(format!("`{s}` is not a machine id (letters, digits, `-`, `_`, `.`; at most 64), e.g. CNC-1"))
     }
 }
 
@@ -269,7 +269,7 @@ mod tests {
 
     #[test]
     fn inputs_are_validated() {
-        assert_eq!(parse_machine("CNC-01").unwrap(), "CNC-01");
+        assert_eq!(parse_machine("CNC-1").unwrap(), "CNC-1");
         assert!(parse_machine("x'; DROP TABLE sensor_aggregates; --").is_err());
         assert!(parse_machine("").is_err());
         assert!(parse_machine(&"A".repeat(65)).is_err());

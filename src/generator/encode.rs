@@ -12,7 +12,7 @@ use super::model::{Fleet, Sensor, SENSORS};
 /// Pre-rendered JSON around the value and the timestamp of one machine's sensor.
 #[derive(Debug, Clone)]
 pub struct Template {
-    /// `{"machine_id":"CNC-01",...,"value":`
+    /// `{"machine_id":"CNC-1",...,"value":`
     head: Vec<u8>,
     /// `,"unit":"C","timestamp":"`
     middle: Vec<u8>,
@@ -187,11 +187,11 @@ mod tests {
 
     #[test]
     fn message_is_valid_json_with_schema_fields() {
-        let t = Template::new("CNC-01", "CNC", Sensor::Pressure);
+        let t = Template::new("CNC-1", "CNC", Sensor::Pressure);
         let mut out = Vec::new();
         t.encode(6.1234, &format_timestamp(1_696_932_000), &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["machine_id"], "CNC-01");
+        assert_eq!(v["machine_id"], "CNC-1");
         assert_eq!(v["machine_type"], "CNC");
         assert_eq!(v["sensor_type"], "pressure");
         assert_eq!(v["value"], 6.123);

@@ -137,7 +137,7 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// `per_type` machines of each listed type, ids like `CNC-01`, `LATHE-02`.
+    /// `per_type` machines of each listed type, ids like `CNC-1`, `LATHE-2`.
     pub fn new(types: &[(MachineType, u32)], seed: u64) -> Result<Self> {
         let total: u32 = types.iter().map(|(_, n)| n).sum();
         if total == 0 {
@@ -154,7 +154,7 @@ impl Fleet {
                 let noise = profiles.map(|p| Normal::new(0.0, p.std).expect("std is finite and positive"));
                 // Machines of one type drift out of phase with each other.
                 let phase = (stream as f64 * 0.618_033_988_75).fract() * TAU;
-                machines.push(Machine { id: format!("{}-{i:02}", kind.id_prefix()), kind, stream, profiles, noise, phase });
+                machines.push(Machine { id: format!("{}-{i}", kind.id_prefix()), kind, stream, profiles, noise, phase });
             }
         }
         Ok(Self { machines, seed })
@@ -280,7 +280,7 @@ mod tests {
     fn ids_and_validation() {
         let f = Fleet::new(&[(MachineType::Cnc, 2), (MachineType::Welder, 1)], 0).unwrap();
         let ids: Vec<_> = f.machines.iter().map(|m| m.id.as_str()).collect();
-        assert_eq!(ids, ["CNC-01", "CNC-02", "WELDER-01"]);
+        assert_eq!(ids, ["CNC-1", "CNC-2", "WELDER-1"]);
         assert!(Fleet::new(&[(MachineType::Cnc, 0)], 0).is_err());
         assert!(MachineType::parse("drill").unwrap_err().to_string().contains("unknown machine type"));
     }

@@ -201,6 +201,41 @@ impl Broker {
     }
 }
 
+/// The partition Kafka's default partitioner (the Java client's, and librdkafka's
+/// `murmur2_random` that the generator sets) gives a keyed record: murmur2 of the key, sign bit
+/// cleared, modulo the partition count.
+pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
+    (murmur2(key) & 0x7fff_ffff) as i32 % partitions
+}
+
+/// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`).
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= (rest[2] as u32) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= (rest[1] as u32) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= rest[0] as u32;
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^ (h >> 15)
+}
+
 /// Logs how long a lookup took when dropped (RUST_LOG=labctl=debug).
 struct Timing(std::time::Instant, String);
 
@@ -255,6 +290,33 @@ impl TopicActivity {
     /// Messages appended since the instant asked for, if the broker answered for every partition.
     pub fn appended_since(&self) -> Option<i64> {
         self.partitions.iter().map(|p| p.at_since.map(|o| p.offsets.high - o)).sum()
+    }
+}
+
+#[cfg(test)]
+mod partition_tests {
+    use super::*;
+
+    /// Values the Java client's `Utils.murmur2` gives (Kafka's own UtilsTest vectors).
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        assert_eq!(murmur2(b"21") as i32, -973932308);
+        assert_eq!(murmur2(b"foobar") as i32, -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
+        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58897971);
+        assert_eq!(murmur2(b"abc") as i32, 479470107);
+    }
+
+    /// The default lab (one machine of each type, three partitions): every partition carries
+    /// one machine, so each of the job's three source readers has a third of the work.
+    #[test]
+    fn the_default_fleet_fills_every_partition() {
+        let fleet = crate::generator::model::Fleet::default_fleet(0);
+        let partitions = crate::config::Config::default().broker.partitions;
+        let mut used: Vec<i32> = fleet.machines.iter().map(|m| partition_for_key(m.id.as_bytes(), partitions)).collect();
+        used.sort_unstable();
+        assert_eq!(used, (0..partitions).collect::<Vec<_>>());
     }
 }
 
