@@ -147,11 +147,13 @@ pub struct IngestConfig {
     pub interval_secs: u32,
     /// History produced on a first start, e.g. `7d`, `12h`, `0`.
     pub backfill: String,
+    /// Readings per second the backfill is held to (0: as fast as the broker takes them).
+    pub backfill_rate: u64,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        Self { enabled: true, machines: 1, seed: 20231010, interval_secs: 5, backfill: "7d".into() }
+        Self { enabled: true, machines: 1, seed: 20231010, interval_secs: 5, backfill: "7d".into(), backfill_rate: 0 }
     }
 }
 

@@ -465,7 +465,7 @@ impl Stack {
                 }
             }
             command.extend(
-                ["--topic", &config.broker.topic, "--machines", &i.machines.to_string(), "--seed", &i.seed.to_string(), "--interval", &i.interval_secs.to_string(), "--backfill", &i.backfill]
+                ["--topic", &config.broker.topic, "--machines", &i.machines.to_string(), "--seed", &i.seed.to_string(), "--interval", &i.interval_secs.to_string(), "--backfill", &i.backfill, "--rate", &i.backfill_rate.to_string()]
                     .iter()
                     .map(|s| s.to_string()),
             );

@@ -38,6 +38,10 @@ pub struct Args {
     /// History to backfill on a first start, e.g. 7d, 12h, 30m, 0.
     #[arg(long, default_value = "7d", value_name = "DURATION")]
     pub backfill: String,
+    /// Produce the backfill at most this many readings per second (0: as fast as the broker
+    /// takes them), e.g. to watch a consumer catch up.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub rate: u64,
     /// Stop after the backfill instead of following the clock.
     #[arg(long)]
     pub no_live: bool,
@@ -213,11 +217,13 @@ fn produce(fleet: &Fleet, args: &Args, backfill: i64, topic: &str, base: &rdkafk
     // readings after the hole. Stop instead: the exit status is non-zero, and a restart (the
     // service's restart policy, or the user) resumes from what the topic really holds.
     let lost = || counters.failed.load(Ordering::Relaxed) > 0;
+    let pace = Pace::new(args.rate);
     let mut send = |_: usize, key: &[u8], payload: &[u8]| -> bool {
         if sent.get() >= limit || lost() || !sender.send(key, payload, stop) {
             return false;
         }
         sent.set(sent.get() + 1);
+        pace.wait(sent.get(), stop);
         if sent.get().is_multiple_of(8192) {
             pb.set_position(sent.get());
         }
@@ -294,9 +300,46 @@ fn produce(fleet: &Fleet, args: &Args, backfill: i64, topic: &str, base: &rdkafk
     Ok(summary)
 }
 
+/// Holds a backfill to a rate: after `n` readings it sleeps until `n / rate` seconds have
+/// passed since the start (checked every 64 readings, so an unlimited run pays nothing).
+struct Pace {
+    rate: u64,
+    start: Instant,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Self {
+        Self { rate, start: Instant::now() }
+    }
+
+    fn due(&self, n: u64) -> Option<Duration> {
+        (self.rate > 0).then(|| Duration::from_secs_f64(n as f64 / self.rate as f64))
+    }
+
+    fn wait(&self, n: u64, stop: &AtomicBool) {
+        if !n.is_multiple_of(64) {
+            return;
+        }
+        if let Some(due) = self.due(n) {
+            while self.start.elapsed() < due && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep((due - self.start.elapsed()).min(Duration::from_millis(200)));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pace_spreads_readings_over_time() {
+        assert_eq!(Pace::new(0).due(1_000_000), None);
+        assert_eq!(Pace::new(5_000).due(10_000), Some(Duration::from_secs(2)));
+        let (p, stop) = (Pace::new(6_400), AtomicBool::new(false));
+        p.wait(640, &stop);
+        assert!(p.start.elapsed() >= Duration::from_millis(100));
+    }
 
     #[test]
     fn durations() {

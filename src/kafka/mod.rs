@@ -7,8 +7,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
-    consumer::{BaseConsumer, Consumer},
+    client::ClientContext,
+    config::RDKafkaLogLevel,
+    consumer::{BaseConsumer, Consumer, ConsumerContext},
+    error::KafkaError,
     topic_partition_list::{Offset, TopicPartitionList},
     types::RDKafkaErrorCode,
     ClientConfig,
@@ -61,6 +63,10 @@ impl Broker {
             // Fail fast when the broker is down instead of retrying for minutes.
             .set("socket.timeout.ms", "5000")
             .set("reconnect.backoff.max.ms", "2000")
+            // librdkafka's own printer (used while a client is being destroyed, when its log
+            // queue is gone) would write raw `%3|...|FAIL|` lines: say nothing of closed
+            // connections, which is all a destroyed client's brokers report.
+            .set("log.connection.close", "false")
             .set("log_level", "3");
         for (k, v) in &self.security {
             c.set(k, v);
@@ -68,11 +74,11 @@ impl Broker {
         c
     }
 
-    fn consumer(&self) -> Result<BaseConsumer> {
+    fn consumer(&self) -> Result<BaseConsumer<Quiet>> {
         self.client_config()
             .set("group.id", "labctl-inspect")
             .set("enable.auto.commit", "false")
-            .create()
+            .create_with_context(Quiet)
             .context("creating a Kafka client")
     }
 
@@ -104,7 +110,7 @@ impl Broker {
             }
             return Ok(false);
         }
-        let admin: AdminClient<DefaultClientContext> = self.client_config().create().context("creating a Kafka admin client")?;
+        let admin: AdminClient<Quiet> = self.client_config().create_with_context(Quiet).context("creating a Kafka admin client")?;
         // -1: the cluster's `default.replication.factor` (the lab's brokers set it from their
         // node count; an external cluster keeps its own policy).
         let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
@@ -236,6 +242,30 @@ fn murmur2(data: &[u8]) -> u32 {
     h ^ (h >> 15)
 }
 
+/// The context of labctl's own inspecting clients. Their callers turn a broker that does not
+/// answer into one error with its fix, so librdkafka's per-connection complaints (`1/1 brokers
+/// are down` every few seconds while `up` waits for a starting broker) go to debug level,
+/// through `tracing` like every other log.
+#[derive(Clone, Copy, Default)]
+pub struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+                tracing::warn!(target: "librdkafka", "{fac}: {message}")
+            }
+            _ => tracing::debug!(target: "librdkafka", "{fac}: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(target: "librdkafka", "{error}: {reason}");
+    }
+}
+
+impl ConsumerContext for Quiet {}
+
 /// Logs how long a lookup took when dropped (RUST_LOG=labctl=debug).
 struct Timing(std::time::Instant, String);
 
@@ -258,7 +288,7 @@ fn pick(tpl: &TopicPartitionList, topic: &str, ids: &[i32]) -> Vec<Offset> {
 }
 
 /// Partition ids of `topic` from the broker's metadata, None if the topic does not exist.
-fn partition_ids(c: &BaseConsumer, topic: &str, timeout: Duration) -> Result<Option<Vec<i32>>> {
+fn partition_ids<C: ConsumerContext>(c: &BaseConsumer<C>, topic: &str, timeout: Duration) -> Result<Option<Vec<i32>>> {
     let md = c.fetch_metadata(Some(topic), timeout).map_err(|e| anyhow!("metadata for {topic}: {e}"))?;
     Ok(md.topics().iter().find(|t| t.name() == topic).and_then(|t| {
         if t.error().is_some() || t.partitions().is_empty() {

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use std::{
+    collections::{HashMap, HashSet},
     path::PathBuf,
     process::{Command, Output},
     time::{Duration, Instant},
@@ -182,4 +183,70 @@ pub fn lab_jobs(t: &TestLab) -> Option<Vec<(String, String)>> {
             .map(|j| (j["jid"].as_str().unwrap_or_default().to_string(), j["state"].as_str().unwrap_or_default().to_string()))
             .collect(),
     )
+}
+
+/// Seconds between the generator's readings in the tests' labs (the default).
+pub const INTERVAL: i64 = 5;
+
+#[derive(serde::Deserialize)]
+struct Msg<'a> {
+    machine_id: &'a str,
+    sensor_type: &'a str,
+    timestamp: &'a str,
+}
+
+/// (machine, sensor, seconds) of every generator message in the topic, in partition order.
+pub fn read_readings(lab: &Lab) -> Vec<(String, String, i64)> {
+    read_topic(lab, Duration::from_secs(180))
+        .iter()
+        .map(|m| {
+            let msg: Msg = serde_json::from_slice(&m.payload).expect("a generator message");
+            let ts = labctl::generator::encode::parse_timestamp(msg.timestamp).expect("a timestamp");
+            (msg.machine_id.to_string(), msg.sensor_type.to_string(), ts)
+        })
+        .collect()
+}
+
+/// Lost and duplicated readings, given what the generator must have produced: every tick from
+/// `first_tick` to the newest tick in the topic, for each of the 9 (machine, sensor) pairs.
+pub struct Audit {
+    pub messages: usize,
+    pub unique: usize,
+    pub duplicated: usize,
+    pub lost: i64,
+    pub first_ticks: HashSet<i64>,
+    pub last_tick: i64,
+}
+
+pub fn audit(readings: &[(String, String, i64)], first_tick_range: (i64, i64)) -> Audit {
+    let mut seen: HashSet<(&str, &str, i64)> = HashSet::with_capacity(readings.len());
+    let mut first: HashMap<(&str, &str), i64> = HashMap::new();
+    let mut last: HashMap<(&str, &str), i64> = HashMap::new();
+    let mut duplicated = 0;
+    for (m, s, ts) in readings {
+        if !seen.insert((m, s, *ts)) {
+            duplicated += 1;
+        }
+        let k = (m.as_str(), s.as_str());
+        let f = first.entry(k).or_insert(*ts);
+        *f = (*f).min(*ts);
+        let l = last.entry(k).or_insert(*ts);
+        *l = (*l).max(*ts);
+    }
+    assert_eq!(first.len(), 9, "3 machines x 3 sensors: {:?}", first.keys());
+    let first_ticks: HashSet<i64> = first.values().map(|ts| ts / INTERVAL).collect();
+    for t in &first_ticks {
+        assert!(
+            (first_tick_range.0..=first_tick_range.1).contains(t),
+            "the backfill starts at tick {t}, expected {first_tick_range:?} (the backfill before the generator's start)"
+        );
+    }
+    // Lockstep: every pair is complete up to the newest tick except, at most, the one in flight.
+    let last_tick = last.values().map(|ts| ts / INTERVAL).max().unwrap();
+    let first_tick = *first_ticks.iter().min().unwrap();
+    let expected: i64 = first.keys().map(|k| last[k] / INTERVAL - first_tick + 1).sum();
+    for (k, l) in &last {
+        assert!(last_tick - l / INTERVAL <= 1, "{k:?} ends at tick {}, others at {last_tick}", l / INTERVAL);
+    }
+    Audit { messages: readings.len(), unique: seen.len(), duplicated, lost: expected - seen.len() as i64, first_ticks, last_tick }
 }
