@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-docker.sh >/dev/null
+scripts/ensure-maven.sh
 cargo build --release --locked
 ./target/release/labctl demo "$@"
 ./target/release/labctl status

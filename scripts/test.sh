@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+scripts/ensure-maven.sh
 started_pid="$(scripts/ensure-docker.sh)"
 cleanup() {
   if [ -n "$started_pid" ]; then
