@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes a Docker engine reachable for labctl on a bare Debian machine: installs Debian's
-# docker.io (and debootstrap, for the base image where no registry is reachable) when missing,
+# docker.io (and debootstrap, for the base image where no registry is reachable, and
+# docker-compose) when missing,
 # and starts dockerd when none answers. Prints the PID of a dockerd it started (nothing if an
 # engine was already there), so the caller can stop exactly what it started.
 set -euo pipefail
@@ -12,6 +13,8 @@ need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 command -v docker >/dev/null 2>&1 || need_pkgs+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
+# Debian's Compose (1.29): the tests check that the rendered docker-compose.yml runs with it.
+command -v docker-compose >/dev/null 2>&1 || need_pkgs+=(docker-compose)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   log "installing ${need_pkgs[*]} from Debian's archive"
   as_root apt-get update -qq
