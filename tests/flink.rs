@@ -308,10 +308,13 @@ fn streaming_job_writes_exact_rows() {
     assert_eq!(dup, 0, "no duplicate raw readings after the restart");
     assert_eq!(rt.block_on(client.late_records_dropped(&job_id)).unwrap(), 0.0, "readings dropped as late after restart");
 
-    // status shows the job.
-    let status = t.json(&["status", "--json"]);
-    let jobs = status_jobs(&status);
-    assert!(jobs.iter().any(|j| j["id"] == job_id.as_str() && j["state"] == "RUNNING" && j["records_in"].as_i64().unwrap() > 0), "{status:#}");
+    // status shows the job. Its counters restarted with the recovered tasks, and the
+    // JobManager refreshes metrics every 10 s (metrics.fetcher.update-interval): wait for them.
+    wait_for("status to show the recovered job reading", Duration::from_secs(60), || {
+        let status = t.json(&["status", "--json"]);
+        let jobs = status_jobs(&status);
+        jobs.iter().any(|j| j["id"] == job_id.as_str() && j["state"] == "RUNNING" && j["records_in"].as_i64().unwrap_or(0) > 0).then_some(())
+    });
 
     // Everything produced so far; the windows a watermark has closed are checked against it.
     let mut all: Vec<Reading> = readings.iter().chain(&pushers).chain(&later).chain(&pushers2).cloned().collect();

@@ -124,7 +124,7 @@ pub async fn run(mut config: Config, args: Args) -> Result<ExitCode> {
         let topic = &c.broker.topic;
         match lab.stack.external_for(stack::BROKER) {
             Some(e) => eprintln!("  broker    {} (external; topic `{topic}`)", e.address),
-            None => eprintln!("  broker    {bind}:{} (topic `{topic}`)", p.broker),
+            None => eprintln!("  broker    {} (topic `{topic}`)", lab.broker()?.bootstrap),
         }
         match lab.stack.external_for(stack::DATABASE) {
             Some(e) => eprintln!("  database  {} (external)", e.address),
