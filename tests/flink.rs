@@ -212,7 +212,14 @@ fn streaming_job_writes_exact_rows() {
     });
     assert_windows(&got, &want);
 
-    // Raw rows: every reading once, timestamps parsed from the 'T' form, millis kept.
+    // Raw rows: every reading once, timestamps parsed from the 'T' form, millis kept. The raw
+    // sink flushes on its own schedule (5,000 rows or 1 s), independent of the windows' sink:
+    // complete windows do not mean its last batch is in yet.
+    let raw_count = || rt.block_on(async {
+        let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
+        db.query_one("SELECT count(*) FROM machine_sensors", &[]).await.unwrap().get::<_, i64>(0) as usize
+    });
+    wait_for("every reading in machine_sensors", Duration::from_secs(60), || (raw_count() >= readings.len() + pushers.len()).then_some(()));
     rt.block_on(async {
         let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
         let n: i64 = db.query_one("SELECT count(*) FROM machine_sensors", &[]).await.unwrap().get(0);

@@ -131,6 +131,14 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
     );
     let c = run_container(&rt, lab, "c", &spark_image, Some(vec!["sh".into(), "-c".into()]), vec![script], &[("/tmp/seed_style_producer.py", &baseline)]).await?;
 
+    // How each producer's keys spread over the partitions (the job gets one reader each).
+    let mut spread = Vec::new();
+    for x in ["a", "b", "c"] {
+        let offsets = broker.offsets(&topic(x), Duration::from_secs(10)).await?;
+        let per: Vec<String> = offsets.iter().map(|p| (p.high - p.low).to_string()).collect();
+        eprintln!("({x}) messages per partition of {}: [{}]", topic(x), per.join(", "));
+        spread.push(format!("per partition [{}]", per.join(", ")));
+    }
     let (a_n, a_s) = (field(&a, "delivered")?, field(&a, "seconds")?);
     let (b_n, b_s) = (field(&b, "messages")?, field(&b, "seconds")?);
     let (c_n, c_s) = (field(&c, "messages")?, field(&c, "seconds")?);
@@ -138,11 +146,12 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
     let (a_r, b_r, c_r) = (rate(a_n, a_s), rate(b_n, b_s), rate(c_n, c_s));
     let (d_r, pd_r) = (rate(d_n as f64, d_s), rate(pd_n, pd_s));
     let n = |n: f64, s: f64| format!("{n:.0} msgs in {s:.2} s");
+    let with = |i: usize, note: String| format!("{note}, {}", spread[i]);
     Ok(vec![
-        Measurement::new("ingest", "(a) labctl ingest -> broker", a_r, "msg/s").against("(b) raw rdkafka ceiling", a_r / b_r).note(n(a_n, a_s)),
+        Measurement::new("ingest", "(a) labctl ingest -> broker", a_r, "msg/s").against("(b) raw rdkafka ceiling", a_r / b_r).note(with(0, n(a_n, a_s))),
         Measurement::new("ingest", "(a) labctl ingest -> broker", a_r, "msg/s").against("(c) python producer", a_r / c_r).note(n(a_n, a_s)),
-        Measurement::new("ingest", "(b) raw rdkafka, pre-encoded", b_r, "msg/s").note(n(b_n, b_s)),
-        Measurement::new("ingest", "(c) python seed-style producer", c_r, "msg/s").note(n(c_n, c_s)),
+        Measurement::new("ingest", "(b) raw rdkafka, pre-encoded", b_r, "msg/s").note(with(1, n(b_n, b_s))),
+        Measurement::new("ingest", "(c) python seed-style producer", c_r, "msg/s").note(with(2, n(c_n, c_s))),
         Measurement::new("ingest", "(d) generate+encode, no broker", d_r, "msg/s").against("python '-' mode", d_r / pd_r).note(n(d_n as f64, d_s)),
         Measurement::new("ingest", "(d) python '-' mode", pd_r, "msg/s").note(n(pd_n, pd_s)),
     ])
