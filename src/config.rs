@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 const NON_CONFIG_VARS: &[&str] = &[
     "LABCTL_CONFIG",
     "LABCTL_STATE_DIR",
-    "LABCTL_TANSU_CACHE",
+    "LABCTL_JAR_CACHE",
     "LABCTL_LOG",
     SECRET_DATABASE_PASSWORD,
     SECRET_BROKER_PASSWORD,
@@ -62,6 +62,8 @@ pub struct Ports {
 pub struct BrokerConfig {
     pub topic: String,
     pub partitions: i32,
+    /// JVM heap of the lab's broker, e.g. `512m`.
+    pub heap: String,
     /// An external broker (labctl starts none): its bootstrap list as labctl reaches it,
     /// `host:port,host:port`. Empty: the lab's own broker.
     pub bootstrap: String,
@@ -191,6 +193,7 @@ impl Default for BrokerConfig {
         Self {
             topic: "sensors".into(),
             partitions: 3,
+            heap: "512m".into(),
             bootstrap: String::new(),
             cluster_bootstrap: String::new(),
             address_map: Default::default(),
@@ -320,6 +323,7 @@ impl Config {
         check_identifier("database.name", &self.database.name)?;
         check_range("flink.taskmanagers", self.flink.taskmanagers, 1, crate::stack::MAX_REPLICAS)?;
         check_range("flink.slots_per_taskmanager", self.flink.slots_per_taskmanager, 1, 16)?;
+        check_memory("broker.heap", &self.broker.heap)?;
         check_memory("flink.jobmanager_memory", &self.flink.jobmanager_memory)?;
         check_memory("flink.taskmanager_memory", &self.flink.taskmanager_memory)?;
         check_range("spark.workers", self.spark.workers, 1, crate::stack::MAX_REPLICAS)?;

@@ -21,13 +21,20 @@ pub struct ImageSpec {
     pub inputs: &'static [&'static str],
     /// A binary prepared on the host and placed in the build context.
     pub host_binary: Option<HostBinary>,
+    /// Jars resolved with Maven on the host, checked against pinned sums, placed in the build
+    /// context as `.labctl/jars/`.
+    pub jars: Option<JarSet>,
+}
+
+/// The pom and the committed SHA-256 sums of one image's jars (resolved by `docker::jars`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct JarSet {
+    /// Repo-relative folder holding `pom.xml` and `jars.sha256`.
+    pub folder: &'static str,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub enum HostBinary {
-    /// The tansu broker, built with cargo on the host: Debian 12's rustc is too old to build it
-    /// inside the image.
-    Tansu,
     /// labctl itself, for the ingest service.
     Labctl,
 }
@@ -36,31 +43,36 @@ pub const BROKER_IMAGE: ImageSpec = ImageSpec {
     name: "broker",
     dockerfile: "docker/broker/Dockerfile",
     inputs: &["docker/broker"],
-    host_binary: Some(HostBinary::Tansu),
+    host_binary: None,
+    jars: Some(JarSet { folder: "docker/broker/maven" }),
 };
 pub const DATABASE_IMAGE: ImageSpec = ImageSpec {
     name: "timescaledb",
     dockerfile: "docker/timescaledb/Dockerfile",
     inputs: &["docker/timescaledb"],
     host_binary: None,
+    jars: None,
 };
 pub const FLINK_IMAGE: ImageSpec = ImageSpec {
     name: "flink",
     dockerfile: "Dockerfile.flink",
     inputs: &["docker/flink", "flink-jobs/sql-runner"],
     host_binary: None,
+    jars: None,
 };
 pub const SPARK_IMAGE: ImageSpec = ImageSpec {
     name: "spark",
     dockerfile: "docker/spark/Dockerfile",
     inputs: &["docker/spark"],
     host_binary: None,
+    jars: None,
 };
 pub const AZURITE_IMAGE: ImageSpec = ImageSpec {
     name: "azurite",
     dockerfile: "docker/azurite/Dockerfile",
     inputs: &["docker/azurite"],
     host_binary: None,
+    jars: None,
 };
 
 pub const INGEST_IMAGE: ImageSpec = ImageSpec {
@@ -68,6 +80,7 @@ pub const INGEST_IMAGE: ImageSpec = ImageSpec {
     dockerfile: "docker/ingest/Dockerfile",
     inputs: &["docker/ingest"],
     host_binary: Some(HostBinary::Labctl),
+    jars: None,
 };
 
 pub const IMAGES: &[ImageSpec] = &[BROKER_IMAGE, DATABASE_IMAGE, FLINK_IMAGE, SPARK_IMAGE, AZURITE_IMAGE, INGEST_IMAGE];
@@ -179,6 +192,9 @@ pub const INGEST: &str = "ingest";
 
 /// Ports the services listen on inside the network.
 pub const BROKER_PORT: u16 = 9092;
+pub const BROKER_CONTROLLER_PORT: u16 = 9093;
+/// The broker's listener for clients on the host, published and advertised as the host port.
+pub const BROKER_HOST_LISTENER_PORT: u16 = 9094;
 pub const DATABASE_PORT: u16 = 5432;
 pub const FLINK_REST_PORT: u16 = 8081;
 pub const SPARK_UI_PORT: u16 = 8080;
@@ -216,6 +232,64 @@ fn port(key: &'static str, container: u16, host: u16, url_path: Option<&'static 
     PublishedPort { key, container, host, url_path }
 }
 
+/// The address host clients use for a port published on `bind_address`: a wildcard bind is
+/// reached through loopback.
+pub fn host_address(bind_address: &str) -> &str {
+    match bind_address {
+        "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
+        other => other,
+    }
+}
+
+/// The KRaft cluster id of a project's broker: derived from the project name, so every node of
+/// the lab formats its storage with the same one without labctl remembering it.
+pub fn kafka_cluster_id(project: &str) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("labctl kafka cluster {project}").as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16])
+}
+
+/// One combined broker and controller. Containers reach it as `broker:9092` on the lab's
+/// network; host clients through the published port, which the broker advertises as itself on
+/// a listener of its own, so neither side needs an address map.
+fn broker_service(config: &Config, ports: &crate::config::Ports) -> Service {
+    let host = host_address(&config.bind_address);
+    let properties = [
+        format!("listeners=INTERNAL://:{BROKER_PORT},CONTROLLER://:{BROKER_CONTROLLER_PORT},HOST://:{BROKER_HOST_LISTENER_PORT}"),
+        format!("advertised.listeners=INTERNAL://{BROKER}:{BROKER_PORT},HOST://{host}:{}", ports.broker),
+        "listener.security.protocol.map=INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT,HOST:PLAINTEXT".to_string(),
+        format!("controller.quorum.voters=1@{BROKER}:{BROKER_CONTROLLER_PORT}"),
+        "offsets.topic.replication.factor=1".to_string(),
+        "transaction.state.log.replication.factor=1".to_string(),
+        "transaction.state.log.min.isr=1".to_string(),
+        format!("num.partitions={}", config.broker.partitions),
+    ]
+    .join("\n");
+    Service {
+        name: BROKER,
+        image: BROKER_IMAGE,
+        command: vec![],
+        env: env(&[
+            ("KAFKA_NODE_ID", "1".into()),
+            ("KAFKA_CLUSTER_ID", kafka_cluster_id(&config.project)),
+            ("KAFKA_HEAP_OPTS", format!("-Xms{0} -Xmx{0}", config.broker.heap)),
+            ("KAFKA_PROPERTIES", properties),
+        ]),
+        ports: vec![port("broker", BROKER_HOST_LISTENER_PORT, ports.broker, None)],
+        mounts: vec![Mount { volume: "broker-data", path: "/var/lib/kafka" }],
+        secrets: vec![],
+        probe: Probe::KafkaMetadata,
+        depends_on: vec![],
+        replicas: 1,
+        stop_signal: None,
+        // A controlled shutdown moves leadership and flushes the logs; give it time.
+        stop_timeout: 30,
+        after_setup: false,
+        host_network: false,
+    }
+}
+
 impl Stack {
     pub fn new(config: &Config, state: &State) -> Self {
         let p = &state.ports;
@@ -233,26 +307,7 @@ impl Stack {
         ]
         .join("\n");
         let services = vec![
-            Service {
-                name: BROKER,
-                image: BROKER_IMAGE,
-                command: vec![],
-                env: env(&[
-                    ("ADVERTISED_LISTENER_URL", format!("tcp://{BROKER}:{BROKER_PORT}")),
-                    ("LISTENER_URL", format!("tcp://0.0.0.0:{BROKER_PORT}")),
-                    ("STORAGE_ENGINE", "sqlite:///var/lib/tansu/tansu.db".into()),
-                ]),
-                ports: vec![port("broker", BROKER_PORT, p.broker, None)],
-                mounts: vec![Mount { volume: "broker-data", path: "/var/lib/tansu" }],
-                secrets: vec![],
-                probe: Probe::KafkaMetadata,
-                depends_on: vec![],
-                replicas: 1,
-                stop_signal: None,
-                stop_timeout: 10,
-                after_setup: false,
-                host_network: false,
-            },
+            broker_service(config, &state.ports),
             Service {
                 name: DATABASE,
                 image: DATABASE_IMAGE,

@@ -17,7 +17,7 @@ pub enum Command {
     /// Build images whose inputs changed (all with --force).
     Build {
         /// Rebuild from scratch, without the engine's layer cache, even when an image with the
-        /// same input hash exists (the tansu binary and the base image stay; see `bootstrap`).
+        /// same input hash exists (the base image and the host's jar cache stay; see `bootstrap`).
         #[arg(long)]
         force: bool,
         /// Only these images (broker, timescaledb, flink, spark, azurite).

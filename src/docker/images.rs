@@ -27,8 +27,6 @@ use crate::{
 pub const BASE_IMAGE: &str = "labctl/debian:bookworm";
 /// Tried first where a registry is reachable.
 const REGISTRY_BASE: &str = "debian:bookworm-slim";
-pub const TANSU_VERSION: &str = "0.6.0";
-const TANSU_FEATURES: &str = "libsql";
 /// Lines of build output shown when a step fails.
 const FAILED_STEP_LINES: usize = 40;
 
@@ -46,8 +44,8 @@ pub fn input_hash(spec: &ImageSpec) -> String {
         h.update((bytes.len() as u64).to_le_bytes());
         h.update(bytes);
     }
+    // A pinned jar set is hashed through its pom and sums, which are among the inputs.
     match spec.host_binary {
-        Some(HostBinary::Tansu) => h.update(format!("tansu {TANSU_VERSION} features={TANSU_FEATURES}").as_bytes()),
         // The binary itself changes with every build; it is tracked by a label instead (see
         // `ensure_image`), so the tag, and the compose file naming it, stay put.
         Some(HostBinary::Labctl) => h.update(concat!("labctl ", env!("CARGO_PKG_VERSION")).as_bytes()),
@@ -83,7 +81,7 @@ fn file_sha256(path: &Path) -> Result<String> {
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
-fn build_context(spec: &ImageSpec, host_binary: Option<&Path>) -> Result<Vec<u8>> {
+fn build_context(spec: &ImageSpec, host_binary: Option<&Path>, jars: &[(String, Vec<u8>)]) -> Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
     let mut add = |path: &str, bytes: &[u8], mode: u32| -> Result<()> {
         let mut h = tar::Header::new_gnu();
@@ -100,11 +98,10 @@ fn build_context(spec: &ImageSpec, host_binary: Option<&Path>) -> Result<Vec<u8>
     add(".labctl/host-ca.crt", &host_ca_bundle(), 0o644)?;
     if let Some(bin) = host_binary {
         let bytes = std::fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
-        let name = match spec.host_binary {
-            Some(HostBinary::Labctl) => ".labctl/labctl",
-            _ => ".labctl/tansu",
-        };
-        add(name, &bytes, 0o755)?;
+        add(".labctl/labctl", &bytes, 0o755)?;
+    }
+    for (name, bytes) in jars {
+        add(&format!(".labctl/jars/{name}"), bytes, 0o644)?;
     }
     Ok(b.into_inner()?)
 }
@@ -260,7 +257,6 @@ impl Runtime {
     pub async fn ensure_image(&self, spec: &ImageSpec, force: bool, pb: &ProgressBar) -> Result<(String, bool)> {
         let tag = image_tag(spec);
         let binary = match spec.host_binary {
-            Some(HostBinary::Tansu) => None,
             Some(HostBinary::Labctl) => Some(std::env::current_exe().context("locating the labctl binary")?),
             None => None,
         };
@@ -273,15 +269,15 @@ impl Runtime {
                 }
             }
         }
-        let binary = match spec.host_binary {
-            Some(HostBinary::Tansu) => Some(ensure_tansu(pb).await?),
-            _ => binary,
+        let jars = match spec.jars {
+            Some(set) => set.resolve(&|m| pb.set_message(m)).await?,
+            None => vec![],
         };
         let mut labels = HashMap::from([("labctl.image".to_string(), spec.name.to_string())]);
         if let Some(sha) = &binary_sha {
             labels.insert(BINARY_LABEL.to_string(), sha.clone());
         }
-        let context = build_context(spec, binary.as_deref())?;
+        let context = build_context(spec, binary.as_deref(), &jars)?;
         pb.set_message(format!("building {tag}"));
         let mut stream = self.docker.build_image(
             BuildImageOptions {
@@ -327,35 +323,7 @@ impl Runtime {
     }
 }
 
-/// The tansu binary, built once with the host's cargo into a cache folder.
-pub async fn ensure_tansu(pb: &ProgressBar) -> Result<PathBuf> {
-    let root = std::env::var_os("LABCTL_TANSU_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
-        home.join(".cache/labctl").join(format!("tansu-{TANSU_VERSION}"))
-    });
-    let bin = root.join("bin/tansu");
-    if bin.exists() {
-        return Ok(bin);
-    }
-    which("cargo").ok_or_else(|| {
-        anyhow!("the broker image needs the tansu binary, built with cargo, which is not on PATH: install Rust (rustup) or set LABCTL_TANSU_CACHE to a folder holding bin/tansu")
-    })?;
-    pb.set_message(format!("cargo install tansu {TANSU_VERSION} (one time, 6-10 min)"));
-    let out = tokio::process::Command::new("cargo")
-        .args(["install", "tansu", "--version", TANSU_VERSION, "--no-default-features", "--features", TANSU_FEATURES, "--root"])
-        .arg(&root)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .await
-        .context("running cargo install tansu")?;
-    if !out.status.success() || !bin.exists() {
-        bail!("cargo install tansu {TANSU_VERSION} failed:\n{}", tail_lines(&String::from_utf8_lossy(&out.stderr), 30));
-    }
-    Ok(bin)
-}
-
-fn which(cmd: &str) -> Option<PathBuf> {
+pub(crate) fn which(cmd: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(cmd)).find(|p| p.is_file())
 }
 

@@ -2,6 +2,7 @@
 //! containers, labelled so that every command finds exactly what belongs to one lab.
 
 pub mod images;
+pub mod jars;
 
 use std::collections::HashMap;
 

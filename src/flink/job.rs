@@ -88,8 +88,8 @@ impl JobSettings {
             checkpoint_interval_secs: 10,
             idle_timeout_secs: 30,
             restart_attempts: 10,
-            // One reader per partition: tansu fills a fetch from one partition before the next,
-            // so a reader owning several starves some and event time races past them.
+            // One reader per partition: a reader owning several interleaves them as the broker
+            // answers its fetches, and during a catch-up event time of one races past another.
             parallelism: config.broker.partitions as u32,
             max_future_secs: 3600,
         }

@@ -14,7 +14,7 @@ use rdkafka::{
     ClientConfig,
 };
 
-use crate::stack::{Stack, BROKER, BROKER_PORT};
+use crate::stack::{host_address, Stack};
 
 /// How labctl on the host reaches the broker.
 #[derive(Clone)]
@@ -41,11 +41,10 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// The lab's own broker: advertised as `broker:9092`, reached through the published port.
+    /// The lab's own broker, through its host listener (advertised as the published port).
     pub fn for_stack(stack: &Stack) -> Result<Self> {
         let port = stack.published_port("broker").context("the stack has no broker port")?;
-        resolve::map_broker(BROKER, BROKER_PORT, &stack.bind_address, port);
-        Ok(Self { bootstrap: format!("{BROKER}:{BROKER_PORT}"), security: vec![] })
+        Ok(Self { bootstrap: format!("{}:{port}", host_address(&stack.bind_address)), security: vec![] })
     }
 
     pub fn client_config(&self) -> ClientConfig {

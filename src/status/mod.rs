@@ -74,8 +74,7 @@ pub struct BrokerSection {
     pub end_offsets: Option<i64>,
     /// Messages appended over the last minute, per second (by message timestamp).
     pub ingest_per_s: Option<f64>,
-    /// Records the lab's Flink job has yet to read (its Kafka source's `pendingRecords`; tansu
-    /// does not answer OffsetFetch for the job's group, so the broker cannot tell).
+    /// Records the lab's Flink job has yet to read (its Kafka source's `pendingRecords`).
     pub flink_consumer_lag: Option<i64>,
 }
 

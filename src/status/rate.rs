@@ -1,6 +1,6 @@
 //! The ingest rate over the last minute from samples of the topic's end offsets that earlier
-//! `status` calls left behind. Asking tansu for offsets by timestamp costs 350-500 ms (it scans
-//! its store), more than the whole status budget, so that lookup is only the fallback for a
+//! `status` calls left behind. A lookup of offsets by timestamp is a round trip per call
+//! and was once far slower than the whole status budget, so it is only the fallback for a
 //! first call.
 
 use std::path::PathBuf;
