@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# labctl Flink 2.0.0 entrypoint: `entrypoint.sh jobmanager` | `entrypoint.sh taskmanager`
+# labctl Flink 2.2.1 entrypoint: `entrypoint.sh jobmanager` | `entrypoint.sh taskmanager`
 # (anything else is exec'd as a command, e.g. `entrypoint.sh bash`).
 #
 # 1. writes $FLINK_CONF_DIR/config.yaml = config-base.yaml + computed defaults + the lines of
