@@ -488,7 +488,7 @@ pub fn requirement(part: Part) -> &'static str {
     match part {
         Part::Broker => "a Kafka-API broker",
         Part::Database => "PostgreSQL with the timescaledb extension preloaded",
-        Part::Flink => "a Flink 2.0 session cluster with the Kafka and JDBC (PostgreSQL) connectors in lib/",
+        Part::Flink => "a Flink 2.x session cluster (the lab runs 2.2.1) with the Kafka and JDBC (PostgreSQL) connectors in lib/",
         Part::Spark => "a Spark 4.0 standalone master with the REST server enabled; workers with Python 3, pyspark, deltalake and pyarrow, and the PostgreSQL JDBC driver",
         Part::Lake => "Azure Blob storage (or Azurite) with Shared Key access",
     }

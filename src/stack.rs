@@ -58,7 +58,7 @@ pub const FLINK_IMAGE: ImageSpec = ImageSpec {
     dockerfile: "Dockerfile.flink",
     inputs: &["docker/flink", "flink-jobs/sql-runner"],
     host_binary: None,
-    jars: None,
+    jars: Some(JarSet { folder: "docker/flink/maven" }),
 };
 pub const SPARK_IMAGE: ImageSpec = ImageSpec {
     name: "spark",

@@ -653,7 +653,7 @@ async fn warn_about_connectors(client: &flink::Client) {
             let missing = missing_jars(&cp);
             if !missing.is_empty() {
                 eprintln!(
-                    "warning: the Flink cluster's class path shows no jar for {}; the job needs them in the lib/ of its JobManager and TaskManagers (Flink 2.0 builds of flink-connector-kafka, kafka-clients, flink-connector-jdbc-core, flink-connector-jdbc-postgres and the PostgreSQL driver)",
+                    "warning: the Flink cluster's class path shows no jar for {}; the job needs them in the lib/ of its JobManager and TaskManagers (Flink 2.x builds of flink-connector-kafka, kafka-clients, flink-connector-jdbc-core, flink-connector-jdbc-postgres and the PostgreSQL driver)",
                     missing.join(", ")
                 );
             }
@@ -671,7 +671,7 @@ fn missing_connector(cause: &str) -> Option<&'static str> {
         return None;
     }
     Some(if cause.contains("'kafka'") {
-        "the Flink cluster has no Kafka connector: put flink-connector-kafka and kafka-clients jars (for Flink 2.0) into its lib/ and restart it"
+        "the Flink cluster has no Kafka connector: put flink-connector-kafka and kafka-clients jars (for its Flink 2.x version) into its lib/ and restart it"
     } else if cause.contains("'jdbc'") {
         "the Flink cluster has no JDBC connector: put flink-connector-jdbc-core, flink-connector-jdbc-postgres and the PostgreSQL driver jars into its lib/ and restart it"
     } else {
@@ -779,13 +779,13 @@ mod tests {
 
     #[test]
     fn connector_jars_by_name() {
-        let lab_image: Vec<String> = ["flink-dist-2.0.0.jar", "flink-connector-jdbc-core-4.0.0-2.0.jar", "flink-connector-jdbc-postgres-4.0.0-2.0.jar", "flink-connector-kafka-4.0.1-2.0.jar", "kafka-clients-3.9.1.jar", "postgresql-42.7.3.jar"]
+        let lab_image: Vec<String> = ["flink-dist-2.2.1.jar", "flink-connector-jdbc-core-4.0.0-2.0.jar", "flink-connector-jdbc-postgres-4.0.0-2.0.jar", "flink-connector-kafka-5.0.0-2.2.jar", "kafka-clients-4.2.0.jar", "postgresql-42.7.14.jar"]
             .iter()
             .map(|j| format!("/opt/flink/lib/{j}"))
             .collect();
         assert!(missing_jars(&lab_image).is_empty());
         assert_eq!(missing_jars(&lab_image[..1]), ["the Kafka connector", "the Kafka client", "the JDBC connector", "the PostgreSQL JDBC driver"]);
-        let fat = vec!["/x/flink-sql-connector-kafka-4.0.1-2.0.jar".to_string()];
+        let fat = vec!["/x/flink-sql-connector-kafka-5.0.0-2.2.jar".to_string()];
         assert_eq!(missing_jars(&fat), ["the JDBC connector", "the PostgreSQL JDBC driver"]);
     }
 
