@@ -18,9 +18,11 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Per partition of the topic: (id, leader, replicas, in-sync replicas), from the cluster's
-/// own metadata.
-fn topic_layout(lab: &labctl::lab::Lab) -> Option<Vec<(i32, i32, Vec<i32>, Vec<i32>)>> {
+/// One partition of the topic: (id, leader, replicas, in-sync replicas).
+type PartitionLayout = (i32, i32, Vec<i32>, Vec<i32>);
+
+/// Every partition of the topic, from the cluster's own metadata.
+fn topic_layout(lab: &labctl::lab::Lab) -> Option<Vec<PartitionLayout>> {
     let c: BaseConsumer = lab.broker().ok()?.client_config().set("group.id", "t-brokers-inspect").create().ok()?;
     let md = c.fetch_metadata(Some(&lab.config.broker.topic), Duration::from_secs(3)).ok()?;
     let t = md.topics().first()?;

@@ -53,8 +53,7 @@ async fn table_count(lab: &labctl::lab::Lab, sql: &str) -> i64 {
 const DUP_RAW: &str =
     "SELECT count(*) FROM (SELECT machine_id, sensor_type, \"timestamp\" FROM machine_sensors GROUP BY 1,2,3 HAVING count(*) > 1) d";
 
-/// The lab job's entries of `labctl flink jobs --json`: (id, state), or None while Flink does not answer.
-
+/// Flink job states in which a job still holds its slots or may run again.
 const ACTIVE: &[&str] = &["CREATED", "INITIALIZING", "RUNNING", "RESTARTING", "RECONCILING", "FAILING", "CANCELLING"];
 
 fn active_lab_jobs(t: &TestLab) -> Vec<(String, String)> {

@@ -57,7 +57,7 @@ fn random_string(rng: &mut StdRng) -> String {
 /// A TOML literal of a random type: strings (often hostile), numbers in and out of range.
 fn random_literal(rng: &mut StdRng) -> String {
     match rng.gen_range(0..7) {
-        0 | 1 | 2 => toml::Value::String(random_string(rng)).to_string(),
+        0..=2 => toml::Value::String(random_string(rng)).to_string(),
         3 => rng.gen_range(-5i64..70_000).to_string(),
         4 => [i64::MIN, i64::MAX, -1, 0, 65_536, 1 << 40][rng.gen_range(0..6)].to_string(),
         5 => ["true", "1.5", "[1, 2]", "{ a = 1 }"][rng.gen_range(0..4)].to_string(),

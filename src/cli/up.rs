@@ -222,7 +222,7 @@ pub(crate) async fn remove_surplus(rt: &Runtime, lab: &Lab, existing: &[Containe
         .iter()
         .filter(|c| !lab.stack.service(&c.service).is_some_and(|s| c.replica >= 1 && c.replica <= s.replicas))
         .collect();
-    surplus.sort_by(|a, b| b.replica.cmp(&a.replica));
+    surplus.sort_by_key(|c| std::cmp::Reverse(c.replica));
     let mut removed = Vec::new();
     for c in surplus {
         let timeout = lab.stack.service(&c.service).map_or(20, |s| s.stop_timeout);

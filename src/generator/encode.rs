@@ -83,7 +83,7 @@ pub fn write_fixed3(v: f64, out: &mut Vec<u8>) {
         return;
     }
     let mut digits = 3;
-    while frac % 10 == 0 {
+    while frac.is_multiple_of(10) {
         frac /= 10;
         digits -= 1;
     }

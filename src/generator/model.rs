@@ -215,7 +215,7 @@ mod tests {
         for m in &fleet.machines {
             let mut rng = MachineRng::new(7, m);
             let n = (4.0 * DRIFT_PERIOD_S / 5.0) as i64; // four periods at 5 s
-            let mut cols = vec![Vec::with_capacity(n as usize); 3];
+            let mut cols: Vec<Vec<f64>> = (0..3).map(|_| Vec::with_capacity(n as usize)).collect();
             for tick in 0..n {
                 let r = rng.readings(m, tick, tick * 5);
                 for s in 0..3 {

@@ -19,8 +19,10 @@ type GetAddrInfo =
     unsafe extern "C" fn(*const c_char, *const c_char, *const libc::addrinfo, *mut *mut libc::addrinfo) -> c_int;
 
 /// (advertised host, advertised port) -> (host, port) to connect to.
-fn table() -> &'static RwLock<HashMap<(String, String), (CString, CString)>> {
-    static TABLE: OnceLock<RwLock<HashMap<(String, String), (CString, CString)>>> = OnceLock::new();
+type Table = RwLock<HashMap<(String, String), (CString, CString)>>;
+
+fn table() -> &'static Table {
+    static TABLE: OnceLock<Table> = OnceLock::new();
     TABLE.get_or_init(Default::default)
 }
 

@@ -245,8 +245,10 @@ mod tests {
     fn recent_rejections_turn_the_database_yellow() {
         let f = facts(true);
         let rejected = |age_secs: i64| {
-            let mut d = DatabaseSection::default();
-            d.rejected = Some(crate::db::RejectedStats { count: 2, newest: Some(f.now - chrono::Duration::seconds(age_secs)), last_reason: Some("timestamp does not parse".into()) });
+            let mut d = DatabaseSection {
+                rejected: Some(crate::db::RejectedStats { count: 2, newest: Some(f.now - chrono::Duration::seconds(age_secs)), last_reason: Some("timestamp does not parse".into()) }),
+                ..Default::default()
+            };
             judge_database(&mut d, &f, false);
             d.light
         };
