@@ -18,6 +18,7 @@ cleanup() {
 trap cleanup EXIT
 
 export CARGO_TERM_COLOR=never
+scripts/ensure-build-deps.sh
 echo "[test] building labctl" >&2
 cargo build --locked --all-targets
 
@@ -31,4 +32,4 @@ start=$(date +%s)
 echo "[test] images ready in $(( $(date +%s) - start )) s" >&2
 
 echo "[test] integration tests against real containers" >&2
-cargo test --locked --test cli --test compose --test lab --test brokers --test plot --test flink --test spark --test scale --test external --test faults --test demo -- --test-threads=1 --nocapture
+cargo test --locked --test cli --test compose --test lab --test brokers --test plot --test flink --test spark --test scale --test external --test broker_tls --test faults --test demo -- --test-threads=1 --nocapture

@@ -58,6 +58,8 @@ pub struct Ports {
     pub spark_ui: u16,
     pub spark_rest: u16,
     pub azurite: u16,
+    /// The lab broker's SASL_SSL listener on the host (with `broker.sasl_ssl_listener`).
+    pub broker_sasl_ssl: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -79,11 +81,24 @@ pub struct BrokerConfig {
     /// `{ "kafka-0.internal:9092" = "127.0.0.1:19092" }`, for brokers that advertise names
     /// only their own network resolves.
     pub address_map: std::collections::BTreeMap<String, String>,
-    /// `plaintext` or `sasl_plaintext` (this build's Kafka client has no TLS).
+    /// An external broker's security: `plaintext`, `sasl_plaintext`, `ssl` or `sasl_ssl`.
     pub security_protocol: String,
-    /// `PLAIN` (with sasl_plaintext); the password comes from LABCTL_BROKER_SASL_PASSWORD.
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (with sasl_*); the password comes from
+    /// LABCTL_BROKER_SASL_PASSWORD.
     pub sasl_mechanism: String,
     pub sasl_username: String,
+    /// With ssl / sasl_ssl: PEM file of the CA that signed the broker's certificate, on this
+    /// host (default: the system's CAs). labctl verifies the broker with it and hands its
+    /// certificates to the Flink job inline, so the cluster needs no copy of the file.
+    pub ssl_ca_file: String,
+    /// The same CA as a PEM file already on every Flink JobManager and TaskManager (an
+    /// absolute path there): the job then names it (`ssl.truststore.location`) instead of
+    /// carrying the certificates.
+    pub cluster_ssl_ca_file: String,
+    /// The lab's own broker: add SASL_SSL listeners (SCRAM-SHA-256 and -512, user `lab`, TLS
+    /// with a CA made on its first start), one on the lab's network (`broker:9095`) and one
+    /// published on this host (`ports.broker_sasl_ssl`). The plaintext ones stay.
+    pub sasl_ssl_listener: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -192,7 +207,7 @@ impl Default for Config {
 
 impl Default for Ports {
     fn default() -> Self {
-        Self { broker: 9092, broker_2: 9093, broker_3: 9094, database: 5432, flink_ui: 8081, spark_ui: 8080, spark_rest: 6066, azurite: 10000 }
+        Self { broker: 9092, broker_2: 9093, broker_3: 9094, database: 5432, flink_ui: 8081, spark_ui: 8080, spark_rest: 6066, azurite: 10000, broker_sasl_ssl: 9096 }
     }
 }
 
@@ -209,6 +224,9 @@ impl Default for BrokerConfig {
             security_protocol: "plaintext".into(),
             sasl_mechanism: String::new(),
             sasl_username: String::new(),
+            ssl_ca_file: String::new(),
+            cluster_ssl_ca_file: String::new(),
+            sasl_ssl_listener: false,
         }
     }
 }
@@ -329,6 +347,9 @@ impl Config {
         }
         check_range("broker.partitions", self.broker.partitions, 1, 64)?;
         check_range("broker.nodes", self.broker.nodes, 1, crate::stack::MAX_BROKER_NODES)?;
+        if self.broker.sasl_ssl_listener && self.broker.nodes != 1 {
+            bail!(invalid("broker.sasl_ssl_listener", true, "is available with broker.nodes = 1 only (its listeners and certificate are made for one node); set broker.nodes = 1 or sasl_ssl_listener = false"));
+        }
         check_identifier("database.user", &self.database.user)?;
         check_identifier("database.name", &self.database.name)?;
         check_range("flink.taskmanagers", self.flink.taskmanagers, 1, crate::stack::MAX_REPLICAS)?;

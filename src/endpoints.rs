@@ -196,11 +196,44 @@ pub fn database_name(config: &Config) -> String {
     parse_pg_url("database.url", &config.database.url).ok().and_then(|a| a.dbname).unwrap_or_else(|| config.database.name.clone())
 }
 
-/// What labctl's own Kafka client can speak: its librdkafka is built without OpenSSL, so no TLS
-/// and no SCRAM (`kafka::security_tests` checks this).
-const PROTOCOLS: &[&str] = &["plaintext", "sasl_plaintext"];
-const MECHANISMS: &[&str] = &["PLAIN"];
-const NOT_BUILT_IN: &str = "labctl's Kafka client is built without OpenSSL, so TLS (ssl, sasl_ssl) and SCRAM are not available yet; use plaintext or sasl_plaintext with PLAIN";
+/// What labctl's Kafka client (librdkafka with OpenSSL) and the Flink job's (the Java client)
+/// both speak; `kafka::security_tests` checks that labctl's client builds with each.
+pub const PROTOCOLS: &[&str] = &["plaintext", "sasl_plaintext", "ssl", "sasl_ssl"];
+pub const MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+
+fn uses_tls(protocol: &str) -> bool {
+    matches!(protocol, "ssl" | "sasl_ssl")
+}
+
+/// The certificates of a PEM file, each as one `-----BEGIN CERTIFICATE----- … -----END
+/// CERTIFICATE-----` block on a single line (the form the Java client's PEM truststore takes in
+/// `ssl.truststore.certificates`); an error says what is wrong with the file.
+pub fn read_ca_certificates(path: &str) -> std::result::Result<Vec<String>, String> {
+    use base64::Engine;
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("no such file".into()),
+        Err(e) => return Err(format!("cannot read it ({e})")),
+    };
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find(BEGIN) {
+        let after = &rest[i + BEGIN.len()..];
+        let j = after.find(END).ok_or("a certificate block has no END line")?;
+        let body: String = after[..j].chars().filter(|c| !c.is_whitespace()).collect();
+        if base64::engine::general_purpose::STANDARD.decode(&body).map_or(true, |der| der.len() < 100) {
+            return Err("a certificate block is not valid base64 DER".into());
+        }
+        out.push(format!("{BEGIN} {body} {END}"));
+        rest = &after[j + END.len()..];
+    }
+    if out.is_empty() {
+        return Err("it holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
+    }
+    Ok(out)
+}
 
 /// Checks the external-service keys; `Config::validate` calls this.
 pub fn validate(config: &Config) -> Result<()> {
@@ -228,35 +261,49 @@ pub fn validate(config: &Config) -> Result<()> {
         parse_host_port("broker.address_map (advertised address)", from)?;
         parse_host_port(&format!("broker.address_map.\"{from}\""), to)?;
     }
-    if matches!(b.security_protocol.as_str(), "ssl" | "sasl_ssl") {
-        bail!(invalid("broker.security_protocol", &b.security_protocol, NOT_BUILT_IN));
-    }
     if !PROTOCOLS.contains(&b.security_protocol.as_str()) {
         bail!(invalid("broker.security_protocol", &b.security_protocol, &format!("use one of {}", PROTOCOLS.join(", "))));
     }
     let sasl = b.security_protocol.starts_with("sasl_");
     if b.security_protocol != "plaintext" && b.bootstrap.is_empty() {
-        bail!(invalid("broker.security_protocol", &b.security_protocol, "the lab's own broker speaks plaintext; security settings are for an external broker (broker.bootstrap)"));
+        bail!(invalid("broker.security_protocol", &b.security_protocol, "labctl reaches the lab's own broker in plaintext; security settings are for an external broker (broker.bootstrap); broker.sasl_ssl_listener gives the lab's broker a SASL_SSL listener for other clients"));
+    }
+    if b.sasl_ssl_listener && !b.bootstrap.is_empty() {
+        bail!(invalid("broker.sasl_ssl_listener", "true", "configures the lab's own broker; with broker.bootstrap the broker is external and labctl starts none"));
     }
     if sasl {
-        if b.sasl_mechanism.starts_with("SCRAM-") {
-            bail!(invalid("broker.sasl_mechanism", &b.sasl_mechanism, NOT_BUILT_IN));
-        }
         if !MECHANISMS.contains(&b.sasl_mechanism.as_str()) {
             bail!(invalid("broker.sasl_mechanism", &b.sasl_mechanism, &format!("a sasl_* protocol needs one of {}", MECHANISMS.join(", "))));
         }
         // The user name goes into a JAAS line of the Flink job: keep it to characters that need no quoting there.
         let ok = !b.sasl_username.is_empty()
             && b.sasl_username.len() <= 255
-            && b.sasl_username.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '\\' | ';'));
+            && b.sasl_username.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '\\' | ';' | '=' | ','));
         if !ok {
-            bail!(invalid("broker.sasl_username", &b.sasl_username, "a sasl_* protocol needs a user name of printable characters without quotes, backslash or ';'"));
+            bail!(invalid("broker.sasl_username", &b.sasl_username, "a sasl_* protocol needs a user name of printable characters without quotes, backslash, ';', '=' or ','"));
         }
     } else {
         for (key, value) in [("broker.sasl_mechanism", &b.sasl_mechanism), ("broker.sasl_username", &b.sasl_username)] {
             if !value.is_empty() {
                 bail!(invalid(key, value, "SASL settings need security_protocol sasl_plaintext or sasl_ssl"));
             }
+        }
+    }
+    for (key, value) in [("broker.ssl_ca_file", &b.ssl_ca_file), ("broker.cluster_ssl_ca_file", &b.cluster_ssl_ca_file)] {
+        if !value.is_empty() && !uses_tls(&b.security_protocol) {
+            bail!(invalid(key, value, "a CA file needs security_protocol ssl or sasl_ssl"));
+        }
+    }
+    if !b.ssl_ca_file.is_empty() {
+        read_ca_certificates(&b.ssl_ca_file).map_err(|why| {
+            invalid("broker.ssl_ca_file", &b.ssl_ca_file, &format!("{why}: give the PEM file of the CA that signed the broker's certificate, or leave the key out to use the system's CAs"))
+        })?;
+    }
+    if !b.cluster_ssl_ca_file.is_empty() {
+        let f = &b.cluster_ssl_ca_file;
+        let ok = f.starts_with('/') && f.len() <= 4096 && f.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '\'' | '"' | '\\'));
+        if !ok {
+            bail!(invalid("broker.cluster_ssl_ca_file", f, "an absolute path (on the Flink cluster's hosts) without quotes or backslashes"));
         }
     }
     if !config.database.url.is_empty() {
@@ -316,7 +363,7 @@ pub fn validate(config: &Config) -> Result<()> {
 }
 
 /// Kafka client settings for security, under librdkafka's names (the Java client's are the
-/// same): empty for plaintext. The password is only read where it is needed.
+/// same but for the CA): empty for plaintext. The password is only read where it is needed.
 pub fn kafka_security(config: &Config) -> Result<Vec<(String, String)>> {
     let b = &config.broker;
     if b.security_protocol == "plaintext" {
@@ -328,18 +375,35 @@ pub fn kafka_security(config: &Config) -> Result<Vec<(String, String)>> {
         out.push(("sasl.username".into(), b.sasl_username.clone()));
         out.push(("sasl.password".into(), secret(SECRET_BROKER_PASSWORD, "the external broker's SASL password")?));
     }
+    if !b.ssl_ca_file.is_empty() {
+        out.push(("ssl.ca.location".into(), b.ssl_ca_file.clone()));
+    }
     Ok(out)
 }
 
-/// The same settings as `properties.*` options of Flink's Kafka connector (the Java client
-/// takes SASL credentials as one JAAS line).
+/// The JAAS login module of a SASL mechanism, for the Java client.
+fn login_module(mechanism: &str) -> &'static str {
+    if mechanism.starts_with("SCRAM-") {
+        "org.apache.kafka.common.security.scram.ScramLoginModule"
+    } else {
+        "org.apache.kafka.common.security.plain.PlainLoginModule"
+    }
+}
+
+/// The same settings as `properties.*` options of Flink's Kafka connector: SASL credentials
+/// as one JAAS line, and the CA as a PEM truststore: its certificates inline
+/// (`ssl.truststore.certificates`, read from `broker.ssl_ca_file` on this host, so no file has
+/// to reach the cluster), or the cluster's own copy named by `broker.cluster_ssl_ca_file`.
+/// Without either the cluster's JVMs use their default truststore.
 pub fn flink_kafka_properties(config: &Config) -> Result<Vec<(String, String)>> {
+    let b = &config.broker;
     let mut out = Vec::new();
     let (mut user, mut password) = (None, None);
     for (k, v) in kafka_security(config)? {
         match k.as_str() {
             "sasl.username" => user = Some(v),
             "sasl.password" => password = Some(v),
+            "ssl.ca.location" => {}
             _ => out.push((format!("properties.{k}"), v)),
         }
     }
@@ -347,9 +411,18 @@ pub fn flink_kafka_properties(config: &Config) -> Result<Vec<(String, String)>> 
         if p.contains(['"', '\\']) {
             bail!("{SECRET_BROKER_PASSWORD} contains a '\"' or '\\', which a JAAS line cannot carry unescaped");
         }
-        // PLAIN is the only mechanism `validate` lets through (MECHANISMS).
-        let module = "org.apache.kafka.common.security.plain.PlainLoginModule";
+        let module = login_module(&b.sasl_mechanism);
         out.push(("properties.sasl.jaas.config".into(), format!("{module} required username=\"{u}\" password=\"{p}\";")));
+    }
+    if !b.cluster_ssl_ca_file.is_empty() {
+        out.push(("properties.ssl.truststore.type".into(), "PEM".into()));
+        out.push(("properties.ssl.truststore.location".into(), b.cluster_ssl_ca_file.clone()));
+    } else if !b.ssl_ca_file.is_empty() {
+        let certs = read_ca_certificates(&b.ssl_ca_file).map_err(|why| anyhow::anyhow!("broker.ssl_ca_file {:?}: {why}", b.ssl_ca_file))?;
+        out.push(("properties.ssl.truststore.type".into(), "PEM".into()));
+        // One line per certificate: the Java client's PEM parser reads a BEGIN/END pair per
+        // line, and would skip all but the last of several on one line.
+        out.push(("properties.ssl.truststore.certificates".into(), certs.join("\n")));
     }
     Ok(out)
 }
@@ -574,7 +647,31 @@ mod tests {
             ("lake.account", Box::new(|c: &mut Config| c.lake.endpoint = "http://127.0.0.1:10000/".into())),
             ("broker.security_protocol", Box::new(|c: &mut Config| {
                 c.broker.bootstrap = "k:9092".into();
+                c.broker.security_protocol = "tls".into();
+            })),
+            ("broker.sasl_mechanism", Box::new(|c: &mut Config| {
+                c.broker.bootstrap = "k:9092".into();
                 c.broker.security_protocol = "sasl_ssl".into();
+                c.broker.sasl_mechanism = "SCRAM-SHA-1".into();
+                c.broker.sasl_username = "lab".into();
+            })),
+            ("broker.ssl_ca_file", Box::new(|c: &mut Config| {
+                c.broker.bootstrap = "k:9092".into();
+                c.broker.security_protocol = "ssl".into();
+                c.broker.ssl_ca_file = "/nonexistent/ca.pem".into();
+            })),
+            ("broker.ssl_ca_file", Box::new(|c: &mut Config| {
+                c.broker.bootstrap = "k:9092".into();
+                c.broker.ssl_ca_file = "/etc/hostname".into();
+            })),
+            ("broker.cluster_ssl_ca_file", Box::new(|c: &mut Config| {
+                c.broker.bootstrap = "k:9092".into();
+                c.broker.security_protocol = "ssl".into();
+                c.broker.cluster_ssl_ca_file = "ca.pem' OR '1".into();
+            })),
+            ("broker.sasl_ssl_listener", Box::new(|c: &mut Config| {
+                c.broker.bootstrap = "k:9092".into();
+                c.broker.sasl_ssl_listener = true;
             })),
             ("spark.python", Box::new(|c: &mut Config| c.spark.python = "/usr/bin/python3".into())),
             ("spark.python", Box::new(|c: &mut Config| {
@@ -611,6 +708,69 @@ mod tests {
             c.database.url = bad.into();
             assert!(format!("{:#}", c.validate().unwrap_err()).contains("database.url"), "{bad}");
         }
+    }
+
+    /// A throwaway self-signed certificate (openssl req -x509), enough for the PEM checks.
+    const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBhzCCAS2gAwIBAgIUCa1NJ4h84/zc8zOQyIU3dOPG92YwCgYIKoZIzj0EAwIw
+GTEXMBUGA1UEAwwObGFiY3RsIHRlc3QgY2EwHhcNMjYxMjAxMjExNTQyWhcNMzYx
+MTI4MjExNTQyWjAZMRcwFQYDVQQDDA5sYWJjdGwgdGVzdCBjYTBZMBMGByqGSM49
+AgEGCCqGSM49AwEHA0IABBATUs0RhdQtdwk6Z0gAmKb8TZUNMr36k9TwPKgOLlEX
+IR2Je9ZGA9Z/A/TIWLYPFlkZ+ZIoCdFehOtWoojS2eWjUzBRMB0GA1UdDgQWBBS4
+ZMZ0EIp7reYo0rUNYBSWe879nTAfBgNVHSMEGDAWgBS4ZMZ0EIp7reYo0rUNYBSW
+e879nTAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0gAMEUCIQDLSJ8T6LeN
+P8Ijgf8sN9DXsqhGt1ZoDGzFim3+29lYFAIgamMFDrUlA7pgdgQD2sDS7Lb9B1tP
+rla69pxugtqqqqw=
+-----END CERTIFICATE-----
+";
+
+    #[test]
+    fn tls_and_scram_reach_both_clients() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, format!("{TEST_CERT}{TEST_CERT}")).unwrap();
+        let ca = ca.display().to_string();
+        let c = cfg(|c| {
+            c.broker.bootstrap = "kafka.example.net:9093".into();
+            c.broker.security_protocol = "sasl_ssl".into();
+            c.broker.sasl_mechanism = "SCRAM-SHA-512".into();
+            c.broker.sasl_username = "lab".into();
+            c.broker.ssl_ca_file = ca.clone();
+        });
+        c.validate().unwrap();
+        std::env::set_var(SECRET_BROKER_PASSWORD, "pw");
+        let own = kafka_security(&c).unwrap();
+        assert!(own.contains(&("security.protocol".into(), "SASL_SSL".into())) && own.contains(&("ssl.ca.location".into(), ca.clone())), "{own:?}");
+        let props = flink_kafka_properties(&c).unwrap();
+        let get = |k: &str| props.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone()).unwrap_or_default();
+        assert_eq!(get("properties.sasl.mechanism"), "SCRAM-SHA-512");
+        assert_eq!(get("properties.sasl.jaas.config"), "org.apache.kafka.common.security.scram.ScramLoginModule required username=\"lab\" password=\"pw\";");
+        assert_eq!(get("properties.ssl.truststore.type"), "PEM");
+        // Both certificates inline, one per line, nothing of the CA file's path.
+        let certs = get("properties.ssl.truststore.certificates");
+        assert_eq!(certs.lines().count(), 2, "{certs}");
+        assert!(certs.lines().all(|l| l.starts_with("-----BEGIN CERTIFICATE----- MIIBhzCC") && l.ends_with(" -----END CERTIFICATE-----")), "{certs}");
+        assert!(!props.iter().any(|(k, _)| k.contains("ssl.ca.location") || k.contains("truststore.location")), "{props:?}");
+        // With the cluster's own copy, the job names that file instead.
+        let mut c2 = c.clone();
+        c2.broker.cluster_ssl_ca_file = "/etc/kafka/plant-ca.pem".into();
+        c2.validate().unwrap();
+        let props = flink_kafka_properties(&c2).unwrap();
+        assert!(props.contains(&("properties.ssl.truststore.location".into(), "/etc/kafka/plant-ca.pem".into())), "{props:?}");
+        assert!(!props.iter().any(|(k, _)| k.ends_with("truststore.certificates")), "{props:?}");
+        // ssl without a CA file: the system's CAs here, the JVM's default truststore there.
+        let c3 = cfg(|c| {
+            c.broker.bootstrap = "kafka.example.net:9093".into();
+            c.broker.security_protocol = "ssl".into();
+        });
+        c3.validate().unwrap();
+        assert_eq!(kafka_security(&c3).unwrap(), vec![("security.protocol".to_string(), "SSL".to_string())]);
+        assert_eq!(flink_kafka_properties(&c3).unwrap(), vec![("properties.security.protocol".to_string(), "SSL".to_string())]);
+        // A CA file that does not exist is named with its key, on one line.
+        let mut bad = c.clone();
+        bad.broker.ssl_ca_file = dir.path().join("nope.pem").display().to_string();
+        let err = format!("{:#}", bad.validate().unwrap_err());
+        assert!(err.contains("broker.ssl_ca_file") && err.contains("no such file") && !err.contains('\n'), "{err}");
     }
 
     #[test]

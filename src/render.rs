@@ -79,12 +79,15 @@ pub fn compose(stack: &Stack) -> Result<String> {
     ctx.insert("network", &stack.network);
     ctx.insert("services", &services);
     ctx.insert("volumes", &volumes);
+    let broker_secret = stack.services.iter().flat_map(|s| &s.secrets).any(|f| f.secret == Secret::BrokerPassword);
+    ctx.insert("broker_secret", &broker_secret);
     render_template(COMPOSE_TEMPLATE, &ctx).context("rendering docker-compose.yml")
 }
 
 fn secret_name(s: Secret) -> &'static str {
     match s {
         Secret::DbPassword => "db-password",
+        Secret::BrokerPassword => "broker-password",
     }
 }
 
@@ -95,7 +98,7 @@ mod tests {
 
     fn default_stack() -> Stack {
         let c = Config::default();
-        Stack::new(&c, &State { db_password: "unused".into(), ports: c.ports.clone(), replicas: Default::default() })
+        Stack::new(&c, &State { db_password: "unused".into(), ports: c.ports.clone(), replicas: Default::default(), broker_password: String::new() })
     }
 
     /// The committed docker-compose.yml must be what `labctl render compose` gives for the

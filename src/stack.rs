@@ -134,6 +134,8 @@ pub struct SecretFile {
 #[serde(rename_all = "snake_case")]
 pub enum Secret {
     DbPassword,
+    /// The SCRAM password of the lab broker's SASL_SSL user (`broker.sasl_ssl_listener`).
+    BrokerPassword,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -208,6 +210,17 @@ pub const SPARK_MASTER_PORT: u16 = 7077;
 pub const AZURITE_PORT: u16 = 10000;
 
 pub const DB_PASSWORD_PATH: &str = "/run/secrets/db-password";
+pub const BROKER_PASSWORD_PATH: &str = "/run/secrets/broker-password";
+
+/// The lab broker's SASL_SSL listeners (`broker.sasl_ssl_listener`): one on the lab's network,
+/// advertised as `broker:9095`, and one for clients on the host, published as
+/// `ports.broker_sasl_ssl` and advertised as that port.
+pub const BROKER_SASL_SSL_PORT: u16 = 9095;
+pub const BROKER_HOST_SASL_SSL_LISTENER_PORT: u16 = 9096;
+/// The SCRAM user the lab broker's SASL_SSL listeners know.
+pub const BROKER_SASL_USER: &str = "lab";
+/// Where the broker keeps the CA certificate of its TLS listeners (made on its first start).
+pub const BROKER_CA_PATH: &str = "/var/lib/kafka/tls/ca.pem";
 
 /// Services `labctl scale` resizes: the replicated workers of the two clusters.
 pub const SCALABLE: &[&str] = &[FLINK_TM, SPARK_WORKER];
@@ -279,7 +292,7 @@ fn broker_service(config: &Config, ports: &crate::config::Ports, node: usize) ->
         format!("num.partitions={}", config.broker.partitions),
     ]
     .join("\n");
-    Service {
+    let mut svc = Service {
         name,
         image: BROKER_IMAGE,
         command: vec![],
@@ -301,7 +314,56 @@ fn broker_service(config: &Config, ports: &crate::config::Ports, node: usize) ->
         stop_timeout: 30,
         after_setup: false,
         host_network: false,
+    };
+    if config.broker.sasl_ssl_listener {
+        add_sasl_ssl_listeners(&mut svc, host, ports.broker_sasl_ssl);
     }
+    svc
+}
+
+/// `broker.sasl_ssl_listener`: two SASL_SSL listeners besides the plaintext ones, added to
+/// whatever listener lines the broker has. TLS with a server certificate for `broker`,
+/// `localhost`, 127.0.0.1 and the host address, signed by a CA the broker makes on its first
+/// start (`docker/broker/entrypoint.sh`); SCRAM-SHA-256 and -512 for the user `lab`, created
+/// when the storage is formatted, with the password labctl places in the container as a file.
+fn add_sasl_ssl_listeners(svc: &mut Service, host: &str, host_port: u16) {
+    let names = ["SECURE", "HOST_SECURE"];
+    let add = |line: &str| -> String {
+        let Some((key, value)) = line.split_once('=') else { return line.to_string() };
+        let extra = match key {
+            "listeners" => format!("{}://:{BROKER_SASL_SSL_PORT},{}://:{BROKER_HOST_SASL_SSL_LISTENER_PORT}", names[0], names[1]),
+            "advertised.listeners" => format!("{}://{BROKER}:{BROKER_SASL_SSL_PORT},{}://{host}:{host_port}", names[0], names[1]),
+            "listener.security.protocol.map" => format!("{}:SASL_SSL,{}:SASL_SSL", names[0], names[1]),
+            _ => return line.to_string(),
+        };
+        format!("{key}={value},{extra}")
+    };
+    let mut extra = vec![
+        "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512".to_string(),
+        "ssl.keystore.type=PEM".to_string(),
+        "ssl.keystore.location=/var/lib/kafka/tls/server.pem".to_string(),
+    ];
+    for name in names {
+        for mechanism in ["scram-sha-256", "scram-sha-512"] {
+            // The server side of SCRAM needs a login module, without credentials of its own.
+            extra.push(format!("listener.name.{}.{mechanism}.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;", name.to_ascii_lowercase()));
+        }
+    }
+    let mut tls_names = vec!["DNS:broker".to_string(), "DNS:localhost".to_string(), "IP:127.0.0.1".to_string()];
+    let host_name = if host.parse::<std::net::IpAddr>().is_ok() { format!("IP:{host}") } else { format!("DNS:{host}") };
+    if !tls_names.contains(&host_name) {
+        tls_names.push(host_name);
+    }
+    for (k, v) in svc.env.iter_mut() {
+        if k == "KAFKA_PROPERTIES" {
+            let lines: Vec<String> = v.lines().map(add).chain(extra.iter().cloned()).collect();
+            *v = lines.join("\n");
+        }
+    }
+    svc.env.push(("KAFKA_TLS_NAMES".into(), tls_names.join(",")));
+    svc.env.push(("KAFKA_SCRAM_USER".into(), BROKER_SASL_USER.into()));
+    svc.ports.push(port("broker_sasl_ssl", BROKER_HOST_SASL_SSL_LISTENER_PORT, host_port, None));
+    svc.secrets.push(SecretFile { path: BROKER_PASSWORD_PATH, secret: Secret::BrokerPassword });
 }
 
 /// Replication factor and `min.insync.replicas` of the lab's topics: with three nodes or more
@@ -623,6 +685,29 @@ mod tests {
             }
             assert!(!svc.command.iter().any(|c| c.contains(&st.db_password)));
         }
+    }
+
+    #[test]
+    fn sasl_ssl_listeners_are_added_with_the_password_as_a_file() {
+        let mut c = Config::default();
+        c.broker.sasl_ssl_listener = true;
+        let st = State::for_tests(&c);
+        let s = Stack::new(&c, &st);
+        let b = s.service(BROKER).unwrap();
+        let props = &b.env.iter().find(|(k, _)| k == "KAFKA_PROPERTIES").unwrap().1;
+        let line = |key: &str| props.lines().filter(|l| l.starts_with(&format!("{key}="))).collect::<Vec<_>>();
+        assert_eq!(line("listeners"), ["listeners=INTERNAL://:9092,CONTROLLER://:9093,HOST://:9094,SECURE://:9095,HOST_SECURE://:9096"]);
+        assert_eq!(line("advertised.listeners"), [format!("advertised.listeners=INTERNAL://broker:9092,HOST://127.0.0.1:{0},SECURE://broker:9095,HOST_SECURE://127.0.0.1:{1}", c.ports.broker, c.ports.broker_sasl_ssl)]);
+        assert!(line("listener.security.protocol.map")[0].ends_with(",SECURE:SASL_SSL,HOST_SECURE:SASL_SSL"), "{props}");
+        assert!(props.contains("listener.name.host_secure.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"), "{props}");
+        assert!(b.ports.iter().any(|p| p.key == "broker_sasl_ssl" && p.container == 9096 && p.host == c.ports.broker_sasl_ssl));
+        assert_eq!(b.secrets, [SecretFile { path: BROKER_PASSWORD_PATH, secret: Secret::BrokerPassword }]);
+        for (k, v) in &b.env {
+            assert!(!v.contains(&st.broker_password), "{k} carries the broker password");
+        }
+        // Off by default: the broker has its plaintext listeners only.
+        let plain = stack();
+        assert!(plain.service(BROKER).unwrap().secrets.is_empty() && plain.published_port("broker_sasl_ssl").is_none());
     }
 
     #[test]

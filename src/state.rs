@@ -26,6 +26,11 @@ pub struct State {
     /// which only give the size of a lab that was never scaled; `down --volumes` forgets them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub replicas: BTreeMap<String, u32>,
+    /// SCRAM password of the user `lab` on the lab broker's SASL_SSL listener
+    /// (`broker.sasl_ssl_listener`); generated on the first `up` that needs it, placed into the
+    /// broker as a file like the database password.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub broker_password: String,
 }
 
 /// Folder holding the state files: `$LABCTL_STATE_DIR`, else `$XDG_STATE_HOME/labctl`,
@@ -49,6 +54,12 @@ pub fn samples_path(project: &str) -> PathBuf {
 /// Marker of a `labctl submit flink` whose run request may be in flight (see `cli::flink`).
 pub fn submit_marker_path(project: &str) -> PathBuf {
     state_dir().join(format!("{project}.flink-submit.json"))
+}
+
+/// The CA certificate of the lab broker's SASL_SSL listeners, copied out of the broker by `up`
+/// (`broker.sasl_ssl_listener`): what a client of that listener names as its CA file.
+pub fn broker_ca_path(project: &str) -> PathBuf {
+    state_dir().join(format!("{project}.broker-ca.pem"))
 }
 
 pub fn state_path(project: &str) -> PathBuf {
@@ -85,7 +96,10 @@ impl State {
     /// the config's fixed ports. Does not save.
     pub fn load_or_init(config: &Config) -> Result<State> {
         let old = State::load(&config.project)?;
-        let mut st = old.clone().unwrap_or_else(|| State { db_password: new_password(), ports: Ports::default(), replicas: BTreeMap::new() });
+        let mut st = old.clone().unwrap_or_else(|| State { db_password: new_password(), ports: Ports::default(), replicas: BTreeMap::new(), broker_password: String::new() });
+        if config.broker.sasl_ssl_listener && st.broker_password.is_empty() {
+            st.broker_password = new_password();
+        }
         let fresh = old.is_none();
         let resolve = |want: u16, had: u16| -> Result<u16> {
             Ok(match want {
@@ -105,6 +119,7 @@ impl State {
             spark_ui: resolve(c.spark_ui, h.spark_ui)?,
             spark_rest: resolve(c.spark_rest, h.spark_rest)?,
             azurite: resolve(c.azurite, h.azurite)?,
+            broker_sasl_ssl: resolve(c.broker_sasl_ssl, h.broker_sasl_ssl)?,
         };
         Ok(st)
     }
@@ -141,9 +156,9 @@ impl State {
     }
 
     /// Removes the state file and what is kept beside it (status's offset samples, a submit
-    /// marker).
+    /// marker, the broker's CA certificate).
     pub fn remove(project: &str) -> Result<()> {
-        for path in [state_path(project), samples_path(project), submit_marker_path(project)] {
+        for path in [state_path(project), samples_path(project), submit_marker_path(project), broker_ca_path(project)] {
             match fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
                 _ => {}
@@ -154,7 +169,7 @@ impl State {
 
     #[cfg(test)]
     pub fn for_tests(config: &Config) -> State {
-        State { db_password: new_password(), ports: config.ports.clone(), replicas: BTreeMap::new() }
+        State { db_password: new_password(), ports: config.ports.clone(), replicas: BTreeMap::new(), broker_password: new_password() }
     }
 }
 

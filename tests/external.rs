@@ -101,7 +101,7 @@ cluster_endpoint = "http://azurite:10000/devstoreaccount1"
     // self-signed certificate), and verify-full refuses that certificate.
     let remote_lab = {
         let config = labctl::config::Config::load(Some(&remote_toml), remote.env.iter().cloned()).unwrap();
-        let state = labctl::state::State { db_password: String::new(), ports: config.ports.clone(), replicas: Default::default() };
+        let state = labctl::state::State { db_password: String::new(), ports: config.ports.clone(), replicas: Default::default(), broker_password: String::new() };
         labctl::lab::Lab::new(config, state)
     };
     std::env::set_var("LABCTL_DATABASE_PASSWORD", &h.state.db_password);

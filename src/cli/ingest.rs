@@ -18,6 +18,7 @@ use crate::{
         producer::Sender,
         resume, Position,
     },
+    kafka::ErrorCapture,
     lab::Lab,
 };
 
@@ -184,15 +185,12 @@ fn produce(fleet: &Fleet, args: &Args, backfill: i64, topic: &str, base: &rdkafk
     use rdkafka::consumer::BaseConsumer;
     let interval = args.interval;
     // Where the topic already is: a restart continues, it does not backfill again.
-    let consumer: BaseConsumer = base
-        .clone()
-        .set("group.id", "labctl-ingest-resume")
-        .set("enable.auto.commit", "false")
-        .create()
-        .context("creating a Kafka consumer")?;
-    let found = resume::positions(&consumer, topic, fleet, interval, Duration::from_secs(10)).with_context(|| {
-        format!("cannot read topic `{topic}` (is the broker up? `labctl status`)")
-    })?;
+    let config = base.clone().set("group.id", "labctl-ingest-resume").set("enable.auto.commit", "false").clone();
+    let consumer: BaseConsumer<ErrorCapture> =
+        config.create_with_context(ErrorCapture::for_config(&config)).context("creating a Kafka consumer")?;
+    // A refused login or certificate is said as such, not as an unreadable topic.
+    let found = resume::positions(&consumer, topic, fleet, interval, Duration::from_secs(10))
+        .map_err(|e| crate::kafka::explain_consumer(&consumer, e.context(format!("cannot read topic `{topic}` (is the broker up? `labctl status`)"))))?;
     drop(consumer);
     let resumed = found.iter().any(Option::is_some);
     let now_tick = now_secs() / interval;

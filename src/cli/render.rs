@@ -35,14 +35,14 @@ pub fn run(config: Config, args: Args) -> Result<ExitCode> {
         What::Compose => {
             // Rendering needs no running lab: use remembered ports if any, else the config's.
             let state = State::load(&config.project)?
-                .unwrap_or_else(|| State { db_password: String::new(), ports: config.ports.clone(), replicas: Default::default() });
+                .unwrap_or_else(|| State { db_password: String::new(), ports: config.ports.clone(), replicas: Default::default(), broker_password: String::new() });
             render::compose(&Stack::new(&config, &state))?
         }
         What::InitDb => schema::init_db_sql(),
         // The password is filled in at submit time only; rendered output never shows it.
         What::Flink => super::flink::render(&config, None)?,
         What::Spark => {
-            let state = State { db_password: String::new(), ports: config.ports.clone(), replicas: Default::default() };
+            let state = State { db_password: String::new(), ports: config.ports.clone(), replicas: Default::default(), broker_password: String::new() };
             let lab = crate::lab::Lab::new(config.clone(), state);
             let args = super::spark::SubmitArgs {
                 from: None, to: None, with_aggregates: false, partitions: 4, no_wait: false, timeout: 0, dry_run: true, json: false,

@@ -49,10 +49,14 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
     if args.show_secrets {
         let db = lab.database()?;
         let password = lab.db_password()?;
-        report.secrets = Some(serde_json::json!({
+        let mut secrets = serde_json::json!({
             "db_password": password,
             "db_url": format!("postgresql://{}:{password}@{}:{}/{}", db.user, db.host, db.port, db.name),
-        }));
+        });
+        if !lab.state.broker_password.is_empty() && lab.stack.published_port("broker_sasl_ssl").is_some() {
+            secrets["broker_sasl_password"] = lab.state.broker_password.clone().into();
+        }
+        report.secrets = Some(secrets);
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

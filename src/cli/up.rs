@@ -96,6 +96,10 @@ pub async fn run(mut config: Config, args: Args) -> Result<ExitCode> {
         }
     }
     wait_ready(&rt, &lab, &multi, true).await?;
+    let secure = match lab.stack.published_port("broker_sasl_ssl") {
+        Some(port) => Some(check_sasl_ssl_listener(&rt, &lab, port).await?),
+        None => None,
+    };
     let ready_secs = t_start.elapsed().as_secs_f64();
 
     let total = started.elapsed().as_secs_f64();
@@ -106,6 +110,7 @@ pub async fn run(mut config: Config, args: Args) -> Result<ExitCode> {
             "containers_changed": changed,
             "ports": lab.state.ports,
             "flink_ui": urls[0].1, "spark_ui": urls[1].1,
+            "broker_sasl_ssl": secure,
             "seconds": { "images": images_secs, "start_to_ready": ready_secs, "total": total },
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -126,6 +131,15 @@ pub async fn run(mut config: Config, args: Args) -> Result<ExitCode> {
             Some(e) => eprintln!("  broker    {} (external; topic `{topic}`)", e.address),
             None => eprintln!("  broker    {} (topic `{topic}`)", lab.broker()?.bootstrap),
         }
+        if let Some(s) = &secure {
+            eprintln!(
+                "  broker    SASL_SSL {} (lab network: {}), user `{}`, SCRAM-SHA-256/512 (password: `labctl status --show-secrets`), CA {}",
+                s["bootstrap"].as_str().unwrap_or_default(),
+                s["cluster_bootstrap"].as_str().unwrap_or_default(),
+                s["user"].as_str().unwrap_or_default(),
+                s["ca_file"].as_str().unwrap_or_default()
+            );
+        }
         match lab.stack.external_for(stack::DATABASE) {
             Some(e) => eprintln!("  database  {} (external)", e.address),
             None => eprintln!(
@@ -145,6 +159,47 @@ pub async fn run(mut config: Config, args: Args) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `broker.sasl_ssl_listener`: copies the CA the broker made on its first start next to the
+/// state file (what clients of the listener name as their CA file) and logs in through the host
+/// listener as a client would: TLS verified against that CA, SCRAM-SHA-512 as `lab`.
+async fn check_sasl_ssl_listener(rt: &Runtime, lab: &Lab, port: u16) -> Result<serde_json::Value> {
+    let container = lab.stack.container_name(stack::BROKER, 1);
+    let ca = rt.read_file(&container, stack::BROKER_CA_PATH).await.with_context(|| format!("the broker made no CA certificate at {}", stack::BROKER_CA_PATH))?;
+    let ca_path = crate::state::broker_ca_path(&lab.stack.project);
+    std::fs::write(&ca_path, &ca).with_context(|| format!("writing {}", ca_path.display()))?;
+    let bootstrap = format!("{}:{port}", stack::host_address(&lab.stack.bind_address));
+    let ca_file = ca_path.display().to_string();
+    let security = [
+        ("security.protocol", "SASL_SSL"),
+        ("sasl.mechanism", "SCRAM-SHA-512"),
+        ("sasl.username", stack::BROKER_SASL_USER),
+        ("sasl.password", lab.state.broker_password.as_str()),
+        ("ssl.ca.location", ca_file.as_str()),
+    ];
+    let client = crate::kafka::Broker { bootstrap: bootstrap.clone(), security: security.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
+    // The listener opens with the broker; the login can trail it by a moment.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.ping(Duration::from_secs(5)).await {
+            Ok(_) => break,
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context(format!(
+                    "the broker's SASL_SSL listener {bootstrap} refused labctl's login (a broker volume formatted before broker.sasl_ssl_listener was set has no SCRAM user: `labctl down --volumes` makes a new one)"
+                )))
+            }
+            Err(e) => tracing::debug!("SASL_SSL listener not ready yet: {e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(serde_json::json!({
+        "bootstrap": bootstrap,
+        "cluster_bootstrap": format!("{}:{}", stack::BROKER, stack::BROKER_SASL_SSL_PORT),
+        "user": stack::BROKER_SASL_USER,
+        "mechanisms": ["SCRAM-SHA-256", "SCRAM-SHA-512"],
+        "ca_file": ca_file,
+    }))
 }
 
 /// Refuses before changing anything when a host port the lab needs is held by something else
@@ -197,9 +252,10 @@ async fn build_images(rt: &Runtime, lab: &Lab, multi: &MultiProgress, force: boo
 /// remembered size); returns how many containers changed. `up` and `scale` both start
 /// replicas through here.
 pub(crate) async fn ensure_replicas(rt: &Runtime, lab: &Lab, svc: &Service, tag: &str, existing: &[ContainerInfo]) -> Result<usize> {
-    let password = lab.state.db_password.clone();
+    let (password, broker_password) = (lab.state.db_password.clone(), lab.state.broker_password.clone());
     let secrets = move |s: Secret| match s {
         Secret::DbPassword => password.clone(),
+        Secret::BrokerPassword => broker_password.clone(),
     };
     let mut changed = 0;
     for replica in 1..=svc.replicas {
@@ -263,6 +319,11 @@ async fn wait_ready(rt: &Runtime, lab: &Lab, multi: &MultiProgress, after_setup:
                     Err(e) => {
                         last_err = format!("{e:#}");
                         pb.set_message(format!("waiting: {last_err}"));
+                        // Refused credentials or certificates do not get better by waiting.
+                        if e.downcast_ref::<crate::kafka::SecurityFailure>().is_some() {
+                            pb.abandon_with_message(format!("{label}refused: {last_err}"));
+                            return Err((name, last_err));
+                        }
                     }
                 }
                 if start.elapsed() > timeout {

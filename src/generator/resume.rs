@@ -24,7 +24,7 @@ struct Tail {
 }
 
 /// Next position per machine of `fleet` (None where the topic holds nothing of it).
-pub fn positions(consumer: &BaseConsumer, topic: &str, fleet: &Fleet, interval_s: i64, timeout: Duration) -> Result<Vec<Option<Position>>> {
+pub fn positions<C: rdkafka::consumer::ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, fleet: &Fleet, interval_s: i64, timeout: Duration) -> Result<Vec<Option<Position>>> {
     // A topic created a moment ago may show without partitions at first: look again briefly.
     let deadline = Instant::now() + timeout;
     let md = loop {

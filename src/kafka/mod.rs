@@ -2,18 +2,17 @@
 
 pub mod resolve;
 
-use std::time::Duration;
+use std::{sync::Mutex, time::Duration};
 
 use anyhow::{anyhow, bail, Context, Result};
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::ClientContext,
     config::RDKafkaLogLevel,
     consumer::{BaseConsumer, Consumer, ConsumerContext},
     error::KafkaError,
     topic_partition_list::{Offset, TopicPartitionList},
     types::RDKafkaErrorCode,
-    ClientConfig,
+    ClientConfig, ClientContext,
 };
 
 use crate::stack::{host_address, Stack, BROKER_NODES};
@@ -74,12 +73,10 @@ impl Broker {
         c
     }
 
-    fn consumer(&self) -> Result<BaseConsumer<Quiet>> {
-        self.client_config()
-            .set("group.id", "labctl-inspect")
-            .set("enable.auto.commit", "false")
-            .create_with_context(Quiet)
-            .context("creating a Kafka client")
+    fn consumer(&self) -> Result<BaseConsumer<ErrorCapture>> {
+        let config = self.client_config().set("group.id", "labctl-inspect").set("enable.auto.commit", "false").clone();
+        let capture = ErrorCapture::for_config(&config);
+        config.create_with_context(capture).context("creating a Kafka client")
     }
 
     /// Number of brokers in the cluster metadata; errors when the broker does not answer.
@@ -87,7 +84,7 @@ impl Broker {
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             let c = me.consumer()?;
-            let md = c.fetch_metadata(None, timeout).map_err(|e| anyhow!("broker {} did not answer: {e}", me.bootstrap))?;
+            let md = c.fetch_metadata(None, timeout).map_err(|e| explain_consumer(&c, anyhow!("broker {} did not answer: {e}", me.bootstrap)))?;
             Ok(md.brokers().len())
         })
         .await?
@@ -110,7 +107,9 @@ impl Broker {
             }
             return Ok(false);
         }
-        let admin: AdminClient<Quiet> = self.client_config().create_with_context(Quiet).context("creating a Kafka admin client")?;
+        let config = self.client_config();
+        let admin: AdminClient<ErrorCapture> =
+            config.create_with_context(ErrorCapture::for_config(&config)).context("creating a Kafka admin client")?;
         // -1: the cluster's `default.replication.factor` (the lab's brokers set it from their
         // node count; an external cluster keeps its own policy).
         let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
@@ -163,11 +162,12 @@ impl Broker {
                     }
                     tpl
                 };
+                let explain = |e: KafkaError| explain_consumer(&c, anyhow!("{what:?} offsets of {topic}: {e}"));
                 let found = match what {
                     // ListOffsets with timestamp -2 / -1 answers every partition's start / end at once.
-                    Lookup::Low => pick(&c.offsets_for_times(at(Offset::Beginning), timeout)?, &topic, &ids),
-                    Lookup::End => pick(&c.offsets_for_times(at(Offset::End), timeout)?, &topic, &ids),
-                    Lookup::Since(ms) => pick(&c.offsets_for_times(at(Offset::Offset(ms)), timeout)?, &topic, &ids),
+                    Lookup::Low => pick(&c.offsets_for_times(at(Offset::Beginning), timeout).map_err(explain)?, &topic, &ids),
+                    Lookup::End => pick(&c.offsets_for_times(at(Offset::End), timeout).map_err(explain)?, &topic, &ids),
+                    Lookup::Since(ms) => pick(&c.offsets_for_times(at(Offset::Offset(ms)), timeout).map_err(explain)?, &topic, &ids),
                 };
                 Ok(found.into_iter().map(|o| if let Offset::Offset(o) = o { Some(o) } else { None }).collect())
             })
@@ -242,14 +242,62 @@ fn murmur2(data: &[u8]) -> u32 {
     h ^ (h >> 15)
 }
 
-/// The context of labctl's own inspecting clients. Their callers turn a broker that does not
-/// answer into one error with its fix, so librdkafka's per-connection complaints (`1/1 brokers
-/// are down` every few seconds while `up` waits for a starting broker) go to debug level,
-/// through `tracing` like every other log.
-#[derive(Clone, Copy, Default)]
-pub struct Quiet;
+/// A login or TLS handshake the broker's side refused: waiting does not help, the config must
+/// change. The text names the cause and the fix on one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SecurityFailure(pub String);
 
-impl ClientContext for Quiet {
+/// A client context that remembers the last error librdkafka reported (its error callback), so
+/// a request that then fails or times out can say why. Wrong SASL credentials or a broker
+/// certificate the CA does not verify otherwise show only as "timed out" or "all brokers down".
+pub struct ErrorCapture {
+    bootstrap: String,
+    user: String,
+    mechanism: String,
+    ca_file: String,
+    last: Mutex<Option<String>>,
+}
+
+impl ErrorCapture {
+    /// For a client of `config` (its bootstrap and security settings name the cause in messages).
+    pub fn for_config(config: &ClientConfig) -> Self {
+        let get = |k: &str| config.get(k).unwrap_or_default().to_string();
+        Self { bootstrap: get("bootstrap.servers"), user: get("sasl.username"), mechanism: get("sasl.mechanism"), ca_file: get("ssl.ca.location"), last: Mutex::new(None) }
+    }
+
+    /// The last error the client reported, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// `err` replaced by a one-line cause and fix (a [`SecurityFailure`]) when the client
+    /// reported a security failure.
+    pub fn explain(&self, err: anyhow::Error) -> anyhow::Error {
+        match self.last_error().and_then(|reason| explain_security_failure(&reason, &self.bootstrap, &self.user, &self.mechanism, &self.ca_file)) {
+            Some(text) => SecurityFailure(text).into(),
+            None => err,
+        }
+    }
+}
+
+/// `err` explained from what `consumer` reported. A consumer's error events wait in its queue
+/// until it is polled (requests such as metadata do not serve them), so this polls briefly first.
+pub fn explain_consumer(consumer: &BaseConsumer<ErrorCapture>, err: anyhow::Error) -> anyhow::Error {
+    for _ in 0..5 {
+        if consumer.context().last_error().is_some() {
+            break;
+        }
+        let _ = consumer.poll(Duration::from_millis(100));
+    }
+    consumer.context().explain(err)
+}
+
+/// librdkafka's own log lines go through `tracing` too, at debug level: the callers turn a
+/// broker that does not answer into one error with its fix, so the per-connection complaints
+/// (`1/1 brokers are down` every few seconds while `up` waits for a starting broker) would only
+/// be noise.
+impl ClientContext for ErrorCapture {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
@@ -260,11 +308,44 @@ impl ClientContext for Quiet {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::debug!(target: "librdkafka", "{error}: {reason}");
+        tracing::debug!("kafka client error: {error}: {reason}");
+        if let Ok(mut g) = self.last.lock() {
+            *g = Some(format!("{error}: {reason}"));
+        }
     }
 }
 
-impl ConsumerContext for Quiet {}
+impl ConsumerContext for ErrorCapture {}
+
+/// What librdkafka's error text means for the user, for the failures a config can cause:
+/// credentials the broker refuses, a certificate the configured CA does not verify, TLS spoken
+/// to a plaintext listener or plaintext to a TLS one. None for anything else.
+pub fn explain_security_failure(reason: &str, bootstrap: &str, user: &str, mechanism: &str, ca_file: &str) -> Option<String> {
+    let r = reason.to_ascii_lowercase();
+    if r.contains("authentication failed") || r.contains("invalid credentials") || r.contains("sasl authentication error") {
+        return Some(format!(
+            "broker {bootstrap}: SASL authentication failed for user \"{user}\" ({mechanism}): the broker refused the credentials; \
+             set LABCTL_BROKER_SASL_PASSWORD to that user's password (and check broker.sasl_username and broker.sasl_mechanism)"
+        ));
+    }
+    if r.contains("certificate verify failed") || r.contains("certificate could not be verified") {
+        let fix = if ca_file.is_empty() {
+            "it is not signed by a CA this system trusts; set broker.ssl_ca_file to the PEM file of the CA that signed it".to_string()
+        } else {
+            format!("it is not signed by the CA in broker.ssl_ca_file ({ca_file:?}) or does not name the address; point broker.ssl_ca_file at the CA that signed the broker's certificate")
+        };
+        return Some(format!("broker {bootstrap}: TLS handshake failed: certificate verify failed: {fix}"));
+    }
+    if r.contains("ssl handshake failed") || r.contains("wrong version number") || r.contains("packet length too long") {
+        let detail = reason.split(": ").skip(1).collect::<Vec<_>>().join(": ");
+        return Some(format!("broker {bootstrap}: TLS handshake failed ({detail}); is that address a TLS listener? broker.security_protocol must match the listener (ssl/sasl_ssl for TLS)"));
+    }
+    if r.contains("connecting to a ssl listener") || r.contains("incorrect security.protocol") {
+        return Some(format!("broker {bootstrap}: the listener disconnected at once, as a TLS listener does with a plaintext client; broker.security_protocol must match the listener (ssl/sasl_ssl for TLS)"));
+    }
+    None
+}
+
 
 /// Logs how long a lookup took when dropped (RUST_LOG=labctl=debug).
 struct Timing(std::time::Instant, String);
@@ -288,8 +369,8 @@ fn pick(tpl: &TopicPartitionList, topic: &str, ids: &[i32]) -> Vec<Offset> {
 }
 
 /// Partition ids of `topic` from the broker's metadata, None if the topic does not exist.
-fn partition_ids<C: ConsumerContext>(c: &BaseConsumer<C>, topic: &str, timeout: Duration) -> Result<Option<Vec<i32>>> {
-    let md = c.fetch_metadata(Some(topic), timeout).map_err(|e| anyhow!("metadata for {topic}: {e}"))?;
+fn partition_ids(c: &BaseConsumer<ErrorCapture>, topic: &str, timeout: Duration) -> Result<Option<Vec<i32>>> {
+    let md = c.fetch_metadata(Some(topic), timeout).map_err(|e| explain_consumer(c, anyhow!("metadata for {topic}: {e}")))?;
     Ok(md.topics().iter().find(|t| t.name() == topic).and_then(|t| {
         if t.error().is_some() || t.partitions().is_empty() {
             return None;
@@ -359,13 +440,39 @@ mod security_tests {
         b.consumer().map(|_| ()).map_err(|e| format!("{e:#}"))
     }
 
-    /// What this build's librdkafka (no OpenSSL) can do; `endpoints::validate` allows just that.
+    /// What this build's librdkafka (with OpenSSL) can do: every protocol and mechanism
+    /// `endpoints::validate` lets through builds a client; GSSAPI (not built in) and a CA file
+    /// that is not there fail at once.
     #[test]
-    fn sasl_plain_works_and_tls_is_not_built_in() {
+    fn every_allowed_protocol_and_mechanism_builds() {
         creates(&[]).unwrap();
-        creates(&[("security.protocol", "SASL_PLAINTEXT"), ("sasl.mechanism", "PLAIN"), ("sasl.username", "u"), ("sasl.password", "p")]).unwrap();
-        assert!(creates(&[("security.protocol", "SSL")]).is_err());
-        let scram = creates(&[("security.protocol", "SASL_PLAINTEXT"), ("sasl.mechanism", "SCRAM-SHA-256"), ("sasl.username", "u"), ("sasl.password", "p")]);
-        assert!(scram.is_err_and(|e| e.contains("No provider for SASL mechanism")));
+        for protocol in crate::endpoints::PROTOCOLS {
+            let p = protocol.to_ascii_uppercase();
+            if !protocol.starts_with("sasl_") {
+                creates(&[("security.protocol", &p)]).unwrap_or_else(|e| panic!("{p}: {e}"));
+                continue;
+            }
+            for m in crate::endpoints::MECHANISMS {
+                creates(&[("security.protocol", &p), ("sasl.mechanism", m), ("sasl.username", "u"), ("sasl.password", "p")]).unwrap_or_else(|e| panic!("{p} {m}: {e}"));
+            }
+        }
+        // Kerberos is not built in (no libsasl2), and validate does not offer it.
+        let gssapi = creates(&[("security.protocol", "SASL_SSL"), ("sasl.mechanism", "GSSAPI")]);
+        assert!(gssapi.is_err_and(|e| e.contains("No provider for SASL mechanism GSSAPI")));
+        let missing = creates(&[("security.protocol", "SSL"), ("ssl.ca.location", "/nonexistent/ca.pem")]);
+        assert!(missing.is_err(), "a missing CA file was accepted");
+    }
+
+    #[test]
+    fn security_failures_are_explained() {
+        let auth = explain_security_failure(
+            "Local: Authentication failure: SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512",
+            "127.0.0.1:9096", "lab", "SCRAM-SHA-512", "/ca.pem").unwrap();
+        assert!(auth.contains("SASL authentication failed") && auth.contains("LABCTL_BROKER_SASL_PASSWORD") && !auth.contains('\n'), "{auth}");
+        let tls = explain_security_failure(
+            "Local: SSL error: ssl://127.0.0.1:9096/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified, verify that ssl.ca.location is correctly configured",
+            "127.0.0.1:9096", "lab", "SCRAM-SHA-512", "/other-ca.pem").unwrap();
+        assert!(tls.contains("certificate verify failed") && tls.contains("broker.ssl_ca_file") && tls.contains("/other-ca.pem"), "{tls}");
+        assert!(explain_security_failure("Local: Broker transport failure: Connection refused", "h:1", "", "", "").is_none());
     }
 }

@@ -29,7 +29,7 @@ impl TestLab {
         let project = format!("t-{prefix}-{}-{nonce}", std::process::id() % 100_000);
         let state_dir = tempfile::tempdir().expect("tempdir");
         let mut env = vec![("LABCTL_PROJECT".to_string(), project.clone())];
-        for key in ["BROKER", "BROKER_2", "BROKER_3", "DATABASE", "FLINK_UI", "SPARK_UI", "SPARK_REST", "AZURITE"] {
+        for key in ["BROKER", "BROKER_2", "BROKER_3", "DATABASE", "FLINK_UI", "SPARK_UI", "SPARK_REST", "AZURITE", "BROKER_SASL_SSL"] {
             env.push((format!("LABCTL_PORTS_{key}"), "0".into()));
         }
         env.push(("LABCTL_STATE_DIR".into(), state_dir.path().display().to_string()));
