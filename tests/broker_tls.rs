@@ -149,11 +149,7 @@ cluster_endpoint = "http://azurite:10000/devstoreaccount1"
     let secs = t.elapsed().as_secs_f64();
     eprintln!(
         "SEEN | up, wrong password ({secs:.1} s) | {}",
-        stderr(&out)
-            .lines()
-            .filter(|l| l.contains("SASL"))
-            .last()
-            .unwrap_or_default()
+        stderr(&out).lines().rev().find(|l| l.contains("SASL")).unwrap_or_default()
     );
     assert!(
         !out.status.success() && stderr(&out).contains("SASL authentication failed"),
