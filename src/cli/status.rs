@@ -90,6 +90,64 @@ pub fn count(n: i64) -> String {
     if n < 0 { format!("-{out}") } else { out }
 }
 
+/// The Flink job's own lag beside the one its committed offsets give.
+fn broker_lag(b: &status::BrokerSection) -> String {
+    let flink = b.flink_consumer_lag.map(|l| format!("Flink lag {} (pendingRecords)", count(l))).unwrap_or_else(|| "Flink lag: no running lab job".into());
+    let g = &b.consumer_group;
+    let group = match (&g.error, g.lag) {
+        (Some(e), _) => format!("unknown ({e})"),
+        (None, _) if g.partitions.iter().all(|p| p.committed.is_none()) => "nothing committed yet (the job commits on each completed checkpoint)".into(),
+        (None, lag) => {
+            let parts: Vec<String> = g
+                .partitions
+                .iter()
+                .map(|p| format!("p{}={}{}", p.partition, count(p.lag), if p.committed.is_none() { " (none committed)" } else { "" }))
+                .collect();
+            format!("{} [{}]", lag.map(count).unwrap_or_else(|| "unknown".into()), parts.join(" "))
+        }
+    };
+    format!("{flink}; group `{}` committed lag {group}", g.group)
+}
+
+/// Brokers, the active controller and the replication of the topic's partitions.
+fn cluster(c: &status::ClusterStatus, partitions: usize) -> String {
+    if let Some(e) = &c.error {
+        return format!("cluster unknown ({e})");
+    }
+    let brokers: Vec<String> = c.brokers.iter().map(|b| format!("{}={}:{}", b.id, b.host, b.port)).collect();
+    let controller = match (&c.quorum, &c.quorum_error) {
+        (Some(q), None) => format!("controller {} (KRaft quorum leader, epoch {}, {} voter(s))", q.leader_id, q.leader_epoch, q.voters.len()),
+        (_, e) => format!("controller unknown ({})", e.as_deref().unwrap_or("no answer")),
+    };
+    let n = c.partitions.len().max(partitions);
+    let ids = |v: &[i32]| v.iter().map(|p| format!("p{p}")).collect::<Vec<_>>().join(" ");
+    let replication = match (c.offline.is_empty(), c.under_replicated.is_empty()) {
+        (true, true) => format!("all {n} partitions fully in sync"),
+        (true, false) => format!("under-replicated {} of {n} partitions", ids(&c.under_replicated)),
+        (false, _) => format!("offline {}, under-replicated {} of {n} partitions", ids(&c.offline), ids(&c.under_replicated)),
+    };
+    format!("{} broker(s) [{}], {controller}, {replication}", c.brokers.len(), brokers.join(" "))
+}
+
+/// What the job's sources emitted and each sink took in, as Flink's operator metrics say.
+fn records(j: &status::FlinkJobStatus) -> String {
+    if let Some(e) = &j.metrics_error {
+        return format!("records unknown ({e})");
+    }
+    let op = |o: &status::OperatorStatus| format!("{} {} ({:.0}/s)", o.name, count(o.records), o.per_s);
+    let sources = if j.sources.is_empty() {
+        format!("in {} ({:.0}/s)", count(j.records_in), j.records_in_per_s)
+    } else {
+        j.sources.iter().map(op).collect::<Vec<_>>().join(", ")
+    };
+    let sinks = if j.sinks.is_empty() {
+        format!("out {} ({:.0}/s)", count(j.records_out), j.records_out_per_s)
+    } else {
+        j.sinks.iter().map(op).collect::<Vec<_>>().join(", ")
+    };
+    format!("source {sources} -> sinks {sinks}")
+}
+
 fn age(secs: i64) -> String {
     match secs {
         s if s < 120 => format!("{s} s"),
@@ -120,17 +178,19 @@ pub fn render(r: &Report, color: bool) -> String {
 
     let b = &r.broker;
     let mut text = String::new();
-    if let Some(end) = b.end_offsets {
-        let parts: Vec<String> = b.partitions.iter().map(|p| format!("p{}={}", p.offsets.partition, count(p.offsets.high))).collect();
-        text = format!("topic `{}`: {} readings [{}]", b.topic, count(end), parts.join(" "));
+    if b.end_offsets.is_some() {
+        let parts: Vec<String> = b.partitions.iter().map(|p| format!("p{}={}", p.offsets.partition, count(p.messages))).collect();
+        let total: i64 = b.partitions.iter().map(|p| p.messages).sum();
+        text = format!("topic `{}`: {} messages [{}]", b.topic, count(total), parts.join(" "));
         if let Some(rate) = b.ingest_per_s {
             let _ = write!(text, ", {rate:.1}/s last min");
         }
-        if let Some(lag) = b.flink_consumer_lag {
-            let _ = write!(text, ", Flink lag {}", count(lag));
-        }
     }
     line(&mut o, "broker", &b.light, text);
+    if b.end_offsets.is_some() {
+        let _ = writeln!(o, "          {}", broker_lag(b));
+    }
+    let _ = writeln!(o, "          {}", cluster(&b.cluster, b.partitions.len()));
 
     let f = &r.flink;
     let mut text = String::new();
@@ -142,18 +202,15 @@ pub fn render(r: &Report, color: bool) -> String {
         let cp = j.last_checkpoint_age_secs.map(|a| format!("checkpoint {} ago", age(a))).unwrap_or_else(|| "no checkpoint".into());
         let _ = writeln!(
             o,
-            "          {} {} up {}, in {} ({:.0}/s), out {} ({:.0}/s), {cp}, restores {}, late {}{}",
+            "          {} {} up {}, {cp}, restores {}, late {}{}",
             &j.id[..j.id.len().min(8)],
             j.state,
             age(j.uptime_secs),
-            count(j.records_in),
-            j.records_in_per_s,
-            count(j.records_out),
-            j.records_out_per_s,
             j.restarts.unwrap_or(0),
             j.late_records_dropped,
             if j.lab_job { String::new() } else { format!("  ({})", j.name) }
         );
+        let _ = writeln!(o, "            {}", records(j));
     }
 
     let d = &r.database;

@@ -1,5 +1,6 @@
 //! Kafka-protocol access to the lab's broker from the host: readiness, topic creation, offsets.
 
+pub mod quorum;
 pub mod resolve;
 
 use std::{sync::Mutex, time::Duration};
@@ -196,8 +197,10 @@ impl Broker {
             .enumerate()
             .map(|(i, id)| {
                 let high = end[i].with_context(|| format!("no end offset for {topic}/{id}"))?;
+                let low = low[i].unwrap_or(0);
                 Ok(PartitionActivity {
-                    offsets: PartitionOffsets { partition: *id, low: low[i].unwrap_or(0), high },
+                    offsets: PartitionOffsets { partition: *id, low, high },
+                    messages: high - low,
                     // No message at or after `since`: the partition has nothing newer.
                     at_since: since.map(|_| at_since[i].unwrap_or(high)).filter(|_| at_since.iter().any(Option::is_some)),
                 })
@@ -347,6 +350,101 @@ pub fn explain_security_failure(reason: &str, bootstrap: &str, user: &str, mecha
 }
 
 
+impl Broker {
+    /// The cluster as the broker's metadata describes it (brokers, and every partition's
+    /// leader, replicas and in-sync replicas of `topic`), and the KRaft quorum: its leader is
+    /// the active controller (see `quorum` for why the metadata's controller id is not used).
+    /// The quorum is only asked over a plaintext listener; otherwise, or when it does not
+    /// answer, `quorum` holds the reason.
+    pub async fn cluster(&self, topic: &str, timeout: Duration) -> Result<ClusterFacts> {
+        let metadata = {
+            let (me, topic) = (self.clone(), topic.to_string());
+            tokio::task::spawn_blocking(move || -> Result<_> {
+                let c = me.consumer()?;
+                let md = c.fetch_metadata(Some(&topic), timeout).map_err(|e| anyhow!("metadata for {topic}: {e}"))?;
+                let mut brokers: Vec<BrokerNode> = md.brokers().iter().map(|b| BrokerNode { id: b.id(), host: b.host().to_string(), port: b.port() }).collect();
+                brokers.sort_by_key(|b| b.id);
+                let t = md.topics().iter().find(|t| t.name() == topic).filter(|t| t.error().is_none());
+                let mut partitions: Vec<PartitionReplicas> = t
+                    .map(|t| {
+                        t.partitions()
+                            .iter()
+                            .map(|p| PartitionReplicas { partition: p.id(), leader: p.leader(), replicas: p.replicas().to_vec(), isr: p.isr().to_vec() })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                partitions.sort_by_key(|p| p.partition);
+                Ok((brokers, partitions))
+            })
+        };
+        let quorum = async {
+            if !self.security.is_empty() {
+                return Err("not asked: DescribeQuorum is only sent over a plaintext listener".to_string());
+            }
+            let address = self.bootstrap.split(',').next().unwrap_or_default().trim().to_string();
+            quorum::describe(&address, timeout).await.map_err(|e| format!("{e:#}"))
+        };
+        let (metadata, quorum) = tokio::join!(metadata, quorum);
+        let (brokers, partitions) = metadata??;
+        Ok(ClusterFacts { brokers, partitions, quorum })
+    }
+
+    /// The offsets consumer group `group` has committed for every partition of `topic` (None
+    /// where it has none), read with OffsetFetch. The client never subscribes, so it never
+    /// joins the group, and it never commits (auto-commit and offset store off).
+    pub async fn committed(&self, group: &str, topic: &str, timeout: Duration) -> Result<Vec<(i32, Option<i64>)>> {
+        let (me, group, topic) = (self.clone(), group.to_string(), topic.to_string());
+        tokio::task::spawn_blocking(move || {
+            let config = me.client_config().set("group.id", &group).set("enable.auto.commit", "false").set("enable.auto.offset.store", "false").clone();
+            let c: BaseConsumer<ErrorCapture> =
+                config.create_with_context(ErrorCapture::for_config(&config)).context("creating a Kafka client")?;
+            let ids = partition_ids(&c, &topic, timeout)?.ok_or_else(|| anyhow!("no topic {topic} on the broker"))?;
+            let mut tpl = TopicPartitionList::new();
+            for id in &ids {
+                tpl.add_partition(&topic, *id);
+            }
+            let got = c.committed_offsets(tpl, timeout).map_err(|e| anyhow!("committed offsets of group {group}: {e}"))?;
+            Ok(ids
+                .iter()
+                .map(|id| {
+                    let o = got.find_partition(&topic, *id).map(|e| e.offset());
+                    (*id, if let Some(Offset::Offset(o)) = o { Some(o) } else { None })
+                })
+                .collect())
+        })
+        .await?
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BrokerNode {
+    pub id: i32,
+    pub host: String,
+    pub port: i32,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PartitionReplicas {
+    pub partition: i32,
+    /// -1: no leader, the partition is offline.
+    pub leader: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+}
+
+impl PartitionReplicas {
+    pub fn under_replicated(&self) -> bool {
+        self.isr.len() < self.replicas.len()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterFacts {
+    pub brokers: Vec<BrokerNode>,
+    pub partitions: Vec<PartitionReplicas>,
+    pub quorum: std::result::Result<quorum::Quorum, String>,
+}
+
 /// Logs how long a lookup took when dropped (RUST_LOG=labctl=debug).
 struct Timing(std::time::Instant, String);
 
@@ -385,6 +483,9 @@ fn partition_ids(c: &BaseConsumer<ErrorCapture>, topic: &str, timeout: Duration)
 pub struct PartitionActivity {
     #[serde(flatten)]
     pub offsets: PartitionOffsets,
+    /// Messages the partition holds: end offset minus start offset (what retention has not
+    /// deleted; a transaction's commit markers would count too, the lab writes none).
+    pub messages: i64,
     /// First offset with a timestamp at or after the `since` instant asked for.
     pub at_since: Option<i64>,
 }

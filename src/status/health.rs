@@ -76,7 +76,15 @@ pub fn judge_broker(b: &mut BrokerSection, f: &Facts) {
         None => Light::green(format!("{total} readings")),
     };
     if let (Some(lag), Health::Green) = (b.flink_consumer_lag, b.light.health) {
-        b.light.reason.push_str(&format!(", Flink's committed lag {lag}"));
+        b.light.reason.push_str(&format!(", Flink lag {lag} (pendingRecords)"));
+    }
+    // Replication problems outrank the flow of readings: they are what needs doing.
+    let list = |ids: &[i32]| ids.iter().map(|p| format!("p{p}")).collect::<Vec<_>>().join(" ");
+    let c = &b.cluster;
+    if !c.offline.is_empty() {
+        b.light = Light::red(format!("partition(s) {} of `{}` have no leader: their readings cannot be written or read", list(&c.offline), b.topic));
+    } else if !c.under_replicated.is_empty() && b.light.health < Health::Red {
+        b.light = Light::yellow(format!("partition(s) {} of `{}` are under-replicated (in-sync replicas < replicas)", list(&c.under_replicated), b.topic));
     }
 }
 
@@ -181,6 +189,9 @@ mod tests {
             records_out_per_s: 1.0,
             late_records_dropped: 0,
             pending_records: 0,
+            sources: vec![],
+            sinks: vec![],
+            metrics_error: None,
             last_checkpoint_age_secs: Some(5),
             restarts: Some(0),
         }
@@ -208,6 +219,24 @@ mod tests {
         let mut down = BrokerSection { light: Light::red("no answer"), ..Default::default() };
         judge_broker(&mut down, &facts(true));
         assert_eq!(down.light.health, Health::Red);
+    }
+
+    #[test]
+    fn replication_problems_of_the_topic() {
+        let section = |under: Vec<i32>, offline: Vec<i32>| {
+            let mut b = BrokerSection { topic: "t".into(), end_offsets: Some(100), ingest_per_s: Some(2.0), ..Default::default() };
+            b.cluster.under_replicated = under;
+            b.cluster.offline = offline;
+            judge_broker(&mut b, &facts(true));
+            b.light
+        };
+        assert_eq!(section(vec![], vec![]).health, Health::Green);
+        let under = section(vec![2], vec![]);
+        assert_eq!(under.health, Health::Yellow);
+        assert!(under.reason.contains("p2") && under.reason.contains("under-replicated"), "{}", under.reason);
+        let offline = section(vec![0, 2], vec![0]);
+        assert_eq!(offline.health, Health::Red);
+        assert!(offline.reason.contains("p0") && offline.reason.contains("no leader"), "{}", offline.reason);
     }
 
     #[test]

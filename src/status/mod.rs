@@ -76,6 +76,50 @@ pub struct BrokerSection {
     pub ingest_per_s: Option<f64>,
     /// Records the lab's Flink job has yet to read (its Kafka source's `pendingRecords`).
     pub flink_consumer_lag: Option<i64>,
+    /// The Flink job's consumer group as the broker sees it: the offsets it committed (on
+    /// completed checkpoints) and how far they are behind the end of each partition.
+    pub consumer_group: GroupLag,
+    /// Brokers, the active controller and the replication state of the topic's partitions.
+    pub cluster: ClusterStatus,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct GroupLag {
+    pub group: String,
+    pub partitions: Vec<PartitionLag>,
+    /// End offsets minus committed offsets, over all partitions; None when the lookup failed.
+    pub lag: Option<i64>,
+    /// Why the figures are unknown (the lookup failed or did not answer in time).
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PartitionLag {
+    pub partition: i32,
+    /// The next offset the group will read; None: nothing committed for this partition (Flink
+    /// commits none for a partition it has read nothing from).
+    pub committed: Option<i64>,
+    /// End offset minus committed offset; without a commit, every message of the partition
+    /// (the job starts such a partition at its earliest offset).
+    pub lag: i64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ClusterStatus {
+    pub brokers: Vec<crate::kafka::BrokerNode>,
+    /// The active controller: the KRaft quorum's leader (DescribeQuorum). None: see
+    /// `quorum_error`.
+    pub controller_id: Option<i32>,
+    pub quorum: Option<crate::kafka::quorum::Quorum>,
+    pub quorum_error: Option<String>,
+    /// Leader, replicas and in-sync replicas of each partition of the topic.
+    pub partitions: Vec<crate::kafka::PartitionReplicas>,
+    /// Partitions with fewer in-sync replicas than replicas.
+    pub under_replicated: Vec<i32>,
+    /// Partitions without a leader.
+    pub offline: Vec<i32>,
+    /// Why the metadata is unknown.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -105,9 +149,28 @@ pub struct FlinkJobStatus {
     pub late_records_dropped: i64,
     /// Records in the topic its sources have not read yet (consumer lag).
     pub pending_records: i64,
+    /// Each source's records emitted and rate (operator metrics, by table name).
+    pub sources: Vec<OperatorStatus>,
+    /// Each sink's records taken in and rate: raw rows, windows, rejected messages.
+    pub sinks: Vec<OperatorStatus>,
+    /// Why the record counts are unknown (the metrics lookup failed); they read 0 then.
+    pub metrics_error: Option<String>,
     pub last_checkpoint_age_secs: Option<i64>,
     /// Restores from a checkpoint since the job was submitted.
     pub restarts: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OperatorStatus {
+    pub name: String,
+    pub records: i64,
+    pub per_s: f64,
+}
+
+impl From<&crate::flink::metrics::OperatorRecords> for OperatorStatus {
+    fn from(o: &crate::flink::metrics::OperatorRecords) -> Self {
+        Self { name: o.name.clone(), records: o.records as i64, per_s: o.per_s }
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -178,7 +241,16 @@ pub async fn report_with(lab: &Lab, rt: &Runtime, timeout: Duration, concurrent:
     let services = services?;
     let ingest_running = services.iter().any(|s| s.service == INGEST && s.state == "running");
     let facts = health::Facts { ingest_running, now: Utc::now(), checkpoint_interval_secs: crate::flink::job::JobSettings::for_lab(&lab.config).checkpoint_interval_secs as i64 };
-    let mut broker = broker.unwrap_or_else(|e| BrokerSection { light: Light::red(format!("{e:#}")), topic: lab.config.broker.topic.clone(), ..Default::default() });
+    let mut broker = broker.unwrap_or_else(|e| {
+        let unknown = Some(format!("broker not answering: {e:#}"));
+        BrokerSection {
+            light: Light::red(format!("{e:#}")),
+            topic: lab.config.broker.topic.clone(),
+            consumer_group: GroupLag { group: lab_group(lab), error: unknown.clone(), ..Default::default() },
+            cluster: ClusterStatus { error: unknown.clone(), quorum_error: unknown, ..Default::default() },
+            ..Default::default()
+        }
+    });
     let mut flink = flink.unwrap_or_else(|e| FlinkSection { light: Light::red(format!("{e:#}")), ..Default::default() });
     let mut database = database.unwrap_or_else(|e| DatabaseSection { light: Light::red(format!("{e:#}")), ..Default::default() });
     let mut spark = spark.unwrap_or_else(|e| SparkSection { light: Light::red(format!("{e:#}")), ..Default::default() });
@@ -286,14 +358,29 @@ async fn services(lab: &Lab, rt: &Runtime, timeout: Duration) -> Result<Vec<Serv
     Ok(out)
 }
 
+/// The consumer group the lab's Flink job commits its offsets to.
+fn lab_group(lab: &Lab) -> String {
+    crate::flink::job::Target::lab(&lab.config).group_id
+}
+
 async fn broker(lab: &Lab, timeout: Duration) -> Result<BrokerSection> {
     let topic = lab.config.broker.topic.clone();
     let project = &lab.stack.project;
+    let group = lab_group(lab);
     let mut samples = rate::load(project);
     // One round trip set: the slow lookup by time only when no sample can give the rate.
     let at = Utc::now();
     let since = (!rate::has_base(&samples, at)).then(|| at - chrono::Duration::seconds(60));
-    let a = lab.broker()?.activity(&topic, since, timeout).await?;
+    let b = lab.broker()?;
+    // The group's offsets and the cluster's facts side by side with the offsets; each gives up
+    // a little before the section's own bound, so its failure is its own "unknown".
+    let inner = timeout.mul_f64(0.9);
+    let (a, committed, cluster) = tokio::join!(
+        b.activity(&topic, since, timeout),
+        bounded("consumer group", inner, b.committed(&group, &topic, inner)),
+        bounded("cluster", inner, b.cluster(&topic, inner)),
+    );
+    let a = a?;
     let cached = rate::update(&mut samples, rate::Sample { at, end_offsets: a.end_offsets() });
     rate::store(project, &samples);
     let ingest_per_s = cached.or_else(|| a.appended_since().map(|n| n as f64 / 60.0));
@@ -303,8 +390,48 @@ async fn broker(lab: &Lab, timeout: Duration) -> Result<BrokerSection> {
         end_offsets: Some(a.end_offsets()),
         ingest_per_s,
         flink_consumer_lag: None,
+        consumer_group: group_lag(group, &a.partitions, committed),
+        cluster: cluster_status(cluster),
         partitions: a.partitions,
     })
+}
+
+/// Lag per partition: the end offset minus the committed offset.
+fn group_lag(group: String, partitions: &[crate::kafka::PartitionActivity], committed: Result<Vec<(i32, Option<i64>)>>) -> GroupLag {
+    let committed = match committed {
+        Ok(c) => c,
+        Err(e) => return GroupLag { group, error: Some(format!("{e:#}")), ..Default::default() },
+    };
+    let partitions: Vec<PartitionLag> = partitions
+        .iter()
+        .map(|p| {
+            let c = committed.iter().find(|(id, _)| *id == p.offsets.partition).and_then(|(_, c)| *c);
+            PartitionLag { partition: p.offsets.partition, committed: c, lag: (p.offsets.high - c.unwrap_or(p.offsets.low)).max(0) }
+        })
+        .collect();
+    let lag = Some(partitions.iter().map(|p| p.lag).sum());
+    GroupLag { group, partitions, lag, error: None }
+}
+
+fn cluster_status(facts: Result<crate::kafka::ClusterFacts>) -> ClusterStatus {
+    let facts = match facts {
+        Ok(f) => f,
+        Err(e) => return ClusterStatus { error: Some(format!("{e:#}")), quorum_error: Some("metadata unknown".into()), ..Default::default() },
+    };
+    let (quorum, quorum_error) = match facts.quorum {
+        Ok(q) => (Some(q), None),
+        Err(e) => (None, Some(e)),
+    };
+    ClusterStatus {
+        brokers: facts.brokers,
+        controller_id: quorum.as_ref().map(|q| q.leader_id).filter(|id| *id >= 0),
+        quorum_error: quorum_error.or_else(|| quorum.as_ref().filter(|q| q.leader_id < 0).map(|_| "the quorum has no leader".to_string())),
+        quorum,
+        under_replicated: facts.partitions.iter().filter(|p| p.under_replicated()).map(|p| p.partition).collect(),
+        offline: facts.partitions.iter().filter(|p| p.leader < 0).map(|p| p.partition).collect(),
+        partitions: facts.partitions,
+        error: None,
+    }
 }
 
 async fn flink(lab: &Lab, timeout: Duration) -> Result<FlinkSection> {
@@ -317,10 +444,13 @@ async fn flink(lab: &Lab, timeout: Duration) -> Result<FlinkSection> {
         let (client, lab_job) = (&client, &lab_job);
         async move {
             let (m, cp) = tokio::join!(client.job_metrics(&j.jid), client.checkpoints(&j.jid));
-            let m = m.unwrap_or_else(|e| {
-                tracing::debug!("metrics of job {}: {e:#}", j.jid);
-                Default::default()
-            });
+            let (m, metrics_error) = match m {
+                Ok(m) => (m, None),
+                Err(e) => {
+                    tracing::debug!("metrics of job {}: {e:#}", j.jid);
+                    (Default::default(), Some(format!("{e:#}")))
+                }
+            };
             let cp = cp.ok();
             let last = cp.as_ref().and_then(|c| c["latest"]["completed"]["latest_ack_timestamp"].as_i64()).filter(|t| *t > 0);
             FlinkJobStatus {
@@ -332,6 +462,9 @@ async fn flink(lab: &Lab, timeout: Duration) -> Result<FlinkSection> {
                 records_out_per_s: m.records_out_per_s,
                 late_records_dropped: m.late_records_dropped as i64,
                 pending_records: m.pending_records as i64,
+                sources: m.sources.iter().map(OperatorStatus::from).collect(),
+                sinks: m.sinks.iter().map(OperatorStatus::from).collect(),
+                metrics_error,
                 last_checkpoint_age_secs: last.map(|t| (now - t).max(0) / 1000),
                 restarts: cp.as_ref().and_then(|c| c["counts"]["restored"].as_i64()),
                 id: j.jid,
@@ -423,10 +556,36 @@ mod tests {
             broker: BrokerSection {
                 light: light.clone(),
                 topic: "sensors".into(),
-                partitions: vec![crate::kafka::PartitionActivity { offsets: crate::kafka::PartitionOffsets { partition: 0, low: 0, high: 9 }, at_since: Some(3) }],
+                partitions: vec![crate::kafka::PartitionActivity {
+                    offsets: crate::kafka::PartitionOffsets { partition: 0, low: 0, high: 9 },
+                    messages: 9,
+                    at_since: Some(3),
+                }],
                 end_offsets: Some(9),
                 ingest_per_s: Some(1.8),
                 flink_consumer_lag: Some(0),
+                consumer_group: GroupLag {
+                    group: "labctl-lab-flink".into(),
+                    partitions: vec![PartitionLag { partition: 0, committed: Some(9), lag: 0 }, PartitionLag { partition: 1, committed: None, lag: 0 }],
+                    lag: Some(0),
+                    error: None,
+                },
+                cluster: ClusterStatus {
+                    brokers: vec![crate::kafka::BrokerNode { id: 1, host: "127.0.0.1".into(), port: 9092 }],
+                    controller_id: Some(1),
+                    quorum: Some(crate::kafka::quorum::Quorum {
+                        leader_id: 1,
+                        leader_epoch: 2,
+                        high_watermark: 300,
+                        voters: vec![crate::kafka::quorum::Replica { id: 1, log_end_offset: 300 }],
+                        observers: vec![],
+                    }),
+                    quorum_error: None,
+                    partitions: vec![crate::kafka::PartitionReplicas { partition: 0, leader: 1, replicas: vec![1, 2], isr: vec![1] }],
+                    under_replicated: vec![0],
+                    offline: vec![],
+                    error: None,
+                },
             },
             flink: FlinkSection {
                 light: light.clone(),
@@ -445,6 +604,9 @@ mod tests {
                     records_out_per_s: 1.0,
                     late_records_dropped: 0,
                     pending_records: 0,
+                    sources: vec![OperatorStatus { name: "sensor_readings".into(), records: 1, per_s: 0.5 }],
+                    sinks: vec![OperatorStatus { name: "machine_sensors".into(), records: 2, per_s: 1.0 }],
+                    metrics_error: None,
                     last_checkpoint_age_secs: Some(1),
                     restarts: Some(0),
                 }],
@@ -472,7 +634,12 @@ mod tests {
         };
         let empty = Report {
             services: vec![],
-            broker: BrokerSection { light: Light::red("down"), ..Default::default() },
+            broker: BrokerSection {
+                light: Light::red("down"),
+                consumer_group: GroupLag { group: "g".into(), error: Some("broker not answering".into()), ..Default::default() },
+                cluster: ClusterStatus { error: Some("broker not answering".into()), quorum_error: Some("broker not answering".into()), ..Default::default() },
+                ..Default::default()
+            },
             flink: FlinkSection { light: Light::red("down"), ..Default::default() },
             database: DatabaseSection { light: Light::red("down"), ..Default::default() },
             spark: SparkSection { light: Light::red("down"), ..Default::default() },
@@ -485,6 +652,22 @@ mod tests {
             let errors: Vec<String> = validator.iter_errors(&doc).map(|e| format!("{}: {e}", e.instance_path())).collect();
             assert!(errors.is_empty(), "{errors:#?}\n{doc:#}");
         }
+    }
+
+    #[test]
+    fn group_lag_per_partition() {
+        let part = |partition, low, high| crate::kafka::PartitionActivity {
+            offsets: crate::kafka::PartitionOffsets { partition, low, high },
+            messages: high - low,
+            at_since: None,
+        };
+        let parts = [part(0, 0, 100), part(1, 5, 5), part(2, 10, 40)];
+        let g = group_lag("g".into(), &parts, Ok(vec![(0, Some(90)), (1, None), (2, None)]));
+        let lags: Vec<(i32, Option<i64>, i64)> = g.partitions.iter().map(|p| (p.partition, p.committed, p.lag)).collect();
+        assert_eq!(lags, vec![(0, Some(90), 10), (1, None, 0), (2, None, 30)], "without a commit the job starts at the earliest offset");
+        assert_eq!((g.lag, g.error), (Some(40), None));
+        let failed = group_lag("g".into(), &parts, Err(anyhow::anyhow!("no answer within 1.8s")));
+        assert_eq!((failed.lag, failed.error.as_deref(), failed.partitions.len()), (None, Some("no answer within 1.8s"), 0));
     }
 
     impl Report {
