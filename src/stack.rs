@@ -264,8 +264,12 @@ pub fn host_address(bind_address: &str) -> &str {
 pub fn kafka_cluster_id(project: &str) -> String {
     use base64::Engine;
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(format!("labctl kafka cluster {project}").as_bytes());
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16])
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&sha2::Sha256::digest(format!("labctl kafka cluster {project}").as_bytes())[..16]);
+    // The top bit clear keeps the first character within A-Za-f: never `-`, which Kafka's own
+    // tools read as an option (as Kafka's `Uuid.randomUuid` avoids too).
+    id[0] &= 0x7f;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id)
 }
 
 /// One KRaft node, a combined broker and controller. Containers reach it by its service name
@@ -741,6 +745,18 @@ mod tests {
         let names: Vec<_> = s.external.iter().map(|e| e.name).collect();
         assert_eq!(names, [BROKER, FLINK_JM]);
         assert!(s.require(FLINK_TM).unwrap_err().to_string().contains("external"));
+    }
+
+    #[test]
+    fn kafka_cluster_ids_are_stable_valid_and_never_start_with_a_dash() {
+        assert_eq!(kafka_cluster_id("a"), kafka_cluster_id("a"));
+        for i in 0..2000 {
+            let id = kafka_cluster_id(&format!("t-lab-{i}"));
+            assert_eq!(id.len(), 22, "{id}");
+            assert!(!id.starts_with('-') && !id.starts_with('_'), "{id}");
+        }
+        // The project the suite once drew, whose id began with `-`.
+        assert!(!kafka_cluster_id("t-lab-15301-19614").starts_with('-'));
     }
 
     #[test]

@@ -115,7 +115,7 @@ fn lab_on_a_real_engine() {
         let o = flink.overview().await.unwrap();
         assert_eq!(o.taskmanagers, lab.config.flink.taskmanagers);
         assert_eq!(o.slots_total, lab.config.flink.taskmanagers * lab.config.flink.slots_per_taskmanager);
-        assert!(o.flink_version.starts_with("2.0"), "{}", o.flink_version);
+        assert!(o.flink_version.starts_with("2.2"), "{}", o.flink_version);
         assert_eq!(flink.taskmanagers().await.unwrap().len() as u32, lab.config.flink.taskmanagers);
 
         let spark = lab.spark(Duration::from_secs(5)).unwrap();

@@ -53,7 +53,8 @@ fi
 
 if [ ! -f "$data/meta.properties" ]; then
   echo "[labctl-broker] formatting $data for cluster ${KAFKA_CLUSTER_ID}, node ${KAFKA_NODE_ID}" >&2
-  format=(kafka.tools.StorageTool format -t "$KAFKA_CLUSTER_ID" -c "$conf")
+  # `--cluster-id=ID` in one word: an id may start with `-`, which the parser would take for an option.
+  format=(kafka.tools.StorageTool format "--cluster-id=${KAFKA_CLUSTER_ID}" -c "$conf")
   if [ -n "${KAFKA_SCRAM_USER:-}" ]; then
     # The SCRAM user's password comes from the file labctl placed in the container. It reaches
     # the StorageTool through a java @argfile, so neither `ps` nor `docker inspect` shows it.
