@@ -93,8 +93,23 @@ impl Lab {
     pub async fn probe(&self, probe: &Probe, timeout: Duration) -> Result<String> {
         match probe {
             Probe::KafkaMetadata { brokers } => {
-                let n = self.broker()?.ping(timeout).await?;
-                anyhow::ensure!(n >= *brokers as usize, "{n} of {brokers} brokers in the cluster's metadata");
+                let ids = self.broker()?.broker_ids(timeout).await?;
+                let n = ids.len();
+                if n < *brokers as usize {
+                    if self.external(Part::Broker) {
+                        anyhow::bail!("{n} of {brokers} brokers in the cluster's metadata");
+                    }
+                    // The lab's node k has node id k: name the ones that are missing.
+                    let missing: Vec<&str> = (1..=*brokers as i32)
+                        .filter(|id| !ids.contains(id))
+                        .filter_map(|id| crate::stack::BROKER_NODES.get(id as usize - 1).copied())
+                        .collect();
+                    anyhow::bail!(
+                        "{n} of {brokers} broker nodes registered; {} not joined: a node still formatting its storage joins within seconds, one that stays out cannot reach the KRaft quorum (see `labctl logs {}`; storage formatted for another cluster: `labctl down --volumes`)",
+                        missing.join(", "),
+                        missing.first().unwrap_or(&"broker")
+                    );
+                }
                 Ok(format!("{n} broker(s) in metadata"))
             }
             Probe::PostgresLogin => {

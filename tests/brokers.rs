@@ -7,16 +7,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{audit, read_readings, rt, wait_for, TestLab, INTERVAL};
+use common::{audit, docker, read_readings, rt, topic_total, wait_for, TestLab, INTERVAL};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 const BACKFILL_SECS: i64 = 12 * 3_600;
 
-fn docker(args: &[&str]) -> String {
-    let out = std::process::Command::new("docker").args(args).output().expect("running docker");
-    assert!(out.status.success(), "docker {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// One partition of the topic: (id, leader, replicas, in-sync replicas).
 type PartitionLayout = (i32, i32, Vec<i32>, Vec<i32>);
@@ -31,10 +26,6 @@ fn topic_layout(lab: &labctl::lab::Lab) -> Option<Vec<PartitionLayout>> {
     (!v.is_empty()).then_some(v)
 }
 
-fn total(rt: &tokio::runtime::Runtime, lab: &labctl::lab::Lab) -> Option<i64> {
-    let o = rt.block_on(lab.broker().ok()?.offsets(&lab.config.broker.topic, Duration::from_secs(3))).ok()?;
-    Some(o.iter().map(|p| p.high).sum())
-}
 
 #[test]
 fn one_of_three_brokers_killed_while_producing_loses_nothing() {
@@ -62,7 +53,7 @@ fn one_of_three_brokers_killed_while_producing_loses_nothing() {
 
     let backfill_readings = BACKFILL_SECS / INTERVAL * 9;
     let at = wait_for("the backfill to be under way", Duration::from_secs(120), || {
-        total(&rt, &lab).filter(|n| *n > backfill_readings / 5)
+        topic_total(&rt, &lab).filter(|n| *n > backfill_readings / 5)
     });
     assert!(at < backfill_readings * 7 / 10, "the backfill went too fast to be interrupted ({at} of {backfill_readings})");
     // The leader of partition 0: its partitions must move to another node.
@@ -75,7 +66,7 @@ fn one_of_three_brokers_killed_while_producing_loses_nothing() {
     // Two nodes are enough for acks=all with min.insync.replicas 2: the backfill completes
     // while the third is down.
     let done = wait_for("the backfill to complete on two nodes", Duration::from_secs(240), || {
-        total(&rt, &lab).filter(|n| *n >= backfill_readings).map(|_| killed.elapsed().as_secs_f64())
+        topic_total(&rt, &lab).filter(|n| *n >= backfill_readings).map(|_| killed.elapsed().as_secs_f64())
     });
     let moved = topic_layout(&lab).unwrap();
     assert!(moved.iter().all(|(_, l, _, isr)| *l != leader && !isr.contains(&leader)), "leadership moved off node {leader}: {moved:?}");
@@ -97,5 +88,23 @@ fn one_of_three_brokers_killed_while_producing_loses_nothing() {
         a.messages, a.unique, a.lost, a.duplicated
     );
     assert_eq!((a.lost, a.duplicated), (0, 0), "every reading in the topic exactly once");
+
+    // A node that cannot reach the others (cut off the lab's network): `up` waits for it, then
+    // fails naming that node and where to look, and leaves the containers for inspection.
+    let node3 = format!("{}-broker-3-1", t.project);
+    docker(&["network", "disconnect", &lab.stack.network, &node3]);
+    wait_for("node 3 out of the cluster's metadata", Duration::from_secs(90), || {
+        rt.block_on(lab.broker().ok()?.broker_ids(Duration::from_secs(3))).ok().filter(|ids| ids == &[1, 2])
+    });
+    let mut t = t;
+    t.set_env("LABCTL_READY_TIMEOUT_SECS", "10");
+    let out = t.run(&["up"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "up succeeded with node 3 cut off:\n{err}");
+    assert!(
+        err.contains("2 of 3 broker nodes registered; broker-3 not joined") && err.contains("labctl logs broker-3"),
+        "up names the node that did not join:\n{err}"
+    );
+    assert_eq!(docker(&["inspect", "-f", "{{.State.Status}}", &node3]), "running", "left running for inspection");
     t.ok(&["down", "--volumes", "--yes"]);
 }

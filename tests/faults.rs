@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use common::{audit, lab_jobs, read_readings as read_topic, rt, wait_for, TestLab, INTERVAL};
+use common::{audit, docker, lab_jobs, read_readings as read_topic, rt, topic_ends, topic_total, wait_for, TestLab, INTERVAL};
 
 const BACKFILL_SECS: i64 = 12 * 3_600;
 /// 3 machines x 3 sensors.
@@ -28,22 +28,8 @@ fn now_secs() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
-fn docker(args: &[&str]) -> String {
-    let out = std::process::Command::new("docker").args(args).output().expect("running docker");
-    assert!(out.status.success(), "docker {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
-fn offsets(rt: &tokio::runtime::Runtime, lab: &labctl::lab::Lab) -> Option<Vec<(i32, i64)>> {
-    let o = rt.block_on(lab.broker().ok()?.offsets(&lab.config.broker.topic, Duration::from_secs(3))).ok()?;
-    let mut v: Vec<(i32, i64)> = o.iter().map(|p| (p.partition, p.high)).collect();
-    v.sort();
-    Some(v)
-}
 
-fn total(rt: &tokio::runtime::Runtime, lab: &labctl::lab::Lab) -> Option<i64> {
-    offsets(rt, lab).map(|v| v.iter().map(|(_, h)| h).sum())
-}
 
 async fn table_count(lab: &labctl::lab::Lab, sql: &str) -> i64 {
     let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
@@ -87,7 +73,7 @@ fn faults_lose_and_double_nothing() {
     // Restart while the backfill is under way: offsets growing, well below the total. (What the
     // topic holds once the restart returns is only reported: the generator may be back by then.)
     let (at, t_seen) = wait_for("the generator's backfill to be under way", Duration::from_secs(120), || {
-        let n = total(&rt, &lab)?;
+        let n = topic_total(&rt, &lab)?;
         (n > backfill_readings / 10).then_some((n, Instant::now()))
     });
     assert!(at < backfill_readings * 8 / 10, "the backfill went too fast to be interrupted ({at} of {backfill_readings} already)");
@@ -99,18 +85,18 @@ fn faults_lose_and_double_nothing() {
     docker(&["kill", "-s", "KILL", &broker]);
     std::thread::sleep(Duration::from_secs(2));
     docker(&["start", &broker]);
-    let at_restart = total(&rt, &lab).unwrap_or(0);
+    let at_restart = topic_total(&rt, &lab).unwrap_or(0);
     eprintln!(
         "broker restarted with {at} readings in the topic ({:.1} s after seeing the backfill); {at_restart} after the restart",
         restarted.duration_since(t_seen).as_secs_f64()
     );
     let (producing_again, _) = wait_for("the generator to produce again", Duration::from_secs(180), || {
-        let n = total(&rt, &lab)?;
+        let n = topic_total(&rt, &lab)?;
         (n > at_restart + 1000 || n >= backfill_readings).then_some((restarted.elapsed().as_secs_f64(), n))
     });
     // Done with the backfill: the topic reaches the 2 days plus the ticks since.
     let backfill_done = wait_for("the backfill to complete after the broker restart", Duration::from_secs(300), || {
-        let n = total(&rt, &lab)?;
+        let n = topic_total(&rt, &lab)?;
         (n >= backfill_readings).then(|| restarted.elapsed().as_secs_f64())
     });
     let ingest_restarts = docker(&["inspect", "-f", "{{.RestartCount}}", &ingest]);
@@ -187,7 +173,7 @@ fn faults_lose_and_double_nothing() {
     assert_eq!(export["result"]["rows_written"].as_i64().unwrap(), n_readings, "{export}");
 
     let snapshot = || {
-        let offs = offsets(&rt, &lab).expect("topic offsets");
+        let offs = topic_ends(&rt, &lab).expect("topic offsets");
         let raw = rt.block_on(table_count(&lab, "SELECT count(*) FROM machine_sensors"));
         let agg = rt.block_on(table_count(&lab, "SELECT count(*) FROM sensor_aggregates"));
         let d = rt.block_on(lab.blob(Duration::from_secs(10)).unwrap().delta_summary(&lab.config.lake.container, "machine_sensors")).unwrap();

@@ -256,6 +256,36 @@ fn streaming_job_writes_exact_rows() {
     assert_eq!(status["database"]["light"]["health"], "yellow", "recent rejections ask for a look: {status:#}");
     assert!(status["database"]["light"]["reason"].as_str().unwrap_or_default().contains("rejected"), "{status:#}");
 
+    // status agrees with the data: the topic holds what was produced, per partition; the
+    // source read all of it; each sink took what its table holds; the group's offsets,
+    // committed on checkpoints, reach the end of every partition.
+    let produced = (readings.len() + bad.len() + pushers.len()) as i64;
+    let offsets = rt.block_on(lab.broker().unwrap().offsets(&lab.config.broker.topic, Duration::from_secs(10))).unwrap();
+    assert_eq!(offsets.iter().map(|p| p.high - p.low).sum::<i64>(), produced);
+    wait_for("status to count every message at each hop", Duration::from_secs(90), || {
+        let status = t.json(&["status", "--json"]);
+        let job = status_jobs(&status).into_iter().find(|j| j["id"] == job_id.as_str())?;
+        let ops = |kind: &str| -> Vec<(String, i64)> {
+            job[kind].as_array().into_iter().flatten().map(|o| (o["name"].as_str().unwrap_or("").to_string(), o["records"].as_i64().unwrap_or(-1))).collect()
+        };
+        let sink = |name: &str| ops("sinks").into_iter().find(|(n, _)| n == name).map(|(_, r)| r);
+        let per_partition: Vec<i64> = status["broker"]["partitions"].as_array()?.iter().filter_map(|p| p["messages"].as_i64()).collect();
+        let want_per: Vec<i64> = offsets.iter().map(|p| p.high - p.low).collect();
+        let group = &status["broker"]["consumer_group"];
+        let ok = per_partition == want_per
+            && ops("sources").iter().map(|(_, r)| r).sum::<i64>() == produced
+            && sink("machine_sensors") == Some((readings.len() + pushers.len()) as i64)
+            && sink("rejected_readings") == Some(bad.len() as i64)
+            && group["lag"].as_i64() == Some(0)
+            && status["broker"]["flink_consumer_lag"].as_i64() == Some(0);
+        if !ok {
+            eprintln!("status not there yet: sources {:?}, sinks {:?}, per partition {per_partition:?} (want {want_per:?}), group lag {}", ops("sources"), ops("sinks"), group["lag"]);
+        }
+        ok.then_some(())
+    });
+    let text = t.ok(&["status"]);
+    assert!(text.contains("machine_sensors") && text.contains("rejected_readings"), "status names each sink:\n{text}");
+
     // A second submit of the same job is refused: still one job.
     let again = t.run(&["submit", "flink"]);
     assert!(!again.status.success());

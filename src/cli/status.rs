@@ -134,17 +134,18 @@ fn records(j: &status::FlinkJobStatus) -> String {
     if let Some(e) = &j.metrics_error {
         return format!("records unknown ({e})");
     }
+    // Flink registers an operator's metrics some seconds after its tasks start (and again
+    // after a restore), and its REST answers refresh every 10 s: an operator not listed yet
+    // is said so, not shown as a count of 0.
     let op = |o: &status::OperatorStatus| format!("{} {} ({:.0}/s)", o.name, count(o.records), o.per_s);
-    let sources = if j.sources.is_empty() {
-        format!("in {} ({:.0}/s)", count(j.records_in), j.records_in_per_s)
-    } else {
-        j.sources.iter().map(op).collect::<Vec<_>>().join(", ")
+    let list = |ops: &[status::OperatorStatus]| {
+        if ops.is_empty() {
+            "not reported yet".to_string()
+        } else {
+            ops.iter().map(op).collect::<Vec<_>>().join(", ")
+        }
     };
-    let sinks = if j.sinks.is_empty() {
-        format!("out {} ({:.0}/s)", count(j.records_out), j.records_out_per_s)
-    } else {
-        j.sinks.iter().map(op).collect::<Vec<_>>().join(", ")
-    };
+    let (sources, sinks) = (list(&j.sources), list(&j.sinks));
     format!("source {sources} -> sinks {sinks}")
 }
 

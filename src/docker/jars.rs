@@ -48,6 +48,13 @@ impl JarSet {
         if let Ok(jars) = verified(&dir, &expected) {
             return Ok(jars);
         }
+        // Images build side by side, but two Mavens writing one local repository can leave a
+        // half-downloaded artifact behind: resolve one set at a time.
+        static MAVEN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _one_maven = MAVEN.lock().await;
+        if let Ok(jars) = verified(&dir, &expected) {
+            return Ok(jars);
+        }
         progress(format!("resolving {} jars with Maven ({})", expected.len(), self.folder));
         self.run_maven(&dir).await?;
         verified(&dir, &expected).map_err(|e| {

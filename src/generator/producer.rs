@@ -54,6 +54,10 @@ impl DeliveryContext {
 }
 
 impl ClientContext for DeliveryContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        crate::kafka::log_to_tracing(level, fac, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         let transport = matches!(
             error.rdkafka_error_code(),

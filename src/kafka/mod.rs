@@ -82,11 +82,18 @@ impl Broker {
 
     /// Number of brokers in the cluster metadata; errors when the broker does not answer.
     pub async fn ping(&self, timeout: Duration) -> Result<usize> {
+        Ok(self.broker_ids(timeout).await?.len())
+    }
+
+    /// Node ids of the brokers in the cluster metadata, sorted.
+    pub async fn broker_ids(&self, timeout: Duration) -> Result<Vec<i32>> {
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             let c = me.consumer()?;
             let md = c.fetch_metadata(None, timeout).map_err(|e| explain_consumer(&c, anyhow!("broker {} did not answer: {e}", me.bootstrap)))?;
-            Ok(md.brokers().len())
+            let mut ids: Vec<i32> = md.brokers().iter().map(|b| b.id()).collect();
+            ids.sort_unstable();
+            Ok(ids)
         })
         .await?
     }
@@ -133,6 +140,25 @@ impl Broker {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         Ok(true)
+    }
+
+    /// Deletes topics (a benchmark's scratch topics); a topic already gone is not an error.
+    pub async fn delete_topics(&self, topics: &[String]) -> Result<()> {
+        let config = self.client_config();
+        let admin: AdminClient<ErrorCapture> =
+            config.create_with_context(ErrorCapture::for_config(&config)).context("creating a Kafka admin client")?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let res = admin
+            .delete_topics(&names, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+            .await
+            .context("deleting topics")?;
+        for r in res {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((t, code)) => bail!("deleting topic {t} failed: {code}"),
+            }
+        }
+        Ok(())
     }
 
     /// Low and high watermarks of every partition of `topic`.
@@ -296,18 +322,25 @@ pub fn explain_consumer(consumer: &BaseConsumer<ErrorCapture>, err: anyhow::Erro
     consumer.context().explain(err)
 }
 
+/// librdkafka's log lines through `tracing` (target `librdkafka`, RUST_LOG=librdkafka=debug):
+/// what a client says about connections it retries is noise at the default level; the errors
+/// that matter reach the caller through `error` and the delivery reports.
+pub fn log_to_tracing(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+            tracing::warn!(target: "librdkafka", "{fac}: {message}")
+        }
+        _ => tracing::debug!(target: "librdkafka", "{fac}: {message}"),
+    }
+}
+
 /// librdkafka's own log lines go through `tracing` too, at debug level: the callers turn a
 /// broker that does not answer into one error with its fix, so the per-connection complaints
 /// (`1/1 brokers are down` every few seconds while `up` waits for a starting broker) would only
 /// be noise.
 impl ClientContext for ErrorCapture {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
-                tracing::warn!(target: "librdkafka", "{fac}: {message}")
-            }
-            _ => tracing::debug!(target: "librdkafka", "{fac}: {message}"),
-        }
+        log_to_tracing(level, fac, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {

@@ -250,3 +250,24 @@ pub fn audit(readings: &[(String, String, i64)], first_tick_range: (i64, i64)) -
     }
     Audit { messages: readings.len(), unique: seen.len(), duplicated, lost: expected - seen.len() as i64, first_ticks, last_tick }
 }
+
+/// Runs the docker CLI (faults are injected the way an operator would) and returns its stdout.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("running docker");
+    assert!(out.status.success(), "docker {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// (partition, end offset) of every partition of the lab's topic, sorted; None while the
+/// broker does not answer.
+pub fn topic_ends(rt: &tokio::runtime::Runtime, lab: &Lab) -> Option<Vec<(i32, i64)>> {
+    let o = rt.block_on(lab.broker().ok()?.offsets(&lab.config.broker.topic, Duration::from_secs(3))).ok()?;
+    let mut v: Vec<(i32, i64)> = o.iter().map(|p| (p.partition, p.high)).collect();
+    v.sort();
+    Some(v)
+}
+
+/// Messages in the lab's topic (the sum of its end offsets; the lab deletes nothing).
+pub fn topic_total(rt: &tokio::runtime::Runtime, lab: &Lab) -> Option<i64> {
+    topic_ends(rt, lab).map(|v| v.iter().map(|(_, h)| h).sum())
+}

@@ -32,6 +32,10 @@ pub struct Args {
     /// The Python baseline script.
     #[arg(long, default_value = "../shared/bench/seed_style_producer.py", value_name = "FILE")]
     pub baseline: PathBuf,
+    /// Runs of each producer, (a) and (b) alternating; the table shows medians. One run of 7
+    /// days takes about 3 s here, so single runs vary by ±20% on a busy machine.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
     /// Write the table as JSON to this file as well.
     #[arg(long, value_name = "FILE")]
     pub json_out: Option<PathBuf>,
@@ -82,8 +86,50 @@ fn field(json: &str, key: &str) -> Result<f64> {
     v[key].as_f64().with_context(|| format!("no `{key}` in {json}"))
 }
 
-/// Runs (a)-(d) and returns their rows.
+/// The median of some figures (the mean of the middle two for an even count).
+pub(crate) fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// One producer's runs: messages and seconds of each.
+#[derive(Debug, Default)]
+struct Runs {
+    runs: Vec<(f64, f64)>,
+}
+
+impl Runs {
+    fn push(&mut self, json: &str, count_key: &str) -> Result<()> {
+        self.runs.push((field(json, count_key)?, field(json, "seconds")?));
+        Ok(())
+    }
+    fn rates(&self) -> Vec<f64> {
+        self.runs.iter().map(|(n, s)| n / s.max(1e-9)).collect()
+    }
+    fn median(&self) -> f64 {
+        median(&self.rates())
+    }
+    /// "median of 3: 301k 310k 322k msg/s, 1088640 msgs each"
+    fn describe(&self) -> String {
+        let rates: Vec<String> = self.rates().iter().map(|r| format!("{:.0}k", r / 1000.0)).collect();
+        let n = self.runs.first().map(|r| r.0).unwrap_or(0.0);
+        format!("median of {}: [{}] msg/s, {n:.0} msgs each", self.runs.len(), rates.join(" "))
+    }
+}
+
+/// Runs (a)-(d) and returns their rows. (a) and (b) alternate run by run, so that a change in
+/// the machine's load during the benchmark falls on both alike; each run writes a fresh topic
+/// (a used topic would make `ingest` resume instead of backfilling) and the topics are deleted
+/// at the end.
 pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
     let baseline = std::fs::read(&args.baseline).with_context(|| {
         format!("cannot read the Python baseline {}; pass --baseline PATH", args.baseline.display())
     })?;
@@ -92,10 +138,30 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
     let bootstrap = crate::stack::cluster_bootstrap(lab.config.broker.nodes);
     let partitions = lab.config.broker.partitions;
     let nonce = chrono::Utc::now().format("%H%M%S").to_string();
-    let topic = |x: &str| format!("bench-{nonce}-{x}");
-    for x in ["a", "b", "c"] {
-        broker.ensure_topic(&topic(x), partitions).await?;
+    let topic = |x: &str, run: usize| format!("bench-{nonce}-{x}{run}");
+    let mut topics = Vec::new();
+    for run in 0..args.runs {
+        for x in ["a", "b", "c"] {
+            broker.ensure_topic(&topic(x, run), partitions).await?;
+            topics.push(topic(x, run));
+        }
     }
+    let result = measure(lab, args, &rt, &broker, &bootstrap, &topic, &baseline).await;
+    if let Err(e) = broker.delete_topics(&topics).await {
+        eprintln!("could not delete the benchmark's topics ({}): {e:#}", topics.join(", "));
+    }
+    result
+}
+
+async fn measure(
+    lab: &Lab,
+    args: &Args,
+    rt: &Runtime,
+    broker: &crate::kafka::Broker,
+    bootstrap: &str,
+    topic: &dyn Fn(&str, usize) -> String,
+    baseline: &[u8],
+) -> Result<Vec<Measurement>> {
     let days = format!("{}", args.days);
     // The generator's image carries this very binary (rebuilt here if it changed).
     let (ingest_image, _) = rt.ensure_image(&INGEST_IMAGE, false, &indicatif::ProgressBar::hidden()).await?;
@@ -104,57 +170,74 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
         bail!("the bench needs the lab's images; run `labctl up` first");
     }
 
-    eprintln!("(d) generate and encode in this process …");
-    let days_f = args.days;
-    let (d_n, d_s) = tokio::task::spawn_blocking(move || generate_only(days_f)).await?;
     let venv = python_venv().await?;
-    eprintln!("(d) baseline: Python script, '-' mode …");
-    let out = tokio::process::Command::new(venv.join("bin/python"))
-        .arg(&args.baseline)
-        .args(["-", "unused", &days])
-        .output()
-        .await
-        .context("running the Python baseline")?;
-    let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_string();
-    let (pd_n, pd_s) = (field(&line, "messages")?, field(&line, "seconds")?);
+    let (mut d, mut pd) = (Runs::default(), Runs::default());
+    for run in 1..=args.runs {
+        eprintln!("(d) run {run}/{}: generate and encode in this process, then the Python script's '-' mode …", args.runs);
+        let days_f = args.days;
+        let (n, s) = tokio::task::spawn_blocking(move || generate_only(days_f)).await?;
+        d.runs.push((n as f64, s));
+        let out = tokio::process::Command::new(venv.join("bin/python"))
+            .arg(&args.baseline)
+            .args(["-", "unused", &days])
+            .output()
+            .await
+            .context("running the Python baseline")?;
+        let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_string();
+        pd.push(&line, "messages")?;
+    }
 
-    eprintln!("(a) labctl ingest into the broker …");
-    let a = run_container(&rt, lab, "a", &ingest_image, None,
-        ["ingest", "--bootstrap", &bootstrap, "--topic", &topic("a"), "--backfill", &format!("{}s", (args.days * 86_400.0) as i64), "--no-live", "--json"].map(String::from).to_vec(), &[]).await?;
-    eprintln!("(b) raw rdkafka producer, pre-encoded …");
-    let b = run_container(&rt, lab, "b", &ingest_image, None,
-        ["bench", "raw-producer", "--bootstrap", &bootstrap, "--topic", &topic("b"), "--days", &days].map(String::from).to_vec(), &[]).await?;
-    eprintln!("(c) the Python baseline into the broker (installing confluent-kafka and numpy first, not timed) …");
-    let script = format!(
-        "python -m venv /tmp/v && /tmp/v/bin/pip install -q confluent-kafka numpy >/dev/null && /tmp/v/bin/python /tmp/seed_style_producer.py {bootstrap} {} {days}",
-        topic("c")
-    );
-    let c = run_container(&rt, lab, "c", &spark_image, Some(vec!["sh".into(), "-c".into()]), vec![script], &[("/tmp/seed_style_producer.py", &baseline)]).await?;
+    let (mut a, mut b) = (Runs::default(), Runs::default());
+    for run in 0..args.runs {
+        eprintln!("(a) run {}/{}: labctl ingest into the broker …", run + 1, args.runs);
+        let backfill = format!("{}s", (args.days * 86_400.0) as i64);
+        let cmd = ["ingest", "--bootstrap", bootstrap, "--topic", &topic("a", run), "--backfill", &backfill, "--no-live", "--json"];
+        let out = run_container(rt, lab, "a", &ingest_image, None, cmd.map(String::from).to_vec(), &[]).await?;
+        a.push(last(&out)?, "delivered")?;
+        eprintln!("(b) run {}/{}: raw rdkafka producer, pre-encoded …", run + 1, args.runs);
+        let cmd = ["bench", "raw-producer", "--bootstrap", bootstrap, "--topic", &topic("b", run), "--days", &days];
+        let out = run_container(rt, lab, "b", &ingest_image, None, cmd.map(String::from).to_vec(), &[]).await?;
+        b.push(last(&out)?, "messages")?;
+    }
+    // The Python producer is slow to install: one container, its runs one after another.
+    eprintln!("(c) the Python baseline into the broker, {} run(s) (installing confluent-kafka and numpy first, not timed) …", args.runs);
+    let runs: Vec<String> = (0..args.runs)
+        .map(|run| format!("/tmp/v/bin/python /tmp/seed_style_producer.py {bootstrap} {} {days}", topic("c", run)))
+        .collect();
+    let script = format!("python -m venv /tmp/v && /tmp/v/bin/pip install -q confluent-kafka numpy >/dev/null && {}", runs.join(" && "));
+    let out = run_container(rt, lab, "c", &spark_image, Some(vec!["sh".into(), "-c".into()]), vec![script], &[("/tmp/seed_style_producer.py", baseline)]).await?;
+    let mut c = Runs::default();
+    for line in &out {
+        c.push(line, "messages")?;
+    }
+    if c.runs.len() != args.runs {
+        bail!("the Python baseline printed {} result(s) for {} run(s):\n{}", c.runs.len(), args.runs, out.join("\n"));
+    }
 
     // How each producer's keys spread over the partitions (the job gets one reader each).
     let mut spread = Vec::new();
     for x in ["a", "b", "c"] {
-        let offsets = broker.offsets(&topic(x), Duration::from_secs(10)).await?;
+        let offsets = broker.offsets(&topic(x, 0), Duration::from_secs(10)).await?;
         let per: Vec<String> = offsets.iter().map(|p| (p.high - p.low).to_string()).collect();
-        eprintln!("({x}) messages per partition of {}: [{}]", topic(x), per.join(", "));
+        eprintln!("({x}) messages per partition of {}: [{}]", topic(x, 0), per.join(", "));
         spread.push(format!("per partition [{}]", per.join(", ")));
     }
-    let (a_n, a_s) = (field(&a, "delivered")?, field(&a, "seconds")?);
-    let (b_n, b_s) = (field(&b, "messages")?, field(&b, "seconds")?);
-    let (c_n, c_s) = (field(&c, "messages")?, field(&c, "seconds")?);
-    let rate = |n: f64, s: f64| n / s.max(1e-9);
-    let (a_r, b_r, c_r) = (rate(a_n, a_s), rate(b_n, b_s), rate(c_n, c_s));
-    let (d_r, pd_r) = (rate(d_n as f64, d_s), rate(pd_n, pd_s));
-    let n = |n: f64, s: f64| format!("{n:.0} msgs in {s:.2} s");
-    let with = |i: usize, note: String| format!("{note}, {}", spread[i]);
+    let ratios: Vec<String> = a.rates().iter().zip(b.rates()).map(|(x, y)| format!("{:.2}", x / y)).collect();
+    let (a_r, b_r, c_r, d_r, pd_r) = (a.median(), b.median(), c.median(), d.median(), pd.median());
     Ok(vec![
-        Measurement::new("ingest", "(a) labctl ingest -> broker", a_r, "msg/s").against("(b) raw rdkafka ceiling", a_r / b_r).note(with(0, n(a_n, a_s))),
-        Measurement::new("ingest", "(a) labctl ingest -> broker", a_r, "msg/s").against("(c) python producer", a_r / c_r).note(n(a_n, a_s)),
-        Measurement::new("ingest", "(b) raw rdkafka, pre-encoded", b_r, "msg/s").note(with(1, n(b_n, b_s))),
-        Measurement::new("ingest", "(c) python seed-style producer", c_r, "msg/s").note(with(2, n(c_n, c_s))),
-        Measurement::new("ingest", "(d) generate+encode, no broker", d_r, "msg/s").against("python '-' mode", d_r / pd_r).note(n(d_n as f64, d_s)),
-        Measurement::new("ingest", "(d) python '-' mode", pd_r, "msg/s").note(n(pd_n, pd_s)),
+        Measurement::new("ingest", "(a) labctl ingest -> broker", a_r, "msg/s")
+            .against("(b) raw rdkafka ceiling", a_r / b_r)
+            .note(format!("{}; run by run [{}]; {}", a.describe(), ratios.join(" "), spread[0])),
+        Measurement::new("ingest", "(a) labctl ingest -> broker", a_r, "msg/s").against("(c) python producer", a_r / c_r),
+        Measurement::new("ingest", "(b) raw rdkafka, pre-encoded", b_r, "msg/s").note(format!("{}; {}", b.describe(), spread[1])),
+        Measurement::new("ingest", "(c) python seed-style producer", c_r, "msg/s").note(format!("{}; {}", c.describe(), spread[2])),
+        Measurement::new("ingest", "(d) generate+encode, no broker", d_r, "msg/s").against("python '-' mode", d_r / pd_r).note(d.describe()),
+        Measurement::new("ingest", "(d) python '-' mode", pd_r, "msg/s").note(pd.describe()),
     ])
+}
+
+fn last(lines: &[String]) -> Result<&str> {
+    lines.last().map(String::as_str).context("no result line")
 }
 
 /// A venv with the baseline's dependencies, made once in labctl's cache folder.

@@ -169,7 +169,7 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
                 }
             };
             eprintln!("== ingest");
-            keep("ingest", ingest::run(&lab, &ingest::Args { days: all.days, baseline: all.baseline.clone(), json_out: None }).await);
+            keep("ingest", ingest::run(&lab, &ingest::Args { days: all.days, baseline: all.baseline.clone(), runs: 3, json_out: None }).await);
             eprintln!("== status");
             keep("status", status::run(&lab, &status::Args { runs: 15, json_out: None }).await);
             eprintln!("== flink");
@@ -197,8 +197,8 @@ pub(crate) fn fleet_and_starts(days: f64) -> (Fleet, Vec<Position>, i64) {
     (fleet, starts, now_tick)
 }
 
-/// Runs a one-off container on the lab's network and returns its last output line.
-pub(crate) async fn run_container(rt: &Runtime, lab: &Lab, name: &str, image: &str, entrypoint: Option<Vec<String>>, cmd: Vec<String>, files: &[(&str, &[u8])]) -> Result<String> {
+/// Runs a one-off container on the lab's network and returns the JSON lines it printed.
+pub(crate) async fn run_container(rt: &Runtime, lab: &Lab, name: &str, image: &str, entrypoint: Option<Vec<String>>, cmd: Vec<String>, files: &[(&str, &[u8])]) -> Result<Vec<String>> {
     let cname = format!("{}-bench-{name}", lab.stack.project);
     let _ = rt.docker.remove_container(&cname, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
     let config = ContainerConfig {
@@ -223,13 +223,13 @@ pub(crate) async fn run_container(rt: &Runtime, lab: &Lab, name: &str, image: &s
             tracing::debug!("wait {cname}: {e}");
         }
     }
-    let logs = rt.tail_logs(&cname, 40).await?;
+    let logs = rt.tail_logs(&cname, 200).await?;
     let _ = rt.docker.remove_container(&cname, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
-    logs.lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .map(|l| l.trim().to_string())
-        .with_context(|| format!("{name} printed no result:\n{logs}"))
+    let lines: Vec<String> = logs.lines().filter(|l| l.trim_start().starts_with('{')).map(|l| l.trim().to_string()).collect();
+    if lines.is_empty() {
+        bail!("{name} printed no result:\n{logs}");
+    }
+    Ok(lines)
 }
 
 /// Produces `days` of the default fleet into `topic` from this process; returns the count.
