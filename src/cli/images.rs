@@ -6,6 +6,7 @@ use anyhow::Result;
 use indicatif::MultiProgress;
 
 use super::{finish, spinner};
+use crate::stack::ImageSpec;
 use crate::{
     config::Config,
     docker::{images::{image_tag, BASE_IMAGE}, Runtime},
@@ -58,12 +59,11 @@ pub async fn run(_config: Config, cmd: Command) -> Result<ExitCode> {
             let pb = spinner(&multi, "base");
             rt.ensure_base(&pb).await?;
             finish(&pb, format!("{BASE_IMAGE} present"));
-            for spec in IMAGES.iter().filter(|i| names.is_empty() || names.iter().any(|n| n == i.name)) {
-                let pb = spinner(&multi, spec.name);
-                let t = std::time::Instant::now();
-                let (tag, built) = rt.ensure_image(spec, force, &pb).await?;
-                let how = if built { format!("built in {:.0} s", t.elapsed().as_secs_f64()) } else { "cached".into() };
-                finish(&pb, format!("{tag} {how}"));
+            let specs: Vec<&'static ImageSpec> = IMAGES.iter().filter(|i| names.is_empty() || names.iter().any(|n| n == i.name)).collect();
+            for (name, tag, built) in super::build_images(&rt, &specs, force, &multi).await? {
+                if !built {
+                    eprintln!("{name:<18} {tag} cached");
+                }
             }
         }
         Command::Bootstrap => {

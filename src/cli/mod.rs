@@ -142,3 +142,32 @@ pub fn finish(pb: &indicatif::ProgressBar, msg: String) {
     }
     pb.finish_with_message(msg);
 }
+
+/// Images built at once. Most build time is waiting on package downloads and unpacking, not on
+/// the CPU (only TimescaleDB compiles), so on two cores three builds overlap well.
+const PARALLEL_BUILDS: usize = 3;
+
+/// Builds the images that are missing, a few at a time with a spinner each; returns (name,
+/// tag, whether it was built) in the order given. The base image must exist.
+pub(crate) async fn build_images(rt: &crate::docker::Runtime, specs: &[&'static crate::stack::ImageSpec], force: bool, multi: &indicatif::MultiProgress) -> Result<Vec<(&'static str, String, bool)>> {
+    use futures_util::{StreamExt, TryStreamExt};
+    futures_util::stream::iter(specs.iter().copied())
+        .map(|spec| {
+            let pb = spinner(multi, spec.name);
+            async move {
+                let t = std::time::Instant::now();
+                let (tag, built) = rt.ensure_image(spec, force, &pb).await?;
+                if built {
+                    let line = format!("built {tag} in {:.0} s", t.elapsed().as_secs_f64());
+                    tracing::info!("{line}");
+                    finish(&pb, line);
+                } else {
+                    pb.finish_and_clear();
+                }
+                Ok::<_, anyhow::Error>((spec.name, tag, built))
+            }
+        })
+        .buffered(PARALLEL_BUILDS)
+        .try_collect()
+        .await
+}

@@ -227,35 +227,12 @@ fn check_ports(lab: &Lab, existing: &[ContainerInfo]) -> Result<()> {
     Ok(())
 }
 
-/// Images built at once. Most build time is waiting on package downloads and unpacking, not
-/// on the CPU (only TimescaleDB compiles), so on two cores three builds overlap well.
-const PARALLEL_BUILDS: usize = 3;
-
-/// Base image first, then the images the stack uses, a few at a time, one spinner each.
+/// Base image first, then the images the stack uses (see `cli::build_images`).
 async fn build_images(rt: &Runtime, lab: &Lab, multi: &MultiProgress, force: bool) -> Result<Vec<(&'static str, String)>> {
-    use futures_util::{StreamExt, TryStreamExt};
     let pb = spinner(multi, "images");
     rt.ensure_base(&pb).await?;
     let specs: Vec<&'static stack::ImageSpec> = IMAGES.iter().filter(|i| lab.stack.services.iter().any(|s| s.image.name == i.name)).collect();
-    let results: Vec<(&'static str, String, bool)> = futures_util::stream::iter(specs)
-        .map(|spec| {
-            let pb = spinner(multi, &format!("image {}", spec.name));
-            async move {
-                let t = Instant::now();
-                let (tag, was_built) = rt.ensure_image(spec, force, &pb).await?;
-                if was_built {
-                    let line = format!("built {tag} in {:.0} s", t.elapsed().as_secs_f64());
-                    tracing::info!("{line}");
-                    finish(&pb, line);
-                } else {
-                    pb.finish_and_clear();
-                }
-                Ok::<_, anyhow::Error>((spec.name, tag, was_built))
-            }
-        })
-        .buffered(PARALLEL_BUILDS)
-        .try_collect()
-        .await?;
+    let results = super::build_images(rt, &specs, force, multi).await?;
     let built: Vec<&str> = results.iter().filter(|r| r.2).map(|r| r.0).collect();
     finish(&pb, if built.is_empty() { "all cached".into() } else { format!("built {}", built.join(", ")) });
     Ok(results.into_iter().map(|(name, tag, _)| (name, tag)).collect())
