@@ -1,5 +1,6 @@
-"""Batch export: TimescaleDB (JDBC) -> Delta Lake on Azure Blob storage (Azurite), rendered and
-submitted by `labctl` (config from templates/spark/export.json.tera).
+"""Batch export: TimescaleDB (JDBC) -> Delta Lake on Azure Blob storage (Azurite), written by Delta
+Lake's own Spark writer through Hadoop's WASB driver; rendered and submitted by `labctl` (config
+from templates/spark/export.json.tera).
 
 Usage (as the Python application of a Spark driver):
     timescale_to_deltalake.py '<config JSON>'
@@ -7,7 +8,7 @@ Usage (as the Python application of a Spark driver):
     timescale_to_deltalake.py @https://account.blob.example/container/config.json?<SAS>
   A config fetched over http(s) (how labctl ships it: a SAS URL with read and delete permission
   of a blob in the lake) is deleted right after it is read, with a DELETE on the same URL: it
-  holds the database password. A failed deletion is a warning on stderr, not a failure.
+  holds the database password and the storage key. A failed deletion is a warning on stderr.
 
 Config (all keys required unless marked optional):
     {
@@ -15,74 +16,79 @@ Config (all keys required unless marked optional):
       "db_user":     "lab",
       "db_password": "...",
       "tables": [                                   # exported one after the other
-        {"name": "machine_sensors",   "time_column": "timestamp",    "delta_path": "machine_sensors"},
-        {"name": "sensor_aggregates", "time_column": "window_start", "delta_path": "sensor_aggregates"}
+        {"name": "machine_sensors", "time_column": "timestamp", "delta_path": "machine_sensors",
+         "checksum_columns": ["value"]},            # optional: numeric columns summed per day
+        ...
       ],
-      "range": {"from": null, "to": null},          # ISO-8601 strings (UTC; "Z", an offset, or none
-                                                    # = UTC; a bare date = midnight UTC) or null
+      "range": {"from": null, "to": null},          # optional: ISO-8601 strings (UTC; "Z", an
+                                                    # offset, or none = UTC; a bare date =
+                                                    # midnight UTC) or null; widened to whole UTC
+                                                    # days [midnight(from), next midnight >= to)
       "partitions": 4,                              # JDBC read partitions (= Spark tasks), >= 1
-      "read_only": false,                           # optional, default false: read the range over
-                                                    # JDBC into the tasks and count the rows; write
-                                                    # and commit nothing (a benchmark's baseline)
+      "read_only": false,                           # optional: compare, then read the differing
+                                                    # days over JDBC and count them; write and
+                                                    # commit nothing (a benchmark's baseline)
       "result_url": null,                           # optional: a URL (a blob SAS with create and
                                                     # write permission) the job PUTs its result to
-                                                    # as a block blob, see Output
       "lake": {
         "account":   "devstoreaccount1",
         "key":       "...",                         # shared key (base64)
-        "endpoint":  "http://azurite:10000/devstoreaccount1",   # optional; null = public Azure
-        "container": "lake",
-        "allow_http": true                          # optional, default false
+        "endpoint":  "http://devstoreaccount1.blob.core.windows.net",  # as this cluster reaches
+                                                    # it: http(s)://<account>.<domain>[:port]
+        "container": "lake"
       }
     }
-    The Delta table of each entry is az://<container>/<delta_path>.
+    The Delta table of each entry is wasb[s]://<container>@<endpoint host>/<delta_path> (wasbs for
+    an https endpoint). WASB reaches an account by its host name only (no path-style endpoint);
+    the lab's network gives its Azurite the alias devstoreaccount1.blob.core.windows.net, port 80.
+    The key goes into the SparkContext's Hadoop configuration
+    (fs.azure.account.key.<host>) at run time: never into an environment variable, a Spark
+    property of the submission, an argument or a log line.
 
-Range semantics (per table; the time column is the partitioning instant):
-  * range.from given ("replace" mode): the range is widened to whole UTC days,
-    [midnight(from), next midnight >= (to or now)), because a run replaces whole day partitions.
-    All rows of those days are read, and the same Delta commit removes every file of those days
-    that is in the table, so re-running a range never duplicates rows. If the database has no row
-    in the range, nothing is committed (the lake keeps its data: it may be the only copy left).
-  * range.from null ("incremental" mode): rows with time > the newest instant already in the Delta
-    table (exact max of its time column; everything if the table does not exist) and
-    time < (to or now - 60 s: readings younger than that may still be on their way through
-    Flink). Appends only; a run without new rows exports 0 rows and commits nothing.
-    (A row inserted later with a time older than that instant is not picked up incrementally;
-    re-export its day with an explicit range.)
+What is exported is decided by what the lake holds, not by a time margin. Per table and UTC day
+(within the range, if one is given), the database's rows are compared with the Delta table's
+current version: the number of rows, the sum of the time column in epoch microseconds (exact) and
+the sum of each checksum column (within a relative 1e-10). Exactly the days where the database
+has rows and the lake differs (or has none) are rewritten, all of them in ONE Delta transaction:
+`format("delta").mode("overwrite").option("replaceWhere", <those days>)`, partitioned by
+year/month/day, from a parallel JDBC read of just those days. So a reading that reaches the
+database late, with an old timestamp, is in the lake after the next export; a run with nothing to
+change reads the comparison and commits nothing. Days the lake holds and the database does not
+(e.g. dropped chunks) are kept: the lake may be the only copy left.
 
-What it does: per table, min/max of the range are queried on the driver (no Spark job); the range
-is read over JDBC in `partitions` parallel slices of the time column (slice edges on UTC midnights
-when the range spans at least that many days); each Spark task writes one Parquet file per UTC day
-of its slice to year=Y/month=M/day=D/ in the table location and returns the add-file metadata
-(path, size, partition values, stats); the driver commits all files of the table in ONE Delta
-transaction (delta-rs create_write_transaction, or create_table_with_add_actions for a new table),
-together with the remove actions of replaced days. Then a vacuum (retention 0 for the files this
-commit removed: deleted at once, so storage does not grow with re-runs) also deletes data files no
-version references (files of failed runs, never committed) once they are 15 minutes old; younger
-ones may belong to an export running at the same time. One run = one new table version, or none
-when there is nothing to export. A failure before the commit leaves the table at its version.
+Exports at the same time: Delta's optimistic concurrency. A transaction that replaces days
+another export committed since it started fails Delta's conflict check
+(ConcurrentAppendException, ConcurrentDeleteReadException, ...; two creators of a new table:
+ProtocolChangedException); this job then compares again and retries (ATTEMPTS in all), so both
+exports end with the table equal to the database and no row doubled: replaceWhere replaces the
+days, it never appends to them. A killed export commits nothing (a Delta commit is one atomic
+log entry); its written files stay unreferenced until VACUUM deletes them, and the re-run
+compares and rewrites what differs (idempotent by replaceWhere, no transaction ids needed).
+After a commit, VACUUM with Delta's default retention (7 days): no file a reader of a version of
+the last week or a running export needs is deleted.
 
-Table schema: the source columns (timestamps as timestamp[us, UTC], i.e. Delta `timestamp`;
-double stays double, text -> string, bigint -> long, integer -> integer) plus partition columns
-year, month, day (integer, from the UTC time). Parquet files hold the source columns only.
+Table schema: the source columns (timestamptz -> Delta timestamp, Parquet TIMESTAMP_MICROS;
+double, string, long, integer) plus partition columns year, month, day (integer, UTC).
 
 Output: on success one stdout line
     LABCTL_RESULT {"rows_read":..,"rows_written":..,"files":..,"files_removed":..,
                    "delta_version":..,"committed":..,"partitions":[["2026","11","17"],..],
-                   "tables":[..],"message":"..","startup":{..},"seconds":..}
-  rows/files are summed and partitions (the days written) merged over the tables; delta_version
-  is the first table's version after the run (unchanged when nothing was committed; null if the
-  table does not exist); committed tells whether any table got a new version; seconds counts from
-  the driver JVM's start. Each entry of "tables" has name, delta_uri, mode (replace|incremental),
-  from, to (the effective range, ISO), committed, rows_read, rows_written, files, files_removed,
-  vacuumed, orphans_kept, delta_version, previous_version, partitions, message, phases (seconds
-  per step) and seconds; "startup" holds the driver's start-up steps (seconds). When no table has
-  rows to export, no Spark application is started at all (only the driver's JVM and Python).
+                   "days_compared":..,"days_rewritten":..,"tables":[..],"message":"..",
+                   "startup":{..},"read_only":..,"seconds":..}
+  summed/merged over the tables; partitions are the days rewritten; delta_version is the first
+  table's version after the run (null if the table does not exist); seconds counts from the
+  driver JVM's start. Each entry of "tables" has name, delta_uri, from, to (the compared range,
+  ISO, null = open), committed, rows_read, rows_written, files, files_removed, delta_version,
+  previous_version, partitions, days_compared, days_rewritten, days_only_in_lake, differences
+  (the first days that differed: day, database and lake rows), attempts, message, phases
+  (seconds per step: compare_db, compare_lake, read_write, commit, vacuum) and seconds.
 Spark property spark.labctl.driverTaskThreads=N (optional, set by labctl when the cluster has one
 worker and the driver was granted its cores): the tasks run inside the driver with N threads
 (local[N,maxFailures]) instead of on executors.
-Submission needs the PostgreSQL JDBC driver in spark.jars (also used on the driver, before the
-SparkContext exists) and python with pyarrow + deltalake on driver and executors.
+Submission needs the PostgreSQL JDBC driver in spark.jars (also used on the driver for the
+comparison query) and delta-spark, delta-storage, hadoop-azure and azure-storage on the class
+path of driver and executors (docker/spark/maven/pom.xml; the lab's image has them in
+$SPARK_HOME/jars).
 On failure one line `LABCTL_ERROR <message>` on stdout (and stderr when that is a different
 stream), then the traceback; the process exits non-zero (driverState FAILED).
 With result_url set, the same JSON as the LABCTL_RESULT line is also PUT there on success, and
@@ -109,19 +115,34 @@ PREFIX_ERROR = "LABCTL_ERROR "
 PARTITION_COLUMNS = ["year", "month", "day"]
 DAY_US = 86_400_000_000
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-# object_store client settings: fail within seconds instead of minutes when storage is down.
-STORAGE_CLIENT_OPTIONS = {"max_retries": "3", "retry_timeout": "20s", "connect_timeout": "5s",
-                          "timeout": "120s"}
-# An incremental run without `to` exports readings older than this: younger ones may still be
-# on their way through Flink, and the next run starts above the newest exported instant.
-SETTLE_SECONDS = 60
-# Unreferenced data files younger than this may belong to an export still running: kept.
-ORPHAN_GRACE_SECONDS = 15 * 60
+# Compare, write, commit: tries in all when a concurrent export's commit conflicts with ours.
+ATTEMPTS = 3
+# Sums of a checksum column agree when within this relative difference (database and Spark add
+# the same doubles in different orders).
+SUM_TOLERANCE = 1e-10
+# Days listed in a table's "differences" (all of them are counted).
+DIFFERENCES_SHOWN = 10
 # Fetching the config, deleting it, writing the result: each call is small.
 HTTP_TIMEOUT_SECONDS = 30
 # Blob service version of those calls (sent as x-ms-version).
 BLOB_API_VERSION = "2021-08-06"
 TRACEBACK_TAIL_LINES = 15
+# The WASB driver's retries (its defaults: 30 tries with back-off up to 30 s, i.e. many minutes
+# before an unreachable lake is an error).
+WASB_SETTINGS = {
+    "fs.azure.io.retry.max.retries": "3",
+    "fs.azure.io.retry.min.backoff.interval": "500",
+    "fs.azure.io.retry.backoff.interval": "1000",
+    "fs.azure.io.retry.max.backoff.interval": "4000",
+    "fs.azure.storage.timeout": "60",
+    # The SAS-key service mode is off: the account key signs every request.
+    "fs.azure.secure.mode": "false",
+}
+# Delta's names for a commit that lost against a concurrent one (Java class simple names).
+CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException",
+             "ConcurrentDeleteDeleteException", "ConcurrentTransactionException",
+             "ConcurrentWriteException", "MetadataChangedException", "ProtocolChangedException",
+             "DeltaConcurrentModificationException")
 
 
 class JobError(Exception):
@@ -225,6 +246,19 @@ def put_result(url, doc):
               file=sys.stderr, flush=True)
 
 
+def wasb_authority(lake):
+    """(https?, "<account>.<domain>[:port]") of the lake's endpoint, as WASB addresses it."""
+    parts = urllib.parse.urlsplit(lake["endpoint"])
+    host = parts.hostname or ""
+    if (parts.scheme not in ("http", "https") or parts.path.strip("/") or "." not in host
+            or host.split(".")[0] != lake["account"]):
+        raise JobError(f"lake.endpoint {lake['endpoint']!r}: Hadoop's WASB driver reaches a storage "
+                       f"account by its host name; use http(s)://{lake['account']}.<domain>[:port] "
+                       "as this cluster reaches it (the lab's Azurite: "
+                       "http://devstoreaccount1.blob.core.windows.net), not a path-style URL")
+    return parts.scheme == "https", host + (f":{parts.port}" if parts.port else "")
+
+
 def load_config(argv):
     if len(argv) < 2 or not argv[1].strip():
         raise JobError("usage: timescale_to_deltalake.py '<config JSON>' | @<config file> | "
@@ -254,10 +288,16 @@ def load_config(argv):
         if not isinstance(t, dict) or not all(isinstance(t.get(k), str) and t.get(k)
                                               for k in ("name", "time_column", "delta_path")):
             raise JobError(f"each table needs string name, time_column, delta_path: {json.dumps(t)}")
+        sums = t.setdefault("checksum_columns", [])
+        if not isinstance(sums, list) or not all(isinstance(c, str) and c for c in sums):
+            raise JobError(f"checksum_columns must be a list of column names: {json.dumps(t)}")
+        if any(seg.startswith(("_", ".")) for seg in t["delta_path"].strip("/").split("/")):
+            raise JobError(f"delta_path {t['delta_path']!r}: no segment may start with _ or .")
     lake = cfg["lake"]
-    for key in ("account", "key", "container"):
+    for key in ("account", "key", "container", "endpoint"):
         if not isinstance(lake, dict) or not lake.get(key):
             raise JobError(f"config key missing: lake.{key}")
+    lake["_https"], lake["_authority"] = wasb_authority(lake)
     rng = cfg.get("range") or {}
     if not isinstance(rng, dict):
         raise JobError("malformed range: range must be an object {\"from\":..,\"to\":..}")
@@ -281,39 +321,16 @@ def load_config(argv):
     return cfg
 
 
-def storage_options(lake):
-    opts = {"account_name": lake["account"], "account_key": lake["key"]}
-    if lake.get("endpoint"):
-        opts["endpoint"] = lake["endpoint"]
-    if str(lake.get("allow_http", False)).lower() in ("true", "1"):
-        opts["allow_http"] = "true"
-    opts.update(STORAGE_CLIENT_OPTIONS)
-    return opts
-
-
 def quote_ident(name):
     return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
 
 
 # ----------------------------------------------------------------------------------------------
-# Time helpers (all instants are aware UTC datetimes or int microseconds since the epoch)
+# Time helpers (instants are aware UTC datetimes; days are days since 1970-01-01, UTC)
 # ----------------------------------------------------------------------------------------------
-
-def to_us(instant):
-    delta = instant - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_us(us):
-    return EPOCH + dt.timedelta(microseconds=us)
-
 
 def iso(instant):
     return None if instant is None else instant.isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def sql_ts(us):
-    return "'" + from_us(us).isoformat(timespec="microseconds") + "'::timestamptz"
 
 
 def floor_day(instant):
@@ -325,183 +342,79 @@ def ceil_day(instant):
     return day if day == instant else day + dt.timedelta(days=1)
 
 
-def day_key(epoch_day):
-    d = dt.date(1970, 1, 1) + dt.timedelta(days=epoch_day)
-    return (str(d.year), str(d.month), str(d.day))
+def epoch_day(instant):
+    return (instant - EPOCH).days
 
 
-def ms_iso(us):
-    """Delta stats timestamp format (millisecond precision, truncated like delta-rs/Spark)."""
-    return from_us(us - us % 1000).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+def day_date(day):
+    return dt.date(1970, 1, 1) + dt.timedelta(days=day)
 
 
-# ----------------------------------------------------------------------------------------------
-# Executor side: one Spark task = one JDBC slice -> one Parquet file per UTC day
-# ----------------------------------------------------------------------------------------------
-
-# Rows coming back from the tasks to the driver: one per Parquet file written (file_path set)
-# and one per task with the number of rows it read (file_path null).
-FILE_META_SCHEMA = ("task int, rows_read long, file_path string, size long, year string, "
-                    "month string, day string, modification_time long, stats string, rows long, "
-                    "read_seconds double, write_seconds double")
+def day_iso(day):
+    return day_date(day).isoformat()
 
 
-def make_partition_writer(table_uri, opts, time_column):
-    """The function for DataFrame.mapInArrow: consumes one JDBC slice as Arrow record batches
-    (Spark timestamps arrive as timestamp[us, tz=<session tz>], i.e. UTC instants), writes one
-    Parquet file per UTC day into year=Y/month=M/day=D/ of the table location, and yields the
-    add-file metadata. Nothing is committed here."""
-
-    def write_partition(batches):
-        import math
-
-        import pyarrow as pa
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-        from deltalake.fs import DeltaStorageHandler
-        from pyspark import TaskContext
-
-        task = TaskContext.get().partitionId()
-        t_read = time.time()
-        per_day = {}  # epoch day -> [RecordBatch]
-        schema = None
-        rows_read = 0
-        for batch in batches:
-            if schema is None:  # timestamps relabelled as UTC (the instants are unchanged)
-                schema = pa.schema([
-                    pa.field(f.name, pa.timestamp("us", tz="UTC"), True)
-                    if pa.types.is_timestamp(f.type) and f.type.tz is not None
-                    else pa.field(f.name, f.type, True) for f in batch.schema])
-            batch = pa.RecordBatch.from_arrays(
-                [c.cast(schema.field(i).type) for i, c in enumerate(batch.columns)], schema=schema)
-            rows_read += batch.num_rows
-            micros = batch.column(time_column).cast(pa.int64())
-            days = pc.divide(micros, DAY_US)  # integer division; times before 1970 do not occur
-            for d in pc.unique(days).to_pylist():
-                if d is not None:  # a NULL time has no day (and is outside any range anyway)
-                    per_day.setdefault(d, []).append(batch.filter(pc.equal(days, d)))
-
-        t_write = time.time()
-        out = {k: [] for k in ("task", "rows_read", "file_path", "size", "year", "month", "day",
-                               "modification_time", "stats", "rows", "read_seconds",
-                               "write_seconds")}
-
-        def emit(**kw):
-            for k in out:
-                out[k].append(kw.get(k))
-
-        store = DeltaStorageHandler(table_uri, opts)._handler if per_day else None
-        attempt = uuid.uuid4().hex
-        for d, parts in sorted(per_day.items()):
-            tbl = pa.Table.from_batches(parts, schema=schema).sort_by(time_column)
-            y, m, dd = day_key(d)
-            rel = f"year={y}/month={m}/day={dd}/part-{task:05d}-{attempt}-c000.snappy.parquet"
-            sink = pa.BufferOutputStream()
-            pq.write_table(tbl, sink, compression="snappy", row_group_size=1 << 20)
-            buf = sink.getvalue()
-            # delta-rs' object_store stream, called directly: through pyarrow's PyFileSystem the
-            # write gets a pyarrow Buffer, which deltalake 1.6.6 rejects ("not an instance of bytes")
-            stream = store.open_output_stream(rel, None)
-            stream.write(buf.to_pybytes())
-            stream.close()
-            stats = {"numRecords": tbl.num_rows, "minValues": {}, "maxValues": {}, "nullCount": {}}
-            for field in schema:
-                col = tbl.column(field.name)
-                stats["nullCount"][field.name] = col.null_count
-                if col.null_count == tbl.num_rows:
-                    continue
-                if pa.types.is_timestamp(field.type):
-                    micros = col.cast(pa.int64())
-                    lo, hi = ms_iso(pc.min(micros).as_py()), ms_iso(pc.max(micros).as_py())
-                elif (pa.types.is_integer(field.type) or pa.types.is_floating(field.type)
-                      or pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
-                    mm = pc.min_max(col)
-                    lo, hi = mm["min"].as_py(), mm["max"].as_py()
-                    if isinstance(lo, float) and not (math.isfinite(lo) and math.isfinite(hi)):
-                        continue
-                    if isinstance(lo, str) and (len(lo) > 32 or len(hi) > 32):
-                        continue
-                else:
-                    continue
-                stats["minValues"][field.name] = lo
-                stats["maxValues"][field.name] = hi
-            emit(task=task, rows_read=0, file_path=rel, size=buf.size, year=y, month=m, day=dd,
-                 modification_time=int(time.time() * 1000), stats=json.dumps(stats),
-                 rows=tbl.num_rows)
-        emit(task=task, rows_read=rows_read, rows=0, read_seconds=t_write - t_read,
-             write_seconds=time.time() - t_write)
-        yield pa.RecordBatch.from_pydict(out, schema=pa.schema([
-            ("task", pa.int32()), ("rows_read", pa.int64()), ("file_path", pa.string()),
-            ("size", pa.int64()), ("year", pa.string()), ("month", pa.string()),
-            ("day", pa.string()), ("modification_time", pa.int64()), ("stats", pa.string()),
-            ("rows", pa.int64()), ("read_seconds", pa.float64()),
-            ("write_seconds", pa.float64())]))
-
-    return write_partition
+def day_key(day):
+    d = day_date(day)
+    return [str(d.year), str(d.month), str(d.day)]
 
 
-def make_partition_counter():
-    """read_only mode: the same JDBC slice as Arrow record batches, counted and dropped."""
-
-    def count_partition(batches):
-        import pyarrow as pa
-        from pyspark import TaskContext
-
-        task = TaskContext.get().partitionId()
-        t_read = time.time()
-        rows_read = sum(batch.num_rows for batch in batches)
-        yield pa.RecordBatch.from_pydict(
-            {"task": [task], "rows_read": [rows_read], "file_path": [None], "size": [None],
-             "year": [None], "month": [None], "day": [None], "modification_time": [None],
-             "stats": [None], "rows": [0], "read_seconds": [time.time() - t_read],
-             "write_seconds": [0.0]},
-            schema=pa.schema([
-                ("task", pa.int32()), ("rows_read", pa.int64()), ("file_path", pa.string()),
-                ("size", pa.int64()), ("year", pa.string()), ("month", pa.string()),
-                ("day", pa.string()), ("modification_time", pa.int64()), ("stats", pa.string()),
-                ("rows", pa.int64()), ("read_seconds", pa.float64()),
-                ("write_seconds", pa.float64())]))
-
-    return count_partition
+def sql_ts(day):
+    """Midnight UTC starting `day`, as a PostgreSQL timestamptz literal."""
+    return f"'{day_iso(day)} 00:00:00+00'::timestamptz"
 
 
-def map_in_arrow(df, func, schema):
-    """DataFrame.mapInArrow. It needs pyarrow only, but pyspark 4.0 checks for pandas on the
-    driver anyway (pandas_udf); the lab's Spark image has no pandas, so skip that check then."""
-    import importlib.util
-
-    if importlib.util.find_spec("pandas") is None:
-        import pyspark.sql.pandas.functions as pandas_functions
-
-        pandas_functions.require_minimum_pandas_version = lambda: None
-    return df.mapInArrow(func, schema)
+def sql_ts_us(us):
+    instant = EPOCH + dt.timedelta(microseconds=us)
+    return "'" + instant.isoformat(timespec="microseconds") + "'::timestamptz"
 
 
 # ----------------------------------------------------------------------------------------------
-# Driver side
+# Errors of the JVM side
 # ----------------------------------------------------------------------------------------------
 
-def task_error(exc):
-    """(kind, one-line detail) of a failed Spark job: the Python exception raised in a task (kind
-    "lake" for storage errors of delta-rs/object_store, else "task"), or the Java root cause
-    (kind "jdbc" for PostgreSQL errors)."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    for line in text.splitlines():
-        m = re.match(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (\S.*)$", line)
-        if m and not m.group(1).startswith(("py4j", "org.apache.spark", "Py4J", "pyspark")):
-            # a delta-rs error chain may continue on the following lines
-            rest = text[text.index(line) + len(line):].split("\n\n")[0]
-            detail = re.sub(r"(https?://[^\s?]+)\?\S*", r"\1", f"{m.group(1)}: {m.group(2)} {rest}")
-            kind = "lake" if re.search(r"MicrosoftAzure|object.?store|az://", detail) else "task"
-            if "PSQLException" in detail or "SQLException" in detail:
-                kind = "jdbc"
-            return kind, one_line(detail, limit=400)
-    cause = java_root_cause(exc)
-    return ("jdbc" if "SQLException" in cause or "postgresql" in cause else "task"), cause
+def java_chain(exc):
+    """Class names and messages of a Java exception and its causes (empty for a Python one)."""
+    jexc = getattr(exc, "java_exception", None) or getattr(exc, "_origin", None)
+    out = []
+    try:
+        while jexc is not None and len(out) < 20:
+            out.append((str(jexc.getClass().getName()), str(jexc.getMessage())))
+            cause = jexc.getCause()
+            jexc = None if cause is None or cause.equals(jexc) else cause
+    except Exception:  # noqa: BLE001
+        pass
+    return out
 
+
+def is_conflict(exc):
+    """A Delta commit that lost against a concurrent transaction."""
+    names = [name.rsplit(".", 1)[-1] for name, _ in java_chain(exc)]
+    text = str(exc)
+    return any(c in names or c in text for c in CONFLICTS)
+
+
+def failure_kind(exc):
+    """'lake' (storage), 'jdbc' (database) or 'spark', and a one-line detail."""
+    chain = java_chain(exc)
+    detail = (f"{chain[-1][0]}: {chain[-1][1]}" if chain else f"{type(exc).__name__}: {exc}")
+    every = " ".join(f"{n} {m}" for n, m in chain) + " " + str(exc)
+    if re.search(r"PSQLException|SQLException|org\.postgresql", every):
+        kind = "jdbc"
+    elif re.search(r"azure|StorageException|wasb|UnknownHost|blob\.core", every, re.I):
+        kind = "lake"
+    else:
+        kind = "spark"
+    # a SAS query string is a credential: never in a message
+    return kind, one_line(re.sub(r"(https?://[^\s?]+)\?\S*", r"\1", detail), limit=400)
+
+
+# ----------------------------------------------------------------------------------------------
+# The database side
+# ----------------------------------------------------------------------------------------------
 
 class Db:
-    """A JDBC connection on the driver JVM (py4j), for the small bound queries."""
+    """A JDBC connection on the driver JVM (py4j), for the per-day comparison query."""
 
     def __init__(self, jvm, cfg):
         self.url = cfg["jdbc_url"]
@@ -520,27 +433,34 @@ class Db:
         if self.conn is None:
             raise JobError(f"the PostgreSQL JDBC driver does not accept the URL {self.url}")
 
-    def bounds(self, table, column, lower_us, lower_inclusive, upper_us):
+    def day_summary(self, table, time_column, sums, lo_day, hi_day):
+        """{day: (rows, sum of epoch microseconds, [sum of each checksum column])} of the days
+        in [lo_day, hi_day) (None = open) that have rows."""
+        tc = quote_ident(time_column)
         cond = []
-        if lower_us is not None:
-            cond.append(f"{quote_ident(column)} {'>=' if lower_inclusive else '>'} {sql_ts(lower_us)}")
-        if upper_us is not None:
-            cond.append(f"{quote_ident(column)} < {sql_ts(upper_us)}")
+        if lo_day is not None:
+            cond.append(f"{tc} >= {sql_ts(lo_day)}")
+        if hi_day is not None:
+            cond.append(f"{tc} < {sql_ts(hi_day)}")
         where = (" WHERE " + " AND ".join(cond)) if cond else ""
-        # epoch microseconds as exact integers (no JDBC/JVM time zone in between)
-        sql = (f"SELECT (extract(epoch from min({quote_ident(column)})) * 1000000)::bigint, "
-               f"(extract(epoch from max({quote_ident(column)})) * 1000000)::bigint "
-               f"FROM {quote_ident(table)}{where}")
+        # extract(epoch) is numeric with microseconds (PostgreSQL 14+): the sum is exact
+        cols = [f"floor(extract(epoch from {tc}) / 86400)::bigint", "count(*)",
+                f"sum(round(extract(epoch from {tc}) * 1000000))::text"]
+        cols += [f"sum({quote_ident(c)})::float8" for c in sums]
+        sql = f"SELECT {', '.join(cols)} FROM {quote_ident(table)}{where} GROUP BY 1"
+        out = {}
         try:
             stmt = self.conn.createStatement()
             rs = stmt.executeQuery(sql)
-            rs.next()
-            lo, hi = rs.getLong(1), rs.getLong(2)
-            null = rs.wasNull()
+            while rs.next():
+                day = rs.getLong(1)
+                out[day] = (rs.getLong(2), int(rs.getString(3)),
+                            [rs.getDouble(4 + i) for i in range(len(sums))])
             stmt.close()
         except Exception as exc:  # noqa: BLE001
-            raise JobError(f"query on table {table} failed: {java_root_cause(exc)}") from exc
-        return (None, None) if null else (lo, hi)
+            raise JobError(f"the comparison query on table {table} failed: "
+                           f"{java_root_cause(exc)}") from exc
+        return out
 
     def close(self):
         try:
@@ -549,317 +469,282 @@ class Db:
             pass
 
 
-def slice_edges(lo_us, hi_us, n):
-    """n slices [e_i, e_i+1) covering [lo, hi]; inner edges on UTC midnights when the range
-    spans at least n days (fewer files per day), otherwise equal time slices."""
-    span = hi_us - lo_us
-    if n <= 1 or span <= 0:
-        return [lo_us, hi_us]
-    edges = [lo_us + span * i // n for i in range(1, n)]
-    if span >= n * DAY_US:
-        edges = [(e + DAY_US // 2) // DAY_US * DAY_US for e in edges]
-    edges = sorted({e for e in edges if lo_us < e <= hi_us})
-    return [lo_us] + edges + [hi_us]
+def jdbc_predicates(time_column, days, db_days, n):
+    """WHERE clauses, one per Spark task, that together read exactly `days` (sorted), balanced
+    by the database's row counts: whole days grouped when there are at least n of them, else each
+    day cut into equal time slices."""
+    tc = quote_ident(time_column)
+    if len(days) >= n:
+        total = sum(db_days[d][0] for d in days) or 1
+        groups, acc = [[]], 0
+        for d in days:
+            if groups[-1] and acc >= total * len(groups) / n and len(groups) < n:
+                groups.append([])
+            groups[-1].append(d)
+            acc += db_days[d][0]
+        preds = []
+        for g in groups:
+            runs, start, prev = [], g[0], g[0]
+            for d in g[1:] + [None]:
+                if d is not None and d == prev + 1:
+                    prev = d
+                    continue
+                runs.append(f"({tc} >= {sql_ts(start)} AND {tc} < {sql_ts(prev + 1)})")
+                if d is not None:
+                    start = prev = d
+            preds.append(" OR ".join(runs))
+        return preds
+    per_day = -(-n // len(days))
+    preds = []
+    for d in days:
+        edges = [d * DAY_US + DAY_US * i // per_day for i in range(per_day + 1)]
+        for a, b in zip(edges, edges[1:]):
+            preds.append(f"{tc} >= {sql_ts_us(a)} AND {tc} < {sql_ts_us(b)}")
+    return preds
 
 
-def arrow_type_for(spark_type):
-    import pyarrow as pa
-    from pyspark.sql import types as T
+# ----------------------------------------------------------------------------------------------
+# The lake side
+# ----------------------------------------------------------------------------------------------
 
-    mapping = [
-        (T.TimestampType, pa.timestamp("us", tz="UTC")),
-        (T.TimestampNTZType, pa.timestamp("us")),
-        (T.DoubleType, pa.float64()), (T.FloatType, pa.float32()),
-        (T.LongType, pa.int64()), (T.IntegerType, pa.int32()), (T.ShortType, pa.int16()),
-        (T.ByteType, pa.int8()), (T.BooleanType, pa.bool_()), (T.StringType, pa.string()),
-        (T.DateType, pa.date32()), (T.BinaryType, pa.binary()),
-    ]
-    for cls, arrow in mapping:
-        if isinstance(spark_type, cls):
-            return arrow
-    if isinstance(spark_type, T.DecimalType):
-        return pa.decimal128(spark_type.precision, spark_type.scale)
-    return None
+def lake_location(lake, delta_path):
+    scheme = "wasbs" if lake["_https"] else "wasb"
+    return f"{scheme}://{lake['container']}@{lake['_authority']}/{delta_path.strip('/')}"
 
 
-def exact_max_time(dt_table, opts, table_uri, time_column):
-    """Exact newest instant (int us) in the table's time column, or None if the table is empty.
-    Stats hold millisecond-truncated maxima, so only files whose stats max equals the largest one
-    are read (just the time column); files without stats are read too."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.fs as pafs
-    import pyarrow.parquet as pq
-    from deltalake.fs import DeltaStorageHandler
+def configure_lake(sc, lake):
+    """The storage key and WASB's settings in the SparkContext's Hadoop configuration (which the
+    tasks get with their work), not in a Spark property of the submission."""
+    conf = sc._jsc.hadoopConfiguration()
+    conf.set(f"fs.azure.account.key.{lake['_authority']}", lake["key"])
+    for k, v in WASB_SETTINGS.items():
+        conf.set(k, v)
 
-    adds = pa.table(dt_table.get_add_actions(flatten=True))
-    if adds.num_rows == 0:
+
+def lake_state(spark, uri):
+    """None when there is no Delta table at `uri` (and nothing else either); else (version,
+    partition columns). Anything else at the location is an error."""
+    jvm = spark._jvm
+    if not jvm.io.delta.tables.DeltaTable.isDeltaTable(spark._jsparkSession, uri):
+        path = jvm.org.apache.hadoop.fs.Path(uri)
+        fs = path.getFileSystem(spark._jsc.hadoopConfiguration())
+        if fs.exists(path) and len(fs.listStatus(path)) > 0:
+            raise JobError(f"{uri} holds files but is not a Delta table (no _delta_log); "
+                           "move them away or export to another delta_path")
         return None
-    paths = adds.column("path").to_pylist()
-    stat_col = f"max.{time_column}"
-    if stat_col in adds.column_names:
-        maxima = adds.column(stat_col).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_pylist()
-    else:
-        maxima = [None] * len(paths)
-    known = [m for m in maxima if m is not None]
-    top = max(known) if known else None
-    candidates = [p for p, m in zip(paths, maxima) if m is None or m == top]
-    fs = pafs.PyFileSystem(DeltaStorageHandler(table_uri, opts))
-    best = None
-    for path in candidates:
-        col = pq.read_table(path, columns=[time_column], filesystem=fs).column(time_column)
-        if col.length() - col.null_count == 0:
-            continue
-        v = pc.max(col.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())).as_py()
-        best = v if best is None else max(best, v)
-    return best
+    detail = spark.sql(f"DESCRIBE DETAIL delta.`{uri}`").collect()[0].asDict()
+    version = spark.sql(f"DESCRIBE HISTORY delta.`{uri}` LIMIT 1").collect()[0]["version"]
+    return version, list(detail.get("partitionColumns") or [])
 
 
-def vacuum_unreferenced(table, table_uri, opts, removed):
-    """Vacuum with retention 0 for the files this commit removed: they are deleted at once.
-    Other data files that the current version does not reference (files of failed runs, or of
-    an earlier vacuum that failed) are deleted once older than ORPHAN_GRACE_SECONDS, so the
-    uncommitted files of an export running at the same time are never touched.
-    Not DeltaTable.vacuum: in deltalake 1.6.6 it re-lists already deleted tombstones on every call
-    and appends two log entries (VACUUM START/END) to every run; and with retention 0 it would
-    delete a concurrent writer's uncommitted files. Hidden paths (_delta_log, ...) are skipped."""
-    from urllib.parse import unquote
+def lake_summary(spark, uri, time_column, sums, lo_day, hi_day):
+    """The same figures as Db.day_summary, from the Delta table's current version, per
+    year/month/day partition."""
+    from pyspark.sql import functions as F
 
-    import pyarrow as pa
-    import pyarrow.fs as pafs
-    from deltalake.fs import DeltaStorageHandler
-
-    referenced = {unquote(p) for p in pa.table(table.get_add_actions()).column("path").to_pylist()}
-    removed = {unquote(p) for p in removed}
-    fs = pafs.PyFileSystem(DeltaStorageHandler(table_uri, opts))
-    cutoff = time.time() - ORPHAN_GRACE_SECONDS
-    deleted = kept = 0
-    for info in fs.get_file_info(pafs.FileSelector("", recursive=True, allow_not_found=True)):
-        path = info.path.lstrip("/")
-        if info.type != pafs.FileType.File or not path.endswith(".parquet"):
-            continue
-        if any(seg.startswith(("_", ".")) for seg in path.split("/")):
-            continue
-        path = unquote(path)
-        if path in referenced:
-            continue
-        if path in removed or (info.mtime is not None and info.mtime.timestamp() < cutoff):
-            fs.delete_file(info.path.lstrip("/"))
-            deleted += 1
-        else:
-            kept += 1
-    return deleted, kept
+    df = spark.read.format("delta").load(uri)
+    date = F.make_date(F.col("year"), F.col("month"), F.col("day"))
+    if lo_day is not None:
+        df = df.where(date >= F.lit(day_date(lo_day)))
+    if hi_day is not None:
+        df = df.where(date < F.lit(day_date(hi_day)))
+    aggs = [F.count(F.lit(1)).alias("n"),
+            F.sum(F.unix_micros(F.col(time_column)).cast("decimal(38,0)")).alias("ts")]
+    aggs += [F.sum(F.col(c).cast("double")).alias(f"s{i}") for i, c in enumerate(sums)]
+    out = {}
+    for r in df.groupBy("year", "month", "day").agg(*aggs).collect():
+        day = epoch_day(dt.datetime(r["year"], r["month"], r["day"], tzinfo=dt.timezone.utc))
+        out[day] = (r["n"], int(r["ts"] or 0), [r[f"s{i}"] for i in range(len(sums))])
+    return out
 
 
-def plan_table(jvm, cfg, tcfg, now):
-    """Before Spark starts: the table's Delta state, the effective range and the bounds of the
-    data in it (one query on the driver JVM). Returns (plan, result)."""
-    from deltalake import DeltaTable
+def same(db, lake):
+    if lake is None or db[0] != lake[0] or db[1] != lake[1]:
+        return False
+    for a, b in zip(db[2], lake[2]):
+        if a is None or b is None:
+            if a != b:
+                return False
+        elif abs(a - b) > SUM_TOLERANCE * max(1.0, abs(a), abs(b)):
+            return False
+    return True
 
-    phases = {}
+
+def replace_where(days):
+    """Delta predicate over the partition columns selecting exactly `days`."""
+    by_month = {}
+    for d in days:
+        x = day_date(d)
+        by_month.setdefault((x.year, x.month), []).append(x.day)
+    return " OR ".join(f"(year = {y} AND month = {m} AND day IN ({', '.join(map(str, ds))}))"
+                       for (y, m), ds in sorted(by_month.items()))
+
+
+# ----------------------------------------------------------------------------------------------
+# One table
+# ----------------------------------------------------------------------------------------------
+
+def export_table(spark, cfg, tcfg, run_id):
+    from pyspark.sql import functions as F
+
+    name, time_column, sums = tcfg["name"], tcfg["time_column"], tcfg["checksum_columns"]
     lake = cfg["lake"]
-    opts = storage_options(lake)
-    name, time_column = tcfg["name"], tcfg["time_column"]
-    delta_path = tcfg["delta_path"].strip("/")
-    table_uri = f"az://{lake['container']}/{delta_path}"
-    result = {"name": name, "delta_uri": table_uri, "committed": False, "rows_read": 0,
-              "rows_written": 0, "files": 0, "files_removed": 0, "vacuumed": 0, "orphans_kept": 0,
-              "delta_version": None, "previous_version": None, "partitions": []}
-
-    # -- current table state (also the early reachability check of the lake)
-    t = time.time()
-    try:
-        if DeltaTable.is_deltatable(table_uri, storage_options=opts):
-            table = DeltaTable(table_uri, storage_options=opts)
-        else:
-            table = None
-    except Exception as exc:  # noqa: BLE001
-        raise JobError(f"lake storage unreachable at {lake.get('endpoint') or 'Azure'} "
-                       f"(account {lake['account']}, container {lake['container']}, table "
-                       f"{delta_path}): {one_line(exc)}") from exc
-    if table is not None:
-        result["previous_version"] = result["delta_version"] = table.version()
-        part_cols = table.metadata().partition_columns
-        if part_cols != PARTITION_COLUMNS:
-            raise JobError(f"{table_uri} is partitioned by {part_cols}, expected {PARTITION_COLUMNS}")
-
-    # -- effective range
-    if cfg["_from"] is not None:
-        mode = "replace"
-        lower = floor_day(cfg["_from"])
-        upper = ceil_day(cfg["_to"] or now)
-        lower_us, lower_inclusive, upper_us = to_us(lower), True, to_us(upper)
-    else:
-        mode = "incremental"
-        # Not `now`: Flink writes a reading a few seconds after its timestamp, and one that lands
-        # below an exported bound would be skipped for good (the next run starts above it).
-        upper = cfg["_to"] or now - dt.timedelta(seconds=SETTLE_SECONDS)
-        upper_us = to_us(upper)
+    uri = lake_location(lake, tcfg["delta_path"])
+    lo_day = epoch_day(floor_day(cfg["_from"])) if cfg["_from"] else None
+    hi_day = epoch_day(ceil_day(cfg["_to"])) if cfg["_to"] else None
+    phases = {"compare_db": 0.0, "compare_lake": 0.0, "read_write": 0.0, "commit": 0.0,
+              "vacuum": 0.0}
+    result = {"name": name, "delta_uri": uri, "committed": False, "rows_read": 0,
+              "rows_written": 0, "files": 0, "files_removed": 0, "delta_version": None,
+              "previous_version": None, "partitions": [], "days_compared": 0,
+              "days_rewritten": 0, "days_only_in_lake": 0, "differences": [], "attempts": 0,
+              "from": iso(floor_day(cfg["_from"])) if cfg["_from"] else None,
+              "to": iso(ceil_day(cfg["_to"])) if cfg["_to"] else None, "phases": phases}
+    t_table = time.time()
+    for attempt in range(1, ATTEMPTS + 1):
+        result["attempts"] = attempt
+        # -- compare: the database's days, then the lake's
+        t = time.time()
+        db = Db(spark._jvm, cfg)
         try:
-            lower_us = exact_max_time(table, opts, table_uri, time_column) if table else None
-        except Exception as exc:  # noqa: BLE001
-            raise JobError(f"cannot read the newest exported instant of {table_uri}: "
-                           f"{one_line(exc)}") from exc
-        lower = from_us(lower_us) if lower_us is not None else None
-        lower_inclusive = False
-    result.update(mode=mode, **{"from": iso(lower), "to": iso(upper)})
-    phases["lake_state"] = round(time.time() - t, 3)
-
-    # -- bounds of the data in range
-    t = time.time()
-    lo_us = hi_us = None
-    if lower_us is None or lower_us < upper_us:
-        db = Db(jvm, cfg)
-        try:
-            lo_us, hi_us = db.bounds(name, time_column, lower_us, lower_inclusive, upper_us)
+            db_days = db.day_summary(name, time_column, sums, lo_day, hi_day)
         finally:
             db.close()
-    phases["bounds_query"] = round(time.time() - t, 3)
-    result["phases"] = phases
-    rng = f"{'[' if lower_inclusive else '('}{iso(lower) or '-inf'}, {iso(upper)})"
-    if lo_us is None:
-        result["message"] = (f"{name}: no rows in range {rng}; nothing exported, {table_uri} "
-                             f"left at version {result['previous_version']}")
-        log(result["message"])
-        return None, result
-    log(f"{name}: {mode} export of {rng}, data {iso(from_us(lo_us))} .. {iso(from_us(hi_us))} "
-        f"-> {table_uri}")
-    plan = {"name": name, "time_column": time_column, "table_uri": table_uri, "opts": opts,
-            "table": table, "mode": mode, "lower": lower, "upper": upper, "lo_us": lo_us,
-            "hi_us": hi_us}
-    return plan, result
+        phases["compare_db"] += round(time.time() - t, 3)
+        t = time.time()
+        try:
+            state = lake_state(spark, uri)
+            if state is not None and state[1] != PARTITION_COLUMNS:
+                raise JobError(f"{uri} is partitioned by {state[1]}, expected {PARTITION_COLUMNS}")
+            lake_days = lake_summary(spark, uri, time_column, sums, lo_day, hi_day) if state else {}
+        except JobError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            kind, detail = failure_kind(exc)
+            what = "lake storage unreachable or unreadable" if kind == "lake" else "reading the lake failed"
+            raise JobError(f"{name}: {what} at {lake['endpoint']} (container {lake['container']}, "
+                           f"table {uri}): {detail}; nothing committed") from exc
+        phases["compare_lake"] += round(time.time() - t, 3)
+        version = state[0] if state else None
+        if attempt == 1:
+            result["previous_version"] = version
+        result["delta_version"] = version
+        days = sorted(d for d in db_days if not same(db_days[d], lake_days.get(d)))
+        result["days_compared"] = len(set(db_days) | set(lake_days))
+        result["days_rewritten"] = len(days)
+        result["days_only_in_lake"] = len(set(lake_days) - set(db_days))
+        result["differences"] = [{"day": day_iso(d), "database_rows": db_days[d][0],
+                                  "lake_rows": lake_days[d][0] if d in lake_days else 0}
+                                 for d in days[:DIFFERENCES_SHOWN]]
+        result["partitions"] = [day_key(d) for d in days]
+        log(f"{name}: {len(db_days)} days in the database, {len(lake_days)} in the lake "
+            f"(version {version}), {len(days)} to rewrite")
+        if not days:
+            result["message"] = (f"{name}: the lake equals the database on all "
+                                 f"{result['days_compared']} days compared; nothing written, "
+                                 f"{uri} left at version {version}")
+            return finish(result, t_table)
+
+        # -- read exactly those days over JDBC, in parallel
+        t = time.time()
+        props = {"user": cfg["db_user"], "password": cfg["db_password"],
+                 "driver": "org.postgresql.Driver", "fetchsize": "20000"}
+        preds = jdbc_predicates(time_column, days, db_days, cfg["partitions"])
+        df = spark.read.jdbc(cfg["jdbc_url"], quote_ident(name), predicates=preds, properties=props)
+        clash = [c for c in df.columns if c in PARTITION_COLUMNS]
+        if clash:
+            raise JobError(f"{name}: column {clash[0]} clashes with a partition column")
+        tcol = F.col(time_column)
+        df = df.select("*", F.year(tcol).alias("year"), F.month(tcol).alias("month"),
+                       F.dayofmonth(tcol).alias("day"))
+        expected = sum(db_days[d][0] for d in days)
+        if cfg["read_only"]:
+            try:
+                row = df.agg(F.count(F.lit(1)).alias("n"),
+                             F.sum(F.hash(*df.columns)).alias("h")).collect()[0]
+            except Exception as exc:  # noqa: BLE001
+                raise JobError(f"{name}: reading over JDBC failed: {failure_kind(exc)[1]}") from exc
+            phases["read_write"] = round(time.time() - t, 3)
+            result["rows_read"] = row["n"]
+            result["message"] = (f"{name}: read {row['n']} rows of {len(days)} differing days "
+                                 f"(read_only: nothing written, {uri} left at version {version})")
+            return finish(result, t_table)
+
+        # -- one Delta transaction: replace those days (or create the table with them)
+        meta = json.dumps({"labctl.export": {"run": run_id, "table": name, "days": len(days),
+                                             "rows": expected}}, separators=(",", ":"))
+        # replaceWhere also when the table is new: should another export create it meanwhile,
+        # this one replaces those days instead of appending to them
+        writer = (df.write.format("delta").partitionBy(*PARTITION_COLUMNS)
+                  .option("userMetadata", meta).mode("overwrite")
+                  .option("replaceWhere", replace_where(days)))
+        try:
+            writer.save(uri)
+        except Exception as exc:  # noqa: BLE001
+            if is_conflict(exc) and attempt < ATTEMPTS:
+                log(f"{name}: a concurrent export committed first ({failure_kind(exc)[1]}); "
+                    f"comparing again (attempt {attempt + 1} of {ATTEMPTS})")
+                phases["read_write"] += round(time.time() - t, 3)
+                continue
+            kind, detail = failure_kind(exc)
+            what = {"lake": "writing to the lake", "jdbc": f"reading {name} over JDBC"}
+            if is_conflict(exc):
+                what["spark"] = f"conflicting with concurrent exports {ATTEMPTS} times"
+            raise JobError(f"export of {name} failed, {what.get(kind, 'Spark job')}: {detail} "
+                           f"(nothing committed, {uri} left at version {version})") from exc
+        t_end = time.time()
+        commit = commit_of(spark, uri, run_id, name)
+        if commit is None:
+            raise JobError(f"{name}: the write to {uri} returned, but its commit is not in the "
+                           "table's recent history")
+        # the commit's own timestamp splits the write (tasks) from the commit (driver)
+        commit_secs = max(0.0, min(t_end - t, t_end - commit["timestamp"]))
+        phases["read_write"] += round(t_end - t - commit_secs, 3)
+        phases["commit"] = round(commit_secs, 3)
+        metrics = commit["metrics"]
+        result.update(committed=True, delta_version=commit["version"],
+                      rows_written=int(metrics.get("numOutputRows", 0)),
+                      files=int(metrics.get("numFiles", metrics.get("numAddedFiles", 0))),
+                      files_removed=int(metrics.get("numRemovedFiles", 0)))
+        result["rows_read"] = result["rows_written"]
+        result["rows_expected"] = expected  # the comparison's count (the database may have grown)
+        log(f"{name}: committed version {commit['version']}: {result['rows_written']} rows of "
+            f"{len(days)} days, {result['files']} files added, {result['files_removed']} removed")
+
+        # -- vacuum with Delta's default retention (7 days)
+        t = time.time()
+        try:
+            spark.sql(f"VACUUM delta.`{uri}`").collect()
+        except Exception as exc:  # noqa: BLE001  (the data is committed; the next run vacuums)
+            result["vacuum_error"] = failure_kind(exc)[1]
+            log(f"WARNING: vacuum of {uri} failed, retried after the next commit: "
+                f"{result['vacuum_error']}")
+        phases["vacuum"] = round(time.time() - t, 3)
+        result["message"] = (f"{name}: {result['rows_written']} rows of {len(days)} differing "
+                             f"days (of {result['days_compared']} compared) committed as "
+                             f"version {commit['version']}")
+        return finish(result, t_table)
+    raise AssertionError("unreachable")
 
 
-def export_table(spark, cfg, plan, result):
-    """Read the planned range over JDBC, write Parquet files on the executors, commit once,
-    vacuum."""
-    import pyarrow as pa
-    from deltalake import DeltaTable
-    from deltalake.transaction import (AddAction, CommitProperties, RemoveAction,
-                                       create_table_with_add_actions)
-
-    phases = result["phases"]
-    name, time_column, table_uri, opts = (plan["name"], plan["time_column"], plan["table_uri"],
-                                          plan["opts"])
-    table, mode, lower, upper = plan["table"], plan["mode"], plan["lower"], plan["upper"]
-    lo_us, hi_us = plan["lo_us"], plan["hi_us"]
-
-    # -- parallel JDBC read, executors write Parquet files
-    t = time.time()
-    edges = slice_edges(lo_us, hi_us, cfg["partitions"])
-    col = quote_ident(time_column)
-    predicates = []
-    for i in range(len(edges) - 1):
-        last = i == len(edges) - 2
-        predicates.append(f"{col} >= {sql_ts(edges[i])} AND {col} {'<=' if last else '<'} "
-                          f"{sql_ts(edges[i + 1])}")
-    props = {"user": cfg["db_user"], "password": cfg["db_password"],
-             "driver": "org.postgresql.Driver", "fetchsize": "20000"}
-    df = spark.read.jdbc(cfg["jdbc_url"], quote_ident(name), predicates=predicates, properties=props)
-    from pyspark.sql import types as T
-
-    columns = []
-    for field in df.schema.fields:
-        arrow = arrow_type_for(field.dataType)
-        if arrow is None:
-            raise JobError(f"{name}.{field.name}: unsupported column type {field.dataType}")
-        if field.name in PARTITION_COLUMNS:
-            raise JobError(f"{name}.{field.name}: column name clashes with a partition column")
-        columns.append((field.name, arrow))
-    time_type = dict((f.name, f.dataType) for f in df.schema.fields).get(time_column)
-    if not isinstance(time_type, T.TimestampType):
-        raise JobError(f"{name}: time column {time_column} missing or not a timestamp with time zone "
-                       f"(got {time_type})")
-    read_only = cfg["read_only"]
-    writer = make_partition_counter() if read_only else make_partition_writer(table_uri, opts,
-                                                                              time_column)
-    phases["jdbc_schema"] = round(time.time() - t, 3)
-    t = time.time()
-    try:
-        out = [r.asDict() for r in map_in_arrow(df, writer, FILE_META_SCHEMA).collect()]
-    except Exception as exc:  # noqa: BLE001
-        kind, detail = task_error(exc)
-        what = {"lake": "writing Parquet files to the lake", "jdbc": f"reading {name} over JDBC"}
-        raise JobError(f"export of {name} failed, {what.get(kind, 'Spark job')}: {detail} "
-                       f"(nothing committed, {table_uri} left at version "
-                       f"{result['previous_version']})") from exc
-    phases["read_write"] = round(time.time() - t, 3)
-    # inside the tasks: receiving the JDBC rows as Arrow vs. encoding + uploading Parquet files
-    phases["tasks_jdbc_read"] = round(sum(o["read_seconds"] or 0 for o in out), 3)
-    phases["tasks_parquet_write"] = round(sum(o["write_seconds"] or 0 for o in out), 3)
-    files = [{"path": o["file_path"], "size": o["size"], "modification_time": o["modification_time"],
-              "partition_values": {"year": o["year"], "month": o["month"], "day": o["day"]},
-              "stats": o["stats"], "rows": o["rows"]} for o in out if o["file_path"]]
-    result["rows_read"] = sum(o["rows_read"] for o in out)
-    result["rows_written"] = sum(f["rows"] for f in files)
-    result["files"] = len(files)
-    written_days = sorted({(f["partition_values"]["year"], f["partition_values"]["month"],
-                            f["partition_values"]["day"]) for f in files},
-                          key=lambda k: tuple(int(x) for x in k))
-    result["partitions"] = [list(k) for k in written_days]
-    if read_only:
-        result["message"] = (f"{name}: read {result['rows_read']} rows (read_only: nothing "
-                             f"written, {table_uri} left at version {result['previous_version']})")
-        log(result["message"])
-        return result
-    if result["rows_written"] != result["rows_read"]:
-        raise JobError(f"{name}: read {result['rows_read']} rows but wrote {result['rows_written']}")
-
-    # -- one commit: adds (+ removes of the replaced days)
-    t = time.time()
-    schema = pa.schema([pa.field(n, ty) for n, ty in columns] +
-                       [pa.field(p, pa.int32()) for p in PARTITION_COLUMNS])
-    adds = [AddAction(f["path"], f["size"], f["partition_values"], f["modification_time"], True,
-                      f["stats"]) for f in files]
-    info = {"labctl.export": {"table": name, "mode": mode, "from": iso(lower), "to": iso(upper),
-                              "rows": result["rows_written"], "files": len(files)}}
-    removes = []
-    try:
-        if table is None:
-            from deltalake import Schema as DeltaSchema
-            create_table_with_add_actions(
-                table_uri, DeltaSchema.from_arrow(schema), adds, mode="error",
-                partition_by=PARTITION_COLUMNS, storage_options=opts,
-                commit_properties=CommitProperties(custom_metadata=info))
-            table = DeltaTable(table_uri, storage_options=opts)
-        else:
-            if mode == "replace":
-                first, end = lower.date(), upper.date()
-                existing = pa.table(table.get_add_actions(flatten=True)).to_pylist()
-                now_ms = int(time.time() * 1000)
-                for a in existing:
-                    d = dt.date(int(a["partition.year"]), int(a["partition.month"]),
-                                int(a["partition.day"]))
-                    if first <= d < end:
-                        removes.append(RemoveAction(
-                            a["path"], True, now_ms, a["size_bytes"],
-                            {p: str(a[f"partition.{p}"]) for p in PARTITION_COLUMNS}))
-            result["files_removed"] = len(removes)
-            table.create_write_transaction(
-                adds + removes, mode="append", schema=schema, partition_by=PARTITION_COLUMNS,
-                commit_properties=CommitProperties(custom_metadata=info))
-            table.update_incremental()
-    except Exception as exc:  # noqa: BLE001
-        raise JobError(f"Delta commit to {table_uri} failed (table left at version "
-                       f"{result['previous_version']}): {one_line(exc)}") from exc
-    result["delta_version"] = table.version()
-    result["committed"] = True
-    phases["commit"] = round(time.time() - t, 3)
-    log(f"{name}: committed version {result['delta_version']}: {result['rows_written']} rows, "
-        f"{len(files)} files added, {result['files_removed']} removed")
-
-    # -- vacuum: files no longer referenced and files of failed runs
-    t = time.time()
-    try:
-        result["vacuumed"], result["orphans_kept"] = vacuum_unreferenced(
-            table, table_uri, opts, [r.path for r in removes])
-    except Exception as exc:  # noqa: BLE001  (the data is committed; the next run vacuums again)
-        result["vacuum_error"] = one_line(exc)
-        log(f"WARNING: vacuum of {table_uri} failed, retried by the next run: {one_line(exc)}")
-    phases["vacuum"] = round(time.time() - t, 3)
-    result["message"] = (f"{name}: {result['rows_written']} rows in {len(written_days)} day "
-                         f"partitions committed as version {result['delta_version']}")
+def finish(result, t0):
+    result["seconds"] = round(time.time() - t0, 3)
+    log(result["message"])
     return result
+
+
+def commit_of(spark, uri, run_id, name):
+    """This run's commit (version, timestamp in s, operationMetrics) from the table's history:
+    found by its userMetadata, as a concurrent export may have committed right after it."""
+    for r in spark.sql(f"DESCRIBE HISTORY delta.`{uri}` LIMIT 10").collect():
+        try:
+            meta = json.loads(r["userMetadata"] or "{}").get("labctl.export", {})
+        except ValueError:
+            continue
+        if meta.get("run") == run_id and meta.get("table") == name:
+            return {"version": r["version"], "timestamp": r["timestamp"].timestamp(),
+                    "metrics": dict(r["operationMetrics"] or {})}
+    return None
 
 
 def main(cfg):
@@ -867,7 +752,6 @@ def main(cfg):
     from pyspark import SparkConf, SparkContext
     from pyspark.sql import SparkSession
 
-    now = dt.datetime.now(dt.timezone.utc)
     SparkContext._ensure_initialized()  # the driver JVM's py4j gateway, no SparkContext yet
     jvm = SparkContext._jvm
     try:
@@ -876,38 +760,44 @@ def main(cfg):
         jvm_start = int(T0 * 1000)
     startup = {"jvm_to_python": round(T0 - jvm_start / 1000, 3)}
 
-    # Plan every table first: a run with nothing to export never starts a Spark application.
-    planned = []
-    for tcfg in cfg["tables"]:
-        t = time.time()
-        plan, result = plan_table(jvm, cfg, tcfg, now)
-        result["seconds"] = round(time.time() - t, 3)
-        planned.append((plan, result))
+    t = time.time()
+    conf = SparkConf()  # spark.* from the submission; the app name only as a fallback
+    if not conf.contains("spark.app.name"):
+        conf.setAppName("labctl-timescale-to-deltalake")
+    threads = conf.get("spark.labctl.driverTaskThreads", None)
+    if threads:  # one worker: the tasks run in this driver (cores granted to it by labctl),
+        # with a failed task retried like on executors (spark.task.maxFailures, default 4)
+        conf.setMaster(f"local[{int(threads)},{conf.get('spark.task.maxFailures', '4')}]")
+    # A lab's tables are small and its cluster a few cores: Spark's and Delta's defaults (200
+    # shuffle partitions, 50 for Delta's state, 10000 listing tasks in VACUUM) cost minutes of
+    # empty tasks on 2 cores (measured: VACUUM of a 5-file table 120 s, a no-op compare 31 s).
+    slots = int(threads or conf.get("spark.cores.max", "2"))
+    for key, value in (("spark.sql.shuffle.partitions", slots),
+                       ("spark.databricks.delta.snapshotPartitions", slots),
+                       ("spark.sql.sources.parallelPartitionDiscovery.parallelism", 2 * slots)):
+        if not conf.contains(key):
+            conf.set(key, str(value))
+    conf.set("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+    conf.set("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+    # INT96 is Spark's default; Delta's readers (and independent ones) prefer plain microseconds
+    conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+    # no VACUUM START/END commits in the log: one export = at most one new version
+    conf.set("spark.databricks.delta.vacuum.logging.enabled", "false")
+    sc = SparkContext.getOrCreate(conf)
+    configure_lake(sc, cfg["lake"])
+    startup["spark_context"] = round(time.time() - t, 3)
+    t = time.time()
+    spark = SparkSession(sc)
+    startup["spark_session"] = round(time.time() - t, 3)
+    log(f"Spark ready: {startup}")
 
-    spark = None
-    if any(plan for plan, _ in planned):
-        t = time.time()
-        conf = SparkConf()  # spark.* from the submission; the app name only as a fallback
-        if not conf.contains("spark.app.name"):
-            conf.setAppName("labctl-timescale-to-deltalake")
-        threads = conf.get("spark.labctl.driverTaskThreads", None)
-        if threads:  # one worker: the tasks run in this driver (cores granted to it by labctl),
-            # with a failed task retried like on executors (spark.task.maxFailures, default 4)
-            conf.setMaster(f"local[{int(threads)},{conf.get('spark.task.maxFailures', '4')}]")
-        sc = SparkContext.getOrCreate(conf)
-        startup["spark_context"] = round(time.time() - t, 3)
-        t = time.time()
-        spark = SparkSession(sc)
-        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "100000")
-        startup["spark_session"] = round(time.time() - t, 3)
-        log(f"Spark ready: {startup}")
+    run_id = uuid.uuid4().hex
     results = []
-    for plan, result in planned:
-        if plan is not None:
-            t = time.time()
-            export_table(spark, cfg, plan, result)
-            result["seconds"] = round(result["seconds"] + time.time() - t, 3)
-        results.append(result)
+    try:
+        for tcfg in cfg["tables"]:
+            results.append(export_table(spark, cfg, tcfg, run_id))
+    finally:
+        spark.stop()
     days = sorted({tuple(p) for r in results for p in r["partitions"]},
                   key=lambda k: tuple(int(x) for x in k))
     summary = {
@@ -918,14 +808,14 @@ def main(cfg):
         "delta_version": results[0]["delta_version"],
         "committed": any(r["committed"] for r in results),
         "partitions": [list(d) for d in days],
+        "days_compared": sum(r["days_compared"] for r in results),
+        "days_rewritten": sum(r["days_rewritten"] for r in results),
         "tables": results,
         "message": "; ".join(r["message"] for r in results),
         "startup": startup,
         "read_only": cfg["read_only"],
         "seconds": round(time.time() - jvm_start / 1000, 3),
     }
-    if spark is not None:
-        spark.stop()
     print(PREFIX_RESULT + json.dumps(summary, separators=(",", ":")), flush=True)
     return summary
 

@@ -139,7 +139,7 @@ pub struct SparkConfig {
     pub rest_url: String,
     /// Its web UI, whose `/json/` reports workers and cores, e.g. `http://host:8080`.
     pub ui_url: String,
-    /// Python with pyspark, deltalake and pyarrow on its workers (default: the lab image's
+    /// Python with pyspark on its workers (default: the lab image's
     /// `/opt/spark-venv/bin/python`).
     pub python: String,
     /// The PostgreSQL JDBC driver on its workers, as a `spark.jars` entry (default: the lab

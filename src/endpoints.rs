@@ -15,7 +15,7 @@ use crate::{
     config::{Config, InvalidValue, SECRET_BROKER_PASSWORD, SECRET_DATABASE_PASSWORD, SECRET_LAKE_KEY},
     lake::{DEV_ACCOUNT, DEV_KEY},
     stack::{
-        AZURITE, AZURITE_PORT, BROKER_NODES, DATABASE, DATABASE_PORT, FLINK_JM, FLINK_TM, SPARK_MASTER,
+        AZURITE, AZURITE_ACCOUNT_HOST, BROKER_NODES, DATABASE, DATABASE_PORT, FLINK_JM, FLINK_TM, SPARK_MASTER,
         SPARK_MASTER_PORT, SPARK_WORKER,
     },
 };
@@ -542,8 +542,35 @@ pub fn cluster_lake_endpoint(config: &Config) -> String {
     let l = &config.lake;
     match [&l.cluster_endpoint, &l.endpoint].into_iter().find(|e| !e.is_empty()) {
         Some(e) => e.trim_end_matches('/').to_string(),
-        None => format!("http://{AZURITE}:{AZURITE_PORT}/{DEV_ACCOUNT}"),
+        // The account's host name, an alias of the lab's Azurite on port 80: where the Spark
+        // job's WASB driver looks for the account, and production-style for the SAS URLs too.
+        None => format!("http://{AZURITE_ACCOUNT_HOST}"),
     }
+}
+
+/// The lake as Hadoop's WASB driver addresses it, from the cluster's endpoint: whether it speaks
+/// https (`wasbs://`) and the authority `<account>.<domain>[:port]` of
+/// `wasb[s]://<container>@<authority>/<path>`. WASB takes the account from the host name's first
+/// label and knows no path-style endpoint (`http://host:10000/<account>`).
+pub fn wasb_authority(config: &Config) -> Result<(bool, String)> {
+    let endpoint = cluster_lake_endpoint(config);
+    let key = if config.lake.cluster_endpoint.is_empty() { "lake.endpoint" } else { "lake.cluster_endpoint" };
+    let u = parse_http_url(key, &endpoint)?;
+    let account = lake_account(config);
+    let host = u.host_str().unwrap_or_default();
+    let first_label = host.split('.').next().unwrap_or_default();
+    if !u.path().trim_matches('/').is_empty() || first_label != account || !host.contains('.') {
+        bail!(invalid(
+            key,
+            &endpoint,
+            &format!("the Spark export writes through Hadoop's WASB driver, which reaches a storage account by its host name: use http(s)://{account}.<domain> as the Spark cluster reaches it (the lab's own Azurite is http://{AZURITE_ACCOUNT_HOST} on the lab's network), not a path-style URL")
+        ));
+    }
+    let authority = match u.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    Ok((u.scheme() == "https", authority))
 }
 
 /// Registers `broker.address_map` with labctl's Kafka clients (see `kafka::resolve`).
@@ -562,7 +589,7 @@ pub fn requirement(part: Part) -> &'static str {
         Part::Broker => "a Kafka-API broker",
         Part::Database => "PostgreSQL with the timescaledb extension preloaded",
         Part::Flink => "a Flink 2.x session cluster (the lab runs 2.2.1) with the Kafka and JDBC (PostgreSQL) connectors in lib/",
-        Part::Spark => "a Spark 4.0 standalone master with the REST server enabled; workers with Python 3, pyspark, deltalake and pyarrow, and the PostgreSQL JDBC driver",
+        Part::Spark => "a Spark 4.0 standalone master with the REST server enabled; workers with Python 3 and pyspark, delta-spark 4.0 and hadoop-azure 3.4.1 (with azure-storage) on the class path, and the PostgreSQL JDBC driver",
         Part::Lake => "Azure Blob storage (or Azurite) with Shared Key access",
     }
 }
@@ -611,7 +638,8 @@ mod tests {
         assert!(external_parts(&c).is_empty());
         assert_eq!(cluster_bootstrap(&c), "broker:9092");
         assert_eq!(cluster_jdbc_url(&c), "jdbc:postgresql://timescaledb:5432/iiot");
-        assert_eq!(cluster_lake_endpoint(&c), "http://azurite:10000/devstoreaccount1");
+        assert_eq!(cluster_lake_endpoint(&c), "http://devstoreaccount1.blob.core.windows.net");
+        assert_eq!(wasb_authority(&c).unwrap(), (false, "devstoreaccount1.blob.core.windows.net".to_string()));
         assert_eq!(spark_master_url(&c), "spark://spark-master:7077");
         assert_eq!(lake_account(&c), "devstoreaccount1");
     }
@@ -631,6 +659,19 @@ mod tests {
         assert_eq!((database_user(&c), database_name(&c)), ("ops".into(), "plant".into()));
         assert_eq!(lake_account(&c), "plantlake");
         assert_eq!(cluster_lake_endpoint(&c), "https://plantlake.blob.core.windows.net");
+        assert_eq!(wasb_authority(&c).unwrap(), (true, "plantlake.blob.core.windows.net".to_string()));
+        // A path-style endpoint for the cluster cannot be reached through WASB.
+        let c = cfg(|c| {
+            c.lake.endpoint = "http://127.0.0.1:10000/devstoreaccount1".into();
+            c.lake.cluster_endpoint = "http://azurite:10000/devstoreaccount1".into();
+        });
+        let e = wasb_authority(&c).unwrap_err().to_string();
+        assert!(e.contains("lake.cluster_endpoint") && e.contains("devstoreaccount1.<domain>"), "{e}");
+        let c = cfg(|c| {
+            c.lake.endpoint = "http://127.0.0.1:10000/devstoreaccount1".into();
+            c.lake.cluster_endpoint = "http://devstoreaccount1.blob.core.windows.net:10000".into();
+        });
+        assert_eq!(wasb_authority(&c).unwrap(), (false, "devstoreaccount1.blob.core.windows.net:10000".to_string()));
     }
 
     #[test]

@@ -51,6 +51,8 @@ struct ComposeService {
     stop_signal: Option<String>,
     stop_grace: u32,
     host_network: bool,
+    /// The service name first, then its extra aliases.
+    aliases: Vec<String>,
 }
 
 pub fn compose(stack: &Stack) -> Result<String> {
@@ -70,6 +72,7 @@ pub fn compose(stack: &Stack) -> Result<String> {
             stop_signal: s.stop_signal.map(str::to_string),
             stop_grace: s.stop_timeout,
             host_network: s.host_network,
+            aliases: std::iter::once(s.name).chain(s.aliases.iter().copied()).map(str::to_string).collect(),
         })
         .collect();
     let volumes: Vec<(String, String)> =

@@ -65,7 +65,8 @@ pub const SPARK_IMAGE: ImageSpec = ImageSpec {
     dockerfile: "docker/spark/Dockerfile",
     inputs: &["docker/spark"],
     host_binary: None,
-    jars: None,
+    // Delta Lake's Spark writer and the WASB file system, into $SPARK_HOME/jars.
+    jars: Some(JarSet { folder: "docker/spark/maven" }),
 };
 pub const AZURITE_IMAGE: ImageSpec = ImageSpec {
     name: "azurite",
@@ -158,6 +159,9 @@ pub struct Service {
     /// On the host's network instead of the lab's: the generator beside an external broker,
     /// which it must reach the way labctl on this host does.
     pub host_network: bool,
+    /// Names it answers to on the lab's network besides its service name (Azurite: the storage
+    /// account's host name, where Hadoop's WASB driver looks for the account).
+    pub aliases: Vec<&'static str>,
 }
 
 /// A part of the lab that runs elsewhere: labctl checks it with the probe its managed service
@@ -207,7 +211,13 @@ pub const FLINK_REST_PORT: u16 = 8081;
 pub const SPARK_UI_PORT: u16 = 8080;
 pub const SPARK_REST_PORT: u16 = 6066;
 pub const SPARK_MASTER_PORT: u16 = 7077;
-pub const AZURITE_PORT: u16 = 10000;
+/// Azurite's blob port inside the network: 80, because the WASB driver reaches an account at
+/// `http://<account>.blob.core.windows.net` without a port (see `AZURITE_ACCOUNT_HOST`).
+pub const AZURITE_PORT: u16 = 80;
+/// The lab Azurite's alias on the lab's network: the development account's production-style host
+/// name. Requests to it carry the account in the host name, which Azurite understands, so the
+/// Spark job's `wasb://<container>@devstoreaccount1.blob.core.windows.net/...` reaches it.
+pub const AZURITE_ACCOUNT_HOST: &str = "devstoreaccount1.blob.core.windows.net";
 
 pub const DB_PASSWORD_PATH: &str = "/run/secrets/db-password";
 pub const BROKER_PASSWORD_PATH: &str = "/run/secrets/broker-password";
@@ -318,6 +328,7 @@ fn broker_service(config: &Config, ports: &crate::config::Ports, node: usize) ->
         stop_timeout: 30,
         after_setup: false,
         host_network: false,
+        aliases: vec![],
     };
     if config.broker.sasl_ssl_listener {
         add_sasl_ssl_listeners(&mut svc, host, ports.broker_sasl_ssl);
@@ -423,6 +434,7 @@ impl Stack {
                 stop_timeout: 30,
                 after_setup: false,
                 host_network: false,
+                aliases: vec![],
             },
             Service {
                 name: AZURITE,
@@ -439,6 +451,7 @@ impl Stack {
                 stop_timeout: 10,
                 after_setup: false,
                 host_network: false,
+                aliases: vec![AZURITE_ACCOUNT_HOST],
             },
             Service {
                 name: FLINK_JM,
@@ -455,6 +468,7 @@ impl Stack {
                 stop_timeout: 20,
                 after_setup: false,
                 host_network: false,
+                aliases: vec![],
             },
             Service {
                 name: FLINK_TM,
@@ -473,6 +487,7 @@ impl Stack {
                 stop_timeout: 20,
                 after_setup: false,
                 host_network: false,
+                aliases: vec![],
             },
             Service {
                 name: SPARK_MASTER,
@@ -492,6 +507,7 @@ impl Stack {
                 stop_timeout: 10,
                 after_setup: false,
                 host_network: false,
+                aliases: vec![],
             },
             Service {
                 name: SPARK_WORKER,
@@ -511,6 +527,7 @@ impl Stack {
                 stop_timeout: 10,
                 after_setup: false,
                 host_network: false,
+                aliases: vec![],
             },
         ]);
         let mut services: Vec<Service> = services.collect();
@@ -551,6 +568,7 @@ impl Stack {
                 stop_timeout: 40,
                 after_setup: true,
                 host_network: broker_external,
+                aliases: vec![],
             });
         }
         let external = external
@@ -650,6 +668,16 @@ mod tests {
 
     fn stack() -> Stack {
         Stack::new(&Config::default(), &State::for_tests(&Config::default()))
+    }
+
+    #[test]
+    fn azurite_answers_under_the_accounts_host_name_on_port_80() {
+        let s = stack();
+        let a = s.service(AZURITE).unwrap();
+        assert_eq!(AZURITE_ACCOUNT_HOST, format!("{}.blob.core.windows.net", crate::lake::DEV_ACCOUNT));
+        assert_eq!(a.aliases, vec![AZURITE_ACCOUNT_HOST]);
+        assert_eq!(a.ports[0].container, 80);
+        assert!(s.services.iter().filter(|x| x.name != AZURITE).all(|x| x.aliases.is_empty()));
     }
 
     #[test]

@@ -101,7 +101,7 @@ ui_url = "http://127.0.0.1:{ui}"
 
 [lake]
 endpoint = "http://127.0.0.1:{lake}/devstoreaccount1"
-cluster_endpoint = "http://azurite:10000/devstoreaccount1"
+cluster_endpoint = "http://devstoreaccount1.blob.core.windows.net"
 "#,
         db = p.database,
         flink = p.flink_ui,

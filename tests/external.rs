@@ -64,7 +64,7 @@ jdbc_jar = "file:/usr/share/java/postgresql.jar"
 
 [lake]
 endpoint = "http://127.0.0.1:{lake}/devstoreaccount1"
-cluster_endpoint = "http://azurite:10000/devstoreaccount1"
+cluster_endpoint = "http://devstoreaccount1.blob.core.windows.net"
 "#,
         broker = p.broker,
         db = p.database,

@@ -1,11 +1,21 @@
-//! The export on the real Spark cluster: known rows in TimescaleDB, read back from the Delta
-//! table on Azurite by an independent reader (delta-rs in Python, inside the Spark image).
+//! The export on the real Spark cluster: known rows in TimescaleDB, written by Delta's Spark writer
+//! over WASB to Azurite, and read back by an independent reader: the Delta log replayed by
+//! `labctl::lake` (not the job's code), the live Parquet files fetched from the blob store and
+//! read with the `parquet` crate.
 
 mod common;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use common::{rt, wait_for, TestLab};
+
+/// One lab at a time: each test brings up a whole lab (Kafka, Flink, Spark, ...), and two at
+/// once on a small machine only make both slow.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Rows over three UTC days, with readings just before and just after midnight.
 fn known_rows() -> Vec<(String, &'static str, &'static str, f64)> {
@@ -29,48 +39,125 @@ fn known_rows() -> Vec<(String, &'static str, &'static str, f64)> {
     rows
 }
 
-/// Per UTC day: (rows, sum of values), from the Delta table, read by delta-rs in Python.
-fn lake_per_day(t: &TestLab) -> (BTreeMap<String, (i64, f64)>, serde_json::Value) {
-    let worker = format!("{}-spark-worker-1", t.project);
-    let script = r#"
-import json, pyarrow.compute as pc
-from deltalake import DeltaTable
-opts = {"account_name": "devstoreaccount1", "account_key": "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==",
-        "endpoint": "http://azurite:10000/devstoreaccount1", "allow_http": "true"}
-dt = DeltaTable("az://lake/machine_sensors", storage_options=opts)
-tab = dt.to_pyarrow_table()
-days = {}
-ts = tab.column("timestamp")
-vals = tab.column("value").to_pylist()
-for t, v in zip(ts.to_pylist(), vals):
-    d = t.strftime("%Y-%m-%d")
-    n, s = days.get(d, (0, 0.0))
-    days[d] = (n + 1, s + v)
-print(json.dumps({"version": dt.version(), "days": days, "ts_type": str(ts.type), "value_type": str(tab.column("value").type),
-                  "partition_columns": dt.metadata().partition_columns, "files": len(dt.file_uris())}))
-# delta-rs' runtime threads can abort the interpreter's teardown ("terminate called without an
-# active exception", seen once in CI after a correct result): leave without tearing down.
-import os, sys
-sys.stdout.flush()
-os._exit(0)
-"#;
-    let out = std::process::Command::new("docker")
-        .args(["exec", &worker, "/opt/spark-venv/bin/python", "-c", script])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "reading the Delta table failed: {}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(out.stdout.rsplit(|b| *b == b'\n').find(|l| !l.is_empty()).unwrap()).unwrap();
-    let days = v["days"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(d, x)| (d.clone(), (x[0].as_i64().unwrap(), x[1].as_f64().unwrap())))
-        .collect();
-    (days, v)
+type Days = BTreeMap<String, (i64, f64)>;
+
+/// What the independent reader sees in the Delta table `machine_sensors`.
+#[derive(Debug)]
+struct LakeView {
+    /// Per UTC day of the rows' timestamps: rows and the sum of `value`.
+    days: Days,
+    version: Option<u64>,
+    files: usize,
+    partition_columns: serde_json::Value,
+    /// Delta types of `timestamp` and `value` (from the log's schema), and the Parquet
+    /// logical type of `timestamp` in the data files.
+    ts_type: String,
+    value_type: String,
+    parquet_ts_type: String,
+}
+
+fn lake_view(t: &TestLab) -> LakeView {
+    use parquet::{
+        file::reader::{FileReader, SerializedFileReader},
+        record::Field,
+    };
+    let lab = t.lab();
+    let blob = lab.blob(Duration::from_secs(30)).unwrap();
+    let table = "machine_sensors";
+    rt().block_on(async {
+        let summary = blob.delta_summary("lake", table).await.unwrap();
+        let files = blob.delta_live_files("lake", table).await.unwrap();
+        // The table's metadata: the newest metaData action of the log (every table has one in
+        // version 0; no schema change happens here).
+        let v0 = blob.get_blob("lake", &format!("{table}/_delta_log/{:020}.json", 0)).await.unwrap();
+        let meta: serde_json::Value = String::from_utf8_lossy(&v0)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|a| a.get("metaData").cloned())
+            .expect("a metaData action in version 0");
+        let schema: serde_json::Value = serde_json::from_str(meta["schemaString"].as_str().unwrap()).unwrap();
+        let field_type = |name: &str| {
+            schema["fields"].as_array().unwrap().iter().find(|f| f["name"] == name).map(|f| f["type"].to_string()).unwrap_or_default()
+        };
+        let mut days = Days::new();
+        let mut parquet_ts_type = String::new();
+        for f in &files {
+            let bytes = blob.get_blob("lake", &format!("{table}/{}", f.path)).await.unwrap();
+            let reader = SerializedFileReader::new(bytes).unwrap();
+            let descr = reader.metadata().file_metadata().schema_descr_ptr();
+            if let Some(c) = descr.columns().iter().find(|c| c.name() == "timestamp") {
+                parquet_ts_type = format!("{:?} {:?}", c.physical_type(), c.logical_type_ref());
+            }
+            let mut n = 0;
+            for row in reader.get_row_iter(None).unwrap() {
+                let row = row.unwrap();
+                let (mut us, mut value) = (None, None);
+                for (name, field) in row.get_column_iter() {
+                    match (name.as_str(), field) {
+                        ("timestamp", Field::TimestampMicros(x)) => us = Some(*x),
+                        ("timestamp", Field::TimestampMillis(x)) => us = Some(*x * 1000),
+                        ("value", Field::Double(x)) => value = Some(*x),
+                        _ => {}
+                    }
+                }
+                let (us, value) = (us.expect("a timestamp"), value.expect("a value"));
+                let day = chrono::DateTime::from_timestamp_micros(us).unwrap().format("%Y-%m-%d").to_string();
+                assert_eq!(Some(&day), f.day.as_ref(), "a row of {} lies outside its partition", f.path);
+                let e = days.entry(day).or_insert((0, 0.0));
+                e.0 += 1;
+                e.1 += value;
+                n += 1;
+            }
+            assert_eq!(Some(n), f.rows, "numRecords of {} in the log", f.path);
+        }
+        LakeView {
+            days,
+            version: summary.version,
+            files: files.len(),
+            partition_columns: meta["partitionColumns"].clone(),
+            ts_type: field_type("timestamp"),
+            value_type: field_type("value"),
+            parquet_ts_type,
+        }
+    })
+}
+
+/// Per UTC day: rows and the sum of values in `machine_sensors`.
+fn db_days(t: &TestLab) -> Days {
+    let lab = t.lab();
+    rt().block_on(async {
+        let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
+        db.query("SELECT to_char(\"timestamp\" AT TIME ZONE 'UTC', 'YYYY-MM-DD'), count(*), sum(value) FROM machine_sensors GROUP BY 1 ORDER BY 1", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, String>(0), (r.get::<_, i64>(1), r.get::<_, f64>(2))))
+            .collect()
+    })
+}
+
+fn insert(t: &TestLab, rows: &[(String, &str, &str, f64)]) {
+    let lab = t.lab();
+    rt().block_on(async {
+        let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
+        for (ts, m, s, v) in rows {
+            db.execute("INSERT INTO machine_sensors VALUES ($1::text::timestamptz, $2, 'X', $3, $4, 'u')", &[ts, m, s, v]).await.unwrap();
+        }
+    });
+}
+
+fn assert_equal_days(lake: &Days, db: &Days, what: &str) {
+    assert_eq!(lake.keys().collect::<Vec<_>>(), db.keys().collect::<Vec<_>>(), "{what}: days of the lake vs the database");
+    for (d, (n, s)) in db {
+        let (ln, ls) = lake[d];
+        assert_eq!(ln, *n, "{what}: rows on {d}");
+        assert!((ls - s).abs() < 1e-9 * s.abs().max(1.0), "{what}: sum of values on {d}: {ls} vs {s}");
+    }
 }
 
 #[test]
 fn export_writes_a_partitioned_delta_table_once() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let t = TestLab::new("spark").with_env("LABCTL_INGEST_ENABLED", "false");
     t.ok(&["up"]);
     let lab = t.lab();
@@ -81,62 +168,66 @@ fn export_writes_a_partitioned_delta_table_once() {
     let empty = t.json(&["submit", "spark", "--json"]);
     assert_eq!(empty["state"], "FINISHED", "{empty}");
     assert_eq!(empty["result"]["rows_written"], 0, "{empty}");
+    assert_eq!(empty["result"]["days_rewritten"], 0, "{empty}");
 
-    let db_days: BTreeMap<String, (i64, f64)> = rt.block_on(async {
-        let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
-        for (ts, m, s, v) in &rows {
-            db.execute(
-                "INSERT INTO machine_sensors VALUES ($1::text::timestamptz, $2, 'X', $3, $4, 'u')",
-                &[ts, m, s, v],
-            )
-            .await
-            .unwrap();
-        }
-        db.query("SELECT to_char(\"timestamp\" AT TIME ZONE 'UTC', 'YYYY-MM-DD'), count(*), sum(value) FROM machine_sensors GROUP BY 1 ORDER BY 1", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get::<_, String>(0), (r.get::<_, i64>(1), r.get::<_, f64>(2))))
-            .collect()
-    });
-    assert_eq!(db_days.len(), 3);
+    insert(&t, &rows);
+    let db = db_days(&t);
+    assert_eq!(db.len(), 3);
 
     let range = ["--from", "2026-01-01", "--to", "2026-01-04"];
     let first = t.json(&[&["submit", "spark", "--json"][..], &range[..]].concat());
     assert_eq!(first["state"], "FINISHED", "{first}");
     assert_eq!(first["result"]["rows_written"].as_u64().unwrap() as usize, rows.len(), "{first}");
-    let (lake, meta) = lake_per_day(&t);
-    assert_eq!(lake.len(), db_days.len(), "{lake:?} vs {db_days:?}");
-    for (d, (n, s)) in &db_days {
-        let (ln, ls) = lake[d];
-        assert_eq!(ln, *n, "rows on {d}");
-        assert!((ls - s).abs() < 1e-9, "sum of values on {d}: {ls} vs {s}");
-    }
-    assert_eq!(meta["ts_type"], "timestamp[us, tz=UTC]", "{meta}");
-    assert_eq!(meta["value_type"], "double", "{meta}");
-    assert_eq!(meta["partition_columns"], serde_json::json!(["year", "month", "day"]), "{meta}");
-    let version = meta["version"].as_i64().unwrap();
+    assert_eq!((first["result"]["days_compared"].as_u64(), first["result"]["days_rewritten"].as_u64()), (Some(3), Some(3)), "{first}");
+    let view = lake_view(&t);
+    assert_equal_days(&view.days, &db, "first export");
+    assert_eq!(view.ts_type, "\"timestamp\"", "{view:?}");
+    assert_eq!(view.value_type, "\"double\"", "{view:?}");
+    assert!(view.parquet_ts_type.contains("INT64") && view.parquet_ts_type.contains("MICROS"), "{view:?}");
+    assert_eq!(view.partition_columns, serde_json::json!(["year", "month", "day"]), "{view:?}");
+    let version = view.version.unwrap();
+    assert_eq!(first["result"]["delta_version"].as_u64(), Some(version), "{first}");
     // What `labctl status` reads from the Delta log: the row count and the last commit.
     let summary = rt.block_on(lab.blob(Duration::from_secs(5)).unwrap().delta_summary("lake", "machine_sensors")).unwrap();
     assert_eq!(summary.rows, Some(rows.len() as u64), "{summary:?}");
-    assert_eq!(summary.version, Some(version as u64), "{summary:?}");
     let age = chrono::Utc::now() - summary.last_commit.expect("last commit time");
     assert!(age.num_seconds() >= 0 && age.num_seconds() < 600, "{summary:?}");
 
-    // Partition folders for exactly those days.
+    // Partition folders for exactly those days (data files only: WASB also keeps a marker blob
+    // per folder).
     let blobs = rt.block_on(lab.blob(Duration::from_secs(5)).unwrap().list_blobs("lake", "machine_sensors/year=")).unwrap();
-    let mut dirs: Vec<String> = blobs.iter().filter_map(|b| b.rsplit_once('/').map(|(d, _)| d.trim_start_matches("machine_sensors/").to_string())).collect();
+    let mut dirs: Vec<String> = blobs
+        .iter()
+        .filter(|b| b.ends_with(".parquet"))
+        .filter_map(|b| b.rsplit_once('/').map(|(d, _)| d.trim_start_matches("machine_sensors/").to_string()))
+        .collect();
     dirs.sort();
     dirs.dedup();
     assert_eq!(dirs, vec!["year=2026/month=1/day=1", "year=2026/month=1/day=2", "year=2026/month=1/day=3"]);
 
-    // The same range again: replaced, not appended; one new version.
+    // The same range again: the lake already equals the database, so nothing is rewritten and
+    // no version is added. (Before issue 15 a re-run replaced the range: one new version.)
     let second = t.json(&[&["submit", "spark", "--json"][..], &range[..]].concat());
     assert_eq!(second["state"], "FINISHED", "{second}");
-    let (lake2, meta2) = lake_per_day(&t);
-    assert_eq!(lake2, lake, "a re-run must not duplicate rows");
-    assert_eq!(meta2["version"].as_i64().unwrap(), version + 1, "exactly one new table version");
-    assert_eq!(meta2["files"], meta["files"], "replaced files are no longer part of the table");
+    assert_eq!((second["result"]["days_rewritten"].as_u64(), second["result"]["committed"].as_bool()), (Some(0), Some(false)), "{second}");
+    let view2 = lake_view(&t);
+    assert_eq!(view2.days, view.days, "a re-run must not duplicate rows");
+    assert_eq!(view2.version, view.version, "nothing to change: no new version");
+    assert_eq!(view2.files, view.files);
+
+    // One reading changed in the database: exactly its day is rewritten, in one new version.
+    rt.block_on(async {
+        let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
+        db.execute("UPDATE machine_sensors SET value = value + 1000 WHERE \"timestamp\" = '2026-01-02T18:30:00Z' AND machine_id = 'CNC-1' AND sensor_type = 'pressure'", &[]).await.unwrap();
+    });
+    let db2 = db_days(&t);
+    let third = t.json(&[&["submit", "spark", "--json"][..], &range[..]].concat());
+    assert_eq!(third["result"]["days_rewritten"].as_u64(), Some(1), "{third}");
+    assert_eq!(third["result"]["partitions"], serde_json::json!([["2026", "1", "2"]]), "{third}");
+    assert_eq!(third["result"]["rows_written"].as_u64(), Some(db2["2026-01-02"].0 as u64), "{third}");
+    let view3 = lake_view(&t);
+    assert_equal_days(&view3.days, &db2, "after a changed reading");
+    assert_eq!(view3.version, Some(version + 1), "exactly one new table version");
 
     // Job and config reach the cluster through the lake; a waited-for export leaves none of it.
     let blob = lab.blob(Duration::from_secs(5)).unwrap();
@@ -147,7 +238,13 @@ fn export_writes_a_partitioned_delta_table_once() {
     let bad = t.run(&["submit", "spark", "--from", "yesterday"]);
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("--from"));
 
-    // Azurite goes away while the job runs: the job fails, the table stays as it was.
+    // Azurite goes away while the job runs (it has a day to rewrite): the job fails, the table
+    // stays as it was.
+    rt.block_on(async {
+        let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
+        db.execute("UPDATE machine_sensors SET value = value + 1 WHERE \"timestamp\" < '2026-01-02'", &[]).await.unwrap();
+    });
+    let db3 = db_days(&t);
     let sub = t.json(&[&["submit", "spark", "--json", "--no-wait"][..], &range[..]].concat());
     let id = sub["submission_id"].as_str().unwrap().to_string();
     let spark = lab.spark(Duration::from_secs(5)).unwrap();
@@ -155,8 +252,8 @@ fn export_writes_a_partitioned_delta_table_once() {
         let s = rt.block_on(spark.status(&id)).ok()?;
         (s.driver_state.as_deref() == Some("RUNNING")).then_some(())
     });
-    // The job deletes its config (it holds the password) as soon as it has read it, long before
-    // it ends.
+    // The job deletes its config (it holds the password and the key) as soon as it has read it,
+    // long before it ends.
     let staged = wait_for("the job to delete its config", Duration::from_secs(60), || {
         let names = rt.block_on(blob.list_blobs("lake", "_labctl/spark/")).ok()?;
         (!names.is_empty() && !names.iter().any(|n| n.ends_with("/config.json"))).then_some(names)
@@ -173,15 +270,130 @@ fn export_writes_a_partitioned_delta_table_once() {
     assert_ne!(end, "FINISHED", "the export cannot have succeeded without its storage");
     assert!(std::process::Command::new("docker").args(["start", &azurite]).status().unwrap().success());
     wait_for("Azurite back", Duration::from_secs(30), || rt.block_on(lab.blob(Duration::from_secs(2)).unwrap().list_containers()).ok());
-    let (lake3, meta3) = lake_per_day(&t);
-    assert_eq!(meta3["version"], meta2["version"], "a failed export must not commit");
-    assert_eq!(lake3, lake);
-    let summary3 = rt.block_on(lab.blob(Duration::from_secs(5)).unwrap().delta_summary("lake", "machine_sensors")).unwrap();
-    assert_eq!(summary3.rows, Some(rows.len() as u64), "a failed export leaves the count: {summary3:?}");
+    let view4 = lake_view(&t);
+    assert_eq!(view4.version, view3.version, "a failed export must not commit");
+    assert_eq!(view4.days, view3.days);
 
-    // And the re-run completes it.
+    // And the re-run completes it: the changed day, nothing else.
     let again = t.json(&[&["submit", "spark", "--json"][..], &range[..]].concat());
     assert_eq!(again["state"], "FINISHED", "{again}");
-    let (lake4, _) = lake_per_day(&t);
-    assert_eq!(lake4, lake);
+    assert_eq!(again["result"]["days_rewritten"].as_u64(), Some(1), "{again}");
+    assert_equal_days(&lake_view(&t).days, &db3, "re-run after the failed export");
+}
+
+/// Readings that reach the database late (timestamps older than the last export), two exports at
+/// once, and an export with nothing to do.
+#[test]
+fn late_readings_reach_the_lake_and_concurrent_exports_never_double_rows() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = TestLab::new("spark-late").with_env("LABCTL_INGEST_ENABLED", "false");
+    t.ok(&["up"]);
+    let lab = t.lab();
+    let rows = known_rows();
+    insert(&t, &rows);
+
+    // The default export (no range) compares every day.
+    let first = t.json(&["submit", "spark", "--json"]);
+    assert_eq!(first["result"]["days_rewritten"].as_u64(), Some(3), "{first}");
+    assert_equal_days(&lake_view(&t).days, &db_days(&t), "first export");
+
+    // Late readings: older than everything the last export wrote, on two of the three days.
+    let late: Vec<_> = ["2026-01-01T06:00:00.000Z", "2026-01-03T01:02:03.456Z"]
+        .iter()
+        .map(|ts| (ts.to_string(), "WELDER-1", "temperature", 42.5))
+        .collect();
+    insert(&t, &late);
+    let late_export = t.json(&["submit", "spark", "--json"]);
+    let r = &late_export["result"];
+    assert_eq!((r["days_compared"].as_u64(), r["days_rewritten"].as_u64()), (Some(3), Some(2)), "{late_export}");
+    assert_eq!(r["partitions"], serde_json::json!([["2026", "1", "1"], ["2026", "1", "3"]]), "{late_export}");
+    let view = lake_view(&t);
+    assert_equal_days(&view.days, &db_days(&t), "after the late readings");
+
+    // Nothing to change: nothing rewritten, no new version, and only the comparison's cost.
+    let started = Instant::now();
+    let noop = t.json(&["submit", "spark", "--json"]);
+    let noop_secs = started.elapsed().as_secs_f64();
+    let r = &noop["result"];
+    assert_eq!((r["days_rewritten"].as_u64(), r["rows_written"].as_u64(), r["committed"].as_bool()), (Some(0), Some(0), Some(false)), "{noop}");
+    assert_eq!(lake_view(&t).version, view.version, "an export with nothing to change must not commit");
+    eprintln!("export with nothing to change: {noop_secs:.1} s (submit to FINISHED {:.1} s, compare {:.1} + {:.1} s)", noop["seconds"], r["tables"][0]["phases"]["compare_db"], r["tables"][0]["phases"]["compare_lake"]);
+
+    // Two exports started together, both with days to rewrite (more late readings, and a day the
+    // lake does not have yet): one through labctl and the master, one as a second driver in
+    // local mode beside it (the master would queue a second submission behind the first on a
+    // one-worker lab, so they would not overlap). Whatever their order, every day ends equal to
+    // the database and no row is doubled.
+    let more: Vec<_> = ["2026-01-02T03:00:00.000Z", "2026-01-05T12:00:00.000Z", "2026-01-05T13:00:00.000Z"]
+        .iter()
+        .map(|ts| (ts.to_string(), "WELDER-1", "pressure", 7.25))
+        .collect();
+    insert(&t, &more);
+    let worker = format!("{}-spark-worker-1", t.project);
+    let args = labctl::cli::spark::SubmitArgs {
+        from: None,
+        to: None,
+        with_aggregates: false,
+        partitions: 2,
+        no_wait: false,
+        timeout: 600,
+        dry_run: false,
+        json: true,
+    };
+    let secrets = labctl::cli::spark::JobSecrets::of(&lab).unwrap();
+    let config = labctl::cli::spark::render_config(&lab, &args, &secrets, None).unwrap();
+    let job = labctl::assets::text(labctl::cli::spark::JOB_FILE).unwrap();
+    let cfg_file = t.state_dir.path().join("side-export.json");
+    let job_file = t.state_dir.path().join("side-export.py");
+    std::fs::write(&cfg_file, config).unwrap();
+    std::fs::write(&job_file, job).unwrap();
+    for (from, to) in [(&cfg_file, "/tmp/side-export.json"), (&job_file, "/tmp/side-export.py")] {
+        assert!(std::process::Command::new("docker").args(["cp", &from.display().to_string(), &format!("{worker}:{to}")]).status().unwrap().success());
+    }
+    let (via_labctl, side) = std::thread::scope(|s| {
+        let a = s.spawn(|| t.run(&["submit", "spark", "--json"]));
+        let b = s.spawn(|| {
+            std::process::Command::new("docker")
+                .args([
+                    "exec", &worker, "/opt/spark-venv/bin/spark-submit", "--master", "local[1]",
+                    "--jars", "/usr/share/java/postgresql.jar", "--conf", "spark.ui.enabled=false",
+                    "--driver-java-options", "-Duser.timezone=UTC -Djava.security.egd=file:/dev/urandom",
+                    "/tmp/side-export.py", "@/tmp/side-export.json",
+                ])
+                .output()
+                .unwrap()
+        });
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let _ = std::process::Command::new("docker").args(["exec", "-u", "0", &worker, "rm", "-f", "/tmp/side-export.json", "/tmp/side-export.py"]).status();
+    let side_out = String::from_utf8_lossy(&side.stdout).into_owned();
+    let side_result: Option<serde_json::Value> =
+        side_out.lines().find_map(|l| l.strip_prefix("LABCTL_RESULT ")).and_then(|j| serde_json::from_str(j).ok());
+    let side_error = side_out.lines().find(|l| l.starts_with("LABCTL_ERROR")).map(str::to_string);
+    assert!(via_labctl.status.success(), "the labctl export failed:\n{}", String::from_utf8_lossy(&via_labctl.stderr));
+    let via: serde_json::Value = serde_json::from_slice(&via_labctl.stdout).unwrap();
+    eprintln!(
+        "two exports at once: labctl's rewrote {} days in {} attempt(s) (committed {}); the side driver: {}",
+        via["result"]["days_rewritten"],
+        via["result"]["tables"][0]["attempts"],
+        via["result"]["committed"],
+        match (&side_result, &side_error) {
+            (Some(r), _) => format!("rewrote {} days in {} attempt(s) (committed {})", r["days_rewritten"], r["tables"][0]["attempts"], r["committed"]),
+            (None, Some(e)) => e.clone(),
+            (None, None) => format!("no result:\n{}\n{}", side_out, String::from_utf8_lossy(&side.stderr)),
+        }
+    );
+    // Either both finished (the later one found the lake current, or retried after Delta's
+    // conflict check), or the side driver reports a conflict it could not resolve: never a
+    // silent double.
+    assert!(side_result.is_some() || side_error.as_deref().is_some_and(|e| e.contains("concurrent")), "side driver: {side_out}");
+    let db = db_days(&t);
+    let view = lake_view(&t);
+    assert_equal_days(&view.days, &db, "after two exports at once");
+    let total: i64 = db.values().map(|(n, _)| n).sum();
+    assert_eq!(view.days.values().map(|(n, _)| n).sum::<i64>(), total, "no doubled rows");
+
+    // And once more: nothing left to do.
+    let last = t.json(&["submit", "spark", "--json"]);
+    assert_eq!(last["result"]["days_rewritten"].as_u64(), Some(0), "{last}");
 }

@@ -16,14 +16,14 @@ role="${1:-master}"
 case "$role" in
   master)
     export SPARK_MASTER_OPTS="-Dspark.master.rest.enabled=true -Dspark.master.rest.port=6066 ${SPARK_MASTER_OPTS:-}"
-    export SPARK_DAEMON_JAVA_OPTS="-Duser.timezone=UTC ${SPARK_DAEMON_JAVA_OPTS:-}"
+    export SPARK_DAEMON_JAVA_OPTS="-Duser.timezone=UTC -Djava.security.egd=file:/dev/urandom ${SPARK_DAEMON_JAVA_OPTS:-}"
     exec spark-class org.apache.spark.deploy.master.Master \
       --host "${SPARK_MASTER_HOST:-spark-master}" --port 7077 --webui-port 8080 "$@"
     ;;
   worker)
     master_url="spark://spark-master:7077"
     if [ $# -gt 0 ] && [[ "$1" == spark://* ]]; then master_url="$1"; shift; fi
-    export SPARK_DAEMON_JAVA_OPTS="-Duser.timezone=UTC ${SPARK_DAEMON_JAVA_OPTS:-}"
+    export SPARK_DAEMON_JAVA_OPTS="-Duser.timezone=UTC -Djava.security.egd=file:/dev/urandom ${SPARK_DAEMON_JAVA_OPTS:-}"
     mkdir -p "${SPARK_WORKER_DIR:-/var/lib/spark/work}"
     exec spark-class org.apache.spark.deploy.worker.Worker \
       --cores "${SPARK_WORKER_CORES:-2}" --memory "${SPARK_WORKER_MEMORY:-2g}" \

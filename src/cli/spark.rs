@@ -37,12 +37,13 @@ const SAS_MARGIN: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SubmitArgs {
-    /// Start of the range (ISO-8601, UTC), e.g. 2026-11-17 or 2026-11-17T06:00:00. Default:
-    /// after the newest reading already in the lake.
+    /// Compare and export only from this UTC day on (ISO-8601, UTC, e.g. 2026-11-17; a time
+    /// is widened to its day's midnight). Default: every day. Exactly the days where the lake
+    /// differs from the database are rewritten.
     #[arg(long, value_name = "TIME")]
     pub from: Option<String>,
-    /// End of the range (exclusive; default: now, minus 60 s without --from: younger readings may
-    /// still be on their way through Flink).
+    /// Compare and export only the days before this instant (exclusive, widened to the next
+    /// midnight). Default: every day, today included.
     #[arg(long, value_name = "TIME")]
     pub to: Option<String>,
     /// Export sensor_aggregates too (to its own Delta table).
@@ -119,6 +120,20 @@ fn valid_delta_path(path: &str) -> bool {
         })
 }
 
+/// One entry of the config's `tables`: what to read, where to write, and the numeric columns
+/// whose per-day sums (with the row count and the sum of the time column) tell whether a day in
+/// the lake equals the database.
+fn table_entry(table: &crate::schema::Table, name: &str, delta_path: &str) -> serde_json::Value {
+    use crate::schema::ColumnType;
+    let sums: Vec<&str> = table
+        .columns
+        .iter()
+        .filter(|c| matches!(c.ty, ColumnType::Double | ColumnType::BigInt | ColumnType::Int))
+        .map(|c| c.name)
+        .collect();
+    serde_json::json!({"name": name, "time_column": table.time_column, "delta_path": delta_path, "checksum_columns": sums})
+}
+
 /// The lake's endpoint as the Spark cluster reaches it (not as labctl does): the job's Delta
 /// writes and the staged files' SAS URLs use it.
 fn cluster_lake_endpoint(lab: &Lab) -> String {
@@ -176,11 +191,14 @@ pub fn render_config_with(lab: &Lab, args: &SubmitArgs, secrets: &JobSecrets, ov
     if (over.table.is_some() || over.delta_path.is_some()) && args.with_aggregates {
         bail!("a table or Delta path override exports one table; --with-aggregates does not go with it");
     }
+    // The job writes through WASB, which needs the account's host name: refused here, before
+    // anything is staged, when the cluster's endpoint is path-style.
+    endpoints::wasb_authority(&lab.config)?;
     let name = over.table.as_deref().unwrap_or(MACHINE_SENSORS.name);
     let delta_path = over.delta_path.as_deref().unwrap_or(name);
-    let mut tables = vec![serde_json::json!({"name": name, "time_column": MACHINE_SENSORS.time_column, "delta_path": delta_path})];
+    let mut tables = vec![table_entry(&MACHINE_SENSORS, name, delta_path)];
     if args.with_aggregates {
-        tables.push(serde_json::json!({"name": SENSOR_AGGREGATES.name, "time_column": SENSOR_AGGREGATES.time_column, "delta_path": SENSOR_AGGREGATES.name}));
+        tables.push(table_entry(&SENSOR_AGGREGATES, SENSOR_AGGREGATES.name, SENSOR_AGGREGATES.name));
     }
     let json_or_null = |v: &Option<String>| v.as_ref().map(|s| serde_json::to_string(s).unwrap_or_default()).unwrap_or_else(|| "null".into());
     let mut ctx = tera::Context::new();
@@ -220,7 +238,8 @@ pub struct Sizing {
 /// export with the tasks in the driver: ~27 instead of ~34 CPU seconds, 18 instead of 23 s).
 /// The client compiler alone (-XX:TieredStopAtLevel=1) saved CPU too but made the JDBC read
 /// slower; not used.
-const JVM_OPTIONS: &str = "-Duser.timezone=UTC -XX:+UseSerialGC";
+/// `/dev/urandom` for SecureRandom: a fresh container's entropy pool must not stall the JVM.
+const JVM_OPTIONS: &str = "-Duser.timezone=UTC -XX:+UseSerialGC -Djava.security.egd=file:/dev/urandom";
 
 impl Sizing {
     /// From the workers' free cores (all cores when fewer than 2 are free: the submission then

@@ -199,7 +199,8 @@ impl Runtime {
             (LABEL_REPLICA.to_string(), replica.to_string()),
             (LABEL_SPEC.to_string(), spec.to_string()),
         ]);
-        let endpoint = EndpointSettings { aliases: Some(vec![svc.name.to_string()]), ..Default::default() };
+        let aliases = std::iter::once(svc.name).chain(svc.aliases.iter().copied()).map(str::to_string).collect();
+        let endpoint = EndpointSettings { aliases: Some(aliases), ..Default::default() };
         // The host's network has no aliases, and Docker refuses a hostname with it.
         let (network_mode, networking_config, hostname) = if svc.host_network {
             ("host".to_string(), None, None)
@@ -464,6 +465,9 @@ fn spec_hash(stack: &Stack, svc: &Service, image: &str) -> String {
     // Only when set, so the hash of every other container stays what it was (no recreate).
     if svc.host_network {
         h.update(b"network_mode=host");
+    }
+    if !svc.aliases.is_empty() {
+        h.update(format!("aliases={}", svc.aliases.join(",")).as_bytes());
     }
     hex::encode(&h.finalize()[..8])
 }

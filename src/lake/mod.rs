@@ -239,15 +239,7 @@ impl BlobClient {
             // early ones, but it is Parquet: then the count is unknown).
             let complete = commits.len() as u64 == v + 1;
             let wanted: Vec<u64> = if complete { (0..=v).collect() } else { vec![v] };
-            let texts: Vec<String> = futures_util::stream::iter(wanted.iter().map(|n| {
-                let name = format!("{log_prefix}{n:020}.json");
-                async move { self.get_blob(container, &name).await.map(|b| String::from_utf8_lossy(&b).into_owned()) }
-            }))
-            .buffered(LOG_FETCH_CONCURRENCY)
-            .collect::<Vec<Result<String>>>()
-            .await
-            .into_iter()
-            .collect::<Result<_>>()?;
+            let texts = self.log_commits(container, &log_prefix, wanted.iter().copied()).await?;
             let state = replay_log(texts.iter().map(String::as_str))?;
             if complete {
                 rows = state.rows;
@@ -272,10 +264,77 @@ pub struct LogState {
     pub rows_per_day: std::collections::BTreeMap<String, u64>,
 }
 
+/// One data file of a table's current version, from its add action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveFile {
+    /// Relative to the table's folder, percent-decoded (the blob's name below the table).
+    pub path: String,
+    /// `YYYY-MM-DD` from the year/month/day partition values, if it has them.
+    pub day: Option<String>,
+    pub rows: Option<u64>,
+}
+
+/// The data files of the current version, from a replay of every JSON commit (sorted by path).
+pub fn live_files<'a>(commits: impl IntoIterator<Item = &'a str>) -> Result<Vec<LiveFile>> {
+    let (live, _) = replay(commits)?;
+    let mut files: Vec<LiveFile> = live.into_iter().map(|(path, (rows, day))| LiveFile { path, day, rows }).collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+impl BlobClient {
+    /// The data files of a Delta table's current version, read from its `_delta_log` (every
+    /// commit must still be a JSON file; an error otherwise). Empty when there is no table.
+    pub async fn delta_live_files(&self, container: &str, table: &str) -> Result<Vec<LiveFile>> {
+        let log_prefix = format!("{table}/_delta_log/");
+        let commits: std::collections::BTreeSet<u64> = self
+            .list_blobs(container, &log_prefix)
+            .await?
+            .iter()
+            .filter_map(|b| b.strip_prefix(&log_prefix)?.strip_suffix(".json")?.parse::<u64>().ok())
+            .collect();
+        let Some(&v) = commits.iter().next_back() else { return Ok(Vec::new()) };
+        if commits.len() as u64 != v + 1 {
+            bail!("{container}/{table}: commits 0..={v} are not all JSON files in the log any more");
+        }
+        let texts = self.log_commits(container, &log_prefix, 0..=v).await?;
+        live_files(texts.iter().map(String::as_str))
+    }
+
+    /// The text of the given commits of a table's `_delta_log/` (`log_prefix`), fetched a few
+    /// at a time, in order.
+    async fn log_commits(&self, container: &str, log_prefix: &str, versions: impl Iterator<Item = u64>) -> Result<Vec<String>> {
+        futures_util::stream::iter(versions.map(|n| {
+            let name = format!("{log_prefix}{n:020}.json");
+            async move { self.get_blob(container, &name).await.map(|b| String::from_utf8_lossy(&b).into_owned()) }
+        }))
+        .buffered(LOG_FETCH_CONCURRENCY)
+        .collect::<Vec<Result<String>>>()
+        .await
+        .into_iter()
+        .collect()
+    }
+}
+
+type LiveSet = std::collections::HashMap<String, (Option<u64>, Option<String>)>;
+
 /// Replays Delta JSON commits (newline-delimited actions): add puts a file in the table, remove
 /// takes it out (paths compared percent-decoded: writers differ in what they encode).
 pub fn replay_log<'a>(commits: impl IntoIterator<Item = &'a str>) -> Result<LogState> {
-    let mut live: std::collections::HashMap<String, (Option<u64>, Option<String>)> = std::collections::HashMap::new();
+    let (live, last_commit_ms) = replay(commits)?;
+    let rows = live.values().try_fold(0u64, |sum, (n, _)| n.map(|n| sum + n));
+    let mut rows_per_day = std::collections::BTreeMap::new();
+    for (n, day) in live.values() {
+        if let (Some(n), Some(day)) = (n, day) {
+            *rows_per_day.entry(day.clone()).or_insert(0) += n;
+        }
+    }
+    Ok(LogState { rows, live_files: live.len(), last_commit_ms, rows_per_day })
+}
+
+/// The live files (path -> rows, day) and the last commit's timestamp.
+fn replay<'a>(commits: impl IntoIterator<Item = &'a str>) -> Result<(LiveSet, Option<i64>)> {
+    let mut live: LiveSet = std::collections::HashMap::new();
     let mut last_commit_ms = None;
     for (i, text) in commits.into_iter().enumerate() {
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -302,14 +361,7 @@ pub fn replay_log<'a>(commits: impl IntoIterator<Item = &'a str>) -> Result<LogS
             }
         }
     }
-    let rows = live.values().try_fold(0u64, |sum, (n, _)| n.map(|n| sum + n));
-    let mut rows_per_day = std::collections::BTreeMap::new();
-    for (n, day) in live.values() {
-        if let (Some(n), Some(day)) = (n, day) {
-            *rows_per_day.entry(day.clone()).or_insert(0) += n;
-        }
-    }
-    Ok(LogState { rows, live_files: live.len(), last_commit_ms, rows_per_day })
+    Ok((live, last_commit_ms))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -479,6 +531,9 @@ mod tests {
         // An empty table (created without files) has 0 rows.
         assert_eq!(replay_log([r#"{"commitInfo":{"timestamp":5}}"#]).unwrap(), LogState { rows: Some(0), live_files: 0, last_commit_ms: Some(5), rows_per_day: Default::default() });
         assert!(replay_log(["not json"]).is_err());
+        let files = live_files([v0, v1, v2]).unwrap();
+        assert_eq!(files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["year=2026/month=1/day=1/part-1.parquet", "year=2026/month=1/day=2/part-0.parquet", "year=2026/month=1/day=3/part-0.parquet"]);
+        assert_eq!((files[0].day.as_deref(), files[0].rows), (Some("2026-01-01"), Some(7)));
     }
 
     #[test]

@@ -116,7 +116,7 @@ struct Phases {
     outside_driver: f64,
     /// Driver JVM start to the job's Python code.
     jvm_to_python: f64,
-    /// Lake state and the bounds query, before Spark starts.
+    /// The comparison: per-day figures of the database and of the Delta table (after Spark starts).
     plan: f64,
     /// SparkContext (with executor registration) and session.
     spark_start: f64,
@@ -139,9 +139,9 @@ impl Phases {
             total: o.seconds,
             outside_driver: o.seconds - driver,
             jvm_to_python: num(r, &["startup", "jvm_to_python"]),
-            plan: p("lake_state") + p("bounds_query"),
+            plan: p("compare_db") + p("compare_lake"),
             spark_start: num(r, &["startup", "spark_context"]) + num(r, &["startup", "spark_session"]),
-            read_write: p("jdbc_schema") + p("read_write"),
+            read_write: p("read_write"),
             commit: p("commit"),
             vacuum: p("vacuum"),
         }
@@ -163,7 +163,7 @@ impl Phases {
 
     fn describe(&self) -> String {
         format!(
-            "submit->driver JVM + exit {:.1} s, JVM->python {:.1} s, plan {:.1} s, Spark start {:.1} s, read/write {:.1} s, commit {:.1} s, vacuum {:.1} s",
+            "submit->driver JVM + exit {:.1} s, JVM->python {:.1} s, compare {:.1} s, Spark start {:.1} s, read/write {:.1} s, commit {:.1} s, vacuum {:.1} s",
             self.outside_driver, self.jvm_to_python, self.plan, self.spark_start, self.read_write, self.commit, self.vacuum
         )
     }
