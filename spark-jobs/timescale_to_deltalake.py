@@ -314,6 +314,12 @@ def load_config(argv):
     cfg["read_only"] = cfg.get("read_only", False)
     if not isinstance(cfg["read_only"], bool):
         raise JobError(f"read_only must be true or false: {json.dumps(cfg['read_only'])}")
+    vac = cfg.get("vacuum")
+    if vac is not None:
+        hours = vac.get("retain_hours") if isinstance(vac, dict) else "bad"
+        if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float))
+                                  or hours < 0):
+            raise JobError("vacuum must be {\"retain_hours\": <hours >= 0 or null>}")
     result_url = cfg.get("result_url")
     if result_url is not None and not (isinstance(result_url, str)
                                        and result_url.startswith(("http://", "https://"))):
@@ -512,42 +518,152 @@ def lake_location(lake, delta_path):
     return f"{scheme}://{lake['container']}@{lake['_authority']}/{delta_path.strip('/')}"
 
 
-def configure_lake(sc, lake):
-    """The storage key and WASB's settings in the SparkContext's Hadoop configuration (which the
-    tasks get with their work), not in a Spark property of the submission."""
-    conf = sc._jsc.hadoopConfiguration()
+def configure_lake(conf, lake):
+    """The storage key and WASB's settings in a Hadoop configuration (the SparkContext's, which
+    the tasks get with their work, or the log reader's), never in a Spark property of the
+    submission."""
     conf.set(f"fs.azure.account.key.{lake['_authority']}", lake["key"])
     for k, v in WASB_SETTINGS.items():
         conf.set(k, v)
 
 
-def lake_state(spark, uri):
-    """None when there is no Delta table at `uri` (and nothing else either); else (version,
-    partition columns). Anything else at the location is an error."""
-    jvm = spark._jvm
-    if not jvm.io.delta.tables.DeltaTable.isDeltaTable(spark._jsparkSession, uri):
-        path = jvm.org.apache.hadoop.fs.Path(uri)
-        fs = path.getFileSystem(spark._jsc.hadoopConfiguration())
-        if fs.exists(path) and len(fs.listStatus(path)) > 0:
-            raise JobError(f"{uri} holds files but is not a Delta table (no _delta_log); "
-                           "move them away or export to another delta_path")
+class LakeLog:
+    """A Delta table's `_delta_log` read through Hadoop's FileSystem on the driver JVM, without
+    a SparkContext: the comparison of a run with nothing to change costs a listing and a few
+    small reads, not a Spark job.
+
+    The lake's side of the comparison comes from the log: rows per day are the numRecords of
+    the live files (exact), and the checksums are those the export that last wrote a day
+    computed from the very rows it wrote (the `summary` in its commit's userMetadata). A day
+    that another writer touched since, or whose live rows differ from that summary, is
+    unknown: it is compared as different and rewritten."""
+
+    def __init__(self, jvm, lake, uri):
+        self.jvm, self.uri = jvm, uri
+        conf = jvm.org.apache.hadoop.conf.Configuration()
+        configure_lake(conf, lake)
+        self.root = jvm.org.apache.hadoop.fs.Path(uri)
+        self.log_dir = jvm.org.apache.hadoop.fs.Path(uri + "/_delta_log")
+        self.fs = self.root.getFileSystem(conf)
+
+    def versions(self):
+        """Versions of the JSON commits, sorted; None when there is no table (and nothing
+        else) at the location; an error when something that is not a Delta table is there."""
+        if not self.fs.exists(self.log_dir):
+            if self.fs.exists(self.root) and len(self.fs.listStatus(self.root)) > 0:
+                raise JobError(f"{self.uri} holds files but is not a Delta table (no _delta_log); "
+                               "move them away or export to another delta_path")
+            return None
+        names = [str(st.getPath().getName()) for st in self.fs.listStatus(self.log_dir)]
+        versions = sorted(int(n[:-5]) for n in names if re.fullmatch(r"\d{20}\.json", n))
+        if not versions:
+            raise JobError(f"{self.uri}/_delta_log holds no commit: not a Delta table; move it "
+                           "away or export to another delta_path")
+        return versions
+
+    def commit(self, version):
+        """The actions of one JSON commit."""
+        p = self.jvm.org.apache.hadoop.fs.Path(self.log_dir, f"{version:020d}.json")
+        stream = self.fs.open(p)
+        try:
+            text = str(self.jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
+        finally:
+            stream.close()
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def state(self, table):
+        """(version, partition columns, {day: (rows, ts_sum, [sums]) or UNKNOWN}) of the current
+        version, or None when there is no table. `complete` is False (and the days are not
+        known) when early commits survive only in a checkpoint."""
+        versions = self.versions()
+        if versions is None:
+            return None
+        version = versions[-1]
+        if versions != list(range(version + 1)):
+            return {"version": version, "partition_columns": None, "days": None}
+        live, day_meta, partition_columns = {}, {}, None
+        for v in versions:
+            actions = self.commit(v)
+            touched, summary = set(), None
+            for a in actions:
+                if "metaData" in a:
+                    partition_columns = list(a["metaData"].get("partitionColumns") or [])
+                elif "add" in a:
+                    add = a["add"]
+                    day = partition_day(add.get("partitionValues") or {})
+                    rows = None
+                    try:
+                        rows = json.loads(add.get("stats") or "{}").get("numRecords")
+                    except ValueError:
+                        pass
+                    live[add["path"]] = (day, rows)
+                    touched.add(day)
+                elif "remove" in a:
+                    gone = live.pop(a["remove"]["path"], None)
+                    touched.add(gone[0] if gone else
+                                partition_day(a["remove"].get("partitionValues") or {}))
+                elif "commitInfo" in a:
+                    summary = export_meta(a["commitInfo"], table).get("summary")
+            for day in touched:
+                day_meta[day] = UNKNOWN
+            for key, figures in (summary or {}).items():
+                day_meta[int(key)] = (int(figures[0]), int(figures[1]), list(figures[2]))
+        rows = {}
+        for day, n in live.values():
+            rows[day] = None if n is None or rows.get(day, 0) is None else rows.get(day, 0) + n
+        days = {}
+        for day, n in rows.items():
+            meta = day_meta.get(day, UNKNOWN)
+            days[day] = meta if day is not None and meta is not UNKNOWN and meta[0] == n else UNKNOWN
+        return {"version": version, "partition_columns": partition_columns, "days": days}
+
+    def data_files(self):
+        """Parquet files below the table's folder (live or not)."""
+        it, n = self.fs.listFiles(self.root, True), 0
+        while it.hasNext():
+            p = it.next().getPath()
+            if str(p.getName()).endswith(".parquet") and "/_delta_log/" not in str(p.toString()):
+                n += 1
+        return n
+
+    def find_commit(self, after, run_id, table):
+        """This run's commit among the versions after `after`: (version, timestamp in s,
+        operationMetrics); a concurrent export may have committed right after it."""
+        for v in reversed([v for v in (self.versions() or []) if after is None or v > after]):
+            for a in self.commit(v):
+                info = a.get("commitInfo")
+                if info and export_meta(info, table).get("run") == run_id:
+                    return {"version": v, "timestamp": info.get("timestamp", 0) / 1000.0,
+                            "metrics": dict(info.get("operationMetrics") or {})}
         return None
-    detail = spark.sql(f"DESCRIBE DETAIL delta.`{uri}`").collect()[0].asDict()
-    version = spark.sql(f"DESCRIBE HISTORY delta.`{uri}` LIMIT 1").collect()[0]["version"]
-    return version, list(detail.get("partitionColumns") or [])
 
 
-def lake_summary(spark, uri, time_column, sums, lo_day, hi_day):
-    """The same figures as Db.day_summary, from the Delta table's current version, per
-    year/month/day partition."""
+# A day whose lake figures cannot be told from the log (compared as different).
+UNKNOWN = object()
+
+
+def partition_day(values):
+    try:
+        return epoch_day(dt.datetime(int(values["year"]), int(values["month"]), int(values["day"]),
+                                     tzinfo=dt.timezone.utc))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def export_meta(commit_info, table):
+    """The `labctl.export` user metadata of a commit of `table`, else {}."""
+    try:
+        meta = json.loads(commit_info.get("userMetadata") or "{}").get("labctl.export") or {}
+    except (ValueError, AttributeError):
+        return {}
+    return meta if meta.get("table") == table else {}
+
+
+def day_figures(df, time_column, sums):
+    """The figures Db.day_summary gives, of a DataFrame that has the partition columns:
+    {day: (rows, sum of epoch microseconds, [sum of each checksum column])}."""
     from pyspark.sql import functions as F
 
-    df = spark.read.format("delta").load(uri)
-    date = F.make_date(F.col("year"), F.col("month"), F.col("day"))
-    if lo_day is not None:
-        df = df.where(date >= F.lit(day_date(lo_day)))
-    if hi_day is not None:
-        df = df.where(date < F.lit(day_date(hi_day)))
     aggs = [F.count(F.lit(1)).alias("n"),
             F.sum(F.unix_micros(F.col(time_column)).cast("decimal(38,0)")).alias("ts")]
     aggs += [F.sum(F.col(c).cast("double")).alias(f"s{i}") for i, c in enumerate(sums)]
@@ -558,8 +674,22 @@ def lake_summary(spark, uri, time_column, sums, lo_day, hi_day):
     return out
 
 
+def lake_summary(spark, uri, time_column, sums, lo_day, hi_day):
+    """Day figures of the Delta table's current version read from its data: the way when the
+    log cannot tell them (its early commits only in a checkpoint)."""
+    from pyspark.sql import functions as F
+
+    df = spark.read.format("delta").load(uri)
+    date = F.make_date(F.col("year"), F.col("month"), F.col("day"))
+    if lo_day is not None:
+        df = df.where(date >= F.lit(day_date(lo_day)))
+    if hi_day is not None:
+        df = df.where(date < F.lit(day_date(hi_day)))
+    return day_figures(df, time_column, sums)
+
+
 def same(db, lake):
-    if lake is None or db[0] != lake[0] or db[1] != lake[1]:
+    if lake is None or lake is UNKNOWN or db[0] != lake[0] or db[1] != lake[1]:
         return False
     for a, b in zip(db[2], lake[2]):
         if a is None or b is None:
@@ -584,7 +714,13 @@ def replace_where(days):
 # One table
 # ----------------------------------------------------------------------------------------------
 
-def export_table(spark, cfg, tcfg, run_id):
+def in_range(day, lo_day, hi_day):
+    return (lo_day is None or day >= lo_day) and (hi_day is None or day < hi_day)
+
+
+def export_table(session, cfg, tcfg, run_id):
+    """Compares one table's days and rewrites those that differ. `session()` starts Spark
+    (once): a run with nothing to change never needs it."""
     from pyspark.sql import functions as F
 
     name, time_column, sums = tcfg["name"], tcfg["time_column"], tcfg["checksum_columns"]
@@ -592,20 +728,26 @@ def export_table(spark, cfg, tcfg, run_id):
     uri = lake_location(lake, tcfg["delta_path"])
     lo_day = epoch_day(floor_day(cfg["_from"])) if cfg["_from"] else None
     hi_day = epoch_day(ceil_day(cfg["_to"])) if cfg["_to"] else None
-    phases = {"compare_db": 0.0, "compare_lake": 0.0, "read_write": 0.0, "commit": 0.0,
-              "vacuum": 0.0}
+    phases = {"compare_db": 0.0, "compare_lake": 0.0, "spark_start": 0.0, "read": 0.0,
+              "write": 0.0, "commit": 0.0}
     result = {"name": name, "delta_uri": uri, "committed": False, "rows_read": 0,
               "rows_written": 0, "files": 0, "files_removed": 0, "delta_version": None,
               "previous_version": None, "partitions": [], "days_compared": 0,
-              "days_rewritten": 0, "days_only_in_lake": 0, "differences": [], "attempts": 0,
+              "days_rewritten": 0, "days_only_in_lake": 0, "days_unknown_in_lake": 0,
+              "differences": [], "attempts": 0, "lake_compared_from": "log",
               "from": iso(floor_day(cfg["_from"])) if cfg["_from"] else None,
               "to": iso(ceil_day(cfg["_to"])) if cfg["_to"] else None, "phases": phases}
     t_table = time.time()
+    jvm = SparkContext_jvm()
+    log_reader = None
     for attempt in range(1, ATTEMPTS + 1):
         result["attempts"] = attempt
         # -- compare: the database's days, then the lake's
         t = time.time()
-        db = Db(spark._jvm, cfg)
+        # what the database held when compared: `labctl verify` expects in the lake every row
+        # stamped (a little) before this instant
+        as_of = dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")
+        db = Db(jvm, cfg)
         try:
             db_days = db.day_summary(name, time_column, sums, lo_day, hi_day)
         finally:
@@ -613,10 +755,20 @@ def export_table(spark, cfg, tcfg, run_id):
         phases["compare_db"] += round(time.time() - t, 3)
         t = time.time()
         try:
-            state = lake_state(spark, uri)
-            if state is not None and state[1] != PARTITION_COLUMNS:
-                raise JobError(f"{uri} is partitioned by {state[1]}, expected {PARTITION_COLUMNS}")
-            lake_days = lake_summary(spark, uri, time_column, sums, lo_day, hi_day) if state else {}
+            log_reader = log_reader or LakeLog(jvm, lake, uri)
+            state = log_reader.state(name)
+            if state is not None and state["partition_columns"] not in (None, PARTITION_COLUMNS):
+                raise JobError(f"{uri} is partitioned by {state['partition_columns']}, expected "
+                               f"{PARTITION_COLUMNS}")
+            if state is None:
+                lake_days = {}
+            elif state["days"] is None:  # early commits only in a checkpoint: read the data
+                result["lake_compared_from"] = "data"
+                lake_days = lake_summary(session(), uri, time_column, sums, lo_day, hi_day)
+                phases["spark_start"] = SPARK_START["seconds"]
+            else:
+                lake_days = {d: f for d, f in state["days"].items()
+                             if d is not None and in_range(d, lo_day, hi_day)}
         except JobError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -625,7 +777,7 @@ def export_table(spark, cfg, tcfg, run_id):
             raise JobError(f"{name}: {what} at {lake['endpoint']} (container {lake['container']}, "
                            f"table {uri}): {detail}; nothing committed") from exc
         phases["compare_lake"] += round(time.time() - t, 3)
-        version = state[0] if state else None
+        version = state["version"] if state else None
         if attempt == 1:
             result["previous_version"] = version
         result["delta_version"] = version
@@ -633,8 +785,10 @@ def export_table(spark, cfg, tcfg, run_id):
         result["days_compared"] = len(set(db_days) | set(lake_days))
         result["days_rewritten"] = len(days)
         result["days_only_in_lake"] = len(set(lake_days) - set(db_days))
+        result["days_unknown_in_lake"] = sum(1 for d in days if lake_days.get(d) is UNKNOWN)
         result["differences"] = [{"day": day_iso(d), "database_rows": db_days[d][0],
-                                  "lake_rows": lake_days[d][0] if d in lake_days else 0}
+                                  "lake_rows": (None if lake_days.get(d) is UNKNOWN
+                                                else lake_days[d][0] if d in lake_days else 0)}
                                  for d in days[:DIFFERENCES_SHOWN]]
         result["partitions"] = [day_key(d) for d in days]
         log(f"{name}: {len(db_days)} days in the database, {len(lake_days)} in the lake "
@@ -645,7 +799,10 @@ def export_table(spark, cfg, tcfg, run_id):
                                  f"{uri} left at version {version}")
             return finish(result, t_table)
 
-        # -- read exactly those days over JDBC, in parallel
+        # -- read exactly those days over JDBC, in parallel, once: the figures recorded with
+        # the commit and the rows written are the same rows
+        spark = session()
+        phases["spark_start"] = SPARK_START["seconds"]
         t = time.time()
         props = {"user": cfg["db_user"], "password": cfg["db_password"],
                  "driver": "org.postgresql.Driver", "fetchsize": "20000"}
@@ -658,21 +815,30 @@ def export_table(spark, cfg, tcfg, run_id):
         df = df.select("*", F.year(tcol).alias("year"), F.month(tcol).alias("month"),
                        F.dayofmonth(tcol).alias("day"))
         expected = sum(db_days[d][0] for d in days)
+        try:
+            # materialized once, lineage cut: a lost block fails the run instead of reading
+            # the database again (which may have changed meanwhile)
+            df = df.localCheckpoint(eager=True)
+            written = day_figures(df, time_column, sums)
+        except Exception as exc:  # noqa: BLE001
+            kind, detail = failure_kind(exc)
+            raise JobError(f"{name}: reading {len(days)} days over JDBC failed: {detail} "
+                           f"(nothing committed, {uri} left at version {version})") from exc
+        phases["read"] += round(time.time() - t, 3)
+        result["rows_read"] = sum(f[0] for f in written.values())
         if cfg["read_only"]:
-            try:
-                row = df.agg(F.count(F.lit(1)).alias("n"),
-                             F.sum(F.hash(*df.columns)).alias("h")).collect()[0]
-            except Exception as exc:  # noqa: BLE001
-                raise JobError(f"{name}: reading over JDBC failed: {failure_kind(exc)[1]}") from exc
-            phases["read_write"] = round(time.time() - t, 3)
-            result["rows_read"] = row["n"]
-            result["message"] = (f"{name}: read {row['n']} rows of {len(days)} differing days "
-                                 f"(read_only: nothing written, {uri} left at version {version})")
+            result["message"] = (f"{name}: read {result['rows_read']} rows of {len(days)} "
+                                 f"differing days (read_only: nothing written, {uri} left at "
+                                 f"version {version})")
             return finish(result, t_table)
 
         # -- one Delta transaction: replace those days (or create the table with them)
-        meta = json.dumps({"labctl.export": {"run": run_id, "table": name, "days": len(days),
-                                             "rows": expected}}, separators=(",", ":"))
+        t = time.time()
+        meta = json.dumps({"labctl.export": {
+            "run": run_id, "table": name, "days": len(days), "rows": result["rows_read"],
+            "as_of": as_of,
+            "summary": {str(d): [f[0], str(f[1]), f[2]] for d, f in written.items()}}},
+            separators=(",", ":"))
         # replaceWhere also when the table is new: should another export create it meanwhile,
         # this one replaces those days instead of appending to them
         writer = (df.write.format("delta").partitionBy(*PARTITION_COLUMNS)
@@ -684,7 +850,7 @@ def export_table(spark, cfg, tcfg, run_id):
             if is_conflict(exc) and attempt < ATTEMPTS:
                 log(f"{name}: a concurrent export committed first ({failure_kind(exc)[1]}); "
                     f"comparing again (attempt {attempt + 1} of {ATTEMPTS})")
-                phases["read_write"] += round(time.time() - t, 3)
+                phases["write"] += round(time.time() - t, 3)
                 continue
             kind, detail = failure_kind(exc)
             what = {"lake": "writing to the lake", "jdbc": f"reading {name} over JDBC"}
@@ -693,38 +859,56 @@ def export_table(spark, cfg, tcfg, run_id):
             raise JobError(f"export of {name} failed, {what.get(kind, 'Spark job')}: {detail} "
                            f"(nothing committed, {uri} left at version {version})") from exc
         t_end = time.time()
-        commit = commit_of(spark, uri, run_id, name)
+        commit = log_reader.find_commit(version, run_id, name)
         if commit is None:
             raise JobError(f"{name}: the write to {uri} returned, but its commit is not in the "
-                           "table's recent history")
+                           "table's log")
         # the commit's own timestamp splits the write (tasks) from the commit (driver)
         commit_secs = max(0.0, min(t_end - t, t_end - commit["timestamp"]))
-        phases["read_write"] += round(t_end - t - commit_secs, 3)
+        phases["write"] += round(t_end - t - commit_secs, 3)
         phases["commit"] = round(commit_secs, 3)
         metrics = commit["metrics"]
         result.update(committed=True, delta_version=commit["version"],
                       rows_written=int(metrics.get("numOutputRows", 0)),
                       files=int(metrics.get("numFiles", metrics.get("numAddedFiles", 0))),
                       files_removed=int(metrics.get("numRemovedFiles", 0)))
-        result["rows_read"] = result["rows_written"]
         result["rows_expected"] = expected  # the comparison's count (the database may have grown)
+        if result["rows_written"] != result["rows_read"]:
+            raise JobError(f"{name}: committed version {commit['version']} with "
+                           f"{result['rows_written']} rows but {result['rows_read']} were read; "
+                           "the next export compares and rewrites those days")
         log(f"{name}: committed version {commit['version']}: {result['rows_written']} rows of "
             f"{len(days)} days, {result['files']} files added, {result['files_removed']} removed")
-
-        # -- vacuum with Delta's default retention (7 days)
-        t = time.time()
-        try:
-            spark.sql(f"VACUUM delta.`{uri}`").collect()
-        except Exception as exc:  # noqa: BLE001  (the data is committed; the next run vacuums)
-            result["vacuum_error"] = failure_kind(exc)[1]
-            log(f"WARNING: vacuum of {uri} failed, retried after the next commit: "
-                f"{result['vacuum_error']}")
-        phases["vacuum"] = round(time.time() - t, 3)
         result["message"] = (f"{name}: {result['rows_written']} rows of {len(days)} differing "
                              f"days (of {result['days_compared']} compared) committed as "
                              f"version {commit['version']}")
         return finish(result, t_table)
     raise AssertionError("unreachable")
+
+
+def vacuum_table(session, cfg, tcfg):
+    """VACUUM with the retention asked for (Delta's default: 7 days). Delta refuses less than
+    its check allows unless the user turned the check off for this run."""
+    uri = lake_location(cfg["lake"], tcfg["delta_path"])
+    t = time.time()
+    log_reader = LakeLog(SparkContext_jvm(), cfg["lake"], uri)
+    if log_reader.versions() is None:
+        return finish({"name": tcfg["name"], "delta_uri": uri, "vacuumed": False,
+                       "files_deleted": 0, "message": f"{tcfg['name']}: no Delta table at {uri}"}, t)
+    spark = session()
+    hours = cfg["vacuum"].get("retain_hours")
+    sql = f"VACUUM delta.`{uri}`" + (f" RETAIN {float(hours)} HOURS" if hours is not None else "")
+    before = log_reader.data_files()
+    try:
+        spark.sql(sql).collect()
+    except Exception as exc:  # noqa: BLE001
+        raise JobError(f"vacuum of {uri} failed: {failure_kind(exc)[1]}") from exc
+    after = log_reader.data_files()
+    kept = hours if hours is not None else 168
+    return finish({"name": tcfg["name"], "delta_uri": uri, "vacuumed": True,
+                   "retain_hours": kept, "files_deleted": before - after, "files_left": after,
+                   "message": f"{tcfg['name']}: {before - after} data files deleted, {after} left "
+                              f"({uri}, keeping {kept:g} hours of history)"}, t)
 
 
 def finish(result, t0):
@@ -733,18 +917,13 @@ def finish(result, t0):
     return result
 
 
-def commit_of(spark, uri, run_id, name):
-    """This run's commit (version, timestamp in s, operationMetrics) from the table's history:
-    found by its userMetadata, as a concurrent export may have committed right after it."""
-    for r in spark.sql(f"DESCRIBE HISTORY delta.`{uri}` LIMIT 10").collect():
-        try:
-            meta = json.loads(r["userMetadata"] or "{}").get("labctl.export", {})
-        except ValueError:
-            continue
-        if meta.get("run") == run_id and meta.get("table") == name:
-            return {"version": r["version"], "timestamp": r["timestamp"].timestamp(),
-                    "metrics": dict(r["operationMetrics"] or {})}
-    return None
+# The Spark session, started on first use; its start-up time.
+SPARK_START = {"seconds": 0.0}
+
+
+def SparkContext_jvm():  # noqa: N802  (the py4j view of the driver JVM)
+    from pyspark import SparkContext
+    return SparkContext._jvm
 
 
 def main(cfg):
@@ -760,44 +939,67 @@ def main(cfg):
         jvm_start = int(T0 * 1000)
     startup = {"jvm_to_python": round(T0 - jvm_start / 1000, 3)}
 
-    t = time.time()
-    conf = SparkConf()  # spark.* from the submission; the app name only as a fallback
-    if not conf.contains("spark.app.name"):
-        conf.setAppName("labctl-timescale-to-deltalake")
-    threads = conf.get("spark.labctl.driverTaskThreads", None)
-    if threads:  # one worker: the tasks run in this driver (cores granted to it by labctl),
-        # with a failed task retried like on executors (spark.task.maxFailures, default 4)
-        conf.setMaster(f"local[{int(threads)},{conf.get('spark.task.maxFailures', '4')}]")
-    # A lab's tables are small and its cluster a few cores: Spark's and Delta's defaults (200
-    # shuffle partitions, 50 for Delta's state, 10000 listing tasks in VACUUM) cost minutes of
-    # empty tasks on 2 cores (measured: VACUUM of a 5-file table 120 s, a no-op compare 31 s).
-    slots = int(threads or conf.get("spark.cores.max", "2"))
-    for key, value in (("spark.sql.shuffle.partitions", slots),
-                       ("spark.databricks.delta.snapshotPartitions", slots),
-                       ("spark.sql.sources.parallelPartitionDiscovery.parallelism", 2 * slots)):
-        if not conf.contains(key):
-            conf.set(key, str(value))
-    conf.set("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
-    conf.set("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
-    # INT96 is Spark's default; Delta's readers (and independent ones) prefer plain microseconds
-    conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-    # no VACUUM START/END commits in the log: one export = at most one new version
-    conf.set("spark.databricks.delta.vacuum.logging.enabled", "false")
-    sc = SparkContext.getOrCreate(conf)
-    configure_lake(sc, cfg["lake"])
-    startup["spark_context"] = round(time.time() - t, 3)
-    t = time.time()
-    spark = SparkSession(sc)
-    startup["spark_session"] = round(time.time() - t, 3)
-    log(f"Spark ready: {startup}")
+    spark_box = []
+
+    def session():
+        """The SparkSession, started on first use (a run with nothing to change needs none)."""
+        if spark_box:
+            return spark_box[0]
+        t = time.time()
+        conf = SparkConf()  # spark.* from the submission; the app name only as a fallback
+        if not conf.contains("spark.app.name"):
+            conf.setAppName("labctl-timescale-to-deltalake")
+        threads = conf.get("spark.labctl.driverTaskThreads", None)
+        if threads:  # one worker: the tasks run in this driver (cores granted to it by labctl),
+            # with a failed task retried like on executors (spark.task.maxFailures, default 4)
+            conf.setMaster(f"local[{int(threads)},{conf.get('spark.task.maxFailures', '4')}]")
+        # A lab's tables are small and its cluster a few cores: Spark's and Delta's defaults (200
+        # shuffle partitions, 50 for Delta's state, 10000 listing tasks in VACUUM) cost minutes
+        # of empty tasks on 2 cores (measured: VACUUM of a 5-file table 120 s).
+        slots = int(threads or conf.get("spark.cores.max", "2"))
+        for key, value in (("spark.sql.shuffle.partitions", slots),
+                           ("spark.databricks.delta.snapshotPartitions", slots),
+                           ("spark.sql.sources.parallelPartitionDiscovery.parallelism", 2 * slots)):
+            if not conf.contains(key):
+                conf.set(key, str(value))
+        conf.set("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+        conf.set("spark.sql.catalog.spark_catalog",
+                 "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+        # INT96 is Spark's default; Delta's readers (and independent ones) prefer microseconds
+        conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        # no VACUUM START/END commits in the log: the history shows exports only
+        conf.set("spark.databricks.delta.vacuum.logging.enabled", "false")
+        if cfg.get("vacuum") and cfg["vacuum"].get("retain_hours") is not None \
+                and float(cfg["vacuum"]["retain_hours"]) < 168:
+            # asked for explicitly (`labctl lake vacuum --retain-hours N`)
+            conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+        sc = SparkContext.getOrCreate(conf)
+        configure_lake(sc._jsc.hadoopConfiguration(), cfg["lake"])
+        startup["spark_context"] = round(time.time() - t, 3)
+        t2 = time.time()
+        spark_box.append(SparkSession(sc))
+        startup["spark_session"] = round(time.time() - t2, 3)
+        SPARK_START["seconds"] = round(time.time() - t, 3)
+        log(f"Spark ready: {startup}")
+        return spark_box[0]
 
     run_id = uuid.uuid4().hex
     results = []
     try:
         for tcfg in cfg["tables"]:
-            results.append(export_table(spark, cfg, tcfg, run_id))
+            if cfg.get("vacuum"):
+                results.append(vacuum_table(session, cfg, tcfg))
+            else:
+                results.append(export_table(session, cfg, tcfg, run_id))
     finally:
-        spark.stop()
+        if spark_box:
+            spark_box[0].stop()
+    if cfg.get("vacuum"):
+        summary = {"vacuumed": [r["name"] for r in results if r["vacuumed"]], "tables": results,
+                   "message": "; ".join(r["message"] for r in results), "startup": startup,
+                   "seconds": round(time.time() - jvm_start / 1000, 3)}
+        print(PREFIX_RESULT + json.dumps(summary, separators=(",", ":")), flush=True)
+        return summary
     days = sorted({tuple(p) for r in results for p in r["partitions"]},
                   key=lambda k: tuple(int(x) for x in k))
     summary = {

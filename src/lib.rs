@@ -19,3 +19,4 @@ pub mod spark;
 pub mod stack;
 pub mod state;
 pub mod status;
+pub mod verify;

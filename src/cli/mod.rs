@@ -5,6 +5,7 @@ mod demo;
 mod down;
 pub mod flink;
 mod images;
+mod lake;
 pub mod ingest;
 pub mod spark;
 mod logs;
@@ -13,6 +14,7 @@ mod render;
 mod scale;
 pub(crate) mod status;
 mod up;
+mod verify;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -66,6 +68,11 @@ pub enum Command {
     /// Spark export submissions.
     #[command(subcommand)]
     Spark(spark::SparkCommand),
+    /// Housekeeping of the lake's Delta tables (vacuum).
+    #[command(subcommand)]
+    Lake(lake::Command),
+    /// Prove that no reading was lost or doubled: topic, hypertables and lake compared per machine, sensor and UTC day.
+    Verify(verify::Args),
     /// Show a service's logs.
     Logs(logs::Args),
     /// A picture of the data: recent 1-minute windows per machine and sensor, as an SVG file.
@@ -111,6 +118,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Submit(SubmitCommand::Spark(a)) => spark::submit(config, a).await,
         Command::Flink(c) => flink::command(config, c).await,
         Command::Spark(c) => spark::command(config, c).await,
+        Command::Lake(c) => lake::run(config, c).await,
+        Command::Verify(a) => verify::run(config, a).await,
         Command::Logs(a) => logs::run(config, a).await,
         Command::Plot(a) => plot::run(config, a).await,
         Command::Render(a) => render::run(config, a),

@@ -100,6 +100,9 @@ pub struct Overrides {
     pub delta_path: Option<String>,
     /// Read the range over JDBC into the tasks and count it; write and commit nothing.
     pub read_only: bool,
+    /// Vacuum the tables instead of exporting: Some(None) keeps Delta's default retention (7
+    /// days), Some(Some(h)) keeps h hours.
+    pub vacuum: Option<Option<f64>>,
 }
 
 /// A PostgreSQL table name labctl may hand to the job: lower-case identifier, at most 63 bytes.
@@ -210,6 +213,18 @@ pub fn render_config_with(lab: &Lab, args: &SubmitArgs, secrets: &JobSecrets, ov
     ctx.insert("to", &json_or_null(&to));
     ctx.insert("partitions", &args.partitions);
     ctx.insert("read_only", &over.read_only);
+    let vacuum = match over.vacuum {
+        None => serde_json::Value::Null,
+        Some(hours) => {
+            if let Some(h) = hours {
+                if !(h.is_finite() && h >= 0.0) {
+                    bail!("--retain-hours must be a number of hours >= 0");
+                }
+            }
+            serde_json::json!({ "retain_hours": hours })
+        }
+    };
+    ctx.insert("vacuum", &vacuum.to_string());
     ctx.insert("lake_account", &endpoints::lake_account(&lab.config));
     ctx.insert("lake_key", &secrets.lake_key);
     ctx.insert("lake_endpoint", &cluster_lake_endpoint(lab));

@@ -77,18 +77,7 @@ fn dot(h: Health, color: bool) -> String {
     }
 }
 
-/// Thousands separators: counts are read at a glance.
-pub fn count(n: i64) -> String {
-    let s = n.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if n < 0 { format!("-{out}") } else { out }
-}
+pub use crate::status::count;
 
 /// The Flink job's own lag beside the one its committed offsets give.
 fn broker_lag(b: &status::BrokerSection) -> String {
@@ -250,7 +239,17 @@ pub fn render(r: &Report, color: bool) -> String {
             format!("{} v{}: {rows}{} partitions, {} files{when}", t.table, t.version.unwrap_or(0), t.partitions, t.data_files)
         })
         .collect();
-    line(&mut o, "lake", &l.light, tables.join(" | "));
+    let mut text = tables.join(" | ");
+    if let Some(c) = &l.currency {
+        match (&c.error, c.due_before) {
+            (Some(e), _) => text.push_str(&format!("; currency unknown: {e}")),
+            (None, Some(b)) if c.days_behind.is_empty() && c.days_differing.is_empty() => {
+                text.push_str(&format!("; current with the database on {} days (rows stamped before {})", c.days_compared, b.format("%H:%M:%S UTC")))
+            }
+            _ => {}
+        }
+    }
+    line(&mut o, "lake", &l.light, text);
 
     if let Some(sec) = &r.secrets {
         let _ = writeln!(o, "\ndatabase password: {}", sec["db_password"].as_str().unwrap_or(""));

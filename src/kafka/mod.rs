@@ -161,6 +161,65 @@ impl Broker {
         Ok(())
     }
 
+    /// Hands every message of `topic` in `[low, high)` of each given partition to `visit`
+    /// (state, partition, offset, payload), partition by partition in offset order, and returns
+    /// the state; the client
+    /// joins no group and commits nothing. Errors when a partition stops short of `high` for
+    /// `timeout` (a broker gone mid-read), never returns a partial read as complete.
+    pub async fn scan<S, F>(&self, topic: &str, ranges: Vec<PartitionOffsets>, timeout: Duration, mut state: S, mut visit: F) -> Result<S>
+    where
+        S: Send + 'static,
+        F: FnMut(&mut S, i32, i64, Option<&[u8]>) + Send + 'static,
+    {
+        use rdkafka::Message;
+        let (me, topic) = (self.clone(), topic.to_string());
+        tokio::task::spawn_blocking(move || {
+            // Large fetches: this is a bulk read of the whole topic.
+            let config = me
+                .client_config()
+                .set("group.id", "labctl-verify")
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("fetch.max.bytes", "16777216")
+                .set("max.partition.fetch.bytes", "4194304")
+                // The end of a partition is reported: offsets below `high` may be control
+                // records of transactions, which are never delivered.
+                .set("enable.partition.eof", "true")
+                .clone();
+            let c: BaseConsumer<ErrorCapture> = config.create_with_context(ErrorCapture::for_config(&config)).context("creating a Kafka client")?;
+            for r in ranges.iter().filter(|r| r.high > r.low) {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition_offset(&topic, r.partition, Offset::Offset(r.low))?;
+                c.assign(&tpl).with_context(|| format!("assigning {topic}/{}", r.partition))?;
+                let mut next = r.low;
+                let mut last_progress = std::time::Instant::now();
+                while next < r.high {
+                    match c.poll(Duration::from_millis(200)) {
+                        None => {
+                            if last_progress.elapsed() > timeout {
+                                return Err(explain_consumer(&c, anyhow!("reading {topic}/{} stopped at offset {next} of {} for {} s", r.partition, r.high, timeout.as_secs())));
+                            }
+                        }
+                        Some(Err(KafkaError::PartitionEOF(p))) if p == r.partition => break,
+                        Some(Err(KafkaError::PartitionEOF(_))) => {}
+                        Some(Err(e)) => return Err(explain_consumer(&c, anyhow!("reading {topic}/{} at offset {next}: {e}", r.partition))),
+                        Some(Ok(m)) => {
+                            last_progress = std::time::Instant::now();
+                            if m.partition() == r.partition && m.offset() >= next && m.offset() < r.high {
+                                visit(&mut state, m.partition(), m.offset(), m.payload());
+                            }
+                            // Offsets of a compacted or transactional partition may skip.
+                            next = next.max(m.offset() + 1);
+                        }
+                    }
+                }
+            }
+            c.unassign().ok();
+            Ok(state)
+        })
+        .await?
+    }
+
     /// Low and high watermarks of every partition of `topic`.
     pub async fn offsets(&self, topic: &str, timeout: Duration) -> Result<Vec<PartitionOffsets>> {
         Ok(self.activity(topic, None, timeout).await?.partitions.into_iter().map(|p| p.offsets).collect())

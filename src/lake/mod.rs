@@ -215,6 +215,8 @@ pub struct DeltaSummary {
     pub last_commit: Option<chrono::DateTime<chrono::Utc>>,
     /// Rows per UTC day (`YYYY-MM-DD`) in the current version; empty when `rows` is unknown.
     pub rows_per_day: std::collections::BTreeMap<String, u64>,
+    /// What the newest export compared against (see `export_as_of`); None when unknown.
+    pub export_as_of: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Commits fetched at once while replaying a log.
@@ -233,7 +235,7 @@ impl BlobClient {
         let mut dirs: Vec<&str> = data.iter().filter_map(|b| b.rsplit_once('/').map(|(d, _)| d)).collect();
         dirs.sort_unstable();
         dirs.dedup();
-        let (mut rows, mut last_commit, mut rows_per_day) = (None, None, Default::default());
+        let (mut rows, mut last_commit, mut rows_per_day, mut export_as_of) = (None, None, Default::default(), None);
         if let Some(v) = version {
             // Replay needs every commit 0..=v as JSON (a checkpoint would stand in for the
             // early ones, but it is Parquet: then the count is unknown).
@@ -244,10 +246,11 @@ impl BlobClient {
             if complete {
                 rows = state.rows;
                 rows_per_day = state.rows_per_day;
+                export_as_of = self::export_as_of(texts.iter().map(String::as_str), table);
             }
             last_commit = state.last_commit_ms.and_then(chrono::DateTime::from_timestamp_millis);
         }
-        Ok(DeltaSummary { table: table.to_string(), version, partitions: dirs.len(), data_files: data.len(), rows, last_commit, rows_per_day })
+        Ok(DeltaSummary { table: table.to_string(), version, partitions: dirs.len(), data_files: data.len(), rows, last_commit, rows_per_day, export_as_of })
     }
 }
 
@@ -282,10 +285,66 @@ pub fn live_files<'a>(commits: impl IntoIterator<Item = &'a str>) -> Result<Vec<
     Ok(files)
 }
 
+/// What the newest export (a commit with `labctl.export` user metadata for `table`) compared
+/// against: its `as_of` instant, or the commit's own time when it has none. None when no
+/// commit is an export's.
+pub fn export_as_of<'a>(commits: impl IntoIterator<Item = &'a str>, table: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let mut found = None;
+    for text in commits {
+        for line in text.lines() {
+            let Ok(action) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            let Some(info) = action.get("commitInfo") else { continue };
+            let meta: Option<serde_json::Value> = info["userMetadata"].as_str().and_then(|m| serde_json::from_str(m).ok());
+            let Some(export) = meta.as_ref().map(|m| &m["labctl.export"]).filter(|e| e["table"] == table) else { continue };
+            let as_of = export["as_of"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&chrono::Utc));
+            found = as_of.or_else(|| info["timestamp"].as_i64().and_then(chrono::DateTime::from_timestamp_millis)).or(found);
+        }
+    }
+    found
+}
+
+/// The reading key of every row of a Parquet file: the lake's own bytes, read without Spark.
+fn parquet_keys(bytes: bytes::Bytes) -> Result<Vec<(String, String, i64)>> {
+    use parquet::{
+        file::reader::{FileReader, SerializedFileReader},
+        record::Field,
+    };
+    let reader = SerializedFileReader::new(bytes).context("not a Parquet file")?;
+    let mut out = Vec::with_capacity(reader.metadata().file_metadata().num_rows().max(0) as usize);
+    for row in reader.get_row_iter(None).context("reading its rows")? {
+        let row = row.context("reading a row")?;
+        let (mut machine, mut sensor, mut us) = (None, None, None);
+        for (name, field) in row.get_column_iter() {
+            match (name.as_str(), field) {
+                ("machine_id", Field::Str(s)) => machine = Some(s.clone()),
+                ("sensor_type", Field::Str(s)) => sensor = Some(s.clone()),
+                ("timestamp", Field::TimestampMicros(x)) => us = Some(*x),
+                ("timestamp", Field::TimestampMillis(x)) => us = Some(*x * 1000),
+                _ => {}
+            }
+        }
+        match (machine, sensor, us) {
+            (Some(m), Some(s), Some(t)) => out.push((m, s, t)),
+            _ => bail!("a row without machine_id, sensor_type or timestamp"),
+        }
+    }
+    Ok(out)
+}
+
 impl BlobClient {
     /// The data files of a Delta table's current version, read from its `_delta_log` (every
     /// commit must still be a JSON file; an error otherwise). Empty when there is no table.
     pub async fn delta_live_files(&self, container: &str, table: &str) -> Result<Vec<LiveFile>> {
+        match self.delta_log(container, table).await? {
+            Some(commits) => live_files(commits.iter().map(String::as_str)),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Every commit of a Delta table's `_delta_log`, as JSON text in version order; None when
+    /// there is no table. An error when early commits survive only in a checkpoint (Parquet),
+    /// which labctl does not read.
+    pub async fn delta_log(&self, container: &str, table: &str) -> Result<Option<Vec<String>>> {
         let log_prefix = format!("{table}/_delta_log/");
         let commits: std::collections::BTreeSet<u64> = self
             .list_blobs(container, &log_prefix)
@@ -293,14 +352,19 @@ impl BlobClient {
             .iter()
             .filter_map(|b| b.strip_prefix(&log_prefix)?.strip_suffix(".json")?.parse::<u64>().ok())
             .collect();
-        let Some(&v) = commits.iter().next_back() else { return Ok(Vec::new()) };
+        let Some(&v) = commits.iter().next_back() else { return Ok(None) };
         if commits.len() as u64 != v + 1 {
-            bail!("{container}/{table}: commits 0..={v} are not all JSON files in the log any more");
+            bail!("{container}/{table}: commits 0..={v} are not all JSON files in the log any more (only a checkpoint covers the early ones)");
         }
-        let texts = self.log_commits(container, &log_prefix, 0..=v).await?;
-        live_files(texts.iter().map(String::as_str))
+        Ok(Some(self.log_commits(container, &log_prefix, 0..=v).await?))
     }
 
+    /// (machine_id, sensor_type, timestamp in microseconds) of every row of one data file of
+    /// `table` (a path from `delta_live_files`).
+    pub async fn reading_keys(&self, container: &str, table: &str, file: &str) -> Result<Vec<(String, String, i64)>> {
+        let bytes = self.get_blob(container, &format!("{table}/{file}")).await?;
+        tokio::task::spawn_blocking(move || parquet_keys(bytes)).await?.with_context(|| format!("reading {container}/{table}/{file}"))
+    }
     /// The text of the given commits of a table's `_delta_log/` (`log_prefix`), fetched a few
     /// at a time, in order.
     async fn log_commits(&self, container: &str, log_prefix: &str, versions: impl Iterator<Item = u64>) -> Result<Vec<String>> {

@@ -160,8 +160,19 @@ pub fn judge_lake(l: &mut LakeSection) {
     if l.light.is_set() {
         return;
     }
+    let behind = l.currency.as_ref().map(|c| (c.days_behind.len(), c.days_differing.len())).unwrap_or((0, 0));
     l.light = if l.tables.is_empty() {
         Light::yellow("no Delta table yet: `labctl submit spark`")
+    } else if behind != (0, 0) {
+        let c = l.currency.as_ref().expect("counted above");
+        let mut what = Vec::new();
+        if behind.0 > 0 {
+            what.push(format!("{} day(s) missing ({})", behind.0, c.days_behind.join(", ")));
+        }
+        if behind.1 > 0 {
+            what.push(format!("{} day(s) differ ({})", behind.1, c.days_differing.join(", ")));
+        }
+        Light::yellow(format!("lake behind the database: {}: `labctl submit spark`", what.join(", ")))
     } else {
         Light::green(format!("{} Delta table(s)", l.tables.len()))
     };

@@ -10,7 +10,7 @@ mod rate;
 
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -217,6 +217,23 @@ pub struct LakeSection {
     pub light: Light,
     pub container: String,
     pub tables: Vec<crate::lake::DeltaSummary>,
+    /// Whether the lake's machine_sensors table is current with the database.
+    pub currency: Option<LakeCurrency>,
+}
+
+/// Rows per UTC day of the lake against the database's, as of the newest export: a day is
+/// current when the lake holds at least the database's rows stamped before the export's bound
+/// (`verify::LAKE_IN_FLIGHT_SECS` before it compared) and at most all of the day's rows.
+#[derive(Debug, Default, Serialize)]
+pub struct LakeCurrency {
+    pub as_of: Option<DateTime<Utc>>,
+    pub due_before: Option<DateTime<Utc>>,
+    pub days_compared: usize,
+    /// Days whose lake rows are outside those bounds (late readings since, or a loss).
+    pub days_differing: Vec<String>,
+    /// Days with due rows and none in the lake.
+    pub days_behind: Vec<String>,
+    pub error: Option<String>,
 }
 
 /// Everything `status` shows, gathered concurrently; no call may take longer than `timeout`.
@@ -356,6 +373,19 @@ async fn services(lab: &Lab, rt: &Runtime, timeout: Duration) -> Result<Vec<Serv
     .await;
     out.extend(external);
     Ok(out)
+}
+
+/// Thousands separators: counts are read at a glance.
+pub fn count(n: i64) -> String {
+    let s = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
 }
 
 /// The consumer group the lab's Flink job commits its offsets to.
@@ -523,8 +553,48 @@ async fn spark(lab: &Lab, timeout: Duration) -> Result<SparkSection> {
 async fn lake(lab: &Lab, timeout: Duration) -> Result<LakeSection> {
     let blob = lab.blob(timeout)?;
     let container = lab.config.lake.container.clone();
-    let tables = futures_util::future::try_join_all(schema::TABLES.iter().map(|t| blob.delta_summary(&container, t.name))).await?;
-    Ok(LakeSection { light: Light::default(), tables: tables.into_iter().filter(|t| t.version.is_some()).collect(), container })
+    let tables: Vec<_> = futures_util::future::try_join_all(schema::TABLES.iter().map(|t| blob.delta_summary(&container, t.name))).await?.into_iter().filter(|t| t.version.is_some()).collect();
+    let currency = match tables.iter().find(|t| t.table == schema::MACHINE_SENSORS.name) {
+        Some(t) => Some(match lake_currency(lab, t, timeout).await {
+            Ok(c) => c,
+            Err(e) => LakeCurrency { error: Some(format!("{e:#}")), ..Default::default() },
+        }),
+        None => None,
+    };
+    Ok(LakeSection { light: Light::default(), tables, container, currency })
+}
+
+async fn lake_currency(lab: &Lab, t: &crate::lake::DeltaSummary, timeout: Duration) -> Result<LakeCurrency> {
+    let as_of = t.export_as_of.or(t.last_commit);
+    let Some(due_before) = as_of.map(|a| a - chrono::Duration::seconds(crate::verify::LAKE_IN_FLIGHT_SECS)) else {
+        return Ok(LakeCurrency { error: Some("the lake's log does not say what was exported (checkpointed log)".into()), ..Default::default() });
+    };
+    let db = lab.database()?.connect(timeout).await?;
+    let ms = schema::MACHINE_SENSORS;
+    let sql = format!(
+        "SELECT to_char({tc} AT TIME ZONE 'UTC', 'YYYY-MM-DD'), count(*) FILTER (WHERE {tc} < $1), count(*) FROM {name} GROUP BY 1",
+        tc = schema::pg_ident(ms.time_column),
+        name = ms.name
+    );
+    let rows = db.query(&sql, &[&due_before]).await.context("counting machine_sensors per day")?;
+    let mut c = LakeCurrency { as_of, due_before: Some(due_before), ..Default::default() };
+    let mut days: std::collections::BTreeSet<String> = t.rows_per_day.keys().cloned().collect();
+    let db_days: std::collections::HashMap<String, (i64, i64)> = rows.iter().map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2)))).collect();
+    days.extend(db_days.keys().cloned());
+    for day in days {
+        let (due, all) = db_days.get(&day).copied().unwrap_or((0, 0));
+        let lake = t.rows_per_day.get(&day).copied().unwrap_or(0) as i64;
+        if due == 0 && all == 0 && lake == 0 {
+            continue;
+        }
+        c.days_compared += 1;
+        if lake == 0 && due > 0 {
+            c.days_behind.push(day);
+        } else if lake < due || lake > all {
+            c.days_differing.push(day);
+        }
+    }
+    Ok(c)
 }
 
 #[cfg(test)]
@@ -627,7 +697,8 @@ mod tests {
             lake: LakeSection {
                 light,
                 container: "lake".into(),
-                tables: vec![crate::lake::DeltaSummary { table: "machine_sensors".into(), version: Some(0), partitions: 1, data_files: 1, rows: Some(3), last_commit: Some(Utc::now()), rows_per_day: [("2026-11-24".to_string(), 3)].into() }],
+                tables: vec![crate::lake::DeltaSummary { table: "machine_sensors".into(), version: Some(0), partitions: 1, data_files: 1, rows: Some(3), last_commit: Some(Utc::now()), rows_per_day: [("2026-11-24".to_string(), 3)].into(), export_as_of: Some(Utc::now()) }],
+                currency: Some(LakeCurrency { as_of: Some(Utc::now()), due_before: Some(Utc::now()), days_compared: 2, days_differing: vec!["2026-11-24".into()], days_behind: vec!["2026-11-25".into()], error: None }),
             },
             secrets: Some(serde_json::json!({"db_password": "x", "db_url": "postgresql://..."})),
             elapsed_ms: 12,

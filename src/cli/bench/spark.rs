@@ -69,7 +69,7 @@ async fn run_once(lab: &Lab, table: &str, delta_path: &str, partitions: u32, rea
     // An explicit end: the default stops 60 s before now, and the scratch table reaches now.
     let to = Some((chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     let args = SubmitArgs { from: None, to, with_aggregates: false, partitions, no_wait: false, timeout: 900, dry_run: false, json: true };
-    let over = Overrides { table: Some(table.into()), delta_path: Some(delta_path.into()), read_only };
+    let over = Overrides { table: Some(table.into()), delta_path: Some(delta_path.into()), read_only, vacuum: None };
     let staging = Staging::new(lab, Duration::from_secs(900))?;
     let config = render_config_with(lab, &args, &crate::cli::spark::JobSecrets::of(lab)?, &over, Some(staging.result_url()))?;
     // The previous run's application may still be releasing its cores.
