@@ -28,6 +28,9 @@ Config (all keys required unless marked optional):
       "read_only": false,                           # optional: compare, then read the differing
                                                     # days over JDBC and count them; write and
                                                     # commit nothing (a benchmark's baseline)
+      "vacuum": null,                               # optional: {"retain_hours": H or null} runs
+                                                    # Delta's VACUUM on the tables instead of an
+                                                    # export (null hours: Delta's 7 days)
       "result_url": null,                           # optional: a URL (a blob SAS with create and
                                                     # write permission) the job PUTs its result to
       "lake": {
@@ -52,9 +55,18 @@ the sum of each checksum column (within a relative 1e-10). Exactly the days wher
 has rows and the lake differs (or has none) are rewritten, all of them in ONE Delta transaction:
 `format("delta").mode("overwrite").option("replaceWhere", <those days>)`, partitioned by
 year/month/day, from a parallel JDBC read of just those days. So a reading that reaches the
-database late, with an old timestamp, is in the lake after the next export; a run with nothing to
-change reads the comparison and commits nothing. Days the lake holds and the database does not
-(e.g. dropped chunks) are kept: the lake may be the only copy left.
+database late, with an old timestamp, is in the lake after the next export. Days the lake holds
+and the database does not (e.g. dropped chunks) are kept: the lake may be the only copy left.
+
+The lake's figures come from its _delta_log, read through Hadoop's FileSystem before any
+SparkContext exists (class LakeLog): rows per day are the live files' numRecords, and the sums
+are those recorded by the export that last wrote the day, computed from exactly the rows it wrote
+(read once, materialized with localCheckpoint, summed, written). Each export commit carries
+userMetadata {"labctl.export": {"run", "table", "days", "rows", "as_of" (ISO instant of its
+comparison), "summary": {"<epoch day>": [rows, "<sum of epoch us>", [sums]]}}}. A day another
+writer touched since, or whose numRecords disagree with the record, compares as different. So a
+run with nothing to change starts no Spark at all. When early commits survive only in a
+checkpoint, the table's data is read with Spark instead.
 
 Exports at the same time: Delta's optimistic concurrency. A transaction that replaces days
 another export committed since it started fails Delta's conflict check
@@ -64,8 +76,9 @@ exports end with the table equal to the database and no row doubled: replaceWher
 days, it never appends to them. A killed export commits nothing (a Delta commit is one atomic
 log entry); its written files stay unreferenced until VACUUM deletes them, and the re-run
 compares and rewrites what differs (idempotent by replaceWhere, no transaction ids needed).
-After a commit, VACUUM with Delta's default retention (7 days): no file a reader of a version of
-the last week or a running export needs is deleted.
+An export never vacuums; a vacuum run (config "vacuum") keeps Delta's default 7 days unless
+asked for less, so no file a reader of a version of the last week or a running export needs is
+deleted.
 
 Table schema: the source columns (timestamptz -> Delta timestamp, Parquet TIMESTAMP_MICROS;
 double, string, long, integer) plus partition columns year, month, day (integer, UTC).
@@ -81,7 +94,8 @@ Output: on success one stdout line
   ISO, null = open), committed, rows_read, rows_written, files, files_removed, delta_version,
   previous_version, partitions, days_compared, days_rewritten, days_only_in_lake, differences
   (the first days that differed: day, database and lake rows), attempts, message, phases
-  (seconds per step: compare_db, compare_lake, read_write, commit, vacuum) and seconds.
+  (seconds per step: compare_db, compare_lake, spark_start, read, write, commit),
+  days_unknown_in_lake, lake_compared_from ("log" or "data") and seconds.
 Spark property spark.labctl.driverTaskThreads=N (optional, set by labctl when the cluster has one
 worker and the driver was granted its cores): the tasks run inside the driver with N threads
 (local[N,maxFailures]) instead of on executors.
@@ -431,6 +445,9 @@ class Db:
             props.setProperty("user", cfg["db_user"])
             props.setProperty("password", cfg["db_password"])
             props.setProperty("connectTimeout", "10")
+            # a database that stops answering mid-query (a frozen container) fails the run
+            # instead of hanging it
+            props.setProperty("socketTimeout", "600")
             props.setProperty("ApplicationName", "labctl-export")
             self.conn = driver.connect(self.url, props)
         except Exception as exc:  # noqa: BLE001

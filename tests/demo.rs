@@ -28,7 +28,7 @@ fn demo_runs_the_whole_pipeline_and_its_summary_is_true() {
     assert!(n(&summary["readings_produced"]) >= 2 * 17_280 * 3, "{summary:#}");
     assert!(n(&summary["machine_sensors_rows"]) >= n(&summary["readings_produced"]) - 100, "raw rows caught up when the summary was taken");
     let steps: Vec<&str> = summary["steps"].as_array().unwrap().iter().map(|s| s[0].as_str().unwrap()).collect();
-    assert_eq!(steps, ["up", "submit flink", "backfill aggregated", "submit spark"]);
+    assert_eq!(steps, ["up", "submit flink", "backfill aggregated", "submit spark", "verify"]);
     assert!(summary["urls"]["flink_ui"].as_str().unwrap().starts_with("http://127.0.0.1:"));
 
     // Stop the generator, let Flink catch up, then compare everything exactly.
@@ -60,21 +60,31 @@ fn demo_runs_the_whole_pipeline_and_its_summary_is_true() {
     ));
     assert_eq!(mismatched, 0, "each window's count equals its minute's raw rows");
 
-    // The lake: rows per day equal the database's for the exported range.
+    // The lake, read from its log, against the database per day: it holds every row stamped
+    // before the export's bound and none the day does not have (the generator went on after
+    // the export, so the newest day has more rows in the database).
     let delta = &summary["delta"];
-    let (from, to) = (delta["exported_from"].as_str(), delta["exported_to"].as_str().expect("exported_to"));
-    let lower = from.map(|f| format!("AND timestamp >= '{f}'::timestamptz")).unwrap_or_default();
+    assert!(delta["days_compared"].as_u64().unwrap() >= 3, "two days of history span at least three UTC dates: {delta}");
+    assert_eq!(delta["days_compared"], delta["days_rewritten"], "a new lake: every day written: {delta}");
+    let as_of = delta["as_of"].as_str().expect("the export's as_of in its commit");
     let rows = rt
         .block_on(db.query(
-            &format!("SELECT to_char(timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD'), count(*) FROM machine_sensors WHERE timestamp < '{to}'::timestamptz {lower} GROUP BY 1 ORDER BY 1"),
-            &[],
+            "SELECT to_char(timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD'), count(*) FILTER (WHERE timestamp < $1::text::timestamptz - interval '60 seconds'), count(*) FROM machine_sensors GROUP BY 1 ORDER BY 1",
+            &[&as_of],
         ))
         .unwrap();
-    let db_days: BTreeMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     let lake_days: BTreeMap<String, i64> = delta["rows_per_day"].as_object().unwrap().iter().map(|(d, v)| (d.clone(), n(v))).collect();
-    assert_eq!(lake_days, db_days, "Delta rows per day = the database's");
-    assert_eq!(delta["rows"].as_i64(), Some(db_days.values().sum::<i64>()));
-    assert!(db_days.len() >= 3, "two days of history span at least three UTC dates: {db_days:?}");
+    let db_days: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert!(lake_days.keys().all(|d| db_days.contains(d)), "days of the lake {lake_days:?} not all in the database {db_days:?}");
+    for r in &rows {
+        let (day, due, all): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
+        let lake = lake_days.get(&day).copied().unwrap_or(0);
+        assert!(due <= lake && lake <= all, "{day}: lake {lake} rows, database {due} due and {all} in all");
+    }
+
+    // The demo's last step was `labctl verify`: every hop agreed.
+    assert_eq!(summary["verify"]["ok"], true, "{:#}", summary["verify"]);
+    assert_eq!(summary["verify"]["hops"].as_array().unwrap().len(), 3);
 
     // status agrees and matches its schema; the stopped generator is the one red line.
     let out = t.run(&["status", "--json"]);
@@ -86,6 +96,32 @@ fn demo_runs_the_whole_pipeline_and_its_summary_is_true() {
     let lake = &status["lake"]["tables"][0];
     assert_eq!(lake["version"], delta["version"]);
     assert_eq!(lake["rows"], delta["rows"]);
+    let currency = &status["lake"]["currency"];
+    assert_eq!((currency["days_differing"].as_array().map(Vec::len), currency["days_behind"].as_array().map(Vec::len)), (Some(0), Some(0)), "the lake is current: {currency}");
+    assert_eq!(currency["as_of"], delta["as_of"], "{currency}");
+
+    // verify fails on a lab where one raw row is gone, and names where.
+    let gone = rt
+        .block_on(db.query_one(
+            "DELETE FROM machine_sensors WHERE ctid = (SELECT ctid FROM machine_sensors WHERE machine_id = 'CNC-1' AND sensor_type = 'pressure' ORDER BY timestamp LIMIT 1 OFFSET 100) RETURNING to_char(timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+            &[],
+        ))
+        .unwrap()
+        .get::<_, String>(0);
+    let out = t.run(&["verify", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "verify must fail: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hops: Vec<(&str, bool)> = report["hops"].as_array().unwrap().iter().map(|h| (h["name"].as_str().unwrap(), h["ok"].as_bool().unwrap())).collect();
+    assert_eq!(hops, [("topic -> machine_sensors", false), ("machine_sensors -> sensor_aggregates", false), ("machine_sensors -> lake", false)], "{report:#}");
+    let cell = report["cells"].as_array().unwrap().iter().find(|c| c["lost"].as_u64() == Some(1)).expect("the cell with the lost reading");
+    assert_eq!((cell["machine_id"].as_str(), cell["sensor_type"].as_str(), cell["day"].as_str()), (Some("CNC-1"), Some("pressure"), Some(gone.as_str())));
+    assert_eq!(report["cells"].as_array().unwrap().iter().filter(|c| c["lost"].as_u64() != Some(0)).count(), 1, "one cell lost one reading");
+    assert_eq!(cell["lake_extra"].as_u64(), Some(1), "the lake still has it: {cell}");
+    let status: serde_json::Value = serde_json::from_slice(&t.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["lake"]["currency"]["days_differing"], serde_json::json!([gone]), "{:#}", status["lake"]);
+    let text = t.run(&["verify", "--problems-only"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains(&format!("{gone} CNC-1 pressure: 1 of the topic's settled readings not in machine_sensors")), "{text}");
 
     // down --volumes leaves nothing of the project behind.
     t.ok(&["down", "--volumes", "--yes"]);

@@ -214,6 +214,7 @@ fn export_writes_a_partitioned_delta_table_once() {
     assert_eq!(view2.days, view.days, "a re-run must not duplicate rows");
     assert_eq!(view2.version, view.version, "nothing to change: no new version");
     assert_eq!(view2.files, view.files);
+    assert!(second["result"]["startup"].get("spark_context").is_none(), "nothing to change: no SparkContext started: {second}");
 
     // One reading changed in the database: exactly its day is rewritten, in one new version.
     rt.block_on(async {
@@ -228,6 +229,10 @@ fn export_writes_a_partitioned_delta_table_once() {
     let view3 = lake_view(&t);
     assert_equal_days(&view3.days, &db2, "after a changed reading");
     assert_eq!(view3.version, Some(version + 1), "exactly one new table version");
+    // The replaced file stays in storage: an export vacuums nothing, and VACUUM's default keeps
+    // 7 days for readers of older versions.
+    let parquet = rt.block_on(lab.blob(Duration::from_secs(5)).unwrap().list_blobs("lake", "machine_sensors/")).unwrap().iter().filter(|b| b.ends_with(".parquet")).count();
+    assert!(parquet > view3.files, "{parquet} Parquet blobs, {} live files", view3.files);
 
     // Job and config reach the cluster through the lake; a waited-for export leaves none of it.
     let blob = lab.blob(Duration::from_secs(5)).unwrap();
@@ -291,6 +296,24 @@ fn late_readings_reach_the_lake_and_concurrent_exports_never_double_rows() {
     let lab = t.lab();
     let rows = known_rows();
     insert(&t, &rows);
+
+    // Something that is not a Delta table where the table goes: refused, nothing written.
+    let blob = lab.blob(Duration::from_secs(5)).unwrap();
+    rt().block_on(blob.put_blob("lake", "machine_sensors/notes.csv", b"a,b\n", "text/csv")).unwrap();
+    let refused = t.run(&["submit", "spark"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("is not a Delta table"), "{err}");
+    assert_eq!(rt().block_on(blob.list_blobs("lake", "machine_sensors/")).unwrap(), ["machine_sensors/notes.csv"], "nothing written beside it");
+    rt().block_on(blob.delete_blob("lake", "machine_sensors/notes.csv")).unwrap();
+
+    // The database unreachable from Spark: a clear error naming it.
+    let timescaledb = format!("{}-timescaledb-1", t.project);
+    assert!(std::process::Command::new("docker").args(["stop", &timescaledb]).status().unwrap().success());
+    let refused = t.run(&["submit", "spark"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("cannot connect to the database"), "{err}");
+    assert!(std::process::Command::new("docker").args(["start", &timescaledb]).status().unwrap().success());
+    wait_for("the database back", Duration::from_secs(60), || rt().block_on(lab.database().unwrap().connect(Duration::from_secs(2))).ok());
 
     // The default export (no range) compares every day.
     let first = t.json(&["submit", "spark", "--json"]);
@@ -396,4 +419,16 @@ fn late_readings_reach_the_lake_and_concurrent_exports_never_double_rows() {
     // And once more: nothing left to do.
     let last = t.json(&["submit", "spark", "--json"]);
     assert_eq!(last["result"]["days_rewritten"].as_u64(), Some(0), "{last}");
+
+    // Vacuum on request: with no history kept, exactly the live files stay, and the table reads
+    // the same.
+    let before = lake_view(&t);
+    let vacuum = t.json(&["lake", "vacuum", "--retain-hours", "0", "--json"]);
+    let r = &vacuum["result"]["tables"][0];
+    assert!(r["files_deleted"].as_u64().unwrap() >= 1, "{vacuum}");
+    assert_eq!(r["files_left"].as_u64(), Some(before.files as u64), "{vacuum}");
+    let parquet = rt().block_on(blob.list_blobs("lake", "machine_sensors/")).unwrap().iter().filter(|b| b.ends_with(".parquet")).count();
+    assert_eq!(parquet, before.files, "only live files left");
+    let after = lake_view(&t);
+    assert_eq!((after.days, after.version), (before.days, before.version), "vacuum changes no data and adds no version");
 }

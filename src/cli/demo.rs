@@ -43,6 +43,8 @@ pub struct Summary {
     pub readings_in_windows: i64,
     pub flink_job_id: String,
     pub delta: Option<DeltaFigures>,
+    /// The last step: every hop compared by `labctl verify` (None with --no-export).
+    pub verify: Option<VerifyFigures>,
     pub urls: BTreeMap<&'static str, String>,
     /// Seconds per step, in order.
     pub steps: Vec<(String, f64)>,
@@ -56,9 +58,18 @@ pub struct DeltaFigures {
     pub rows: Option<u64>,
     /// Rows per UTC day (`YYYY-MM-DD`) in the table's current version.
     pub rows_per_day: BTreeMap<String, u64>,
-    /// The exported range, as the job reported it.
-    pub exported_from: Option<String>,
-    pub exported_to: Option<String>,
+    /// Days the export compared with the database, and those it rewrote (they differed).
+    pub days_compared: Option<u64>,
+    pub days_rewritten: Option<u64>,
+    /// The instant the export compared the database at.
+    pub as_of: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// `labctl verify`'s verdict, hop by hop.
+#[derive(Debug, Serialize)]
+pub struct VerifyFigures {
+    pub ok: bool,
+    pub hops: Vec<(String, bool, String)>,
 }
 
 /// Runs `labctl <args> --json` with the same config and project; its stderr (progress, errors)
@@ -75,7 +86,15 @@ async fn step(globals: &[String], args: &[&str]) -> Result<serde_json::Value> {
         .await
         .with_context(|| format!("running labctl {}", args.join(" ")))?;
     if !out.status.success() {
-        bail!("`labctl {}` failed (its error is above); fix that and run `labctl demo` again: finished steps are kept", args.join(" "));
+        // A step killed by a signal prints nothing itself: say so, with what it wrote on stdout.
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let tail = last_lines(&stdout, 5);
+        bail!(
+            "`labctl {}` failed ({}; its error is above{}); fix that and run `labctl demo` again: finished steps are kept",
+            args.join(" "),
+            out.status,
+            if tail.is_empty() { String::new() } else { format!("; its output ended with: {tail}") }
+        );
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let last = text.lines().rev().find(|l| l.trim_start().starts_with('{')).map(str::trim).unwrap_or("");
@@ -99,7 +118,7 @@ pub async fn run(config: Config, config_file: Option<PathBuf>, args: Args) -> Re
         steps.push((name.to_string(), secs));
     };
 
-    eprintln!("== 1/4 stack: build what is missing, start everything, wait until each service works");
+    eprintln!("== 1/5 stack: build what is missing, start everything, wait until each service works");
     let t = Instant::now();
     step(&globals, &["up"]).await?;
     timed("up", t);
@@ -107,7 +126,7 @@ pub async fn run(config: Config, config_file: Option<PathBuf>, args: Args) -> Re
     let lab = Lab::existing(config)?;
     let flink = lab.flink(Duration::from_secs(10))?;
     let target = Target::lab(&lab.config);
-    eprintln!("== 2/4 Flink: the streaming job");
+    eprintln!("== 2/5 Flink: the streaming job");
     let t = Instant::now();
     let running = flink.jobs().await?.into_iter().find(|j| j.name == target.job_name && j.state == "RUNNING");
     let job_id = match running {
@@ -122,24 +141,40 @@ pub async fn run(config: Config, config_file: Option<PathBuf>, args: Args) -> Re
     };
     timed("submit flink", t);
 
-    eprintln!("== 3/4 wait until the backfill is in both tables");
+    eprintln!("== 3/5 wait until the backfill is in both tables");
     let t = Instant::now();
     wait_aggregated(&lab, Duration::from_secs(args.timeout)).await?;
     timed("backfill aggregated", t);
 
     let mut export = None;
     if !args.no_export {
-        eprintln!("== 4/4 Spark: export TimescaleDB to the Delta Lake");
+        eprintln!("== 4/5 Spark: export TimescaleDB to the Delta Lake");
         let t = Instant::now();
         export = Some(step(&globals, &["submit", "spark"]).await?);
         timed("submit spark", t);
     }
+    let mut verified = None;
+    if export.is_some() {
+        eprintln!("== 5/5 verify: topic, hypertables and lake compared reading by reading");
+        let t = Instant::now();
+        let report = crate::verify::run(&lab, Duration::from_secs(30)).await?;
+        timed("verify", t);
+        verified = Some(VerifyFigures { ok: report.ok, hops: report.hops.iter().map(|h| (h.name.to_string(), h.ok, h.summary.clone())).collect() });
+        if !report.ok {
+            print!("{}", super::verify::render(&report, true, false));
+        }
+    }
 
-    let summary = summarize(&lab, job_id, export.as_ref(), steps, started).await?;
+    let mut summary = summarize(&lab, job_id, export.as_ref(), steps, started).await?;
+    summary.verify = verified;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         print_summary(&summary);
+    }
+    if summary.verify.as_ref().is_some_and(|v| !v.ok) {
+        eprintln!("error: `labctl verify` found readings lost or doubled (see above); `labctl verify` shows it again");
+        return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -189,6 +224,11 @@ async fn wait_aggregated(lab: &Lab, timeout: Duration) -> Result<()> {
     }
 }
 
+fn last_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
 async fn summarize(lab: &Lab, flink_job_id: String, export: Option<&serde_json::Value>, steps: Vec<(String, f64)>, started: Instant) -> Result<Summary> {
     let db = lab.database()?.connect(Duration::from_secs(10)).await?;
     let readings_produced: i64 = lab.broker()?.offsets(&lab.config.broker.topic, Duration::from_secs(10)).await?.iter().map(|p| p.high).sum();
@@ -206,8 +246,9 @@ async fn summarize(lab: &Lab, flink_job_id: String, export: Option<&serde_json::
                 version: s.version,
                 rows: s.rows,
                 rows_per_day: s.rows_per_day,
-                exported_from: t.and_then(|t| t["from"].as_str()).map(str::to_string),
-                exported_to: t.and_then(|t| t["to"].as_str()).map(str::to_string),
+                days_compared: t.and_then(|t| t["days_compared"].as_u64()),
+                days_rewritten: t.and_then(|t| t["days_rewritten"].as_u64()),
+                as_of: s.export_as_of,
             })
         }
     };
@@ -225,6 +266,7 @@ async fn summarize(lab: &Lab, flink_job_id: String, export: Option<&serde_json::
         readings_in_windows: row.get(1),
         flink_job_id,
         delta,
+        verify: None,
         urls,
         steps,
         total_secs: started.elapsed().as_secs_f64(),
@@ -247,6 +289,12 @@ fn print_summary(s: &Summary) {
         );
         for (day, rows) in &d.rows_per_day {
             println!("    {day}  {:>10}", count(*rows as i64));
+        }
+    }
+    if let Some(v) = &s.verify {
+        println!("  verify                 {}", if v.ok { "every hop agrees" } else { "HOPS DISAGREE" });
+        for (name, ok, summary) in &v.hops {
+            println!("    {} {name}: {summary}", if *ok { "ok" } else { "✗ " });
         }
     }
     for (name, url) in &s.urls {

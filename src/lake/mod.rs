@@ -555,6 +555,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_newest_export_of_the_table_says_what_it_compared_against() {
+        let commit = |meta: &str, ts: i64| format!("{{\"commitInfo\":{{\"timestamp\":{ts},\"userMetadata\":{}}}}}\n", serde_json::to_string(meta).unwrap());
+        let c0 = commit(r#"{"labctl.export":{"table":"machine_sensors","as_of":"2026-12-02T04:00:00.000+00:00"}}"#, 1);
+        let c1 = commit(r#"{"labctl.export":{"table":"other","as_of":"2026-12-02T05:00:00Z"}}"#, 2);
+        let c2 = "{\"commitInfo\":{\"timestamp\":3}}\n".to_string();
+        let got = export_as_of([c0.as_str(), c1.as_str(), c2.as_str()], "machine_sensors");
+        assert_eq!(got.map(|t| t.to_rfc3339()), Some("2026-12-02T04:00:00+00:00".into()), "another table's and a foreign commit do not count");
+        // An export without as_of (an older job): its commit time.
+        let old = commit(r#"{"labctl.export":{"table":"machine_sensors"}}"#, 1_764_648_000_000);
+        assert_eq!(export_as_of([c0.as_str(), old.as_str()], "machine_sensors").map(|t| t.timestamp()), Some(1_764_648_000));
+        assert_eq!(export_as_of([c2.as_str()], "machine_sensors"), None);
+    }
+
+    #[test]
     fn xml_names() {
         let xml = "<E><Containers><Container><Name>a</Name></Container><Container><Name>b&amp;c</Name></Container></Containers></E>";
         assert_eq!(xml_values(xml, "Name"), vec!["a", "b&c"]);

@@ -119,7 +119,7 @@ fn raw_to_windows(cells: &[Cell], ctx: &Facts) -> Hop {
         num(sum(cells, |c| c.windows_missing)),
         num(sum(cells, |c| c.windows_extra)),
     );
-    let in_flight = format!("windows ending after {} (the newest window written) are open", until.format("%Y-%m-%d %H:%M:%S UTC"));
+    let in_flight = format!("windows ending after {} (a window before the newest one written) are open or may be in flight", until.format("%Y-%m-%d %H:%M:%S UTC"));
     hop("machine_sensors -> sensor_aggregates", true, summary, in_flight, problems)
 }
 

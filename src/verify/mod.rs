@@ -9,9 +9,10 @@
 //! - topic -> `machine_sensors`: readings at offsets below the Flink group's committed offsets
 //!   must be in the table (Flink commits an offset only after the checkpoint that flushed its
 //!   rows); readings above it may or may not be there yet. Every row must come from the topic.
-//! - `machine_sensors` -> `sensor_aggregates`: only closed windows are checked (those ending at
-//!   or before the newest window written: event time is global, so the watermark has passed
-//!   them); each is recomputed from the raw rows.
+//! - `machine_sensors` -> `sensor_aggregates`: only closed windows are checked, those ending a
+//!   window or more before the newest window written (event time is global, so the watermark
+//!   has passed them, and the two sinks have flushed them: the newest windows' rows of all
+//!   machines may still be on their way); each is recomputed from the raw rows.
 //! - `machine_sensors` -> the lake: rows stamped more than [`LAKE_IN_FLIGHT_SECS`] before the
 //!   newest export's comparison must be in the table's current version; younger rows may have
 //!   reached the database after it (the next export compares whole days and takes them). The
@@ -355,7 +356,7 @@ async fn read_windows(db: &tokio_postgres::Client, window_secs: u32) -> Result<W
     // multiples of it since the epoch.
     let w = window_secs;
     let sql = format!(
-        r#"WITH bound AS (SELECT max(window_end) AS b FROM {agg}),
+        r#"WITH bound AS (SELECT max(window_end) - interval '{w} seconds' AS b FROM {agg}),
 r AS (SELECT machine_id, sensor_type, to_timestamp(floor(extract(epoch FROM "timestamp") / {w}) * {w}) AS w,
              count(*) AS n, min(value) AS lo, max(value) AS hi, avg(value) AS av
         FROM {raw}, bound WHERE "timestamp" < bound.b GROUP BY 1, 2, 3),
@@ -374,7 +375,7 @@ SELECT coalesce(r.machine_id, a.machine_id), coalesce(r.sensor_type, a.sensor_ty
     let rows = db.query(&sql, &[]).await.context("recomputing the closed windows from the raw rows")?;
     let closed_until = match rows.first() {
         Some(r) => r.get(9),
-        None => db.query_one(&format!("SELECT max(window_end) FROM {agg}"), &[]).await.context("reading the newest window")?.get(0),
+        None => db.query_one(&format!("SELECT max(window_end) - interval '{w} seconds' FROM {agg}"), &[]).await.context("reading the newest window")?.get(0),
     };
     let n = |r: &tokio_postgres::Row, i: usize| r.get::<_, i64>(i).max(0) as u64;
     let mut cells = HashMap::new();

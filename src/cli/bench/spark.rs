@@ -30,8 +30,9 @@ pub struct Args {
     /// Parallel JDBC reads (as `labctl submit spark --partitions`).
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub partitions: u32,
-    /// Runs of each (baseline, export), alternating; the median of each is reported.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    /// Runs of each (baseline, export, the same export again with nothing to change),
+    /// alternating; the median of each is reported.
+    #[arg(long, default_value_t = 3, value_name = "N")]
     pub runs: u32,
     /// Write the table as JSON to this file as well.
     #[arg(long, value_name = "FILE")]
@@ -116,14 +117,16 @@ struct Phases {
     outside_driver: f64,
     /// Driver JVM start to the job's Python code.
     jvm_to_python: f64,
-    /// The comparison: per-day figures of the database and of the Delta table (after Spark starts).
-    plan: f64,
-    /// SparkContext (with executor registration) and session.
+    /// The comparison: per-day figures of the database, and of the lake from its Delta log
+    /// (before any SparkContext).
+    compare: f64,
+    /// SparkContext (with executor registration) and session; 0 when nothing had to change.
     spark_start: f64,
-    /// JDBC schema, then the tasks: JDBC read + Parquet write (or count).
-    read_write: f64,
+    /// JDBC read of the differing days into the tasks, materialized, with their figures.
+    read: f64,
+    /// Parquet files written by the tasks, then the Delta commit.
+    write: f64,
     commit: f64,
-    vacuum: f64,
 }
 
 impl Phases {
@@ -139,11 +142,11 @@ impl Phases {
             total: o.seconds,
             outside_driver: o.seconds - driver,
             jvm_to_python: num(r, &["startup", "jvm_to_python"]),
-            plan: p("compare_db") + p("compare_lake"),
-            spark_start: num(r, &["startup", "spark_context"]) + num(r, &["startup", "spark_session"]),
-            read_write: p("read_write"),
+            compare: p("compare_db") + p("compare_lake"),
+            spark_start: p("spark_start"),
+            read: p("read"),
+            write: p("write"),
             commit: p("commit"),
-            vacuum: p("vacuum"),
         }
     }
 
@@ -153,18 +156,25 @@ impl Phases {
             total: m(|p| p.total),
             outside_driver: m(|p| p.outside_driver),
             jvm_to_python: m(|p| p.jvm_to_python),
-            plan: m(|p| p.plan),
+            compare: m(|p| p.compare),
             spark_start: m(|p| p.spark_start),
-            read_write: m(|p| p.read_write),
+            read: m(|p| p.read),
+            write: m(|p| p.write),
             commit: m(|p| p.commit),
-            vacuum: m(|p| p.vacuum),
         }
     }
 
     fn describe(&self) -> String {
         format!(
-            "submit->driver JVM + exit {:.1} s, JVM->python {:.1} s, compare {:.1} s, Spark start {:.1} s, read/write {:.1} s, commit {:.1} s, vacuum {:.1} s",
-            self.outside_driver, self.jvm_to_python, self.plan, self.spark_start, self.read_write, self.commit, self.vacuum
+            "driver start {:.1} s (submit->JVM + exit {:.1}, JVM->python {:.1}), compare {:.1} s, Spark start {:.1} s, read {:.1} s, write {:.1} s, commit {:.1} s",
+            self.outside_driver + self.jvm_to_python,
+            self.outside_driver,
+            self.jvm_to_python,
+            self.compare,
+            self.spark_start,
+            self.read,
+            self.write,
+            self.commit
         )
     }
 }
@@ -217,7 +227,7 @@ async fn measure(lab: &Lab, args: &Args, db: &tokio_postgres::Client, table: &st
 
     let blob = lab.blob(Duration::from_secs(30))?;
     let container = &lab.config.lake.container;
-    let (mut base, mut export) = (Vec::new(), Vec::new());
+    let (mut base, mut export, mut noop) = (Vec::new(), Vec::new(), Vec::new());
     let mut sizing = None;
     for i in 0..args.runs {
         eprintln!("run {}/{}: baseline (read over JDBC and count, write nothing) …", i + 1, args.runs);
@@ -244,8 +254,16 @@ async fn measure(lab: &Lab, args: &Args, db: &tokio_postgres::Client, table: &st
         eprintln!("  {:.1} s submit->FINISHED; {}", o.seconds, Phases::of(&o).describe());
         export.push(Phases::of(&o));
         sizing = Some(s);
+
+        eprintln!("run {}/{}: the same export again (nothing to change) …", i + 1, args.runs);
+        let (o, _) = run_once(lab, table, &path, args.partitions, false).await?;
+        if o.result["committed"] != false || o.result["days_rewritten"].as_u64() != Some(0) {
+            bail!("the export with nothing to change rewrote {} days: {}", o.result["days_rewritten"], o.result);
+        }
+        eprintln!("  {:.1} s submit->FINISHED; {}", o.seconds, Phases::of(&o).describe());
+        noop.push(Phases::of(&o));
     }
-    let (b, e) = (Phases::median_of(&base), Phases::median_of(&export));
+    let (b, e, z) = (Phases::median_of(&base), Phases::median_of(&export), Phases::median_of(&noop));
     let sizing = sizing.map(|s| s.describe()).unwrap_or_default();
     let conditions = format!("{n} rows ({} days), {} JDBC partitions; {sizing}; median of {} run(s)", args.days, args.partitions, args.runs);
     let rate = |secs: f64| n as f64 / secs;
@@ -262,13 +280,16 @@ async fn measure(lab: &Lab, args: &Args, db: &tokio_postgres::Client, table: &st
             .note(format!("{:.1} s; {target}", e.total)),
         Measurement::new("spark", "export submit -> FINISHED", e.total, "s")
             .against(BASE, b.total / e.total)
-            .note(format!("{}; {target}", e.describe())),
-        Measurement::new("spark", "read-only: JDBC read in tasks", rate(b.read_write), "rows/s").note(format!("{:.1} s of {:.1} s; {}", b.read_write, b.total, b.describe())),
-        Measurement::new("spark", "export: JDBC read + Parquet write", rate(e.read_write), "rows/s")
-            .against("read-only: JDBC read in tasks", b.read_write / e.read_write)
-            .note(format!("{:.1} s; then commit {:.1} s, vacuum {:.1} s", e.read_write, e.commit, e.vacuum)),
-        Measurement::new("spark", "fixed cost: submit -> tasks start", e.total - e.read_write - e.commit - e.vacuum, "s")
-            .note(format!("driver JVM, planning, Spark start, exit; {:.1} s in the baseline", b.total - b.read_write)),
+            .note(e.describe()),
+        Measurement::new("spark", "read-only: JDBC read in tasks", rate(b.read), "rows/s").note(format!("{:.1} s of {:.1} s; {}", b.read, b.total, b.describe())),
+        Measurement::new("spark", "export: JDBC read in tasks", rate(e.read), "rows/s")
+            .against("read-only: JDBC read in tasks", b.read / e.read)
+            .note(format!("{:.1} s; then Parquet write {:.1} s, commit {:.1} s", e.read, e.write, e.commit)),
+        Measurement::new("spark", "export with nothing to change", z.total, "s")
+            .against("export -> Delta (submit->FINISHED)", e.total / z.total)
+            .note(format!("{}; the comparison is {:.1} s of it", z.describe(), z.compare)),
+        Measurement::new("spark", "fixed cost: submit -> tasks start", e.total - e.read - e.write - e.commit, "s")
+            .note(format!("driver start, compare, Spark start, exit; {:.1} s in the baseline", b.total - b.read)),
         Measurement::new("spark", "scratch table fill (binary COPY)", rate(fill_secs), "rows/s").note(format!("{fill_secs:.1} s, not part of any ratio")),
     ])
 }
