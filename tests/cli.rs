@@ -97,10 +97,33 @@ fn generator_input_is_validated() {
 #[test]
 fn every_command_has_help() {
     let t = TestLab::new("help");
-    for cmd in ["demo", "up", "down", "scale", "status", "logs", "ingest", "submit", "flink", "spark", "plot", "bench", "render", "images", "config"] {
-        let out = t.run(&[cmd, "--help"]);
-        assert!(out.status.success() && !out.stdout.is_empty(), "{cmd} --help");
+    // The commands as clap lists them (so a new one is never missed), one level of
+    // subcommands deep.
+    let commands = |args: &[&str]| -> Vec<String> {
+        let out = t.run(&[args, &["--help"]].concat());
+        assert!(out.status.success() && !out.stdout.is_empty(), "labctl {} --help", args.join(" "));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .skip_while(|l| !l.starts_with("Commands:"))
+            .skip(1)
+            .take_while(|l| !l.trim().is_empty())
+            .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .filter(|c| c != "help")
+            .collect()
+    };
+    let top = commands(&[]);
+    for must in ["demo", "up", "down", "status", "submit", "verify", "lake", "logs", "bench"] {
+        assert!(top.iter().any(|c| c == must), "{must} in {top:?}");
     }
+    let mut seen = 0;
+    for cmd in &top {
+        for sub in commands(&[cmd.as_str()]) {
+            commands(&[cmd.as_str(), sub.as_str()]);
+            seen += 1;
+        }
+    }
+    assert!(seen >= 8, "subcommands of submit, flink, spark, lake, images: {seen}");
 }
 
 #[test]
