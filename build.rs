@@ -13,7 +13,11 @@ fn collect(root: &Path, rel: &Path, out: &mut Vec<String>) {
             let name = entry.file_name();
             let name = name.to_string_lossy();
             // Build outputs and editor droppings are not inputs.
-            if name.starts_with('.') || name == "target" || name == "__pycache__" || name.ends_with(".class") {
+            if name.starts_with('.')
+                || name == "target"
+                || name == "__pycache__"
+                || name.ends_with(".class")
+            {
                 continue;
             }
             collect(root, &rel.join(&*name), out);

@@ -21,6 +21,12 @@ export CARGO_TERM_COLOR=never
 scripts/ensure-build-deps.sh
 echo "[test] building labctl" >&2
 cargo build --locked --all-targets
+echo "[test] formatting (rustfmt.toml) and lints" >&2
+if ! { cargo fmt --version && cargo clippy --version; } >/dev/null 2>&1 && command -v rustup >/dev/null; then
+  rustup component add rustfmt clippy
+fi
+cargo fmt --check
+cargo clippy --locked --all-targets -- -D warnings
 
 echo "[test] unit tests, then property tests of config and command line (no services)" >&2
 cargo test --locked --lib --bins

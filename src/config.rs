@@ -168,7 +168,14 @@ pub struct IngestConfig {
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        Self { enabled: true, machines: 1, seed: 20231010, interval_secs: 5, backfill: "7d".into(), backfill_rate: 0 }
+        Self {
+            enabled: true,
+            machines: 1,
+            seed: 20231010,
+            interval_secs: 5,
+            backfill: "7d".into(),
+            backfill_rate: 0,
+        }
     }
 }
 
@@ -207,7 +214,17 @@ impl Default for Config {
 
 impl Default for Ports {
     fn default() -> Self {
-        Self { broker: 9092, broker_2: 9093, broker_3: 9094, database: 5432, flink_ui: 8081, spark_ui: 8080, spark_rest: 6066, azurite: 10000, broker_sasl_ssl: 9096 }
+        Self {
+            broker: 9092,
+            broker_2: 9093,
+            broker_3: 9094,
+            database: 5432,
+            flink_ui: 8081,
+            spark_ui: 8080,
+            spark_rest: 6066,
+            azurite: 10000,
+            broker_sasl_ssl: 9096,
+        }
     }
 }
 
@@ -233,7 +250,12 @@ impl Default for BrokerConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { user: "lab".into(), name: "iiot".into(), url: String::new(), cluster_url: String::new() }
+        Self {
+            user: "lab".into(),
+            name: "iiot".into(),
+            url: String::new(),
+            cluster_url: String::new(),
+        }
     }
 }
 
@@ -267,7 +289,12 @@ impl Default for SparkConfig {
 
 impl Default for LakeConfig {
     fn default() -> Self {
-        Self { container: "lake".into(), endpoint: String::new(), cluster_endpoint: String::new(), account: String::new() }
+        Self {
+            container: "lake".into(),
+            endpoint: String::new(),
+            cluster_endpoint: String::new(),
+            account: String::new(),
+        }
     }
 }
 
@@ -292,7 +319,11 @@ pub fn check_name(key: &str, value: &str, max: usize) -> Result<()> {
         && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !value.ends_with('-');
     if !ok {
-        bail!(invalid(key, value, &format!("use 1-{max} characters a-z, 0-9 and '-', starting with a letter")));
+        bail!(invalid(
+            key,
+            value,
+            &format!("use 1-{max} characters a-z, 0-9 and '-', starting with a letter")
+        ));
     }
     Ok(())
 }
@@ -304,12 +335,21 @@ pub fn check_identifier(key: &str, value: &str) -> Result<()> {
         && value.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
         && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if !ok {
-        bail!(invalid(key, value, "use a lowercase SQL identifier: a-z, 0-9 and '_', starting with a letter or '_'"));
+        bail!(invalid(
+            key,
+            value,
+            "use a lowercase SQL identifier: a-z, 0-9 and '_', starting with a letter or '_'"
+        ));
     }
     Ok(())
 }
 
-fn check_range<T: PartialOrd + fmt::Display + Copy>(key: &str, value: T, lo: T, hi: T) -> Result<()> {
+fn check_range<T: PartialOrd + fmt::Display + Copy>(
+    key: &str,
+    value: T,
+    lo: T,
+    hi: T,
+) -> Result<()> {
     if value < lo || value > hi {
         bail!(invalid(key, value, &format!("must be between {lo} and {hi}")));
     }
@@ -320,7 +360,8 @@ fn check_range<T: PartialOrd + fmt::Display + Copy>(key: &str, value: T, lo: T, 
 fn check_memory(key: &str, value: &str) -> Result<()> {
     // strip_suffix, not split_at: a value ending in a multi-byte character must not panic.
     let digits = value.strip_suffix('m').or_else(|| value.strip_suffix('g'));
-    let ok = digits.is_some_and(|d| !d.is_empty() && d.len() <= 7 && d.chars().all(|c| c.is_ascii_digit()));
+    let ok = digits
+        .is_some_and(|d| !d.is_empty() && d.len() <= 7 && d.chars().all(|c| c.is_ascii_digit()));
     if !ok {
         bail!(invalid(key, value, "use a whole number followed by m or g, e.g. 1024m or 2g"));
     }
@@ -330,20 +371,29 @@ fn check_memory(key: &str, value: &str) -> Result<()> {
 impl Config {
     pub fn validate(&self) -> Result<()> {
         check_name("project", &self.project, 40)?;
-        let addr: std::net::IpAddr = self
-            .bind_address
-            .parse()
-            .map_err(|_| invalid("bind_address", &self.bind_address, "must be an IP address such as 127.0.0.1"))?;
+        let addr: std::net::IpAddr = self.bind_address.parse().map_err(|_| {
+            invalid("bind_address", &self.bind_address, "must be an IP address such as 127.0.0.1")
+        })?;
         if addr.is_unspecified() {
-            tracing::warn!("bind_address {addr} publishes the lab's ports on every interface of this host");
+            tracing::warn!(
+                "bind_address {addr} publishes the lab's ports on every interface of this host"
+            );
         }
         let topic_ok = !self.broker.topic.is_empty()
             && self.broker.topic.len() <= 200
-            && self.broker.topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            && self
+                .broker
+                .topic
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
             && self.broker.topic != "."
             && self.broker.topic != "..";
         if !topic_ok {
-            bail!(invalid("broker.topic", &self.broker.topic, "use 1-200 characters a-z, A-Z, 0-9, '.', '_' and '-'"));
+            bail!(invalid(
+                "broker.topic",
+                &self.broker.topic,
+                "use 1-200 characters a-z, A-Z, 0-9, '.', '_' and '-'"
+            ));
         }
         check_range("broker.partitions", self.broker.partitions, 1, 64)?;
         check_range("broker.nodes", self.broker.nodes, 1, crate::stack::MAX_BROKER_NODES)?;
@@ -363,7 +413,11 @@ impl Config {
         // Azure container names: 3-63 lowercase letters, digits and single dashes.
         check_name("lake.container", &self.lake.container, 63)?;
         if self.lake.container.len() < 3 || self.lake.container.contains("--") {
-            bail!(invalid("lake.container", &self.lake.container, "Azure needs 3-63 characters and no '--'"));
+            bail!(invalid(
+                "lake.container",
+                &self.lake.container,
+                "Azure needs 3-63 characters and no '--'"
+            ));
         }
         check_range("ingest.machines", self.ingest.machines, 1, 1000)?;
         check_range("ingest.interval_secs", self.ingest.interval_secs, 1, 86_400)?;
@@ -376,7 +430,10 @@ impl Config {
 
     /// Loads defaults, then the file (explicit path, or `labctl.toml` in the working directory
     /// if present), then `LABCTL_*` variables from `env`.
-    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self> {
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self> {
         let mut value = toml::Value::try_from(Config::default()).context("serialising defaults")?;
         let file = match path {
             Some(p) => Some(p.to_path_buf()),
@@ -389,11 +446,13 @@ impl Config {
             // Every field has a default, so the file alone deserialises as a Config: unknown keys
             // and wrong types are reported with positions in the file the user wrote.
             // The key's path goes into the message: toml's own type errors name only the position.
-            serde_path_to_error::deserialize::<_, Config>(toml::Deserializer::new(&text)).map_err(|e| {
-                let key = e.path().to_string();
-                let key = if key.is_empty() || key == "." { None } else { Some(key) };
-                file_error(file, &text, e.inner(), key.as_deref())
-            })?;
+            serde_path_to_error::deserialize::<_, Config>(toml::Deserializer::new(&text)).map_err(
+                |e| {
+                    let key = e.path().to_string();
+                    let key = if key.is_empty() || key == "." { None } else { Some(key) };
+                    file_error(file, &text, e.inner(), key.as_deref())
+                },
+            )?;
             merge(&mut value, overlay);
         }
         for (name, raw) in env {
@@ -405,7 +464,14 @@ impl Config {
         }
         let merged = toml::to_string(&value).context("re-serialising config")?;
         let config: Config = serde_path_to_error::deserialize(toml::Deserializer::new(&merged))
-            .map_err(|e| anyhow::anyhow!("config key `{}` (LABCTL_{} or the file): {}", e.path(), e.path().to_string().replace('.', "_").to_ascii_uppercase(), e.inner().message()))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "config key `{}` (LABCTL_{} or the file): {}",
+                    e.path(),
+                    e.path().to_string().replace('.', "_").to_ascii_uppercase(),
+                    e.inner().message()
+                )
+            })?;
         config.validate().with_context(|| match &file {
             Some(f) => format!("configuration from {} and LABCTL_* variables", f.display()),
             None => "configuration from LABCTL_* variables".to_string(),
@@ -416,7 +482,9 @@ impl Config {
 
 fn parse_toml(file: &Path, text: &str) -> Result<toml::Value> {
     // Parse as a table, not as `Config`, so the file may set only some keys.
-    toml::from_str::<toml::Table>(text).map(toml::Value::Table).map_err(|e| file_error(file, text, &e, None))
+    toml::from_str::<toml::Table>(text)
+        .map(toml::Value::Table)
+        .map_err(|e| file_error(file, text, &e, None))
 }
 
 /// Formats a TOML error as `file:line:column: [key: ]message`, the shape editors jump to.
@@ -498,7 +566,11 @@ mod tests {
 
     #[test]
     fn file_then_env_override() {
-        let c = load_str("project = \"lab-a\"\n[flink]\ntaskmanagers = 2\n", &[("LABCTL_FLINK_TASKMANAGERS", "3"), ("LABCTL_PORTS_BROKER", "0")]).unwrap();
+        let c = load_str(
+            "project = \"lab-a\"\n[flink]\ntaskmanagers = 2\n",
+            &[("LABCTL_FLINK_TASKMANAGERS", "3"), ("LABCTL_PORTS_BROKER", "0")],
+        )
+        .unwrap();
         assert_eq!(c.project, "lab-a");
         assert_eq!(c.flink.taskmanagers, 3);
         assert_eq!(c.ports.broker, 0);
@@ -507,7 +579,8 @@ mod tests {
 
     #[test]
     fn unknown_key_names_file_line_and_key() {
-        let err = load_str("project = \"x\"\n[flink]\ntaskmanager = 2\n", &[]).unwrap_err().to_string();
+        let err =
+            load_str("project = \"x\"\n[flink]\ntaskmanager = 2\n", &[]).unwrap_err().to_string();
         assert!(err.contains("labctl.toml:"), "{err}");
         assert!(err.contains("taskmanager"), "{err}");
     }
@@ -547,7 +620,12 @@ mod tests {
 
     #[test]
     fn impossible_counts_are_rejected() {
-        for (k, v) in [("LABCTL_FLINK_TASKMANAGERS", "0"), ("LABCTL_SPARK_WORKERS", "99"), ("LABCTL_BROKER_PARTITIONS", "-1"), ("LABCTL_FLINK_TASKMANAGERS", "two")] {
+        for (k, v) in [
+            ("LABCTL_FLINK_TASKMANAGERS", "0"),
+            ("LABCTL_SPARK_WORKERS", "99"),
+            ("LABCTL_BROKER_PARTITIONS", "-1"),
+            ("LABCTL_FLINK_TASKMANAGERS", "two"),
+        ] {
             assert!(load_str("", &[(k, v)]).is_err(), "{k}={v} accepted");
         }
     }

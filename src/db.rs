@@ -72,18 +72,37 @@ impl Database {
             .password(&self.password)
             .application_name("labctl")
             .connect_timeout(timeout);
-        let failed = || format!("cannot log in to database {} at {}:{} as {} (sslmode={})", self.name, self.host, self.port, self.user, self.ssl.as_str());
-        let late = || anyhow!("database {}:{} did not answer within {timeout:?}", self.host, self.port);
+        let failed = || {
+            format!(
+                "cannot log in to database {} at {}:{} as {} (sslmode={})",
+                self.name,
+                self.host,
+                self.port,
+                self.user,
+                self.ssl.as_str()
+            )
+        };
+        let late =
+            || anyhow!("database {}:{} did not answer within {timeout:?}", self.host, self.port);
         let client = match self.ssl {
             SslMode::Disable => {
-                let (client, conn) = tokio::time::timeout(timeout, cfg.connect(NoTls)).await.map_err(|_| late())?.with_context(failed)?;
+                let (client, conn) = tokio::time::timeout(timeout, cfg.connect(NoTls))
+                    .await
+                    .map_err(|_| late())?
+                    .with_context(failed)?;
                 drive(conn);
                 client
             }
             mode => {
                 cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
-                let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls::client_config(mode, self.root_cert.as_deref())?);
-                let (client, conn) = tokio::time::timeout(timeout, cfg.connect(tls)).await.map_err(|_| late())?.with_context(failed)?;
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls::client_config(
+                    mode,
+                    self.root_cert.as_deref(),
+                )?);
+                let (client, conn) = tokio::time::timeout(timeout, cfg.connect(tls))
+                    .await
+                    .map_err(|_| late())?
+                    .with_context(failed)?;
                 drive(conn);
                 client
             }
@@ -107,13 +126,19 @@ impl Database {
         let c = self.connect(Duration::from_secs(10)).await?;
         c.batch_execute(&schema::init_db_sql()).await.context("applying init-db.sql")?;
         let rows = c
-            .query("SELECT hypertable_name::text FROM timescaledb_information.hypertables ORDER BY 1", &[])
+            .query(
+                "SELECT hypertable_name::text FROM timescaledb_information.hypertables ORDER BY 1",
+                &[],
+            )
             .await
             .context("reading timescaledb_information.hypertables")?;
         let found: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
         for t in schema::TABLES {
             if !found.iter().any(|f| f == t.name) {
-                bail!("table {} is not a hypertable after applying init-db.sql (found: {found:?})", t.name);
+                bail!(
+                    "table {} is not a hypertable after applying init-db.sql (found: {found:?})",
+                    t.name
+                );
             }
         }
         Ok(found)
@@ -143,9 +168,19 @@ pub async fn table_stats(client: &Client, t: &schema::Table) -> Result<TableStat
         name = t.name
     );
     let row = client.query_one(&sql, &[]).await.with_context(|| format!("counting {}", t.name))?;
-    let mut stats = TableStats { table: t.name.into(), rows: row.get(0), rows_exact: false, newest: row.get(1), chunks: row.get(2) };
+    let mut stats = TableStats {
+        table: t.name.into(),
+        rows: row.get(0),
+        rows_exact: false,
+        newest: row.get(1),
+        chunks: row.get(2),
+    };
     if stats.rows < EXACT_BELOW {
-        stats.rows = client.query_one(&format!("SELECT count(*) FROM {}", t.name), &[]).await.with_context(|| format!("counting {}", t.name))?.get(0);
+        stats.rows = client
+            .query_one(&format!("SELECT count(*) FROM {}", t.name), &[])
+            .await
+            .with_context(|| format!("counting {}", t.name))?
+            .get(0);
         stats.rows_exact = true;
     }
     Ok(stats)
@@ -202,21 +237,32 @@ mod tls {
     }
 
     pub fn client_config(mode: SslMode, root_cert: Option<&Path>) -> Result<ClientConfig> {
-        let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().context("TLS protocol versions")?;
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?;
         Ok(match mode {
             SslMode::VerifyFull => {
                 let mut roots = RootCertStore::empty();
                 match root_cert {
                     Some(path) => {
-                        for cert in CertificateDer::pem_file_iter(path).with_context(|| format!("reading sslrootcert {}", path.display()))? {
-                            roots.add(cert.with_context(|| format!("a certificate in {}", path.display()))?).context("adding the root certificate")?;
+                        for cert in CertificateDer::pem_file_iter(path)
+                            .with_context(|| format!("reading sslrootcert {}", path.display()))?
+                        {
+                            roots
+                                .add(cert.with_context(|| {
+                                    format!("a certificate in {}", path.display())
+                                })?)
+                                .context("adding the root certificate")?;
                         }
                     }
                     None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
                 }
                 builder.with_root_certificates(roots).with_no_client_auth()
             }
-            _ => builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate(provider()))).with_no_client_auth(),
+            _ => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
+                .with_no_client_auth(),
         })
     }
 
@@ -226,15 +272,32 @@ mod tls {
     struct AnyCertificate(Arc<CryptoProvider>);
 
     impl ServerCertVerifier for AnyCertificate {
-        fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
             Ok(ServerCertVerified::assertion())
         }
 
-        fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
             verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
         }
 
-        fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
             verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
         }
 

@@ -11,12 +11,14 @@ use anyhow::{bail, Result};
 use reqwest::Url;
 
 use crate::{
+    config::{
+        Config, InvalidValue, SECRET_BROKER_PASSWORD, SECRET_DATABASE_PASSWORD, SECRET_LAKE_KEY,
+    },
     db::SslMode,
-    config::{Config, InvalidValue, SECRET_BROKER_PASSWORD, SECRET_DATABASE_PASSWORD, SECRET_LAKE_KEY},
     lake::{DEV_ACCOUNT, DEV_KEY},
     stack::{
-        AZURITE, AZURITE_ACCOUNT_HOST, BROKER_NODES, DATABASE, DATABASE_PORT, FLINK_JM, FLINK_TM, SPARK_MASTER,
-        SPARK_MASTER_PORT, SPARK_WORKER,
+        AZURITE, AZURITE_ACCOUNT_HOST, BROKER_NODES, DATABASE, DATABASE_PORT, FLINK_JM, FLINK_TM,
+        SPARK_MASTER, SPARK_MASTER_PORT, SPARK_WORKER,
     },
 };
 
@@ -78,7 +80,8 @@ impl Part {
             Part::Broker => config.broker.bootstrap.clone(),
             Part::Database => {
                 let pg = parse_pg_url("database.url", &config.database.url).ok();
-                pg.map(|a| format!("{}:{}/{}", a.host, a.port, database_name(config))).unwrap_or_default()
+                pg.map(|a| format!("{}:{}/{}", a.host, a.port, database_name(config)))
+                    .unwrap_or_default()
             }
             Part::Flink => config.flink.url.clone(),
             Part::Spark => format!("{} (REST {})", config.spark.master_url, config.spark.rest_url),
@@ -96,7 +99,9 @@ fn valid_host(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 253
         && (h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-            || (h.starts_with('[') && h.ends_with(']') && h[1..h.len() - 1].parse::<std::net::Ipv6Addr>().is_ok()))
+            || (h.starts_with('[')
+                && h.ends_with(']')
+                && h[1..h.len() - 1].parse::<std::net::Ipv6Addr>().is_ok()))
 }
 
 /// `host:port`.
@@ -117,12 +122,21 @@ pub fn parse_bootstrap(key: &str, s: &str) -> Result<Vec<(String, u16)>> {
 
 /// An `http(s)://host[:port][/path]` address without credentials, query or fragment.
 pub fn parse_http_url(key: &str, s: &str) -> Result<Url> {
-    let u = Url::parse(s).map_err(|e| invalid(key, s, &format!("not a URL ({e}); use e.g. http://host:8081")))?;
+    let u = Url::parse(s)
+        .map_err(|e| invalid(key, s, &format!("not a URL ({e}); use e.g. http://host:8081")))?;
     if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
         bail!(invalid(key, s, "use an http:// or https:// URL with a host"));
     }
-    if !u.username().is_empty() || u.password().is_some() || u.query().is_some() || u.fragment().is_some() {
-        bail!(invalid(key, s, "no user, password, query or fragment in the URL: secrets come from the environment"));
+    if !u.username().is_empty()
+        || u.password().is_some()
+        || u.query().is_some()
+        || u.fragment().is_some()
+    {
+        bail!(invalid(
+            key,
+            s,
+            "no user, password, query or fragment in the URL: secrets come from the environment"
+        ));
     }
     Ok(u)
 }
@@ -156,12 +170,18 @@ impl PgAddress {
 /// `postgresql://[user@]host[:port][/dbname][?sslmode=disable|require|verify-full][&sslrootcert=FILE]`.
 /// No password (LABCTL_DATABASE_PASSWORD holds it) and no other parameters.
 pub fn parse_pg_url(key: &str, s: &str) -> Result<PgAddress> {
-    let u = Url::parse(s).map_err(|e| invalid(key, s, &format!("not a URL ({e}); use postgresql://user@host:5432/dbname")))?;
+    let u = Url::parse(s).map_err(|e| {
+        invalid(key, s, &format!("not a URL ({e}); use postgresql://user@host:5432/dbname"))
+    })?;
     if !matches!(u.scheme(), "postgresql" | "postgres") {
         bail!(invalid(key, s, "use postgresql://[user@]host[:port]/dbname"));
     }
     if u.password().is_some() {
-        bail!(invalid(key, s, &format!("put no password in the URL; set {SECRET_DATABASE_PASSWORD}")));
+        bail!(invalid(
+            key,
+            s,
+            &format!("put no password in the URL; set {SECRET_DATABASE_PASSWORD}")
+        ));
     }
     if u.fragment().is_some() {
         bail!(invalid(key, s, "no fragment (#…) in a database URL"));
@@ -169,13 +189,32 @@ pub fn parse_pg_url(key: &str, s: &str) -> Result<PgAddress> {
     let (mut ssl, mut root_cert) = (SslMode::Disable, None);
     for (k, v) in u.query_pairs() {
         match k.as_ref() {
-            "sslmode" => ssl = SslMode::parse(&v).ok_or_else(|| invalid(key, s, "sslmode is disable, require or verify-full"))?,
-            "sslrootcert" if v.starts_with('/') && v.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '\'' | '"' | '&' | '\\')) => root_cert = Some(v.to_string()),
-            "sslrootcert" => bail!(invalid(key, s, "sslrootcert is an absolute path to a PEM file")),
-            other => bail!(invalid(key, s, &format!("unknown parameter `{other}`: only sslmode and sslrootcert"))),
+            "sslmode" => {
+                ssl = SslMode::parse(&v)
+                    .ok_or_else(|| invalid(key, s, "sslmode is disable, require or verify-full"))?
+            }
+            "sslrootcert"
+                if v.starts_with('/')
+                    && v.chars()
+                        .all(|c| c.is_ascii_graphic() && !matches!(c, '\'' | '"' | '&' | '\\')) =>
+            {
+                root_cert = Some(v.to_string())
+            }
+            "sslrootcert" => {
+                bail!(invalid(key, s, "sslrootcert is an absolute path to a PEM file"))
+            }
+            other => bail!(invalid(
+                key,
+                s,
+                &format!("unknown parameter `{other}`: only sslmode and sslrootcert")
+            )),
         }
     }
-    let host = u.host_str().filter(|h| valid_host(h)).ok_or_else(|| invalid(key, s, "the URL needs a host"))?.to_string();
+    let host = u
+        .host_str()
+        .filter(|h| valid_host(h))
+        .ok_or_else(|| invalid(key, s, "the URL needs a host"))?
+        .to_string();
     let user = Some(u.username().to_string()).filter(|x| !x.is_empty());
     let dbname = Some(u.path().trim_start_matches('/').to_string()).filter(|x| !x.is_empty());
     for (what, v) in [("user", &user), ("database name", &dbname)] {
@@ -188,12 +227,18 @@ pub fn parse_pg_url(key: &str, s: &str) -> Result<PgAddress> {
 
 /// The database user: `database.url`'s when it names one, else `database.user`.
 pub fn database_user(config: &Config) -> String {
-    parse_pg_url("database.url", &config.database.url).ok().and_then(|a| a.user).unwrap_or_else(|| config.database.user.clone())
+    parse_pg_url("database.url", &config.database.url)
+        .ok()
+        .and_then(|a| a.user)
+        .unwrap_or_else(|| config.database.user.clone())
 }
 
 /// The database name: `database.url`'s when it names one, else `database.name`.
 pub fn database_name(config: &Config) -> String {
-    parse_pg_url("database.url", &config.database.url).ok().and_then(|a| a.dbname).unwrap_or_else(|| config.database.name.clone())
+    parse_pg_url("database.url", &config.database.url)
+        .ok()
+        .and_then(|a| a.dbname)
+        .unwrap_or_else(|| config.database.name.clone())
 }
 
 /// What labctl's Kafka client (librdkafka with OpenSSL) and the Flink job's (the Java client)
@@ -223,7 +268,10 @@ pub fn read_ca_certificates(path: &str) -> std::result::Result<Vec<String>, Stri
         let after = &rest[i + BEGIN.len()..];
         let j = after.find(END).ok_or("a certificate block has no END line")?;
         let body: String = after[..j].chars().filter(|c| !c.is_whitespace()).collect();
-        if base64::engine::general_purpose::STANDARD.decode(&body).map_or(true, |der| der.len() < 100) {
+        if base64::engine::general_purpose::STANDARD
+            .decode(&body)
+            .map_or(true, |der| der.len() < 100)
+        {
             return Err("a certificate block is not valid base64 DER".into());
         }
         out.push(format!("{BEGIN} {body} {END}"));
@@ -251,7 +299,11 @@ pub fn validate(config: &Config) -> Result<()> {
         ("spark.jdbc_jar", &config.spark.jdbc_jar, &config.spark.master_url),
     ] {
         if !value.is_empty() && needs.is_empty() {
-            bail!(invalid(key, value, "applies to an external service only: set the service's address first"));
+            bail!(invalid(
+                key,
+                value,
+                "applies to an external service only: set the service's address first"
+            ));
         }
     }
     if !b.cluster_bootstrap.is_empty() {
@@ -262,7 +314,11 @@ pub fn validate(config: &Config) -> Result<()> {
         parse_host_port(&format!("broker.address_map.\"{from}\""), to)?;
     }
     if !PROTOCOLS.contains(&b.security_protocol.as_str()) {
-        bail!(invalid("broker.security_protocol", &b.security_protocol, &format!("use one of {}", PROTOCOLS.join(", "))));
+        bail!(invalid(
+            "broker.security_protocol",
+            &b.security_protocol,
+            &format!("use one of {}", PROTOCOLS.join(", "))
+        ));
     }
     let sasl = b.security_protocol.starts_with("sasl_");
     if b.security_protocol != "plaintext" && b.bootstrap.is_empty() {
@@ -273,23 +329,39 @@ pub fn validate(config: &Config) -> Result<()> {
     }
     if sasl {
         if !MECHANISMS.contains(&b.sasl_mechanism.as_str()) {
-            bail!(invalid("broker.sasl_mechanism", &b.sasl_mechanism, &format!("a sasl_* protocol needs one of {}", MECHANISMS.join(", "))));
+            bail!(invalid(
+                "broker.sasl_mechanism",
+                &b.sasl_mechanism,
+                &format!("a sasl_* protocol needs one of {}", MECHANISMS.join(", "))
+            ));
         }
         // The user name goes into a JAAS line of the Flink job: keep it to characters that need no quoting there.
         let ok = !b.sasl_username.is_empty()
             && b.sasl_username.len() <= 255
-            && b.sasl_username.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '\\' | ';' | '=' | ','));
+            && b.sasl_username
+                .chars()
+                .all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '\\' | ';' | '=' | ','));
         if !ok {
             bail!(invalid("broker.sasl_username", &b.sasl_username, "a sasl_* protocol needs a user name of printable characters without quotes, backslash, ';', '=' or ','"));
         }
     } else {
-        for (key, value) in [("broker.sasl_mechanism", &b.sasl_mechanism), ("broker.sasl_username", &b.sasl_username)] {
+        for (key, value) in [
+            ("broker.sasl_mechanism", &b.sasl_mechanism),
+            ("broker.sasl_username", &b.sasl_username),
+        ] {
             if !value.is_empty() {
-                bail!(invalid(key, value, "SASL settings need security_protocol sasl_plaintext or sasl_ssl"));
+                bail!(invalid(
+                    key,
+                    value,
+                    "SASL settings need security_protocol sasl_plaintext or sasl_ssl"
+                ));
             }
         }
     }
-    for (key, value) in [("broker.ssl_ca_file", &b.ssl_ca_file), ("broker.cluster_ssl_ca_file", &b.cluster_ssl_ca_file)] {
+    for (key, value) in [
+        ("broker.ssl_ca_file", &b.ssl_ca_file),
+        ("broker.cluster_ssl_ca_file", &b.cluster_ssl_ca_file),
+    ] {
         if !value.is_empty() && !uses_tls(&b.security_protocol) {
             bail!(invalid(key, value, "a CA file needs security_protocol ssl or sasl_ssl"));
         }
@@ -301,9 +373,15 @@ pub fn validate(config: &Config) -> Result<()> {
     }
     if !b.cluster_ssl_ca_file.is_empty() {
         let f = &b.cluster_ssl_ca_file;
-        let ok = f.starts_with('/') && f.len() <= 4096 && f.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '\'' | '"' | '\\'));
+        let ok = f.starts_with('/')
+            && f.len() <= 4096
+            && f.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '\'' | '"' | '\\'));
         if !ok {
-            bail!(invalid("broker.cluster_ssl_ca_file", f, "an absolute path (on the Flink cluster's hosts) without quotes or backslashes"));
+            bail!(invalid(
+                "broker.cluster_ssl_ca_file",
+                f,
+                "an absolute path (on the Flink cluster's hosts) without quotes or backslashes"
+            ));
         }
     }
     if !config.database.url.is_empty() {
@@ -317,33 +395,49 @@ pub fn validate(config: &Config) -> Result<()> {
     }
     if !config.flink.state_dir.is_empty() {
         let d = &config.flink.state_dir;
-        let ok = Url::parse(d).is_ok_and(|u| u.scheme().len() > 1 && u.query().is_none() && u.password().is_none())
+        let ok = Url::parse(d)
+            .is_ok_and(|u| u.scheme().len() > 1 && u.query().is_none() && u.password().is_none())
             && d.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '\'' | '"' | '\\'));
         if !ok {
             bail!(invalid("flink.state_dir", d, "use a URI the cluster's file systems know, e.g. s3://bucket/flink or file:///var/lib/flink"));
         }
     }
     let s = &config.spark;
-    let spark_keys = [("spark.master_url", &s.master_url), ("spark.rest_url", &s.rest_url), ("spark.ui_url", &s.ui_url)];
+    let spark_keys = [
+        ("spark.master_url", &s.master_url),
+        ("spark.rest_url", &s.rest_url),
+        ("spark.ui_url", &s.ui_url),
+    ];
     let given: Vec<_> = spark_keys.iter().filter(|(_, v)| !v.is_empty()).collect();
     if let Some((key, value)) = given.first().filter(|_| given.len() != 3) {
         bail!(invalid(key, value, "an external Spark cluster needs all of spark.master_url, spark.rest_url and spark.ui_url"));
     }
     let given = given.len();
     if given == 3 {
-        let master_ok = s.master_url.strip_prefix("spark://").is_some_and(|hp| parse_host_port("spark.master_url", hp).is_ok());
+        let master_ok = s
+            .master_url
+            .strip_prefix("spark://")
+            .is_some_and(|hp| parse_host_port("spark.master_url", hp).is_ok());
         if !master_ok {
             bail!(invalid("spark.master_url", &s.master_url, "use spark://host:7077"));
         }
         parse_http_url("spark.rest_url", &s.rest_url)?;
         parse_http_url("spark.ui_url", &s.ui_url)?;
         // Both reach the driver's command line and Spark's properties: plain paths and URIs only.
-        let plain = |v: &str| v.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '\'' | '"' | '\\' | '$' | '`' | ';'));
+        let plain = |v: &str| {
+            v.chars()
+                .all(|c| c.is_ascii_graphic() && !matches!(c, '\'' | '"' | '\\' | '$' | '`' | ';'))
+        };
         let python_ok = s.python.is_empty() || (s.python.starts_with('/') && plain(&s.python));
         if !python_ok {
-            bail!(invalid("spark.python", &s.python, "use the absolute path of the workers' Python, e.g. /opt/venv/bin/python"));
+            bail!(invalid(
+                "spark.python",
+                &s.python,
+                "use the absolute path of the workers' Python, e.g. /opt/venv/bin/python"
+            ));
         }
-        let jar_ok = s.jdbc_jar.is_empty() || (Url::parse(&s.jdbc_jar).is_ok() && plain(&s.jdbc_jar));
+        let jar_ok =
+            s.jdbc_jar.is_empty() || (Url::parse(&s.jdbc_jar).is_ok() && plain(&s.jdbc_jar));
         if !jar_ok {
             bail!(invalid("spark.jdbc_jar", &s.jdbc_jar, "use a URI Spark can fetch, e.g. file:/usr/share/java/postgresql.jar or https://…/postgresql-42.7.3.jar"));
         }
@@ -354,9 +448,14 @@ pub fn validate(config: &Config) -> Result<()> {
             parse_http_url("lake.cluster_endpoint", &config.lake.cluster_endpoint)?;
         }
         let account = lake_account(config);
-        let ok = (3..=64).contains(&account.len()) && account.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        let ok = (3..=64).contains(&account.len())
+            && account.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
         if !ok {
-            bail!(invalid("lake.account", &account, "a storage account name is 3-24 lowercase letters and digits; set lake.account"));
+            bail!(invalid(
+                "lake.account",
+                &account,
+                "a storage account name is 3-24 lowercase letters and digits; set lake.account"
+            ));
         }
     }
     Ok(())
@@ -373,7 +472,10 @@ pub fn kafka_security(config: &Config) -> Result<Vec<(String, String)>> {
     if b.security_protocol.starts_with("sasl_") {
         out.push(("sasl.mechanism".into(), b.sasl_mechanism.clone()));
         out.push(("sasl.username".into(), b.sasl_username.clone()));
-        out.push(("sasl.password".into(), secret(SECRET_BROKER_PASSWORD, "the external broker's SASL password")?));
+        out.push((
+            "sasl.password".into(),
+            secret(SECRET_BROKER_PASSWORD, "the external broker's SASL password")?,
+        ));
     }
     if !b.ssl_ca_file.is_empty() {
         out.push(("ssl.ca.location".into(), b.ssl_ca_file.clone()));
@@ -412,13 +514,17 @@ pub fn flink_kafka_properties(config: &Config) -> Result<Vec<(String, String)>> 
             bail!("{SECRET_BROKER_PASSWORD} contains a '\"' or '\\', which a JAAS line cannot carry unescaped");
         }
         let module = login_module(&b.sasl_mechanism);
-        out.push(("properties.sasl.jaas.config".into(), format!("{module} required username=\"{u}\" password=\"{p}\";")));
+        out.push((
+            "properties.sasl.jaas.config".into(),
+            format!("{module} required username=\"{u}\" password=\"{p}\";"),
+        ));
     }
     if !b.cluster_ssl_ca_file.is_empty() {
         out.push(("properties.ssl.truststore.type".into(), "PEM".into()));
         out.push(("properties.ssl.truststore.location".into(), b.cluster_ssl_ca_file.clone()));
     } else if !b.ssl_ca_file.is_empty() {
-        let certs = read_ca_certificates(&b.ssl_ca_file).map_err(|why| anyhow::anyhow!("broker.ssl_ca_file {:?}: {why}", b.ssl_ca_file))?;
+        let certs = read_ca_certificates(&b.ssl_ca_file)
+            .map_err(|why| anyhow::anyhow!("broker.ssl_ca_file {:?}: {why}", b.ssl_ca_file))?;
         out.push(("properties.ssl.truststore.type".into(), "PEM".into()));
         // One line per certificate: the Java client's PEM parser reads a BEGIN/END pair per
         // line, and would skip all but the last of several on one line.
@@ -445,7 +551,10 @@ pub fn check_secrets(config: &Config) -> Result<()> {
         secret(SECRET_LAKE_KEY, "the external lake's storage account key (lake.endpoint)")?;
     }
     if config.broker.security_protocol.starts_with("sasl_") {
-        secret(SECRET_BROKER_PASSWORD, "the external broker's SASL password (broker.sasl_username)")?;
+        secret(
+            SECRET_BROKER_PASSWORD,
+            "the external broker's SASL password (broker.sasl_username)",
+        )?;
     }
     Ok(())
 }
@@ -475,9 +584,13 @@ pub fn cluster_bootstrap(config: &Config) -> String {
 /// Further JDBC parameters are appended with `jdbc_param`.
 pub fn cluster_jdbc_url(config: &Config) -> String {
     let d = &config.database;
-    let addr = [&d.cluster_url, &d.url].into_iter().find(|u| !u.is_empty()).and_then(|u| parse_pg_url("database.url", u).ok());
+    let addr = [&d.cluster_url, &d.url]
+        .into_iter()
+        .find(|u| !u.is_empty())
+        .and_then(|u| parse_pg_url("database.url", u).ok());
     let params = addr.as_ref().map(|a| a.ssl_params()).unwrap_or_default();
-    let (host, port) = addr.map(|a| (a.host, a.port)).unwrap_or_else(|| (DATABASE.to_string(), DATABASE_PORT));
+    let (host, port) =
+        addr.map(|a| (a.host, a.port)).unwrap_or_else(|| (DATABASE.to_string(), DATABASE_PORT));
     let mut url = format!("jdbc:postgresql://{host}:{port}/{}", database_name(config));
     for (k, v) in params {
         url = jdbc_param(&url, k, &v);
@@ -501,12 +614,16 @@ pub fn spark_master_url(config: &Config) -> String {
 
 /// Python of the Spark workers, for `spark.pyspark.python`.
 pub fn spark_python(config: &Config) -> String {
-    Some(config.spark.python.clone()).filter(|p| !p.is_empty()).unwrap_or_else(|| "/opt/spark-venv/bin/python".into())
+    Some(config.spark.python.clone())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "/opt/spark-venv/bin/python".into())
 }
 
 /// The PostgreSQL JDBC driver as a `spark.jars` entry.
 pub fn spark_jdbc_jar(config: &Config) -> String {
-    Some(config.spark.jdbc_jar.clone()).filter(|p| !p.is_empty()).unwrap_or_else(|| "file:/usr/share/java/postgresql.jar".into())
+    Some(config.spark.jdbc_jar.clone())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "file:/usr/share/java/postgresql.jar".into())
 }
 
 /// The storage account of the lake.
@@ -554,7 +671,11 @@ pub fn cluster_lake_endpoint(config: &Config) -> String {
 /// label and knows no path-style endpoint (`http://host:10000/<account>`).
 pub fn wasb_authority(config: &Config) -> Result<(bool, String)> {
     let endpoint = cluster_lake_endpoint(config);
-    let key = if config.lake.cluster_endpoint.is_empty() { "lake.endpoint" } else { "lake.cluster_endpoint" };
+    let key = if config.lake.cluster_endpoint.is_empty() {
+        "lake.endpoint"
+    } else {
+        "lake.cluster_endpoint"
+    };
     let u = parse_http_url(key, &endpoint)?;
     let account = lake_account(config);
     let host = u.host_str().unwrap_or_default();
@@ -596,7 +717,14 @@ pub fn requirement(part: Part) -> &'static str {
 
 /// Context for an error of an external part.
 pub fn context_for(config: &Config, part: Part) -> Option<String> {
-    part.is_external(config).then(|| format!("external {} at {} ({})", part_name(part), part.external_address(config), part.key()))
+    part.is_external(config).then(|| {
+        format!(
+            "external {} at {} ({})",
+            part_name(part),
+            part.external_address(config),
+            part.key()
+        )
+    })
 }
 
 fn part_name(part: Part) -> &'static str {
@@ -617,7 +745,12 @@ pub fn external_parts(config: &Config) -> Vec<Part> {
 /// Refuses what only works on a part labctl runs itself; `fix` says what to do instead.
 pub fn ensure_managed(config: &Config, part: Part, what: &str, fix: &str) -> Result<()> {
     if part.is_external(config) {
-        bail!("{what} needs the lab's own {}; this lab's is external ({} = {:?}): {fix}", part_name(part), part.key(), part.external_address(config));
+        bail!(
+            "{what} needs the lab's own {}; this lab's is external ({} = {:?}): {fix}",
+            part_name(part),
+            part.key(),
+            part.external_address(config)
+        );
     }
     Ok(())
 }
@@ -639,7 +772,10 @@ mod tests {
         assert_eq!(cluster_bootstrap(&c), "broker:9092");
         assert_eq!(cluster_jdbc_url(&c), "jdbc:postgresql://timescaledb:5432/iiot");
         assert_eq!(cluster_lake_endpoint(&c), "http://devstoreaccount1.blob.core.windows.net");
-        assert_eq!(wasb_authority(&c).unwrap(), (false, "devstoreaccount1.blob.core.windows.net".to_string()));
+        assert_eq!(
+            wasb_authority(&c).unwrap(),
+            (false, "devstoreaccount1.blob.core.windows.net".to_string())
+        );
         assert_eq!(spark_master_url(&c), "spark://spark-master:7077");
         assert_eq!(lake_account(&c), "devstoreaccount1");
     }
@@ -659,72 +795,127 @@ mod tests {
         assert_eq!((database_user(&c), database_name(&c)), ("ops".into(), "plant".into()));
         assert_eq!(lake_account(&c), "plantlake");
         assert_eq!(cluster_lake_endpoint(&c), "https://plantlake.blob.core.windows.net");
-        assert_eq!(wasb_authority(&c).unwrap(), (true, "plantlake.blob.core.windows.net".to_string()));
+        assert_eq!(
+            wasb_authority(&c).unwrap(),
+            (true, "plantlake.blob.core.windows.net".to_string())
+        );
         // A path-style endpoint for the cluster cannot be reached through WASB.
         let c = cfg(|c| {
             c.lake.endpoint = "http://127.0.0.1:10000/devstoreaccount1".into();
             c.lake.cluster_endpoint = "http://azurite:10000/devstoreaccount1".into();
         });
         let e = wasb_authority(&c).unwrap_err().to_string();
-        assert!(e.contains("lake.cluster_endpoint") && e.contains("devstoreaccount1.<domain>"), "{e}");
+        assert!(
+            e.contains("lake.cluster_endpoint") && e.contains("devstoreaccount1.<domain>"),
+            "{e}"
+        );
         let c = cfg(|c| {
             c.lake.endpoint = "http://127.0.0.1:10000/devstoreaccount1".into();
             c.lake.cluster_endpoint = "http://devstoreaccount1.blob.core.windows.net:10000".into();
         });
-        assert_eq!(wasb_authority(&c).unwrap(), (false, "devstoreaccount1.blob.core.windows.net:10000".to_string()));
+        assert_eq!(
+            wasb_authority(&c).unwrap(),
+            (false, "devstoreaccount1.blob.core.windows.net:10000".to_string())
+        );
     }
 
     #[test]
     fn bad_external_values_name_their_key() {
         for (key, f) in [
-            ("broker.bootstrap", Box::new(|c: &mut Config| c.broker.bootstrap = "kafka;rm -rf /:9092".into()) as Box<dyn Fn(&mut Config)>),
+            (
+                "broker.bootstrap",
+                Box::new(|c: &mut Config| c.broker.bootstrap = "kafka;rm -rf /:9092".into())
+                    as Box<dyn Fn(&mut Config)>,
+            ),
             ("broker.bootstrap", Box::new(|c: &mut Config| c.broker.bootstrap = "kafka".into())),
-            ("broker.cluster_bootstrap", Box::new(|c: &mut Config| c.broker.cluster_bootstrap = "broker:9092".into())),
-            ("database.url", Box::new(|c: &mut Config| c.database.url = "postgresql://u:secret@h/db".into())),
-            ("database.url", Box::new(|c: &mut Config| c.database.url = "postgresql://h/Robert');DROP".into())),
+            (
+                "broker.cluster_bootstrap",
+                Box::new(|c: &mut Config| c.broker.cluster_bootstrap = "broker:9092".into()),
+            ),
+            (
+                "database.url",
+                Box::new(|c: &mut Config| c.database.url = "postgresql://u:secret@h/db".into()),
+            ),
+            (
+                "database.url",
+                Box::new(|c: &mut Config| c.database.url = "postgresql://h/Robert');DROP".into()),
+            ),
             ("flink.url", Box::new(|c: &mut Config| c.flink.url = "ftp://x".into())),
-            ("spark.master_url", Box::new(|c: &mut Config| c.spark.master_url = "spark://m:7077".into())),
-            ("broker.security_protocol", Box::new(|c: &mut Config| c.broker.security_protocol = "sasl_plaintext".into())),
-            ("lake.account", Box::new(|c: &mut Config| c.lake.endpoint = "http://127.0.0.1:10000/".into())),
-            ("broker.security_protocol", Box::new(|c: &mut Config| {
-                c.broker.bootstrap = "k:9092".into();
-                c.broker.security_protocol = "tls".into();
-            })),
-            ("broker.sasl_mechanism", Box::new(|c: &mut Config| {
-                c.broker.bootstrap = "k:9092".into();
-                c.broker.security_protocol = "sasl_ssl".into();
-                c.broker.sasl_mechanism = "SCRAM-SHA-1".into();
-                c.broker.sasl_username = "lab".into();
-            })),
-            ("broker.ssl_ca_file", Box::new(|c: &mut Config| {
-                c.broker.bootstrap = "k:9092".into();
-                c.broker.security_protocol = "ssl".into();
-                c.broker.ssl_ca_file = "/nonexistent/ca.pem".into();
-            })),
-            ("broker.ssl_ca_file", Box::new(|c: &mut Config| {
-                c.broker.bootstrap = "k:9092".into();
-                c.broker.ssl_ca_file = "/etc/hostname".into();
-            })),
-            ("broker.cluster_ssl_ca_file", Box::new(|c: &mut Config| {
-                c.broker.bootstrap = "k:9092".into();
-                c.broker.security_protocol = "ssl".into();
-                c.broker.cluster_ssl_ca_file = "ca.pem' OR '1".into();
-            })),
-            ("broker.sasl_ssl_listener", Box::new(|c: &mut Config| {
-                c.broker.bootstrap = "k:9092".into();
-                c.broker.sasl_ssl_listener = true;
-            })),
+            (
+                "spark.master_url",
+                Box::new(|c: &mut Config| c.spark.master_url = "spark://m:7077".into()),
+            ),
+            (
+                "broker.security_protocol",
+                Box::new(|c: &mut Config| c.broker.security_protocol = "sasl_plaintext".into()),
+            ),
+            (
+                "lake.account",
+                Box::new(|c: &mut Config| c.lake.endpoint = "http://127.0.0.1:10000/".into()),
+            ),
+            (
+                "broker.security_protocol",
+                Box::new(|c: &mut Config| {
+                    c.broker.bootstrap = "k:9092".into();
+                    c.broker.security_protocol = "tls".into();
+                }),
+            ),
+            (
+                "broker.sasl_mechanism",
+                Box::new(|c: &mut Config| {
+                    c.broker.bootstrap = "k:9092".into();
+                    c.broker.security_protocol = "sasl_ssl".into();
+                    c.broker.sasl_mechanism = "SCRAM-SHA-1".into();
+                    c.broker.sasl_username = "lab".into();
+                }),
+            ),
+            (
+                "broker.ssl_ca_file",
+                Box::new(|c: &mut Config| {
+                    c.broker.bootstrap = "k:9092".into();
+                    c.broker.security_protocol = "ssl".into();
+                    c.broker.ssl_ca_file = "/nonexistent/ca.pem".into();
+                }),
+            ),
+            (
+                "broker.ssl_ca_file",
+                Box::new(|c: &mut Config| {
+                    c.broker.bootstrap = "k:9092".into();
+                    c.broker.ssl_ca_file = "/etc/hostname".into();
+                }),
+            ),
+            (
+                "broker.cluster_ssl_ca_file",
+                Box::new(|c: &mut Config| {
+                    c.broker.bootstrap = "k:9092".into();
+                    c.broker.security_protocol = "ssl".into();
+                    c.broker.cluster_ssl_ca_file = "ca.pem' OR '1".into();
+                }),
+            ),
+            (
+                "broker.sasl_ssl_listener",
+                Box::new(|c: &mut Config| {
+                    c.broker.bootstrap = "k:9092".into();
+                    c.broker.sasl_ssl_listener = true;
+                }),
+            ),
             ("spark.python", Box::new(|c: &mut Config| c.spark.python = "/usr/bin/python3".into())),
-            ("spark.python", Box::new(|c: &mut Config| {
-                c.spark.master_url = "spark://m:7077".into();
-                c.spark.rest_url = "http://m:6066".into();
-                c.spark.ui_url = "http://m:8080".into();
-                c.spark.python = "python3; rm -rf /".into();
-            })),
-            ("flink.state_dir", Box::new(|c: &mut Config| {
-                c.flink.url = "http://f:8081".into();
-                c.flink.state_dir = "s3://b/x' OR '1".into();
-            })),
+            (
+                "spark.python",
+                Box::new(|c: &mut Config| {
+                    c.spark.master_url = "spark://m:7077".into();
+                    c.spark.rest_url = "http://m:6066".into();
+                    c.spark.ui_url = "http://m:8080".into();
+                    c.spark.python = "python3; rm -rf /".into();
+                }),
+            ),
+            (
+                "flink.state_dir",
+                Box::new(|c: &mut Config| {
+                    c.flink.url = "http://f:8081".into();
+                    c.flink.state_dir = "s3://b/x' OR '1".into();
+                }),
+            ),
         ] {
             let mut c = Config::default();
             f(&mut c);
@@ -743,8 +934,15 @@ mod tests {
         let a = parse_pg_url("database.url", &c.database.url).unwrap();
         assert_eq!((a.ssl, a.root_cert), (SslMode::Require, None));
         assert_eq!(cluster_jdbc_url(&c), "jdbc:postgresql://db.internal:5432/plant?sslmode=verify-full&sslrootcert=/etc/ssl/plant-ca.pem");
-        assert_eq!(jdbc_param(&cluster_jdbc_url(&Config::default()), "reWriteBatchedInserts", "true"), "jdbc:postgresql://timescaledb:5432/iiot?reWriteBatchedInserts=true");
-        for bad in ["postgresql://h/db?sslmode=prefer", "postgresql://h/db?sslrootcert=ca.pem", "postgresql://h/db?application_name=x"] {
+        assert_eq!(
+            jdbc_param(&cluster_jdbc_url(&Config::default()), "reWriteBatchedInserts", "true"),
+            "jdbc:postgresql://timescaledb:5432/iiot?reWriteBatchedInserts=true"
+        );
+        for bad in [
+            "postgresql://h/db?sslmode=prefer",
+            "postgresql://h/db?sslrootcert=ca.pem",
+            "postgresql://h/db?application_name=x",
+        ] {
             let mut c = Config::default();
             c.database.url = bad.into();
             assert!(format!("{:#}", c.validate().unwrap_err()).contains("database.url"), "{bad}");
@@ -781,23 +979,44 @@ rla69pxugtqqqqw=
         c.validate().unwrap();
         std::env::set_var(SECRET_BROKER_PASSWORD, "pw");
         let own = kafka_security(&c).unwrap();
-        assert!(own.contains(&("security.protocol".into(), "SASL_SSL".into())) && own.contains(&("ssl.ca.location".into(), ca.clone())), "{own:?}");
+        assert!(
+            own.contains(&("security.protocol".into(), "SASL_SSL".into()))
+                && own.contains(&("ssl.ca.location".into(), ca.clone())),
+            "{own:?}"
+        );
         let props = flink_kafka_properties(&c).unwrap();
-        let get = |k: &str| props.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone()).unwrap_or_default();
+        let get = |k: &str| {
+            props.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone()).unwrap_or_default()
+        };
         assert_eq!(get("properties.sasl.mechanism"), "SCRAM-SHA-512");
         assert_eq!(get("properties.sasl.jaas.config"), "org.apache.kafka.common.security.scram.ScramLoginModule required username=\"lab\" password=\"pw\";");
         assert_eq!(get("properties.ssl.truststore.type"), "PEM");
         // Both certificates inline, one per line, nothing of the CA file's path.
         let certs = get("properties.ssl.truststore.certificates");
         assert_eq!(certs.lines().count(), 2, "{certs}");
-        assert!(certs.lines().all(|l| l.starts_with("-----BEGIN CERTIFICATE----- MIIBhzCC") && l.ends_with(" -----END CERTIFICATE-----")), "{certs}");
-        assert!(!props.iter().any(|(k, _)| k.contains("ssl.ca.location") || k.contains("truststore.location")), "{props:?}");
+        assert!(
+            certs.lines().all(|l| l.starts_with("-----BEGIN CERTIFICATE----- MIIBhzCC")
+                && l.ends_with(" -----END CERTIFICATE-----")),
+            "{certs}"
+        );
+        assert!(
+            !props
+                .iter()
+                .any(|(k, _)| k.contains("ssl.ca.location") || k.contains("truststore.location")),
+            "{props:?}"
+        );
         // With the cluster's own copy, the job names that file instead.
         let mut c2 = c.clone();
         c2.broker.cluster_ssl_ca_file = "/etc/kafka/plant-ca.pem".into();
         c2.validate().unwrap();
         let props = flink_kafka_properties(&c2).unwrap();
-        assert!(props.contains(&("properties.ssl.truststore.location".into(), "/etc/kafka/plant-ca.pem".into())), "{props:?}");
+        assert!(
+            props.contains(&(
+                "properties.ssl.truststore.location".into(),
+                "/etc/kafka/plant-ca.pem".into()
+            )),
+            "{props:?}"
+        );
         assert!(!props.iter().any(|(k, _)| k.ends_with("truststore.certificates")), "{props:?}");
         // ssl without a CA file: the system's CAs here, the JVM's default truststore there.
         let c3 = cfg(|c| {
@@ -805,13 +1024,24 @@ rla69pxugtqqqqw=
             c.broker.security_protocol = "ssl".into();
         });
         c3.validate().unwrap();
-        assert_eq!(kafka_security(&c3).unwrap(), vec![("security.protocol".to_string(), "SSL".to_string())]);
-        assert_eq!(flink_kafka_properties(&c3).unwrap(), vec![("properties.security.protocol".to_string(), "SSL".to_string())]);
+        assert_eq!(
+            kafka_security(&c3).unwrap(),
+            vec![("security.protocol".to_string(), "SSL".to_string())]
+        );
+        assert_eq!(
+            flink_kafka_properties(&c3).unwrap(),
+            vec![("properties.security.protocol".to_string(), "SSL".to_string())]
+        );
         // A CA file that does not exist is named with its key, on one line.
         let mut bad = c.clone();
         bad.broker.ssl_ca_file = dir.path().join("nope.pem").display().to_string();
         let err = format!("{:#}", bad.validate().unwrap_err());
-        assert!(err.contains("broker.ssl_ca_file") && err.contains("no such file") && !err.contains('\n'), "{err}");
+        assert!(
+            err.contains("broker.ssl_ca_file")
+                && err.contains("no such file")
+                && !err.contains('\n'),
+            "{err}"
+        );
     }
 
     #[test]
@@ -825,8 +1055,15 @@ rla69pxugtqqqqw=
         c.validate().unwrap();
         std::env::set_var(SECRET_BROKER_PASSWORD, "pw");
         let props = flink_kafka_properties(&c).unwrap();
-        assert!(props.contains(&("properties.security.protocol".into(), "SASL_PLAINTEXT".into())), "{props:?}");
-        assert!(props.iter().any(|(k, v)| k == "properties.sasl.jaas.config" && v.contains("PlainLoginModule required username=\"lab\" password=\"pw\";")), "{props:?}");
+        assert!(
+            props.contains(&("properties.security.protocol".into(), "SASL_PLAINTEXT".into())),
+            "{props:?}"
+        );
+        assert!(
+            props.iter().any(|(k, v)| k == "properties.sasl.jaas.config"
+                && v.contains("PlainLoginModule required username=\"lab\" password=\"pw\";")),
+            "{props:?}"
+        );
         assert!(!props.iter().any(|(k, _)| k == "properties.sasl.password"));
     }
 }

@@ -9,7 +9,8 @@ use crate::{
     config::Config,
     db::Database,
     endpoints::{self, Part},
-    flink, kafka::Broker,
+    flink,
+    kafka::Broker,
     lake::BlobClient,
     spark,
     stack::{Probe, Stack},
@@ -46,7 +47,10 @@ impl Lab {
     pub fn broker(&self) -> Result<Broker> {
         if self.external(Part::Broker) {
             endpoints::apply_address_map(&self.config)?;
-            return Ok(Broker { bootstrap: self.config.broker.bootstrap.clone(), security: endpoints::kafka_security(&self.config)? });
+            return Ok(Broker {
+                bootstrap: self.config.broker.bootstrap.clone(),
+                security: endpoints::kafka_security(&self.config)?,
+            });
         }
         Broker::for_stack(&self.stack)
     }
@@ -58,24 +62,38 @@ impl Lab {
     }
 
     pub fn database(&self) -> Result<Database> {
-        let (user, name, password) = (endpoints::database_user(&self.config), endpoints::database_name(&self.config), self.db_password()?);
+        let (user, name, password) = (
+            endpoints::database_user(&self.config),
+            endpoints::database_name(&self.config),
+            self.db_password()?,
+        );
         if self.external(Part::Database) {
             let a = endpoints::parse_pg_url("database.url", &self.config.database.url)?;
-            return Ok(Database::new(a.host, a.port, user, name, password).with_tls(a.ssl, a.root_cert.map(Into::into)));
+            return Ok(Database::new(a.host, a.port, user, name, password)
+                .with_tls(a.ssl, a.root_cert.map(Into::into)));
         }
-        let port = self.stack.published_port("database").context("the stack has no database port")?;
+        let port =
+            self.stack.published_port("database").context("the stack has no database port")?;
         Ok(Database::new(self.stack.bind_address.clone(), port, user, name, password))
     }
 
     pub fn flink(&self, timeout: Duration) -> Result<flink::Client> {
-        let url = if self.external(Part::Flink) { self.config.flink.url.trim_end_matches('/').to_string() } else { self.url("flink_ui")? };
+        let url = if self.external(Part::Flink) {
+            self.config.flink.url.trim_end_matches('/').to_string()
+        } else {
+            self.url("flink_ui")?
+        };
         flink::Client::new(url, timeout)
     }
 
     pub fn spark(&self, timeout: Duration) -> Result<spark::Client> {
         if self.external(Part::Spark) {
             let s = &self.config.spark;
-            return spark::Client::new(s.ui_url.trim_end_matches('/'), s.rest_url.trim_end_matches('/'), timeout);
+            return spark::Client::new(
+                s.ui_url.trim_end_matches('/'),
+                s.rest_url.trim_end_matches('/'),
+                timeout,
+            );
         }
         spark::Client::new(self.url("spark_ui")?, self.url("spark_rest")?, timeout)
     }
@@ -83,9 +101,15 @@ impl Lab {
     pub fn blob(&self, timeout: Duration) -> Result<BlobClient> {
         if self.external(Part::Lake) {
             let c = &self.config;
-            return BlobClient::new(&c.lake.endpoint, &endpoints::lake_account(c), &endpoints::lake_key(c)?, timeout);
+            return BlobClient::new(
+                &c.lake.endpoint,
+                &endpoints::lake_account(c),
+                &endpoints::lake_key(c)?,
+                timeout,
+            );
         }
-        let port = self.stack.published_port("azurite").context("the stack publishes no azurite port")?;
+        let port =
+            self.stack.published_port("azurite").context("the stack publishes no azurite port")?;
         BlobClient::azurite(&self.stack.bind_address, port, timeout)
     }
 
@@ -118,8 +142,16 @@ impl Lab {
             }
             Probe::FlinkTaskManagers { count, slots } => {
                 let o = self.flink(timeout)?.overview().await?;
-                anyhow::ensure!(o.taskmanagers >= *count, "{} of {count} TaskManagers registered", o.taskmanagers);
-                anyhow::ensure!(o.slots_total >= *slots, "{} of {slots} task slots registered", o.slots_total);
+                anyhow::ensure!(
+                    o.taskmanagers >= *count,
+                    "{} of {count} TaskManagers registered",
+                    o.taskmanagers
+                );
+                anyhow::ensure!(
+                    o.slots_total >= *slots,
+                    "{} of {slots} task slots registered",
+                    o.slots_total
+                );
                 Ok(format!("{} TaskManager(s), {} slots", o.taskmanagers, o.slots_total))
             }
             Probe::SparkWorkers { count } => {
@@ -139,7 +171,11 @@ impl Lab {
                 let topic = &self.config.broker.topic;
                 let offsets = self.broker()?.offsets(topic, timeout).await?;
                 let ends: Vec<String> = offsets.iter().map(|p| p.high.to_string()).collect();
-                Ok(format!("topic `{topic}` end offsets [{}] = {}", ends.join(", "), offsets.iter().map(|p| p.high).sum::<i64>()))
+                Ok(format!(
+                    "topic `{topic}` end offsets [{}] = {}",
+                    ends.join(", "),
+                    offsets.iter().map(|p| p.high).sum::<i64>()
+                ))
             }
         }
     }

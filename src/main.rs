@@ -1,7 +1,6 @@
 //! labctl: stands up the IIoT streaming lab (broker, TimescaleDB, Flink, Spark, Azurite) on a
 //! Docker engine, feeds it, runs its jobs and shows where everything stands.
 
-
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -9,9 +8,14 @@ use labctl::cli;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if args.verbose { "labctl=debug,info" } else { "warn" }));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if args.verbose { "labctl=debug,info" } else { "warn" })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -117,7 +117,8 @@ struct TimeAxis {
 }
 
 /// Tick steps, in seconds.
-const STEPS: [i64; 15] = [60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 14400, 21600, 43200, 86400, 172800, 604800];
+const STEPS: [i64; 15] =
+    [60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 14400, 21600, 43200, 86400, 172800, 604800];
 
 impl TimeAxis {
     fn ticks(&self, max: usize) -> Vec<i64> {
@@ -182,15 +183,18 @@ pub fn thin(windows: &[Window], origin: i64, bucket_secs: i64) -> Vec<Window> {
                 *wsum += weight;
             }
             _ => {
-                let start = Utc.timestamp_opt(origin + key * bucket_secs, 0).single().unwrap_or(w.start);
+                let start =
+                    Utc.timestamp_opt(origin + key * bucket_secs, 0).single().unwrap_or(w.start);
                 out.push((key, Window { start, avg: w.avg * weight, ..*w }, weight));
             }
         }
     }
-    out.into_iter().map(|(_, mut w, wsum)| {
-        w.avg /= wsum;
-        w
-    }).collect()
+    out.into_iter()
+        .map(|(_, mut w, wsum)| {
+            w.avg /= wsum;
+            w
+        })
+        .collect()
 }
 
 /// Runs of windows without gaps: a step longer than 1.5 `step_secs` starts a new run.
@@ -198,7 +202,8 @@ pub fn segments(windows: &[Window], step_secs: i64) -> Vec<&[Window]> {
     let mut out = Vec::new();
     let mut begin = 0;
     for i in 1..=windows.len() {
-        let gap = i == windows.len() || (windows[i].start - windows[i - 1].start).num_seconds() * 2 > step_secs * 3;
+        let gap = i == windows.len()
+            || (windows[i].start - windows[i - 1].start).num_seconds() * 2 > step_secs * 3;
         if gap {
             out.push(&windows[begin..i]);
             begin = i;
@@ -237,9 +242,21 @@ pub fn render(chart: &Chart) -> Result<Rendered> {
     let to = chart.to.timestamp().max(from + WINDOW_SECS);
     let axis = TimeAxis { from, to };
 
-    let mut machines: Vec<&str> = chart.series.iter().map(|s| s.machine_id.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
+    let mut machines: Vec<&str> = chart
+        .series
+        .iter()
+        .map(|s| s.machine_id.as_str())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     machines.sort();
-    let mut sensors: Vec<&str> = chart.series.iter().map(|s| s.sensor_type.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
+    let mut sensors: Vec<&str> = chart
+        .series
+        .iter()
+        .map(|s| s.sensor_type.as_str())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     sensors.sort_by_key(|s| sensor_rank(s));
 
     let width = (sensors.len() as u32 * PANEL_WIDTH).max(720);
@@ -265,30 +282,56 @@ pub fn render(chart: &Chart) -> Result<Rendered> {
         ))
         .map_err(err)?;
         let note = if bucket_secs > WINDOW_SECS {
-            format!("sensor_aggregates in {}-minute buckets: line = average, band = min to max", bucket_secs / 60)
+            format!(
+                "sensor_aggregates in {}-minute buckets: line = average, band = min to max",
+                bucket_secs / 60
+            )
         } else {
-            "sensor_aggregates: line = 1-minute average, band = min to max of each minute".to_string()
+            "sensor_aggregates: line = 1-minute average, band = min to max of each minute"
+                .to_string()
         };
-        head.draw(&Text::new(note, (centre, 40), ("sans-serif", 16).into_font().color(&RGBColor(90, 90, 90)).pos(Pos::new(HPos::Center, VPos::Top))))
-            .map_err(err)?;
+        head.draw(&Text::new(
+            note,
+            (centre, 40),
+            ("sans-serif", 16)
+                .into_font()
+                .color(&RGBColor(90, 90, 90))
+                .pos(Pos::new(HPos::Center, VPos::Top)),
+        ))
+        .map_err(err)?;
 
         let cells = grid.split_evenly((machines.len(), sensors.len()));
         for (row, machine) in machines.iter().enumerate() {
             for (col, sensor) in sensors.iter().enumerate() {
                 let area = &cells[row * sensors.len() + col];
-                let Some(series) = chart.series.iter().find(|s| s.machine_id == *machine && s.sensor_type == *sensor) else {
+                let Some(series) = chart
+                    .series
+                    .iter()
+                    .find(|s| s.machine_id == *machine && s.sensor_type == *sensor)
+                else {
                     let (w, h) = area.dim_in_pixel();
                     area.draw(&Text::new(
                         format!("{machine} {sensor}: no windows"),
                         ((w / 2) as i32, (h / 2) as i32),
-                        ("sans-serif", 16).into_font().color(&RGBColor(150, 150, 150)).pos(Pos::new(HPos::Center, VPos::Center)),
+                        ("sans-serif", 16)
+                            .into_font()
+                            .color(&RGBColor(150, 150, 150))
+                            .pos(Pos::new(HPos::Center, VPos::Center)),
                     ))
                     .map_err(err)?;
                     continue;
                 };
-                let inside: Vec<Window> =
-                    series.windows.iter().copied().filter(|w| (from..=to).contains(&w.start.timestamp())).collect();
-                let windows = if bucket_secs > WINDOW_SECS { thin(&inside, from, bucket_secs) } else { inside };
+                let inside: Vec<Window> = series
+                    .windows
+                    .iter()
+                    .copied()
+                    .filter(|w| (from..=to).contains(&w.start.timestamp()))
+                    .collect();
+                let windows = if bucket_secs > WINDOW_SECS {
+                    thin(&inside, from, bucket_secs)
+                } else {
+                    inside
+                };
                 points_drawn += windows.len();
                 panels += 1;
                 let color = sensor_color(sensor);
@@ -330,14 +373,24 @@ pub fn render(chart: &Chart) -> Result<Rendered> {
                 // A window alone (between gaps) is a whisker from min to max with a dot.
                 c.draw_series(runs.iter().filter(|r| r.len() == 1).map(|r| {
                     let w = r[0];
-                    PathElement::new(vec![(w.start.timestamp(), w.min), (w.start.timestamp(), w.max)], color.mix(0.5).stroke_width(3))
+                    PathElement::new(
+                        vec![(w.start.timestamp(), w.min), (w.start.timestamp(), w.max)],
+                        color.mix(0.5).stroke_width(3),
+                    )
                 }))
                 .map_err(err)?;
-                c.draw_series(runs.iter().filter(|r| r.len() == 1).map(|r| Circle::new((r[0].start.timestamp(), r[0].avg), 2, color.filled())))
-                    .map_err(err)?;
+                c.draw_series(
+                    runs.iter().filter(|r| r.len() == 1).map(|r| {
+                        Circle::new((r[0].start.timestamp(), r[0].avg), 2, color.filled())
+                    }),
+                )
+                .map_err(err)?;
                 for r in runs.iter().filter(|r| r.len() > 1) {
-                    c.draw_series(LineSeries::new(r.iter().map(|w| (w.start.timestamp(), w.avg)), color.stroke_width(1)))
-                        .map_err(err)?;
+                    c.draw_series(LineSeries::new(
+                        r.iter().map(|w| (w.start.timestamp(), w.avg)),
+                        color.stroke_width(1),
+                    ))
+                    .map_err(err)?;
                 }
             }
         }
@@ -355,7 +408,13 @@ mod tests {
         Utc.timestamp_opt(1_767_247_200 + min * 60, 0).unwrap()
     }
 
-    fn series(machine: &str, sensor: &str, unit: &str, minutes: impl IntoIterator<Item = i64>, base: f64) -> Series {
+    fn series(
+        machine: &str,
+        sensor: &str,
+        unit: &str,
+        minutes: impl IntoIterator<Item = i64>,
+        base: f64,
+    ) -> Series {
         let windows = minutes
             .into_iter()
             .map(|m| {
@@ -363,7 +422,12 @@ mod tests {
                 Window { start: t(m), avg, min: avg - 1.0, max: avg + 1.0, count: 12 }
             })
             .collect();
-        Series { machine_id: machine.into(), sensor_type: sensor.into(), unit: Some(unit.into()), windows }
+        Series {
+            machine_id: machine.into(),
+            sensor_type: sensor.into(),
+            unit: Some(unit.into()),
+            windows,
+        }
     }
 
     fn fleet() -> Vec<Series> {
@@ -389,7 +453,12 @@ mod tests {
 
     /// The contents of the document's `<text>` elements, trimmed.
     fn texts(svg: &str) -> Vec<String> {
-        svg.split("<text").skip(1).map(|t| t.split_once('>').unwrap().1.split("</text>").next().unwrap().trim().to_string()).collect()
+        svg.split("<text")
+            .skip(1)
+            .map(|t| {
+                t.split_once('>').unwrap().1.split("</text>").next().unwrap().trim().to_string()
+            })
+            .collect()
     }
 
     fn has_text(svg: &str, text: &str) -> usize {
@@ -431,7 +500,15 @@ mod tests {
             machine_id: "CNC-1".into(),
             sensor_type: "pressure".into(),
             unit: Some("bar".into()),
-            windows: (0..3).map(|m| Window { start: t(m), avg: 5.0, min: 4.0 + m as f64 * 0.1, max: 6.0, count: 12 }).collect(),
+            windows: (0..3)
+                .map(|m| Window {
+                    start: t(m),
+                    avg: 5.0,
+                    min: 4.0 + m as f64 * 0.1,
+                    max: 6.0,
+                    count: 12,
+                })
+                .collect(),
         }];
         let r = render(&Chart { lab: "x", from: t(0), to: t(3), series: &s }).unwrap();
         let poly = r.svg.split("<polygon").nth(1).unwrap();
@@ -480,7 +557,13 @@ mod tests {
         assert!(segments(&[], 60).is_empty());
 
         let ws: Vec<Window> = (0..10)
-            .map(|m| Window { start: t(m), avg: m as f64, min: m as f64 - 1.0, max: m as f64 + 1.0, count: if m == 0 { 3 } else { 1 } })
+            .map(|m| Window {
+                start: t(m),
+                avg: m as f64,
+                min: m as f64 - 1.0,
+                max: m as f64 + 1.0,
+                count: if m == 0 { 3 } else { 1 },
+            })
             .collect();
         let th = thin(&ws, t(0).timestamp(), 300);
         assert_eq!(th.len(), 2);

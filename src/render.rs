@@ -14,10 +14,12 @@ pub const COMPOSE_TEMPLATE: &str = "templates/docker-compose.yml.tera";
 
 /// Renders an embedded template, reporting syntax errors with the template's name and cause.
 pub fn render_template(path: &str, context: &tera::Context) -> Result<String> {
-    let text = assets::text(path).ok_or_else(|| anyhow!("template {path} is not embedded in this build"))?;
+    let text = assets::text(path)
+        .ok_or_else(|| anyhow!("template {path} is not embedded in this build"))?;
     let mut tera = tera::Tera::default();
     tera.autoescape_on(vec![]);
-    tera.add_raw_template(path, text).map_err(|e| anyhow!("template {path}: {}", error_chain(&e)))?;
+    tera.add_raw_template(path, text)
+        .map_err(|e| anyhow!("template {path}: {}", error_chain(&e)))?;
     tera.render(path, context).map_err(|e| anyhow!("rendering {path}: {}", error_chain(&e)))
 }
 
@@ -64,7 +66,11 @@ pub fn compose(stack: &Stack) -> Result<String> {
             image: image_tag(&s.image),
             command: s.command.iter().map(|c| yaml_str(c)).collect(),
             env: s.env.iter().map(|(k, v)| (k.clone(), yaml_str(v))).collect(),
-            ports: s.ports.iter().map(|p| yaml_str(&format!("{}:{}:{}", stack.bind_address, p.host, p.container))).collect(),
+            ports: s
+                .ports
+                .iter()
+                .map(|p| yaml_str(&format!("{}:{}:{}", stack.bind_address, p.host, p.container)))
+                .collect(),
             volumes: s.mounts.iter().map(|m| format!("{}:{}", m.volume, m.path)).collect(),
             secrets: s.secrets.iter().map(|f| secret_name(f.secret).to_string()).collect(),
             depends_on: s.depends_on.iter().map(|d| d.to_string()).collect(),
@@ -72,7 +78,10 @@ pub fn compose(stack: &Stack) -> Result<String> {
             stop_signal: s.stop_signal.map(str::to_string),
             stop_grace: s.stop_timeout,
             host_network: s.host_network,
-            aliases: std::iter::once(s.name).chain(s.aliases.iter().copied()).map(str::to_string).collect(),
+            aliases: std::iter::once(s.name)
+                .chain(s.aliases.iter().copied())
+                .map(str::to_string)
+                .collect(),
         })
         .collect();
     let volumes: Vec<(String, String)> =
@@ -82,7 +91,8 @@ pub fn compose(stack: &Stack) -> Result<String> {
     ctx.insert("network", &stack.network);
     ctx.insert("services", &services);
     ctx.insert("volumes", &volumes);
-    let broker_secret = stack.services.iter().flat_map(|s| &s.secrets).any(|f| f.secret == Secret::BrokerPassword);
+    let broker_secret =
+        stack.services.iter().flat_map(|s| &s.secrets).any(|f| f.secret == Secret::BrokerPassword);
     ctx.insert("broker_secret", &broker_secret);
     render_template(COMPOSE_TEMPLATE, &ctx).context("rendering docker-compose.yml")
 }
@@ -101,7 +111,15 @@ mod tests {
 
     fn default_stack() -> Stack {
         let c = Config::default();
-        Stack::new(&c, &State { db_password: "unused".into(), ports: c.ports.clone(), replicas: Default::default(), broker_password: String::new() })
+        Stack::new(
+            &c,
+            &State {
+                db_password: "unused".into(),
+                ports: c.ports.clone(),
+                replicas: Default::default(),
+                broker_password: String::new(),
+            },
+        )
     }
 
     /// The committed docker-compose.yml must be what `labctl render compose` gives for the
@@ -109,15 +127,24 @@ mod tests {
     #[test]
     fn committed_compose_file_is_current() {
         let rendered = compose(&default_stack()).unwrap();
-        let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml")).unwrap();
-        assert!(rendered == committed, "docker-compose.yml is out of date: run `labctl render compose -o docker-compose.yml`");
+        let committed =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
+                .unwrap();
+        assert!(
+            rendered == committed,
+            "docker-compose.yml is out of date: run `labctl render compose -o docker-compose.yml`"
+        );
     }
 
     /// Same for init-db.sql, regenerated with `labctl render init-db -o init-db.sql`.
     #[test]
     fn committed_init_db_is_current() {
-        let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/init-db.sql")).unwrap();
-        assert!(crate::schema::init_db_sql() == committed, "init-db.sql is out of date: run `labctl render init-db -o init-db.sql`");
+        let committed =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/init-db.sql")).unwrap();
+        assert!(
+            crate::schema::init_db_sql() == committed,
+            "init-db.sql is out of date: run `labctl render init-db -o init-db.sql`"
+        );
     }
 
     #[test]
@@ -128,7 +155,10 @@ mod tests {
         }
         assert!(!text.contains("unused"));
         for line in text.lines().filter(|l| l.trim_start().starts_with("- \"") && l.contains(':')) {
-            assert!(line.trim_start().starts_with("- \"127.0.0.1:"), "published on all interfaces: {line}");
+            assert!(
+                line.trim_start().starts_with("- \"127.0.0.1:"),
+                "published on all interfaces: {line}"
+            );
         }
     }
 

@@ -209,7 +209,8 @@ mod tests {
     fn message_fields_match_raw_table() {
         // Every message field except the timestamp string lands in a raw column of the same name.
         for f in MESSAGE_FIELDS {
-            let c = MACHINE_SENSORS.column(f.name).unwrap_or_else(|| panic!("no column {}", f.name));
+            let c =
+                MACHINE_SENSORS.column(f.name).unwrap_or_else(|| panic!("no column {}", f.name));
             if f.name != "timestamp" {
                 assert_eq!(c.ty, f.ty, "{}", f.name);
             }

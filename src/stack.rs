@@ -84,7 +84,8 @@ pub const INGEST_IMAGE: ImageSpec = ImageSpec {
     jars: None,
 };
 
-pub const IMAGES: &[ImageSpec] = &[BROKER_IMAGE, DATABASE_IMAGE, FLINK_IMAGE, SPARK_IMAGE, AZURITE_IMAGE, INGEST_IMAGE];
+pub const IMAGES: &[ImageSpec] =
+    &[BROKER_IMAGE, DATABASE_IMAGE, FLINK_IMAGE, SPARK_IMAGE, AZURITE_IMAGE, INGEST_IMAGE];
 
 /// How `up` knows a service really works (not merely that its container runs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -191,7 +192,8 @@ pub const BROKER: &str = "broker";
 /// Service names of the KRaft nodes; node 1 is `broker`, as in a single-node lab.
 pub const BROKER_NODES: [&str; MAX_BROKER_NODES as usize] = [BROKER, "broker-2", "broker-3"];
 const BROKER_PORT_KEYS: [&str; MAX_BROKER_NODES as usize] = ["broker", "broker_2", "broker_3"];
-const BROKER_VOLUMES: [&str; MAX_BROKER_NODES as usize] = ["broker-data", "broker-2-data", "broker-3-data"];
+const BROKER_VOLUMES: [&str; MAX_BROKER_NODES as usize] =
+    ["broker-data", "broker-2-data", "broker-3-data"];
 pub const MAX_BROKER_NODES: u32 = 3;
 pub const DATABASE: &str = "timescaledb";
 pub const FLINK_JM: &str = "flink-jobmanager";
@@ -256,7 +258,12 @@ fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
 
-fn port(key: &'static str, container: u16, host: u16, url_path: Option<&'static str>) -> PublishedPort {
+fn port(
+    key: &'static str,
+    container: u16,
+    host: u16,
+    url_path: Option<&'static str>,
+) -> PublishedPort {
     PublishedPort { key, container, host, url_path }
 }
 
@@ -275,7 +282,9 @@ pub fn kafka_cluster_id(project: &str) -> String {
     use base64::Engine;
     use sha2::Digest;
     let mut id = [0u8; 16];
-    id.copy_from_slice(&sha2::Sha256::digest(format!("labctl kafka cluster {project}").as_bytes())[..16]);
+    id.copy_from_slice(
+        &sha2::Sha256::digest(format!("labctl kafka cluster {project}").as_bytes())[..16],
+    );
     // The top bit clear keeps the first character within A-Za-f: never `-`, which Kafka's own
     // tools read as an option (as Kafka's `Uuid.randomUuid` avoids too).
     id[0] &= 0x7f;
@@ -290,8 +299,11 @@ fn broker_service(config: &Config, ports: &crate::config::Ports, node: usize) ->
     let nodes = config.broker.nodes as usize;
     let name = BROKER_NODES[node];
     let host = host_address(&config.bind_address);
-    let voters: Vec<String> =
-        BROKER_NODES[..nodes].iter().enumerate().map(|(i, n)| format!("{}@{n}:{BROKER_CONTROLLER_PORT}", i + 1)).collect();
+    let voters: Vec<String> = BROKER_NODES[..nodes]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{}@{n}:{BROKER_CONTROLLER_PORT}", i + 1))
+        .collect();
     let (replication, min_isr) = broker_replication(config.broker.nodes);
     let properties = [
         format!("listeners=INTERNAL://:{BROKER_PORT},CONTROLLER://:{BROKER_CONTROLLER_PORT},HOST://:{BROKER_HOST_LISTENER_PORT}"),
@@ -316,11 +328,20 @@ fn broker_service(config: &Config, ports: &crate::config::Ports, node: usize) ->
             ("KAFKA_HEAP_OPTS", format!("-Xms{0} -Xmx{0}", config.broker.heap)),
             ("KAFKA_PROPERTIES", properties),
         ]),
-        ports: vec![port(BROKER_PORT_KEYS[node], BROKER_HOST_LISTENER_PORT, broker_host_port(ports, node), None)],
+        ports: vec![port(
+            BROKER_PORT_KEYS[node],
+            BROKER_HOST_LISTENER_PORT,
+            broker_host_port(ports, node),
+            None,
+        )],
         mounts: vec![Mount { volume: BROKER_VOLUMES[node], path: "/var/lib/kafka" }],
         secrets: vec![],
         // Node 1 answers for the cluster: ready when every node is in its metadata.
-        probe: if node == 0 { Probe::KafkaMetadata { brokers: config.broker.nodes } } else { Probe::CoveredBy { service: BROKER } },
+        probe: if node == 0 {
+            Probe::KafkaMetadata { brokers: config.broker.nodes }
+        } else {
+            Probe::CoveredBy { service: BROKER }
+        },
         depends_on: vec![],
         replicas: 1,
         stop_signal: None,
@@ -346,9 +367,17 @@ fn add_sasl_ssl_listeners(svc: &mut Service, host: &str, host_port: u16) {
     let add = |line: &str| -> String {
         let Some((key, value)) = line.split_once('=') else { return line.to_string() };
         let extra = match key {
-            "listeners" => format!("{}://:{BROKER_SASL_SSL_PORT},{}://:{BROKER_HOST_SASL_SSL_LISTENER_PORT}", names[0], names[1]),
-            "advertised.listeners" => format!("{}://{BROKER}:{BROKER_SASL_SSL_PORT},{}://{host}:{host_port}", names[0], names[1]),
-            "listener.security.protocol.map" => format!("{}:SASL_SSL,{}:SASL_SSL", names[0], names[1]),
+            "listeners" => format!(
+                "{}://:{BROKER_SASL_SSL_PORT},{}://:{BROKER_HOST_SASL_SSL_LISTENER_PORT}",
+                names[0], names[1]
+            ),
+            "advertised.listeners" => format!(
+                "{}://{BROKER}:{BROKER_SASL_SSL_PORT},{}://{host}:{host_port}",
+                names[0], names[1]
+            ),
+            "listener.security.protocol.map" => {
+                format!("{}:SASL_SSL,{}:SASL_SSL", names[0], names[1])
+            }
             _ => return line.to_string(),
         };
         format!("{key}={value},{extra}")
@@ -364,8 +393,13 @@ fn add_sasl_ssl_listeners(svc: &mut Service, host: &str, host_port: u16) {
             extra.push(format!("listener.name.{}.{mechanism}.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;", name.to_ascii_lowercase()));
         }
     }
-    let mut tls_names = vec!["DNS:broker".to_string(), "DNS:localhost".to_string(), "IP:127.0.0.1".to_string()];
-    let host_name = if host.parse::<std::net::IpAddr>().is_ok() { format!("IP:{host}") } else { format!("DNS:{host}") };
+    let mut tls_names =
+        vec!["DNS:broker".to_string(), "DNS:localhost".to_string(), "IP:127.0.0.1".to_string()];
+    let host_name = if host.parse::<std::net::IpAddr>().is_ok() {
+        format!("IP:{host}")
+    } else {
+        format!("DNS:{host}")
+    };
     if !tls_names.contains(&host_name) {
         tls_names.push(host_name);
     }
@@ -394,14 +428,19 @@ fn broker_host_port(ports: &crate::config::Ports, node: usize) -> u16 {
 
 /// The managed broker's nodes as containers on the lab's network reach them.
 pub fn cluster_bootstrap(nodes: u32) -> String {
-    BROKER_NODES[..nodes as usize].iter().map(|n| format!("{n}:{BROKER_PORT}")).collect::<Vec<_>>().join(",")
+    BROKER_NODES[..nodes as usize]
+        .iter()
+        .map(|n| format!("{n}:{BROKER_PORT}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl Stack {
     pub fn new(config: &Config, state: &State) -> Self {
         let p = &state.ports;
         let flink = &config.flink;
-        let (taskmanagers, workers) = (replicas(config, state, FLINK_TM), replicas(config, state, SPARK_WORKER));
+        let (taskmanagers, workers) =
+            (replicas(config, state, FLINK_TM), replicas(config, state, SPARK_WORKER));
         let flink_common = [
             format!("jobmanager.rpc.address: {FLINK_JM}"),
             format!("rest.port: {FLINK_REST_PORT}"),
@@ -413,7 +452,8 @@ impl Stack {
             "state.savepoints.dir: file:///var/lib/flink/savepoints".to_string(),
         ]
         .join("\n");
-        let brokers = (0..config.broker.nodes as usize).map(|node| broker_service(config, &state.ports, node));
+        let brokers = (0..config.broker.nodes as usize)
+            .map(|node| broker_service(config, &state.ports, node));
         let services = brokers.chain([
             Service {
                 name: DATABASE,
@@ -461,7 +501,10 @@ impl Stack {
                 ports: vec![port("flink_ui", FLINK_REST_PORT, p.flink_ui, Some("/"))],
                 mounts: vec![Mount { volume: "flink-data", path: "/var/lib/flink" }],
                 secrets: vec![],
-                probe: Probe::FlinkTaskManagers { count: taskmanagers, slots: taskmanagers * flink.slots_per_taskmanager },
+                probe: Probe::FlinkTaskManagers {
+                    count: taskmanagers,
+                    slots: taskmanagers * flink.slots_per_taskmanager,
+                },
                 depends_on: vec![],
                 replicas: 1,
                 stop_signal: None,
@@ -512,7 +555,10 @@ impl Stack {
             Service {
                 name: SPARK_WORKER,
                 image: SPARK_IMAGE,
-                command: vec!["worker".into(), format!("spark://{SPARK_MASTER}:{SPARK_MASTER_PORT}")],
+                command: vec![
+                    "worker".into(),
+                    format!("spark://{SPARK_MASTER}:{SPARK_MASTER_PORT}"),
+                ],
                 env: env(&[
                     ("SPARK_WORKER_CORES", config.spark.worker_cores.to_string()),
                     ("SPARK_WORKER_MEMORY", config.spark.worker_memory.clone()),
@@ -538,9 +584,15 @@ impl Stack {
         // generator service: its password would have to go into the container; `labctl ingest`
         // on this host does the same.
         let broker_external = external.contains(&Part::Broker);
-        if config.ingest.enabled && (!broker_external || config.broker.security_protocol == "plaintext") {
+        if config.ingest.enabled
+            && (!broker_external || config.broker.security_protocol == "plaintext")
+        {
             let i = &config.ingest;
-            let bootstrap = if broker_external { config.broker.bootstrap.clone() } else { cluster_bootstrap(config.broker.nodes) };
+            let bootstrap = if broker_external {
+                config.broker.bootstrap.clone()
+            } else {
+                cluster_bootstrap(config.broker.nodes)
+            };
             let mut command: Vec<String> = vec!["ingest".into(), "--bootstrap".into(), bootstrap];
             if broker_external {
                 for (from, to) in &config.broker.address_map {
@@ -548,9 +600,22 @@ impl Stack {
                 }
             }
             command.extend(
-                ["--topic", &config.broker.topic, "--machines", &i.machines.to_string(), "--seed", &i.seed.to_string(), "--interval", &i.interval_secs.to_string(), "--backfill", &i.backfill, "--rate", &i.backfill_rate.to_string()]
-                    .iter()
-                    .map(|s| s.to_string()),
+                [
+                    "--topic",
+                    &config.broker.topic,
+                    "--machines",
+                    &i.machines.to_string(),
+                    "--seed",
+                    &i.seed.to_string(),
+                    "--interval",
+                    &i.interval_secs.to_string(),
+                    "--backfill",
+                    &i.backfill,
+                    "--rate",
+                    &i.backfill_rate.to_string(),
+                ]
+                .iter()
+                .map(|s| s.to_string()),
             );
             services.push(Service {
                 name: INGEST,
@@ -561,7 +626,11 @@ impl Stack {
                 mounts: vec![],
                 secrets: vec![],
                 probe: Probe::Running,
-                depends_on: if broker_external { vec![] } else { BROKER_NODES[..config.broker.nodes as usize].to_vec() },
+                depends_on: if broker_external {
+                    vec![]
+                } else {
+                    BROKER_NODES[..config.broker.nodes as usize].to_vec()
+                },
                 replicas: 1,
                 // SIGTERM: flush what is in flight, print the summary, exit 0.
                 stop_signal: None,
@@ -613,7 +682,10 @@ impl Stack {
         }
         self.service(name).ok_or_else(|| {
             let names: Vec<_> = self.services.iter().map(|s| s.name).collect();
-            anyhow::anyhow!("unknown service `{name}`; the lab's services are: {}", names.join(", "))
+            anyhow::anyhow!(
+                "unknown service `{name}`; the lab's services are: {}",
+                names.join(", ")
+            )
         })
     }
 
@@ -674,7 +746,10 @@ mod tests {
     fn azurite_answers_under_the_accounts_host_name_on_port_80() {
         let s = stack();
         let a = s.service(AZURITE).unwrap();
-        assert_eq!(AZURITE_ACCOUNT_HOST, format!("{}.blob.core.windows.net", crate::lake::DEV_ACCOUNT));
+        assert_eq!(
+            AZURITE_ACCOUNT_HOST,
+            format!("{}.blob.core.windows.net", crate::lake::DEV_ACCOUNT)
+        );
         assert_eq!(a.aliases, vec![AZURITE_ACCOUNT_HOST]);
         assert_eq!(a.ports[0].container, 80);
         assert!(s.services.iter().filter(|x| x.name != AZURITE).all(|x| x.aliases.is_empty()));
@@ -687,7 +762,8 @@ mod tests {
         for svc in &s.services {
             for d in &svc.depends_on {
                 assert!(s.service(d).is_some());
-                let (a, b) = (order.iter().position(|n| n == d), order.iter().position(|n| *n == svc.name));
+                let (a, b) =
+                    (order.iter().position(|n| n == d), order.iter().position(|n| *n == svc.name));
                 assert!(a < b, "{d} must start before {}", svc.name);
             }
         }
@@ -727,19 +803,33 @@ mod tests {
         let s = Stack::new(&c, &st);
         let b = s.service(BROKER).unwrap();
         let props = &b.env.iter().find(|(k, _)| k == "KAFKA_PROPERTIES").unwrap().1;
-        let line = |key: &str| props.lines().filter(|l| l.starts_with(&format!("{key}="))).collect::<Vec<_>>();
+        let line = |key: &str| {
+            props.lines().filter(|l| l.starts_with(&format!("{key}="))).collect::<Vec<_>>()
+        };
         assert_eq!(line("listeners"), ["listeners=INTERNAL://:9092,CONTROLLER://:9093,HOST://:9094,SECURE://:9095,HOST_SECURE://:9096"]);
         assert_eq!(line("advertised.listeners"), [format!("advertised.listeners=INTERNAL://broker:9092,HOST://127.0.0.1:{0},SECURE://broker:9095,HOST_SECURE://127.0.0.1:{1}", c.ports.broker, c.ports.broker_sasl_ssl)]);
-        assert!(line("listener.security.protocol.map")[0].ends_with(",SECURE:SASL_SSL,HOST_SECURE:SASL_SSL"), "{props}");
+        assert!(
+            line("listener.security.protocol.map")[0]
+                .ends_with(",SECURE:SASL_SSL,HOST_SECURE:SASL_SSL"),
+            "{props}"
+        );
         assert!(props.contains("listener.name.host_secure.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"), "{props}");
-        assert!(b.ports.iter().any(|p| p.key == "broker_sasl_ssl" && p.container == 9096 && p.host == c.ports.broker_sasl_ssl));
-        assert_eq!(b.secrets, [SecretFile { path: BROKER_PASSWORD_PATH, secret: Secret::BrokerPassword }]);
+        assert!(b.ports.iter().any(|p| p.key == "broker_sasl_ssl"
+            && p.container == 9096
+            && p.host == c.ports.broker_sasl_ssl));
+        assert_eq!(
+            b.secrets,
+            [SecretFile { path: BROKER_PASSWORD_PATH, secret: Secret::BrokerPassword }]
+        );
         for (k, v) in &b.env {
             assert!(!v.contains(&st.broker_password), "{k} carries the broker password");
         }
         // Off by default: the broker has its plaintext listeners only.
         let plain = stack();
-        assert!(plain.service(BROKER).unwrap().secrets.is_empty() && plain.published_port("broker_sasl_ssl").is_none());
+        assert!(
+            plain.service(BROKER).unwrap().secrets.is_empty()
+                && plain.published_port("broker_sasl_ssl").is_none()
+        );
     }
 
     #[test]
@@ -750,7 +840,10 @@ mod tests {
         let s = Stack::new(&c, &st);
         assert_eq!(s.service(FLINK_TM).unwrap().replicas, 2);
         assert_eq!(s.service(SPARK_WORKER).unwrap().replicas, c.spark.workers);
-        assert_eq!(s.service(FLINK_JM).unwrap().probe, Probe::FlinkTaskManagers { count: 2, slots: 2 * c.flink.slots_per_taskmanager });
+        assert_eq!(
+            s.service(FLINK_JM).unwrap().probe,
+            Probe::FlinkTaskManagers { count: 2, slots: 2 * c.flink.slots_per_taskmanager }
+        );
         for name in SCALABLE {
             assert!(s.service(name).is_some(), "{name}");
         }
@@ -768,7 +861,11 @@ mod tests {
         // The generator follows the broker onto the host's network, with labctl's view of it.
         let ingest = s.service(INGEST).unwrap();
         assert!(ingest.host_network && ingest.depends_on.is_empty());
-        assert!(ingest.command.windows(2).any(|w| w[0] == "--bootstrap" && w[1] == "127.0.0.1:19092"), "{:?}", ingest.command);
+        assert!(
+            ingest.command.windows(2).any(|w| w[0] == "--bootstrap" && w[1] == "127.0.0.1:19092"),
+            "{:?}",
+            ingest.command
+        );
         assert!(s.service(DATABASE).is_some() && s.service(SPARK_WORKER).is_some());
         let names: Vec<_> = s.external.iter().map(|e| e.name).collect();
         assert_eq!(names, [BROKER, FLINK_JM]);

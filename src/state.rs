@@ -72,7 +72,8 @@ fn new_password() -> String {
 
 /// Picks a port the kernel says is free right now on `bind`.
 fn free_port(bind: &str) -> Result<u16> {
-    let l = std::net::TcpListener::bind((bind, 0)).with_context(|| format!("cannot bind {bind} to find a free port"))?;
+    let l = std::net::TcpListener::bind((bind, 0))
+        .with_context(|| format!("cannot bind {bind} to find a free port"))?;
     Ok(l.local_addr()?.port())
 }
 
@@ -96,7 +97,12 @@ impl State {
     /// the config's fixed ports. Does not save.
     pub fn load_or_init(config: &Config) -> Result<State> {
         let old = State::load(&config.project)?;
-        let mut st = old.clone().unwrap_or_else(|| State { db_password: new_password(), ports: Ports::default(), replicas: BTreeMap::new(), broker_password: String::new() });
+        let mut st = old.clone().unwrap_or_else(|| State {
+            db_password: new_password(),
+            ports: Ports::default(),
+            replicas: BTreeMap::new(),
+            broker_password: String::new(),
+        });
         if config.broker.sasl_ssl_listener && st.broker_password.is_empty() {
             st.broker_password = new_password();
         }
@@ -137,7 +143,8 @@ impl State {
     /// Writes the file with mode 0600 (its folder 0700), replacing it atomically.
     pub fn save(&self, project: &str) -> Result<()> {
         let dir = state_dir();
-        fs::create_dir_all(&dir).with_context(|| format!("cannot create state folder {}", dir.display()))?;
+        fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create state folder {}", dir.display()))?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
             .with_context(|| format!("cannot restrict permissions of {}", dir.display()))?;
         let path = state_path(project);
@@ -158,9 +165,16 @@ impl State {
     /// Removes the state file and what is kept beside it (status's offset samples, a submit
     /// marker, the broker's CA certificate).
     pub fn remove(project: &str) -> Result<()> {
-        for path in [state_path(project), samples_path(project), submit_marker_path(project), broker_ca_path(project)] {
+        for path in [
+            state_path(project),
+            samples_path(project),
+            submit_marker_path(project),
+            broker_ca_path(project),
+        ] {
             match fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("cannot remove {}", path.display()))
+                }
                 _ => {}
             }
         }
@@ -169,7 +183,12 @@ impl State {
 
     #[cfg(test)]
     pub fn for_tests(config: &Config) -> State {
-        State { db_password: new_password(), ports: config.ports.clone(), replicas: BTreeMap::new(), broker_password: new_password() }
+        State {
+            db_password: new_password(),
+            ports: config.ports.clone(),
+            replicas: BTreeMap::new(),
+            broker_password: new_password(),
+        }
     }
 }
 

@@ -21,11 +21,7 @@ fn stderr(out: &std::process::Output) -> String {
 
 /// The `error: …` line labctl ends a failed command with.
 fn error_line(out: &std::process::Output) -> String {
-    stderr(out)
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_default()
-        .to_string()
+    stderr(out).lines().find(|l| l.starts_with("error: ")).unwrap_or_default().to_string()
 }
 
 #[test]
@@ -37,9 +33,7 @@ fn an_external_broker_over_sasl_ssl_with_scram_and_a_ca_file() {
     let up = host.json(&["up", "--json"]);
     let secure = &up["broker_sasl_ssl"];
     let (bootstrap, ca_file) = (
-        secure["bootstrap"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{up}")),
+        secure["bootstrap"].as_str().unwrap_or_else(|| panic!("{up}")),
         secure["ca_file"].as_str().unwrap(),
     );
     assert_eq!(secure["cluster_bootstrap"], "broker:9095", "{up}");
@@ -52,10 +46,7 @@ fn an_external_broker_over_sasl_ssl_with_scram_and_a_ca_file() {
     // The password reached the broker as a file: neither its container's definition nor any
     // process on this host shows it.
     let broker = format!("{}-broker-1", host.project);
-    let inspect = Command::new("docker")
-        .args(["inspect", &broker])
-        .output()
-        .unwrap();
+    let inspect = Command::new("docker").args(["inspect", &broker]).output().unwrap();
     assert!(inspect.status.success());
     assert!(
         !String::from_utf8_lossy(&inspect.stdout).contains(&password),
@@ -117,21 +108,12 @@ cluster_endpoint = "http://devstoreaccount1.blob.core.windows.net"
     // Produce through the SASL_SSL listener; host's topic (read over plaintext) holds exactly that.
     let t = Instant::now();
     let ingest = remote.json(&["ingest", "--backfill", "1h", "--no-live", "--json"]);
-    let produced = ingest["delivered"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("{ingest}"));
+    let produced = ingest["delivered"].as_i64().unwrap_or_else(|| panic!("{ingest}"));
     assert_eq!(ingest["failed"], 0, "{ingest}");
-    assert!(
-        produced >= 6000,
-        "1 h of 3 machines x 3 sensors every 5 s: {ingest}"
-    );
+    assert!(produced >= 6000, "1 h of 3 machines x 3 sensors every 5 s: {ingest}");
     let rt = rt();
     let ends = rt
-        .block_on(
-            h.broker()
-                .unwrap()
-                .offsets(&h.config.broker.topic, Duration::from_secs(10)),
-        )
+        .block_on(h.broker().unwrap().offsets(&h.config.broker.topic, Duration::from_secs(10)))
         .unwrap();
     assert_eq!(
         ends.iter().map(|o| o.high).sum::<i64>(),
@@ -162,10 +144,7 @@ cluster_endpoint = "http://devstoreaccount1.blob.core.windows.net"
     let t = Instant::now();
     let out = wrong.output().unwrap();
     let line = error_line(&out);
-    eprintln!(
-        "SEEN | ingest, wrong password ({:.1} s) | {line}",
-        t.elapsed().as_secs_f64()
-    );
+    eprintln!("SEEN | ingest, wrong password ({:.1} s) | {line}", t.elapsed().as_secs_f64());
     assert!(!out.status.success());
     assert!(
         line.contains("SASL authentication failed") && line.contains("LABCTL_BROKER_SASL_PASSWORD"),
@@ -210,10 +189,7 @@ cluster_endpoint = "http://devstoreaccount1.blob.core.windows.net"
     let t = Instant::now();
     let out = foreign.output().unwrap();
     let line = error_line(&out);
-    eprintln!(
-        "SEEN | ingest, CA of another pair ({:.1} s) | {line}",
-        t.elapsed().as_secs_f64()
-    );
+    eprintln!("SEEN | ingest, CA of another pair ({:.1} s) | {line}", t.elapsed().as_secs_f64());
     assert!(!out.status.success());
     assert!(
         line.contains("certificate verify failed") && line.contains("broker.ssl_ca_file"),
@@ -226,14 +202,10 @@ cluster_endpoint = "http://devstoreaccount1.blob.core.windows.net"
     missing.env("LABCTL_BROKER_SSL_CA_FILE", "/nonexistent/plant-ca.pem");
     let out = missing.output().unwrap();
     let text = stderr(&out);
-    eprintln!(
-        "SEEN | missing CA file | {}",
-        text.trim().replace('\n', " / ")
-    );
+    eprintln!("SEEN | missing CA file | {}", text.trim().replace('\n', " / "));
     assert!(!out.status.success());
     assert!(
-        text.lines()
-            .any(|l| l.contains("broker.ssl_ca_file") && l.contains("no such file")),
+        text.lines().any(|l| l.contains("broker.ssl_ca_file") && l.contains("no such file")),
         "{text}"
     );
 
@@ -263,8 +235,5 @@ cluster_endpoint = "http://devstoreaccount1.blob.core.windows.net"
     eprintln!("MEASURE | broker_tls | Flink job {job_id}: {produced} readings read over SASL_SSL into host's table {:.1} s after RUNNING", t.elapsed().as_secs_f64());
     remote.ok(&["flink", "cancel"]);
     remote.ok(&["down", "--volumes", "--yes"]);
-    eprintln!(
-        "MEASURE | broker_tls | whole test {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("MEASURE | broker_tls | whole test {:.1} s", started.elapsed().as_secs_f64());
 }

@@ -12,20 +12,23 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 const BACKFILL_SECS: i64 = 12 * 3_600;
 
-
 /// One partition of the topic: (id, leader, replicas, in-sync replicas).
 type PartitionLayout = (i32, i32, Vec<i32>, Vec<i32>);
 
 /// Every partition of the topic, from the cluster's own metadata.
 fn topic_layout(lab: &labctl::lab::Lab) -> Option<Vec<PartitionLayout>> {
-    let c: BaseConsumer = lab.broker().ok()?.client_config().set("group.id", "t-brokers-inspect").create().ok()?;
+    let c: BaseConsumer =
+        lab.broker().ok()?.client_config().set("group.id", "t-brokers-inspect").create().ok()?;
     let md = c.fetch_metadata(Some(&lab.config.broker.topic), Duration::from_secs(3)).ok()?;
     let t = md.topics().first()?;
-    let mut v: Vec<_> = t.partitions().iter().map(|p| (p.id(), p.leader(), p.replicas().to_vec(), p.isr().to_vec())).collect();
+    let mut v: Vec<_> = t
+        .partitions()
+        .iter()
+        .map(|p| (p.id(), p.leader(), p.replicas().to_vec(), p.isr().to_vec()))
+        .collect();
     v.sort();
     (!v.is_empty()).then_some(v)
 }
-
 
 #[test]
 fn one_of_three_brokers_killed_while_producing_loses_nothing() {
@@ -42,7 +45,12 @@ fn one_of_three_brokers_killed_while_producing_loses_nothing() {
     let lab = t.lab();
 
     let status = t.json(&["status", "--json"]);
-    let names: Vec<&str> = status["services"].as_array().unwrap().iter().filter_map(|s| s["service"].as_str()).collect();
+    let names: Vec<&str> = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["service"].as_str())
+        .collect();
     for node in ["broker", "broker-2", "broker-3"] {
         assert!(names.contains(&node), "status lists {node}: {names:?}");
     }
@@ -55,10 +63,17 @@ fn one_of_three_brokers_killed_while_producing_loses_nothing() {
     let at = wait_for("the backfill to be under way", Duration::from_secs(120), || {
         topic_total(&rt, &lab).filter(|n| *n > backfill_readings / 5)
     });
-    assert!(at < backfill_readings * 7 / 10, "the backfill went too fast to be interrupted ({at} of {backfill_readings})");
+    assert!(
+        at < backfill_readings * 7 / 10,
+        "the backfill went too fast to be interrupted ({at} of {backfill_readings})"
+    );
     // The leader of partition 0: its partitions must move to another node.
     let leader = layout[0].1;
-    let victim = if leader == 1 { format!("{}-broker-1", t.project) } else { format!("{}-broker-{leader}-1", t.project) };
+    let victim = if leader == 1 {
+        format!("{}-broker-1", t.project)
+    } else {
+        format!("{}-broker-{leader}-1", t.project)
+    };
     let killed = Instant::now();
     docker(&["kill", "-s", "KILL", &victim]);
     eprintln!("SIGKILLed {victim} (node {leader}, leader of partition 0) at {at} of {backfill_readings} readings");
@@ -66,12 +81,21 @@ fn one_of_three_brokers_killed_while_producing_loses_nothing() {
     // Two nodes are enough for acks=all with min.insync.replicas 2: the backfill completes
     // while the third is down.
     let done = wait_for("the backfill to complete on two nodes", Duration::from_secs(240), || {
-        topic_total(&rt, &lab).filter(|n| *n >= backfill_readings).map(|_| killed.elapsed().as_secs_f64())
+        topic_total(&rt, &lab)
+            .filter(|n| *n >= backfill_readings)
+            .map(|_| killed.elapsed().as_secs_f64())
     });
     let moved = topic_layout(&lab).unwrap();
-    assert!(moved.iter().all(|(_, l, _, isr)| *l != leader && !isr.contains(&leader)), "leadership moved off node {leader}: {moved:?}");
+    assert!(
+        moved.iter().all(|(_, l, _, isr)| *l != leader && !isr.contains(&leader)),
+        "leadership moved off node {leader}: {moved:?}"
+    );
     let ingest = format!("{}-ingest-1", t.project);
-    assert_eq!(docker(&["inspect", "-f", "{{.State.Status}} {{.RestartCount}}", &ingest]), "running 0", "the generator never stopped");
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Status}} {{.RestartCount}}", &ingest]),
+        "running 0",
+        "the generator never stopped"
+    );
 
     docker(&["start", &victim]);
     let rejoined = Instant::now();
@@ -81,7 +105,10 @@ fn one_of_three_brokers_killed_while_producing_loses_nothing() {
     let rejoin_secs = rejoined.elapsed().as_secs_f64();
 
     let readings = read_readings(&lab);
-    let first_range = (before_up / INTERVAL - BACKFILL_SECS / INTERVAL - 1, after_up / INTERVAL - BACKFILL_SECS / INTERVAL + 1);
+    let first_range = (
+        before_up / INTERVAL - BACKFILL_SECS / INTERVAL - 1,
+        after_up / INTERVAL - BACKFILL_SECS / INTERVAL + 1,
+    );
     let a = audit(&readings, first_range);
     eprintln!(
         "MEASURE | one of 3 brokers SIGKILLed while producing | docker kill -s KILL {victim} at {at}/{backfill_readings} readings | messages {} unique {} lost {} duplicated {} | backfill complete {done:.1} s after the kill on 2 nodes; back in every ISR {rejoin_secs:.1} s after its start",
@@ -94,7 +121,9 @@ fn one_of_three_brokers_killed_while_producing_loses_nothing() {
     let node3 = format!("{}-broker-3-1", t.project);
     docker(&["network", "disconnect", &lab.stack.network, &node3]);
     wait_for("node 3 out of the cluster's metadata", Duration::from_secs(90), || {
-        rt.block_on(lab.broker().ok()?.broker_ids(Duration::from_secs(3))).ok().filter(|ids| ids == &[1, 2])
+        rt.block_on(lab.broker().ok()?.broker_ids(Duration::from_secs(3)))
+            .ok()
+            .filter(|ids| ids == &[1, 2])
     });
     let mut t = t;
     t.set_env("LABCTL_READY_TIMEOUT_SECS", "10");
@@ -102,9 +131,14 @@ fn one_of_three_brokers_killed_while_producing_loses_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "up succeeded with node 3 cut off:\n{err}");
     assert!(
-        err.contains("2 of 3 broker nodes registered; broker-3 not joined") && err.contains("labctl logs broker-3"),
+        err.contains("2 of 3 broker nodes registered; broker-3 not joined")
+            && err.contains("labctl logs broker-3"),
         "up names the node that did not join:\n{err}"
     );
-    assert_eq!(docker(&["inspect", "-f", "{{.State.Status}}", &node3]), "running", "left running for inspection");
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Status}}", &node3]),
+        "running",
+        "left running for inspection"
+    );
     t.ok(&["down", "--volumes", "--yes"]);
 }

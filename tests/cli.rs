@@ -38,13 +38,18 @@ fn impossible_values_are_rejected_with_their_key() {
         assert!(stderr(&out).contains(key), "{k}={v}: {}", stderr(&out));
     }
     let out = t.run(&["up", "--taskmanagers", "99"]);
-    assert!(!out.status.success() && stderr(&out).contains("flink.taskmanagers"), "{}", stderr(&out));
+    assert!(
+        !out.status.success() && stderr(&out).contains("flink.taskmanagers"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn docker_not_reachable_says_how_to_fix_it() {
     let t = TestLab::new("dock");
-    let out = t.command(&["up"]).env("DOCKER_HOST", "unix:///nonexistent/docker.sock").output().unwrap();
+    let out =
+        t.command(&["up"]).env("DOCKER_HOST", "unix:///nonexistent/docker.sock").output().unwrap();
     assert!(!out.status.success());
     let e = stderr(&out);
     assert!(e.contains("Docker engine not reachable") && e.contains("DOCKER_HOST"), "{e}");
@@ -68,7 +73,10 @@ fn a_taken_port_is_named_before_anything_changes() {
     let out = t.run(&["up"]);
     assert!(!out.status.success());
     let e = stderr(&out);
-    assert!(e.contains(&port) && e.contains("ports.flink_ui") && e.contains("already in use"), "{e}");
+    assert!(
+        e.contains(&port) && e.contains("ports.flink_ui") && e.contains("already in use"),
+        "{e}"
+    );
     // Nothing of the lab was created.
     let ps = std::process::Command::new("docker")
         .args(["ps", "-a", "--filter", &format!("label=labctl.project={}", t.project), "-q"])
@@ -139,7 +147,11 @@ fn images_prune_removes_only_stale_unused_images() {
     // An image as labctl labels its builds, with a tag no build of labctl uses.
     let dir = t.state_dir.path().join("ctx");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("Dockerfile"), format!("FROM labctl/debian:bookworm\nLABEL labctl.image={name}\n")).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!("FROM labctl/debian:bookworm\nLABEL labctl.image={name}\n"),
+    )
+    .unwrap();
     docker(&["build", "-q", "-t", &tag, dir.to_str().unwrap()]);
     let container = docker(&["create", &tag, "true"]);
 
@@ -147,9 +159,15 @@ fn images_prune_removes_only_stale_unused_images() {
     let listed = t.json(&["images", "prune", "--dry-run", "--json"]);
     let stale = listed["images"].as_array().unwrap();
     for img in current.as_array().unwrap() {
-        assert!(!stale.iter().any(|s| s["tags"].as_array().unwrap().contains(&img["tag"])), "a current image listed as stale: {img}");
+        assert!(
+            !stale.iter().any(|s| s["tags"].as_array().unwrap().contains(&img["tag"])),
+            "a current image listed as stale: {img}"
+        );
     }
-    let ours = stale.iter().find(|s| s["image"] == name.as_str()).unwrap_or_else(|| panic!("{name} not listed: {listed:#}"));
+    let ours = stale
+        .iter()
+        .find(|s| s["image"] == name.as_str())
+        .unwrap_or_else(|| panic!("{name} not listed: {listed:#}"));
     assert!(ours["outcome"].as_str().unwrap().contains("kept: used by"), "{ours}");
 
     // In use: kept. Unused: removed, and only it (the filter by name).
@@ -158,7 +176,8 @@ fn images_prune_removes_only_stale_unused_images() {
     docker(&["rm", &container]);
     let pruned = t.json(&["images", "prune", "--json", &name]);
     assert_eq!(pruned["removed"], 1, "{pruned:#}");
-    let gone = std::process::Command::new("docker").args(["image", "inspect", &tag]).output().unwrap();
+    let gone =
+        std::process::Command::new("docker").args(["image", "inspect", &tag]).output().unwrap();
     assert!(!gone.status.success(), "{tag} still present");
     for img in current.as_array().unwrap() {
         docker(&["image", "inspect", img["tag"].as_str().unwrap()]);

@@ -13,7 +13,12 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port()
 }
 
-fn compose(file: &std::path::Path, project: &str, password_file: &std::path::Path, args: &[&str]) -> std::process::Output {
+fn compose(
+    file: &std::path::Path,
+    project: &str,
+    password_file: &std::path::Path,
+    args: &[&str],
+) -> std::process::Output {
     let out = Command::new("docker-compose")
         .arg("-f")
         .arg(file)
@@ -22,7 +27,12 @@ fn compose(file: &std::path::Path, project: &str, password_file: &std::path::Pat
         .env("LABCTL_DB_PASSWORD_FILE", password_file)
         .output()
         .expect("running docker-compose (Debian's package `docker-compose`; scripts/test.sh installs it)");
-    eprintln!("--- docker-compose {} ({}) ---\n{}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "--- docker-compose {} ({}) ---\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -33,9 +43,13 @@ fn debians_docker_compose_runs_the_rendered_file() {
     let broker_port = free_port();
     let mut render = Command::new(labctl_bin());
     render.args(["render", "compose", "-o"]).arg(dir.path().join("docker-compose.yml"));
-    render.env("LABCTL_PROJECT", &project).env("LABCTL_STATE_DIR", dir.path()).env_remove("LABCTL_CONFIG");
+    render
+        .env("LABCTL_PROJECT", &project)
+        .env("LABCTL_STATE_DIR", dir.path())
+        .env_remove("LABCTL_CONFIG");
     render.env("LABCTL_PORTS_BROKER", broker_port.to_string());
-    for key in ["BROKER_2", "BROKER_3", "DATABASE", "FLINK_UI", "SPARK_UI", "SPARK_REST", "AZURITE"] {
+    for key in ["BROKER_2", "BROKER_3", "DATABASE", "FLINK_UI", "SPARK_UI", "SPARK_REST", "AZURITE"]
+    {
         render.env(format!("LABCTL_PORTS_{key}"), free_port().to_string());
     }
     let out = render.output().unwrap();
@@ -46,7 +60,11 @@ fn debians_docker_compose_runs_the_rendered_file() {
     let password = dir.path().join("db-password");
     std::fs::write(&password, "compose-test-only").unwrap();
 
-    let version = Command::new("docker-compose").arg("version").arg("--short").output().expect("docker-compose");
+    let version = Command::new("docker-compose")
+        .arg("version")
+        .arg("--short")
+        .output()
+        .expect("docker-compose");
     eprintln!("docker-compose {}", String::from_utf8_lossy(&version.stdout).trim());
     let config = compose(&file, &project, &password, &["config", "-q"]);
     assert!(config.status.success(), "docker-compose 1.29 accepts the whole file");
@@ -54,11 +72,16 @@ fn debians_docker_compose_runs_the_rendered_file() {
     let up = compose(&file, &project, &password, &["up", "-d", "broker"]);
     let result = std::panic::catch_unwind(|| {
         assert!(up.status.success(), "docker-compose up -d broker");
-        let broker = labctl::kafka::Broker { bootstrap: format!("127.0.0.1:{broker_port}"), security: vec![] };
+        let broker = labctl::kafka::Broker {
+            bootstrap: format!("127.0.0.1:{broker_port}"),
+            security: vec![],
+        };
         let rt = rt();
-        let n = wait_for("the Compose-started broker to answer on the host", Duration::from_secs(120), || {
-            rt.block_on(broker.ping(Duration::from_secs(3))).ok()
-        });
+        let n = wait_for(
+            "the Compose-started broker to answer on the host",
+            Duration::from_secs(120),
+            || rt.block_on(broker.ping(Duration::from_secs(3))).ok(),
+        );
         assert_eq!(n, 1);
         // A topic round trip through the advertised host listener: no address map needed.
         assert!(rt.block_on(broker.ensure_topic("compose-check", 3)).unwrap());

@@ -19,7 +19,8 @@ fn running_containers(project: &str) -> Vec<String> {
         .args(["ps", "--filter", &format!("name=^{project}-"), "--format", "{{.Names}}"])
         .output()
         .unwrap();
-    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    let mut names: Vec<String> =
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
     names.sort();
     names
 }
@@ -80,7 +81,11 @@ cluster_endpoint = "http://devstoreaccount1.blob.core.windows.net"
     let mut no_key = remote.command(&["up"]);
     no_key.env_remove("LABCTL_LAKE_KEY");
     let out = no_key.output().unwrap();
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("LABCTL_LAKE_KEY"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("LABCTL_LAKE_KEY"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // up starts nothing and checks every external part with its probe.
     let up = remote.run(&["up", "--json"]);
@@ -92,27 +97,51 @@ cluster_endpoint = "http://devstoreaccount1.blob.core.windows.net"
     common::assert_status_schema(&st);
     let services = st["services"].as_array().unwrap();
     let names: Vec<_> = services.iter().map(|s| s["service"].as_str().unwrap()).collect();
-    assert_eq!(names, ["broker", "timescaledb", "flink-jobmanager", "spark-master", "azurite"], "{st:#}");
+    assert_eq!(
+        names,
+        ["broker", "timescaledb", "flink-jobmanager", "spark-master", "azurite"],
+        "{st:#}"
+    );
     for s in services {
-        assert_eq!((s["state"].as_str(), s["ready"].as_bool()), (Some("external"), Some(true)), "{s}");
+        assert_eq!(
+            (s["state"].as_str(), s["ready"].as_bool()),
+            (Some("external"), Some(true)),
+            "{s}"
+        );
     }
     assert_eq!(st["healthy"], true);
     // remote's own database connections are encrypted (sslmode=require against host's
     // self-signed certificate), and verify-full refuses that certificate.
     let remote_lab = {
-        let config = labctl::config::Config::load(Some(&remote_toml), remote.env.iter().cloned()).unwrap();
-        let state = labctl::state::State { db_password: String::new(), ports: config.ports.clone(), replicas: Default::default(), broker_password: String::new() };
+        let config =
+            labctl::config::Config::load(Some(&remote_toml), remote.env.iter().cloned()).unwrap();
+        let state = labctl::state::State {
+            db_password: String::new(),
+            ports: config.ports.clone(),
+            replicas: Default::default(),
+            broker_password: String::new(),
+        };
         labctl::lab::Lab::new(config, state)
     };
     std::env::set_var("LABCTL_DATABASE_PASSWORD", &h.state.db_password);
     let encrypted: bool = rt.block_on(async {
         let c = remote_lab.database().unwrap().connect(Duration::from_secs(5)).await.unwrap();
-        c.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap().get(0)
+        c.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0)
     });
     assert!(encrypted, "remote's connection is not encrypted");
     let strict = remote_lab.database().unwrap().with_tls(labctl::db::SslMode::VerifyFull, None);
-    let refused = rt.block_on(strict.connect(Duration::from_secs(5))).err().map(|e| format!("{e:#}")).unwrap_or_default();
-    assert!(refused.contains("verify-full") && refused.to_lowercase().contains("certificate"), "{refused}");
+    let refused = rt
+        .block_on(strict.connect(Duration::from_secs(5)))
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    assert!(
+        refused.contains("verify-full") && refused.to_lowercase().contains("certificate"),
+        "{refused}"
+    );
 
     // Nothing of remote's can be scaled or shown as logs: it does not run it.
     let scale = remote.run(&["scale", "flink-taskmanager", "2"]);
@@ -122,27 +151,47 @@ cluster_endpoint = "http://devstoreaccount1.blob.core.windows.net"
     let flink = format!("http://127.0.0.1:{}", p.flink_ui);
     for jar in get_json(&rt, &format!("{flink}/jars"))["files"].as_array().unwrap() {
         let id = jar["id"].as_str().unwrap();
-        let del = rt.block_on(reqwest::Client::new().delete(format!("{flink}/jars/{id}")).send()).unwrap();
+        let del = rt
+            .block_on(reqwest::Client::new().delete(format!("{flink}/jars/{id}")).send())
+            .unwrap();
         assert!(del.status().is_success(), "deleting {id}: {}", del.status());
     }
 
     // Ingest through remote into host's broker.
     let ingest = remote.json(&["ingest", "--backfill", "2h", "--no-live", "--json"]);
-    let produced = ingest["delivered"].as_i64().or_else(|| ingest["produced"].as_i64()).unwrap_or_else(|| panic!("{ingest}"));
+    let produced = ingest["delivered"]
+        .as_i64()
+        .or_else(|| ingest["produced"].as_i64())
+        .unwrap_or_else(|| panic!("{ingest}"));
     assert!(produced > 4000, "{ingest}");
-    let offsets = rt.block_on(h.broker().unwrap().offsets(&h.config.broker.topic, Duration::from_secs(10))).unwrap();
-    assert_eq!(offsets.iter().map(|o| o.high).sum::<i64>(), produced, "host's topic holds what remote produced");
+    let offsets = rt
+        .block_on(h.broker().unwrap().offsets(&h.config.broker.topic, Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(
+        offsets.iter().map(|o| o.high).sum::<i64>(),
+        produced,
+        "host's topic holds what remote produced"
+    );
 
     // submit flink through remote: the job runs on host's cluster and writes host's tables.
     let submit = remote.run(&["submit", "flink", "--json"]);
     let submit_err = String::from_utf8_lossy(&submit.stderr);
     assert!(submit.status.success(), "{submit_err}");
     // The jar is versioned by the Flink image's input hash, so an older runner is never reused.
-    let runner = format!("labctl-sql-runner-{}.jar", labctl::docker::images::input_hash(&labctl::stack::FLINK_IMAGE));
+    let runner = format!(
+        "labctl-sql-runner-{}.jar",
+        labctl::docker::images::input_hash(&labctl::stack::FLINK_IMAGE)
+    );
     assert!(submit_err.contains(&format!("uploading {runner}")), "{submit_err}");
     let jars = get_json(&rt, &format!("{flink}/jars"));
-    assert!(jars["files"].as_array().unwrap().iter().any(|j| j["name"] == runner.as_str()), "{jars}");
-    assert!(!submit_err.contains("class path shows no jar"), "host's cluster has every connector: {submit_err}");
+    assert!(
+        jars["files"].as_array().unwrap().iter().any(|j| j["name"] == runner.as_str()),
+        "{jars}"
+    );
+    assert!(
+        !submit_err.contains("class path shows no jar"),
+        "host's cluster has every connector: {submit_err}"
+    );
     let job: serde_json::Value = serde_json::from_slice(&submit.stdout).unwrap();
     let job_id = job["job_id"].as_str().unwrap();
     let on_host = get_json(&rt, &format!("{flink}/jobs/{job_id}"));
@@ -158,35 +207,61 @@ cluster_endpoint = "http://devstoreaccount1.blob.core.windows.net"
     };
     let count = |table: &str| query(&format!("SELECT count(*) FROM {table}"));
     let t_rows = Instant::now();
-    wait_for("every reading in host's machine_sensors", Duration::from_secs(300), || (count("machine_sensors") == produced).then_some(()));
+    wait_for("every reading in host's machine_sensors", Duration::from_secs(300), || {
+        (count("machine_sensors") == produced).then_some(())
+    });
     // The job's JDBC sinks took cluster_url's sslmode: their connections are encrypted.
     let jdbc_tls = query("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'PostgreSQL JDBC Driver' AND s.ssl");
     let jdbc_plain = query("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'PostgreSQL JDBC Driver' AND NOT s.ssl");
-    assert!(jdbc_tls > 0 && jdbc_plain == 0, "JDBC connections: {jdbc_tls} encrypted, {jdbc_plain} plain");
+    assert!(
+        jdbc_tls > 0 && jdbc_plain == 0,
+        "JDBC connections: {jdbc_tls} encrypted, {jdbc_plain} plain"
+    );
     eprintln!("MEASURE | external | {produced} readings through remote's job into host's table {:.1} s after RUNNING", t_rows.elapsed().as_secs_f64());
     // Every closed window counts exactly the readings it covers.
-    wait_for("host's windows to cover the readings before the newest window's end", Duration::from_secs(120), || {
-        let counted = query("SELECT sum(reading_count)::bigint FROM sensor_aggregates");
-        let covered = query("SELECT count(*) FROM machine_sensors WHERE timestamp < (SELECT max(window_end) FROM sensor_aggregates)");
-        (counted > 0 && counted == covered && covered > produced * 9 / 10).then_some(())
-    });
+    wait_for(
+        "host's windows to cover the readings before the newest window's end",
+        Duration::from_secs(120),
+        || {
+            let counted = query("SELECT sum(reading_count)::bigint FROM sensor_aggregates");
+            let covered = query("SELECT count(*) FROM machine_sensors WHERE timestamp < (SELECT max(window_end) FROM sensor_aggregates)");
+            (counted > 0 && counted == covered && covered > produced * 9 / 10).then_some(())
+        },
+    );
 
     // The job keeps its checkpoints where remote's config says, on host's cluster; after a
     // cancel, the next submit finds the newest one through Flink's REST API (labctl cannot look
     // into an external cluster's disks) and restores from it, without uploading the jar again.
-    let checkpoint = wait_for("a completed checkpoint under flink.state_dir", Duration::from_secs(90), || {
-        let cp = get_json(&rt, &format!("{flink}/jobs/{job_id}/checkpoints"));
-        cp["latest"]["completed"]["external_path"].as_str().filter(|p| p.contains(&format!("/var/lib/flink/remote/checkpoints/{}-sensor-aggregation/", remote.project))).map(str::to_string)
-    });
+    let checkpoint =
+        wait_for("a completed checkpoint under flink.state_dir", Duration::from_secs(90), || {
+            let cp = get_json(&rt, &format!("{flink}/jobs/{job_id}/checkpoints"));
+            cp["latest"]["completed"]["external_path"]
+                .as_str()
+                .filter(|p| {
+                    p.contains(&format!(
+                        "/var/lib/flink/remote/checkpoints/{}-sensor-aggregation/",
+                        remote.project
+                    ))
+                })
+                .map(str::to_string)
+        });
     remote.ok(&["flink", "cancel"]);
-    wait_for("the job to be cancelled", Duration::from_secs(60), || (get_json(&rt, &format!("{flink}/jobs/{job_id}"))["state"] == "CANCELED").then_some(()));
+    wait_for("the job to be cancelled", Duration::from_secs(60), || {
+        (get_json(&rt, &format!("{flink}/jobs/{job_id}"))["state"] == "CANCELED").then_some(())
+    });
     let again = remote.run(&["submit", "flink", "--json"]);
     let again_err = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "{again_err}");
     assert!(!again_err.contains("uploading"), "{again_err}");
     let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     let restored = again["restored_from"]["path"].as_str().unwrap_or_else(|| panic!("{again}"));
-    assert!(restored.contains(&format!("/var/lib/flink/remote/checkpoints/{}-sensor-aggregation/", remote.project)), "{again}");
+    assert!(
+        restored.contains(&format!(
+            "/var/lib/flink/remote/checkpoints/{}-sensor-aggregation/",
+            remote.project
+        )),
+        "{again}"
+    );
     eprintln!("MEASURE | external | restored from {restored} (newest completed when cancelled: {checkpoint})");
     let job_id = again["job_id"].as_str().unwrap().to_string();
     let job_id = job_id.as_str();
@@ -194,29 +269,45 @@ cluster_endpoint = "http://devstoreaccount1.blob.core.windows.net"
     // submit spark through remote: no shared disk, no container of remote's; the Delta table
     // lands in host's Azurite.
     let today = chrono::Utc::now().date_naive();
-    let (from, to) = ((today - chrono::Days::new(1)).to_string(), (today + chrono::Days::new(1)).to_string());
+    let (from, to) =
+        ((today - chrono::Days::new(1)).to_string(), (today + chrono::Days::new(1)).to_string());
     let export = remote.json(&["submit", "spark", "--from", &from, "--to", &to, "--json"]);
     assert_eq!(export["state"], "FINISHED", "{export}");
     assert_eq!(export["result"]["rows_written"].as_i64(), Some(produced), "{export}");
     let blob = h.blob(Duration::from_secs(10)).unwrap();
-    let summary = rt.block_on(blob.delta_summary(&h.config.lake.container, "machine_sensors")).unwrap();
+    let summary =
+        rt.block_on(blob.delta_summary(&h.config.lake.container, "machine_sensors")).unwrap();
     assert_eq!(summary.rows, Some(produced as u64), "{summary:?}");
     let drivers = get_json(&rt, &format!("http://127.0.0.1:{}/json/", p.spark_ui));
     let driver = export["submission_id"].as_str().unwrap();
-    assert!(drivers["completeddrivers"].as_array().unwrap().iter().any(|d| d["id"] == driver), "the export ran on host's master: {drivers}");
+    assert!(
+        drivers["completeddrivers"].as_array().unwrap().iter().any(|d| d["id"] == driver),
+        "the export ran on host's master: {drivers}"
+    );
 
     // With the generator on, remote's `up` starts just that, on the host's network with
     // labctl's view of the broker (bootstrap and address map), and it feeds host's topic.
     remote.set_env("LABCTL_INGEST_ENABLED", "true");
     remote.set_env("LABCTL_INGEST_BACKFILL", "2h");
-    let topic_end = || rt.block_on(h.broker().unwrap().offsets(&h.config.broker.topic, Duration::from_secs(10))).unwrap().iter().map(|o| o.high).sum::<i64>();
+    let topic_end = || {
+        rt.block_on(h.broker().unwrap().offsets(&h.config.broker.topic, Duration::from_secs(10)))
+            .unwrap()
+            .iter()
+            .map(|o| o.high)
+            .sum::<i64>()
+    };
     let up = remote.json(&["up", "--json"]);
     assert_eq!(up["containers_changed"], 1, "{up}");
     let ingest = format!("{}-ingest-1", remote.project);
     assert_eq!(running_containers(&remote.project), std::slice::from_ref(&ingest));
-    let mode = std::process::Command::new("docker").args(["inspect", "-f", "{{.HostConfig.NetworkMode}}", &ingest]).output().unwrap();
+    let mode = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.HostConfig.NetworkMode}}", &ingest])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&mode.stdout).trim(), "host");
-    wait_for("remote's generator to produce into host's topic", Duration::from_secs(90), || (topic_end() > produced).then_some(()));
+    wait_for("remote's generator to produce into host's topic", Duration::from_secs(90), || {
+        (topic_end() > produced).then_some(())
+    });
 
     // down of remote: its generator goes; host keeps every container, its job, its rows and its lake.
     remote.ok(&["down", "--volumes", "--yes"]);
@@ -224,7 +315,8 @@ cluster_endpoint = "http://devstoreaccount1.blob.core.windows.net"
     assert_eq!(running_containers(&host.project), host_containers);
     assert_eq!(get_json(&rt, &format!("{flink}/jobs/{job_id}"))["state"], "RUNNING");
     assert!(count("machine_sensors") >= produced);
-    let after = rt.block_on(blob.delta_summary(&h.config.lake.container, "machine_sensors")).unwrap();
+    let after =
+        rt.block_on(blob.delta_summary(&h.config.lake.container, "machine_sensors")).unwrap();
     assert_eq!(after.version, summary.version);
     assert!(remote.run(&["status"]).status.code() != Some(0), "remote has no state any more");
     eprintln!("MEASURE | external | whole test {:.1} s", started.elapsed().as_secs_f64());

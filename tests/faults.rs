@@ -18,7 +18,10 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use common::{audit, docker, lab_jobs, read_readings as read_topic, rt, topic_ends, topic_total, wait_for, TestLab, INTERVAL};
+use common::{
+    audit, docker, lab_jobs, read_readings as read_topic, rt, topic_ends, topic_total, wait_for,
+    TestLab, INTERVAL,
+};
 
 const BACKFILL_SECS: i64 = 12 * 3_600;
 /// 3 machines x 3 sensors.
@@ -27,9 +30,6 @@ const PER_TICK: i64 = 9;
 fn now_secs() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
-
-
-
 
 async fn table_count(lab: &labctl::lab::Lab, sql: &str) -> i64 {
     let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
@@ -40,34 +40,57 @@ const DUP_RAW: &str =
     "SELECT count(*) FROM (SELECT machine_id, sensor_type, \"timestamp\" FROM machine_sensors GROUP BY 1,2,3 HAVING count(*) > 1) d";
 
 /// Flink job states in which a job still holds its slots or may run again.
-const ACTIVE: &[&str] = &["CREATED", "INITIALIZING", "RUNNING", "RESTARTING", "RECONCILING", "FAILING", "CANCELLING"];
+const ACTIVE: &[&str] =
+    &["CREATED", "INITIALIZING", "RUNNING", "RESTARTING", "RECONCILING", "FAILING", "CANCELLING"];
 
 fn active_lab_jobs(t: &TestLab) -> Vec<(String, String)> {
-    wait_for("the Flink job list", Duration::from_secs(30), || lab_jobs(t)).into_iter().filter(|(_, s)| ACTIVE.contains(&s.as_str())).collect()
+    wait_for("the Flink job list", Duration::from_secs(30), || lab_jobs(t))
+        .into_iter()
+        .filter(|(_, s)| ACTIVE.contains(&s.as_str()))
+        .collect()
 }
 
 fn volumes(project: &str) -> Vec<String> {
-    let out = docker(&["volume", "ls", "-q", "--filter", &format!("label=labctl.project={project}")]);
+    let out =
+        docker(&["volume", "ls", "-q", "--filter", &format!("label=labctl.project={project}")]);
     out.lines().map(str::to_string).collect()
 }
 
 fn containers(project: &str) -> Vec<String> {
-    let out = docker(&["ps", "-a", "--format", "{{.Names}}", "--filter", &format!("label=labctl.project={project}")]);
+    let out = docker(&[
+        "ps",
+        "-a",
+        "--format",
+        "{{.Names}}",
+        "--filter",
+        &format!("label=labctl.project={project}"),
+    ]);
     out.lines().map(str::to_string).collect()
 }
 
 /// `labctl verify --json`: its exit code and the verdict (ok) of each hop, by name.
 fn verify(t: &TestLab) -> (Option<i32>, Vec<(String, bool)>, serde_json::Value) {
     let out = t.run(&["verify", "--json"]);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("verify printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
-    let hops = report["hops"].as_array().unwrap().iter().map(|h| (h["name"].as_str().unwrap().to_string(), h["ok"].as_bool().unwrap())).collect();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("verify printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr))
+    });
+    let hops = report["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["name"].as_str().unwrap().to_string(), h["ok"].as_bool().unwrap()))
+        .collect();
     (out.status.code(), hops, report)
 }
 
 fn assert_verified(t: &TestLab, after: &str) {
     let (code, hops, report) = verify(t);
     assert_eq!(code, Some(0), "labctl verify after {after}: {hops:?}\n{:#}", report["hops"]);
-    assert!(report["hops"].as_array().unwrap().iter().all(|h| h["checked"] == true), "every hop had something to check after {after}: {:#}", report["hops"]);
+    assert!(
+        report["hops"].as_array().unwrap().iter().all(|h| h["checked"] == true),
+        "every hop had something to check after {after}: {:#}",
+        report["hops"]
+    );
 }
 
 #[test]
@@ -75,7 +98,9 @@ fn faults_lose_and_double_nothing() {
     let test_start = Instant::now();
     // Held to 4,000 readings/s, the 12 h backfill takes about 20 s: long enough to kill the
     // broker in the middle of it (unthrottled, Kafka takes it in a few seconds).
-    let t = TestLab::new("faults").with_env("LABCTL_INGEST_BACKFILL", "12h").with_env("LABCTL_INGEST_BACKFILL_RATE", "4000");
+    let t = TestLab::new("faults")
+        .with_env("LABCTL_INGEST_BACKFILL", "12h")
+        .with_env("LABCTL_INGEST_BACKFILL_RATE", "4000");
     let rt = rt();
 
     // ========== 1. broker restart during the generator's backfill ==========================
@@ -86,11 +111,15 @@ fn faults_lose_and_double_nothing() {
     let backfill_readings = BACKFILL_SECS / INTERVAL * PER_TICK;
     // Restart while the backfill is under way: offsets growing, well below the total. (What the
     // topic holds once the restart returns is only reported: the generator may be back by then.)
-    let (at, t_seen) = wait_for("the generator's backfill to be under way", Duration::from_secs(120), || {
-        let n = topic_total(&rt, &lab)?;
-        (n > backfill_readings / 10).then_some((n, Instant::now()))
-    });
-    assert!(at < backfill_readings * 8 / 10, "the backfill went too fast to be interrupted ({at} of {backfill_readings} already)");
+    let (at, t_seen) =
+        wait_for("the generator's backfill to be under way", Duration::from_secs(120), || {
+            let n = topic_total(&rt, &lab)?;
+            (n > backfill_readings / 10).then_some((n, Instant::now()))
+        });
+    assert!(
+        at < backfill_readings * 8 / 10,
+        "the backfill went too fast to be interrupted ({at} of {backfill_readings} already)"
+    );
     let broker = format!("{}-broker-1", t.project);
     let ingest = format!("{}-ingest-1", t.project);
     let restarted = Instant::now();
@@ -104,29 +133,43 @@ fn faults_lose_and_double_nothing() {
         "broker restarted with {at} readings in the topic ({:.1} s after seeing the backfill); {at_restart} after the restart",
         restarted.duration_since(t_seen).as_secs_f64()
     );
-    let (producing_again, _) = wait_for("the generator to produce again", Duration::from_secs(180), || {
-        let n = topic_total(&rt, &lab)?;
-        (n > at_restart + 1000 || n >= backfill_readings).then_some((restarted.elapsed().as_secs_f64(), n))
-    });
+    let (producing_again, _) =
+        wait_for("the generator to produce again", Duration::from_secs(180), || {
+            let n = topic_total(&rt, &lab)?;
+            (n > at_restart + 1000 || n >= backfill_readings)
+                .then_some((restarted.elapsed().as_secs_f64(), n))
+        });
     // Done with the backfill: the topic reaches the 2 days plus the ticks since.
-    let backfill_done = wait_for("the backfill to complete after the broker restart", Duration::from_secs(300), || {
-        let n = topic_total(&rt, &lab)?;
-        (n >= backfill_readings).then(|| restarted.elapsed().as_secs_f64())
-    });
+    let backfill_done = wait_for(
+        "the backfill to complete after the broker restart",
+        Duration::from_secs(300),
+        || {
+            let n = topic_total(&rt, &lab)?;
+            (n >= backfill_readings).then(|| restarted.elapsed().as_secs_f64())
+        },
+    );
     let ingest_restarts = docker(&["inspect", "-f", "{{.RestartCount}}", &ingest]);
     let broker_restarts = docker(&["inspect", "-f", "{{.RestartCount}}", &broker]);
     let ingest_state = docker(&["inspect", "-f", "{{.State.Status}}", &ingest]);
     assert_eq!(ingest_state, "running", "the generator runs on by itself");
     let gen_logs = t.run(&["logs", "ingest", "--tail", "40"]);
-    let gen_logs = String::from_utf8_lossy(&gen_logs.stdout).to_string() + &String::from_utf8_lossy(&gen_logs.stderr);
+    let gen_logs = String::from_utf8_lossy(&gen_logs.stdout).to_string()
+        + &String::from_utf8_lossy(&gen_logs.stderr);
     eprintln!("--- generator log (tail) ---\n{gen_logs}");
     let broker_logs = t.run(&["logs", "broker", "--tail", "60"]);
-    let broker_text = String::from_utf8_lossy(&broker_logs.stdout).to_string() + &String::from_utf8_lossy(&broker_logs.stderr);
-    let recovered = broker_text.lines().filter(|l| l.contains("Recovering unflushed segment") || l.contains("recovery")).count();
+    let broker_text = String::from_utf8_lossy(&broker_logs.stdout).to_string()
+        + &String::from_utf8_lossy(&broker_logs.stderr);
+    let recovered = broker_text
+        .lines()
+        .filter(|l| l.contains("Recovering unflushed segment") || l.contains("recovery"))
+        .count();
     eprintln!("broker restarts by policy: {broker_restarts}; log recovery lines: {recovered}");
 
     let readings = read_topic(&lab);
-    let first_range = (before_up / INTERVAL - BACKFILL_SECS / INTERVAL - 1, after_up / INTERVAL - BACKFILL_SECS / INTERVAL + 1);
+    let first_range = (
+        before_up / INTERVAL - BACKFILL_SECS / INTERVAL - 1,
+        after_up / INTERVAL - BACKFILL_SECS / INTERVAL + 1,
+    );
     let a = audit(&readings, first_range);
     eprintln!(
         "MEASURE | broker SIGKILL during backfill | docker kill -s KILL broker at {at}/{backfill_readings} readings ({at_restart} once it returned) | messages {} unique {} lost {} duplicated {} | producing again after {producing_again:.1} s, backfill complete after {backfill_done:.1} s | generator restarts {ingest_restarts}",
@@ -141,11 +184,14 @@ fn faults_lose_and_double_nothing() {
     let cutoff = a.last_tick * INTERVAL;
     let want = readings.iter().filter(|r| r.2 <= cutoff).count() as i64;
     let flink_started = Instant::now();
-    let q = format!("SELECT count(*) FROM machine_sensors WHERE \"timestamp\" <= to_timestamp({cutoff})");
-    let got = wait_for("Flink to write the topic into machine_sensors", Duration::from_secs(300), || {
-        let n = rt.block_on(table_count(&lab, &q));
-        (n >= want).then_some(n)
-    });
+    let q = format!(
+        "SELECT count(*) FROM machine_sensors WHERE \"timestamp\" <= to_timestamp({cutoff})"
+    );
+    let got =
+        wait_for("Flink to write the topic into machine_sensors", Duration::from_secs(300), || {
+            let n = rt.block_on(table_count(&lab, &q));
+            (n >= want).then_some(n)
+        });
     let caught_up = flink_started.elapsed().as_secs_f64();
     let dup = rt.block_on(table_count(&lab, DUP_RAW));
     let client = lab.flink(Duration::from_secs(10)).unwrap();
@@ -154,7 +200,11 @@ fn faults_lose_and_double_nothing() {
         "MEASURE | broker restart during backfill, then Flink | submit flink after the restart | rows {got} of {want} readings, lost {} duplicated {dup}, late dropped {late} | caught up {caught_up:.1} s after RUNNING",
         want - got
     );
-    assert_eq!((got, dup), (want, 0), "machine_sensors holds each reading of the topic exactly once");
+    assert_eq!(
+        (got, dup),
+        (want, 0),
+        "machine_sensors holds each reading of the topic exactly once"
+    );
     assert_eq!(late, 0.0, "no reading dropped as late");
 
     // ========== 2. down + up keeps every piece of data =======================================
@@ -163,22 +213,34 @@ fn faults_lose_and_double_nothing() {
     let readings = read_topic(&lab);
     let n_readings = readings.len() as i64;
     wait_for("Flink to write the last readings", Duration::from_secs(120), || {
-        (rt.block_on(table_count(&lab, "SELECT count(*) FROM machine_sensors")) >= n_readings).then_some(())
+        (rt.block_on(table_count(&lab, "SELECT count(*) FROM machine_sensors")) >= n_readings)
+            .then_some(())
     });
     // And every window the final watermark (newest reading - 5 s) closes, once.
     let watermark = readings.iter().map(|r| r.2).max().unwrap() - 5;
-    let closed: HashSet<(&str, &str, i64)> =
-        readings.iter().map(|r| (r.0.as_str(), r.1.as_str(), r.2.div_euclid(60) * 60)).filter(|w| w.2 + 60 <= watermark).collect();
-    let q = format!("SELECT count(*) FROM sensor_aggregates WHERE window_end <= to_timestamp({watermark})");
+    let closed: HashSet<(&str, &str, i64)> = readings
+        .iter()
+        .map(|r| (r.0.as_str(), r.1.as_str(), r.2.div_euclid(60) * 60))
+        .filter(|w| w.2 + 60 <= watermark)
+        .collect();
+    let q = format!(
+        "SELECT count(*) FROM sensor_aggregates WHERE window_end <= to_timestamp({watermark})"
+    );
     let windows_at = Instant::now();
     let windows = wait_for("Flink to write every closed window", Duration::from_secs(180), || {
         let n = rt.block_on(table_count(&lab, &q));
         (n >= closed.len() as i64).then_some(n)
     });
-    eprintln!("{windows} closed windows of {} expected, {:.1} s after the raw rows", closed.len(), windows_at.elapsed().as_secs_f64());
+    eprintln!(
+        "{windows} closed windows of {} expected, {:.1} s after the raw rows",
+        closed.len(),
+        windows_at.elapsed().as_secs_f64()
+    );
     assert_eq!(windows, closed.len() as i64, "each closed window once");
     t.ok(&["flink", "cancel"]);
-    let day = |secs: i64| chrono::DateTime::from_timestamp(secs, 0).unwrap().format("%Y-%m-%d").to_string();
+    let day = |secs: i64| {
+        chrono::DateTime::from_timestamp(secs, 0).unwrap().format("%Y-%m-%d").to_string()
+    };
     let from = day(before_up - BACKFILL_SECS - 86_400);
     let to = day(now_secs() + 86_400);
     let range = ["--from", from.as_str(), "--to", to.as_str()];
@@ -190,7 +252,13 @@ fn faults_lose_and_double_nothing() {
         let offs = topic_ends(&rt, &lab).expect("topic offsets");
         let raw = rt.block_on(table_count(&lab, "SELECT count(*) FROM machine_sensors"));
         let agg = rt.block_on(table_count(&lab, "SELECT count(*) FROM sensor_aggregates"));
-        let d = rt.block_on(lab.blob(Duration::from_secs(10)).unwrap().delta_summary(&lab.config.lake.container, "machine_sensors")).unwrap();
+        let d = rt
+            .block_on(
+                lab.blob(Duration::from_secs(10))
+                    .unwrap()
+                    .delta_summary(&lab.config.lake.container, "machine_sensors"),
+            )
+            .unwrap();
         (offs, raw, agg, d.version, d.rows, d.rows_per_day)
     };
     let before = snapshot();
@@ -229,8 +297,14 @@ fn faults_lose_and_double_nothing() {
     }
     for point in [KillAt::AfterOneSecond, KillAt::RunRequestInFlight, KillAt::JobListed] {
         assert!(active_lab_jobs(&t).is_empty(), "no job of the lab before {point:?}");
-        let before_ids: HashSet<String> = lab_jobs(&t).unwrap().into_iter().map(|(id, _)| id).collect();
-        let mut child = t.command(&["submit", "flink"]).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+        let before_ids: HashSet<String> =
+            lab_jobs(&t).unwrap().into_iter().map(|(id, _)| id).collect();
+        let mut child = t
+            .command(&["submit", "flink"])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
         let started = Instant::now();
         let (tx, lines) = std::sync::mpsc::channel::<String>();
         let stderr = child.stderr.take().unwrap();
@@ -278,7 +352,10 @@ fn faults_lose_and_double_nothing() {
         let outcome = if next.status.success() {
             "submitted or adopted"
         } else {
-            assert!(next_err.contains("already running"), "after a SIGKILL at {point:?} the next submit fails:\n{next_err}");
+            assert!(
+                next_err.contains("already running"),
+                "after a SIGKILL at {point:?} the next submit fails:\n{next_err}"
+            );
             "refused: already running"
         };
         // Whatever was in flight has had time to show: still one job, and it runs.
@@ -306,13 +383,22 @@ fn faults_lose_and_double_nothing() {
 
     // ========== 4. the Spark driver killed while it writes ===================================
     let summary = |lab: &labctl::lab::Lab| {
-        rt.block_on(lab.blob(Duration::from_secs(10)).unwrap().delta_summary(&lab.config.lake.container, "machine_sensors")).unwrap()
+        rt.block_on(
+            lab.blob(Duration::from_secs(10))
+                .unwrap()
+                .delta_summary(&lab.config.lake.container, "machine_sensors"),
+        )
+        .unwrap()
     };
     let v_before = summary(&lab);
     let parquet = |lab: &labctl::lab::Lab| {
-        rt.block_on(lab.blob(Duration::from_secs(10)).unwrap().list_blobs(&lab.config.lake.container, "machine_sensors/year="))
-            .map(|b| b.iter().filter(|n| n.ends_with(".parquet")).count())
-            .unwrap_or(0)
+        rt.block_on(
+            lab.blob(Duration::from_secs(10))
+                .unwrap()
+                .list_blobs(&lab.config.lake.container, "machine_sensors/year="),
+        )
+        .map(|b| b.iter().filter(|n| n.ends_with(".parquet")).count())
+        .unwrap_or(0)
     };
     let files_before = parquet(&lab);
     // The export rewrites only the days where the lake differs from the database: change every
@@ -326,7 +412,9 @@ fn faults_lose_and_double_nothing() {
     let spark = lab.spark(Duration::from_secs(5)).unwrap();
     let worker = format!("{}-spark-worker-1", t.project);
     // Mid-write: the first new data file is in storage, the commit is not made yet.
-    wait_for("the export to write its first file", Duration::from_secs(180), || (parquet(&lab) > files_before).then_some(()));
+    wait_for("the export to write its first file", Duration::from_secs(180), || {
+        (parquet(&lab) > files_before).then_some(())
+    });
     // The driver is the DriverWrapper JVM and what it started (the Python program, the task
     // workers): all of them at once, as a crash of the driver's machine would.
     let kill_driver = r#"
@@ -358,7 +446,11 @@ echo $all
     eprintln!("driver processes {pids} killed: {end}; Delta v{:?} just after the kill, v{:?} after the end", v_at_kill, v_after.version);
     assert_ne!(end, "FINISHED", "a killed driver cannot have finished");
     assert_eq!(v_at_kill, v_before.version, "killed before its commit");
-    assert_eq!((v_after.version, v_after.rows), (v_before.version, v_before.rows), "a killed export commits nothing");
+    assert_eq!(
+        (v_after.version, v_after.rows),
+        (v_before.version, v_before.rows),
+        "a killed export commits nothing"
+    );
     let again = t.json(&[&["submit", "spark", "--json"][..], &range[..]].concat());
     assert_eq!(again["state"], "FINISHED", "{again}");
     let v_rerun = summary(&lab);
@@ -377,7 +469,11 @@ echo $all
     assert_eq!(code, Some(1), "{:#}", report["hops"]);
     assert_eq!(
         hops,
-        [("topic -> machine_sensors".to_string(), true), ("machine_sensors -> sensor_aggregates".to_string(), false), ("machine_sensors -> lake".to_string(), true)],
+        [
+            ("topic -> machine_sensors".to_string(), true),
+            ("machine_sensors -> sensor_aggregates".to_string(), false),
+            ("machine_sensors -> lake".to_string(), true)
+        ],
         "{:#}",
         report["hops"]
     );
@@ -386,8 +482,15 @@ echo $all
     let vols = volumes(&t.project);
     let running = containers(&t.project);
     let refused = t.run(&["down", "--volumes"]);
-    assert!(!refused.status.success(), "down --volumes without --yes must refuse when not at a terminal");
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(
+        !refused.status.success(),
+        "down --volumes without --yes must refuse when not at a terminal"
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--yes"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     assert_eq!(volumes(&t.project), vols, "nothing removed");
     assert_eq!(containers(&t.project), running, "nothing stopped");
     t.ok(&["down", "--volumes", "--yes"]);

@@ -10,7 +10,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 /// 2026-01-05T10:00:00Z: an arbitrary whole minute in the past.
 const T0: i64 = 1_767_607_200;
-const MACHINES: [(&str, &str); 3] = [("CNC-1", "CNC"), ("LATHE-1", "Lathe"), ("WELDER-1", "Welder")];
+const MACHINES: [(&str, &str); 3] =
+    [("CNC-1", "CNC"), ("LATHE-1", "Lathe"), ("WELDER-1", "Welder")];
 const SENSORS: [Sensor; 3] = [Sensor::Temperature, Sensor::Pressure, Sensor::Vibration];
 
 #[derive(Debug, Clone)]
@@ -25,7 +26,8 @@ struct Reading {
 
 fn ts_text(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
-    let base = String::from_utf8(labctl::generator::encode::format_timestamp(secs).to_vec()).unwrap();
+    let base =
+        String::from_utf8(labctl::generator::encode::format_timestamp(secs).to_vec()).unwrap();
     match ms.rem_euclid(1000) {
         0 => base,
         f => format!("{base}.{f:03}"),
@@ -44,7 +46,13 @@ fn known_readings(start: i64, minutes: i64) -> Vec<Reading> {
                 out.push(Reading { machine, kind, sensor: *sensor, ms, value });
             }
             for m in 0..minutes {
-                out.push(Reading { machine, kind, sensor: *sensor, ms: (start + m * 60 + 7) * 1000 + 250, value: 100.5 + m as f64 });
+                out.push(Reading {
+                    machine,
+                    kind,
+                    sensor: *sensor,
+                    ms: (start + m * 60 + 7) * 1000 + 250,
+                    value: 100.5 + m as f64,
+                });
             }
         }
     }
@@ -58,8 +66,14 @@ fn produce(lab: &labctl::lab::Lab, readings: &[Reading]) {
     let mut buf = Vec::new();
     for r in readings {
         buf.clear();
-        Template::new(r.machine, r.kind, r.sensor).encode_with(r.value, ts_text(r.ms).as_bytes(), &mut buf);
-        producer.send(BaseRecord::to(&lab.config.broker.topic).key(r.machine).payload(&buf)).unwrap();
+        Template::new(r.machine, r.kind, r.sensor).encode_with(
+            r.value,
+            ts_text(r.ms).as_bytes(),
+            &mut buf,
+        );
+        producer
+            .send(BaseRecord::to(&lab.config.broker.topic).key(r.machine).payload(&buf))
+            .unwrap();
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(30)).unwrap();
@@ -77,11 +91,23 @@ fn bad_messages() -> Vec<(&'static [u8], Vec<u8>, &'static str)> {
         (b"CNC-1", b"[1, 2, 3]".to_vec(), "not a JSON object"),
         (b"LATHE-1", b"\xff\xfe\x00 binary".to_vec(), "not a JSON object"),
         (b"CNC-1", reading(("2026-01-05T10:00:02", "yesterday")), "timestamp does not parse"),
-        (b"LATHE-1", reading(("2026-01-05T10:00:02", "2099-01-01T00:00:00")), "timestamp is after the time the message was produced"),
+        (
+            b"LATHE-1",
+            reading(("2026-01-05T10:00:02", "2099-01-01T00:00:00")),
+            "timestamp is after the time the message was produced",
+        ),
         (b"CNC-1", reading(("20.5", r#""hot""#)), "value missing or not a number"),
         (b"CNC-1", reading((r#""machine_id":"CNC-1","#, "")), "machine_id missing"),
-        (b"WELDER-1", reading((r#""unit":"C""#, r#""unit":"C\u0000""#)), "unit contains a NUL character"),
-        (b"CNC-1", reading((r#""CNC-1""#, r#""x'; DROP TABLE machine_sensors; --""#)), "machine_id is not an identifier"),
+        (
+            b"WELDER-1",
+            reading((r#""unit":"C""#, r#""unit":"C\u0000""#)),
+            "unit contains a NUL character",
+        ),
+        (
+            b"CNC-1",
+            reading((r#""CNC-1""#, r#""x'; DROP TABLE machine_sensors; --""#)),
+            "machine_id is not an identifier",
+        ),
     ]
 }
 
@@ -98,7 +124,16 @@ fn produce_raw(lab: &labctl::lab::Lab, messages: &[(&[u8], Vec<u8>, &str)]) {
 /// watermark) past everything before it; the half second keeps it off the 5 s grid of
 /// `known_readings`, so it never shares a raw row's key with one of them.
 fn pusher_readings(secs: i64, value: f64) -> Vec<Reading> {
-    MACHINES.iter().map(|(m, k)| Reading { machine: m, kind: k, sensor: Sensor::Temperature, ms: secs * 1000 + 500, value }).collect()
+    MACHINES
+        .iter()
+        .map(|(m, k)| Reading {
+            machine: m,
+            kind: k,
+            sensor: Sensor::Temperature,
+            ms: secs * 1000 + 500,
+            value,
+        })
+        .collect()
 }
 
 type Key = (String, String, i64);
@@ -135,14 +170,22 @@ fn now_ms() -> i64 {
 /// The lab job's entries in `labctl flink jobs --json` that are RUNNING, or None while the
 /// JobManager does not answer.
 fn lab_jobs_running(t: &TestLab) -> Option<Vec<String>> {
-    Some(common::lab_jobs(t)?.into_iter().filter(|(_, state)| state == "RUNNING").map(|(id, _)| id).collect())
+    Some(
+        common::lab_jobs(t)?
+            .into_iter()
+            .filter(|(_, state)| state == "RUNNING")
+            .map(|(id, _)| id)
+            .collect(),
+    )
 }
 
 /// (machine, sensor, window start in seconds) -> (avg, min, max, count), computed here.
 fn expected_windows(readings: &[Reading]) -> BTreeMap<Key, (f64, f64, f64, i64)> {
     let mut acc: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
     for r in readings {
-        acc.entry((r.machine.into(), r.sensor.name().into(), r.ms.div_euclid(60_000) * 60)).or_default().push(r.value);
+        acc.entry((r.machine.into(), r.sensor.name().into(), r.ms.div_euclid(60_000) * 60))
+            .or_default()
+            .push(r.value);
     }
     acc.into_iter()
         .map(|(k, v)| {
@@ -173,10 +216,16 @@ async fn windows_in_db(lab: &labctl::lab::Lab) -> BTreeMap<Key, (f64, f64, f64, 
         .collect()
 }
 
-fn assert_windows(got: &BTreeMap<Key, (f64, f64, f64, i64)>, want: &BTreeMap<Key, (f64, f64, f64, i64)>) {
+fn assert_windows(
+    got: &BTreeMap<Key, (f64, f64, f64, i64)>,
+    want: &BTreeMap<Key, (f64, f64, f64, i64)>,
+) {
     for (k, w) in want {
         let g = got.get(k).unwrap_or_else(|| panic!("window {k:?} missing"));
-        assert!((g.0 - w.0).abs() < 1e-9 && g.1 == w.1 && g.2 == w.2 && g.3 == w.3, "window {k:?}: got {g:?}, want {w:?}");
+        assert!(
+            (g.0 - w.0).abs() < 1e-9 && g.1 == w.1 && g.2 == w.2 && g.3 == w.3,
+            "window {k:?}: got {g:?}, want {w:?}"
+        );
     }
 }
 
@@ -192,7 +241,13 @@ fn streaming_job_writes_exact_rows() {
     let readings = known_readings(T0, 3);
     let pushers: Vec<Reading> = MACHINES
         .iter()
-        .map(|(m, k)| Reading { machine: m, kind: k, sensor: Sensor::Temperature, ms: (T0 + 600) * 1000, value: 1.0 })
+        .map(|(m, k)| Reading {
+            machine: m,
+            kind: k,
+            sensor: Sensor::Temperature,
+            ms: (T0 + 600) * 1000,
+            value: 1.0,
+        })
         .collect();
     produce(&lab, &readings);
     // Bad messages among the good ones: skipped, counted and kept; the job runs on.
@@ -206,20 +261,28 @@ fn streaming_job_writes_exact_rows() {
 
     let want = expected_windows(&readings);
     assert_eq!(want.len(), 27, "3 machines x 3 sensors x 3 minutes");
-    let got = wait_for("all 27 closed windows in sensor_aggregates", Duration::from_secs(180), || {
-        let got = rt.block_on(windows_in_db(&lab));
-        want.keys().all(|k| got.contains_key(k)).then_some(got)
-    });
+    let got =
+        wait_for("all 27 closed windows in sensor_aggregates", Duration::from_secs(180), || {
+            let got = rt.block_on(windows_in_db(&lab));
+            want.keys().all(|k| got.contains_key(k)).then_some(got)
+        });
     assert_windows(&got, &want);
 
     // Raw rows: every reading once, timestamps parsed from the 'T' form, millis kept. The raw
     // sink flushes on its own schedule (5,000 rows or 1 s), independent of the windows' sink:
     // complete windows do not mean its last batch is in yet.
-    let raw_count = || rt.block_on(async {
-        let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
-        db.query_one("SELECT count(*) FROM machine_sensors", &[]).await.unwrap().get::<_, i64>(0) as usize
+    let raw_count = || {
+        rt.block_on(async {
+            let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
+            db.query_one("SELECT count(*) FROM machine_sensors", &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0) as usize
+        })
+    };
+    wait_for("every reading in machine_sensors", Duration::from_secs(60), || {
+        (raw_count() >= readings.len() + pushers.len()).then_some(())
     });
-    wait_for("every reading in machine_sensors", Duration::from_secs(60), || (raw_count() >= readings.len() + pushers.len()).then_some(()));
     rt.block_on(async {
         let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
         let n: i64 = db.query_one("SELECT count(*) FROM machine_sensors", &[]).await.unwrap().get(0);
@@ -236,40 +299,73 @@ fn streaming_job_writes_exact_rows() {
     });
 
     // Every bad message is in rejected_readings once, with its reason; status counts them.
-    let rejected = wait_for("the bad messages in rejected_readings", Duration::from_secs(60), || {
-        let rows = rt.block_on(async {
+    let rejected = wait_for(
+        "the bad messages in rejected_readings",
+        Duration::from_secs(60),
+        || {
+            let rows = rt.block_on(async {
             let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
             db.query("SELECT reason, payload FROM rejected_readings ORDER BY topic_partition, topic_offset", &[]).await.unwrap()
         });
-        (rows.len() >= bad.len()).then(|| rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect::<Vec<_>>())
-    });
+            (rows.len() >= bad.len()).then(|| {
+                rows.iter()
+                    .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+                    .collect::<Vec<_>>()
+            })
+        },
+    );
     let mut got_reasons: Vec<&str> = rejected.iter().map(|(r, _)| r.as_str()).collect();
     let mut want_reasons: Vec<&str> = bad.iter().map(|(_, _, r)| *r).collect();
     got_reasons.sort();
     want_reasons.sort();
     assert_eq!(got_reasons, want_reasons, "one row per bad message, with its reason");
-    assert!(rejected.iter().any(|(_, p)| p == "not json at all"), "the payload is kept: {rejected:?}");
+    assert!(
+        rejected.iter().any(|(_, p)| p == "not json at all"),
+        "the payload is kept: {rejected:?}"
+    );
     assert!(rejected.iter().all(|(_, p)| !p.contains('\0')), "NUL cannot reach PostgreSQL text");
     let status = t.json(&["status", "--json"]);
     common::assert_status_schema(&status);
     assert_eq!(status["database"]["rejected"]["count"], bad.len() as i64, "{status:#}");
-    assert_eq!(status["database"]["light"]["health"], "yellow", "recent rejections ask for a look: {status:#}");
-    assert!(status["database"]["light"]["reason"].as_str().unwrap_or_default().contains("rejected"), "{status:#}");
+    assert_eq!(
+        status["database"]["light"]["health"], "yellow",
+        "recent rejections ask for a look: {status:#}"
+    );
+    assert!(
+        status["database"]["light"]["reason"].as_str().unwrap_or_default().contains("rejected"),
+        "{status:#}"
+    );
 
     // status agrees with the data: the topic holds what was produced, per partition; the
     // source read all of it; each sink took what its table holds; the group's offsets,
     // committed on checkpoints, reach the end of every partition.
     let produced = (readings.len() + bad.len() + pushers.len()) as i64;
-    let offsets = rt.block_on(lab.broker().unwrap().offsets(&lab.config.broker.topic, Duration::from_secs(10))).unwrap();
+    let offsets = rt
+        .block_on(lab.broker().unwrap().offsets(&lab.config.broker.topic, Duration::from_secs(10)))
+        .unwrap();
     assert_eq!(offsets.iter().map(|p| p.high - p.low).sum::<i64>(), produced);
     wait_for("status to count every message at each hop", Duration::from_secs(90), || {
         let status = t.json(&["status", "--json"]);
         let job = status_jobs(&status).into_iter().find(|j| j["id"] == job_id.as_str())?;
         let ops = |kind: &str| -> Vec<(String, i64)> {
-            job[kind].as_array().into_iter().flatten().map(|o| (o["name"].as_str().unwrap_or("").to_string(), o["records"].as_i64().unwrap_or(-1))).collect()
+            job[kind]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|o| {
+                    (
+                        o["name"].as_str().unwrap_or("").to_string(),
+                        o["records"].as_i64().unwrap_or(-1),
+                    )
+                })
+                .collect()
         };
         let sink = |name: &str| ops("sinks").into_iter().find(|(n, _)| n == name).map(|(_, r)| r);
-        let per_partition: Vec<i64> = status["broker"]["partitions"].as_array()?.iter().filter_map(|p| p["messages"].as_i64()).collect();
+        let per_partition: Vec<i64> = status["broker"]["partitions"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["messages"].as_i64())
+            .collect();
         let want_per: Vec<i64> = offsets.iter().map(|p| p.high - p.low).collect();
         let group = &status["broker"]["consumer_group"];
         let ok = per_partition == want_per
@@ -284,12 +380,19 @@ fn streaming_job_writes_exact_rows() {
         ok.then_some(())
     });
     let text = t.ok(&["status"]);
-    assert!(text.contains("machine_sensors") && text.contains("rejected_readings"), "status names each sink:\n{text}");
+    assert!(
+        text.contains("machine_sensors") && text.contains("rejected_readings"),
+        "status names each sink:\n{text}"
+    );
 
     // A second submit of the same job is refused: still one job.
     let again = t.run(&["submit", "flink"]);
     assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("already running"), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already running"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     let jobs: serde_json::Value = t.json(&["flink", "jobs", "--json"]);
     let running = jobs.as_array().unwrap().iter().filter(|j| j["state"] == "RUNNING").count();
     assert_eq!(running, 1, "{jobs}");
@@ -311,7 +414,11 @@ fn streaming_job_writes_exact_rows() {
 
     // Late records: none dropped.
     let client = lab.flink(Duration::from_secs(10)).unwrap();
-    assert_eq!(rt.block_on(client.late_records_dropped(&job_id)).unwrap(), 0.0, "readings dropped as late");
+    assert_eq!(
+        rt.block_on(client.late_records_dropped(&job_id)).unwrap(),
+        0.0,
+        "readings dropped as late"
+    );
 
     // TaskManager restart: the job recovers from its checkpoint, windows stay exactly once.
     wait_for("a completed checkpoint", Duration::from_secs(60), || {
@@ -323,7 +430,10 @@ fn streaming_job_writes_exact_rows() {
     // (A killed container counts as stopped by hand for the restart policy, so start it again.)
     let killed = std::time::Instant::now();
     for args in [["kill", "--signal", "KILL"].as_slice(), ["start"].as_slice()] {
-        assert!(std::process::Command::new("docker").args(args).arg(&tm).status().unwrap().success(), "docker {args:?} {tm}");
+        assert!(
+            std::process::Command::new("docker").args(args).arg(&tm).status().unwrap().success(),
+            "docker {args:?} {tm}"
+        );
     }
     // After the first pushers (event time is already past T0 + 595 s): minutes 11 and 12.
     let later = known_readings(T0 + 660, 2);
@@ -333,28 +443,46 @@ fn streaming_job_writes_exact_rows() {
     let mut all = readings.clone();
     all.extend(later.iter().cloned());
     let want_all = expected_windows(&all);
-    let got = wait_for("the job to recover and write the later windows", Duration::from_secs(240), || {
-        let got = rt.block_on(windows_in_db(&lab));
-        want_all.keys().all(|k| got.contains_key(k)).then_some(got)
-    });
+    let got = wait_for(
+        "the job to recover and write the later windows",
+        Duration::from_secs(240),
+        || {
+            let got = rt.block_on(windows_in_db(&lab));
+            want_all.keys().all(|k| got.contains_key(k)).then_some(got)
+        },
+    );
     assert_windows(&got, &want_all);
-    eprintln!("windows complete {:.1} s after the TaskManager was killed", killed.elapsed().as_secs_f64());
+    eprintln!(
+        "windows complete {:.1} s after the TaskManager was killed",
+        killed.elapsed().as_secs_f64()
+    );
     let state = rt.block_on(client.job(&job_id)).unwrap().state;
     assert_eq!(state, "RUNNING");
     let (_, dup) = rt.block_on(raw_rows(&lab));
     assert_eq!(dup, 0, "no duplicate raw readings after the restart");
-    assert_eq!(rt.block_on(client.late_records_dropped(&job_id)).unwrap(), 0.0, "readings dropped as late after restart");
+    assert_eq!(
+        rt.block_on(client.late_records_dropped(&job_id)).unwrap(),
+        0.0,
+        "readings dropped as late after restart"
+    );
 
     // status shows the job. Its counters restarted with the recovered tasks, and the
     // JobManager refreshes metrics every 10 s (metrics.fetcher.update-interval): wait for them.
     wait_for("status to show the recovered job reading", Duration::from_secs(60), || {
         let status = t.json(&["status", "--json"]);
         let jobs = status_jobs(&status);
-        jobs.iter().any(|j| j["id"] == job_id.as_str() && j["state"] == "RUNNING" && j["records_in"].as_i64().unwrap_or(0) > 0).then_some(())
+        jobs.iter()
+            .any(|j| {
+                j["id"] == job_id.as_str()
+                    && j["state"] == "RUNNING"
+                    && j["records_in"].as_i64().unwrap_or(0) > 0
+            })
+            .then_some(())
     });
 
     // Everything produced so far; the windows a watermark has closed are checked against it.
-    let mut all: Vec<Reading> = readings.iter().chain(&pushers).chain(&later).chain(&pushers2).cloned().collect();
+    let mut all: Vec<Reading> =
+        readings.iter().chain(&pushers).chain(&later).chain(&pushers2).cloned().collect();
 
     // --replace: the job is stopped with a savepoint and the new one starts from it. Minute 21
     // is open at that moment and already holds the second pushers, read by the old job: its
@@ -362,12 +490,23 @@ fn streaming_job_writes_exact_rows() {
     let rep = t.json(&["submit", "flink", "--replace", "--json"]);
     let job2 = rep["job_id"].as_str().unwrap().to_string();
     assert_ne!(job2, job_id, "a new job");
-    let savepoint = rep["savepoint"].as_str().unwrap_or_else(|| panic!("no savepoint reported: {rep}")).to_string();
+    let savepoint = rep["savepoint"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no savepoint reported: {rep}"))
+        .to_string();
     assert_eq!(rep["restored_from"]["kind"], "savepoint", "{rep}");
     assert_eq!(rep["restored_from"]["path"], savepoint.as_str(), "{rep}");
     assert_eq!(rep["replaced"][0], job_id.as_str(), "{rep}");
-    assert_eq!(rt.block_on(client.restored_from(&job2)).unwrap(), Some((savepoint.clone(), true)), "Flink: job {job2} restored from the savepoint");
-    assert_eq!(rt.block_on(client.job(&job_id)).unwrap().state, "FINISHED", "the old job ended with its savepoint");
+    assert_eq!(
+        rt.block_on(client.restored_from(&job2)).unwrap(),
+        Some((savepoint.clone(), true)),
+        "Flink: job {job2} restored from the savepoint"
+    );
+    assert_eq!(
+        rt.block_on(client.job(&job_id)).unwrap().state,
+        "FINISHED",
+        "the old job ended with its savepoint"
+    );
     assert_eq!(lab_jobs_running(&t).unwrap(), vec![job2.clone()], "only the new job runs");
     let phase3 = known_readings(T0 + 1260, 2);
     let pushers3 = pusher_readings(T0 + 1500, 3.0);
@@ -375,14 +514,25 @@ fn streaming_job_writes_exact_rows() {
     produce(&lab, &pushers3);
     all.extend(phase3.iter().chain(&pushers3).cloned());
     let want = closed_windows(&all, T0 + 1500 - 5);
-    assert!(want.contains_key(&("CNC-1".into(), "temperature".into(), T0 + 1260)) && want.len() > want_all.len());
+    assert!(
+        want.contains_key(&("CNC-1".into(), "temperature".into(), T0 + 1260))
+            && want.len() > want_all.len()
+    );
     let got = wait_for("the windows after --replace", Duration::from_secs(120), || {
         let got = rt.block_on(windows_in_db(&lab));
         want.keys().all(|k| got.contains_key(k)).then_some(got)
     });
     assert_windows(&got, &want);
-    assert_eq!(got[&("CNC-1".to_string(), "temperature".to_string(), T0 + 1260)].3, 14, "12 + 1 readings + the pusher read before --replace");
-    assert_eq!(rt.block_on(client.late_records_dropped(&job2)).unwrap(), 0.0, "late records after --replace");
+    assert_eq!(
+        got[&("CNC-1".to_string(), "temperature".to_string(), T0 + 1260)].3,
+        14,
+        "12 + 1 readings + the pusher read before --replace"
+    );
+    assert_eq!(
+        rt.block_on(client.late_records_dropped(&job2)).unwrap(),
+        0.0,
+        "late records after --replace"
+    );
 
     // JobManager restart (no HA): the job is gone with it. The third pushers (minute 25, open)
     // are in the job's state; wait for a checkpoint taken after they were read.
@@ -392,12 +542,19 @@ fn streaming_job_writes_exact_rows() {
         (cp["latest"]["completed"]["trigger_timestamp"].as_i64()? > read_at).then_some(())
     });
     let jm = format!("{}-flink-jobmanager-1", t.project);
-    assert!(std::process::Command::new("docker").args(["restart", &jm]).status().unwrap().success());
-    let running = wait_for("the JobManager to answer again", Duration::from_secs(120), || lab_jobs_running(&t));
+    assert!(std::process::Command::new("docker")
+        .args(["restart", &jm])
+        .status()
+        .unwrap()
+        .success());
+    let running = wait_for("the JobManager to answer again", Duration::from_secs(120), || {
+        lab_jobs_running(&t)
+    });
     assert!(running.is_empty(), "no job survives a JobManager restart without HA: {running:?}");
     let status = t.run(&["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
-    let stale = status_jobs(&status).iter().any(|j| j["id"] == job2.as_str() && j["state"] == "RUNNING");
+    let stale =
+        status_jobs(&status).iter().any(|j| j["id"] == job2.as_str() && j["state"] == "RUNNING");
     assert!(!stale, "status shows the lost job as running: {status:#}");
 
     // A plain submit restores the job from its latest retained checkpoint.
@@ -407,7 +564,8 @@ fn streaming_job_writes_exact_rows() {
     let chk = sub["restored_from"]["path"].as_str().unwrap().to_string();
     assert!(chk.contains(&format!("/{job2}/chk-")), "the latest checkpoint of {job2}: {chk}");
     // (Flink reports any restore in its default NO_CLAIM mode with is_savepoint = true.)
-    let (restored, _) = rt.block_on(client.restored_from(&job3)).unwrap().expect("Flink reports a restore");
+    let (restored, _) =
+        rt.block_on(client.restored_from(&job3)).unwrap().expect("Flink reports a restore");
     let bare = |p: &str| p.trim_start_matches("file:").trim_start_matches('/').to_string();
     assert_eq!(bare(&restored), bare(&chk), "Flink: job {job3} restored from the checkpoint");
     let phase5 = known_readings(T0 + 1500, 2);
@@ -416,18 +574,27 @@ fn streaming_job_writes_exact_rows() {
     produce(&lab, &pushers4);
     all.extend(phase5.iter().chain(&pushers4).cloned());
     let want = closed_windows(&all, T0 + 1740 - 5);
-    let got = wait_for("the windows after the JobManager restart", Duration::from_secs(120), || {
-        let got = rt.block_on(windows_in_db(&lab));
-        want.keys().all(|k| got.contains_key(k)).then_some(got)
-    });
+    let got =
+        wait_for("the windows after the JobManager restart", Duration::from_secs(120), || {
+            let got = rt.block_on(windows_in_db(&lab));
+            want.keys().all(|k| got.contains_key(k)).then_some(got)
+        });
     assert_windows(&got, &want);
-    assert_eq!(got[&("WELDER-1".to_string(), "temperature".to_string(), T0 + 1500)].3, 14, "12 + 1 readings + the pusher read before the restart");
+    assert_eq!(
+        got[&("WELDER-1".to_string(), "temperature".to_string(), T0 + 1500)].3,
+        14,
+        "12 + 1 readings + the pusher read before the restart"
+    );
     let (n, dup) = wait_for("every reading as one raw row", Duration::from_secs(30), || {
         let (n, dup) = rt.block_on(raw_rows(&lab));
         (n as usize >= all.len()).then_some((n, dup))
     });
     assert_eq!((n as usize, dup), (all.len(), 0), "every reading exactly once");
-    assert_eq!(rt.block_on(client.late_records_dropped(&job3)).unwrap(), 0.0, "late records after the JobManager restart");
+    assert_eq!(
+        rt.block_on(client.late_records_dropped(&job3)).unwrap(),
+        0.0,
+        "late records after the JobManager restart"
+    );
 
     // Database restart while the job writes: the JDBC sinks fail, the job restarts from its
     // checkpoint (fixed-delay strategy) once the database is back; nothing lost or doubled.
@@ -436,7 +603,11 @@ fn streaming_job_writes_exact_rows() {
     produce(&lab, &phase6);
     let restarted = std::time::Instant::now();
     let db_container = format!("{}-timescaledb-1", t.project);
-    assert!(std::process::Command::new("docker").args(["restart", &db_container]).status().unwrap().success());
+    assert!(std::process::Command::new("docker")
+        .args(["restart", &db_container])
+        .status()
+        .unwrap()
+        .success());
     produce(&lab, &pushers5);
     all.extend(phase6.iter().chain(&pushers5).cloned());
     wait_for("the database to accept logins again", Duration::from_secs(90), || {
@@ -448,11 +619,26 @@ fn streaming_job_writes_exact_rows() {
         want.keys().all(|k| got.contains_key(k)).then_some(got)
     });
     assert_windows(&got, &want);
-    eprintln!("windows complete {:.1} s after the database restart began", restarted.elapsed().as_secs_f64());
-    let (n, dup) = wait_for("every reading as one raw row after the database restart", Duration::from_secs(60), || {
-        let (n, dup) = rt.block_on(raw_rows(&lab));
-        (n as usize >= all.len()).then_some((n, dup))
-    });
-    assert_eq!((n as usize, dup), (all.len(), 0), "every reading exactly once after the database restart");
-    assert_eq!(rt.block_on(client.late_records_dropped(&job3)).unwrap(), 0.0, "late records after the database restart");
+    eprintln!(
+        "windows complete {:.1} s after the database restart began",
+        restarted.elapsed().as_secs_f64()
+    );
+    let (n, dup) = wait_for(
+        "every reading as one raw row after the database restart",
+        Duration::from_secs(60),
+        || {
+            let (n, dup) = rt.block_on(raw_rows(&lab));
+            (n as usize >= all.len()).then_some((n, dup))
+        },
+    );
+    assert_eq!(
+        (n as usize, dup),
+        (all.len(), 0),
+        "every reading exactly once after the database restart"
+    );
+    assert_eq!(
+        rt.block_on(client.late_records_dropped(&job3)).unwrap(),
+        0.0,
+        "late records after the database restart"
+    );
 }

@@ -34,7 +34,30 @@ fn keys() -> Vec<(Option<String>, String)> {
     out
 }
 
-const HOSTILE: &[&str] = &["'", "\"", ";", "$(id)", "`id`", "../", "..", "/", "\\", " ", "\n", "--", "%", "{{", "}}", "{%", "\u{0}", "é", "DROP TABLE x", "-XX:+Evil", "\t", "*"];
+const HOSTILE: &[&str] = &[
+    "'",
+    "\"",
+    ";",
+    "$(id)",
+    "`id`",
+    "../",
+    "..",
+    "/",
+    "\\",
+    " ",
+    "\n",
+    "--",
+    "%",
+    "{{",
+    "}}",
+    "{%",
+    "\u{0}",
+    "é",
+    "DROP TABLE x",
+    "-XX:+Evil",
+    "\t",
+    "*",
+];
 
 /// Characters that must never survive validation in a string value (`..` is checked where a
 /// value becomes a path: project and lake container names admit no dots at all).
@@ -47,7 +70,9 @@ fn random_string(rng: &mut StdRng) -> String {
     for _ in 0..rng.gen_range(0..6) {
         match rng.gen_range(0..3) {
             0 => s.push_str(HOSTILE[rng.gen_range(0..HOSTILE.len())]),
-            1 => s.push_str(["lab", "sensors", "1g", "512m", "127.0.0.1", "x", "A", "0"][rng.gen_range(0..8)]),
+            1 => s.push_str(
+                ["lab", "sensors", "1g", "512m", "127.0.0.1", "x", "A", "0"][rng.gen_range(0..8)],
+            ),
             _ => s.push(char::from(rng.gen_range(32u8..127))),
         }
     }
@@ -65,7 +90,10 @@ fn random_literal(rng: &mut StdRng) -> String {
     }
 }
 
-fn load_file(text: &str, env: Vec<(String, String)>) -> std::thread::Result<anyhow::Result<Config>> {
+fn load_file(
+    text: &str,
+    env: Vec<(String, String)>,
+) -> std::thread::Result<anyhow::Result<Config>> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("labctl.toml");
     std::fs::write(&path, text).unwrap();
@@ -78,14 +106,19 @@ fn check_accepted(c: &Config, case: &str) {
     for v in value.as_table().unwrap().values() {
         match v {
             toml::Value::String(s) => strings.push(s.clone()),
-            toml::Value::Table(t) => strings.extend(t.values().filter_map(|v| v.as_str().map(str::to_string))),
+            toml::Value::Table(t) => {
+                strings.extend(t.values().filter_map(|v| v.as_str().map(str::to_string)))
+            }
             _ => {}
         }
     }
     for s in strings {
         assert!(!dangerous(&s), "{case}: accepted a dangerous value {s:?}");
     }
-    assert!(!c.project.contains('.') && !c.lake.container.contains('.'), "{case}: a path-forming name with a dot");
+    assert!(
+        !c.project.contains('.') && !c.lake.container.contains('.'),
+        "{case}: a path-forming name with a dot"
+    );
 }
 
 #[test]
@@ -104,7 +137,10 @@ fn config_file_values_never_panic_and_rejections_name_the_key() {
             Ok(c) => check_accepted(&c, &case),
             Err(e) => {
                 let msg = format!("{e:#}");
-                assert!(msg.contains(key.as_str()), "{case}: the error does not name `{key}`: {msg}");
+                assert!(
+                    msg.contains(key.as_str()),
+                    "{case}: the error does not name `{key}`: {msg}"
+                );
             }
         }
     }
@@ -120,9 +156,15 @@ fn env_values_never_panic_and_rejections_name_the_variable() {
             Some(s) => format!("LABCTL_{}_{}", s.to_ascii_uppercase(), key.to_ascii_uppercase()),
             None => format!("LABCTL_{}", key.to_ascii_uppercase()),
         };
-        let value = if rng.gen_bool(0.5) { random_string(&mut rng) } else { rng.gen_range(-5i64..70_000).to_string() };
+        let value = if rng.gen_bool(0.5) {
+            random_string(&mut rng)
+        } else {
+            rng.gen_range(-5i64..70_000).to_string()
+        };
         let case = format!("case {i} (seed {}): {var}={value:?}", seed());
-        match load_file("", vec![(var.clone(), value.clone())]).unwrap_or_else(|_| panic!("{case}: panicked")) {
+        match load_file("", vec![(var.clone(), value.clone())])
+            .unwrap_or_else(|_| panic!("{case}: panicked"))
+        {
             Ok(c) => check_accepted(&c, &case),
             Err(e) => {
                 let msg = format!("{e:#}");
@@ -130,7 +172,10 @@ fn env_values_never_panic_and_rejections_name_the_variable() {
                     Some(s) => format!("{s}.{key}"),
                     None => key.clone(),
                 };
-                assert!(msg.contains(&var) || msg.contains(&dotted) || msg.contains(key.as_str()), "{case}: the error names neither {var} nor {dotted}: {msg}");
+                assert!(
+                    msg.contains(&var) || msg.contains(&dotted) || msg.contains(key.as_str()),
+                    "{case}: the error names neither {var} nor {dotted}: {msg}"
+                );
             }
         }
     }
@@ -141,13 +186,17 @@ fn garbage_files_never_panic_and_errors_name_the_file() {
     let mut rng = StdRng::seed_from_u64(seed() ^ 2);
     let alphabet: Vec<char> = "[]{}=\"'#\n .,-_0123456789abcxyz\\ãé\t".chars().collect();
     for i in 0..cases(2000) {
-        let text: String = (0..rng.gen_range(0..80)).map(|_| alphabet[rng.gen_range(0..alphabet.len())]).collect();
+        let text: String =
+            (0..rng.gen_range(0..80)).map(|_| alphabet[rng.gen_range(0..alphabet.len())]).collect();
         let case = format!("case {i} (seed {}): {text:?}", seed());
         match load_file(&text, vec![]).unwrap_or_else(|_| panic!("{case}: panicked")) {
             Ok(c) => check_accepted(&c, &case),
             Err(e) => {
                 let msg = format!("{e:#}");
-                assert!(msg.contains("labctl.toml"), "{case}: the error does not name the file: {msg}");
+                assert!(
+                    msg.contains("labctl.toml"),
+                    "{case}: the error does not name the file: {msg}"
+                );
             }
         }
     }
@@ -157,26 +206,79 @@ fn garbage_files_never_panic_and_errors_name_the_file() {
 fn command_lines_never_panic_and_rejections_name_the_argument() {
     let mut rng = StdRng::seed_from_u64(seed() ^ 3);
     let words = [
-        "up", "down", "status", "demo", "logs", "ingest", "submit", "flink", "spark", "render", "images", "bench", "config", "plot", "jobs", "cancel",
-        "kill", "compose", "init-db", "build", "list", "broker", "--json", "--volumes", "--yes", "--timeout", "--watch", "--taskmanagers", "--spark-workers",
-        "--backfill", "--from", "--to", "--partitions", "--machines", "--interval", "--days", "--replace", "--dry-run", "--file", "-o", "-p", "--project",
-        "--config", "-n", "-f", "--no-wait", "--bogus", "-Z",
+        "up",
+        "down",
+        "status",
+        "demo",
+        "logs",
+        "ingest",
+        "submit",
+        "flink",
+        "spark",
+        "render",
+        "images",
+        "bench",
+        "config",
+        "plot",
+        "jobs",
+        "cancel",
+        "kill",
+        "compose",
+        "init-db",
+        "build",
+        "list",
+        "broker",
+        "--json",
+        "--volumes",
+        "--yes",
+        "--timeout",
+        "--watch",
+        "--taskmanagers",
+        "--spark-workers",
+        "--backfill",
+        "--from",
+        "--to",
+        "--partitions",
+        "--machines",
+        "--interval",
+        "--days",
+        "--replace",
+        "--dry-run",
+        "--file",
+        "-o",
+        "-p",
+        "--project",
+        "--config",
+        "-n",
+        "-f",
+        "--no-wait",
+        "--bogus",
+        "-Z",
     ];
     for i in 0..cases(5000) {
         let mut argv = vec!["labctl".to_string()];
         for _ in 0..rng.gen_range(0..6) {
-            argv.push(if rng.gen_bool(0.7) { words[rng.gen_range(0..words.len())].to_string() } else { random_string(&mut rng) });
+            argv.push(if rng.gen_bool(0.7) {
+                words[rng.gen_range(0..words.len())].to_string()
+            } else {
+                random_string(&mut rng)
+            });
         }
         let case = format!("case {i} (seed {}): {argv:?}", seed());
-        let parsed = catch_unwind(AssertUnwindSafe(|| Cli::try_parse_from(&argv))).unwrap_or_else(|_| panic!("{case}: panicked"));
+        let parsed = catch_unwind(AssertUnwindSafe(|| Cli::try_parse_from(&argv)))
+            .unwrap_or_else(|_| panic!("{case}: panicked"));
         let Err(e) = parsed else { continue };
         use clap::error::ErrorKind::*;
-        if matches!(e.kind(), DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand) {
+        if matches!(
+            e.kind(),
+            DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+        ) {
             continue;
         }
         let msg = e.to_string();
         // clap quotes what it objects to ('-X' of a cluster of short flags, a value, a name).
-        let quoted: Vec<&str> = msg.split('\'').skip(1).step_by(2).filter(|q| !q.is_empty()).collect();
+        let quoted: Vec<&str> =
+            msg.split('\'').skip(1).step_by(2).filter(|q| !q.is_empty()).collect();
         let printable = |s: &str| s.chars().filter(|c| !c.is_control()).collect::<String>();
         let named = quoted.iter().any(|q| argv[1..].iter().flat_map(|a| [a.clone(), printable(a)]).any(|a| a.contains(q) || q.contains(a.as_str())))
             || matches!(e.kind(), MissingRequiredArgument | MissingSubcommand | InvalidSubcommand | TooFewValues)

@@ -26,8 +26,21 @@ fn lab_on_a_real_engine() {
     // --- status: every service ready, JSON for scripts ---------------------------------------
     let status = t.json(&["status", "--json"]);
     assert_eq!(status["healthy"], true, "{status:#}");
-    let names: Vec<_> = status["services"].as_array().unwrap().iter().map(|s| s["service"].as_str().unwrap().to_string()).collect();
-    for want in ["broker", "timescaledb", "azurite", "flink-jobmanager", "flink-taskmanager", "spark-master", "spark-worker"] {
+    let names: Vec<_> = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["service"].as_str().unwrap().to_string())
+        .collect();
+    for want in [
+        "broker",
+        "timescaledb",
+        "azurite",
+        "flink-jobmanager",
+        "flink-taskmanager",
+        "spark-master",
+        "spark-worker",
+    ] {
         assert!(names.iter().any(|n| n == want), "status lacks {want}: {names:?}");
     }
     assert!(status.get("secrets").is_none(), "secrets only with --show-secrets");
@@ -39,19 +52,32 @@ fn lab_on_a_real_engine() {
     // --- status: a hung service is reported down within the check timeout ---------------------
     // A paused container accepts connections but never answers: only the timeout ends the call.
     let azurite = format!("{}-azurite-1", t.project);
-    assert!(std::process::Command::new("docker").args(["pause", &azurite]).status().unwrap().success());
+    assert!(std::process::Command::new("docker")
+        .args(["pause", &azurite])
+        .status()
+        .unwrap()
+        .success());
     let started = std::time::Instant::now();
     let out = t.run(&["status", "--json", "--timeout", "1"]);
     let took = started.elapsed();
-    assert!(std::process::Command::new("docker").args(["unpause", &azurite]).status().unwrap().success());
+    assert!(std::process::Command::new("docker")
+        .args(["unpause", &azurite])
+        .status()
+        .unwrap()
+        .success());
     assert_eq!(out.status.code(), Some(3), "a service down means exit code 3");
     let down: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     common::assert_status_schema(&down);
-    let svc = down["services"].as_array().unwrap().iter().find(|s| s["service"] == "azurite").unwrap();
+    let svc =
+        down["services"].as_array().unwrap().iter().find(|s| s["service"] == "azurite").unwrap();
     assert_eq!(svc["light"]["health"], "red", "{svc:#}");
     assert_eq!(down["lake"]["light"]["health"], "red", "{:#}", down["lake"]);
     assert_eq!(down["health"], "red");
-    assert_eq!(down["database"]["light"]["health"], "green", "other services are unaffected: {:#}", down["database"]);
+    assert_eq!(
+        down["database"]["light"]["health"], "green",
+        "other services are unaffected: {:#}",
+        down["database"]
+    );
     // 1 s per check (the service checks get twice that), plus the process's own start.
     assert!(took < Duration::from_millis(3500), "status took {took:?} with a 1 s timeout");
 
@@ -62,17 +88,24 @@ fn lab_on_a_real_engine() {
     let marker = format!("probe-{}", t.project);
     producer.send(BaseRecord::to(&probe_topic).key("probe").payload(&marker)).unwrap();
     producer.flush(Duration::from_secs(20)).unwrap();
-    let consumer: BaseConsumer = broker.client_config().set("group.id", "lab-test").create().unwrap();
+    let consumer: BaseConsumer =
+        broker.client_config().set("group.id", "lab-test").create().unwrap();
     let md = consumer.fetch_metadata(Some(&probe_topic), Duration::from_secs(10)).unwrap();
     let parts = md.topics()[0].partitions().len();
-    assert_eq!(parts as i32, lab.config.broker.partitions, "topic created with the configured partitions");
+    assert_eq!(
+        parts as i32, lab.config.broker.partitions,
+        "topic created with the configured partitions"
+    );
     let mut tpl = TopicPartitionList::new();
     for p in 0..parts as i32 {
         tpl.add_partition_offset(&probe_topic, p, Offset::Beginning).unwrap();
     }
     consumer.assign(&tpl).unwrap();
     let got = wait_for("the probe message back", Duration::from_secs(30), || {
-        consumer.poll(Duration::from_millis(500)).and_then(|m| m.ok()).and_then(|m| m.payload().map(|p| p.to_vec()))
+        consumer
+            .poll(Duration::from_millis(500))
+            .and_then(|m| m.ok())
+            .and_then(|m| m.payload().map(|p| p.to_vec()))
     });
     assert_eq!(String::from_utf8(got).unwrap(), marker);
 
@@ -114,7 +147,10 @@ fn lab_on_a_real_engine() {
         let flink = lab.flink(Duration::from_secs(5)).unwrap();
         let o = flink.overview().await.unwrap();
         assert_eq!(o.taskmanagers, lab.config.flink.taskmanagers);
-        assert_eq!(o.slots_total, lab.config.flink.taskmanagers * lab.config.flink.slots_per_taskmanager);
+        assert_eq!(
+            o.slots_total,
+            lab.config.flink.taskmanagers * lab.config.flink.slots_per_taskmanager
+        );
         assert!(o.flink_version.starts_with("2.2"), "{}", o.flink_version);
         assert_eq!(flink.taskmanagers().await.unwrap().len() as u32, lab.config.flink.taskmanagers);
 
@@ -126,14 +162,26 @@ fn lab_on_a_real_engine() {
         let blob = lab.blob(Duration::from_secs(5)).unwrap();
         assert!(blob.create_container("probe-container").await.unwrap());
         let listed = blob.list_containers().await.unwrap();
-        assert!(listed.contains(&"probe-container".to_string()) && listed.contains(&lab.config.lake.container), "{listed:?}");
+        assert!(
+            listed.contains(&"probe-container".to_string())
+                && listed.contains(&lab.config.lake.container),
+            "{listed:?}"
+        );
     });
 
     // --- security: ports on 127.0.0.1 only, no password in the engine's view ------------------
     rt.block_on(async {
         let docker = bollard::Docker::connect_with_local_defaults().unwrap();
-        let filters = HashMap::from([("label".to_string(), vec![format!("labctl.project={}", t.project)])]);
-        let cs = docker.list_containers(Some(ListContainersOptions { all: true, filters, ..Default::default() })).await.unwrap();
+        let filters =
+            HashMap::from([("label".to_string(), vec![format!("labctl.project={}", t.project)])]);
+        let cs = docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters,
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
         for c in &cs {
             for p in c.ports.iter().flatten() {
                 if p.public_port.is_some() {
@@ -141,25 +189,39 @@ fn lab_on_a_real_engine() {
                 }
             }
             let name = c.names.as_ref().unwrap()[0].trim_start_matches('/');
-            let inspect = serde_json::to_string(&docker.inspect_container(name, None).await.unwrap()).unwrap();
-            assert!(!inspect.contains(&lab.state.db_password), "{name}: password visible in docker inspect");
+            let inspect =
+                serde_json::to_string(&docker.inspect_container(name, None).await.unwrap())
+                    .unwrap();
+            assert!(
+                !inspect.contains(&lab.state.db_password),
+                "{name}: password visible in docker inspect"
+            );
         }
     });
     let state_file = t.state_dir.path().join(format!("{}.json", t.project));
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&state_file).unwrap().permissions());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&state_file).unwrap().permissions(),
+    );
     assert_eq!(mode & 0o777, 0o600, "state file must be readable by its owner only");
 
     // --- up again: nothing changes ---------------------------------------------------------
     let again = t.json(&["up", "--json"]);
     assert_eq!(again["containers_changed"], 0, "second up must be a no-op: {again}");
-    assert!(again["seconds"]["images"].as_f64().unwrap() < 30.0, "second up must build nothing: {again}");
+    assert!(
+        again["seconds"]["images"].as_f64().unwrap() < 30.0,
+        "second up must build nothing: {again}"
+    );
 
     // --- a port taken by something else: refused before the running lab is touched ----------
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = listener.local_addr().unwrap().port().to_string();
     let refused = t.command(&["up"]).env("LABCTL_PORTS_FLINK_UI", &taken).output().unwrap();
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains(&format!("port {taken}")), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains(&format!("port {taken}")),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     let still = t.json(&["status", "--json"]);
     assert_eq!(still["healthy"], true, "the running lab must be untouched: {still:#}");
     drop(listener);
@@ -180,13 +242,24 @@ fn lab_on_a_real_engine() {
     let with_ingest = t.json(&["up", "--json"]);
     assert_eq!(with_ingest["containers_changed"], 1, "only the generator is added: {with_ingest}");
     let before = total_offsets(&lab);
-    wait_for("the generator service to produce", Duration::from_secs(60), || (total_offsets(&lab) > before).then_some(()));
+    wait_for("the generator service to produce", Duration::from_secs(60), || {
+        (total_offsets(&lab) > before).then_some(())
+    });
     let ingest_container = format!("{}-ingest-1", t.project);
     crash(&ingest_container);
     let after_kill = total_offsets(&lab);
-    wait_for("the generator to be restarted and produce again", Duration::from_secs(60), || (total_offsets(&lab) > after_kill).then_some(()));
-    let restarts = std::process::Command::new("docker").args(["inspect", "-f", "{{.RestartCount}}", &ingest_container]).output().unwrap();
-    assert_ne!(String::from_utf8_lossy(&restarts.stdout).trim(), "0", "the engine restarted the crashed generator");
+    wait_for("the generator to be restarted and produce again", Duration::from_secs(60), || {
+        (total_offsets(&lab) > after_kill).then_some(())
+    });
+    let restarts = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.RestartCount}}", &ingest_container])
+        .output()
+        .unwrap();
+    assert_ne!(
+        String::from_utf8_lossy(&restarts.stdout).trim(),
+        "0",
+        "the engine restarted the crashed generator"
+    );
     let readings = read_all(&lab);
     assert_no_duplicates_or_gaps(&readings, 5);
 
@@ -195,9 +268,20 @@ fn lab_on_a_real_engine() {
     let broker_container = format!("{}-broker-1", t.project);
     let before = total_offsets(&lab);
     let restarted = std::time::Instant::now();
-    assert!(std::process::Command::new("docker").args(["restart", &broker_container]).status().unwrap().success());
-    wait_for("the generator to produce again after the broker restart", Duration::from_secs(120), || (total_offsets(&lab) > before + 18).then_some(()));
-    eprintln!("generator producing again {:.1} s after the broker restart began", restarted.elapsed().as_secs_f64());
+    assert!(std::process::Command::new("docker")
+        .args(["restart", &broker_container])
+        .status()
+        .unwrap()
+        .success());
+    wait_for(
+        "the generator to produce again after the broker restart",
+        Duration::from_secs(120),
+        || (total_offsets(&lab) > before + 18).then_some(()),
+    );
+    eprintln!(
+        "generator producing again {:.1} s after the broker restart began",
+        restarted.elapsed().as_secs_f64()
+    );
     let readings = read_all(&lab);
     assert_no_duplicates_or_gaps(&readings, 5);
 
@@ -205,33 +289,70 @@ fn lab_on_a_real_engine() {
     t.ok(&["down"]);
     rt.block_on(async {
         let docker = bollard::Docker::connect_with_local_defaults().unwrap();
-        let filters = HashMap::from([("label".to_string(), vec![format!("labctl.project={}", t.project)])]);
-        let cs = docker.list_containers(Some(ListContainersOptions { all: true, filters: filters.clone(), ..Default::default() })).await.unwrap();
+        let filters =
+            HashMap::from([("label".to_string(), vec![format!("labctl.project={}", t.project)])]);
+        let cs = docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: filters.clone(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
         assert!(cs.is_empty(), "containers left after down: {cs:?}");
-        let nets = docker.list_networks(Some(bollard::network::ListNetworksOptions { filters: filters.clone() })).await.unwrap();
+        let nets = docker
+            .list_networks(Some(bollard::network::ListNetworksOptions { filters: filters.clone() }))
+            .await
+            .unwrap();
         assert!(nets.is_empty(), "network left after down");
-        let vols = docker.list_volumes(Some(bollard::volume::ListVolumesOptions { filters: filters.clone() })).await.unwrap();
-        assert!(!vols.volumes.unwrap_or_default().is_empty(), "down without --volumes keeps the data");
+        let vols = docker
+            .list_volumes(Some(bollard::volume::ListVolumesOptions { filters: filters.clone() }))
+            .await
+            .unwrap();
+        assert!(
+            !vols.volumes.unwrap_or_default().is_empty(),
+            "down without --volumes keeps the data"
+        );
     });
     t.ok(&["down", "--volumes", "--yes"]);
     rt.block_on(async {
         let docker = bollard::Docker::connect_with_local_defaults().unwrap();
-        let filters = HashMap::from([("label".to_string(), vec![format!("labctl.project={}", t.project)])]);
-        let vols = docker.list_volumes(Some(bollard::volume::ListVolumesOptions { filters })).await.unwrap();
+        let filters =
+            HashMap::from([("label".to_string(), vec![format!("labctl.project={}", t.project)])]);
+        let vols = docker
+            .list_volumes(Some(bollard::volume::ListVolumesOptions { filters }))
+            .await
+            .unwrap();
         assert!(vols.volumes.unwrap_or_default().is_empty(), "volumes left after down --volumes");
     });
     assert!(!state_file.exists(), "state removed with the volumes");
-    assert!(!t.state_dir.path().join(format!("{}.offsets.json", t.project)).exists(), "status's offset samples removed too");
+    assert!(
+        !t.state_dir.path().join(format!("{}.offsets.json", t.project)).exists(),
+        "status's offset samples removed too"
+    );
 }
 
 /// Kills a container's main process with SIGKILL from the host, as a crash would; unlike
 /// `docker kill` (a manual stop) this lets the restart policy act.
 fn crash(container: &str) {
-    let out = std::process::Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", container]).output().unwrap();
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Pid}}", container])
+        .output()
+        .unwrap();
     let init_pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let children = std::process::Command::new("ps").args(["--ppid", &init_pid, "-o", "pid="]).output().unwrap();
-    let pid = String::from_utf8_lossy(&children.stdout).split_whitespace().next().map(str::to_string).unwrap_or(init_pid);
-    assert!(std::process::Command::new("kill").args(["-9", &pid]).status().unwrap().success(), "kill -9 {pid}");
+    let children = std::process::Command::new("ps")
+        .args(["--ppid", &init_pid, "-o", "pid="])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&children.stdout)
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+        .unwrap_or(init_pid);
+    assert!(
+        std::process::Command::new("kill").args(["-9", &pid]).status().unwrap().success(),
+        "kill -9 {pid}"
+    );
 }
 
 fn total_offsets(lab: &labctl::lab::Lab) -> i64 {
@@ -288,7 +409,11 @@ fn assert_no_duplicates_or_gaps(readings: &[Reading], interval: i64) {
     }
     assert_eq!(count.len(), 9, "3 machines x 3 sensors: {:?}", count.keys());
     for (k, (first, last, n)) in count {
-        assert_eq!(((last - first) / interval + 1) as usize, n, "{k:?}: gap between {first} and {last}");
+        assert_eq!(
+            ((last - first) / interval + 1) as usize,
+            n,
+            "{k:?}: gap between {first} and {last}"
+        );
     }
 }
 
@@ -303,12 +428,19 @@ fn check_host_ingest(t: &TestLab, lab: &labctl::lab::Lab) {
     assert!((360 * 9..=362 * 9).contains(&produced), "{first}");
     assert_eq!(first["delivered"], first["produced"]);
     assert_eq!(first["failed"], 0);
-    assert_eq!(total_offsets(lab) as u64, produced + 1, "every reading in the topic once (+1 probe message)");
+    assert_eq!(
+        total_offsets(lab) as u64,
+        produced + 1,
+        "every reading in the topic once (+1 probe message)"
+    );
 
     // A restart continues where the topic is: only ticks that passed since, no backfill again.
     let second = t.json(&["ingest", "--backfill", "30m", "--no-live", "--json"]);
     assert_eq!(second["resumed"], true);
-    assert!(second["produced"].as_u64().unwrap() <= 9 * 4, "restart must not backfill again: {second}");
+    assert!(
+        second["produced"].as_u64().unwrap() <= 9 * 4,
+        "restart must not backfill again: {second}"
+    );
     let readings = read_all(lab);
     assert_eq!(readings.len() as u64, produced + second["produced"].as_u64().unwrap());
     assert_no_duplicates_or_gaps(&readings, 5);

@@ -19,7 +19,10 @@ type Avg = (DateTime<Utc>, f64);
 
 /// The contents of an SVG document's `<text>` elements.
 fn texts(svg: &str) -> Vec<String> {
-    svg.split("<text").skip(1).map(|t| t.split_once('>').unwrap().1.split("</text>").next().unwrap().trim().to_string()).collect()
+    svg.split("<text")
+        .skip(1)
+        .map(|t| t.split_once('>').unwrap().1.split("</text>").next().unwrap().trim().to_string())
+        .collect()
 }
 
 fn stderr(out: &std::process::Output) -> String {
@@ -53,10 +56,16 @@ fn plot_draws_what_the_table_holds() {
     let mut inserted: HashMap<(&str, &str), Vec<Avg>> = HashMap::new();
     for m in 0..90 {
         inserted.entry(("CNC-1", "temperature")).or_default().push((at(m), 70.0 + (m % 5) as f64));
-        inserted.entry(("CNC-1", "vibration")).or_default().push((at(m), 0.8 + (m % 3) as f64 * 0.05));
+        inserted
+            .entry(("CNC-1", "vibration"))
+            .or_default()
+            .push((at(m), 0.8 + (m % 3) as f64 * 0.05));
     }
     for m in 60..90 {
-        inserted.entry(("WELDER-1", "pressure")).or_default().push((at(m), 2.0 + (m % 4) as f64 * 0.1));
+        inserted
+            .entry(("WELDER-1", "pressure"))
+            .or_default()
+            .push((at(m), 2.0 + (m % 4) as f64 * 0.1));
     }
     let old = (at(-8 * 60), 65.0);
     rt.block_on(async {
@@ -89,14 +98,22 @@ fn plot_draws_what_the_table_holds() {
         let key = (s["machine_id"].as_str().unwrap(), s["sensor_type"].as_str().unwrap());
         let want = &inserted[&key];
         assert_eq!(s["points"].as_u64().unwrap() as usize, want.len(), "{key:?}");
-        assert_eq!(s["first"].as_str().unwrap(), want[0].0.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "{key:?}");
+        assert_eq!(
+            s["first"].as_str().unwrap(),
+            want[0].0.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "{key:?}"
+        );
     }
     assert_eq!(series[0]["unit"], "C");
 
     let svg = std::fs::read_to_string(&svg_path).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     let tx = texts(&svg);
-    let mut panel_titles: Vec<&str> = tx.iter().map(String::as_str).filter(|x| x.starts_with("CNC-1 ") || x.starts_with("WELDER-1 ")).collect();
+    let mut panel_titles: Vec<&str> = tx
+        .iter()
+        .map(String::as_str)
+        .filter(|x| x.starts_with("CNC-1 ") || x.starts_with("WELDER-1 "))
+        .collect();
     panel_titles.sort();
     assert_eq!(
         panel_titles,
@@ -120,7 +137,8 @@ fn plot_draws_what_the_table_holds() {
     // --- a longer range reaches the old window; filters pick panels ---------------------------
     let j = t.json(&["plot", "-o", svg_arg, "--json", "--hours", "12"]);
     assert_eq!(j["points"], 211, "{j:#}");
-    let j = t.json(&["plot", "-o", svg_arg, "--json", "--machine", "WELDER-1", "--sensor", "pressure"]);
+    let j =
+        t.json(&["plot", "-o", svg_arg, "--json", "--machine", "WELDER-1", "--sensor", "pressure"]);
     assert_eq!((j["panels"].as_u64(), j["points"].as_u64()), (Some(1), Some(30)), "{j:#}");
     assert_eq!(j["from"], "2026-01-01T05:30:00Z", "newest window of the filtered series");
     let svg = std::fs::read_to_string(&svg_path).unwrap();
@@ -133,9 +151,17 @@ fn plot_draws_what_the_table_holds() {
     let e = stderr(&unknown);
     assert!(e.contains("unknown machine `NOPE-99`") && e.contains("CNC-1, WELDER-1"), "{e}");
     let bad = t.run(&["plot", "--machine", "x'; DROP TABLE sensor_aggregates; --"]);
-    assert!(!bad.status.success() && stderr(&bad).contains("is not a machine id"), "{}", stderr(&bad));
+    assert!(
+        !bad.status.success() && stderr(&bad).contains("is not a machine id"),
+        "{}",
+        stderr(&bad)
+    );
     let bad = t.run(&["plot", "--sensor", "humidity"]);
-    assert!(!bad.status.success() && stderr(&bad).contains("unknown sensor type `humidity`"), "{}", stderr(&bad));
+    assert!(
+        !bad.status.success() && stderr(&bad).contains("unknown sensor type `humidity`"),
+        "{}",
+        stderr(&bad)
+    );
     let bad = t.run(&["plot", "--hours", "0"]);
     assert!(!bad.status.success());
 
@@ -146,9 +172,19 @@ fn plot_draws_what_the_table_holds() {
             "label".to_string(),
             vec![format!("labctl.project={}", t.project), "labctl.service=timescaledb".to_string()],
         )]);
-        let cs = docker.list_containers(Some(ListContainersOptions { all: true, filters, ..Default::default() })).await.unwrap();
+        let cs = docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters,
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
         assert_eq!(cs.len(), 1);
-        docker.stop_container(cs[0].id.as_deref().unwrap(), Some(StopContainerOptions { t: 10 })).await.unwrap();
+        docker
+            .stop_container(cs[0].id.as_deref().unwrap(), Some(StopContainerOptions { t: 10 }))
+            .await
+            .unwrap();
     });
     let down = t.run(&["plot", "-o", svg_arg]);
     assert!(!down.status.success());

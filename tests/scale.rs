@@ -37,7 +37,11 @@ fn scale_taskmanagers_and_workers_out_and_back() {
     assert_eq!(tm["size"]["taskmanagers"], 2, "{tm}");
     assert_eq!(tm["size"]["slots_total"].as_i64(), Some(2 * slots_per_tm), "{tm}");
     let o = get_json(&rt, &format!("{flink}/overview")).unwrap();
-    assert_eq!((o["taskmanagers"].as_i64(), o["slots-total"].as_i64()), (Some(2), Some(2 * slots_per_tm)), "{o}");
+    assert_eq!(
+        (o["taskmanagers"].as_i64(), o["slots-total"].as_i64()),
+        (Some(2), Some(2 * slots_per_tm)),
+        "{o}"
+    );
 
     let sw = t.json(&["scale", "spark-worker", "2", "--json"]);
     assert_eq!(sw["size"]["workers_alive"], 2, "{sw}");
@@ -63,13 +67,24 @@ fn scale_taskmanagers_and_workers_out_and_back() {
     let mut tms = BTreeSet::new();
     for v in vertices {
         assert_eq!(v["parallelism"].as_i64(), Some(partitions.min(2 * slots_per_tm)), "{v}");
-        let placed = get_json(&rt, &format!("{flink}/jobs/{job}/vertices/{}/taskmanagers", v["id"].as_str().unwrap())).unwrap();
+        let placed = get_json(
+            &rt,
+            &format!("{flink}/jobs/{job}/vertices/{}/taskmanagers", v["id"].as_str().unwrap()),
+        )
+        .unwrap();
         for t in placed["taskmanagers"].as_array().unwrap() {
-            tms.insert(t["taskmanager-id"].as_str().or(t["host"].as_str()).unwrap_or("?").to_string());
+            tms.insert(
+                t["taskmanager-id"].as_str().or(t["host"].as_str()).unwrap_or("?").to_string(),
+            );
         }
     }
     let o = get_json(&rt, &format!("{flink}/overview")).unwrap();
-    eprintln!("job {job}: parallelism {partitions} on {} TaskManager(s) {tms:?}; slots free {} of {}", tms.len(), o["slots-available"], o["slots-total"]);
+    eprintln!(
+        "job {job}: parallelism {partitions} on {} TaskManager(s) {tms:?}; slots free {} of {}",
+        tms.len(),
+        o["slots-available"],
+        o["slots-total"]
+    );
     assert_eq!(o["slots-available"].as_i64(), Some(2 * slots_per_tm - partitions), "{o}");
 
     // The Spark export submitted now sizes its executors from both workers' free cores:
@@ -119,20 +134,36 @@ fn scale_taskmanagers_and_workers_out_and_back() {
     let o = get_json(&rt, &format!("{flink}/overview")).unwrap();
     assert_eq!(o["taskmanagers"], 2, "{o}");
     let m = get_json(&rt, &format!("{spark}/json/")).unwrap();
-    assert_eq!(m["workers"].as_array().unwrap().iter().filter(|w| w["state"] == "ALIVE").count(), 2, "{m}");
+    assert_eq!(
+        m["workers"].as_array().unwrap().iter().filter(|w| w["state"] == "ALIVE").count(),
+        2,
+        "{m}"
+    );
 
     // Back to 1: the highest-numbered replica goes; the running job restarts on the
     // remaining slots (3 = its parallelism) and runs again.
     let tm = t.json(&["scale", "flink-taskmanager", "1", "--json"]);
     assert_eq!(tm["size"]["taskmanagers"], 1, "{tm}");
-    assert_eq!(tm["containers_removed"], serde_json::json!([format!("{}-flink-taskmanager-2", t.project)]), "{tm}");
+    assert_eq!(
+        tm["containers_removed"],
+        serde_json::json!([format!("{}-flink-taskmanager-2", t.project)]),
+        "{tm}"
+    );
     let o = get_json(&rt, &format!("{flink}/overview")).unwrap();
-    assert_eq!((o["taskmanagers"].as_i64(), o["slots-total"].as_i64()), (Some(1), Some(slots_per_tm)), "{o}");
-    wait_for("the lab's job RUNNING with all tasks on the remaining TaskManager", Duration::from_secs(120), || {
-        let d = get_json(&rt, &format!("{flink}/jobs/{job}"))?;
-        let all = d["vertices"].as_array()?.iter().all(|v| v["status"] == "RUNNING");
-        (d["state"] == "RUNNING" && all).then_some(())
-    });
+    assert_eq!(
+        (o["taskmanagers"].as_i64(), o["slots-total"].as_i64()),
+        (Some(1), Some(slots_per_tm)),
+        "{o}"
+    );
+    wait_for(
+        "the lab's job RUNNING with all tasks on the remaining TaskManager",
+        Duration::from_secs(120),
+        || {
+            let d = get_json(&rt, &format!("{flink}/jobs/{job}"))?;
+            let all = d["vertices"].as_array()?.iter().all(|v| v["status"] == "RUNNING");
+            (d["state"] == "RUNNING" && all).then_some(())
+        },
+    );
 
     let sw = t.json(&["scale", "spark-worker", "1", "--json"]);
     assert_eq!(sw["size"]["workers_alive"], 1, "{sw}");
@@ -143,7 +174,13 @@ fn scale_taskmanagers_and_workers_out_and_back() {
     let up = t.json(&["up", "--json"]);
     assert_eq!(up["containers_changed"], 0, "{up}");
     let names: Vec<String> = std::process::Command::new("docker")
-        .args(["ps", "--filter", &format!("label=labctl.project={}", t.project), "--format", "{{.Names}}"])
+        .args([
+            "ps",
+            "--filter",
+            &format!("label=labctl.project={}", t.project),
+            "--format",
+            "{{.Names}}",
+        ])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect())
         .unwrap();

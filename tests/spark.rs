@@ -32,7 +32,12 @@ fn known_rows() -> Vec<(String, &'static str, &'static str, f64)> {
     for (i, ts) in stamps.iter().enumerate() {
         for (m, machine) in ["CNC-1", "LATHE-1"].iter().enumerate() {
             for (s, sensor) in ["temperature", "pressure"].iter().enumerate() {
-                rows.push((ts.to_string(), *machine, *sensor, 1.5 * i as f64 + 10.0 * m as f64 + s as f64 + 0.125));
+                rows.push((
+                    ts.to_string(),
+                    *machine,
+                    *sensor,
+                    1.5 * i as f64 + 10.0 * m as f64 + s as f64 + 0.125,
+                ));
             }
         }
     }
@@ -69,15 +74,23 @@ fn lake_view(t: &TestLab) -> LakeView {
         let files = blob.delta_live_files("lake", table).await.unwrap();
         // The table's metadata: the newest metaData action of the log (every table has one in
         // version 0; no schema change happens here).
-        let v0 = blob.get_blob("lake", &format!("{table}/_delta_log/{:020}.json", 0)).await.unwrap();
+        let v0 =
+            blob.get_blob("lake", &format!("{table}/_delta_log/{:020}.json", 0)).await.unwrap();
         let meta: serde_json::Value = String::from_utf8_lossy(&v0)
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .find_map(|a| a.get("metaData").cloned())
             .expect("a metaData action in version 0");
-        let schema: serde_json::Value = serde_json::from_str(meta["schemaString"].as_str().unwrap()).unwrap();
+        let schema: serde_json::Value =
+            serde_json::from_str(meta["schemaString"].as_str().unwrap()).unwrap();
         let field_type = |name: &str| {
-            schema["fields"].as_array().unwrap().iter().find(|f| f["name"] == name).map(|f| f["type"].to_string()).unwrap_or_default()
+            schema["fields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["name"] == name)
+                .map(|f| f["type"].to_string())
+                .unwrap_or_default()
         };
         let mut days = Days::new();
         let mut parquet_ts_type = String::new();
@@ -101,8 +114,16 @@ fn lake_view(t: &TestLab) -> LakeView {
                     }
                 }
                 let (us, value) = (us.expect("a timestamp"), value.expect("a value"));
-                let day = chrono::DateTime::from_timestamp_micros(us).unwrap().format("%Y-%m-%d").to_string();
-                assert_eq!(Some(&day), f.day.as_ref(), "a row of {} lies outside its partition", f.path);
+                let day = chrono::DateTime::from_timestamp_micros(us)
+                    .unwrap()
+                    .format("%Y-%m-%d")
+                    .to_string();
+                assert_eq!(
+                    Some(&day),
+                    f.day.as_ref(),
+                    "a row of {} lies outside its partition",
+                    f.path
+                );
                 let e = days.entry(day).or_insert((0, 0.0));
                 e.0 += 1;
                 e.1 += value;
@@ -141,17 +162,29 @@ fn insert(t: &TestLab, rows: &[(String, &str, &str, f64)]) {
     rt().block_on(async {
         let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
         for (ts, m, s, v) in rows {
-            db.execute("INSERT INTO machine_sensors VALUES ($1::text::timestamptz, $2, 'X', $3, $4, 'u')", &[ts, m, s, v]).await.unwrap();
+            db.execute(
+                "INSERT INTO machine_sensors VALUES ($1::text::timestamptz, $2, 'X', $3, $4, 'u')",
+                &[ts, m, s, v],
+            )
+            .await
+            .unwrap();
         }
     });
 }
 
 fn assert_equal_days(lake: &Days, db: &Days, what: &str) {
-    assert_eq!(lake.keys().collect::<Vec<_>>(), db.keys().collect::<Vec<_>>(), "{what}: days of the lake vs the database");
+    assert_eq!(
+        lake.keys().collect::<Vec<_>>(),
+        db.keys().collect::<Vec<_>>(),
+        "{what}: days of the lake vs the database"
+    );
     for (d, (n, s)) in db {
         let (ln, ls) = lake[d];
         assert_eq!(ln, *n, "{what}: rows on {d}");
-        assert!((ls - s).abs() < 1e-9 * s.abs().max(1.0), "{what}: sum of values on {d}: {ls} vs {s}");
+        assert!(
+            (ls - s).abs() < 1e-9 * s.abs().max(1.0),
+            "{what}: sum of values on {d}: {ls} vs {s}"
+        );
     }
 }
 
@@ -178,43 +211,70 @@ fn export_writes_a_partitioned_delta_table_once() {
     let first = t.json(&[&["submit", "spark", "--json"][..], &range[..]].concat());
     assert_eq!(first["state"], "FINISHED", "{first}");
     assert_eq!(first["result"]["rows_written"].as_u64().unwrap() as usize, rows.len(), "{first}");
-    assert_eq!((first["result"]["days_compared"].as_u64(), first["result"]["days_rewritten"].as_u64()), (Some(3), Some(3)), "{first}");
+    assert_eq!(
+        (first["result"]["days_compared"].as_u64(), first["result"]["days_rewritten"].as_u64()),
+        (Some(3), Some(3)),
+        "{first}"
+    );
     let view = lake_view(&t);
     assert_equal_days(&view.days, &db, "first export");
     assert_eq!(view.ts_type, "\"timestamp\"", "{view:?}");
     assert_eq!(view.value_type, "\"double\"", "{view:?}");
-    assert!(view.parquet_ts_type.contains("INT64") && view.parquet_ts_type.contains("MICROS"), "{view:?}");
+    assert!(
+        view.parquet_ts_type.contains("INT64") && view.parquet_ts_type.contains("MICROS"),
+        "{view:?}"
+    );
     assert_eq!(view.partition_columns, serde_json::json!(["year", "month", "day"]), "{view:?}");
     let version = view.version.unwrap();
     assert_eq!(first["result"]["delta_version"].as_u64(), Some(version), "{first}");
     // What `labctl status` reads from the Delta log: the row count and the last commit.
-    let summary = rt.block_on(lab.blob(Duration::from_secs(5)).unwrap().delta_summary("lake", "machine_sensors")).unwrap();
+    let summary = rt
+        .block_on(
+            lab.blob(Duration::from_secs(5)).unwrap().delta_summary("lake", "machine_sensors"),
+        )
+        .unwrap();
     assert_eq!(summary.rows, Some(rows.len() as u64), "{summary:?}");
     let age = chrono::Utc::now() - summary.last_commit.expect("last commit time");
     assert!(age.num_seconds() >= 0 && age.num_seconds() < 600, "{summary:?}");
 
     // Partition folders for exactly those days (data files only: WASB also keeps a marker blob
     // per folder).
-    let blobs = rt.block_on(lab.blob(Duration::from_secs(5)).unwrap().list_blobs("lake", "machine_sensors/year=")).unwrap();
+    let blobs = rt
+        .block_on(
+            lab.blob(Duration::from_secs(5)).unwrap().list_blobs("lake", "machine_sensors/year="),
+        )
+        .unwrap();
     let mut dirs: Vec<String> = blobs
         .iter()
         .filter(|b| b.ends_with(".parquet"))
-        .filter_map(|b| b.rsplit_once('/').map(|(d, _)| d.trim_start_matches("machine_sensors/").to_string()))
+        .filter_map(|b| {
+            b.rsplit_once('/').map(|(d, _)| d.trim_start_matches("machine_sensors/").to_string())
+        })
         .collect();
     dirs.sort();
     dirs.dedup();
-    assert_eq!(dirs, vec!["year=2026/month=1/day=1", "year=2026/month=1/day=2", "year=2026/month=1/day=3"]);
+    assert_eq!(
+        dirs,
+        vec!["year=2026/month=1/day=1", "year=2026/month=1/day=2", "year=2026/month=1/day=3"]
+    );
 
     // The same range again: the lake already equals the database, so nothing is rewritten and
     // no version is added. (Before issue 15 a re-run replaced the range: one new version.)
     let second = t.json(&[&["submit", "spark", "--json"][..], &range[..]].concat());
     assert_eq!(second["state"], "FINISHED", "{second}");
-    assert_eq!((second["result"]["days_rewritten"].as_u64(), second["result"]["committed"].as_bool()), (Some(0), Some(false)), "{second}");
+    assert_eq!(
+        (second["result"]["days_rewritten"].as_u64(), second["result"]["committed"].as_bool()),
+        (Some(0), Some(false)),
+        "{second}"
+    );
     let view2 = lake_view(&t);
     assert_eq!(view2.days, view.days, "a re-run must not duplicate rows");
     assert_eq!(view2.version, view.version, "nothing to change: no new version");
     assert_eq!(view2.files, view.files);
-    assert!(second["result"]["startup"].get("spark_context").is_none(), "nothing to change: no SparkContext started: {second}");
+    assert!(
+        second["result"]["startup"].get("spark_context").is_none(),
+        "nothing to change: no SparkContext started: {second}"
+    );
 
     // One reading changed in the database: exactly its day is rewritten, in one new version.
     rt.block_on(async {
@@ -225,13 +285,22 @@ fn export_writes_a_partitioned_delta_table_once() {
     let third = t.json(&[&["submit", "spark", "--json"][..], &range[..]].concat());
     assert_eq!(third["result"]["days_rewritten"].as_u64(), Some(1), "{third}");
     assert_eq!(third["result"]["partitions"], serde_json::json!([["2026", "1", "2"]]), "{third}");
-    assert_eq!(third["result"]["rows_written"].as_u64(), Some(db2["2026-01-02"].0 as u64), "{third}");
+    assert_eq!(
+        third["result"]["rows_written"].as_u64(),
+        Some(db2["2026-01-02"].0 as u64),
+        "{third}"
+    );
     let view3 = lake_view(&t);
     assert_equal_days(&view3.days, &db2, "after a changed reading");
     assert_eq!(view3.version, Some(version + 1), "exactly one new table version");
     // The replaced file stays in storage: an export vacuums nothing, and VACUUM's default keeps
     // 7 days for readers of older versions.
-    let parquet = rt.block_on(lab.blob(Duration::from_secs(5)).unwrap().list_blobs("lake", "machine_sensors/")).unwrap().iter().filter(|b| b.ends_with(".parquet")).count();
+    let parquet = rt
+        .block_on(lab.blob(Duration::from_secs(5)).unwrap().list_blobs("lake", "machine_sensors/"))
+        .unwrap()
+        .iter()
+        .filter(|b| b.ends_with(".parquet"))
+        .count();
     assert!(parquet > view3.files, "{parquet} Parquet blobs, {} live files", view3.files);
 
     // Job and config reach the cluster through the lake; a waited-for export leaves none of it.
@@ -247,7 +316,12 @@ fn export_writes_a_partitioned_delta_table_once() {
     // stays as it was.
     rt.block_on(async {
         let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
-        db.execute("UPDATE machine_sensors SET value = value + 1 WHERE \"timestamp\" < '2026-01-02'", &[]).await.unwrap();
+        db.execute(
+            "UPDATE machine_sensors SET value = value + 1 WHERE \"timestamp\" < '2026-01-02'",
+            &[],
+        )
+        .await
+        .unwrap();
     });
     let db3 = db_days(&t);
     let sub = t.json(&[&["submit", "spark", "--json", "--no-wait"][..], &range[..]].concat());
@@ -265,16 +339,30 @@ fn export_writes_a_partitioned_delta_table_once() {
     });
     assert!(staged.iter().any(|n| n.ends_with(".py")), "{staged:?}");
     let running = rt.block_on(spark.status(&id)).unwrap();
-    assert_eq!(running.driver_state.as_deref(), Some("RUNNING"), "the driver was still running then: {running:?}");
+    assert_eq!(
+        running.driver_state.as_deref(),
+        Some("RUNNING"),
+        "the driver was still running then: {running:?}"
+    );
     let azurite = format!("{}-azurite-1", t.project);
-    assert!(std::process::Command::new("docker").args(["stop", &azurite]).status().unwrap().success());
+    assert!(std::process::Command::new("docker")
+        .args(["stop", &azurite])
+        .status()
+        .unwrap()
+        .success());
     let end = wait_for("the driver to end", Duration::from_secs(240), || {
         let s = rt.block_on(spark.status(&id)).ok()?;
         s.finished().then_some(s.driver_state.unwrap_or_default())
     });
     assert_ne!(end, "FINISHED", "the export cannot have succeeded without its storage");
-    assert!(std::process::Command::new("docker").args(["start", &azurite]).status().unwrap().success());
-    wait_for("Azurite back", Duration::from_secs(30), || rt.block_on(lab.blob(Duration::from_secs(2)).unwrap().list_containers()).ok());
+    assert!(std::process::Command::new("docker")
+        .args(["start", &azurite])
+        .status()
+        .unwrap()
+        .success());
+    wait_for("Azurite back", Duration::from_secs(30), || {
+        rt.block_on(lab.blob(Duration::from_secs(2)).unwrap().list_containers()).ok()
+    });
     let view4 = lake_view(&t);
     assert_eq!(view4.version, view3.version, "a failed export must not commit");
     assert_eq!(view4.days, view3.days);
@@ -299,21 +387,36 @@ fn late_readings_reach_the_lake_and_concurrent_exports_never_double_rows() {
 
     // Something that is not a Delta table where the table goes: refused, nothing written.
     let blob = lab.blob(Duration::from_secs(5)).unwrap();
-    rt().block_on(blob.put_blob("lake", "machine_sensors/notes.csv", b"a,b\n", "text/csv")).unwrap();
+    rt().block_on(blob.put_blob("lake", "machine_sensors/notes.csv", b"a,b\n", "text/csv"))
+        .unwrap();
     let refused = t.run(&["submit", "spark"]);
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && err.contains("is not a Delta table"), "{err}");
-    assert_eq!(rt().block_on(blob.list_blobs("lake", "machine_sensors/")).unwrap(), ["machine_sensors/notes.csv"], "nothing written beside it");
+    assert_eq!(
+        rt().block_on(blob.list_blobs("lake", "machine_sensors/")).unwrap(),
+        ["machine_sensors/notes.csv"],
+        "nothing written beside it"
+    );
     rt().block_on(blob.delete_blob("lake", "machine_sensors/notes.csv")).unwrap();
 
     // The database unreachable from Spark: a clear error naming it.
     let timescaledb = format!("{}-timescaledb-1", t.project);
-    assert!(std::process::Command::new("docker").args(["stop", &timescaledb]).status().unwrap().success());
+    assert!(std::process::Command::new("docker")
+        .args(["stop", &timescaledb])
+        .status()
+        .unwrap()
+        .success());
     let refused = t.run(&["submit", "spark"]);
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && err.contains("cannot connect to the database"), "{err}");
-    assert!(std::process::Command::new("docker").args(["start", &timescaledb]).status().unwrap().success());
-    wait_for("the database back", Duration::from_secs(60), || rt().block_on(lab.database().unwrap().connect(Duration::from_secs(2))).ok());
+    assert!(std::process::Command::new("docker")
+        .args(["start", &timescaledb])
+        .status()
+        .unwrap()
+        .success());
+    wait_for("the database back", Duration::from_secs(60), || {
+        rt().block_on(lab.database().unwrap().connect(Duration::from_secs(2))).ok()
+    });
 
     // The default export (no range) compares every day.
     let first = t.json(&["submit", "spark", "--json"]);
@@ -328,8 +431,16 @@ fn late_readings_reach_the_lake_and_concurrent_exports_never_double_rows() {
     insert(&t, &late);
     let late_export = t.json(&["submit", "spark", "--json"]);
     let r = &late_export["result"];
-    assert_eq!((r["days_compared"].as_u64(), r["days_rewritten"].as_u64()), (Some(3), Some(2)), "{late_export}");
-    assert_eq!(r["partitions"], serde_json::json!([["2026", "1", "1"], ["2026", "1", "3"]]), "{late_export}");
+    assert_eq!(
+        (r["days_compared"].as_u64(), r["days_rewritten"].as_u64()),
+        (Some(3), Some(2)),
+        "{late_export}"
+    );
+    assert_eq!(
+        r["partitions"],
+        serde_json::json!([["2026", "1", "1"], ["2026", "1", "3"]]),
+        "{late_export}"
+    );
     let view = lake_view(&t);
     assert_equal_days(&view.days, &db_days(&t), "after the late readings");
 
@@ -338,8 +449,16 @@ fn late_readings_reach_the_lake_and_concurrent_exports_never_double_rows() {
     let noop = t.json(&["submit", "spark", "--json"]);
     let noop_secs = started.elapsed().as_secs_f64();
     let r = &noop["result"];
-    assert_eq!((r["days_rewritten"].as_u64(), r["rows_written"].as_u64(), r["committed"].as_bool()), (Some(0), Some(0), Some(false)), "{noop}");
-    assert_eq!(lake_view(&t).version, view.version, "an export with nothing to change must not commit");
+    assert_eq!(
+        (r["days_rewritten"].as_u64(), r["rows_written"].as_u64(), r["committed"].as_bool()),
+        (Some(0), Some(0), Some(false)),
+        "{noop}"
+    );
+    assert_eq!(
+        lake_view(&t).version,
+        view.version,
+        "an export with nothing to change must not commit"
+    );
     eprintln!("export with nothing to change: {noop_secs:.1} s (submit to FINISHED {:.1} s, compare {:.1} + {:.1} s)", noop["seconds"], r["tables"][0]["phases"]["compare_db"], r["tables"][0]["phases"]["compare_lake"]);
 
     // Two exports started together, both with days to rewrite (more late readings, and a day the
@@ -347,10 +466,11 @@ fn late_readings_reach_the_lake_and_concurrent_exports_never_double_rows() {
     // local mode beside it (the master would queue a second submission behind the first on a
     // one-worker lab, so they would not overlap). Whatever their order, every day ends equal to
     // the database and no row is doubled.
-    let more: Vec<_> = ["2026-01-02T03:00:00.000Z", "2026-01-05T12:00:00.000Z", "2026-01-05T13:00:00.000Z"]
-        .iter()
-        .map(|ts| (ts.to_string(), "WELDER-1", "pressure", 7.25))
-        .collect();
+    let more: Vec<_> =
+        ["2026-01-02T03:00:00.000Z", "2026-01-05T12:00:00.000Z", "2026-01-05T13:00:00.000Z"]
+            .iter()
+            .map(|ts| (ts.to_string(), "WELDER-1", "pressure", 7.25))
+            .collect();
     insert(&t, &more);
     let worker = format!("{}-spark-worker-1", t.project);
     let args = labctl::cli::spark::SubmitArgs {
@@ -371,29 +491,59 @@ fn late_readings_reach_the_lake_and_concurrent_exports_never_double_rows() {
     std::fs::write(&cfg_file, config).unwrap();
     std::fs::write(&job_file, job).unwrap();
     for (from, to) in [(&cfg_file, "/tmp/side-export.json"), (&job_file, "/tmp/side-export.py")] {
-        assert!(std::process::Command::new("docker").args(["cp", &from.display().to_string(), &format!("{worker}:{to}")]).status().unwrap().success());
+        assert!(std::process::Command::new("docker")
+            .args(["cp", &from.display().to_string(), &format!("{worker}:{to}")])
+            .status()
+            .unwrap()
+            .success());
     }
     let (via_labctl, side) = std::thread::scope(|s| {
         let a = s.spawn(|| t.run(&["submit", "spark", "--json"]));
         let b = s.spawn(|| {
             std::process::Command::new("docker")
                 .args([
-                    "exec", &worker, "/opt/spark-venv/bin/spark-submit", "--master", "local[1]",
-                    "--jars", "/usr/share/java/postgresql.jar", "--conf", "spark.ui.enabled=false",
-                    "--driver-java-options", "-Duser.timezone=UTC -Djava.security.egd=file:/dev/urandom",
-                    "/tmp/side-export.py", "@/tmp/side-export.json",
+                    "exec",
+                    &worker,
+                    "/opt/spark-venv/bin/spark-submit",
+                    "--master",
+                    "local[1]",
+                    "--jars",
+                    "/usr/share/java/postgresql.jar",
+                    "--conf",
+                    "spark.ui.enabled=false",
+                    "--driver-java-options",
+                    "-Duser.timezone=UTC -Djava.security.egd=file:/dev/urandom",
+                    "/tmp/side-export.py",
+                    "@/tmp/side-export.json",
                 ])
                 .output()
                 .unwrap()
         });
         (a.join().unwrap(), b.join().unwrap())
     });
-    let _ = std::process::Command::new("docker").args(["exec", "-u", "0", &worker, "rm", "-f", "/tmp/side-export.json", "/tmp/side-export.py"]).status();
+    let _ = std::process::Command::new("docker")
+        .args([
+            "exec",
+            "-u",
+            "0",
+            &worker,
+            "rm",
+            "-f",
+            "/tmp/side-export.json",
+            "/tmp/side-export.py",
+        ])
+        .status();
     let side_out = String::from_utf8_lossy(&side.stdout).into_owned();
-    let side_result: Option<serde_json::Value> =
-        side_out.lines().find_map(|l| l.strip_prefix("LABCTL_RESULT ")).and_then(|j| serde_json::from_str(j).ok());
+    let side_result: Option<serde_json::Value> = side_out
+        .lines()
+        .find_map(|l| l.strip_prefix("LABCTL_RESULT "))
+        .and_then(|j| serde_json::from_str(j).ok());
     let side_error = side_out.lines().find(|l| l.starts_with("LABCTL_ERROR")).map(str::to_string);
-    assert!(via_labctl.status.success(), "the labctl export failed:\n{}", String::from_utf8_lossy(&via_labctl.stderr));
+    assert!(
+        via_labctl.status.success(),
+        "the labctl export failed:\n{}",
+        String::from_utf8_lossy(&via_labctl.stderr)
+    );
     let via: serde_json::Value = serde_json::from_slice(&via_labctl.stdout).unwrap();
     eprintln!(
         "two exports at once: labctl's rewrote {} days in {} attempt(s) (committed {}); the side driver: {}",
@@ -409,7 +559,10 @@ fn late_readings_reach_the_lake_and_concurrent_exports_never_double_rows() {
     // Either both finished (the later one found the lake current, or retried after Delta's
     // conflict check), or the side driver reports a conflict it could not resolve: never a
     // silent double.
-    assert!(side_result.is_some() || side_error.as_deref().is_some_and(|e| e.contains("concurrent")), "side driver: {side_out}");
+    assert!(
+        side_result.is_some() || side_error.as_deref().is_some_and(|e| e.contains("concurrent")),
+        "side driver: {side_out}"
+    );
     let db = db_days(&t);
     let view = lake_view(&t);
     assert_equal_days(&view.days, &db, "after two exports at once");
@@ -427,8 +580,17 @@ fn late_readings_reach_the_lake_and_concurrent_exports_never_double_rows() {
     let r = &vacuum["result"]["tables"][0];
     assert!(r["files_deleted"].as_u64().unwrap() >= 1, "{vacuum}");
     assert_eq!(r["files_left"].as_u64(), Some(before.files as u64), "{vacuum}");
-    let parquet = rt().block_on(blob.list_blobs("lake", "machine_sensors/")).unwrap().iter().filter(|b| b.ends_with(".parquet")).count();
+    let parquet = rt()
+        .block_on(blob.list_blobs("lake", "machine_sensors/"))
+        .unwrap()
+        .iter()
+        .filter(|b| b.ends_with(".parquet"))
+        .count();
     assert_eq!(parquet, before.files, "only live files left");
     let after = lake_view(&t);
-    assert_eq!((after.days, after.version), (before.days, before.version), "vacuum changes no data and adds no version");
+    assert_eq!(
+        (after.days, after.version),
+        (before.days, before.version),
+        "vacuum changes no data and adds no version"
+    );
 }

@@ -97,9 +97,12 @@ async fn step(globals: &[String], args: &[&str]) -> Result<serde_json::Value> {
         );
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let last = text.lines().rev().find(|l| l.trim_start().starts_with('{')).map(str::trim).unwrap_or("");
+    let last =
+        text.lines().rev().find(|l| l.trim_start().starts_with('{')).map(str::trim).unwrap_or("");
     // `up --json` pretty-prints: fall back to the whole output.
-    serde_json::from_str(last).or_else(|_| serde_json::from_str(&text)).with_context(|| format!("`labctl {}` printed no JSON result:\n{text}", args.join(" ")))
+    serde_json::from_str(last)
+        .or_else(|_| serde_json::from_str(&text))
+        .with_context(|| format!("`labctl {}` printed no JSON result:\n{text}", args.join(" ")))
 }
 
 pub async fn run(config: Config, config_file: Option<PathBuf>, args: Args) -> Result<ExitCode> {
@@ -118,7 +121,9 @@ pub async fn run(config: Config, config_file: Option<PathBuf>, args: Args) -> Re
         steps.push((name.to_string(), secs));
     };
 
-    eprintln!("== 1/5 stack: build what is missing, start everything, wait until each service works");
+    eprintln!(
+        "== 1/5 stack: build what is missing, start everything, wait until each service works"
+    );
     let t = Instant::now();
     step(&globals, &["up"]).await?;
     timed("up", t);
@@ -128,7 +133,8 @@ pub async fn run(config: Config, config_file: Option<PathBuf>, args: Args) -> Re
     let target = Target::lab(&lab.config);
     eprintln!("== 2/5 Flink: the streaming job");
     let t = Instant::now();
-    let running = flink.jobs().await?.into_iter().find(|j| j.name == target.job_name && j.state == "RUNNING");
+    let running =
+        flink.jobs().await?.into_iter().find(|j| j.name == target.job_name && j.state == "RUNNING");
     let job_id = match running {
         Some(j) => {
             eprintln!("the lab's job {} is already running; kept", j.jid);
@@ -159,7 +165,14 @@ pub async fn run(config: Config, config_file: Option<PathBuf>, args: Args) -> Re
         let t = Instant::now();
         let report = crate::verify::run(&lab, Duration::from_secs(30)).await?;
         timed("verify", t);
-        verified = Some(VerifyFigures { ok: report.ok, hops: report.hops.iter().map(|h| (h.name.to_string(), h.ok, h.summary.clone())).collect() });
+        verified = Some(VerifyFigures {
+            ok: report.ok,
+            hops: report
+                .hops
+                .iter()
+                .map(|h| (h.name.to_string(), h.ok, h.summary.clone()))
+                .collect(),
+        });
         if !report.ok {
             print!("{}", super::verify::render(&report, true, false));
         }
@@ -200,24 +213,49 @@ async fn wait_aggregated(lab: &Lab, timeout: Duration) -> Result<()> {
             // The generator logs `ingest: live` once its backfill is delivered.
             let logs = rt.tail_logs(&ingest, 200).await.unwrap_or_default();
             if logs.contains("ingest: live") {
-                let n: i64 = broker.offsets(&lab.config.broker.topic, Duration::from_secs(10)).await?.iter().map(|p| p.high).sum();
+                let n: i64 = broker
+                    .offsets(&lab.config.broker.topic, Duration::from_secs(10))
+                    .await?
+                    .iter()
+                    .map(|p| p.high)
+                    .sum();
                 backfilled = Some(n);
             }
         }
         match backfilled {
-            None => pb.set_message(format!("generator backfilling; {} raw rows so far", super::status::count(raw))),
-            Some(n) if raw < n => pb.set_message(format!("{} of {} backfilled readings are raw rows", super::status::count(raw), super::status::count(n))),
+            None => pb.set_message(format!(
+                "generator backfilling; {} raw rows so far",
+                super::status::count(raw)
+            )),
+            Some(n) if raw < n => pb.set_message(format!(
+                "{} of {} backfilled readings are raw rows",
+                super::status::count(raw),
+                super::status::count(n)
+            )),
             Some(_) => {
                 let end = *minute_end.get_or_insert_with(|| {
                     let now = chrono::Utc::now();
                     now - chrono::Duration::seconds(now.timestamp() % 60)
                 });
-                let newest: Option<chrono::DateTime<chrono::Utc>> = db.query_one("SELECT max(window_end) FROM sensor_aggregates", &[]).await?.get(0);
+                let newest: Option<chrono::DateTime<chrono::Utc>> = db
+                    .query_one("SELECT max(window_end) FROM sensor_aggregates", &[])
+                    .await?
+                    .get(0);
                 if newest.is_some_and(|w| w >= end) {
-                    finish(&pb, format!("{} raw rows; windows up to {}", super::status::count(raw), end.format("%H:%M UTC")));
+                    finish(
+                        &pb,
+                        format!(
+                            "{} raw rows; windows up to {}",
+                            super::status::count(raw),
+                            end.format("%H:%M UTC")
+                        ),
+                    );
                     return Ok(());
                 }
-                pb.set_message(format!("raw rows complete; waiting for the window ending {} (watermark)", end.format("%H:%M")));
+                pb.set_message(format!(
+                    "raw rows complete; waiting for the window ending {} (watermark)",
+                    end.format("%H:%M")
+                ));
             }
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -229,18 +267,37 @@ fn last_lines(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
-async fn summarize(lab: &Lab, flink_job_id: String, export: Option<&serde_json::Value>, steps: Vec<(String, f64)>, started: Instant) -> Result<Summary> {
+async fn summarize(
+    lab: &Lab,
+    flink_job_id: String,
+    export: Option<&serde_json::Value>,
+    steps: Vec<(String, f64)>,
+    started: Instant,
+) -> Result<Summary> {
     let db = lab.database()?.connect(Duration::from_secs(10)).await?;
-    let readings_produced: i64 = lab.broker()?.offsets(&lab.config.broker.topic, Duration::from_secs(10)).await?.iter().map(|p| p.high).sum();
+    let readings_produced: i64 = lab
+        .broker()?
+        .offsets(&lab.config.broker.topic, Duration::from_secs(10))
+        .await?
+        .iter()
+        .map(|p| p.high)
+        .sum();
     let raw: i64 = db.query_one("SELECT count(*) FROM machine_sensors", &[]).await?.get(0);
-    let row = db.query_one("SELECT count(*), coalesce(sum(reading_count), 0)::bigint FROM sensor_aggregates", &[]).await?;
+    let row = db
+        .query_one(
+            "SELECT count(*), coalesce(sum(reading_count), 0)::bigint FROM sensor_aggregates",
+            &[],
+        )
+        .await?;
     let delta = match export {
         None => None,
         Some(r) => {
             let table = schema::MACHINE_SENSORS.name;
             let blob = lab.blob(Duration::from_secs(10))?;
             let s = blob.delta_summary(&lab.config.lake.container, table).await?;
-            let t = r["result"]["tables"].as_array().and_then(|a| a.iter().find(|t| t["name"] == table));
+            let t = r["result"]["tables"]
+                .as_array()
+                .and_then(|a| a.iter().find(|t| t["name"] == table));
             Some(DeltaFigures {
                 table: table.to_string(),
                 version: s.version,
@@ -276,9 +333,16 @@ async fn summarize(lab: &Lab, flink_job_id: String, export: Option<&serde_json::
 fn print_summary(s: &Summary) {
     use super::status::count;
     println!("\nlab `{}` is running end to end ({:.0} s)", s.project, s.total_secs);
-    println!("  readings produced      {:>12}  (topic end offsets; the generator goes on live)", count(s.readings_produced));
+    println!(
+        "  readings produced      {:>12}  (topic end offsets; the generator goes on live)",
+        count(s.readings_produced)
+    );
     println!("  machine_sensors rows   {:>12}", count(s.machine_sensors_rows));
-    println!("  sensor_aggregates rows {:>12}  (1-minute windows; {} readings aggregated)", count(s.sensor_aggregates_rows), count(s.readings_in_windows));
+    println!(
+        "  sensor_aggregates rows {:>12}  (1-minute windows; {} readings aggregated)",
+        count(s.sensor_aggregates_rows),
+        count(s.readings_in_windows)
+    );
     println!("  Flink job              {}", s.flink_job_id);
     if let Some(d) = &s.delta {
         println!(
@@ -292,7 +356,10 @@ fn print_summary(s: &Summary) {
         }
     }
     if let Some(v) = &s.verify {
-        println!("  verify                 {}", if v.ok { "every hop agrees" } else { "HOPS DISAGREE" });
+        println!(
+            "  verify                 {}",
+            if v.ok { "every hop agrees" } else { "HOPS DISAGREE" }
+        );
         for (name, ok, summary) in &v.hops {
             println!("    {} {name}: {summary}", if *ok { "ok" } else { "✗ " });
         }

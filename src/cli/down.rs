@@ -23,7 +23,9 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
         if !std::io::stdin().is_terminal() {
             bail!("`down --volumes` deletes all of lab `{project}`'s data; add --yes to confirm when not at a terminal");
         }
-        eprint!("Delete all data of lab `{project}` (topic, tables, Delta table, checkpoints)? [y/N] ");
+        eprint!(
+            "Delete all data of lab `{project}` (topic, tables, Delta table, checkpoints)? [y/N] "
+        );
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer)?;
         if !matches!(answer.trim(), "y" | "Y" | "yes") {

@@ -65,7 +65,8 @@ pub enum FlinkCommand {
     },
 }
 
-const ACTIVE: &[&str] = &["CREATED", "INITIALIZING", "RUNNING", "RESTARTING", "RECONCILING", "FAILING", "CANCELLING"];
+const ACTIVE: &[&str] =
+    &["CREATED", "INITIALIZING", "RUNNING", "RESTARTING", "RECONCILING", "FAILING", "CANCELLING"];
 
 /// The lab's job as SQL; without the lab's state (never started) the password is a placeholder.
 pub fn render(config: &Config, lab_state: Option<&crate::state::State>) -> Result<String> {
@@ -132,12 +133,19 @@ async fn exec_output(rt: &Runtime, container: &str, cmd: &[&str]) -> Result<Stri
         .docker
         .create_exec(
             container,
-            CreateExecOptions { cmd: Some(cmd.to_vec()), attach_stdout: Some(true), attach_stderr: Some(true), ..Default::default() },
+            CreateExecOptions {
+                cmd: Some(cmd.to_vec()),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
         )
         .await
         .with_context(|| format!("running {} in {container}", cmd.join(" ")))?;
     let mut stdout = String::new();
-    if let StartExecResults::Attached { mut output, .. } = rt.docker.start_exec(&exec.id, None).await? {
+    if let StartExecResults::Attached { mut output, .. } =
+        rt.docker.start_exec(&exec.id, None).await?
+    {
         while let Some(chunk) = output.next().await {
             if let bollard::container::LogOutput::StdOut { message } = chunk? {
                 stdout.push_str(&String::from_utf8_lossy(&message));
@@ -160,7 +168,9 @@ pub async fn retained_snapshots(lab: &Lab) -> Result<Vec<Snapshot>> {
         job::lab_checkpoint_dir(),
         job::lab_savepoint_dir()
     );
-    let listing = exec_output(&rt, &jm, &["bash", "-c", &script]).await.context("listing the retained checkpoints and savepoints")?;
+    let listing = exec_output(&rt, &jm, &["bash", "-c", &script])
+        .await
+        .context("listing the retained checkpoints and savepoints")?;
     Ok(parse_snapshots(&listing))
 }
 
@@ -170,14 +180,21 @@ pub async fn retained_snapshots(lab: &Lab) -> Result<Vec<Snapshot>> {
 async fn rest_snapshots(lab: &Lab) -> Result<Vec<Snapshot>> {
     let client = lab.flink(Duration::from_secs(10))?;
     let name = job::job_name(&lab.config.project);
-    let mut ended: Vec<_> = client.jobs().await?.into_iter().filter(|j| j.name == name && !ACTIVE.contains(&j.state.as_str())).collect();
+    let mut ended: Vec<_> = client
+        .jobs()
+        .await?
+        .into_iter()
+        .filter(|j| j.name == name && !ACTIVE.contains(&j.state.as_str()))
+        .collect();
     ended.sort_by_key(|j| std::cmp::Reverse(j.start_time));
     let mut out = Vec::new();
     for j in ended {
         let Ok(cp) = client.checkpoints(&j.jid).await else { continue };
         for (kind, key) in [("savepoint", "savepoint"), ("checkpoint", "completed")] {
             let c = &cp["latest"][key];
-            if let (Some(path), Some(t)) = (c["external_path"].as_str(), c["latest_ack_timestamp"].as_f64()) {
+            if let (Some(path), Some(t)) =
+                (c["external_path"].as_str(), c["latest_ack_timestamp"].as_f64())
+            {
                 out.push(Snapshot { kind, path: path.to_string(), modified: t / 1000.0 });
             }
         }
@@ -221,11 +238,19 @@ fn classify_run_error(e: &anyhow::Error) -> RunFailure {
 
 /// After a run request that failed without a clear answer: the job it started anyway, if any.
 /// Matches by job name (or, for a script without a name, any job that was not there before).
-async fn find_started_job(client: &flink::Client, name: &str, before: &HashSet<String>, within: Duration) -> Option<String> {
+async fn find_started_job(
+    client: &flink::Client,
+    name: &str,
+    before: &HashSet<String>,
+    within: Duration,
+) -> Option<String> {
     let start = Instant::now();
     loop {
         if let Ok(jobs) = client.jobs().await {
-            if let Some(j) = jobs.iter().find(|j| !before.contains(&j.jid) && (name.is_empty() || j.name == name)) {
+            if let Some(j) = jobs
+                .iter()
+                .find(|j| !before.contains(&j.jid) && (name.is_empty() || j.name == name))
+            {
                 return Some(j.jid.clone());
             }
         }
@@ -265,8 +290,14 @@ async fn run_or_find(
                     Ok(id)
                 }
                 None => {
-                    let which = if lookup_name.is_empty() { String::new() } else { format!("`{lookup_name}` ") };
-                    Err(explain_submit_error(e, verbose).context(format!("no job {which}appeared within {within:?}, so none was started")))
+                    let which = if lookup_name.is_empty() {
+                        String::new()
+                    } else {
+                        format!("`{lookup_name}` ")
+                    };
+                    Err(explain_submit_error(e, verbose).context(format!(
+                        "no job {which}appeared within {within:?}, so none was started"
+                    )))
                 }
             }
         }
@@ -305,18 +336,26 @@ fn write_marker(project: &str, name: &str, before: &HashSet<String>) -> Option<M
         name: name.to_string(),
         before: before.iter().cloned().collect(),
     };
-    let written = serde_json::to_vec(&m).map_err(anyhow::Error::from).and_then(|b| std::fs::write(&path, b).map_err(anyhow::Error::from));
+    let written = serde_json::to_vec(&m)
+        .map_err(anyhow::Error::from)
+        .and_then(|b| std::fs::write(&path, b).map_err(anyhow::Error::from));
     match written {
         Ok(()) => Some(MarkerGuard(path)),
         Err(e) => {
-            eprintln!("warning: cannot write {} ({e:#}); a submit interrupted now could be repeated", path.display());
+            eprintln!(
+                "warning: cannot write {} ({e:#}); a submit interrupted now could be repeated",
+                path.display()
+            );
             None
         }
     }
 }
 
 /// The job an interrupted submit's request started: its name, and not listed before it.
-fn interrupted_job<'a>(m: &SubmitMarker, jobs: &'a [flink::JobOverview]) -> Option<&'a flink::JobOverview> {
+fn interrupted_job<'a>(
+    m: &SubmitMarker,
+    jobs: &'a [flink::JobOverview],
+) -> Option<&'a flink::JobOverview> {
     jobs.iter().find(|j| j.name == m.name && !m.before.contains(&j.jid))
 }
 
@@ -330,7 +369,11 @@ fn pid_alive(pid: u32) -> bool {
 /// lab runs; after one that was killed with its run request out, waits (up to `within`) until
 /// the job that request starts shows, so the normal checks below see it (and refuse, or replace
 /// it with --replace) instead of starting a second copy.
-async fn settle_interrupted_submit(client: &flink::Client, project: &str, within: Duration) -> Result<()> {
+async fn settle_interrupted_submit(
+    client: &flink::Client,
+    project: &str,
+    within: Duration,
+) -> Result<()> {
     let path = crate::state::submit_marker_path(project);
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
     if let Ok(m) = serde_json::from_str::<SubmitMarker>(&text) {
@@ -347,7 +390,10 @@ async fn settle_interrupted_submit(client: &flink::Client, project: &str, within
             loop {
                 if let Ok(jobs) = client.jobs().await {
                     if let Some(j) = interrupted_job(&m, &jobs) {
-                        eprintln!("found job {} ({}), started by the interrupted submit", j.jid, j.state);
+                        eprintln!(
+                            "found job {} ({}), started by the interrupted submit",
+                            j.jid, j.state
+                        );
                         break;
                     }
                 }
@@ -365,14 +411,26 @@ async fn settle_interrupted_submit(client: &flink::Client, project: &str, within
 
 /// Waits until the cluster offers `need` slots, when the lab is sized for that many:
 /// after a JobManager restart the TaskManagers take about a minute to register again.
-async fn wait_for_slots(client: &flink::Client, lab: &Lab, need: u32, timeout: Duration) -> Result<()> {
+async fn wait_for_slots(
+    client: &flink::Client,
+    lab: &Lab,
+    need: u32,
+    timeout: Duration,
+) -> Result<()> {
     let taskmanagers = lab.stack.service(crate::stack::FLINK_TM).map_or(0, |s| s.replicas);
     // An external cluster's size is its own business: wait for it like for a restarting one.
-    let configured = if Part::Flink.is_external(&lab.config) { need } else { taskmanagers * lab.config.flink.slots_per_taskmanager };
+    let configured = if Part::Flink.is_external(&lab.config) {
+        need
+    } else {
+        taskmanagers * lab.config.flink.slots_per_taskmanager
+    };
     let start = Instant::now();
     let mut said = false;
     loop {
-        let o = client.overview().await.with_context(|| "the Flink cluster is not up; start it with `labctl up`")?;
+        let o = client
+            .overview()
+            .await
+            .with_context(|| "the Flink cluster is not up; start it with `labctl up`")?;
         if o.slots_total >= need {
             return Ok(());
         }
@@ -398,7 +456,12 @@ async fn wait_for_slots(client: &flink::Client, lab: &Lab, need: u32, timeout: D
 
 /// Stops a job with a savepoint into the lab job's savepoint folder; returns the savepoint path
 /// once the savepoint is complete and the job has ended.
-async fn stop_with_savepoint(client: &flink::Client, id: &str, target_dir: &str, timeout: Duration) -> Result<String> {
+async fn stop_with_savepoint(
+    client: &flink::Client,
+    id: &str,
+    target_dir: &str,
+    timeout: Duration,
+) -> Result<String> {
     let trigger = client.stop_with_savepoint(id, target_dir).await?;
     let start = Instant::now();
     loop {
@@ -426,7 +489,9 @@ async fn cancel_quietly(client: &flink::Client, id: &str) {
 pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
     let lab = Lab::existing(config)?;
     let script = match &args.file {
-        Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        Some(f) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
         None => render(&lab.config, Some(&lab.state))?,
     };
     let statements = job::split_statements(&script);
@@ -436,17 +501,24 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
         bail!("the script has no INSERT statement, so it would start no job");
     }
     if args.dry_run {
-        eprintln!("rendered {} statements ({} INSERT); nothing submitted", statements.len(), statements.iter().filter(|s| job::kind(s) == "INSERT").count());
+        eprintln!(
+            "rendered {} statements ({} INSERT); nothing submitted",
+            statements.len(),
+            statements.iter().filter(|s| job::kind(s) == "INSERT").count()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let client = lab.flink(Duration::from_secs(10))?;
-    client.overview().await.with_context(|| match endpoints::context_for(&lab.config, Part::Flink) {
-        Some(ext) => format!("the {ext} does not answer"),
-        None => "the Flink cluster is not up; start it with `labctl up`".into(),
+    client.overview().await.with_context(|| {
+        match endpoints::context_for(&lab.config, Part::Flink) {
+            Some(ext) => format!("the {ext} does not answer"),
+            None => "the Flink cluster is not up; start it with `labctl up`".into(),
+        }
     })?;
     settle_interrupted_submit(&client, &lab.config.project, Duration::from_secs(60)).await?;
     let settings = JobSettings::for_lab(&lab.config);
-    wait_for_slots(&client, &lab, settings.parallelism, Duration::from_secs(args.timeout.max(90))).await?;
+    wait_for_slots(&client, &lab, settings.parallelism, Duration::from_secs(args.timeout.max(90)))
+        .await?;
     // The topic must exist: a Kafka source on a missing topic waits silently forever.
     let topic = &lab.config.broker.topic;
     match lab.broker()?.partitions(topic, Duration::from_secs(5)).await {
@@ -454,7 +526,10 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
         Ok(None) => bail!("topic `{topic}` does not exist; `labctl up` creates it"),
         Err(e) => bail!("the broker is not reachable ({e:#}); check `labctl status`"),
     }
-    lab.database()?.probe(Duration::from_secs(5)).await.context("the database is not reachable; check `labctl status`")?;
+    lab.database()?
+        .probe(Duration::from_secs(5))
+        .await
+        .context("the database is not reachable; check `labctl status`")?;
 
     let lab_job = args.file.is_none();
     let name = match &args.file {
@@ -463,9 +538,14 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
         Some(_) => String::new(),
         None => job::job_name(&lab.config.project),
     };
-    let lookup_name = if lab_job { name.clone() } else { pipeline_name(&statements).unwrap_or_default() };
+    let lookup_name =
+        if lab_job { name.clone() } else { pipeline_name(&statements).unwrap_or_default() };
     let jobs = client.jobs().await?;
-    let running: Vec<_> = jobs.iter().filter(|j| lab_job && j.name == name && ACTIVE.contains(&j.state.as_str())).cloned().collect();
+    let running: Vec<_> = jobs
+        .iter()
+        .filter(|j| lab_job && j.name == name && ACTIVE.contains(&j.state.as_str()))
+        .cloned()
+        .collect();
 
     // What the new job starts from: a savepoint of the job it replaces, the latest retained
     // checkpoint or savepoint of a job that is gone, or nothing.
@@ -483,10 +563,16 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
             if i == 0 && !args.fresh {
                 let target_dir = job::lab_savepoint_uri(&lab.config);
                 eprintln!("stopping {} with a savepoint into {target_dir} …", j.jid);
-                match stop_with_savepoint(&client, &j.jid, &target_dir, Duration::from_secs(120)).await {
+                match stop_with_savepoint(&client, &j.jid, &target_dir, Duration::from_secs(120))
+                    .await
+                {
                     Ok(path) => {
-                        eprintln!("stopped {} with savepoint {path}; the new job restores from it", j.jid);
-                        restore = Some(Snapshot { kind: "savepoint", path: path.clone(), modified: 0.0 });
+                        eprintln!(
+                            "stopped {} with savepoint {path}; the new job restores from it",
+                            j.jid
+                        );
+                        restore =
+                            Some(Snapshot { kind: "savepoint", path: path.clone(), modified: 0.0 });
                         savepoint = Some(path);
                         continue;
                     }
@@ -510,7 +596,9 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
     } else if lab_job && !args.fresh {
         match retained_snapshots(&lab).await {
             Ok(list) => restore = list.into_iter().next(),
-            Err(e) => eprintln!("warning: cannot list retained checkpoints ({e:#}); starting without saved state"),
+            Err(e) => eprintln!(
+                "warning: cannot list retained checkpoints ({e:#}); starting without saved state"
+            ),
         }
         if let Some(r) = &restore {
             eprintln!("the job `{name}` is not running; restoring it from the latest retained {} {} (--fresh starts without it)", r.kind, r.path);
@@ -526,11 +614,27 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
     let jar = ensure_runner(&lab, &client).await?;
     let argv: Vec<String> = statements.iter().map(|s| B64.encode(s.as_bytes())).collect();
     let before: HashSet<String> = client.jobs().await?.into_iter().map(|j| j.jid).collect();
-    let restore_req = restore.as_ref().map(|r| flink::Restore { path: r.path.clone(), allow_non_restored_state: true });
-    eprintln!("submitting the job{} to {}", if lookup_name.is_empty() { String::new() } else { format!(" `{lookup_name}`") }, client.base());
+    let restore_req = restore
+        .as_ref()
+        .map(|r| flink::Restore { path: r.path.clone(), allow_non_restored_state: true });
+    eprintln!(
+        "submitting the job{} to {}",
+        if lookup_name.is_empty() { String::new() } else { format!(" `{lookup_name}`") },
+        client.base()
+    );
     let marker = write_marker(&lab.config.project, &lookup_name, &before);
     let t0 = Instant::now();
-    let job_id = run_or_find(&client, &jar, &argv, restore_req.as_ref(), &lookup_name, &before, Duration::from_secs(60), args.verbose).await?;
+    let job_id = run_or_find(
+        &client,
+        &jar,
+        &argv,
+        restore_req.as_ref(),
+        &lookup_name,
+        &before,
+        Duration::from_secs(60),
+        args.verbose,
+    )
+    .await?;
     // Flink lists the job now: a later submit sees it without the marker.
     drop(marker);
     eprintln!("submitted job {job_id}; waiting for it and all its tasks to run");
@@ -544,8 +648,12 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
             _ => String::new(),
         };
         return Err(match cause {
-            Some((c, full)) if args.verbose => anyhow::anyhow!("{e:#}\n{full}{hint}").context(format!("job failed: {c}")),
-            Some((c, _)) => anyhow::anyhow!("job {job_id} failed and was cancelled: {c}\n(full text: --verbose){hint}"),
+            Some((c, full)) if args.verbose => {
+                anyhow::anyhow!("{e:#}\n{full}{hint}").context(format!("job failed: {c}"))
+            }
+            Some((c, _)) => anyhow::anyhow!(
+                "job {job_id} failed and was cancelled: {c}\n(full text: --verbose){hint}"
+            ),
             None => anyhow::anyhow!("{e:#}{hint}").context(format!("job {job_id} was cancelled")),
         });
     }
@@ -569,7 +677,9 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
     } else {
         let from = match &restore {
             Some(r) => format!("\n  restored from {} {}", r.kind, r.path),
-            None if !replaced.is_empty() => "\n  started WITHOUT the replaced job's state".to_string(),
+            None if !replaced.is_empty() => {
+                "\n  started WITHOUT the replaced job's state".to_string()
+            }
             None => String::new(),
         };
         eprintln!("job `{name}` RUNNING after {secs:.1} s\n  id  {job_id}\n  ui  {url}{from}");
@@ -578,11 +688,16 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
 }
 
 fn explain_submit_error(e: anyhow::Error, verbose: bool) -> anyhow::Error {
-    if let Some(hint) = e.downcast_ref::<SubmitError>().and_then(|se| missing_connector(&format!("{}\n{}", se.cause, se.full))) {
+    if let Some(hint) = e
+        .downcast_ref::<SubmitError>()
+        .and_then(|se| missing_connector(&format!("{}\n{}", se.cause, se.full)))
+    {
         return anyhow::anyhow!("Flink refused the job: {hint}");
     }
     match e.downcast::<SubmitError>() {
-        Ok(se) if verbose => anyhow::anyhow!("Flink refused the job: {}\n--- full error ---\n{}", se.cause, se.full),
+        Ok(se) if verbose => {
+            anyhow::anyhow!("Flink refused the job: {}\n--- full error ---\n{}", se.cause, se.full)
+        }
         Ok(se) => anyhow::anyhow!("Flink refused the job: {}\n(full text: --verbose)", se.cause),
         Err(e) => e,
     }
@@ -609,7 +724,9 @@ async fn ensure_runner(lab: &Lab, client: &flink::Client) -> Result<String> {
     if let Some(j) = client.jars().await?.into_iter().find(|j| j.name == name) {
         return Ok(j.id);
     }
-    let rt = Runtime::connect().await.context("the SQL runner jar comes from the lab's Flink image, which needs Docker here")?;
+    let rt = Runtime::connect()
+        .await
+        .context("the SQL runner jar comes from the lab's Flink image, which needs Docker here")?;
     let pb = indicatif::ProgressBar::new_spinner();
     pb.enable_steady_tick(Duration::from_millis(120));
     let (image, _) = rt.ensure_image(&crate::stack::FLINK_IMAGE, false, &pb).await?;
@@ -623,7 +740,10 @@ async fn ensure_runner(lab: &Lab, client: &flink::Client) -> Result<String> {
 /// hash (which covers the runner's sources): a cluster that holds an older runner, e.g. one
 /// without a UDF the job now calls, gets this one instead of running the job with the old.
 fn external_runner_name() -> String {
-    format!("labctl-sql-runner-{}.jar", crate::docker::images::input_hash(&crate::stack::FLINK_IMAGE))
+    format!(
+        "labctl-sql-runner-{}.jar",
+        crate::docker::images::input_hash(&crate::stack::FLINK_IMAGE)
+    )
 }
 
 /// Connector jars the lab's job needs on a cluster: (what, file name prefixes that provide it).
@@ -679,7 +799,11 @@ fn missing_connector(cause: &str) -> Option<&'static str> {
     })
 }
 
-pub(crate) async fn wait_running(client: &flink::Client, id: &str, timeout: Duration) -> Result<()> {
+pub(crate) async fn wait_running(
+    client: &flink::Client,
+    id: &str,
+    timeout: Duration,
+) -> Result<()> {
     let start = Instant::now();
     loop {
         let j = client.job(id).await?;
@@ -691,8 +815,17 @@ pub(crate) async fn wait_running(client: &flink::Client, id: &str, timeout: Dura
             _ => {}
         }
         if start.elapsed() > timeout {
-            let pending: Vec<_> = j.vertices.iter().filter(|v| v.status != "RUNNING").map(|v| format!("{} {}", v.status, v.name)).collect();
-            bail!("job {id} not RUNNING within {timeout:?} (state {}; waiting: {})", j.state, pending.join("; "));
+            let pending: Vec<_> = j
+                .vertices
+                .iter()
+                .filter(|v| v.status != "RUNNING")
+                .map(|v| format!("{} {}", v.status, v.name))
+                .collect();
+            bail!(
+                "job {id} not RUNNING within {timeout:?} (state {}; waiting: {})",
+                j.state,
+                pending.join("; ")
+            );
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -715,7 +848,10 @@ pub async fn command(config: Config, cmd: FlinkCommand) -> Result<ExitCode> {
     let client = lab.flink(Duration::from_secs(10))?;
     match cmd {
         FlinkCommand::Jobs { json } => {
-            let jobs = client.jobs().await.context("the Flink cluster is not reachable; check `labctl status`")?;
+            let jobs = client
+                .jobs()
+                .await
+                .context("the Flink cluster is not reachable; check `labctl status`")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&jobs)?);
             } else {
@@ -730,7 +866,13 @@ pub async fn command(config: Config, cmd: FlinkCommand) -> Result<ExitCode> {
                 Some(id) => vec![id],
                 None => {
                     let name = job::job_name(&lab.config.project);
-                    let ids: Vec<_> = client.jobs().await?.into_iter().filter(|j| j.name == name && ACTIVE.contains(&j.state.as_str())).map(|j| j.jid).collect();
+                    let ids: Vec<_> = client
+                        .jobs()
+                        .await?
+                        .into_iter()
+                        .filter(|j| j.name == name && ACTIVE.contains(&j.state.as_str()))
+                        .map(|j| j.jid)
+                        .collect();
                     if ids.is_empty() {
                         bail!("no running job `{name}` to cancel");
                     }
@@ -759,7 +901,14 @@ mod tests {
                        1700000040.0 /var/lib/flink/checkpoints/sensor-aggregation/bbb/shared\n";
         let s = parse_snapshots(listing);
         assert_eq!(s.len(), 3);
-        assert_eq!(s[0], Snapshot { kind: "savepoint", path: "file:///var/lib/flink/savepoints/sensor-aggregation/savepoint-aaa-1".into(), modified: 1700000030.25 });
+        assert_eq!(
+            s[0],
+            Snapshot {
+                kind: "savepoint",
+                path: "file:///var/lib/flink/savepoints/sensor-aggregation/savepoint-aaa-1".into(),
+                modified: 1700000030.25
+            }
+        );
         assert_eq!(s[1].path, "file:///var/lib/flink/checkpoints/sensor-aggregation/bbb/chk-3");
         assert_eq!(s[1].kind, "checkpoint");
         assert!(parse_snapshots("").is_empty());
@@ -767,10 +916,22 @@ mod tests {
 
     #[test]
     fn the_job_of_an_interrupted_submit_is_the_new_one() {
-        let job = |jid: &str, name: &str, state: &str| flink::JobOverview { jid: jid.into(), name: name.into(), state: state.into(), start_time: 1, duration: 0 };
-        let m = SubmitMarker { pid: 1, sent_ms: 0, name: "lab: sensor aggregation".into(), before: vec!["old".into()] };
+        let job = |jid: &str, name: &str, state: &str| flink::JobOverview {
+            jid: jid.into(),
+            name: name.into(),
+            state: state.into(),
+            start_time: 1,
+            duration: 0,
+        };
+        let m = SubmitMarker {
+            pid: 1,
+            sent_ms: 0,
+            name: "lab: sensor aggregation".into(),
+            before: vec!["old".into()],
+        };
         // A job of the same name cancelled just before the request is not the request's job.
-        let jobs = vec![job("old", "lab: sensor aggregation", "CANCELED"), job("x", "other", "RUNNING")];
+        let jobs =
+            vec![job("old", "lab: sensor aggregation", "CANCELED"), job("x", "other", "RUNNING")];
         assert!(interrupted_job(&m, &jobs).is_none());
         let mut jobs = jobs;
         jobs.push(job("new", "lab: sensor aggregation", "INITIALIZING"));
@@ -779,12 +940,27 @@ mod tests {
 
     #[test]
     fn connector_jars_by_name() {
-        let lab_image: Vec<String> = ["flink-dist-2.2.1.jar", "flink-connector-jdbc-core-4.0.0-2.0.jar", "flink-connector-jdbc-postgres-4.0.0-2.0.jar", "flink-connector-kafka-5.0.0-2.2.jar", "kafka-clients-4.2.0.jar", "postgresql-42.7.14.jar"]
-            .iter()
-            .map(|j| format!("/opt/flink/lib/{j}"))
-            .collect();
+        let lab_image: Vec<String> = [
+            "flink-dist-2.2.1.jar",
+            "flink-connector-jdbc-core-4.0.0-2.0.jar",
+            "flink-connector-jdbc-postgres-4.0.0-2.0.jar",
+            "flink-connector-kafka-5.0.0-2.2.jar",
+            "kafka-clients-4.2.0.jar",
+            "postgresql-42.7.14.jar",
+        ]
+        .iter()
+        .map(|j| format!("/opt/flink/lib/{j}"))
+        .collect();
         assert!(missing_jars(&lab_image).is_empty());
-        assert_eq!(missing_jars(&lab_image[..1]), ["the Kafka connector", "the Kafka client", "the JDBC connector", "the PostgreSQL JDBC driver"]);
+        assert_eq!(
+            missing_jars(&lab_image[..1]),
+            [
+                "the Kafka connector",
+                "the Kafka client",
+                "the JDBC connector",
+                "the PostgreSQL JDBC driver"
+            ]
+        );
         let fat = vec!["/x/flink-sql-connector-kafka-5.0.0-2.2.jar".to_string()];
         assert_eq!(missing_jars(&fat), ["the JDBC connector", "the PostgreSQL JDBC driver"]);
     }
@@ -793,7 +969,9 @@ mod tests {
     fn a_missing_connector_is_named() {
         let kafka = "org.apache.flink.table.api.ValidationException: Could not find any factory for identifier 'kafka' that implements 'org.apache.flink.table.factories.DynamicTableFactory' in the classpath.";
         assert!(missing_connector(kafka).unwrap().contains("Kafka connector"));
-        assert!(missing_connector(&kafka.replace("'kafka'", "'jdbc'")).unwrap().contains("JDBC connector"));
+        assert!(missing_connector(&kafka.replace("'kafka'", "'jdbc'"))
+            .unwrap()
+            .contains("JDBC connector"));
         assert!(missing_connector("Column 'avg_val' not found").is_none());
     }
 
@@ -837,19 +1015,43 @@ mod tests {
     async fn a_job_started_despite_a_failed_run_request_is_found() {
         let client = flink::Client::new(fake_flink(true).await, Duration::from_secs(5)).unwrap();
         let before = HashSet::from(["old1".to_string()]);
-        let id = run_or_find(&client, "jar", &[], None, "lab: sensor aggregation", &before, Duration::from_secs(3), false).await.unwrap();
+        let id = run_or_find(
+            &client,
+            "jar",
+            &[],
+            None,
+            "lab: sensor aggregation",
+            &before,
+            Duration::from_secs(3),
+            false,
+        )
+        .await
+        .unwrap();
         assert_eq!(id, "new2");
 
         let client = flink::Client::new(fake_flink(false).await, Duration::from_secs(5)).unwrap();
-        let e = run_or_find(&client, "jar", &[], None, "lab: sensor aggregation", &before, Duration::from_secs(2), false).await.unwrap_err();
+        let e = run_or_find(
+            &client,
+            "jar",
+            &[],
+            None,
+            "lab: sensor aggregation",
+            &before,
+            Duration::from_secs(2),
+            false,
+        )
+        .await
+        .unwrap_err();
         assert!(format!("{e:#}").contains("no job `lab: sensor aggregation` appeared"), "{e:#}");
     }
 
     #[test]
     fn refused_and_unclear_run_failures() {
-        let refused: anyhow::Error = SubmitError { cause: "x".into(), full: "x".into(), status: 400 }.into();
+        let refused: anyhow::Error =
+            SubmitError { cause: "x".into(), full: "x".into(), status: 400 }.into();
         assert_eq!(classify_run_error(&refused), RunFailure::Refused);
-        let server: anyhow::Error = SubmitError { cause: "x".into(), full: "x".into(), status: 500 }.into();
+        let server: anyhow::Error =
+            SubmitError { cause: "x".into(), full: "x".into(), status: 500 }.into();
         assert_eq!(classify_run_error(&server), RunFailure::Unknown);
         assert_eq!(classify_run_error(&anyhow::anyhow!("body cut off")), RunFailure::Unknown);
     }

@@ -9,7 +9,10 @@ use super::{finish, spinner};
 use crate::stack::ImageSpec;
 use crate::{
     config::Config,
-    docker::{images::{image_tag, BASE_IMAGE}, Runtime},
+    docker::{
+        images::{image_tag, BASE_IMAGE},
+        Runtime,
+    },
     stack::IMAGES,
 };
 
@@ -59,7 +62,10 @@ pub async fn run(_config: Config, cmd: Command) -> Result<ExitCode> {
             let pb = spinner(&multi, "base");
             rt.ensure_base(&pb).await?;
             finish(&pb, format!("{BASE_IMAGE} present"));
-            let specs: Vec<&'static ImageSpec> = IMAGES.iter().filter(|i| names.is_empty() || names.iter().any(|n| n == i.name)).collect();
+            let specs: Vec<&'static ImageSpec> = IMAGES
+                .iter()
+                .filter(|i| names.is_empty() || names.iter().any(|n| n == i.name))
+                .collect();
             for (name, tag, built) in super::build_images(&rt, &specs, force, &multi).await? {
                 if !built {
                     eprintln!("{name:<18} {tag} cached");
@@ -82,7 +88,12 @@ pub async fn run(_config: Config, cmd: Command) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 for r in rows {
-                    println!("{:<12} {:<32} {}", r["image"].as_str().unwrap_or(""), r["tag"].as_str().unwrap_or(""), if r["present"] == true { "present" } else { "missing" });
+                    println!(
+                        "{:<12} {:<32} {}",
+                        r["image"].as_str().unwrap_or(""),
+                        r["tag"].as_str().unwrap_or(""),
+                        if r["present"] == true { "present" } else { "missing" }
+                    );
                 }
             }
         }
@@ -94,9 +105,17 @@ pub async fn run(_config: Config, cmd: Command) -> Result<ExitCode> {
 async fn prune(rt: &Runtime, dry_run: bool, json: bool, names: &[String]) -> Result<()> {
     let mut rows = Vec::new();
     let (mut freed, mut removed) = (0i64, 0usize);
-    let stale = rt.stale_images().await?.into_iter().filter(|i| names.is_empty() || names.contains(&i.image));
+    let stale = rt
+        .stale_images()
+        .await?
+        .into_iter()
+        .filter(|i| names.is_empty() || names.contains(&i.image));
     for img in stale {
-        let name = if img.tags.is_empty() { format!("{} (untagged {})", img.image, short_id(&img.id)) } else { img.tags.join(", ") };
+        let name = if img.tags.is_empty() {
+            format!("{} (untagged {})", img.image, short_id(&img.id))
+        } else {
+            img.tags.join(", ")
+        };
         let outcome = if !img.used_by.is_empty() {
             format!("kept: used by {}", img.used_by.join(", "))
         } else if dry_run {
@@ -117,11 +136,19 @@ async fn prune(rt: &Runtime, dry_run: bool, json: bool, names: &[String]) -> Res
         rows.push(serde_json::json!({"id": img.id, "image": img.image, "tags": img.tags, "size_bytes": img.size_bytes, "used_by": img.used_by, "outcome": outcome}));
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"dry_run": dry_run, "removed": removed, "freed_bytes": freed, "images": rows}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"dry_run": dry_run, "removed": removed, "freed_bytes": freed, "images": rows})
+            )?
+        );
     } else if rows.is_empty() {
         println!("no stale images: every labctl image present is one this build uses");
     } else if !dry_run {
-        println!("removed {removed} image(s), up to {} MB (layers shared with kept images stay)", freed / 1_000_000);
+        println!(
+            "removed {removed} image(s), up to {} MB (layers shared with kept images stay)",
+            freed / 1_000_000
+        );
     }
     Ok(())
 }

@@ -4,7 +4,10 @@
 use std::{
     io::Write,
     process::ExitCode,
-    sync::{atomic::{AtomicBool, Ordering}, Arc},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -76,7 +79,9 @@ pub fn parse_duration(s: &str) -> Result<i64> {
         Some((i, 's')) => (&s[..i], 1),
         _ => (s, 1),
     };
-    let n: i64 = num.parse().map_err(|_| anyhow::anyhow!("invalid duration `{s}`: use e.g. 7d, 12h, 30m, 45s or 0"))?;
+    let n: i64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid duration `{s}`: use e.g. 7d, 12h, 30m, 45s or 0"))?;
     if n < 0 {
         bail!("invalid duration `{s}`: must not be negative");
     }
@@ -119,7 +124,8 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
     {
         let stop = stop.clone();
         tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
@@ -130,7 +136,8 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
     }
     if args.dry_run {
         let args2 = args.clone();
-        let n = tokio::task::spawn_blocking(move || dry_run(&fleet, &args2, backfill, &stop)).await??;
+        let n =
+            tokio::task::spawn_blocking(move || dry_run(&fleet, &args2, backfill, &stop)).await??;
         tracing::info!("printed {n} messages");
         return Ok(ExitCode::SUCCESS);
     }
@@ -149,7 +156,9 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
         }
         None => Lab::existing(config)?.broker()?.client_config(),
     };
-    let summary = tokio::task::spawn_blocking(move || produce(&fleet, &args, backfill, &topic, &base, &stop)).await??;
+    let summary =
+        tokio::task::spawn_blocking(move || produce(&fleet, &args, backfill, &topic, &base, &stop))
+            .await??;
     if summary.failed > 0 {
         eprintln!("ingest: {} reading(s) NOT delivered", summary.failed);
     }
@@ -160,7 +169,10 @@ fn dry_run(fleet: &Fleet, args: &Args, backfill: i64, stop: &AtomicBool) -> Resu
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, out.lock());
     let now_tick = now_secs() / args.interval;
-    let starts = vec![Position { tick: now_tick - backfill / args.interval, sensor: 0 }; fleet.machines.len()];
+    let starts = vec![
+        Position { tick: now_tick - backfill / args.interval, sensor: 0 };
+        fleet.machines.len()
+    ];
     let limit = args.count.unwrap_or(u64::MAX);
     let mut n = 0u64;
     let mut err = None;
@@ -174,28 +186,50 @@ fn dry_run(fleet: &Fleet, args: &Args, backfill: i64, stop: &AtomicBool) -> Resu
     });
     match err {
         // A closed pipe (`| head`) is a normal way to stop reading.
-        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e).context("writing to stdout"),
+        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(e).context("writing to stdout")
+        }
         _ => {}
     }
     let _ = out.flush();
     Ok(n)
 }
 
-fn produce(fleet: &Fleet, args: &Args, backfill: i64, topic: &str, base: &rdkafka::ClientConfig, stop: &AtomicBool) -> Result<Summary> {
+fn produce(
+    fleet: &Fleet,
+    args: &Args,
+    backfill: i64,
+    topic: &str,
+    base: &rdkafka::ClientConfig,
+    stop: &AtomicBool,
+) -> Result<Summary> {
     use rdkafka::consumer::BaseConsumer;
     let interval = args.interval;
     // Where the topic already is: a restart continues, it does not backfill again.
-    let config = base.clone().set("group.id", "labctl-ingest-resume").set("enable.auto.commit", "false").clone();
-    let consumer: BaseConsumer<ErrorCapture> =
-        config.create_with_context(ErrorCapture::for_config(&config)).context("creating a Kafka consumer")?;
+    let config = base
+        .clone()
+        .set("group.id", "labctl-ingest-resume")
+        .set("enable.auto.commit", "false")
+        .clone();
+    let consumer: BaseConsumer<ErrorCapture> = config
+        .create_with_context(ErrorCapture::for_config(&config))
+        .context("creating a Kafka consumer")?;
     // A refused login or certificate is said as such, not as an unreadable topic.
     let found = resume::positions(&consumer, topic, fleet, interval, Duration::from_secs(10))
-        .map_err(|e| crate::kafka::explain_consumer(&consumer, e.context(format!("cannot read topic `{topic}` (is the broker up? `labctl status`)"))))?;
+        .map_err(|e| {
+            crate::kafka::explain_consumer(
+                &consumer,
+                e.context(format!(
+                    "cannot read topic `{topic}` (is the broker up? `labctl status`)"
+                )),
+            )
+        })?;
     drop(consumer);
     let resumed = found.iter().any(Option::is_some);
     let now_tick = now_secs() / interval;
     let first = now_tick - backfill / interval;
-    let starts: Vec<Position> = found.iter().map(|p| p.unwrap_or(Position { tick: first, sensor: 0 })).collect();
+    let starts: Vec<Position> =
+        found.iter().map(|p| p.unwrap_or(Position { tick: first, sensor: 0 })).collect();
     let behind: i64 = starts.iter().map(|p| (now_tick + 1 - p.tick).max(0)).sum::<i64>() * 3;
     if resumed {
         eprintln!("ingest: resuming; {behind} reading(s) to catch up to now");
@@ -207,8 +241,10 @@ fn produce(fleet: &Fleet, args: &Args, backfill: i64, topic: &str, base: &rdkafk
     let t0 = Instant::now();
     let pb = indicatif::ProgressBar::new(behind.max(0) as u64);
     pb.set_style(
-        indicatif::ProgressStyle::with_template("backfill {bar:30} {pos}/{len} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "backfill {bar:30} {pos}/{len} {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let sent = std::cell::Cell::new(0u64);
     // A reading the broker refused for good is gone from this run; carrying on would put later
@@ -233,11 +269,18 @@ fn produce(fleet: &Fleet, args: &Args, backfill: i64, topic: &str, base: &rdkafk
     loop {
         let now_tick = now_secs() / interval;
         let to = now_tick + 1;
-        if starts.iter().all(|p| p.tick >= to) || stop.load(Ordering::Relaxed) || sent.get() >= limit || lost() {
+        if starts.iter().all(|p| p.tick >= to)
+            || stop.load(Ordering::Relaxed)
+            || sent.get() >= limit
+            || lost()
+        {
             break;
         }
         generate(fleet, interval, &starts, to, stop, &mut send);
-        starts = starts.iter().map(|p| if p.tick < to { Position { tick: to, sensor: 0 } } else { *p }).collect();
+        starts = starts
+            .iter()
+            .map(|p| if p.tick < to { Position { tick: to, sensor: 0 } } else { *p })
+            .collect();
     }
     pb.finish_and_clear();
     let backfill_secs = t0.elapsed().as_secs_f64();
@@ -256,14 +299,22 @@ fn produce(fleet: &Fleet, args: &Args, backfill: i64, topic: &str, base: &rdkafk
             // Sleep to the wall-clock instant of the tick, computed afresh each time: no drift.
             let due = tick * interval;
             while now_secs() < due && !stop.load(Ordering::Relaxed) {
-                let ms = (due as f64 - SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)) * 1000.0;
+                let ms = (due as f64
+                    - SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or(0.0))
+                    * 1000.0;
                 std::thread::sleep(Duration::from_millis((ms.clamp(1.0, 200.0)) as u64));
             }
             if stop.load(Ordering::Relaxed) {
                 break;
             }
             generate(fleet, interval, &starts, tick + 1, stop, &mut send);
-            starts = starts.iter().map(|p| if p.tick <= tick { Position { tick: tick + 1, sensor: 0 } } else { *p }).collect();
+            starts = starts
+                .iter()
+                .map(|p| if p.tick <= tick { Position { tick: tick + 1, sensor: 0 } } else { *p })
+                .collect();
             if last_report.elapsed() >= Duration::from_secs(60) {
                 let d = counters.delivered.load(Ordering::Relaxed);
                 eprintln!(
@@ -279,15 +330,29 @@ fn produce(fleet: &Fleet, args: &Args, backfill: i64, topic: &str, base: &rdkafk
         }
     }
     // Deliver what is queued. On a stop request give the broker a bounded time; otherwise wait.
-    let flush_for = if stop.load(Ordering::Relaxed) { Duration::from_secs(30) } else { Duration::from_secs(600) };
+    let flush_for = if stop.load(Ordering::Relaxed) {
+        Duration::from_secs(30)
+    } else {
+        Duration::from_secs(600)
+    };
     if let Err(e) = sender.flush(flush_for) {
-        eprintln!("ingest: {} reading(s) still in flight after {flush_for:?}: {e:#}", sender.in_flight());
+        eprintln!(
+            "ingest: {} reading(s) still in flight after {flush_for:?}: {e:#}",
+            sender.in_flight()
+        );
     }
     let seconds = t0.elapsed().as_secs_f64();
     let produced = counters.produced.load(Ordering::Relaxed);
     let delivered = counters.delivered.load(Ordering::Relaxed);
     let failed = counters.failed.load(Ordering::Relaxed) + sender.in_flight().max(0) as u64;
-    let summary = Summary { produced, delivered, failed, seconds, rate_per_s: delivered as f64 / seconds.max(1e-9), resumed };
+    let summary = Summary {
+        produced,
+        delivered,
+        failed,
+        seconds,
+        rate_per_s: delivered as f64 / seconds.max(1e-9),
+        resumed,
+    };
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     }

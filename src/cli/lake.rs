@@ -5,7 +5,9 @@ use std::{process::ExitCode, time::Duration};
 
 use anyhow::Result;
 
-use super::spark::{render_config_with, start_export, wait_export, JobSecrets, Overrides, Staging, SubmitArgs};
+use super::spark::{
+    render_config_with, start_export, wait_export, JobSecrets, Overrides, Staging, SubmitArgs,
+};
 use crate::{config::Config, lab::Lab};
 
 #[derive(Debug, clap::Subcommand)]
@@ -38,10 +40,20 @@ pub async fn run(config: Config, cmd: Command) -> Result<ExitCode> {
     if a.retain_hours.is_some_and(|h| h < 168.0) {
         eprintln!("warning: keeping less than 7 days of history: a reader of an older version, or an export running now, may lose files");
     }
-    let args = SubmitArgs { from: None, to: None, with_aggregates: a.with_aggregates, partitions: 1, no_wait: false, timeout: a.timeout, dry_run: false, json: a.json };
+    let args = SubmitArgs {
+        from: None,
+        to: None,
+        with_aggregates: a.with_aggregates,
+        partitions: 1,
+        no_wait: false,
+        timeout: a.timeout,
+        dry_run: false,
+        json: a.json,
+    };
     let over = Overrides { vacuum: Some(a.retain_hours), ..Overrides::default() };
     let staging = Staging::new(&lab, Duration::from_secs(a.timeout))?;
-    let config_json = render_config_with(&lab, &args, &JobSecrets::of(&lab)?, &over, Some(staging.result_url()))?;
+    let config_json =
+        render_config_with(&lab, &args, &JobSecrets::of(&lab)?, &over, Some(staging.result_url()))?;
     let started = start_export(&lab, staging, &config_json).await?;
     let pb = indicatif::ProgressBar::new_spinner();
     pb.set_message("vacuum");
@@ -51,7 +63,10 @@ pub async fn run(config: Config, cmd: Command) -> Result<ExitCode> {
     let outcome = outcome?;
     outcome.require_finished()?;
     if a.json {
-        println!("{}", serde_json::json!({"submission_id": started.id, "state": outcome.state, "seconds": outcome.seconds, "result": outcome.result}));
+        println!(
+            "{}",
+            serde_json::json!({"submission_id": started.id, "state": outcome.state, "seconds": outcome.seconds, "result": outcome.result})
+        );
     } else {
         let msg = outcome.result["message"].as_str().unwrap_or("done");
         eprintln!("vacuum {} FINISHED in {:.1} s: {msg}", started.id, outcome.seconds);

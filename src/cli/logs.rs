@@ -22,10 +22,18 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
     let lab = Lab::existing(config)?;
     lab.stack.require(&args.service)?;
     let rt = Runtime::connect().await?;
-    let mut containers: Vec<_> =
-        rt.list_containers(&lab.stack.project).await?.into_iter().filter(|c| c.service == args.service).collect();
+    let mut containers: Vec<_> = rt
+        .list_containers(&lab.stack.project)
+        .await?
+        .into_iter()
+        .filter(|c| c.service == args.service)
+        .collect();
     if containers.is_empty() {
-        bail!("service `{}` of lab `{}` has no container; start it with `labctl up`", args.service, lab.stack.project);
+        bail!(
+            "service `{}` of lab `{}` has no container; start it with `labctl up`",
+            args.service,
+            lab.stack.project
+        );
     }
     containers.sort_by_key(|c| c.replica);
     let prefixed = containers.len() > 1;

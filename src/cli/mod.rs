@@ -5,13 +5,13 @@ mod demo;
 mod down;
 pub mod flink;
 mod images;
-mod lake;
 pub mod ingest;
-pub mod spark;
+mod lake;
 mod logs;
 mod plot;
 mod render;
 mod scale;
+pub mod spark;
 pub(crate) mod status;
 mod up;
 mod verify;
@@ -136,8 +136,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
 pub fn spinner(multi: &indicatif::MultiProgress, prefix: &str) -> indicatif::ProgressBar {
     let pb = multi.add(indicatif::ProgressBar::new_spinner());
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{spinner:.cyan} {prefix:<18.bold} {elapsed:>4} {wide_msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner:.cyan} {prefix:<18.bold} {elapsed:>4} {wide_msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
     pb.set_prefix(prefix.to_string());
     pb.enable_steady_tick(std::time::Duration::from_millis(120));
@@ -158,7 +160,12 @@ const PARALLEL_BUILDS: usize = 3;
 
 /// Builds the images that are missing, a few at a time with a spinner each; returns (name,
 /// tag, whether it was built) in the order given. The base image must exist.
-pub(crate) async fn build_images(rt: &crate::docker::Runtime, specs: &[&'static crate::stack::ImageSpec], force: bool, multi: &indicatif::MultiProgress) -> Result<Vec<(&'static str, String, bool)>> {
+pub(crate) async fn build_images(
+    rt: &crate::docker::Runtime,
+    specs: &[&'static crate::stack::ImageSpec],
+    force: bool,
+    multi: &indicatif::MultiProgress,
+) -> Result<Vec<(&'static str, String, bool)>> {
     use futures_util::{StreamExt, TryStreamExt};
     futures_util::stream::iter(specs.iter().copied())
         .map(|spec| {

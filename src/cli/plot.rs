@@ -49,7 +49,9 @@ fn parse_machine(s: &str) -> Result<String, String> {
     if ok {
         Ok(s.to_string())
     } else {
-        Err(format!("`{s}` is not a machine id (letters, digits, `-`, `_`, `.`; at most 64), e.g. CNC-1"))
+        Err(format!(
+            "`{s}` is not a machine id (letters, digits, `-`, `_`, `.`; at most 64), e.g. CNC-1"
+        ))
     }
 }
 
@@ -68,8 +70,16 @@ fn unit_of(sensor: &str) -> Option<String> {
 }
 
 /// Every column this command reads; a test checks them against `schema`.
-const COLUMNS: [&str; 8] =
-    ["machine_id", "sensor_type", "window_start", "window_end", "avg_value", "min_value", "max_value", "reading_count"];
+const COLUMNS: [&str; 8] = [
+    "machine_id",
+    "sensor_type",
+    "window_start",
+    "window_end",
+    "avg_value",
+    "min_value",
+    "max_value",
+    "reading_count",
+];
 
 /// One query, ordered by series then time: the newest window matching the filters, and every
 /// matching window in the `$3` hours up to it. `$1`/`$2` are the machine and sensor filters
@@ -129,11 +139,22 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
     }
     missing_filters(&client, &args, &series).await?;
 
-    let newest_end = series.iter().filter_map(|s| s.windows.last()).map(|w| w.start).max().expect("series are not empty")
+    let newest_end = series
+        .iter()
+        .filter_map(|s| s.windows.last())
+        .map(|w| w.start)
+        .max()
+        .expect("series are not empty")
         + chrono::Duration::seconds(60);
     let from = newest_end - chrono::Duration::hours(i64::from(args.hours));
-    let rendered = plot::render(&plot::Chart { lab: &lab.stack.project, from, to: newest_end, series: &series })?;
-    std::fs::write(&args.output, &rendered.svg).with_context(|| format!("cannot write {}", args.output.display()))?;
+    let rendered = plot::render(&plot::Chart {
+        lab: &lab.stack.project,
+        from,
+        to: newest_end,
+        series: &series,
+    })?;
+    std::fs::write(&args.output, &rendered.svg)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
 
     let summary = Summary {
         file: args.output.display().to_string(),
@@ -181,10 +202,21 @@ async fn read(client: &Client, args: &Args) -> Result<Vec<Series>> {
     for r in rows {
         let machine: String = r.try_get(0)?;
         let sensor: String = r.try_get(1)?;
-        let w = Window { start: r.try_get(2)?, avg: r.try_get(4)?, min: r.try_get(5)?, max: r.try_get(6)?, count: r.try_get(7)? };
+        let w = Window {
+            start: r.try_get(2)?,
+            avg: r.try_get(4)?,
+            min: r.try_get(5)?,
+            max: r.try_get(6)?,
+            count: r.try_get(7)?,
+        };
         match out.last_mut() {
             Some(s) if s.machine_id == machine && s.sensor_type == sensor => s.windows.push(w),
-            _ => out.push(Series { unit: unit_of(&sensor), machine_id: machine, sensor_type: sensor, windows: vec![w] }),
+            _ => out.push(Series {
+                unit: unit_of(&sensor),
+                machine_id: machine,
+                sensor_type: sensor,
+                windows: vec![w],
+            }),
         }
     }
     Ok(out)
@@ -193,7 +225,10 @@ async fn read(client: &Client, args: &Args) -> Result<Vec<Series>> {
 /// What the table holds, by machine and sensor (only asked when the answer explains an error).
 async fn known_series(client: &Client) -> Result<Vec<(String, String)>> {
     let rows = client
-        .query("SELECT machine_id, sensor_type FROM sensor_aggregates GROUP BY 1, 2 ORDER BY 1, 2", &[])
+        .query(
+            "SELECT machine_id, sensor_type FROM sensor_aggregates GROUP BY 1, 2 ORDER BY 1, 2",
+            &[],
+        )
         .await
         .context("listing the machines in sensor_aggregates")?;
     rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
@@ -223,7 +258,10 @@ async fn nothing_found(client: &Client, args: &Args) -> Result<String> {
         return Ok(format!("unknown machine `{m}`: sensor_aggregates has no windows for it (machines with windows: {machines})"));
     }
     if let Some(s) = args.sensors.iter().find(|s| !known.iter().any(|k| &k.1 == *s)) {
-        return Ok(format!("sensor_aggregates has no windows for sensor `{s}` (sensors with windows: {})", list(known.iter().map(|k| k.1.clone()))));
+        return Ok(format!(
+            "sensor_aggregates has no windows for sensor `{s}` (sensors with windows: {})",
+            list(known.iter().map(|k| k.1.clone()))
+        ));
     }
     Ok(format!(
         "no windows match --machine {} --sensor {} (series with windows: {})",
@@ -260,7 +298,10 @@ mod tests {
     #[test]
     fn columns_exist_in_the_schema() {
         for c in COLUMNS {
-            assert!(SENSOR_AGGREGATES.column(c).is_some(), "{c} is not a column of sensor_aggregates");
+            assert!(
+                SENSOR_AGGREGATES.column(c).is_some(),
+                "{c} is not a column of sensor_aggregates"
+            );
         }
         let sql = query_sql();
         assert!(sql.contains("ORDER BY a.machine_id, a.sensor_type, a.window_start"));

@@ -34,31 +34,60 @@ pub fn run(config: Config, args: Args) -> Result<ExitCode> {
     let text = match args.what {
         What::Compose => {
             // Rendering needs no running lab: use remembered ports if any, else the config's.
-            let state = State::load(&config.project)?
-                .unwrap_or_else(|| State { db_password: String::new(), ports: config.ports.clone(), replicas: Default::default(), broker_password: String::new() });
+            let state = State::load(&config.project)?.unwrap_or_else(|| State {
+                db_password: String::new(),
+                ports: config.ports.clone(),
+                replicas: Default::default(),
+                broker_password: String::new(),
+            });
             render::compose(&Stack::new(&config, &state))?
         }
         What::InitDb => schema::init_db_sql(),
         // The password is filled in at submit time only; rendered output never shows it.
         What::Flink => super::flink::render(&config, None)?,
         What::Spark => {
-            let state = State { db_password: String::new(), ports: config.ports.clone(), replicas: Default::default(), broker_password: String::new() };
+            let state = State {
+                db_password: String::new(),
+                ports: config.ports.clone(),
+                replicas: Default::default(),
+                broker_password: String::new(),
+            };
             let lab = crate::lab::Lab::new(config.clone(), state);
             let args = super::spark::SubmitArgs {
-                from: None, to: None, with_aggregates: false, partitions: 4, no_wait: false, timeout: 0, dry_run: true, json: false,
+                from: None,
+                to: None,
+                with_aggregates: false,
+                partitions: 4,
+                no_wait: false,
+                timeout: 0,
+                dry_run: true,
+                json: false,
             };
-            super::spark::render_config(&lab, &args, &super::spark::JobSecrets::placeholders(), Some("<filled in by labctl submit spark>"))?
+            super::spark::render_config(
+                &lab,
+                &args,
+                &super::spark::JobSecrets::placeholders(),
+                Some("<filled in by labctl submit spark>"),
+            )?
         }
     };
     match (&args.output, args.check) {
         (Some(path), true) => {
-            let current = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let current = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             if current != text {
-                eprintln!("{} is out of date; regenerate it with `labctl render {} -o {}`", path.display(), what_name(args.what), path.display());
+                eprintln!(
+                    "{} is out of date; regenerate it with `labctl render {} -o {}`",
+                    path.display(),
+                    what_name(args.what),
+                    path.display()
+                );
                 return Ok(ExitCode::FAILURE);
             }
         }
-        (Some(path), false) => std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?,
+        (Some(path), false) => {
+            std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?
+        }
         (None, _) => print!("{text}"),
     }
     Ok(ExitCode::SUCCESS)

@@ -25,11 +25,13 @@ use crate::{
 };
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "The new size is remembered in the lab's state (~/.local/state/labctl/<project>.json): a later \
+#[command(
+    after_help = "The new size is remembered in the lab's state (~/.local/state/labctl/<project>.json): a later \
                         plain `labctl up` keeps it. The config's flink.taskmanagers / spark.workers give the size of a lab \
                         that was never scaled; `labctl down --volumes` forgets the remembered size. The next `submit flink` \
                         still runs with parallelism = topic partitions (one reader per partition); the next `submit spark` \
-                        sizes its executors from the workers' free cores.")]
+                        sizes its executors from the workers' free cores."
+)]
 pub struct Args {
     /// flink-taskmanager or spark-worker.
     #[arg(value_name = "SERVICE")]
@@ -68,7 +70,12 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
     let service = args.service.as_str();
     check(service, args.replicas)?;
     if let Some(part) = crate::endpoints::Part::of_service(service) {
-        crate::endpoints::ensure_managed(&config, part, &format!("`labctl scale {service}`"), "resize it where it runs")?;
+        crate::endpoints::ensure_managed(
+            &config,
+            part,
+            &format!("`labctl scale {service}`"),
+            "resize it where it runs",
+        )?;
     }
     let n = args.replicas;
     let started = Instant::now();
@@ -78,7 +85,10 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
     let existing = rt.list_containers(&config.project).await?;
     let head = if service == FLINK_TM { FLINK_JM } else { SPARK_MASTER };
     if !existing.iter().any(|c| c.service == head && c.running()) {
-        bail!("lab `{}` is not running ({head} is not up); start it with `labctl up`", config.project);
+        bail!(
+            "lab `{}` is not running ({head} is not up); start it with `labctl up`",
+            config.project
+        );
     }
     let timeout = Duration::from_secs(args.timeout.unwrap_or(config.ready_timeout_secs));
 
@@ -122,7 +132,9 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
         Size::Flink { taskmanagers, slots_total, slots_available } => {
             format!("{taskmanagers} TaskManager(s), {slots_total} slots ({slots_available} free)")
         }
-        Size::Spark { workers_alive, cores, cores_used } => format!("{workers_alive} worker(s) ALIVE, {cores} cores ({cores_used} used)"),
+        Size::Spark { workers_alive, cores, cores_used } => {
+            format!("{workers_alive} worker(s) ALIVE, {cores} cores ({cores_used} used)")
+        }
     };
     finish(&pb, format!("{from} -> {n} in {secs:.1} s: {summary}"));
     if args.json {
@@ -139,14 +151,18 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
-        eprintln!("{service} scaled {from} -> {n} (remembered: a plain `labctl up` keeps it): {summary}");
+        eprintln!(
+            "{service} scaled {from} -> {n} (remembered: a plain `labctl up` keeps it): {summary}"
+        );
         if service == FLINK_TM {
             eprintln!(
                 "  the next `labctl submit flink` runs with parallelism {} (= topic partitions: one reader per partition), whatever the slots",
                 job::JobSettings::for_lab(&lab.config).parallelism
             );
         } else {
-            eprintln!("  the next `labctl submit spark` sizes its executors from the workers' free cores");
+            eprintln!(
+                "  the next `labctl submit spark` sizes its executors from the workers' free cores"
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -159,8 +175,14 @@ async fn flink_scale_down_notes(lab: &Lab, n: u32) -> Vec<String> {
     let Ok(client) = lab.flink(Duration::from_secs(3)) else { return vec![] };
     let Ok(jobs) = client.jobs().await else { return vec![] };
     let name = job::job_name(&lab.stack.project);
-    let Some(j) = jobs.iter().find(|j| j.name == name && j.state == "RUNNING") else { return vec![] };
-    let parallelism = client.job(&j.jid).await.map(|d| d.vertices.iter().map(|v| v.parallelism).max().unwrap_or(0)).unwrap_or(0);
+    let Some(j) = jobs.iter().find(|j| j.name == name && j.state == "RUNNING") else {
+        return vec![];
+    };
+    let parallelism = client
+        .job(&j.jid)
+        .await
+        .map(|d| d.vertices.iter().map(|v| v.parallelism).max().unwrap_or(0))
+        .unwrap_or(0);
     let slots = n * lab.config.flink.slots_per_taskmanager;
     let attempts = job::JobSettings::for_lab(&lab.config).restart_attempts;
     let mut notes = vec![format!(
@@ -177,26 +199,39 @@ async fn flink_scale_down_notes(lab: &Lab, n: u32) -> Vec<String> {
 
 /// Polls the cluster until it reports exactly `n` TaskManagers (and their slots) or `n` ALIVE
 /// workers; a removed member counts until the cluster notices it is gone.
-async fn wait_for_size(lab: &Lab, service: &str, n: u32, timeout: Duration, pb: &indicatif::ProgressBar) -> Result<Size> {
+async fn wait_for_size(
+    lab: &Lab,
+    service: &str,
+    n: u32,
+    timeout: Duration,
+    pb: &indicatif::ProgressBar,
+) -> Result<Size> {
     let start = Instant::now();
     let slots = n * lab.config.flink.slots_per_taskmanager;
     loop {
         let seen = match service {
             FLINK_TM => lab.flink(Duration::from_secs(3))?.overview().await.map(|o| {
                 let done = o.taskmanagers == n && o.slots_total == slots;
-                (done, format!("{} of {n} TaskManagers, {} of {slots} slots", o.taskmanagers, o.slots_total), Size::Flink {
-                    taskmanagers: o.taskmanagers,
-                    slots_total: o.slots_total,
-                    slots_available: o.slots_available,
-                })
+                (
+                    done,
+                    format!(
+                        "{} of {n} TaskManagers, {} of {slots} slots",
+                        o.taskmanagers, o.slots_total
+                    ),
+                    Size::Flink {
+                        taskmanagers: o.taskmanagers,
+                        slots_total: o.slots_total,
+                        slots_available: o.slots_available,
+                    },
+                )
             }),
             _ => lab.spark(Duration::from_secs(3))?.master().await.map(|m| {
                 let alive = crate::spark::Client::alive_workers(&m) as u32;
-                (alive == n, format!("{alive} of {n} workers ALIVE, {} cores", m.cores), Size::Spark {
-                    workers_alive: alive,
-                    cores: m.cores,
-                    cores_used: m.coresused,
-                })
+                (
+                    alive == n,
+                    format!("{alive} of {n} workers ALIVE, {} cores", m.cores),
+                    Size::Spark { workers_alive: alive, cores: m.cores, cores_used: m.coresused },
+                )
             }),
         };
         let why = match seen {
@@ -221,7 +256,11 @@ mod tests {
     #[test]
     fn only_replicated_services_within_bounds() {
         let err = check("broker", 2).unwrap_err().to_string();
-        assert!(err.contains("`broker` cannot be scaled") && err.contains("flink-taskmanager, spark-worker"), "{err}");
+        assert!(
+            err.contains("`broker` cannot be scaled")
+                && err.contains("flink-taskmanager, spark-worker"),
+            "{err}"
+        );
         assert!(check("flink-taskmanager", 0).unwrap_err().to_string().contains("1 to 8"));
         assert!(check("spark-worker", 9).is_err());
         assert!(check("flink-taskmanager", 1).is_ok() && check("spark-worker", 8).is_ok());

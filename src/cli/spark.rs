@@ -12,8 +12,8 @@ use crate::{
     assets,
     config::Config,
     docker::Runtime,
-    lab::Lab,
     endpoints,
+    lab::Lab,
     lake::BlobClient,
     render::render_template,
     schema::{MACHINE_SENSORS, SENSOR_AGGREGATES},
@@ -119,7 +119,9 @@ fn valid_delta_path(path: &str) -> bool {
     path.len() <= 200
         && path.split('/').all(|seg| {
             seg.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-                && seg.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '='))
+                && seg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '='))
         })
 }
 
@@ -163,11 +165,22 @@ impl JobSecrets {
 }
 
 /// `result_url`: where the job writes its result (a SAS URL from `Staging`); None leaves it out.
-pub fn render_config(lab: &Lab, args: &SubmitArgs, secrets: &JobSecrets, result_url: Option<&str>) -> Result<String> {
+pub fn render_config(
+    lab: &Lab,
+    args: &SubmitArgs,
+    secrets: &JobSecrets,
+    result_url: Option<&str>,
+) -> Result<String> {
     render_config_with(lab, args, secrets, &Overrides::default(), result_url)
 }
 
-pub fn render_config_with(lab: &Lab, args: &SubmitArgs, secrets: &JobSecrets, over: &Overrides, result_url: Option<&str>) -> Result<String> {
+pub fn render_config_with(
+    lab: &Lab,
+    args: &SubmitArgs,
+    secrets: &JobSecrets,
+    over: &Overrides,
+    result_url: Option<&str>,
+) -> Result<String> {
     let from = args.from.as_deref().map(|s| parse_instant("--from", s)).transpose()?;
     let to = args.to.as_deref().map(|s| parse_instant("--to", s)).transpose()?;
     if let (Some(f), Some(t)) = (&from, &to) {
@@ -187,7 +200,9 @@ pub fn render_config_with(lab: &Lab, args: &SubmitArgs, secrets: &JobSecrets, ov
         if !valid_delta_path(p) {
             bail!("Delta path {p:?}: use /-separated segments of letters, digits, _ . - =, each starting with a letter or digit");
         }
-        if crate::schema::TABLES.iter().any(|t| t.name == p.as_str()) && over.table.as_deref() != Some(p.as_str()) {
+        if crate::schema::TABLES.iter().any(|t| t.name == p.as_str())
+            && over.table.as_deref() != Some(p.as_str())
+        {
             bail!("Delta path {p:?} is the lab's own table; an override needs a path of its own");
         }
     }
@@ -201,9 +216,17 @@ pub fn render_config_with(lab: &Lab, args: &SubmitArgs, secrets: &JobSecrets, ov
     let delta_path = over.delta_path.as_deref().unwrap_or(name);
     let mut tables = vec![table_entry(&MACHINE_SENSORS, name, delta_path)];
     if args.with_aggregates {
-        tables.push(table_entry(&SENSOR_AGGREGATES, SENSOR_AGGREGATES.name, SENSOR_AGGREGATES.name));
+        tables.push(table_entry(
+            &SENSOR_AGGREGATES,
+            SENSOR_AGGREGATES.name,
+            SENSOR_AGGREGATES.name,
+        ));
     }
-    let json_or_null = |v: &Option<String>| v.as_ref().map(|s| serde_json::to_string(s).unwrap_or_default()).unwrap_or_else(|| "null".into());
+    let json_or_null = |v: &Option<String>| {
+        v.as_ref()
+            .map(|s| serde_json::to_string(s).unwrap_or_default())
+            .unwrap_or_else(|| "null".into())
+    };
     let mut ctx = tera::Context::new();
     ctx.insert("jdbc_url", &endpoints::cluster_jdbc_url(&lab.config));
     ctx.insert("db_user", &endpoints::database_user(&lab.config));
@@ -231,7 +254,8 @@ pub fn render_config_with(lab: &Lab, args: &SubmitArgs, secrets: &JobSecrets, ov
     ctx.insert("lake_container", &lab.config.lake.container);
     ctx.insert("result_url", &result_url);
     let text = render_template(TEMPLATE, &ctx)?;
-    serde_json::from_str::<serde_json::Value>(&text).with_context(|| format!("{TEMPLATE} did not render valid JSON"))?;
+    serde_json::from_str::<serde_json::Value>(&text)
+        .with_context(|| format!("{TEMPLATE} did not render valid JSON"))?;
     Ok(text)
 }
 
@@ -254,7 +278,8 @@ pub struct Sizing {
 /// The client compiler alone (-XX:TieredStopAtLevel=1) saved CPU too but made the JDBC read
 /// slower; not used.
 /// `/dev/urandom` for SecureRandom: a fresh container's entropy pool must not stall the JVM.
-const JVM_OPTIONS: &str = "-Duser.timezone=UTC -XX:+UseSerialGC -Djava.security.egd=file:/dev/urandom";
+const JVM_OPTIONS: &str =
+    "-Duser.timezone=UTC -XX:+UseSerialGC -Djava.security.egd=file:/dev/urandom";
 
 impl Sizing {
     /// From the workers' free cores (all cores when fewer than 2 are free: the submission then
@@ -277,11 +302,25 @@ impl Sizing {
         };
         if alive.len() == 1 {
             let driver_memory_mb = memory_mb.saturating_sub(512).clamp(512, 1536);
-            return Ok(Self { executors: 0, executor_cores: 0, executor_memory_mb: 0, driver_cores: cores, driver_memory_mb, task_slots: cores });
+            return Ok(Self {
+                executors: 0,
+                executor_cores: 0,
+                executor_memory_mb: 0,
+                driver_cores: cores,
+                driver_memory_mb,
+                task_slots: cores,
+            });
         }
         let executors = cores - 1;
         let per_executor = ((memory_mb.saturating_sub(512)) / executors as u64).clamp(512, 1024);
-        Ok(Self { executors, executor_cores: 1, executor_memory_mb: per_executor, driver_cores: 1, driver_memory_mb: 512, task_slots: executors })
+        Ok(Self {
+            executors,
+            executor_cores: 1,
+            executor_memory_mb: per_executor,
+            driver_cores: 1,
+            driver_memory_mb: 512,
+            task_slots: executors,
+        })
     }
 
     pub fn properties(&self) -> Vec<(String, String)> {
@@ -308,7 +347,10 @@ impl Sizing {
     /// "3 executors x 1 core, 1024 MiB; driver 1 core, 512 MiB"
     pub fn describe(&self) -> String {
         if self.executors == 0 {
-            return format!("no executors, tasks in the driver: {} cores ({} task slots), {} MiB", self.driver_cores, self.task_slots, self.driver_memory_mb);
+            return format!(
+                "no executors, tasks in the driver: {} cores ({} task slots), {} MiB",
+                self.driver_cores, self.task_slots, self.driver_memory_mb
+            );
         }
         format!(
             "{} executor{} x {} core{}, {} MiB; driver {} core, {} MiB",
@@ -342,7 +384,8 @@ impl Staging {
     pub fn new(lab: &Lab, timeout: Duration) -> Result<Self> {
         let blob = lab.blob(Duration::from_secs(30))?;
         // Milliseconds and the process id: two labctl processes submitting at once do not share one.
-        let stamp = format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%3f"), std::process::id());
+        let stamp =
+            format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%3f"), std::process::id());
         let mut staging = Self {
             blob,
             container: lab.config.lake.container.clone(),
@@ -366,21 +409,32 @@ impl Staging {
     }
 
     fn url(&self, file: &str, permissions: &str) -> Result<String> {
-        self.blob.sas_url(&self.endpoint, &self.container, &self.blob_name(file), permissions, self.ttl)
+        self.blob.sas_url(
+            &self.endpoint,
+            &self.container,
+            &self.blob_name(file),
+            permissions,
+            self.ttl,
+        )
     }
 
     async fn put(&self, file: &str, bytes: &[u8], content_type: &str) -> Result<()> {
         self.blob
             .put_blob(&self.container, &self.blob_name(file), bytes, content_type)
             .await
-            .with_context(|| format!("staging {file} in the lake ({}/{})", self.container, self.prefix))
+            .with_context(|| {
+                format!("staging {file} in the lake ({}/{})", self.container, self.prefix)
+            })
     }
 
     /// The job's result.json; None when it wrote none.
     async fn result(&self) -> Result<Option<serde_json::Value>> {
         let name = self.blob_name(STAGED_RESULT);
-        let Some(bytes) = self.blob.get_blob_if_exists(&self.container, &name).await? else { return Ok(None) };
-        let v = serde_json::from_slice(&bytes).with_context(|| format!("{}/{name} is not JSON", self.container))?;
+        let Some(bytes) = self.blob.get_blob_if_exists(&self.container, &name).await? else {
+            return Ok(None);
+        };
+        let v = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}/{name} is not JSON", self.container))?;
         Ok(Some(v))
     }
 
@@ -388,7 +442,10 @@ impl Staging {
     /// what may stay behind is the job file and the result, no secret).
     async fn remove(&self) {
         if let Err(e) = self.blob.delete_prefix(&self.container, &self.prefix).await {
-            eprintln!("warning: cannot remove the export's staged files {}/{}: {e:#}", self.container, self.prefix);
+            eprintln!(
+                "warning: cannot remove the export's staged files {}/{}: {e:#}",
+                self.container, self.prefix
+            );
         }
     }
 }
@@ -424,11 +481,14 @@ pub struct Outcome {
 /// Stages the job and its config (rendered with `staging.result_url()`) in the lake and
 /// submits it; the cluster fetches both through SAS URLs.
 pub async fn start_export(lab: &Lab, staging: Staging, config_json: &str) -> Result<Started> {
-    let job = assets::text(JOB_FILE).ok_or_else(|| anyhow!("{JOB_FILE} is not embedded in this build"))?;
+    let job = assets::text(JOB_FILE)
+        .ok_or_else(|| anyhow!("{JOB_FILE} is not embedded in this build"))?;
     let client = lab.spark(Duration::from_secs(10))?;
-    let master = client.master().await.with_context(|| match endpoints::context_for(&lab.config, endpoints::Part::Spark) {
-        Some(ext) => format!("the {ext} does not answer"),
-        None => "the Spark master is not up; start it with `labctl up`".into(),
+    let master = client.master().await.with_context(|| {
+        match endpoints::context_for(&lab.config, endpoints::Part::Spark) {
+            Some(ext) => format!("the {ext} does not answer"),
+            None => "the Spark master is not up; start it with `labctl up`".into(),
+        }
     })?;
     if spark::Client::alive_workers(&master) == 0 {
         bail!("no Spark worker is alive; `labctl up` starts them");
@@ -460,7 +520,14 @@ pub async fn start_export(lab: &Lab, staging: Staging, config_json: &str) -> Res
     }
     .await;
     match submission {
-        Ok((id, submitted)) => Ok(Started { id, sizing, submitted, client, staging, project: lab.stack.project.clone() }),
+        Ok((id, submitted)) => Ok(Started {
+            id,
+            sizing,
+            submitted,
+            client,
+            staging,
+            project: lab.stack.project.clone(),
+        }),
         Err(e) => {
             staging.remove().await;
             Err(e)
@@ -470,13 +537,21 @@ pub async fn start_export(lab: &Lab, staging: Staging, config_json: &str) -> Res
 
 /// Polls a submission to its end (killing it after `timeout`), collects its result and removes
 /// its staged files.
-pub async fn wait_export(started: &Started, timeout: Duration, pb: &indicatif::ProgressBar) -> Result<Outcome> {
+pub async fn wait_export(
+    started: &Started,
+    timeout: Duration,
+    pb: &indicatif::ProgressBar,
+) -> Result<Outcome> {
     let outcome = poll_export(started, timeout, pb).await;
     started.staging.remove().await;
     outcome
 }
 
-async fn poll_export(started: &Started, timeout: Duration, pb: &indicatif::ProgressBar) -> Result<Outcome> {
+async fn poll_export(
+    started: &Started,
+    timeout: Duration,
+    pb: &indicatif::ProgressBar,
+) -> Result<Outcome> {
     let id = &started.id;
     let status = loop {
         let s = started.client.status(id).await?;
@@ -498,14 +573,21 @@ async fn poll_export(started: &Started, timeout: Duration, pb: &indicatif::Progr
         _ => driver_output(&started.project, id).await,
     };
     if state == "FINISHED" && result.is_none() {
-        let tail = output.as_deref().map(|o| format!(":\n{}", last_lines(o, 15))).unwrap_or_default();
+        let tail =
+            output.as_deref().map(|o| format!(":\n{}", last_lines(o, 15))).unwrap_or_default();
         bail!(
             "the export {id} FINISHED but wrote no result to {}/{}{STAGED_RESULT}{tail}",
             started.staging.container,
             started.staging.prefix
         );
     }
-    Ok(Outcome { id: id.clone(), state, seconds, result: result.unwrap_or(serde_json::Value::Null), output })
+    Ok(Outcome {
+        id: id.clone(),
+        state,
+        seconds,
+        result: result.unwrap_or(serde_json::Value::Null),
+        output,
+    })
 }
 
 impl Outcome {
@@ -514,10 +596,22 @@ impl Outcome {
     pub fn require_finished(&self) -> Result<()> {
         if self.state != "FINISHED" {
             let detail = match self.result["error"].as_str() {
-                Some(err) => format!("{err}\n{}", self.result["traceback_tail"].as_str().unwrap_or("")),
-                None => self.output.as_deref().map(|o| last_lines(o, 15)).unwrap_or_else(|| "(no result from the job, driver output not found)".into()),
+                Some(err) => {
+                    format!("{err}\n{}", self.result["traceback_tail"].as_str().unwrap_or(""))
+                }
+                None => {
+                    self.output.as_deref().map(|o| last_lines(o, 15)).unwrap_or_else(|| {
+                        "(no result from the job, driver output not found)".into()
+                    })
+                }
             };
-            bail!("the export {} ended {} after {:.1} s:\n{}", self.id, self.state, self.seconds, detail.trim_end());
+            bail!(
+                "the export {} ended {} after {:.1} s:\n{}",
+                self.id,
+                self.state,
+                self.seconds,
+                detail.trim_end()
+            );
         }
         Ok(())
     }
@@ -526,7 +620,8 @@ impl Outcome {
 pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
     let lab = Lab::existing(config)?;
     let staging = Staging::new(&lab, Duration::from_secs(args.timeout))?;
-    let config_json = render_config(&lab, &args, &JobSecrets::of(&lab)?, Some(staging.result_url()))?;
+    let config_json =
+        render_config(&lab, &args, &JobSecrets::of(&lab)?, Some(staging.result_url()))?;
     if args.dry_run {
         eprintln!("config renders and validates; nothing submitted");
         return Ok(ExitCode::SUCCESS);
@@ -549,7 +644,10 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
     outcome.require_finished()?;
     let (state, secs, result) = (&outcome.state, outcome.seconds, &outcome.result);
     if args.json {
-        println!("{}", serde_json::json!({"submission_id": id, "state": state, "seconds": secs, "sizing": started.sizing, "result": result}));
+        println!(
+            "{}",
+            serde_json::json!({"submission_id": id, "state": state, "seconds": secs, "sizing": started.sizing, "result": result})
+        );
     } else {
         eprintln!("export {id} FINISHED in {secs:.1} s ({}): {result}", started.sizing.describe());
     }
@@ -562,7 +660,8 @@ async fn driver_output(project: &str, id: &str) -> Option<String> {
     let rt = Runtime::connect().await.ok()?;
     let containers = rt.list_containers(project).await.ok()?;
     for c in containers.iter().filter(|c| c.service == SPARK_WORKER) {
-        if let Ok(bytes) = rt.read_file(&c.name, &format!("/var/lib/spark/work/{id}/stdout")).await {
+        if let Ok(bytes) = rt.read_file(&c.name, &format!("/var/lib/spark/work/{id}/stdout")).await
+        {
             return Some(String::from_utf8_lossy(&bytes).into_owned());
         }
     }
@@ -600,8 +699,14 @@ mod tests {
     #[test]
     fn instants() {
         assert_eq!(parse_instant("--from", "2026-11-17").unwrap(), "2026-11-17T00:00:00.000Z");
-        assert_eq!(parse_instant("--from", "2026-11-17T06:30:00").unwrap(), "2026-11-17T06:30:00.000Z");
-        assert_eq!(parse_instant("--from", "2026-11-17T06:30:00+01:00").unwrap(), "2026-11-17T05:30:00.000Z");
+        assert_eq!(
+            parse_instant("--from", "2026-11-17T06:30:00").unwrap(),
+            "2026-11-17T06:30:00.000Z"
+        );
+        assert_eq!(
+            parse_instant("--from", "2026-11-17T06:30:00+01:00").unwrap(),
+            "2026-11-17T05:30:00.000Z"
+        );
         assert!(parse_instant("--from", "yesterday").unwrap_err().to_string().contains("--from"));
         assert!(parse_instant("--to", "2026-13-01").is_err());
     }
@@ -647,7 +752,10 @@ mod tests {
     fn sizing() {
         // One 2-core worker: the driver gets both cores and runs the tasks itself.
         let s = Sizing::from_master(&master(&[(2, 0, 2048)])).unwrap();
-        assert_eq!((s.executors, s.driver_cores, s.task_slots, s.driver_memory_mb), (0, 2, 2, 1536));
+        assert_eq!(
+            (s.executors, s.driver_cores, s.task_slots, s.driver_memory_mb),
+            (0, 2, 2, 1536)
+        );
         let props = s.properties();
         assert!(props.contains(&("spark.labctl.driverTaskThreads".into(), "2".into())));
         assert!(!props.iter().any(|(k, _)| k == "spark.cores.max"));

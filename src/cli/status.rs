@@ -38,7 +38,11 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
         loop {
             let report = status::report(&lab, &rt, timeout).await?;
             // Home and clear, then the whole screen at once, so it does not flicker.
-            println!("\x1b[H\x1b[2J{}(refreshing every {:.1} s; Ctrl-C to stop)", render(&report, color), every.as_secs_f64());
+            println!(
+                "\x1b[H\x1b[2J{}(refreshing every {:.1} s; Ctrl-C to stop)",
+                render(&report, color),
+                every.as_secs_f64()
+            );
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
@@ -53,7 +57,9 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
             "db_password": password,
             "db_url": format!("postgresql://{}:{password}@{}:{}/{}", db.user, db.host, db.port, db.name),
         });
-        if !lab.state.broker_password.is_empty() && lab.stack.published_port("broker_sasl_ssl").is_some() {
+        if !lab.state.broker_password.is_empty()
+            && lab.stack.published_port("broker_sasl_ssl").is_some()
+        {
             secrets["broker_sasl_password"] = lab.state.broker_password.clone().into();
         }
         report.secrets = Some(secrets);
@@ -81,16 +87,28 @@ pub use crate::status::count;
 
 /// The Flink job's own lag beside the one its committed offsets give.
 fn broker_lag(b: &status::BrokerSection) -> String {
-    let flink = b.flink_consumer_lag.map(|l| format!("Flink lag {} (pendingRecords)", count(l))).unwrap_or_else(|| "Flink lag: no running lab job".into());
+    let flink = b
+        .flink_consumer_lag
+        .map(|l| format!("Flink lag {} (pendingRecords)", count(l)))
+        .unwrap_or_else(|| "Flink lag: no running lab job".into());
     let g = &b.consumer_group;
     let group = match (&g.error, g.lag) {
         (Some(e), _) => format!("unknown ({e})"),
-        (None, _) if g.partitions.iter().all(|p| p.committed.is_none()) => "nothing committed yet (the job commits on each completed checkpoint)".into(),
+        (None, _) if g.partitions.iter().all(|p| p.committed.is_none()) => {
+            "nothing committed yet (the job commits on each completed checkpoint)".into()
+        }
         (None, lag) => {
             let parts: Vec<String> = g
                 .partitions
                 .iter()
-                .map(|p| format!("p{}={}{}", p.partition, count(p.lag), if p.committed.is_none() { " (none committed)" } else { "" }))
+                .map(|p| {
+                    format!(
+                        "p{}={}{}",
+                        p.partition,
+                        count(p.lag),
+                        if p.committed.is_none() { " (none committed)" } else { "" }
+                    )
+                })
                 .collect();
             format!("{} [{}]", lag.map(count).unwrap_or_else(|| "unknown".into()), parts.join(" "))
         }
@@ -103,9 +121,15 @@ fn cluster(c: &status::ClusterStatus, partitions: usize) -> String {
     if let Some(e) = &c.error {
         return format!("cluster unknown ({e})");
     }
-    let brokers: Vec<String> = c.brokers.iter().map(|b| format!("{}={}:{}", b.id, b.host, b.port)).collect();
+    let brokers: Vec<String> =
+        c.brokers.iter().map(|b| format!("{}={}:{}", b.id, b.host, b.port)).collect();
     let controller = match (&c.quorum, &c.quorum_error) {
-        (Some(q), None) => format!("controller {} (KRaft quorum leader, epoch {}, {} voter(s))", q.leader_id, q.leader_epoch, q.voters.len()),
+        (Some(q), None) => format!(
+            "controller {} (KRaft quorum leader, epoch {}, {} voter(s))",
+            q.leader_id,
+            q.leader_epoch,
+            q.voters.len()
+        ),
         (_, e) => format!("controller unknown ({})", e.as_deref().unwrap_or("no answer")),
     };
     let n = c.partitions.len().max(partitions);
@@ -113,7 +137,11 @@ fn cluster(c: &status::ClusterStatus, partitions: usize) -> String {
     let replication = match (c.offline.is_empty(), c.under_replicated.is_empty()) {
         (true, true) => format!("all {n} partitions fully in sync"),
         (true, false) => format!("under-replicated {} of {n} partitions", ids(&c.under_replicated)),
-        (false, _) => format!("offline {}, under-replicated {} of {n} partitions", ids(&c.offline), ids(&c.under_replicated)),
+        (false, _) => format!(
+            "offline {}, under-replicated {} of {n} partitions",
+            ids(&c.offline),
+            ids(&c.under_replicated)
+        ),
     };
     format!("{} broker(s) [{}], {controller}, {replication}", c.brokers.len(), brokers.join(" "))
 }
@@ -126,7 +154,8 @@ fn records(j: &status::FlinkJobStatus) -> String {
     // Flink registers an operator's metrics some seconds after its tasks start (and again
     // after a restore), and its REST answers refresh every 10 s: an operator not listed yet
     // is said so, not shown as a count of 0.
-    let op = |o: &status::OperatorStatus| format!("{} {} ({:.0}/s)", o.name, count(o.records), o.per_s);
+    let op =
+        |o: &status::OperatorStatus| format!("{} {} ({:.0}/s)", o.name, count(o.records), o.per_s);
     let list = |ops: &[status::OperatorStatus]| {
         if ops.is_empty() {
             "not reported yet".to_string()
@@ -153,23 +182,56 @@ pub fn render(r: &Report, color: bool) -> String {
         Health::Yellow => "needs a look",
         Health::Red => "something is down",
     };
-    let _ = writeln!(o, "{} lab `{}`: {overall}   ({} UTC, {} ms)", dot(r.health, color), r.project, r.at.format("%Y-%m-%d %H:%M:%S"), r.elapsed_ms);
+    let _ = writeln!(
+        o,
+        "{} lab `{}`: {overall}   ({} UTC, {} ms)",
+        dot(r.health, color),
+        r.project,
+        r.at.format("%Y-%m-%d %H:%M:%S"),
+        r.elapsed_ms
+    );
     let _ = writeln!(o, "\nSERVICES");
     for s in &r.services {
         let n = s.containers.len();
         let state = if n > 1 { format!("{} x{n}", s.state) } else { s.state.clone() };
-        let _ = writeln!(o, "{} {:<18} {:<11} {:<24} {}", dot(s.light.health, color), s.service, state, s.url.clone().unwrap_or_default(), s.light.reason);
+        let _ = writeln!(
+            o,
+            "{} {:<18} {:<11} {:<24} {}",
+            dot(s.light.health, color),
+            s.service,
+            state,
+            s.url.clone().unwrap_or_default(),
+            s.light.reason
+        );
     }
     let _ = writeln!(o, "\nPIPELINE");
     let line = |o: &mut String, name: &str, light: &Light, text: String| {
-        let text = if light.health == Health::Green || text.is_empty() { if text.is_empty() { light.reason.clone() } else { text } } else { format!("{text}  <- {}", light.reason) };
-        let _ = writeln!(o, "{} {:<9} {}", dot(light.health, color), name, text.trim_start_matches("  <- "));
+        let text = if light.health == Health::Green || text.is_empty() {
+            if text.is_empty() {
+                light.reason.clone()
+            } else {
+                text
+            }
+        } else {
+            format!("{text}  <- {}", light.reason)
+        };
+        let _ = writeln!(
+            o,
+            "{} {:<9} {}",
+            dot(light.health, color),
+            name,
+            text.trim_start_matches("  <- ")
+        );
     };
 
     let b = &r.broker;
     let mut text = String::new();
     if b.end_offsets.is_some() {
-        let parts: Vec<String> = b.partitions.iter().map(|p| format!("p{}={}", p.offsets.partition, count(p.messages))).collect();
+        let parts: Vec<String> = b
+            .partitions
+            .iter()
+            .map(|p| format!("p{}={}", p.offsets.partition, count(p.messages)))
+            .collect();
         let total: i64 = b.partitions.iter().map(|p| p.messages).sum();
         text = format!("topic `{}`: {} messages [{}]", b.topic, count(total), parts.join(" "));
         if let Some(rate) = b.ingest_per_s {
@@ -185,11 +247,18 @@ pub fn render(r: &Report, color: bool) -> String {
     let f = &r.flink;
     let mut text = String::new();
     if let Some(tm) = f.taskmanagers {
-        text = format!("{tm} TM, {}/{} slots free", f.slots_available.unwrap_or(0), f.slots_total.unwrap_or(0));
+        text = format!(
+            "{tm} TM, {}/{} slots free",
+            f.slots_available.unwrap_or(0),
+            f.slots_total.unwrap_or(0)
+        );
     }
     line(&mut o, "flink", &f.light, text);
     for j in &f.jobs {
-        let cp = j.last_checkpoint_age_secs.map(|a| format!("checkpoint {} ago", age(a))).unwrap_or_else(|| "no checkpoint".into());
+        let cp = j
+            .last_checkpoint_age_secs
+            .map(|a| format!("checkpoint {} ago", age(a)))
+            .unwrap_or_else(|| "no checkpoint".into());
         let _ = writeln!(
             o,
             "          {} {} up {}, {cp}, restores {}, late {}{}",
@@ -208,8 +277,17 @@ pub fn render(r: &Report, color: bool) -> String {
         .tables
         .iter()
         .map(|t| {
-            let fresh = t.freshness_secs.map(|s| format!(", newest {} old", age(s.max(0)))).unwrap_or_default();
-            format!("{} {}{} rows/{} chunks{fresh}", t.table, if t.rows_exact { "" } else { "~" }, count(t.rows), t.chunks)
+            let fresh = t
+                .freshness_secs
+                .map(|s| format!(", newest {} old", age(s.max(0))))
+                .unwrap_or_default();
+            format!(
+                "{} {}{} rows/{} chunks{fresh}",
+                t.table,
+                if t.rows_exact { "" } else { "~" },
+                count(t.rows),
+                t.chunks
+            )
         })
         .collect();
     let mut text = tables.join(" | ");
@@ -222,7 +300,11 @@ pub fn render(r: &Report, color: bool) -> String {
     let mut text = String::new();
     if let Some(m) = &s.master {
         let alive = s.workers.iter().filter(|w| w.state == "ALIVE").count();
-        text = format!("master {m}, {alive} worker(s), {}/{} cores used", s.cores_used.unwrap_or(0), s.cores.unwrap_or(0));
+        text = format!(
+            "master {m}, {alive} worker(s), {}/{} cores used",
+            s.cores_used.unwrap_or(0),
+            s.cores.unwrap_or(0)
+        );
         if let Some(last) = s.drivers.first() {
             let _ = write!(text, "; last driver {} {}", last.id, last.state);
         }
@@ -235,17 +317,29 @@ pub fn render(r: &Report, color: bool) -> String {
         .iter()
         .map(|t| {
             let rows = t.rows.map(|r| format!("{} rows, ", count(r as i64))).unwrap_or_default();
-            let when = t.last_commit.map(|c| format!(", exported {} ago", age((r.at - c).num_seconds().max(0)))).unwrap_or_default();
-            format!("{} v{}: {rows}{} partitions, {} files{when}", t.table, t.version.unwrap_or(0), t.partitions, t.data_files)
+            let when = t
+                .last_commit
+                .map(|c| format!(", exported {} ago", age((r.at - c).num_seconds().max(0))))
+                .unwrap_or_default();
+            format!(
+                "{} v{}: {rows}{} partitions, {} files{when}",
+                t.table,
+                t.version.unwrap_or(0),
+                t.partitions,
+                t.data_files
+            )
         })
         .collect();
     let mut text = tables.join(" | ");
     if let Some(c) = &l.currency {
         match (&c.error, c.due_before) {
             (Some(e), _) => text.push_str(&format!("; currency unknown: {e}")),
-            (None, Some(b)) if c.days_behind.is_empty() && c.days_differing.is_empty() => {
-                text.push_str(&format!("; current with the database on {} days (rows stamped before {})", c.days_compared, b.format("%H:%M:%S UTC")))
-            }
+            (None, Some(b)) if c.days_behind.is_empty() && c.days_differing.is_empty() => text
+                .push_str(&format!(
+                    "; current with the database on {} days (rows stamped before {})",
+                    c.days_compared,
+                    b.format("%H:%M:%S UTC")
+                )),
             _ => {}
         }
     }

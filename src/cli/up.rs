@@ -14,8 +14,8 @@ use indicatif::MultiProgress;
 use super::{finish, spinner};
 use crate::{
     config::Config,
-    endpoints,
     docker::{images::tail_lines, Action, ContainerInfo, Runtime},
+    endpoints,
     lab::Lab,
     stack::{self, Probe, Secret, Service, FLINK_TM, IMAGES, SCALABLE, SPARK_WORKER},
     state::State,
@@ -62,7 +62,8 @@ pub async fn run(mut config: Config, args: Args) -> Result<ExitCode> {
         }
     }
     for service in SCALABLE {
-        let (now, initial) = (stack::replicas(&config, &state, service), stack::initial_replicas(&config, service));
+        let (now, initial) =
+            (stack::replicas(&config, &state, service), stack::initial_replicas(&config, service));
         if now != initial {
             eprintln!("{service}: {now} replica(s), the size this lab was scaled to (the config's initial size is {initial}; `labctl scale {service} N` changes it)");
         }
@@ -91,7 +92,11 @@ pub async fn run(mut config: Config, args: Args) -> Result<ExitCode> {
             setup_lab(&lab, &multi).await?;
         }
         for svc in lab.stack.start_order().into_iter().filter(|s| s.after_setup == after_setup) {
-            let tag = tags.iter().find(|(n, _)| *n == svc.image.name).map(|(_, t)| t.clone()).context("image tag")?;
+            let tag = tags
+                .iter()
+                .find(|(n, _)| *n == svc.image.name)
+                .map(|(_, t)| t.clone())
+                .context("image tag")?;
             changed += ensure_replicas(&rt, &lab, svc, &tag, &existing).await?;
         }
     }
@@ -151,7 +156,12 @@ pub async fn run(mut config: Config, args: Args) -> Result<ExitCode> {
             Some(e) => eprintln!("  lake      {} (external)", e.address),
             None => eprintln!("  azurite   http://{bind}:{}/devstoreaccount1", p.azurite),
         }
-        for e in lab.stack.external.iter().filter(|e| matches!(e.part, endpoints::Part::Flink | endpoints::Part::Spark)) {
+        for e in lab
+            .stack
+            .external
+            .iter()
+            .filter(|e| matches!(e.part, endpoints::Part::Flink | endpoints::Part::Spark))
+        {
             eprintln!("  {:<9} {} (external)", e.name, e.address);
         }
         if c.ingest.enabled && lab.stack.service(stack::INGEST).is_none() {
@@ -166,7 +176,9 @@ pub async fn run(mut config: Config, args: Args) -> Result<ExitCode> {
 /// listener as a client would: TLS verified against that CA, SCRAM-SHA-512 as `lab`.
 async fn check_sasl_ssl_listener(rt: &Runtime, lab: &Lab, port: u16) -> Result<serde_json::Value> {
     let container = lab.stack.container_name(stack::BROKER, 1);
-    let ca = rt.read_file(&container, stack::BROKER_CA_PATH).await.with_context(|| format!("the broker made no CA certificate at {}", stack::BROKER_CA_PATH))?;
+    let ca = rt.read_file(&container, stack::BROKER_CA_PATH).await.with_context(|| {
+        format!("the broker made no CA certificate at {}", stack::BROKER_CA_PATH)
+    })?;
     let ca_path = crate::state::broker_ca_path(&lab.stack.project);
     std::fs::write(&ca_path, &ca).with_context(|| format!("writing {}", ca_path.display()))?;
     let bootstrap = format!("{}:{port}", stack::host_address(&lab.stack.bind_address));
@@ -178,7 +190,10 @@ async fn check_sasl_ssl_listener(rt: &Runtime, lab: &Lab, port: u16) -> Result<s
         ("sasl.password", lab.state.broker_password.as_str()),
         ("ssl.ca.location", ca_file.as_str()),
     ];
-    let client = crate::kafka::Broker { bootstrap: bootstrap.clone(), security: security.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
+    let client = crate::kafka::Broker {
+        bootstrap: bootstrap.clone(),
+        security: security.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    };
     // The listener opens with the broker; the login can trail it by a moment.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -207,7 +222,9 @@ async fn check_sasl_ssl_listener(rt: &Runtime, lab: &Lab, port: u16) -> Result<s
 fn check_ports(lab: &Lab, existing: &[ContainerInfo]) -> Result<()> {
     for svc in &lab.stack.services {
         for p in &svc.ports {
-            let ours = existing.iter().any(|c| c.service == svc.name && c.running() && c.host_ports.contains(&p.host));
+            let ours = existing
+                .iter()
+                .any(|c| c.service == svc.name && c.running() && c.host_ports.contains(&p.host));
             if ours {
                 continue;
             }
@@ -228,21 +245,39 @@ fn check_ports(lab: &Lab, existing: &[ContainerInfo]) -> Result<()> {
 }
 
 /// Base image first, then the images the stack uses (see `cli::build_images`).
-async fn build_images(rt: &Runtime, lab: &Lab, multi: &MultiProgress, force: bool) -> Result<Vec<(&'static str, String)>> {
+async fn build_images(
+    rt: &Runtime,
+    lab: &Lab,
+    multi: &MultiProgress,
+    force: bool,
+) -> Result<Vec<(&'static str, String)>> {
     let pb = spinner(multi, "images");
     rt.ensure_base(&pb).await?;
-    let specs: Vec<&'static stack::ImageSpec> = IMAGES.iter().filter(|i| lab.stack.services.iter().any(|s| s.image.name == i.name)).collect();
+    let specs: Vec<&'static stack::ImageSpec> = IMAGES
+        .iter()
+        .filter(|i| lab.stack.services.iter().any(|s| s.image.name == i.name))
+        .collect();
     let results = super::build_images(rt, &specs, force, multi).await?;
     let built: Vec<&str> = results.iter().filter(|r| r.2).map(|r| r.0).collect();
-    finish(&pb, if built.is_empty() { "all cached".into() } else { format!("built {}", built.join(", ")) });
+    finish(
+        &pb,
+        if built.is_empty() { "all cached".into() } else { format!("built {}", built.join(", ")) },
+    );
     Ok(results.into_iter().map(|(name, tag, _)| (name, tag)).collect())
 }
 
 /// Creates, starts or keeps replicas 1..=N of one service (N from the stack, i.e. the lab's
 /// remembered size); returns how many containers changed. `up` and `scale` both start
 /// replicas through here.
-pub(crate) async fn ensure_replicas(rt: &Runtime, lab: &Lab, svc: &Service, tag: &str, existing: &[ContainerInfo]) -> Result<usize> {
-    let (password, broker_password) = (lab.state.db_password.clone(), lab.state.broker_password.clone());
+pub(crate) async fn ensure_replicas(
+    rt: &Runtime,
+    lab: &Lab,
+    svc: &Service,
+    tag: &str,
+    existing: &[ContainerInfo],
+) -> Result<usize> {
+    let (password, broker_password) =
+        (lab.state.db_password.clone(), lab.state.broker_password.clone());
     let secrets = move |s: Secret| match s {
         Secret::DbPassword => password.clone(),
         Secret::BrokerPassword => broker_password.clone(),
@@ -263,10 +298,18 @@ pub(crate) async fn ensure_replicas(rt: &Runtime, lab: &Lab, svc: &Service, tag:
 /// Removes containers of replicas beyond the lab's count, or of services no longer defined,
 /// highest replica number first, each stopped gracefully within its service's stop timeout.
 /// Returns the names removed. `up` and `scale` both stop replicas through here.
-pub(crate) async fn remove_surplus(rt: &Runtime, lab: &Lab, existing: &[ContainerInfo]) -> Result<Vec<String>> {
+pub(crate) async fn remove_surplus(
+    rt: &Runtime,
+    lab: &Lab,
+    existing: &[ContainerInfo],
+) -> Result<Vec<String>> {
     let mut surplus: Vec<&ContainerInfo> = existing
         .iter()
-        .filter(|c| !lab.stack.service(&c.service).is_some_and(|s| c.replica >= 1 && c.replica <= s.replicas))
+        .filter(|c| {
+            !lab.stack
+                .service(&c.service)
+                .is_some_and(|s| c.replica >= 1 && c.replica <= s.replicas)
+        })
         .collect();
     surplus.sort_by_key(|c| std::cmp::Reverse(c.replica));
     let mut removed = Vec::new();
@@ -280,7 +323,12 @@ pub(crate) async fn remove_surplus(rt: &Runtime, lab: &Lab, existing: &[Containe
 }
 
 /// Polls every service's probe concurrently until it passes or the timeout ends.
-async fn wait_ready(rt: &Runtime, lab: &Lab, multi: &MultiProgress, after_setup: bool) -> Result<()> {
+async fn wait_ready(
+    rt: &Runtime,
+    lab: &Lab,
+    multi: &MultiProgress,
+    after_setup: bool,
+) -> Result<()> {
     let timeout = Duration::from_secs(lab.config.ready_timeout_secs);
     let mut tasks = tokio::task::JoinSet::new();
     // External services get the same probes as the managed ones they replace.
@@ -292,7 +340,12 @@ async fn wait_ready(rt: &Runtime, lab: &Lab, multi: &MultiProgress, after_setup:
         .map(|s| (s.name, s.probe.clone(), String::new()))
         .collect();
     if !after_setup {
-        checks.extend(lab.stack.external.iter().map(|e| (e.name, e.probe.clone(), format!("external {}: ", e.address))));
+        checks.extend(
+            lab.stack
+                .external
+                .iter()
+                .map(|e| (e.name, e.probe.clone(), format!("external {}: ", e.address))),
+        );
     }
     for (name, probe, label) in checks {
         let pb = spinner(multi, name);
@@ -303,7 +356,13 @@ async fn wait_ready(rt: &Runtime, lab: &Lab, multi: &MultiProgress, after_setup:
             loop {
                 match lab.probe(&probe, Duration::from_secs(3)).await {
                     Ok(detail) => {
-                        finish(&pb, format!("{label}ready in {:.1} s: {detail}", start.elapsed().as_secs_f64()));
+                        finish(
+                            &pb,
+                            format!(
+                                "{label}ready in {:.1} s: {detail}",
+                                start.elapsed().as_secs_f64()
+                            ),
+                        );
                         return Ok::<_, (&'static str, String)>(());
                     }
                     Err(e) => {
@@ -317,7 +376,9 @@ async fn wait_ready(rt: &Runtime, lab: &Lab, multi: &MultiProgress, after_setup:
                     }
                 }
                 if start.elapsed() > timeout {
-                    pb.abandon_with_message(format!("{label}NOT READY after {timeout:?}: {last_err}"));
+                    pb.abandon_with_message(format!(
+                        "{label}NOT READY after {timeout:?}: {last_err}"
+                    ));
                     return Err((name, last_err));
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -356,8 +417,12 @@ async fn wait_ready(rt: &Runtime, lab: &Lab, multi: &MultiProgress, after_setup:
         for s in lab.stack.services.iter().filter(|s| related.contains(s.name)) {
             for r in 1..=s.replicas {
                 let name = lab.stack.container_name(s.name, r);
-                let logs = rt.tail_logs(&name, 25).await.unwrap_or_else(|e| format!("(no logs: {e})"));
-                msg.push_str(&format!("\n--- last log lines of {name} ---\n{}", tail_lines(&logs, 25)));
+                let logs =
+                    rt.tail_logs(&name, 25).await.unwrap_or_else(|e| format!("(no logs: {e})"));
+                msg.push_str(&format!(
+                    "\n--- last log lines of {name} ---\n{}",
+                    tail_lines(&logs, 25)
+                ));
             }
         }
     }

@@ -13,10 +13,12 @@ use crate::{
 };
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Exit status: 0 when every hop agrees (up to what is in flight), 1 when one does not, \
+#[command(
+    after_help = "Exit status: 0 when every hop agrees (up to what is in flight), 1 when one does not, \
                         2 when a service could not be read. In flight: messages past the Flink group's committed \
                         offsets; windows after the newest one written; rows stamped within 60 s before the last \
-                        export compared.")]
+                        export compared."
+)]
 pub struct Args {
     /// One JSON document on stdout (every cell, every hop) instead of the table.
     #[arg(long)]
@@ -69,7 +71,8 @@ fn bad(c: &Cell) -> Vec<String> {
     note(c.lake_missing, "not in lake");
     note(c.lake_duplicates, "twice in lake");
     note(c.lake_extra, "only in lake");
-    if c.window_count != c.window_rows && c.windows_wrong + c.windows_missing + c.windows_extra == 0 {
+    if c.window_count != c.window_rows && c.windows_wrong + c.windows_missing + c.windows_extra == 0
+    {
         out.push("window counts".into());
     }
     out
@@ -79,7 +82,11 @@ pub fn render(r: &Report, problems_only: bool, color: bool) -> String {
     let (red, green, off) = if color { ("\x1b[31m", "\x1b[32m", "\x1b[0m") } else { ("", "", "") };
     let mut s = String::new();
     let lake = |c: &Cell| c.lake.map(|n| count(n as i64)).unwrap_or_else(|| "-".into());
-    let _ = writeln!(s, "{:<10}  {:<12} {:<12} {:>9} {:>9} {:>9} {:>9}  RESULT", "DAY", "MACHINE", "SENSOR", "TOPIC", "RAW", "WINDOWED", "LAKE");
+    let _ = writeln!(
+        s,
+        "{:<10}  {:<12} {:<12} {:>9} {:>9} {:>9} {:>9}  RESULT",
+        "DAY", "MACHINE", "SENSOR", "TOPIC", "RAW", "WINDOWED", "LAKE"
+    );
     let mut hidden = 0;
     for c in &r.cells {
         let problems = bad(c);
@@ -87,7 +94,11 @@ pub fn render(r: &Report, problems_only: bool, color: bool) -> String {
             hidden += 1;
             continue;
         }
-        let result = if problems.is_empty() { format!("{green}ok{off}") } else { format!("{red}✗ {}{off}", problems.join(", ")) };
+        let result = if problems.is_empty() {
+            format!("{green}ok{off}")
+        } else {
+            format!("{red}✗ {}{off}", problems.join(", "))
+        };
         let _ = writeln!(
             s,
             "{:<10}  {:<12} {:<12} {:>9} {:>9} {:>9} {:>9}  {result}",
@@ -117,7 +128,11 @@ pub fn render(r: &Report, problems_only: bool, color: bool) -> String {
             let _ = writeln!(s, "    {red}{p}{off}");
         }
         if h.problem_count > h.problems.len() {
-            let _ = writeln!(s, "    ... and {} more (`labctl verify --json` lists every cell)", h.problem_count - h.problems.len());
+            let _ = writeln!(
+                s,
+                "    ... and {} more (`labctl verify --json` lists every cell)",
+                h.problem_count - h.problems.len()
+            );
         }
         if let Some(hint) = &h.hint {
             let _ = writeln!(s, "    fix: {hint}");
@@ -127,7 +142,13 @@ pub fn render(r: &Report, problems_only: bool, color: bool) -> String {
     if failing.is_empty() {
         let _ = writeln!(s, "{green}verify: every hop agrees{off}");
     } else {
-        let _ = writeln!(s, "{red}verify: {} of {} hops disagree: {}{off}", failing.len(), r.hops.len(), failing.join("; "));
+        let _ = writeln!(
+            s,
+            "{red}verify: {} of {} hops disagree: {}{off}",
+            failing.len(),
+            r.hops.len(),
+            failing.join("; ")
+        );
     }
     s
 }

@@ -12,7 +12,10 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use bollard::{
     container::ListContainersOptions,
-    image::{BuildImageOptions, CreateImageOptions, ListImagesOptions, RemoveImageOptions, TagImageOptions},
+    image::{
+        BuildImageOptions, CreateImageOptions, ListImagesOptions, RemoveImageOptions,
+        TagImageOptions,
+    },
 };
 use futures_util::StreamExt;
 use indicatif::ProgressBar;
@@ -48,7 +51,9 @@ pub fn input_hash(spec: &ImageSpec) -> String {
     match spec.host_binary {
         // The binary itself changes with every build; it is tracked by a label instead (see
         // `ensure_image`), so the tag, and the compose file naming it, stay put.
-        Some(HostBinary::Labctl) => h.update(concat!("labctl ", env!("CARGO_PKG_VERSION")).as_bytes()),
+        Some(HostBinary::Labctl) => {
+            h.update(concat!("labctl ", env!("CARGO_PKG_VERSION")).as_bytes())
+        }
         None => {}
     }
     hex::encode(&h.finalize()[..6])
@@ -81,7 +86,11 @@ fn file_sha256(path: &Path) -> Result<String> {
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
-fn build_context(spec: &ImageSpec, host_binary: Option<&Path>, jars: &[(String, Vec<u8>)]) -> Result<Vec<u8>> {
+fn build_context(
+    spec: &ImageSpec,
+    host_binary: Option<&Path>,
+    jars: &[(String, Vec<u8>)],
+) -> Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
     let mut add = |path: &str, bytes: &[u8], mode: u32| -> Result<()> {
         let mut h = tar::Header::new_gnu();
@@ -89,7 +98,8 @@ fn build_context(spec: &ImageSpec, host_binary: Option<&Path>, jars: &[(String, 
         h.set_mode(mode);
         h.set_mtime(0);
         h.set_cksum();
-        b.append_data(&mut h, path, bytes).with_context(|| format!("adding {path} to the build context"))
+        b.append_data(&mut h, path, bytes)
+            .with_context(|| format!("adding {path} to the build context"))
     };
     for (path, bytes) in context_files(spec) {
         let mode = if path.ends_with(".sh") { 0o755 } else { 0o644 };
@@ -131,7 +141,10 @@ impl Runtime {
             .context("listing images")?;
         let containers = self
             .docker
-            .list_containers(Some(ListContainersOptions::<String> { all: true, ..Default::default() }))
+            .list_containers(Some(ListContainersOptions::<String> {
+                all: true,
+                ..Default::default()
+            }))
             .await
             .context("listing containers")?;
         let mut stale = Vec::new();
@@ -174,13 +187,18 @@ impl Runtime {
         match self.pull(REGISTRY_BASE).await {
             Ok(()) => {
                 self.docker
-                    .tag_image(REGISTRY_BASE, Some(TagImageOptions { repo: "labctl/debian", tag: "bookworm" }))
+                    .tag_image(
+                        REGISTRY_BASE,
+                        Some(TagImageOptions { repo: "labctl/debian", tag: "bookworm" }),
+                    )
                     .await
                     .context("tagging the base image")?;
                 return Ok(());
             }
             Err(e) => {
-                let msg = format!("no registry reachable ({e:#}); making the base image with debootstrap instead");
+                let msg = format!(
+                    "no registry reachable ({e:#}); making the base image with debootstrap instead"
+                );
                 pb.println(format!("note: {msg}"));
                 tracing::info!("{msg}");
             }
@@ -200,7 +218,9 @@ impl Runtime {
             }
             Ok::<_, bollard::errors::Error>(())
         };
-        tokio::time::timeout(Duration::from_secs(120), fut).await.map_err(|_| anyhow!("pull timed out"))??;
+        tokio::time::timeout(Duration::from_secs(120), fut)
+            .await
+            .map_err(|_| anyhow!("pull timed out"))??;
         Ok(())
     }
 
@@ -242,7 +262,12 @@ impl Runtime {
             bail!("tar of the debootstrapped root file system failed");
         }
         let mut s = self.docker.create_image(
-            Some(CreateImageOptions { from_src: "-", repo: "labctl/debian", tag: "bookworm", ..Default::default() }),
+            Some(CreateImageOptions {
+                from_src: "-",
+                repo: "labctl/debian",
+                tag: "bookworm",
+                ..Default::default()
+            }),
             Some(tar.stdout.into()),
             None,
         );
@@ -254,16 +279,24 @@ impl Runtime {
 
     /// Builds the image unless an image with the same input hash exists. Returns its tag and
     /// whether it was built.
-    pub async fn ensure_image(&self, spec: &ImageSpec, force: bool, pb: &ProgressBar) -> Result<(String, bool)> {
+    pub async fn ensure_image(
+        &self,
+        spec: &ImageSpec,
+        force: bool,
+        pb: &ProgressBar,
+    ) -> Result<(String, bool)> {
         let tag = image_tag(spec);
         let binary = match spec.host_binary {
-            Some(HostBinary::Labctl) => Some(std::env::current_exe().context("locating the labctl binary")?),
+            Some(HostBinary::Labctl) => {
+                Some(std::env::current_exe().context("locating the labctl binary")?)
+            }
             None => None,
         };
         let binary_sha = binary.as_deref().map(file_sha256).transpose()?;
         if !force {
             if let Ok(img) = self.docker.inspect_image(&tag).await {
-                let label = img.config.and_then(|c| c.labels).and_then(|l| l.get(BINARY_LABEL).cloned());
+                let label =
+                    img.config.and_then(|c| c.labels).and_then(|l| l.get(BINARY_LABEL).cloned());
                 if binary_sha.is_none() || label == binary_sha {
                     return Ok((tag, false));
                 }
@@ -299,7 +332,11 @@ impl Runtime {
         while let Some(item) = stream.next().await {
             let info = match item {
                 Ok(i) => i,
-                Err(e) => bail!("building {tag} from {} failed: {e}\n{}", spec.dockerfile, tail_lines(&log, FAILED_STEP_LINES)),
+                Err(e) => bail!(
+                    "building {tag} from {} failed: {e}\n{}",
+                    spec.dockerfile,
+                    tail_lines(&log, FAILED_STEP_LINES)
+                ),
             };
             if let Some(s) = info.stream {
                 log.push_str(&s);
@@ -317,14 +354,21 @@ impl Runtime {
             }
         }
         if !self.image_exists(&tag).await {
-            bail!("building {tag} ended without an image:\n{}", tail_lines(&log, FAILED_STEP_LINES));
+            bail!(
+                "building {tag} ended without an image:\n{}",
+                tail_lines(&log, FAILED_STEP_LINES)
+            );
         }
         Ok((tag, true))
     }
 }
 
 pub(crate) fn which(cmd: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(cmd)).find(|p| p.is_file())
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(cmd))
+        .find(|p| p.is_file())
 }
 
 fn tempfile_dir(prefix: &str) -> Result<PathBuf> {
@@ -354,7 +398,11 @@ mod tests {
     #[test]
     fn every_image_has_its_dockerfile_embedded() {
         for spec in IMAGES {
-            assert!(context_files(spec).iter().any(|(p, _)| *p == spec.dockerfile), "{} missing", spec.dockerfile);
+            assert!(
+                context_files(spec).iter().any(|(p, _)| *p == spec.dockerfile),
+                "{} missing",
+                spec.dockerfile
+            );
         }
     }
 

@@ -29,7 +29,8 @@ impl JarSet {
 
     /// File name -> SHA-256 (lower-case hex), as `sha256sum` prints them.
     pub fn expected(&self) -> Result<BTreeMap<String, String>> {
-        parse_sums(self.sums_text()?).with_context(|| format!("reading {}/jars.sha256", self.folder))
+        parse_sums(self.sums_text()?)
+            .with_context(|| format!("reading {}/jars.sha256", self.folder))
     }
 
     /// Cache folder of this exact pom and sum list.
@@ -96,14 +97,19 @@ impl JarSet {
             );
         }
         let _ = std::fs::remove_dir_all(dir);
-        std::fs::rename(work.join("jars"), dir).with_context(|| format!("moving the resolved jars to {}", dir.display()))?;
+        std::fs::rename(work.join("jars"), dir)
+            .with_context(|| format!("moving the resolved jars to {}", dir.display()))?;
         let _ = std::fs::remove_dir_all(&work);
         Ok(())
     }
 }
 
 fn embedded(path: &str) -> Result<&'static [u8]> {
-    assets::FILES.iter().find(|(p, _)| *p == path).map(|(_, b)| *b).ok_or_else(|| anyhow!("{path} is not embedded in this labctl build"))
+    assets::FILES
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map(|(_, b)| *b)
+        .ok_or_else(|| anyhow!("{path} is not embedded in this labctl build"))
 }
 
 /// `~/.cache/labctl/jars` (or `$LABCTL_JAR_CACHE`).
@@ -124,7 +130,9 @@ pub fn parse_sums(text: &str) -> Result<BTreeMap<String, String>> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (sum, name) = line.split_once(char::is_whitespace).ok_or_else(|| anyhow!("line {}: expected `<sha256>  <file>`", i + 1))?;
+        let (sum, name) = line
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| anyhow!("line {}: expected `<sha256>  <file>`", i + 1))?;
         let name = name.trim().trim_start_matches('*');
         if sum.len() != 64 || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
             bail!("line {}: `{sum}` is not a SHA-256", i + 1);
@@ -148,7 +156,8 @@ fn verified(dir: &Path, expected: &BTreeMap<String, String>) -> Result<Vec<(Stri
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let bytes = std::fs::read(entry.path()).with_context(|| format!("reading {}", entry.path().display()))?;
+        let bytes = std::fs::read(entry.path())
+            .with_context(|| format!("reading {}", entry.path().display()))?;
         found.insert(name, bytes);
     }
     check_set(expected, &found)?;
@@ -196,7 +205,10 @@ mod tests {
         check_set(&expected, &ok).unwrap();
         let changed = BTreeMap::from([("a.jar".to_string(), b"tast".to_vec())]);
         assert!(check_set(&expected, &changed).unwrap_err().to_string().contains("pinned"));
-        assert!(check_set(&expected, &BTreeMap::new()).unwrap_err().to_string().contains("not resolved"));
+        assert!(check_set(&expected, &BTreeMap::new())
+            .unwrap_err()
+            .to_string()
+            .contains("not resolved"));
         let mut extra = ok.clone();
         extra.insert("x.jar".into(), vec![]);
         assert!(check_set(&expected, &extra).unwrap_err().to_string().contains("not pinned"));

@@ -9,12 +9,13 @@ use std::collections::HashMap;
 use anyhow::{anyhow, Context, Result};
 use bollard::{
     container::{
-        Config as ContainerConfig, CreateContainerOptions, ListContainersOptions, LogOutput, LogsOptions,
-        RemoveContainerOptions, StartContainerOptions, StopContainerOptions, UploadToContainerOptions,
+        Config as ContainerConfig, CreateContainerOptions, ListContainersOptions, LogOutput,
+        LogsOptions, RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
+        UploadToContainerOptions,
     },
     models::{
-        ContainerSummary, EndpointSettings, HostConfig, Mount as DockerMount, MountTypeEnum, PortBinding,
-        RestartPolicy, RestartPolicyNameEnum,
+        ContainerSummary, EndpointSettings, HostConfig, Mount as DockerMount, MountTypeEnum,
+        PortBinding, RestartPolicy, RestartPolicyNameEnum,
     },
     network::{CreateNetworkOptions, ListNetworksOptions},
     volume::{CreateVolumeOptions, ListVolumesOptions},
@@ -59,7 +60,8 @@ impl ContainerInfo {
 impl Runtime {
     /// Connects and pings, so "Docker is not there" is reported once, clearly, up front.
     pub async fn connect() -> Result<Self> {
-        let where_ = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+        let where_ =
+            std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
         let hint = "start the engine (e.g. `dockerd &`, or `systemctl start docker`) or point DOCKER_HOST at it";
         let docker = Docker::connect_with_local_defaults()
             .with_context(|| format!("Docker engine not reachable at {where_}: {hint}"))?;
@@ -77,7 +79,11 @@ impl Runtime {
     pub async fn list_containers(&self, project: &str) -> Result<Vec<ContainerInfo>> {
         let list = self
             .docker
-            .list_containers(Some(ListContainersOptions { all: true, filters: Self::project_filter(project), ..Default::default() }))
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Self::project_filter(project),
+                ..Default::default()
+            }))
             .await
             .context("listing containers")?;
         Ok(list.into_iter().filter_map(container_info).collect())
@@ -86,7 +92,9 @@ impl Runtime {
     pub async fn ensure_network(&self, stack: &Stack) -> Result<()> {
         let existing = self
             .docker
-            .list_networks(Some(ListNetworksOptions { filters: HashMap::from([("name", vec![stack.network.as_str()])]) }))
+            .list_networks(Some(ListNetworksOptions {
+                filters: HashMap::from([("name", vec![stack.network.as_str()])]),
+            }))
             .await
             .context("listing networks")?;
         if existing.iter().any(|n| n.name.as_deref() == Some(&stack.network)) {
@@ -150,7 +158,8 @@ impl Runtime {
     ) -> Result<Action> {
         let name = stack.container_name(svc.name, replica);
         // The image's id, not just its tag: a rebuilt image under the same tag means recreate.
-        let image_id = self.docker.inspect_image(image).await.ok().and_then(|i| i.id).unwrap_or_default();
+        let image_id =
+            self.docker.inspect_image(image).await.ok().and_then(|i| i.id).unwrap_or_default();
         let spec = spec_hash(stack, svc, &format!("{image}@{image_id}"));
         if let Some(c) = existing {
             if c.spec == spec {
@@ -171,7 +180,14 @@ impl Runtime {
         Ok(if existing.is_some() { Action::Recreated } else { Action::Created })
     }
 
-    async fn create(&self, stack: &Stack, svc: &Service, replica: u32, image: &str, spec: &str) -> Result<()> {
+    async fn create(
+        &self,
+        stack: &Stack,
+        svc: &Service,
+        replica: u32,
+        image: &str,
+        spec: &str,
+    ) -> Result<()> {
         let name = stack.container_name(svc.name, replica);
         let mut exposed = HashMap::new();
         let mut bindings = HashMap::new();
@@ -180,7 +196,10 @@ impl Runtime {
             exposed.insert(key.clone(), HashMap::new());
             bindings.insert(
                 key,
-                Some(vec![PortBinding { host_ip: Some(stack.bind_address.clone()), host_port: Some(p.host.to_string()) }]),
+                Some(vec![PortBinding {
+                    host_ip: Some(stack.bind_address.clone()),
+                    host_port: Some(p.host.to_string()),
+                }]),
             );
         }
         let mounts = svc
@@ -199,7 +218,10 @@ impl Runtime {
             (LABEL_REPLICA.to_string(), replica.to_string()),
             (LABEL_SPEC.to_string(), spec.to_string()),
         ]);
-        let aliases = std::iter::once(svc.name).chain(svc.aliases.iter().copied()).map(str::to_string).collect();
+        let aliases = std::iter::once(svc.name)
+            .chain(svc.aliases.iter().copied())
+            .map(str::to_string)
+            .collect();
         let endpoint = EndpointSettings { aliases: Some(aliases), ..Default::default() };
         // The host's network has no aliases, and Docker refuses a hostname with it.
         let (network_mode, networking_config, hostname) = if svc.host_network {
@@ -207,7 +229,9 @@ impl Runtime {
         } else {
             (
                 stack.network.clone(),
-                Some(bollard::container::NetworkingConfig { endpoints_config: HashMap::from([(stack.network.clone(), endpoint)]) }),
+                Some(bollard::container::NetworkingConfig {
+                    endpoints_config: HashMap::from([(stack.network.clone(), endpoint)]),
+                }),
                 Some(name.clone()),
             )
         };
@@ -235,7 +259,10 @@ impl Runtime {
             ..Default::default()
         };
         self.docker
-            .create_container(Some(CreateContainerOptions { name: name.as_str(), platform: None }), config)
+            .create_container(
+                Some(CreateContainerOptions { name: name.as_str(), platform: None }),
+                config,
+            )
             .await
             .with_context(|| format!("creating container {name}"))?;
         Ok(())
@@ -253,7 +280,13 @@ impl Runtime {
     }
 
     /// Places one file into a (created, maybe not started) container through the archive API.
-    pub async fn upload_file(&self, container: &str, path: &str, content: &[u8], mode: u32) -> Result<()> {
+    pub async fn upload_file(
+        &self,
+        container: &str,
+        path: &str,
+        content: &[u8],
+        mode: u32,
+    ) -> Result<()> {
         self.upload_file_owned(container, path, content, mode, 0).await
     }
 
@@ -262,7 +295,14 @@ impl Runtime {
     /// The archive is unpacked at the deepest folder that already exists, and holds only the
     /// folders missing below it: a folder entry for an existing one (say `/tmp`) would reset
     /// its owner and mode.
-    pub async fn upload_file_owned(&self, container: &str, path: &str, content: &[u8], mode: u32, uid: u64) -> Result<()> {
+    pub async fn upload_file_owned(
+        &self,
+        container: &str,
+        path: &str,
+        content: &[u8],
+        mode: u32,
+        uid: u64,
+    ) -> Result<()> {
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let (dirs, file) = parts.split_at(parts.len() - 1);
         let mut last_err = None;
@@ -290,13 +330,22 @@ impl Runtime {
             let bytes = builder.into_inner()?;
             match self
                 .docker
-                .upload_to_container(container, Some(UploadToContainerOptions { path: base.as_str(), ..Default::default() }), bytes.into())
+                .upload_to_container(
+                    container,
+                    Some(UploadToContainerOptions { path: base.as_str(), ..Default::default() }),
+                    bytes.into(),
+                )
                 .await
             {
                 Ok(()) => return Ok(()),
                 // The folder is missing: try one level up, creating it in the archive.
-                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, message }) => last_err = Some(message),
-                Err(e) => return Err(e).with_context(|| format!("copying {path} into {container}")),
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404,
+                    message,
+                }) => last_err = Some(message),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("copying {path} into {container}"))
+                }
             }
         }
         Err(anyhow!("copying {path} into {container}: {}", last_err.unwrap_or_default()))
@@ -304,7 +353,11 @@ impl Runtime {
 
     /// How often the engine restarted the container under its restart policy.
     pub async fn restart_count(&self, name: &str) -> Result<i64> {
-        let c = self.docker.inspect_container(name, None).await.with_context(|| format!("inspecting {name}"))?;
+        let c = self
+            .docker
+            .inspect_container(name, None)
+            .await
+            .with_context(|| format!("inspecting {name}"))?;
         Ok(c.restart_count.unwrap_or(0))
     }
 
@@ -317,9 +370,13 @@ impl Runtime {
 
     pub async fn remove_container(&self, name: &str, stop_timeout: i64) -> Result<()> {
         // A graceful stop first: the databases inside flush on SIGTERM/SIGINT.
-        let _ = self.docker.stop_container(name, Some(StopContainerOptions { t: stop_timeout })).await;
+        let _ =
+            self.docker.stop_container(name, Some(StopContainerOptions { t: stop_timeout })).await;
         self.docker
-            .remove_container(name, Some(RemoveContainerOptions { force: true, v: false, link: false }))
+            .remove_container(
+                name,
+                Some(RemoveContainerOptions { force: true, v: false, link: false }),
+            )
             .await
             .with_context(|| format!("removing container {name}"))
     }
@@ -329,14 +386,22 @@ impl Runtime {
     }
 
     pub async fn remove_volume(&self, name: &str) -> Result<()> {
-        self.docker.remove_volume(name, None).await.with_context(|| format!("removing volume {name}"))
+        self.docker
+            .remove_volume(name, None)
+            .await
+            .with_context(|| format!("removing volume {name}"))
     }
 
     /// The last `tail` lines a container wrote, stdout and stderr interleaved.
     pub async fn tail_logs(&self, name: &str, tail: usize) -> Result<String> {
         let mut stream = self.docker.logs(
             name,
-            Some(LogsOptions::<String> { stdout: true, stderr: true, tail: tail.to_string(), ..Default::default() }),
+            Some(LogsOptions::<String> {
+                stdout: true,
+                stderr: true,
+                tail: tail.to_string(),
+                ..Default::default()
+            }),
         );
         let mut out = String::new();
         while let Some(chunk) = stream.next().await {
@@ -346,7 +411,13 @@ impl Runtime {
     }
 
     /// Streams logs to stdout, with a prefix per container when several are shown.
-    pub async fn stream_logs(&self, name: &str, prefix: Option<&str>, follow: bool, tail: Option<usize>) -> Result<()> {
+    pub async fn stream_logs(
+        &self,
+        name: &str,
+        prefix: Option<&str>,
+        follow: bool,
+        tail: Option<usize>,
+    ) -> Result<()> {
         use std::io::Write;
         let mut stream = self.docker.logs(
             name,
@@ -380,16 +451,33 @@ impl Runtime {
     /// Reads one file out of a container (e.g. a Spark driver's stderr) through the archive API.
     /// One file of an image, read from a container created for it and never started.
     pub async fn file_from_image(&self, image: &str, path: &str) -> Result<Vec<u8>> {
-        let name = format!("labctl-extract-{}-{}", std::process::id(), chrono::Utc::now().timestamp_micros());
-        let config = bollard::container::Config { image: Some(image.to_string()), ..Default::default() };
+        let name = format!(
+            "labctl-extract-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_micros()
+        );
+        let config =
+            bollard::container::Config { image: Some(image.to_string()), ..Default::default() };
         self.docker
-            .create_container(Some(bollard::container::CreateContainerOptions { name: name.as_str(), platform: None }), config)
+            .create_container(
+                Some(bollard::container::CreateContainerOptions {
+                    name: name.as_str(),
+                    platform: None,
+                }),
+                config,
+            )
             .await
             .with_context(|| format!("creating a container of {image} to read {path}"))?;
         let bytes = self.read_file(&name, path).await;
         let removed = self
             .docker
-            .remove_container(&name, Some(bollard::container::RemoveContainerOptions { force: true, ..Default::default() }))
+            .remove_container(
+                &name,
+                Some(bollard::container::RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
             .await;
         if let Err(e) = removed {
             tracing::warn!("could not remove {name}: {e}");
@@ -398,12 +486,15 @@ impl Runtime {
     }
 
     pub async fn read_file(&self, container: &str, path: &str) -> Result<Vec<u8>> {
-        let mut stream = self
-            .docker
-            .download_from_container(container, Some(bollard::container::DownloadFromContainerOptions { path }));
+        let mut stream = self.docker.download_from_container(
+            container,
+            Some(bollard::container::DownloadFromContainerOptions { path }),
+        );
         let mut tarball = Vec::new();
         while let Some(chunk) = stream.next().await {
-            tarball.extend_from_slice(&chunk.with_context(|| format!("reading {path} from {container}"))?);
+            tarball.extend_from_slice(
+                &chunk.with_context(|| format!("reading {path} from {container}"))?,
+            );
         }
         let mut archive = tar::Archive::new(&tarball[..]);
         for entry in archive.entries()? {
@@ -461,7 +552,17 @@ fn spec_hash(stack: &Stack, svc: &Service, image: &str) -> String {
     h.update(image.as_bytes());
     h.update(stack.network.as_bytes());
     h.update(stack.bind_address.as_bytes());
-    h.update(serde_json::to_vec(&(&svc.command, &svc.env, &svc.ports, &svc.mounts, &svc.secrets, svc.stop_signal)).unwrap_or_default());
+    h.update(
+        serde_json::to_vec(&(
+            &svc.command,
+            &svc.env,
+            &svc.ports,
+            &svc.mounts,
+            &svc.secrets,
+            svc.stop_signal,
+        ))
+        .unwrap_or_default(),
+    );
     // Only when set, so the hash of every other container stays what it was (no recreate).
     if svc.host_network {
         h.update(b"network_mode=host");

@@ -6,9 +6,12 @@ use serde::Serialize;
 
 use crate::{
     config::Config,
-    render::render_template,
-    schema::{flink_ident, ColumnType, MACHINE_SENSORS, MESSAGE_FIELDS, REJECTED_READINGS, SENSOR_AGGREGATES},
     endpoints,
+    render::render_template,
+    schema::{
+        flink_ident, ColumnType, MACHINE_SENSORS, MESSAGE_FIELDS, REJECTED_READINGS,
+        SENSOR_AGGREGATES,
+    },
 };
 
 pub const TEMPLATE: &str = "templates/flink/sensor_aggregation.sql.tera";
@@ -166,22 +169,38 @@ pub fn render(config: &Config, db_password: &str, settings: &JobSettings) -> Res
 
 /// The job's SQL. Broker and database addresses are the ones the Flink cluster reaches
 /// (`endpoints`), which for an external cluster can differ from labctl's own.
-pub fn render_for(config: &Config, db_password: &str, settings: &JobSettings, target: &Target) -> Result<String> {
+pub fn render_for(
+    config: &Config,
+    db_password: &str,
+    settings: &JobSettings,
+    target: &Target,
+) -> Result<String> {
     crate::config::check_identifier("raw table", &target.raw_table)?;
     crate::config::check_identifier("aggregate table", &target.agg_table)?;
     crate::config::check_identifier("rejected table", &target.rejected_table)?;
     let message = MessageParsing::from_schema();
-    let raw_select: Vec<String> = MACHINE_SENSORS.columns.iter().map(|c| raw_expr(c.name)).collect();
+    let raw_select: Vec<String> =
+        MACHINE_SENSORS.columns.iter().map(|c| raw_expr(c.name)).collect();
     let mut agg_select = Vec::new();
     for c in SENSOR_AGGREGATES.columns {
         match aggregate_expr(c.name) {
             Some(e) => agg_select.push(format!("{e} AS {}", flink_ident(c.name))),
-            None => bail!("the Flink job has no expression for column {}.{}", SENSOR_AGGREGATES.name, c.name),
+            None => bail!(
+                "the Flink job has no expression for column {}.{}",
+                SENSOR_AGGREGATES.name,
+                c.name
+            ),
         }
     }
-    let jdbc_url = endpoints::jdbc_param(&endpoints::cluster_jdbc_url(config), "reWriteBatchedInserts", "true");
-    let kafka_properties: Vec<String> =
-        endpoints::flink_kafka_properties(config)?.iter().map(|(k, v)| format!("{} = {},", lit(k), lit(v))).collect();
+    let jdbc_url = endpoints::jdbc_param(
+        &endpoints::cluster_jdbc_url(config),
+        "reWriteBatchedInserts",
+        "true",
+    );
+    let kafka_properties: Vec<String> = endpoints::flink_kafka_properties(config)?
+        .iter()
+        .map(|(k, v)| format!("{} = {},", lit(k), lit(v)))
+        .collect();
     let mut ctx = tera::Context::new();
     ctx.insert("job_name", &lit(&target.job_name));
     ctx.insert("s", settings);
@@ -192,10 +211,17 @@ pub fn render_for(config: &Config, db_password: &str, settings: &JobSettings, ta
     ctx.insert("checkpoint_dir", &lit(&target.checkpoint_dir));
     ctx.insert(
         "checkpoint_retention",
-        &lit(if target.retain_checkpoints { "RETAIN_ON_CANCELLATION" } else { "DELETE_ON_CANCELLATION" }),
+        &lit(if target.retain_checkpoints {
+            "RETAIN_ON_CANCELLATION"
+        } else {
+            "DELETE_ON_CANCELLATION"
+        }),
     );
     ctx.insert("field_names", &lit(&message.names));
-    ctx.insert("timestamp_path", &lit(&format!("$.{}", MESSAGE_FIELDS[message.index("timestamp")? - 1].name)));
+    ctx.insert(
+        "timestamp_path",
+        &lit(&format!("$.{}", MESSAGE_FIELDS[message.index("timestamp")? - 1].name)),
+    );
     ctx.insert("field_select", &message.select.join(",\n  "));
     ctx.insert("field_checks", &message.checks.join("\n    "));
     ctx.insert("machine_id_index", &message.index("machine_id")?);
@@ -232,7 +258,9 @@ impl MessageParsing {
             match c.ty {
                 ColumnType::Double => {
                     let value = format!("TRY_CAST({field} AS DOUBLE)");
-                    checks.push(format!("WHEN {value} IS NULL THEN '{name} missing or not a number'"));
+                    checks.push(format!(
+                        "WHEN {value} IS NULL THEN '{name} missing or not a number'"
+                    ));
                     // NaN fails every comparison, so this also catches it.
                     checks.push(format!("WHEN NOT (ABS({value}) <= 1.7976931348623157E308) THEN '{name} is not a finite number'"));
                     select.push(format!("{value} AS {}", flink_ident(name)));
@@ -329,13 +357,18 @@ mod tests {
     #[test]
     fn rendered_job_uses_schema_names_and_the_t_fix() {
         let sql = rendered();
-        assert!(sql.contains("TO_TIMESTAMP(REPLACE(JSON_VALUE(`payload`, '$.timestamp'), 'T', ' '))"), "{sql}");
+        assert!(
+            sql.contains("TO_TIMESTAMP(REPLACE(JSON_VALUE(`payload`, '$.timestamp'), 'T', ' '))"),
+            "{sql}"
+        );
         assert!(sql.contains("json_fields(`payload`, 'machine_id,machine_type,sensor_type,value,unit,timestamp')"), "{sql}");
         assert!(sql.contains("TRY_CAST(f[4] AS DOUBLE) AS `value`"), "{sql}");
         assert!(sql.contains("REGEXP(f[1], "), "{sql}");
         assert!(sql.contains("`avg_value` DOUBLE"));
         assert!(sql.contains("AVG(`value`) AS `avg_value`"));
-        assert!(sql.contains("PRIMARY KEY (`machine_id`, `sensor_type`, `window_start`) NOT ENFORCED"));
+        assert!(
+            sql.contains("PRIMARY KEY (`machine_id`, `sensor_type`, `window_start`) NOT ENFORCED")
+        );
         assert!(sql.contains("'pw''x'"), "password quoted as a literal");
         assert!(sql.contains("SET 'execution.checkpointing.externalized-checkpoint-retention' = 'RETAIN_ON_CANCELLATION'"), "{sql}");
         assert!(sql.contains("SET 'execution.checkpointing.dir' = 'file:///var/lib/flink/checkpoints/sensor-aggregation'"), "{sql}");
@@ -348,7 +381,8 @@ mod tests {
 
     #[test]
     fn splitting_respects_quotes_and_comments() {
-        let s = split_statements("-- c; x\nSET 'a' = 'b;c';\nCREATE TABLE `t;` (x INT); -- tail\n\n");
+        let s =
+            split_statements("-- c; x\nSET 'a' = 'b;c';\nCREATE TABLE `t;` (x INT); -- tail\n\n");
         assert_eq!(s, vec!["SET 'a' = 'b;c'", "CREATE TABLE `t;` (x INT)"]);
     }
 }

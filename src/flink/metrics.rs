@@ -65,7 +65,11 @@ impl Client {
                 return Ok::<_, anyhow::Error>(serde_json::Value::Null);
             }
             let list = wanted.iter().map(|n| url_escape(n)).collect::<Vec<_>>().join(",");
-            self.get::<serde_json::Value>(&format!("/jobs/{job}/vertices/{}/subtasks/metrics?get={list}&agg=sum", v.id)).await
+            self.get::<serde_json::Value>(&format!(
+                "/jobs/{job}/vertices/{}/subtasks/metrics?get={list}&agg=sum",
+                v.id
+            ))
+            .await
         });
         for vals in futures_util::future::try_join_all(vertices).await? {
             for v in vals.as_array().into_iter().flatten() {
@@ -131,22 +135,34 @@ mod tests {
     #[test]
     fn counters_by_name() {
         assert!(matches!(classify("Source__sensor_readings[1].numRecordsOut"), Some(Counter::In)));
-        assert!(matches!(classify("Source__sensor_readings[1].numRecordsOutPerSecond"), Some(Counter::InRate)));
+        assert!(matches!(
+            classify("Source__sensor_readings[1].numRecordsOutPerSecond"),
+            Some(Counter::InRate)
+        ));
         assert!(matches!(classify("Sink__machine_sensors[3].numRecordsIn"), Some(Counter::Out)));
-        assert!(matches!(classify("GlobalWindowAggregate[8].numLateRecordsDropped"), Some(Counter::Late)));
+        assert!(matches!(
+            classify("GlobalWindowAggregate[8].numLateRecordsDropped"),
+            Some(Counter::Late)
+        ));
         assert!(classify("GlobalWindowAggregate[8].numRecordsIn").is_none());
     }
 
     #[test]
     fn operators_by_table_name() {
         assert_eq!(operator_name("Sink__machine_sensors[6].numRecordsIn"), "machine_sensors");
-        assert_eq!(operator_name("Source__sensor_readings[1].numRecordsOutPerSecond"), "sensor_readings");
+        assert_eq!(
+            operator_name("Source__sensor_readings[1].numRecordsOutPerSecond"),
+            "sensor_readings"
+        );
         assert_eq!(operator_name("Sink__bench_blackhole.numRecordsIn"), "bench_blackhole");
         let mut sinks = Vec::new();
         entry(&mut sinks, "Sink__machine_sensors[6].numRecordsIn").records += 5.0;
         entry(&mut sinks, "Sink__rejected_readings[14].numRecordsIn").records += 1.0;
         entry(&mut sinks, "Sink__machine_sensors[6].numRecordsInPerSecond").per_s += 2.5;
         assert_eq!(sinks.len(), 2);
-        assert_eq!(sinks[0], OperatorRecords { name: "machine_sensors".into(), records: 5.0, per_s: 2.5 });
+        assert_eq!(
+            sinks[0],
+            OperatorRecords { name: "machine_sensors".into(), records: 5.0, per_s: 2.5 }
+        );
     }
 }

@@ -43,7 +43,10 @@ struct TaskManagers {
 
 impl Client {
     pub fn new(base: impl Into<String>, timeout: Duration) -> Result<Self> {
-        let http = reqwest::Client::builder().timeout(timeout).build().context("building an HTTP client")?;
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .context("building an HTTP client")?;
         Ok(Self { base: base.into().trim_end_matches('/').to_string(), http })
     }
 
@@ -53,7 +56,12 @@ impl Client {
 
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
         let url = format!("{}{path}", self.base);
-        let resp = self.http.get(&url).send().await.with_context(|| format!("Flink REST {url} did not answer"))?;
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("Flink REST {url} did not answer"))?;
         let resp = resp.error_for_status().with_context(|| format!("Flink REST {url}"))?;
         resp.json().await.with_context(|| format!("Flink REST {url}: unexpected answer"))
     }
@@ -172,15 +180,29 @@ pub fn useful_cause(text: &str) -> String {
 }
 
 impl Client {
-    async fn send_json<T: serde::de::DeserializeOwned>(&self, req: reqwest::RequestBuilder, what: &str) -> Result<T> {
-        let resp = req.send().await.with_context(|| format!("Flink REST ({what}) did not answer at {}", self.base))?;
+    async fn send_json<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<T> {
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("Flink REST ({what}) did not answer at {}", self.base))?;
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
         if !status.is_success() {
-            let errors = serde_json::from_str::<Errors>(&body).map(|e| e.errors.join("\n")).unwrap_or(body);
-            return Err(SubmitError { cause: useful_cause(&errors), full: errors, status: status.as_u16() }.into());
+            let errors =
+                serde_json::from_str::<Errors>(&body).map(|e| e.errors.join("\n")).unwrap_or(body);
+            return Err(SubmitError {
+                cause: useful_cause(&errors),
+                full: errors,
+                status: status.as_u16(),
+            }
+            .into());
         }
-        serde_json::from_str(&body).with_context(|| format!("Flink REST ({what}): unexpected answer: {body}"))
+        serde_json::from_str(&body)
+            .with_context(|| format!("Flink REST ({what}): unexpected answer: {body}"))
     }
 
     pub async fn jars(&self) -> Result<Vec<JarFile>> {
@@ -192,9 +214,15 @@ impl Client {
         struct Uploaded {
             filename: String,
         }
-        let part = reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()).mime_str("application/x-java-archive")?;
+        let part = reqwest::multipart::Part::bytes(bytes)
+            .file_name(name.to_string())
+            .mime_str("application/x-java-archive")?;
         let form = reqwest::multipart::Form::new().part("jarfile", part);
-        let req = self.http.post(format!("{}/jars/upload", self.base)).multipart(form).timeout(Duration::from_secs(180));
+        let req = self
+            .http
+            .post(format!("{}/jars/upload", self.base))
+            .multipart(form)
+            .timeout(Duration::from_secs(180));
         let up: Uploaded = self.send_json(req, "jar upload").await?;
         // The answer names the stored file; its last path component is the jar id.
         Ok(up.filename.rsplit('/').next().unwrap_or(&up.filename).to_string())
@@ -224,7 +252,11 @@ impl Client {
         }
         // The job's main runs inside the JobManager (planning, first-time class loading): on a
         // fresh or busy cluster that takes well over the usual request timeout.
-        let req = self.http.post(format!("{}/jars/{jar_id}/run", self.base)).json(&body).timeout(Duration::from_secs(180));
+        let req = self
+            .http
+            .post(format!("{}/jars/{jar_id}/run", self.base))
+            .json(&body)
+            .timeout(Duration::from_secs(180));
         let run: Run = self.send_json(req, "jar run").await?;
         Ok(run.jobid)
     }
@@ -241,27 +273,38 @@ impl Client {
     pub async fn last_exception(&self, id: &str) -> Result<Option<(String, String)>> {
         let v: serde_json::Value = self.get(&format!("/jobs/{id}/exceptions")).await?;
         let entries = v["exceptionHistory"]["entries"].as_array().cloned().unwrap_or_default();
-        Ok(entries.first().and_then(|e| e["stacktrace"].as_str()).map(|s| (useful_cause(s), s.to_string())))
+        Ok(entries
+            .first()
+            .and_then(|e| e["stacktrace"].as_str())
+            .map(|s| (useful_cause(s), s.to_string())))
     }
 
     pub async fn cancel(&self, id: &str) -> Result<()> {
         let url = format!("{}/jobs/{id}?mode=cancel", self.base);
-        let resp = self.http.patch(&url).send().await.with_context(|| format!("cancelling job {id}"))?;
+        let resp =
+            self.http.patch(&url).send().await.with_context(|| format!("cancelling job {id}"))?;
         resp.error_for_status().with_context(|| format!("cancelling job {id}"))?;
         Ok(())
     }
 
     /// Aggregated metric of a job's vertices, e.g. `numLateRecordsDropped`.
     pub async fn vertex_metric(&self, job: &str, vertex: &str, metric: &str) -> Result<f64> {
-        let v: serde_json::Value =
-            self.get(&format!("/jobs/{job}/vertices/{vertex}/subtasks/metrics?get={}&agg=sum", url_escape(metric))).await?;
+        let v: serde_json::Value = self
+            .get(&format!(
+                "/jobs/{job}/vertices/{vertex}/subtasks/metrics?get={}&agg=sum",
+                url_escape(metric)
+            ))
+            .await?;
         Ok(v.as_array().and_then(|a| a.first()).and_then(|m| m["sum"].as_f64()).unwrap_or(0.0))
     }
 
     /// Names of a vertex's metrics (they carry operator prefixes that differ per plan).
     pub async fn vertex_metric_names(&self, job: &str, vertex: &str) -> Result<Vec<String>> {
-        let v: serde_json::Value = self.get(&format!("/jobs/{job}/vertices/{vertex}/subtasks/metrics")).await?;
-        Ok(v.as_array().map(|a| a.iter().filter_map(|m| m["id"].as_str().map(str::to_string)).collect()).unwrap_or_default())
+        let v: serde_json::Value =
+            self.get(&format!("/jobs/{job}/vertices/{vertex}/subtasks/metrics")).await?;
+        Ok(v.as_array()
+            .map(|a| a.iter().filter_map(|m| m["id"].as_str().map(str::to_string)).collect())
+            .unwrap_or_default())
     }
 
     /// Records dropped as late by any operator of the job (Flink's `numLateRecordsDropped`).
@@ -288,13 +331,18 @@ impl Client {
             let names = self.vertex_metric_names(job, &v.id).await?;
             let wanted: Vec<&String> = names
                 .iter()
-                .filter(|n| (n.starts_with("Source__") && n.ends_with(".numRecordsOut")) || (n.contains("Sink") && n.ends_with(".numRecordsIn")))
+                .filter(|n| {
+                    (n.starts_with("Source__") && n.ends_with(".numRecordsOut"))
+                        || (n.contains("Sink") && n.ends_with(".numRecordsIn"))
+                })
                 .collect();
             if wanted.is_empty() {
                 continue;
             }
             let list = wanted.iter().map(|n| url_escape(n)).collect::<Vec<_>>().join(",");
-            let vals: serde_json::Value = self.get(&format!("/jobs/{job}/vertices/{}/subtasks/metrics?get={list}&agg=sum", v.id)).await?;
+            let vals: serde_json::Value = self
+                .get(&format!("/jobs/{job}/vertices/{}/subtasks/metrics?get={list}&agg=sum", v.id))
+                .await?;
             for m in vals.as_array().into_iter().flatten() {
                 let (id, sum) = (m["id"].as_str().unwrap_or(""), m["sum"].as_f64().unwrap_or(0.0));
                 if id.starts_with("Source__") {
@@ -326,7 +374,9 @@ impl Client {
     pub async fn restored_from(&self, job: &str) -> Result<Option<(String, bool)>> {
         let cp = self.checkpoints(job).await?;
         let r = &cp["latest"]["restored"];
-        Ok(r["external_path"].as_str().map(|p| (p.to_string(), r["is_savepoint"].as_bool().unwrap_or(false))))
+        Ok(r["external_path"]
+            .as_str()
+            .map(|p| (p.to_string(), r["is_savepoint"].as_bool().unwrap_or(false))))
     }
 
     /// Stops a job with a savepoint into `target_dir` (`POST /jobs/{id}/stop`, no drain: event
@@ -354,7 +404,10 @@ impl Client {
             Some(loc) => SavepointStatus::Completed(loc.to_string()),
             None => {
                 let cause = &op["failure-cause"];
-                let text = cause["stack-trace"].as_str().or(cause["serialized-throwable"].as_str()).unwrap_or("");
+                let text = cause["stack-trace"]
+                    .as_str()
+                    .or(cause["serialized-throwable"].as_str())
+                    .unwrap_or("");
                 let text = if text.is_empty() { cause.to_string() } else { useful_cause(text) };
                 SavepointStatus::Failed(text)
             }
@@ -378,7 +431,10 @@ mod tests {
 
     #[test]
     fn metric_names_are_escaped() {
-        assert_eq!(url_escape("GlobalWindowAggregate[8].numLateRecordsDropped"), "GlobalWindowAggregate%5B8%5D.numLateRecordsDropped");
+        assert_eq!(
+            url_escape("GlobalWindowAggregate[8].numLateRecordsDropped"),
+            "GlobalWindowAggregate%5B8%5D.numLateRecordsDropped"
+        );
     }
 
     #[test]

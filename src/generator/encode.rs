@@ -26,7 +26,10 @@ impl Template {
     pub fn new(machine_id: &str, machine_type: &str, sensor: Sensor) -> Self {
         // The order of fields follows the schema; only the value and timestamp vary.
         let f = |name: &str| {
-            assert!(MESSAGE_FIELDS.iter().any(|c| c.name == name), "field {name} not in schema::MESSAGE_FIELDS");
+            assert!(
+                MESSAGE_FIELDS.iter().any(|c| c.name == name),
+                "field {name} not in schema::MESSAGE_FIELDS"
+            );
             json_str(name)
         };
         let head = format!(
@@ -165,9 +168,14 @@ mod tests {
 
     #[test]
     fn timestamps_match_chrono() {
-        for secs in [0i64, 1_696_932_000, 1_700_000_000, 951_782_400 /* 2000-02-29 */, 4_102_444_799] {
+        for secs in
+            [0i64, 1_696_932_000, 1_700_000_000, 951_782_400 /* 2000-02-29 */, 4_102_444_799]
+        {
             let ours = String::from_utf8(format_timestamp(secs).to_vec()).unwrap();
-            let theirs = chrono::DateTime::from_timestamp(secs, 0).unwrap().format("%Y-%m-%dT%H:%M:%S").to_string();
+            let theirs = chrono::DateTime::from_timestamp(secs, 0)
+                .unwrap()
+                .format("%Y-%m-%dT%H:%M:%S")
+                .to_string();
             assert_eq!(ours, theirs);
             assert_eq!(parse_timestamp(&ours), Some(secs));
         }
@@ -177,7 +185,15 @@ mod tests {
 
     #[test]
     fn fixed3_formatting() {
-        let cases = [(70.25, "70.25"), (6.0, "6.0"), (0.0004, "0.0"), (0.0005, "0.001"), (-1.5, "-1.5"), (320.1234, "320.123"), (0.05, "0.05")];
+        let cases = [
+            (70.25, "70.25"),
+            (6.0, "6.0"),
+            (0.0004, "0.0"),
+            (0.0005, "0.001"),
+            (-1.5, "-1.5"),
+            (320.1234, "320.123"),
+            (0.05, "0.05"),
+        ];
         for (v, want) in cases {
             let mut out = Vec::new();
             write_fixed3(v, &mut out);

@@ -96,7 +96,11 @@ mod tests {
         };
         let full = all(&[Position { tick: 100, sensor: 0 }; 3]);
         // Machine 0 wrote up to tick 104 sensor 1; others up to tick 103 entirely.
-        let resumed = all(&[Position { tick: 104, sensor: 2 }, Position { tick: 104, sensor: 0 }, Position { tick: 104, sensor: 0 }]);
+        let resumed = all(&[
+            Position { tick: 104, sensor: 2 },
+            Position { tick: 104, sensor: 0 },
+            Position { tick: 104, sensor: 0 },
+        ]);
         let written: Vec<_> = full.iter().take(4 * 9 + 2).cloned().collect();
         let mut joined = written;
         joined.extend(resumed);

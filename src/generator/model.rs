@@ -30,7 +30,8 @@ pub enum Sensor {
 }
 
 pub const SENSORS: [Sensor; 3] = [Sensor::Temperature, Sensor::Pressure, Sensor::Vibration];
-pub const MACHINE_TYPES: [MachineType; 3] = [MachineType::Cnc, MachineType::Lathe, MachineType::Welder];
+pub const MACHINE_TYPES: [MachineType; 3] =
+    [MachineType::Cnc, MachineType::Lathe, MachineType::Welder];
 
 impl Sensor {
     pub fn name(self) -> &'static str {
@@ -151,10 +152,18 @@ impl Fleet {
             for i in 1..=n {
                 let stream = machines.len() as u64;
                 let profiles = SENSORS.map(|s| kind.profile(s));
-                let noise = profiles.map(|p| Normal::new(0.0, p.std).expect("std is finite and positive"));
+                let noise =
+                    profiles.map(|p| Normal::new(0.0, p.std).expect("std is finite and positive"));
                 // Machines of one type drift out of phase with each other.
                 let phase = (stream as f64 * 0.618_033_988_75).fract() * TAU;
-                machines.push(Machine { id: format!("{}-{i}", kind.id_prefix()), kind, stream, profiles, noise, phase });
+                machines.push(Machine {
+                    id: format!("{}-{i}", kind.id_prefix()),
+                    kind,
+                    stream,
+                    profiles,
+                    noise,
+                    phase,
+                });
             }
         }
         Ok(Self { machines, seed })
@@ -187,7 +196,9 @@ impl MachineRng {
         let swing = (TAU * epoch_secs as f64 / DRIFT_PERIOD_S + machine.phase).sin();
         let mut out = [0.0; 3];
         for (i, p) in machine.profiles.iter().enumerate() {
-            let mut v = p.mean + DRIFT_AMPLITUDE_STD * p.std * swing + machine.noise[i].sample(&mut self.rng);
+            let mut v = p.mean
+                + DRIFT_AMPLITUDE_STD * p.std * swing
+                + machine.noise[i].sample(&mut self.rng);
             if self.rng.gen_bool(ANOMALY_PROBABILITY) {
                 v += ANOMALY_SIZE_STD * p.std;
             }
@@ -226,9 +237,20 @@ mod tests {
                 let p = m.kind.profile(s);
                 let (mean, std) = stats(&cols[s.index()]);
                 let expected_std = p.std * (1.0 + DRIFT_AMPLITUDE_STD.powi(2) / 2.0).sqrt();
-                assert!((mean - p.mean).abs() < 0.05 * p.std + ANOMALY_PROBABILITY * ANOMALY_SIZE_STD * p.std * 2.0,
-                    "{} {}: mean {mean} vs {}", m.id, s.name(), p.mean);
-                assert!((std / expected_std - 1.0).abs() < 0.05, "{} {}: std {std} vs {expected_std}", m.id, s.name());
+                assert!(
+                    (mean - p.mean).abs()
+                        < 0.05 * p.std + ANOMALY_PROBABILITY * ANOMALY_SIZE_STD * p.std * 2.0,
+                    "{} {}: mean {mean} vs {}",
+                    m.id,
+                    s.name(),
+                    p.mean
+                );
+                assert!(
+                    (std / expected_std - 1.0).abs() < 0.05,
+                    "{} {}: std {std} vs {expected_std}",
+                    m.id,
+                    s.name()
+                );
             }
         }
     }
@@ -273,7 +295,10 @@ mod tests {
         let n = 200_000;
         let spikes = (0..n).filter(|&t| r.readings(m, t, 0)[0] > p.mean + 6.0 * p.std).count();
         let expected = n as f64 * ANOMALY_PROBABILITY;
-        assert!(spikes as f64 > expected * 0.5 && (spikes as f64) < expected * 2.0, "{spikes} spikes, expected ~{expected}");
+        assert!(
+            spikes as f64 > expected * 0.5 && (spikes as f64) < expected * 2.0,
+            "{spikes} spikes, expected ~{expected}"
+        );
     }
 
     #[test]
@@ -282,6 +307,9 @@ mod tests {
         let ids: Vec<_> = f.machines.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["CNC-1", "CNC-2", "WELDER-1"]);
         assert!(Fleet::new(&[(MachineType::Cnc, 0)], 0).is_err());
-        assert!(MachineType::parse("drill").unwrap_err().to_string().contains("unknown machine type"));
+        assert!(MachineType::parse("drill")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown machine type"));
     }
 }

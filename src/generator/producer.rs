@@ -61,7 +61,11 @@ impl ClientContext for DeliveryContext {
     fn error(&self, error: KafkaError, reason: &str) {
         let transport = matches!(
             error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::Resolve)
+            Some(
+                RDKafkaErrorCode::BrokerTransportFailure
+                    | RDKafkaErrorCode::AllBrokersDown
+                    | RDKafkaErrorCode::Resolve
+            )
         );
         if transport {
             self.broker_state(true, reason);
@@ -84,7 +88,8 @@ impl ProducerContext for DeliveryContext {
                 // With idempotence and an infinite message timeout this only happens for fatal
                 // errors; each is counted and the first few are logged with their key.
                 let n = self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                let key = msg.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+                let key =
+                    msg.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
                 if n < 5 {
                     tracing::error!("reading of {key} not delivered: {e}");
                 }
@@ -126,8 +131,9 @@ pub struct Sender {
 impl Sender {
     pub fn new(base: &ClientConfig, topic: &str) -> Result<Self> {
         let ctx = DeliveryContext::default();
-        let producer: BaseProducer<DeliveryContext> =
-            producer_config(base).create_with_context(ctx).context("creating the Kafka producer")?;
+        let producer: BaseProducer<DeliveryContext> = producer_config(base)
+            .create_with_context(ctx)
+            .context("creating the Kafka producer")?;
         let producer = Arc::new(producer);
         let polling = Arc::new(AtomicBool::new(true));
         // Delivery reports are served by a thread of their own so producing never waits on them.

@@ -1,7 +1,10 @@
 //! Where a restarted `ingest` continues: the newest (timestamp, sensor) of every machine,
 //! read back from the end of each partition of the topic.
 
-use std::{collections::HashMap, time::{Duration, Instant}};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::{anyhow, Context, Result};
 use rdkafka::{
@@ -24,11 +27,19 @@ struct Tail {
 }
 
 /// Next position per machine of `fleet` (None where the topic holds nothing of it).
-pub fn positions<C: rdkafka::consumer::ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, fleet: &Fleet, interval_s: i64, timeout: Duration) -> Result<Vec<Option<Position>>> {
+pub fn positions<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    fleet: &Fleet,
+    interval_s: i64,
+    timeout: Duration,
+) -> Result<Vec<Option<Position>>> {
     // A topic created a moment ago may show without partitions at first: look again briefly.
     let deadline = Instant::now() + timeout;
     let md = loop {
-        let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| anyhow!("metadata of {topic}: {e}"))?;
+        let md = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| anyhow!("metadata of {topic}: {e}"))?;
         let ready = md.topics().iter().any(|t| t.name() == topic && !t.partitions().is_empty());
         if ready {
             break md;
@@ -45,7 +56,9 @@ pub fn positions<C: rdkafka::consumer::ConsumerContext>(consumer: &BaseConsumer<
     let mut tpl = TopicPartitionList::new();
     let mut ends = HashMap::new();
     for p in t.partitions() {
-        let (low, high) = consumer.fetch_watermarks(topic, p.id(), timeout).map_err(|e| anyhow!("offsets of {topic}/{}: {e}", p.id()))?;
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), timeout)
+            .map_err(|e| anyhow!("offsets of {topic}/{}: {e}", p.id()))?;
         if high > low {
             tpl.add_partition_offset(topic, p.id(), Offset::Offset((high - window).max(low)))?;
             ends.insert(p.id(), high);
@@ -65,8 +78,14 @@ pub fn positions<C: rdkafka::consumer::ConsumerContext>(consumer: &BaseConsumer<
                 ends.remove(&msg.partition());
             }
             // Foreign or malformed records are not ours to resume from; skip them.
-            let Some(tail) = msg.payload().and_then(|p| serde_json::from_slice::<Tail>(p).ok()) else { continue };
-            let (Some(secs), Some(s)) = (parse_timestamp(&tail.timestamp), SENSORS.iter().position(|s| s.name() == tail.sensor_type)) else {
+            let Some(tail) = msg.payload().and_then(|p| serde_json::from_slice::<Tail>(p).ok())
+            else {
+                continue;
+            };
+            let (Some(secs), Some(s)) = (
+                parse_timestamp(&tail.timestamp),
+                SENSORS.iter().position(|s| s.name() == tail.sensor_type),
+            ) else {
                 continue;
             };
             let e = newest.entry(tail.machine_id).or_insert((secs, s));

@@ -37,8 +37,15 @@ pub struct PartitionOffsets {
 /// Without the SASL password: the client is logged at debug level.
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let security: Vec<_> = self.security.iter().map(|(k, v)| (k.as_str(), if k.contains("password") { "***" } else { v.as_str() })).collect();
-        f.debug_struct("Broker").field("bootstrap", &self.bootstrap).field("security", &security).finish()
+        let security: Vec<_> = self
+            .security
+            .iter()
+            .map(|(k, v)| (k.as_str(), if k.contains("password") { "***" } else { v.as_str() }))
+            .collect();
+        f.debug_struct("Broker")
+            .field("bootstrap", &self.bootstrap)
+            .field("security", &security)
+            .finish()
     }
 }
 
@@ -75,7 +82,11 @@ impl Broker {
     }
 
     fn consumer(&self) -> Result<BaseConsumer<ErrorCapture>> {
-        let config = self.client_config().set("group.id", "labctl-inspect").set("enable.auto.commit", "false").clone();
+        let config = self
+            .client_config()
+            .set("group.id", "labctl-inspect")
+            .set("enable.auto.commit", "false")
+            .clone();
         let capture = ErrorCapture::for_config(&config);
         config.create_with_context(capture).context("creating a Kafka client")
     }
@@ -90,7 +101,9 @@ impl Broker {
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             let c = me.consumer()?;
-            let md = c.fetch_metadata(None, timeout).map_err(|e| explain_consumer(&c, anyhow!("broker {} did not answer: {e}", me.bootstrap)))?;
+            let md = c.fetch_metadata(None, timeout).map_err(|e| {
+                explain_consumer(&c, anyhow!("broker {} did not answer: {e}", me.bootstrap))
+            })?;
             let mut ids: Vec<i32> = md.brokers().iter().map(|b| b.id()).collect();
             ids.sort_unstable();
             Ok(ids)
@@ -102,7 +115,10 @@ impl Broker {
     pub async fn partitions(&self, topic: &str, timeout: Duration) -> Result<Option<usize>> {
         let me = self.clone();
         let topic = topic.to_string();
-        tokio::task::spawn_blocking(move || Ok(partition_ids(&me.consumer()?, &topic, timeout)?.map(|p| p.len()))).await?
+        tokio::task::spawn_blocking(move || {
+            Ok(partition_ids(&me.consumer()?, &topic, timeout)?.map(|p| p.len()))
+        })
+        .await?
     }
 
     /// Creates the topic if missing; an existing topic with another partition count is an error
@@ -116,8 +132,9 @@ impl Broker {
             return Ok(false);
         }
         let config = self.client_config();
-        let admin: AdminClient<ErrorCapture> =
-            config.create_with_context(ErrorCapture::for_config(&config)).context("creating a Kafka admin client")?;
+        let admin: AdminClient<ErrorCapture> = config
+            .create_with_context(ErrorCapture::for_config(&config))
+            .context("creating a Kafka admin client")?;
         // -1: the cluster's `default.replication.factor` (the lab's brokers set it from their
         // node count; an external cluster keeps its own policy).
         let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
@@ -145,11 +162,15 @@ impl Broker {
     /// Deletes topics (a benchmark's scratch topics); a topic already gone is not an error.
     pub async fn delete_topics(&self, topics: &[String]) -> Result<()> {
         let config = self.client_config();
-        let admin: AdminClient<ErrorCapture> =
-            config.create_with_context(ErrorCapture::for_config(&config)).context("creating a Kafka admin client")?;
+        let admin: AdminClient<ErrorCapture> = config
+            .create_with_context(ErrorCapture::for_config(&config))
+            .context("creating a Kafka admin client")?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         let res = admin
-            .delete_topics(&names, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+            .delete_topics(
+                &names,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
             .await
             .context("deleting topics")?;
         for r in res {
@@ -166,7 +187,14 @@ impl Broker {
     /// the state; the client
     /// joins no group and commits nothing. Errors when a partition stops short of `high` for
     /// `timeout` (a broker gone mid-read), never returns a partial read as complete.
-    pub async fn scan<S, F>(&self, topic: &str, ranges: Vec<PartitionOffsets>, timeout: Duration, mut state: S, mut visit: F) -> Result<S>
+    pub async fn scan<S, F>(
+        &self,
+        topic: &str,
+        ranges: Vec<PartitionOffsets>,
+        timeout: Duration,
+        mut state: S,
+        mut visit: F,
+    ) -> Result<S>
     where
         S: Send + 'static,
         F: FnMut(&mut S, i32, i64, Option<&[u8]>) + Send + 'static,
@@ -222,16 +250,28 @@ impl Broker {
 
     /// Low and high watermarks of every partition of `topic`.
     pub async fn offsets(&self, topic: &str, timeout: Duration) -> Result<Vec<PartitionOffsets>> {
-        Ok(self.activity(topic, None, timeout).await?.partitions.into_iter().map(|p| p.offsets).collect())
+        Ok(self
+            .activity(topic, None, timeout)
+            .await?
+            .partitions
+            .into_iter()
+            .map(|p| p.offsets)
+            .collect())
     }
 
     /// Offsets of every partition of `topic` now and at `since` (by message timestamp): what
     /// `status` needs for the ingest rate. When the broker does not answer the lookup by time,
     /// `at_since` stays None instead of failing the whole.
-    pub async fn activity(&self, topic: &str, since: Option<chrono::DateTime<chrono::Utc>>, timeout: Duration) -> Result<TopicActivity> {
+    pub async fn activity(
+        &self,
+        topic: &str,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        timeout: Duration,
+    ) -> Result<TopicActivity> {
         let ids = {
             let (me, topic) = (self.clone(), topic.to_string());
-            tokio::task::spawn_blocking(move || partition_ids(&me.consumer()?, &topic, timeout)).await??
+            tokio::task::spawn_blocking(move || partition_ids(&me.consumer()?, &topic, timeout))
+                .await??
         }
         .ok_or_else(|| anyhow!("no topic {topic} on the broker"))?;
         // Each lookup is a round trip of its own; run them side by side, each on its own client.
@@ -248,34 +288,54 @@ impl Broker {
                     }
                     tpl
                 };
-                let explain = |e: KafkaError| explain_consumer(&c, anyhow!("{what:?} offsets of {topic}: {e}"));
+                let explain = |e: KafkaError| {
+                    explain_consumer(&c, anyhow!("{what:?} offsets of {topic}: {e}"))
+                };
                 let found = match what {
                     // ListOffsets with timestamp -2 / -1 answers every partition's start / end at once.
-                    Lookup::Low => pick(&c.offsets_for_times(at(Offset::Beginning), timeout).map_err(explain)?, &topic, &ids),
-                    Lookup::End => pick(&c.offsets_for_times(at(Offset::End), timeout).map_err(explain)?, &topic, &ids),
-                    Lookup::Since(ms) => pick(&c.offsets_for_times(at(Offset::Offset(ms)), timeout).map_err(explain)?, &topic, &ids),
+                    Lookup::Low => pick(
+                        &c.offsets_for_times(at(Offset::Beginning), timeout).map_err(explain)?,
+                        &topic,
+                        &ids,
+                    ),
+                    Lookup::End => pick(
+                        &c.offsets_for_times(at(Offset::End), timeout).map_err(explain)?,
+                        &topic,
+                        &ids,
+                    ),
+                    Lookup::Since(ms) => pick(
+                        &c.offsets_for_times(at(Offset::Offset(ms)), timeout).map_err(explain)?,
+                        &topic,
+                        &ids,
+                    ),
                 };
-                Ok(found.into_iter().map(|o| if let Offset::Offset(o) = o { Some(o) } else { None }).collect())
+                Ok(found
+                    .into_iter()
+                    .map(|o| if let Offset::Offset(o) = o { Some(o) } else { None })
+                    .collect())
             })
         };
         let none = || vec![None; ids.len()];
-        let (low, end, at_since) = tokio::join!(
-            lookup(Lookup::Low),
-            lookup(Lookup::End),
-            async { if let Some(t) = since { lookup(Lookup::Since(t.timestamp_millis())).await } else { Ok(Ok(none())) } },
-        );
+        let (low, end, at_since) = tokio::join!(lookup(Lookup::Low), lookup(Lookup::End), async {
+            if let Some(t) = since {
+                lookup(Lookup::Since(t.timestamp_millis())).await
+            } else {
+                Ok(Ok(none()))
+            }
+        },);
         let (low, end) = (low??, end??);
-        let optional = |r: Result<Result<Vec<Option<i64>>>, tokio::task::JoinError>, what: &str| match r {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                tracing::debug!("{what} of {topic}: {e:#}");
-                none()
-            }
-            Err(e) => {
-                tracing::debug!("{what} of {topic}: {e}");
-                none()
-            }
-        };
+        let optional =
+            |r: Result<Result<Vec<Option<i64>>>, tokio::task::JoinError>, what: &str| match r {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    tracing::debug!("{what} of {topic}: {e:#}");
+                    none()
+                }
+                Err(e) => {
+                    tracing::debug!("{what} of {topic}: {e}");
+                    none()
+                }
+            };
         let at_since = optional(at_since, "offsets by time");
         let partitions = ids
             .iter()
@@ -287,7 +347,9 @@ impl Broker {
                     offsets: PartitionOffsets { partition: *id, low, high },
                     messages: high - low,
                     // No message at or after `since`: the partition has nothing newer.
-                    at_since: since.map(|_| at_since[i].unwrap_or(high)).filter(|_| at_since.iter().any(Option::is_some)),
+                    at_since: since
+                        .map(|_| at_since[i].unwrap_or(high))
+                        .filter(|_| at_since.iter().any(Option::is_some)),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -351,7 +413,13 @@ impl ErrorCapture {
     /// For a client of `config` (its bootstrap and security settings name the cause in messages).
     pub fn for_config(config: &ClientConfig) -> Self {
         let get = |k: &str| config.get(k).unwrap_or_default().to_string();
-        Self { bootstrap: get("bootstrap.servers"), user: get("sasl.username"), mechanism: get("sasl.mechanism"), ca_file: get("ssl.ca.location"), last: Mutex::new(None) }
+        Self {
+            bootstrap: get("bootstrap.servers"),
+            user: get("sasl.username"),
+            mechanism: get("sasl.mechanism"),
+            ca_file: get("ssl.ca.location"),
+            last: Mutex::new(None),
+        }
     }
 
     /// The last error the client reported, if any.
@@ -362,7 +430,15 @@ impl ErrorCapture {
     /// `err` replaced by a one-line cause and fix (a [`SecurityFailure`]) when the client
     /// reported a security failure.
     pub fn explain(&self, err: anyhow::Error) -> anyhow::Error {
-        match self.last_error().and_then(|reason| explain_security_failure(&reason, &self.bootstrap, &self.user, &self.mechanism, &self.ca_file)) {
+        match self.last_error().and_then(|reason| {
+            explain_security_failure(
+                &reason,
+                &self.bootstrap,
+                &self.user,
+                &self.mechanism,
+                &self.ca_file,
+            )
+        }) {
             Some(text) => SecurityFailure(text).into(),
             None => err,
         }
@@ -371,7 +447,10 @@ impl ErrorCapture {
 
 /// `err` explained from what `consumer` reported. A consumer's error events wait in its queue
 /// until it is polled (requests such as metadata do not serve them), so this polls briefly first.
-pub fn explain_consumer(consumer: &BaseConsumer<ErrorCapture>, err: anyhow::Error) -> anyhow::Error {
+pub fn explain_consumer(
+    consumer: &BaseConsumer<ErrorCapture>,
+    err: anyhow::Error,
+) -> anyhow::Error {
     for _ in 0..5 {
         if consumer.context().last_error().is_some() {
             break;
@@ -415,9 +494,18 @@ impl ConsumerContext for ErrorCapture {}
 /// What librdkafka's error text means for the user, for the failures a config can cause:
 /// credentials the broker refuses, a certificate the configured CA does not verify, TLS spoken
 /// to a plaintext listener or plaintext to a TLS one. None for anything else.
-pub fn explain_security_failure(reason: &str, bootstrap: &str, user: &str, mechanism: &str, ca_file: &str) -> Option<String> {
+pub fn explain_security_failure(
+    reason: &str,
+    bootstrap: &str,
+    user: &str,
+    mechanism: &str,
+    ca_file: &str,
+) -> Option<String> {
     let r = reason.to_ascii_lowercase();
-    if r.contains("authentication failed") || r.contains("invalid credentials") || r.contains("sasl authentication error") {
+    if r.contains("authentication failed")
+        || r.contains("invalid credentials")
+        || r.contains("sasl authentication error")
+    {
         return Some(format!(
             "broker {bootstrap}: SASL authentication failed for user \"{user}\" ({mechanism}): the broker refused the credentials; \
              set LABCTL_BROKER_SASL_PASSWORD to that user's password (and check broker.sasl_username and broker.sasl_mechanism)"
@@ -429,9 +517,14 @@ pub fn explain_security_failure(reason: &str, bootstrap: &str, user: &str, mecha
         } else {
             format!("it is not signed by the CA in broker.ssl_ca_file ({ca_file:?}) or does not name the address; point broker.ssl_ca_file at the CA that signed the broker's certificate")
         };
-        return Some(format!("broker {bootstrap}: TLS handshake failed: certificate verify failed: {fix}"));
+        return Some(format!(
+            "broker {bootstrap}: TLS handshake failed: certificate verify failed: {fix}"
+        ));
     }
-    if r.contains("ssl handshake failed") || r.contains("wrong version number") || r.contains("packet length too long") {
+    if r.contains("ssl handshake failed")
+        || r.contains("wrong version number")
+        || r.contains("packet length too long")
+    {
         let detail = reason.split(": ").skip(1).collect::<Vec<_>>().join(": ");
         return Some(format!("broker {bootstrap}: TLS handshake failed ({detail}); is that address a TLS listener? broker.security_protocol must match the listener (ssl/sasl_ssl for TLS)"));
     }
@@ -440,7 +533,6 @@ pub fn explain_security_failure(reason: &str, bootstrap: &str, user: &str, mecha
     }
     None
 }
-
 
 impl Broker {
     /// The cluster as the broker's metadata describes it (brokers, and every partition's
@@ -453,15 +545,27 @@ impl Broker {
             let (me, topic) = (self.clone(), topic.to_string());
             tokio::task::spawn_blocking(move || -> Result<_> {
                 let c = me.consumer()?;
-                let md = c.fetch_metadata(Some(&topic), timeout).map_err(|e| anyhow!("metadata for {topic}: {e}"))?;
-                let mut brokers: Vec<BrokerNode> = md.brokers().iter().map(|b| BrokerNode { id: b.id(), host: b.host().to_string(), port: b.port() }).collect();
+                let md = c
+                    .fetch_metadata(Some(&topic), timeout)
+                    .map_err(|e| anyhow!("metadata for {topic}: {e}"))?;
+                let mut brokers: Vec<BrokerNode> = md
+                    .brokers()
+                    .iter()
+                    .map(|b| BrokerNode { id: b.id(), host: b.host().to_string(), port: b.port() })
+                    .collect();
                 brokers.sort_by_key(|b| b.id);
-                let t = md.topics().iter().find(|t| t.name() == topic).filter(|t| t.error().is_none());
+                let t =
+                    md.topics().iter().find(|t| t.name() == topic).filter(|t| t.error().is_none());
                 let mut partitions: Vec<PartitionReplicas> = t
                     .map(|t| {
                         t.partitions()
                             .iter()
-                            .map(|p| PartitionReplicas { partition: p.id(), leader: p.leader(), replicas: p.replicas().to_vec(), isr: p.isr().to_vec() })
+                            .map(|p| PartitionReplicas {
+                                partition: p.id(),
+                                leader: p.leader(),
+                                replicas: p.replicas().to_vec(),
+                                isr: p.isr().to_vec(),
+                            })
                             .collect()
                     })
                     .unwrap_or_default();
@@ -471,7 +575,9 @@ impl Broker {
         };
         let quorum = async {
             if !self.security.is_empty() {
-                return Err("not asked: DescribeQuorum is only sent over a plaintext listener".to_string());
+                return Err(
+                    "not asked: DescribeQuorum is only sent over a plaintext listener".to_string()
+                );
             }
             let address = self.bootstrap.split(',').next().unwrap_or_default().trim().to_string();
             quorum::describe(&address, timeout).await.map_err(|e| format!("{e:#}"))
@@ -484,18 +590,32 @@ impl Broker {
     /// The offsets consumer group `group` has committed for every partition of `topic` (None
     /// where it has none), read with OffsetFetch. The client never subscribes, so it never
     /// joins the group, and it never commits (auto-commit and offset store off).
-    pub async fn committed(&self, group: &str, topic: &str, timeout: Duration) -> Result<Vec<(i32, Option<i64>)>> {
+    pub async fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<Vec<(i32, Option<i64>)>> {
         let (me, group, topic) = (self.clone(), group.to_string(), topic.to_string());
         tokio::task::spawn_blocking(move || {
-            let config = me.client_config().set("group.id", &group).set("enable.auto.commit", "false").set("enable.auto.offset.store", "false").clone();
-            let c: BaseConsumer<ErrorCapture> =
-                config.create_with_context(ErrorCapture::for_config(&config)).context("creating a Kafka client")?;
-            let ids = partition_ids(&c, &topic, timeout)?.ok_or_else(|| anyhow!("no topic {topic} on the broker"))?;
+            let config = me
+                .client_config()
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .clone();
+            let c: BaseConsumer<ErrorCapture> = config
+                .create_with_context(ErrorCapture::for_config(&config))
+                .context("creating a Kafka client")?;
+            let ids = partition_ids(&c, &topic, timeout)?
+                .ok_or_else(|| anyhow!("no topic {topic} on the broker"))?;
             let mut tpl = TopicPartitionList::new();
             for id in &ids {
                 tpl.add_partition(&topic, *id);
             }
-            let got = c.committed_offsets(tpl, timeout).map_err(|e| anyhow!("committed offsets of group {group}: {e}"))?;
+            let got = c
+                .committed_offsets(tpl, timeout)
+                .map_err(|e| anyhow!("committed offsets of group {group}: {e}"))?;
             Ok(ids
                 .iter()
                 .map(|id| {
@@ -555,12 +675,20 @@ enum Lookup {
 
 /// The offsets of `ids` in a broker's answer, in the order of `ids`.
 fn pick(tpl: &TopicPartitionList, topic: &str, ids: &[i32]) -> Vec<Offset> {
-    ids.iter().map(|id| tpl.find_partition(topic, *id).map(|e| e.offset()).unwrap_or(Offset::Invalid)).collect()
+    ids.iter()
+        .map(|id| tpl.find_partition(topic, *id).map(|e| e.offset()).unwrap_or(Offset::Invalid))
+        .collect()
 }
 
 /// Partition ids of `topic` from the broker's metadata, None if the topic does not exist.
-fn partition_ids(c: &BaseConsumer<ErrorCapture>, topic: &str, timeout: Duration) -> Result<Option<Vec<i32>>> {
-    let md = c.fetch_metadata(Some(topic), timeout).map_err(|e| explain_consumer(c, anyhow!("metadata for {topic}: {e}")))?;
+fn partition_ids(
+    c: &BaseConsumer<ErrorCapture>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<Vec<i32>>> {
+    let md = c
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| explain_consumer(c, anyhow!("metadata for {topic}: {e}")))?;
     Ok(md.topics().iter().find(|t| t.name() == topic).and_then(|t| {
         if t.error().is_some() || t.partitions().is_empty() {
             return None;
@@ -618,7 +746,8 @@ mod partition_tests {
     fn the_default_fleet_fills_every_partition() {
         let fleet = crate::generator::model::Fleet::default_fleet(0);
         let partitions = crate::config::Config::default().broker.partitions;
-        let mut used: Vec<i32> = fleet.machines.iter().map(|m| partition_for_key(m.id.as_bytes(), partitions)).collect();
+        let mut used: Vec<i32> =
+            fleet.machines.iter().map(|m| partition_for_key(m.id.as_bytes(), partitions)).collect();
         used.sort_unstable();
         assert_eq!(used, (0..partitions).collect::<Vec<_>>());
     }
@@ -629,7 +758,10 @@ mod security_tests {
     use super::*;
 
     fn creates(security: &[(&str, &str)]) -> std::result::Result<(), String> {
-        let b = Broker { bootstrap: "127.0.0.1:1".into(), security: security.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
+        let b = Broker {
+            bootstrap: "127.0.0.1:1".into(),
+            security: security.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
         b.consumer().map(|_| ()).map_err(|e| format!("{e:#}"))
     }
 
@@ -646,13 +778,20 @@ mod security_tests {
                 continue;
             }
             for m in crate::endpoints::MECHANISMS {
-                creates(&[("security.protocol", &p), ("sasl.mechanism", m), ("sasl.username", "u"), ("sasl.password", "p")]).unwrap_or_else(|e| panic!("{p} {m}: {e}"));
+                creates(&[
+                    ("security.protocol", &p),
+                    ("sasl.mechanism", m),
+                    ("sasl.username", "u"),
+                    ("sasl.password", "p"),
+                ])
+                .unwrap_or_else(|e| panic!("{p} {m}: {e}"));
             }
         }
         // Kerberos is not built in (no libsasl2), and validate does not offer it.
         let gssapi = creates(&[("security.protocol", "SASL_SSL"), ("sasl.mechanism", "GSSAPI")]);
         assert!(gssapi.is_err_and(|e| e.contains("No provider for SASL mechanism GSSAPI")));
-        let missing = creates(&[("security.protocol", "SSL"), ("ssl.ca.location", "/nonexistent/ca.pem")]);
+        let missing =
+            creates(&[("security.protocol", "SSL"), ("ssl.ca.location", "/nonexistent/ca.pem")]);
         assert!(missing.is_err(), "a missing CA file was accepted");
     }
 
@@ -661,11 +800,28 @@ mod security_tests {
         let auth = explain_security_failure(
             "Local: Authentication failure: SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512",
             "127.0.0.1:9096", "lab", "SCRAM-SHA-512", "/ca.pem").unwrap();
-        assert!(auth.contains("SASL authentication failed") && auth.contains("LABCTL_BROKER_SASL_PASSWORD") && !auth.contains('\n'), "{auth}");
+        assert!(
+            auth.contains("SASL authentication failed")
+                && auth.contains("LABCTL_BROKER_SASL_PASSWORD")
+                && !auth.contains('\n'),
+            "{auth}"
+        );
         let tls = explain_security_failure(
             "Local: SSL error: ssl://127.0.0.1:9096/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified, verify that ssl.ca.location is correctly configured",
             "127.0.0.1:9096", "lab", "SCRAM-SHA-512", "/other-ca.pem").unwrap();
-        assert!(tls.contains("certificate verify failed") && tls.contains("broker.ssl_ca_file") && tls.contains("/other-ca.pem"), "{tls}");
-        assert!(explain_security_failure("Local: Broker transport failure: Connection refused", "h:1", "", "", "").is_none());
+        assert!(
+            tls.contains("certificate verify failed")
+                && tls.contains("broker.ssl_ca_file")
+                && tls.contains("/other-ca.pem"),
+            "{tls}"
+        );
+        assert!(explain_security_failure(
+            "Local: Broker transport failure: Connection refused",
+            "h:1",
+            "",
+            "",
+            ""
+        )
+        .is_none());
     }
 }

@@ -39,7 +39,9 @@ pub struct Replica {
 /// Asks the broker at `address` (host:port) to describe the quorum.
 pub async fn describe(address: &str, timeout: Duration) -> Result<Quorum> {
     tokio::time::timeout(timeout, async {
-        let mut s = tokio::net::TcpStream::connect(address).await.with_context(|| format!("connecting to {address}"))?;
+        let mut s = tokio::net::TcpStream::connect(address)
+            .await
+            .with_context(|| format!("connecting to {address}"))?;
         s.write_all(&request(1)).await?;
         let len = s.read_i32().await.context("reading the DescribeQuorum response")?;
         ensure!((4..=1 << 20).contains(&len), "DescribeQuorum response of {len} bytes");
@@ -213,7 +215,16 @@ mod tests {
         b.push(0);
         b.push(0);
         let q = parse(&b, 1).unwrap();
-        assert_eq!(q, Quorum { leader_id: 1, leader_epoch: 3, high_watermark: 1234, voters: vec![Replica { id: 1, log_end_offset: 1234 }], observers: vec![] });
+        assert_eq!(
+            q,
+            Quorum {
+                leader_id: 1,
+                leader_epoch: 3,
+                high_watermark: 1234,
+                voters: vec![Replica { id: 1, log_end_offset: 1234 }],
+                observers: vec![]
+            }
+        );
         assert!(parse(&b[..b.len() - 3], 1).is_err(), "a cut-off answer is an error, not a guess");
         let mut refused = b[..5].to_vec();
         refused.extend(29i16.to_be_bytes());

@@ -15,8 +15,12 @@ use std::{
     sync::{OnceLock, RwLock},
 };
 
-type GetAddrInfo =
-    unsafe extern "C" fn(*const c_char, *const c_char, *const libc::addrinfo, *mut *mut libc::addrinfo) -> c_int;
+type GetAddrInfo = unsafe extern "C" fn(
+    *const c_char,
+    *const c_char,
+    *const libc::addrinfo,
+    *mut *mut libc::addrinfo,
+) -> c_int;
 
 /// (advertised host, advertised port) -> (host, port) to connect to.
 type Table = RwLock<HashMap<(String, String), (CString, CString)>>;
@@ -29,7 +33,10 @@ fn table() -> &'static Table {
 /// Makes `host:port` (as the broker advertises itself) reach `to_host:to_port` in this process.
 pub fn map_broker(host: &str, port: u16, to_host: &str, to_port: u16) {
     let (Ok(h), Ok(p)) = (CString::new(to_host), CString::new(to_port.to_string())) else { return };
-    table().write().unwrap_or_else(|e| e.into_inner()).insert((host.to_string(), port.to_string()), (h, p));
+    table()
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert((host.to_string(), port.to_string()), (h, p));
 }
 
 fn real_getaddrinfo() -> GetAddrInfo {
@@ -53,7 +60,10 @@ pub unsafe extern "C" fn getaddrinfo(
     res: *mut *mut libc::addrinfo,
 ) -> c_int {
     if !node.is_null() && !service.is_null() {
-        let key = (CStr::from_ptr(node).to_string_lossy().into_owned(), CStr::from_ptr(service).to_string_lossy().into_owned());
+        let key = (
+            CStr::from_ptr(node).to_string_lossy().into_owned(),
+            CStr::from_ptr(service).to_string_lossy().into_owned(),
+        );
         let mapped = table().read().ok().and_then(|t| t.get(&key).cloned());
         if let Some((h, p)) = mapped {
             return real_getaddrinfo()(h.as_ptr(), p.as_ptr(), hints, res);
@@ -82,7 +92,10 @@ mod tests {
         let addr = unsafe {
             let sin = *((*res).ai_addr as *const libc::sockaddr_in);
             libc::freeaddrinfo(res);
-            std::net::SocketAddr::from((std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)), u16::from_be(sin.sin_port)))
+            std::net::SocketAddr::from((
+                std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            ))
         };
         Some(addr)
     }
@@ -92,6 +105,10 @@ mod tests {
         map_broker("labctl-test-broker", 9092, "127.0.0.1", 39092);
         assert_eq!(lookup("labctl-test-broker", "9092"), Some("127.0.0.1:39092".parse().unwrap()));
         assert_eq!(lookup("127.0.0.1", "80"), Some("127.0.0.1:80".parse().unwrap()));
-        assert_eq!(lookup("labctl-test-broker", "9093"), None, "only the advertised port is mapped");
+        assert_eq!(
+            lookup("labctl-test-broker", "9093"),
+            None,
+            "only the advertised port is mapped"
+        );
     }
 }

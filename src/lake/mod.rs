@@ -4,14 +4,15 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use futures_util::StreamExt;
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
+use futures_util::StreamExt;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 /// Azurite's well-known development account and key (public, documented by Microsoft).
 pub const DEV_ACCOUNT: &str = "devstoreaccount1";
-pub const DEV_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+pub const DEV_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 const API_VERSION: &str = "2021-08-06";
 /// Service SAS version: its string-to-sign (since 2020-12-06) has the encryption scope field.
 const SAS_VERSION: &str = "2021-08-06";
@@ -39,7 +40,12 @@ impl BlobClient {
     pub fn new(endpoint: &str, account: &str, key_b64: &str, timeout: Duration) -> Result<Self> {
         let key = B64.decode(key_b64).context("the storage account key is not valid base64")?;
         let http = reqwest::Client::builder().timeout(timeout).build()?;
-        Ok(Self { endpoint: endpoint.trim_end_matches('/').to_string(), account: account.to_string(), key, http })
+        Ok(Self {
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            account: account.to_string(),
+            key,
+            http,
+        })
     }
 
     /// Signs (Shared Key) and sends one request. `path` is below the account (e.g. `/lake`),
@@ -54,10 +60,23 @@ impl BlobClient {
     ) -> Result<reqwest::Response> {
         let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
         let url_path = format!("{}{}", url_path_of(&self.endpoint), path);
-        let mut headers: Vec<(String, &str)> = ms_headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), *v)).collect();
-        headers.extend([("x-ms-date".to_string(), date.as_str()), ("x-ms-version".to_string(), API_VERSION)]);
-        let (length, content_type) = body.as_ref().map(|b| (b.bytes.len(), b.content_type)).unwrap_or((0, ""));
-        let to_sign = shared_key_string_to_sign(method.as_str(), length, content_type, &headers, &self.account, &url_path, query);
+        let mut headers: Vec<(String, &str)> =
+            ms_headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), *v)).collect();
+        headers.extend([
+            ("x-ms-date".to_string(), date.as_str()),
+            ("x-ms-version".to_string(), API_VERSION),
+        ]);
+        let (length, content_type) =
+            body.as_ref().map(|b| (b.bytes.len(), b.content_type)).unwrap_or((0, ""));
+        let to_sign = shared_key_string_to_sign(
+            method.as_str(),
+            length,
+            content_type,
+            &headers,
+            &self.account,
+            &url_path,
+            query,
+        );
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).context("HMAC key")?;
         mac.update(to_sign.as_bytes());
         let sig = B64.encode(mac.finalize().into_bytes());
@@ -77,13 +96,24 @@ impl BlobClient {
     }
 
     /// Writes one block blob (replacing an existing one) in a single request.
-    pub async fn put_blob(&self, container: &str, name: &str, bytes: &[u8], content_type: &str) -> Result<()> {
+    pub async fn put_blob(
+        &self,
+        container: &str,
+        name: &str,
+        bytes: &[u8],
+        content_type: &str,
+    ) -> Result<()> {
         let path = format!("/{container}/{}", encode_blob_path(name));
         let body = Body { bytes, content_type };
-        let resp = self.send(reqwest::Method::PUT, &path, &[], &[("x-ms-blob-type", "BlockBlob")], Some(body)).await?;
+        let resp = self
+            .send(reqwest::Method::PUT, &path, &[], &[("x-ms-blob-type", "BlockBlob")], Some(body))
+            .await?;
         let status = resp.status();
         if !status.is_success() {
-            bail!("writing blob {container}/{name} failed: HTTP {status}: {}", first_line(&resp.text().await?));
+            bail!(
+                "writing blob {container}/{name} failed: HTTP {status}: {}",
+                first_line(&resp.text().await?)
+            );
         }
         Ok(())
     }
@@ -92,10 +122,22 @@ impl BlobClient {
     /// (letters of `racwd`, in that order) on that blob alone until `ttl` from now, without the
     /// account key. `endpoint` is the account's endpoint as the URL's user reaches it (another
     /// host than labctl's maybe); the signature does not cover the host.
-    pub fn sas_url(&self, endpoint: &str, container: &str, blob: &str, permissions: &str, ttl: Duration) -> Result<String> {
-        let expiry = chrono::Utc::now() + chrono::Duration::from_std(ttl).context("SAS lifetime out of range")?;
+    pub fn sas_url(
+        &self,
+        endpoint: &str,
+        container: &str,
+        blob: &str,
+        permissions: &str,
+        ttl: Duration,
+    ) -> Result<String> {
+        let expiry = chrono::Utc::now()
+            + chrono::Duration::from_std(ttl).context("SAS lifetime out of range")?;
         let query = blob_sas_query(&self.account, &self.key, container, blob, permissions, expiry)?;
-        Ok(format!("{}/{container}/{}?{query}", endpoint.trim_end_matches('/'), encode_blob_path(blob)))
+        Ok(format!(
+            "{}/{container}/{}?{query}",
+            endpoint.trim_end_matches('/'),
+            encode_blob_path(blob)
+        ))
     }
 
     pub async fn list_containers(&self) -> Result<Vec<String>> {
@@ -110,13 +152,18 @@ impl BlobClient {
 
     /// Creates the container; an existing one is fine.
     pub async fn create_container(&self, name: &str) -> Result<bool> {
-        let resp = self.send(reqwest::Method::PUT, &format!("/{name}"), &[("restype", "container")], &[], None).await?;
+        let resp = self
+            .send(reqwest::Method::PUT, &format!("/{name}"), &[("restype", "container")], &[], None)
+            .await?;
         let status = resp.status();
         if status.as_u16() == 409 {
             return Ok(false);
         }
         if !status.is_success() {
-            bail!("creating blob container {name} failed: HTTP {status}: {}", first_line(&resp.text().await?));
+            bail!(
+                "creating blob container {name} failed: HTTP {status}: {}",
+                first_line(&resp.text().await?)
+            );
         }
         Ok(true)
     }
@@ -133,7 +180,8 @@ impl BlobClient {
             if !marker.is_empty() {
                 q.push(("marker", marker.as_str()));
             }
-            let resp = self.send(reqwest::Method::GET, &format!("/{container}"), &q, &[], None).await?;
+            let resp =
+                self.send(reqwest::Method::GET, &format!("/{container}"), &q, &[], None).await?;
             let status = resp.status();
             let body = resp.text().await?;
             if !status.is_success() {
@@ -149,31 +197,59 @@ impl BlobClient {
 
     /// The content of one blob; a missing one is an error.
     pub async fn get_blob(&self, container: &str, name: &str) -> Result<bytes::Bytes> {
-        self.get_blob_if_exists(container, name).await?.ok_or_else(|| anyhow::anyhow!("reading blob {container}/{name} failed: no such blob (HTTP 404)"))
+        self.get_blob_if_exists(container, name).await?.ok_or_else(|| {
+            anyhow::anyhow!("reading blob {container}/{name} failed: no such blob (HTTP 404)")
+        })
     }
 
     /// The content of one blob; None when there is no such blob.
-    pub async fn get_blob_if_exists(&self, container: &str, name: &str) -> Result<Option<bytes::Bytes>> {
-        let resp = self.send(reqwest::Method::GET, &format!("/{container}/{}", encode_blob_path(name)), &[], &[], None).await?;
+    pub async fn get_blob_if_exists(
+        &self,
+        container: &str,
+        name: &str,
+    ) -> Result<Option<bytes::Bytes>> {
+        let resp = self
+            .send(
+                reqwest::Method::GET,
+                &format!("/{container}/{}", encode_blob_path(name)),
+                &[],
+                &[],
+                None,
+            )
+            .await?;
         let status = resp.status();
         if status.as_u16() == 404 {
             return Ok(None);
         }
         if !status.is_success() {
-            bail!("reading blob {container}/{name} failed: HTTP {status}: {}", first_line(&resp.text().await?));
+            bail!(
+                "reading blob {container}/{name} failed: HTTP {status}: {}",
+                first_line(&resp.text().await?)
+            );
         }
         Ok(Some(resp.bytes().await?))
     }
 
     /// Deletes one blob; a missing one is fine. Returns whether it existed.
     pub async fn delete_blob(&self, container: &str, name: &str) -> Result<bool> {
-        let resp = self.send(reqwest::Method::DELETE, &format!("/{container}/{}", encode_blob_path(name)), &[], &[], None).await?;
+        let resp = self
+            .send(
+                reqwest::Method::DELETE,
+                &format!("/{container}/{}", encode_blob_path(name)),
+                &[],
+                &[],
+                None,
+            )
+            .await?;
         let status = resp.status();
         if status.as_u16() == 404 {
             return Ok(false);
         }
         if !status.is_success() {
-            bail!("deleting blob {container}/{name} failed: HTTP {status}: {}", first_line(&resp.text().await?));
+            bail!(
+                "deleting blob {container}/{name} failed: HTTP {status}: {}",
+                first_line(&resp.text().await?)
+            );
         }
         Ok(true)
     }
@@ -185,12 +261,13 @@ impl BlobClient {
             bail!("refusing to delete under {prefix:?}: give a folder like `scratch/`");
         }
         let names = self.list_blobs(container, prefix).await?;
-        let deleted: Vec<bool> = futures_util::stream::iter(names.iter().map(|n| self.delete_blob(container, n)))
-            .buffer_unordered(8)
-            .collect::<Vec<Result<bool>>>()
-            .await
-            .into_iter()
-            .collect::<Result<_>>()?;
+        let deleted: Vec<bool> =
+            futures_util::stream::iter(names.iter().map(|n| self.delete_blob(container, n)))
+                .buffer_unordered(8)
+                .collect::<Vec<Result<bool>>>()
+                .await
+                .into_iter()
+                .collect::<Result<_>>()?;
         Ok(deleted.into_iter().filter(|d| *d).count())
     }
 }
@@ -231,11 +308,16 @@ impl BlobClient {
             .filter_map(|b| b.strip_prefix(&log_prefix)?.strip_suffix(".json")?.parse::<u64>().ok())
             .collect();
         let version = commits.iter().next_back().copied();
-        let data: Vec<&String> = blobs.iter().filter(|b| !b.starts_with(&log_prefix) && b.ends_with(".parquet")).collect();
-        let mut dirs: Vec<&str> = data.iter().filter_map(|b| b.rsplit_once('/').map(|(d, _)| d)).collect();
+        let data: Vec<&String> = blobs
+            .iter()
+            .filter(|b| !b.starts_with(&log_prefix) && b.ends_with(".parquet"))
+            .collect();
+        let mut dirs: Vec<&str> =
+            data.iter().filter_map(|b| b.rsplit_once('/').map(|(d, _)| d)).collect();
         dirs.sort_unstable();
         dirs.dedup();
-        let (mut rows, mut last_commit, mut rows_per_day, mut export_as_of) = (None, None, Default::default(), None);
+        let (mut rows, mut last_commit, mut rows_per_day, mut export_as_of) =
+            (None, None, Default::default(), None);
         if let Some(v) = version {
             // Replay needs every commit 0..=v as JSON (a checkpoint would stand in for the
             // early ones, but it is Parquet: then the count is unknown).
@@ -250,7 +332,16 @@ impl BlobClient {
             }
             last_commit = state.last_commit_ms.and_then(chrono::DateTime::from_timestamp_millis);
         }
-        Ok(DeltaSummary { table: table.to_string(), version, partitions: dirs.len(), data_files: data.len(), rows, last_commit, rows_per_day, export_as_of })
+        Ok(DeltaSummary {
+            table: table.to_string(),
+            version,
+            partitions: dirs.len(),
+            data_files: data.len(),
+            rows,
+            last_commit,
+            rows_per_day,
+            export_as_of,
+        })
     }
 }
 
@@ -280,7 +371,8 @@ pub struct LiveFile {
 /// The data files of the current version, from a replay of every JSON commit (sorted by path).
 pub fn live_files<'a>(commits: impl IntoIterator<Item = &'a str>) -> Result<Vec<LiveFile>> {
     let (live, _) = replay(commits)?;
-    let mut files: Vec<LiveFile> = live.into_iter().map(|(path, (rows, day))| LiveFile { path, day, rows }).collect();
+    let mut files: Vec<LiveFile> =
+        live.into_iter().map(|(path, (rows, day))| LiveFile { path, day, rows }).collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
 }
@@ -288,16 +380,31 @@ pub fn live_files<'a>(commits: impl IntoIterator<Item = &'a str>) -> Result<Vec<
 /// What the newest export (a commit with `labctl.export` user metadata for `table`) compared
 /// against: its `as_of` instant, or the commit's own time when it has none. None when no
 /// commit is an export's.
-pub fn export_as_of<'a>(commits: impl IntoIterator<Item = &'a str>, table: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+pub fn export_as_of<'a>(
+    commits: impl IntoIterator<Item = &'a str>,
+    table: &str,
+) -> Option<chrono::DateTime<chrono::Utc>> {
     let mut found = None;
     for text in commits {
         for line in text.lines() {
             let Ok(action) = serde_json::from_str::<serde_json::Value>(line) else { continue };
             let Some(info) = action.get("commitInfo") else { continue };
-            let meta: Option<serde_json::Value> = info["userMetadata"].as_str().and_then(|m| serde_json::from_str(m).ok());
-            let Some(export) = meta.as_ref().map(|m| &m["labctl.export"]).filter(|e| e["table"] == table) else { continue };
-            let as_of = export["as_of"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&chrono::Utc));
-            found = as_of.or_else(|| info["timestamp"].as_i64().and_then(chrono::DateTime::from_timestamp_millis)).or(found);
+            let meta: Option<serde_json::Value> =
+                info["userMetadata"].as_str().and_then(|m| serde_json::from_str(m).ok());
+            let Some(export) =
+                meta.as_ref().map(|m| &m["labctl.export"]).filter(|e| e["table"] == table)
+            else {
+                continue;
+            };
+            let as_of = export["as_of"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc));
+            found = as_of
+                .or_else(|| {
+                    info["timestamp"].as_i64().and_then(chrono::DateTime::from_timestamp_millis)
+                })
+                .or(found);
         }
     }
     found
@@ -361,16 +468,32 @@ impl BlobClient {
 
     /// (machine_id, sensor_type, timestamp in microseconds) of every row of one data file of
     /// `table` (a path from `delta_live_files`).
-    pub async fn reading_keys(&self, container: &str, table: &str, file: &str) -> Result<Vec<(String, String, i64)>> {
+    pub async fn reading_keys(
+        &self,
+        container: &str,
+        table: &str,
+        file: &str,
+    ) -> Result<Vec<(String, String, i64)>> {
         let bytes = self.get_blob(container, &format!("{table}/{file}")).await?;
-        tokio::task::spawn_blocking(move || parquet_keys(bytes)).await?.with_context(|| format!("reading {container}/{table}/{file}"))
+        tokio::task::spawn_blocking(move || parquet_keys(bytes))
+            .await?
+            .with_context(|| format!("reading {container}/{table}/{file}"))
     }
     /// The text of the given commits of a table's `_delta_log/` (`log_prefix`), fetched a few
     /// at a time, in order.
-    async fn log_commits(&self, container: &str, log_prefix: &str, versions: impl Iterator<Item = u64>) -> Result<Vec<String>> {
+    async fn log_commits(
+        &self,
+        container: &str,
+        log_prefix: &str,
+        versions: impl Iterator<Item = u64>,
+    ) -> Result<Vec<String>> {
         futures_util::stream::iter(versions.map(|n| {
             let name = format!("{log_prefix}{n:020}.json");
-            async move { self.get_blob(container, &name).await.map(|b| String::from_utf8_lossy(&b).into_owned()) }
+            async move {
+                self.get_blob(container, &name)
+                    .await
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+            }
         }))
         .buffered(LOG_FETCH_CONCURRENCY)
         .collect::<Vec<Result<String>>>()
@@ -402,8 +525,8 @@ fn replay<'a>(commits: impl IntoIterator<Item = &'a str>) -> Result<(LiveSet, Op
     let mut last_commit_ms = None;
     for (i, text) in commits.into_iter().enumerate() {
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let action: serde_json::Value =
-                serde_json::from_str(line).with_context(|| format!("commit {i} of the Delta log: a line is not JSON"))?;
+            let action: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("commit {i} of the Delta log: a line is not JSON"))?;
             if let Some(add) = action.get("add") {
                 let path = add["path"].as_str().context("an add action without a path")?;
                 // stats is a JSON document inside a string
@@ -420,7 +543,8 @@ fn replay<'a>(commits: impl IntoIterator<Item = &'a str>) -> Result<(LiveSet, Op
             } else if let Some(remove) = action.get("remove") {
                 let path = remove["path"].as_str().context("a remove action without a path")?;
                 live.remove(&percent_decode(path));
-            } else if let Some(ts) = action.get("commitInfo").and_then(|c| c["timestamp"].as_i64()) {
+            } else if let Some(ts) = action.get("commitInfo").and_then(|c| c["timestamp"].as_i64())
+            {
                 last_commit_ms = Some(ts);
             }
         }
@@ -474,7 +598,8 @@ fn shared_key_string_to_sign(
     query: &[(&str, &str)],
 ) -> String {
     let length = if content_length == 0 { String::new() } else { content_length.to_string() };
-    let mut headers: Vec<_> = ms_headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.trim())).collect();
+    let mut headers: Vec<_> =
+        ms_headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.trim())).collect();
     headers.sort();
     let mut s = format!("{method}\n\n\n{length}\n\n{content_type}\n\n\n\n\n\n\n");
     for (k, v) in headers {
@@ -493,16 +618,47 @@ fn shared_key_string_to_sign(
 /// expiry, canonicalized resource, identifier, IP range, protocol, version, resource (`b`),
 /// snapshot time, encryption scope, then the response header overrides rscc, rscd, rsce, rscl,
 /// rsct. Only permissions, expiry, resource, protocol and version are used here.
-fn blob_sas_string_to_sign(account: &str, container: &str, blob: &str, permissions: &str, expiry: &str) -> String {
+fn blob_sas_string_to_sign(
+    account: &str,
+    container: &str,
+    blob: &str,
+    permissions: &str,
+    expiry: &str,
+) -> String {
     let resource = format!("/blob/{account}/{container}/{blob}");
-    [permissions, "", expiry, &resource, "", "", SAS_PROTOCOL, SAS_VERSION, "b", "", "", "", "", "", "", ""].join("\n")
+    [
+        permissions,
+        "",
+        expiry,
+        &resource,
+        "",
+        "",
+        SAS_PROTOCOL,
+        SAS_VERSION,
+        "b",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+    ]
+    .join("\n")
 }
 
 /// Both schemes: the lab's Azurite speaks http.
 const SAS_PROTOCOL: &str = "https,http";
 
 /// The query string of a blob service SAS (values URL-encoded).
-fn blob_sas_query(account: &str, key: &[u8], container: &str, blob: &str, permissions: &str, expiry: chrono::DateTime<chrono::Utc>) -> Result<String> {
+fn blob_sas_query(
+    account: &str,
+    key: &[u8],
+    container: &str,
+    blob: &str,
+    permissions: &str,
+    expiry: chrono::DateTime<chrono::Utc>,
+) -> Result<String> {
     if permissions.is_empty() || !permissions.chars().all(|c| "racwd".contains(c)) {
         bail!("SAS permissions {permissions:?}: use letters of racwd");
     }
@@ -510,8 +666,19 @@ fn blob_sas_query(account: &str, key: &[u8], container: &str, blob: &str, permis
     let mut mac = Hmac::<Sha256>::new_from_slice(key).context("HMAC key")?;
     mac.update(blob_sas_string_to_sign(account, container, blob, permissions, &se).as_bytes());
     let sig = B64.encode(mac.finalize().into_bytes());
-    let pairs = [("sv", SAS_VERSION), ("spr", SAS_PROTOCOL), ("se", &se), ("sr", "b"), ("sp", permissions), ("sig", &sig)];
-    Ok(pairs.iter().map(|(k, v)| format!("{k}={}", encode_query_value(v))).collect::<Vec<_>>().join("&"))
+    let pairs = [
+        ("sv", SAS_VERSION),
+        ("spr", SAS_PROTOCOL),
+        ("se", &se),
+        ("sr", "b"),
+        ("sp", permissions),
+        ("sig", &sig),
+    ];
+    Ok(pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", encode_query_value(v)))
+        .collect::<Vec<_>>()
+        .join("&"))
 }
 
 /// A query value percent-encoded: everything but unreserved characters.
@@ -556,15 +723,30 @@ mod tests {
 
     #[test]
     fn the_newest_export_of_the_table_says_what_it_compared_against() {
-        let commit = |meta: &str, ts: i64| format!("{{\"commitInfo\":{{\"timestamp\":{ts},\"userMetadata\":{}}}}}\n", serde_json::to_string(meta).unwrap());
-        let c0 = commit(r#"{"labctl.export":{"table":"machine_sensors","as_of":"2026-12-02T04:00:00.000+00:00"}}"#, 1);
+        let commit = |meta: &str, ts: i64| {
+            format!(
+                "{{\"commitInfo\":{{\"timestamp\":{ts},\"userMetadata\":{}}}}}\n",
+                serde_json::to_string(meta).unwrap()
+            )
+        };
+        let c0 = commit(
+            r#"{"labctl.export":{"table":"machine_sensors","as_of":"2026-12-02T04:00:00.000+00:00"}}"#,
+            1,
+        );
         let c1 = commit(r#"{"labctl.export":{"table":"other","as_of":"2026-12-02T05:00:00Z"}}"#, 2);
         let c2 = "{\"commitInfo\":{\"timestamp\":3}}\n".to_string();
         let got = export_as_of([c0.as_str(), c1.as_str(), c2.as_str()], "machine_sensors");
-        assert_eq!(got.map(|t| t.to_rfc3339()), Some("2026-12-02T04:00:00+00:00".into()), "another table's and a foreign commit do not count");
+        assert_eq!(
+            got.map(|t| t.to_rfc3339()),
+            Some("2026-12-02T04:00:00+00:00".into()),
+            "another table's and a foreign commit do not count"
+        );
         // An export without as_of (an older job): its commit time.
         let old = commit(r#"{"labctl.export":{"table":"machine_sensors"}}"#, 1_764_648_000_000);
-        assert_eq!(export_as_of([c0.as_str(), old.as_str()], "machine_sensors").map(|t| t.timestamp()), Some(1_764_648_000));
+        assert_eq!(
+            export_as_of([c0.as_str(), old.as_str()], "machine_sensors").map(|t| t.timestamp()),
+            Some(1_764_648_000)
+        );
         assert_eq!(export_as_of([c2.as_str()], "machine_sensors"), None);
     }
 
@@ -592,10 +774,22 @@ mod tests {
 {"add":{"path":"year=2026/month=1/day=1/part-1.parquet","partitionValues":{"year":"2026","month":"1","day":"1"},"size":10,"modificationTime":3,"dataChange":true,"stats":"{\"numRecords\":7}"}}
 "#;
         let s = replay_log([v0, v1, v2]).unwrap();
-        let per_day = [("2026-01-01", 7), ("2026-01-02", 20), ("2026-01-03", 3)].map(|(d, n)| (d.to_string(), n)).into();
-        assert_eq!(s, LogState { rows: Some(7 + 20 + 3), live_files: 3, last_commit_ms: Some(1767225800000), rows_per_day: per_day });
+        let per_day = [("2026-01-01", 7), ("2026-01-02", 20), ("2026-01-03", 3)]
+            .map(|(d, n)| (d.to_string(), n))
+            .into();
         assert_eq!(
-            chrono::DateTime::from_timestamp_millis(s.last_commit_ms.unwrap()).unwrap().to_rfc3339(),
+            s,
+            LogState {
+                rows: Some(7 + 20 + 3),
+                live_files: 3,
+                last_commit_ms: Some(1767225800000),
+                rows_per_day: per_day
+            }
+        );
+        assert_eq!(
+            chrono::DateTime::from_timestamp_millis(s.last_commit_ms.unwrap())
+                .unwrap()
+                .to_rfc3339(),
             "2026-01-01T00:03:20+00:00"
         );
         // Only v0: two files.
@@ -607,16 +801,34 @@ mod tests {
         let v4 = r#"{"remove":{"path":"year=2026/month=1/day=4/p.parquet","dataChange":true}}"#;
         assert_eq!(replay_log([v0, v1, v2, v3, v4]).unwrap().rows, Some(30));
         // An empty table (created without files) has 0 rows.
-        assert_eq!(replay_log([r#"{"commitInfo":{"timestamp":5}}"#]).unwrap(), LogState { rows: Some(0), live_files: 0, last_commit_ms: Some(5), rows_per_day: Default::default() });
+        assert_eq!(
+            replay_log([r#"{"commitInfo":{"timestamp":5}}"#]).unwrap(),
+            LogState {
+                rows: Some(0),
+                live_files: 0,
+                last_commit_ms: Some(5),
+                rows_per_day: Default::default()
+            }
+        );
         assert!(replay_log(["not json"]).is_err());
         let files = live_files([v0, v1, v2]).unwrap();
-        assert_eq!(files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["year=2026/month=1/day=1/part-1.parquet", "year=2026/month=1/day=2/part-0.parquet", "year=2026/month=1/day=3/part-0.parquet"]);
+        assert_eq!(
+            files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
+            [
+                "year=2026/month=1/day=1/part-1.parquet",
+                "year=2026/month=1/day=2/part-0.parquet",
+                "year=2026/month=1/day=3/part-0.parquet"
+            ]
+        );
         assert_eq!((files[0].day.as_deref(), files[0].rows), (Some("2026-01-01"), Some(7)));
     }
 
     #[test]
     fn blob_paths() {
-        assert_eq!(encode_blob_path("t/year=2026/month=1/part-0.snappy.parquet"), "t/year=2026/month=1/part-0.snappy.parquet");
+        assert_eq!(
+            encode_blob_path("t/year=2026/month=1/part-0.snappy.parquet"),
+            "t/year=2026/month=1/part-0.snappy.parquet"
+        );
         assert_eq!(encode_blob_path("a b%/ü"), "a%20b%25/%C3%BC");
         assert_eq!(percent_decode("a%20b%25/%C3%BC"), "a b%/ü");
         assert_eq!(percent_decode("100%"), "100%");
@@ -633,23 +845,49 @@ mod tests {
     fn shared_key_signing_string() {
         let h = |d| vec![("x-ms-date".to_string(), d), ("x-ms-version".to_string(), "2021-08-06")];
         // Bodyless: Content-Length empty, no Content-Type.
-        let get = shared_key_string_to_sign("GET", 0, "", &h("D"), "acct", "/acct/lake", &[("restype", "container"), ("comp", "list")]);
+        let get = shared_key_string_to_sign(
+            "GET",
+            0,
+            "",
+            &h("D"),
+            "acct",
+            "/acct/lake",
+            &[("restype", "container"), ("comp", "list")],
+        );
         assert_eq!(get, "GET\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:D\nx-ms-version:2021-08-06\n/acct/acct/lake\ncomp:list\nrestype:container");
         // A body: its length and type are signed; extra x-ms headers are sorted in.
         let mut headers = h("D");
         headers.insert(0, ("X-MS-Blob-Type".to_string(), "BlockBlob"));
-        let put = shared_key_string_to_sign("PUT", 12, "application/json", &headers, "acct", "/acct/lake/a/b.json", &[]);
+        let put = shared_key_string_to_sign(
+            "PUT",
+            12,
+            "application/json",
+            &headers,
+            "acct",
+            "/acct/lake/a/b.json",
+            &[],
+        );
         assert_eq!(put, "PUT\n\n\n12\n\napplication/json\n\n\n\n\n\n\nx-ms-blob-type:BlockBlob\nx-ms-date:D\nx-ms-version:2021-08-06\n/acct/acct/lake/a/b.json");
     }
 
     #[test]
     fn service_sas() {
-        let s = blob_sas_string_to_sign("devstoreaccount1", "lake", "_labctl/spark/x/config.json", "rd", "2026-01-02T03:04:05Z");
+        let s = blob_sas_string_to_sign(
+            "devstoreaccount1",
+            "lake",
+            "_labctl/spark/x/config.json",
+            "rd",
+            "2026-01-02T03:04:05Z",
+        );
         assert_eq!(s, "rd\n\n2026-01-02T03:04:05Z\n/blob/devstoreaccount1/lake/_labctl/spark/x/config.json\n\n\nhttps,http\n2021-08-06\nb\n\n\n\n\n\n\n");
         // The signature Azurite 3.35's own generateBlobSASSignature computes for these values.
         let key = B64.decode(DEV_KEY).unwrap();
-        let expiry = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z").unwrap().with_timezone(&chrono::Utc);
-        let q = blob_sas_query(DEV_ACCOUNT, &key, "lake", "_labctl/spark/x/config.json", "rd", expiry).unwrap();
+        let expiry = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let q =
+            blob_sas_query(DEV_ACCOUNT, &key, "lake", "_labctl/spark/x/config.json", "rd", expiry)
+                .unwrap();
         assert_eq!(
             q,
             "sv=2021-08-06&spr=https%2Chttp&se=2026-01-02T03%3A04%3A05Z&sr=b&sp=rd&sig=zlfTQM1hfsYHedWUicAMf6Jl8BZczcDqNGMkbxsFF4g%3D"
@@ -658,7 +896,20 @@ mod tests {
         assert!(blob_sas_query(DEV_ACCOUNT, &key, "lake", "x", "", expiry).is_err());
         assert_eq!(encode_query_value("a+b/c=d e"), "a%2Bb%2Fc%3Dd%20e");
         let c = BlobClient::azurite("127.0.0.1", 1, Duration::from_secs(1)).unwrap();
-        let url = c.sas_url("http://azurite:10000/devstoreaccount1/", "lake", "_labctl/spark/x/job.py", "r", Duration::from_secs(60)).unwrap();
-        assert!(url.starts_with("http://azurite:10000/devstoreaccount1/lake/_labctl/spark/x/job.py?sv=2021-08-06&"), "{url}");
+        let url = c
+            .sas_url(
+                "http://azurite:10000/devstoreaccount1/",
+                "lake",
+                "_labctl/spark/x/job.py",
+                "r",
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert!(
+            url.starts_with(
+                "http://azurite:10000/devstoreaccount1/lake/_labctl/spark/x/job.py?sv=2021-08-06&"
+            ),
+            "{url}"
+        );
     }
 }

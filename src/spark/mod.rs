@@ -43,15 +43,26 @@ pub struct Worker {
 
 impl Client {
     pub fn new(ui: impl Into<String>, rest: impl Into<String>, timeout: Duration) -> Result<Self> {
-        let http = reqwest::Client::builder().timeout(timeout).build().context("building an HTTP client")?;
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .context("building an HTTP client")?;
         Ok(Self { ui: ui.into(), rest: rest.into(), http })
     }
 
     /// The master's status page as JSON (`/json/`; `/json` redirects).
     pub async fn master(&self) -> Result<MasterState> {
         let url = format!("{}/json/", self.ui.trim_end_matches('/'));
-        let resp = self.http.get(&url).send().await.with_context(|| format!("Spark master {url} did not answer"))?;
-        resp.error_for_status()?.json().await.with_context(|| format!("Spark master {url}: unexpected answer"))
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("Spark master {url} did not answer"))?;
+        resp.error_for_status()?
+            .json()
+            .await
+            .with_context(|| format!("Spark master {url}: unexpected answer"))
     }
 
     pub fn alive_workers(state: &MasterState) -> usize {
@@ -61,7 +72,11 @@ impl Client {
     /// The REST submission server answers (any HTTP answer counts; GET on its root is a 400).
     pub async fn rest_answers(&self) -> Result<()> {
         let url = format!("{}/v1/submissions/status/none", self.rest.trim_end_matches('/'));
-        self.http.get(&url).send().await.with_context(|| format!("Spark REST server {url} did not answer"))?;
+        self.http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("Spark REST server {url} did not answer"))?;
         Ok(())
     }
 }
@@ -104,8 +119,14 @@ pub struct Submission {
 }
 
 impl Client {
-    async fn rest_json(&self, req: reqwest::RequestBuilder, what: &str) -> Result<SubmissionStatus> {
-        let resp = req.send().await.with_context(|| format!("Spark REST server ({what}) did not answer at {}", self.rest))?;
+    async fn rest_json(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<SubmissionStatus> {
+        let resp = req.send().await.with_context(|| {
+            format!("Spark REST server ({what}) did not answer at {}", self.rest)
+        })?;
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
         let parsed: SubmissionStatus = serde_json::from_str(&body)

@@ -50,15 +50,31 @@ pub struct Facts {
 /// Windows may lag the clock by one window plus the watermark delay; three minutes is a stall.
 const STALL_SECS: i64 = 180;
 
-pub fn judge_service(name: &str, state: &str, running: usize, replicas: u32, probe: &Result<String, String>, restarts: i64, ingest_enabled: bool) -> Light {
+pub fn judge_service(
+    name: &str,
+    state: &str,
+    running: usize,
+    replicas: u32,
+    probe: &Result<String, String>,
+    restarts: i64,
+    ingest_enabled: bool,
+) -> Light {
     match (state, probe) {
-        ("missing", _) if name == INGEST && !ingest_enabled => Light::green("disabled (ingest.enabled = false)"),
+        ("missing", _) if name == INGEST && !ingest_enabled => {
+            Light::green("disabled (ingest.enabled = false)")
+        }
         ("missing", _) => Light::red("no container: run `labctl up`"),
         ("paused", _) => Light::red("paused: `docker unpause` its container"),
-        ("stopped", _) => Light::red(format!("stopped: run `labctl up` (see `labctl logs {name}`)")),
-        ("partial", _) => Light::red(format!("{running} of {replicas} containers running: run `labctl up`")),
+        ("stopped", _) => {
+            Light::red(format!("stopped: run `labctl up` (see `labctl logs {name}`)"))
+        }
+        ("partial", _) => {
+            Light::red(format!("{running} of {replicas} containers running: run `labctl up`"))
+        }
         (_, Err(e)) => Light::red(format!("not answering: {e}")),
-        (_, Ok(d)) if restarts > 0 => Light::yellow(format!("{d}; restarted {restarts} time(s), see `labctl logs {name}`")),
+        (_, Ok(d)) if restarts > 0 => {
+            Light::yellow(format!("{d}; restarted {restarts} time(s), see `labctl logs {name}`"))
+        }
         (_, Ok(d)) => Light::green(d.clone()),
     }
 }
@@ -69,9 +85,16 @@ pub fn judge_broker(b: &mut BrokerSection, f: &Facts) {
     }
     let total = b.end_offsets.unwrap_or(0);
     b.light = match b.ingest_per_s {
-        _ if total == 0 && f.ingest_running => Light::yellow(format!("topic `{}` is empty although ingest runs", b.topic)),
-        _ if total == 0 => Light::yellow(format!("topic `{}` is empty: start ingest (`labctl up` or `labctl ingest`)", b.topic)),
-        Some(r) if r == 0.0 && f.ingest_running => Light::yellow("no new readings for 1 min while ingest is running (see `labctl logs ingest`)"),
+        _ if total == 0 && f.ingest_running => {
+            Light::yellow(format!("topic `{}` is empty although ingest runs", b.topic))
+        }
+        _ if total == 0 => Light::yellow(format!(
+            "topic `{}` is empty: start ingest (`labctl up` or `labctl ingest`)",
+            b.topic
+        )),
+        Some(r) if r == 0.0 && f.ingest_running => Light::yellow(
+            "no new readings for 1 min while ingest is running (see `labctl logs ingest`)",
+        ),
         Some(r) => Light::green(format!("{total} readings, {r:.1}/s over the last minute")),
         None => Light::green(format!("{total} readings")),
     };
@@ -82,9 +105,17 @@ pub fn judge_broker(b: &mut BrokerSection, f: &Facts) {
     let list = |ids: &[i32]| ids.iter().map(|p| format!("p{p}")).collect::<Vec<_>>().join(" ");
     let c = &b.cluster;
     if !c.offline.is_empty() {
-        b.light = Light::red(format!("partition(s) {} of `{}` have no leader: their readings cannot be written or read", list(&c.offline), b.topic));
+        b.light = Light::red(format!(
+            "partition(s) {} of `{}` have no leader: their readings cannot be written or read",
+            list(&c.offline),
+            b.topic
+        ));
     } else if !c.under_replicated.is_empty() && b.light.health < Health::Red {
-        b.light = Light::yellow(format!("partition(s) {} of `{}` are under-replicated (in-sync replicas < replicas)", list(&c.under_replicated), b.topic));
+        b.light = Light::yellow(format!(
+            "partition(s) {} of `{}` are under-replicated (in-sync replicas < replicas)",
+            list(&c.under_replicated),
+            b.topic
+        ));
     }
 }
 
@@ -92,21 +123,41 @@ pub fn judge_flink(fl: &mut FlinkSection, f: &Facts) {
     if fl.light.is_set() {
         return;
     }
-    let slots = format!("{} TaskManager(s), {}/{} slots free", fl.taskmanagers.unwrap_or(0), fl.slots_available.unwrap_or(0), fl.slots_total.unwrap_or(0));
+    let slots = format!(
+        "{} TaskManager(s), {}/{} slots free",
+        fl.taskmanagers.unwrap_or(0),
+        fl.slots_available.unwrap_or(0),
+        fl.slots_total.unwrap_or(0)
+    );
     let Some(job) = fl.jobs.iter().find(|j| j.lab_job) else {
-        fl.light = Light::yellow(format!("the lab's job is not running: `labctl submit flink` ({slots})"));
+        fl.light =
+            Light::yellow(format!("the lab's job is not running: `labctl submit flink` ({slots})"));
         return;
     };
     fl.light = match job.state.as_str() {
-        "FAILED" => Light::red("the lab's job FAILED: see `labctl flink jobs`, then `labctl submit flink`"),
-        "RUNNING" if job.late_records_dropped > 0 => {
-            Light::red(format!("{} readings dropped as late: event time ran ahead of a partition", job.late_records_dropped))
+        "FAILED" => {
+            Light::red("the lab's job FAILED: see `labctl flink jobs`, then `labctl submit flink`")
         }
+        "RUNNING" if job.late_records_dropped > 0 => Light::red(format!(
+            "{} readings dropped as late: event time ran ahead of a partition",
+            job.late_records_dropped
+        )),
         "RUNNING" => match job.last_checkpoint_age_secs {
-            Some(age) if age > 3 * f.checkpoint_interval_secs + 30 => Light::yellow(format!("last checkpoint {age} s ago (interval {} s)", f.checkpoint_interval_secs)),
-            None if job.uptime_secs > 3 * f.checkpoint_interval_secs + 30 => Light::yellow("no checkpoint completed yet"),
-            _ if job.restarts.unwrap_or(0) > 0 => Light::yellow(format!("running; restored from a checkpoint {} time(s)", job.restarts.unwrap_or(0))),
-            _ => Light::green(format!("running, {:.0} readings/s in, {:.0} rows/s out ({slots})", job.records_in_per_s, job.records_out_per_s)),
+            Some(age) if age > 3 * f.checkpoint_interval_secs + 30 => Light::yellow(format!(
+                "last checkpoint {age} s ago (interval {} s)",
+                f.checkpoint_interval_secs
+            )),
+            None if job.uptime_secs > 3 * f.checkpoint_interval_secs + 30 => {
+                Light::yellow("no checkpoint completed yet")
+            }
+            _ if job.restarts.unwrap_or(0) > 0 => Light::yellow(format!(
+                "running; restored from a checkpoint {} time(s)",
+                job.restarts.unwrap_or(0)
+            )),
+            _ => Light::green(format!(
+                "running, {:.0} readings/s in, {:.0} rows/s out ({slots})",
+                job.records_in_per_s, job.records_out_per_s
+            )),
         },
         other => Light::yellow(format!("the lab's job is {other}")),
     };
@@ -116,7 +167,12 @@ pub fn judge_database(d: &mut DatabaseSection, f: &Facts, flink_running: bool) {
     if d.light.is_set() {
         return;
     }
-    let fresh = |name: &str| d.tables.iter().find(|t| t.table == name).and_then(|t| t.freshness_secs.map(|s| (t.rows, s)));
+    let fresh = |name: &str| {
+        d.tables
+            .iter()
+            .find(|t| t.table == name)
+            .and_then(|t| t.freshness_secs.map(|s| (t.rows, s)))
+    };
     d.light = match fresh("sensor_aggregates") {
         Some((_, age)) if age > STALL_SECS && f.ingest_running && flink_running => {
             Light::yellow(format!("no new windows for {} min while ingest is running", age / 60))
@@ -150,7 +206,10 @@ pub fn judge_spark(s: &mut SparkSection) {
     let alive = s.workers.iter().filter(|w| w.state == "ALIVE").count();
     s.light = match s.drivers.first() {
         _ if alive == 0 => Light::red("no ALIVE worker: exports cannot run (`labctl up`)"),
-        Some(d) if matches!(d.state.as_str(), "FAILED" | "ERROR") => Light::yellow(format!("last export {} {}: see `labctl spark status {}`", d.id, d.state, d.id)),
+        Some(d) if matches!(d.state.as_str(), "FAILED" | "ERROR") => Light::yellow(format!(
+            "last export {} {}: see `labctl spark status {}`",
+            d.id, d.state, d.id
+        )),
         Some(d) => Light::green(format!("{alive} worker(s); last export {} {}", d.id, d.state)),
         None => Light::green(format!("{alive} worker(s); no export yet")),
     };
@@ -160,7 +219,11 @@ pub fn judge_lake(l: &mut LakeSection) {
     if l.light.is_set() {
         return;
     }
-    let behind = l.currency.as_ref().map(|c| (c.days_behind.len(), c.days_differing.len())).unwrap_or((0, 0));
+    let behind = l
+        .currency
+        .as_ref()
+        .map(|c| (c.days_behind.len(), c.days_differing.len()))
+        .unwrap_or((0, 0));
     l.light = if l.tables.is_empty() {
         Light::yellow("no Delta table yet: `labctl submit spark`")
     } else if behind != (0, 0) {
@@ -172,7 +235,10 @@ pub fn judge_lake(l: &mut LakeSection) {
         if behind.1 > 0 {
             what.push(format!("{} day(s) differ ({})", behind.1, c.days_differing.join(", ")));
         }
-        Light::yellow(format!("lake behind the database: {}: `labctl submit spark`", what.join(", ")))
+        Light::yellow(format!(
+            "lake behind the database: {}: `labctl submit spark`",
+            what.join(", ")
+        ))
     } else {
         Light::green(format!("{} Delta table(s)", l.tables.len()))
     };
@@ -213,7 +279,10 @@ mod tests {
         let ok = Ok("fine".to_string());
         assert_eq!(judge_service("broker", "running", 1, 1, &ok, 0, true).health, Health::Green);
         assert_eq!(judge_service("broker", "running", 1, 1, &ok, 2, true).health, Health::Yellow);
-        assert_eq!(judge_service("broker", "running", 1, 1, &Err("timeout".into()), 0, true).health, Health::Red);
+        assert_eq!(
+            judge_service("broker", "running", 1, 1, &Err("timeout".into()), 0, true).health,
+            Health::Red
+        );
         assert_eq!(judge_service("broker", "stopped", 0, 1, &ok, 0, true).health, Health::Red);
         assert_eq!(judge_service(INGEST, "missing", 0, 1, &ok, 0, false).health, Health::Green);
         assert_eq!(judge_service(INGEST, "missing", 0, 1, &ok, 0, true).health, Health::Red);
@@ -221,10 +290,20 @@ mod tests {
 
     #[test]
     fn broker_stall_is_yellow_only_while_ingest_runs() {
-        let mut b = BrokerSection { topic: "t".into(), end_offsets: Some(100), ingest_per_s: Some(0.0), ..Default::default() };
+        let mut b = BrokerSection {
+            topic: "t".into(),
+            end_offsets: Some(100),
+            ingest_per_s: Some(0.0),
+            ..Default::default()
+        };
         judge_broker(&mut b, &facts(true));
         assert_eq!(b.light.health, Health::Yellow, "{}", b.light.reason);
-        let mut b = BrokerSection { topic: "t".into(), end_offsets: Some(100), ingest_per_s: Some(0.0), ..Default::default() };
+        let mut b = BrokerSection {
+            topic: "t".into(),
+            end_offsets: Some(100),
+            ingest_per_s: Some(0.0),
+            ..Default::default()
+        };
         judge_broker(&mut b, &facts(false));
         assert_eq!(b.light.health, Health::Green);
         let mut down = BrokerSection { light: Light::red("no answer"), ..Default::default() };
@@ -235,7 +314,12 @@ mod tests {
     #[test]
     fn replication_problems_of_the_topic() {
         let section = |under: Vec<i32>, offline: Vec<i32>| {
-            let mut b = BrokerSection { topic: "t".into(), end_offsets: Some(100), ingest_per_s: Some(2.0), ..Default::default() };
+            let mut b = BrokerSection {
+                topic: "t".into(),
+                end_offsets: Some(100),
+                ingest_per_s: Some(2.0),
+                ..Default::default()
+            };
             b.cluster.under_replicated = under;
             b.cluster.offline = offline;
             judge_broker(&mut b, &facts(true));
@@ -244,16 +328,30 @@ mod tests {
         assert_eq!(section(vec![], vec![]).health, Health::Green);
         let under = section(vec![2], vec![]);
         assert_eq!(under.health, Health::Yellow);
-        assert!(under.reason.contains("p2") && under.reason.contains("under-replicated"), "{}", under.reason);
+        assert!(
+            under.reason.contains("p2") && under.reason.contains("under-replicated"),
+            "{}",
+            under.reason
+        );
         let offline = section(vec![0, 2], vec![0]);
         assert_eq!(offline.health, Health::Red);
-        assert!(offline.reason.contains("p0") && offline.reason.contains("no leader"), "{}", offline.reason);
+        assert!(
+            offline.reason.contains("p0") && offline.reason.contains("no leader"),
+            "{}",
+            offline.reason
+        );
     }
 
     #[test]
     fn flink_rules() {
         let judge = |jobs: Vec<FlinkJobStatus>| {
-            let mut s = FlinkSection { jobs, taskmanagers: Some(1), slots_total: Some(3), slots_available: Some(0), ..Default::default() };
+            let mut s = FlinkSection {
+                jobs,
+                taskmanagers: Some(1),
+                slots_total: Some(3),
+                slots_available: Some(0),
+                ..Default::default()
+            };
             judge_flink(&mut s, &facts(true));
             s.light.health
         };
@@ -271,12 +369,25 @@ mod tests {
 
     #[test]
     fn windows_stalled_while_ingest_runs() {
-        let table = |name: &str, age: i64| TableStatus { table: name.into(), rows: 1, rows_exact: true, chunks: 1, newest: None, freshness_secs: Some(age) };
-        let mut d = DatabaseSection { tables: vec![table("machine_sensors", 2), table("sensor_aggregates", 400)], ..Default::default() };
+        let table = |name: &str, age: i64| TableStatus {
+            table: name.into(),
+            rows: 1,
+            rows_exact: true,
+            chunks: 1,
+            newest: None,
+            freshness_secs: Some(age),
+        };
+        let mut d = DatabaseSection {
+            tables: vec![table("machine_sensors", 2), table("sensor_aggregates", 400)],
+            ..Default::default()
+        };
         judge_database(&mut d, &facts(true), true);
         assert_eq!(d.light.health, Health::Yellow);
         assert!(d.light.reason.contains("no new windows for 6 min"), "{}", d.light.reason);
-        let mut d = DatabaseSection { tables: vec![table("machine_sensors", 2), table("sensor_aggregates", 400)], ..Default::default() };
+        let mut d = DatabaseSection {
+            tables: vec![table("machine_sensors", 2), table("sensor_aggregates", 400)],
+            ..Default::default()
+        };
         judge_database(&mut d, &facts(false), true);
         assert_eq!(d.light.health, Health::Green);
     }
@@ -286,7 +397,11 @@ mod tests {
         let f = facts(true);
         let rejected = |age_secs: i64| {
             let mut d = DatabaseSection {
-                rejected: Some(crate::db::RejectedStats { count: 2, newest: Some(f.now - chrono::Duration::seconds(age_secs)), last_reason: Some("timestamp does not parse".into()) }),
+                rejected: Some(crate::db::RejectedStats {
+                    count: 2,
+                    newest: Some(f.now - chrono::Duration::seconds(age_secs)),
+                    last_reason: Some("timestamp does not parse".into()),
+                }),
                 ..Default::default()
             };
             judge_database(&mut d, &f, false);
@@ -294,7 +409,16 @@ mod tests {
         };
         let recent = rejected(30);
         assert_eq!(recent.health, Health::Yellow);
-        assert!(recent.reason.contains("2 message(s) rejected") && recent.reason.contains("timestamp does not parse"), "{}", recent.reason);
-        assert_eq!(rejected(7200).health, Health::Green, "old rejections are history, not a problem");
+        assert!(
+            recent.reason.contains("2 message(s) rejected")
+                && recent.reason.contains("timestamp does not parse"),
+            "{}",
+            recent.reason
+        );
+        assert_eq!(
+            rejected(7200).health,
+            Health::Green,
+            "old rejections are history, not a problem"
+        );
     }
 }

@@ -242,7 +242,12 @@ pub async fn report(lab: &Lab, rt: &Runtime, timeout: Duration) -> Result<Report
 }
 
 /// `concurrent = false` makes the same calls one after another: the benchmark's baseline.
-pub async fn report_with(lab: &Lab, rt: &Runtime, timeout: Duration, concurrent: bool) -> Result<Report> {
+pub async fn report_with(
+    lab: &Lab,
+    rt: &Runtime,
+    timeout: Duration,
+    concurrent: bool,
+) -> Result<Report> {
     let started = Instant::now();
     let services_f = bounded("services", timeout * 2, services(lab, rt, timeout));
     let broker_f = bounded("broker", timeout, broker(lab, timeout));
@@ -253,35 +258,79 @@ pub async fn report_with(lab: &Lab, rt: &Runtime, timeout: Duration, concurrent:
     let (services, broker, flink, database, spark, lake) = if concurrent {
         tokio::join!(services_f, broker_f, flink_f, database_f, spark_f, lake_f)
     } else {
-        (services_f.await, broker_f.await, flink_f.await, database_f.await, spark_f.await, lake_f.await)
+        (
+            services_f.await,
+            broker_f.await,
+            flink_f.await,
+            database_f.await,
+            spark_f.await,
+            lake_f.await,
+        )
     };
     let services = services?;
     let ingest_running = services.iter().any(|s| s.service == INGEST && s.state == "running");
-    let facts = health::Facts { ingest_running, now: Utc::now(), checkpoint_interval_secs: crate::flink::job::JobSettings::for_lab(&lab.config).checkpoint_interval_secs as i64 };
+    let facts = health::Facts {
+        ingest_running,
+        now: Utc::now(),
+        checkpoint_interval_secs: crate::flink::job::JobSettings::for_lab(&lab.config)
+            .checkpoint_interval_secs as i64,
+    };
     let mut broker = broker.unwrap_or_else(|e| {
         let unknown = Some(format!("broker not answering: {e:#}"));
         BrokerSection {
             light: Light::red(format!("{e:#}")),
             topic: lab.config.broker.topic.clone(),
-            consumer_group: GroupLag { group: lab_group(lab), error: unknown.clone(), ..Default::default() },
-            cluster: ClusterStatus { error: unknown.clone(), quorum_error: unknown, ..Default::default() },
+            consumer_group: GroupLag {
+                group: lab_group(lab),
+                error: unknown.clone(),
+                ..Default::default()
+            },
+            cluster: ClusterStatus {
+                error: unknown.clone(),
+                quorum_error: unknown,
+                ..Default::default()
+            },
             ..Default::default()
         }
     });
-    let mut flink = flink.unwrap_or_else(|e| FlinkSection { light: Light::red(format!("{e:#}")), ..Default::default() });
-    let mut database = database.unwrap_or_else(|e| DatabaseSection { light: Light::red(format!("{e:#}")), ..Default::default() });
-    let mut spark = spark.unwrap_or_else(|e| SparkSection { light: Light::red(format!("{e:#}")), ..Default::default() });
-    let mut lake = lake.unwrap_or_else(|e| LakeSection { light: Light::red(format!("{e:#}")), container: lab.config.lake.container.clone(), ..Default::default() });
-    broker.flink_consumer_lag = flink.jobs.iter().find(|j| j.lab_job && j.state == "RUNNING").map(|j| j.pending_records);
+    let mut flink = flink.unwrap_or_else(|e| FlinkSection {
+        light: Light::red(format!("{e:#}")),
+        ..Default::default()
+    });
+    let mut database = database.unwrap_or_else(|e| DatabaseSection {
+        light: Light::red(format!("{e:#}")),
+        ..Default::default()
+    });
+    let mut spark = spark.unwrap_or_else(|e| SparkSection {
+        light: Light::red(format!("{e:#}")),
+        ..Default::default()
+    });
+    let mut lake = lake.unwrap_or_else(|e| LakeSection {
+        light: Light::red(format!("{e:#}")),
+        container: lab.config.lake.container.clone(),
+        ..Default::default()
+    });
+    broker.flink_consumer_lag =
+        flink.jobs.iter().find(|j| j.lab_job && j.state == "RUNNING").map(|j| j.pending_records);
     health::judge_broker(&mut broker, &facts);
     health::judge_flink(&mut flink, &facts);
-    health::judge_database(&mut database, &facts, flink.jobs.iter().any(|j| j.lab_job && j.state == "RUNNING"));
+    health::judge_database(
+        &mut database,
+        &facts,
+        flink.jobs.iter().any(|j| j.lab_job && j.state == "RUNNING"),
+    );
     health::judge_spark(&mut spark);
     health::judge_lake(&mut lake);
     let health = services
         .iter()
         .map(|s| s.light.health)
-        .chain([broker.light.health, flink.light.health, database.light.health, spark.light.health, lake.light.health])
+        .chain([
+            broker.light.health,
+            flink.light.health,
+            database.light.health,
+            spark.light.health,
+            lake.light.health,
+        ])
         .max()
         .unwrap_or(Health::Green);
     Ok(Report {
@@ -302,9 +351,15 @@ pub async fn report_with(lab: &Lab, rt: &Runtime, timeout: Duration, concurrent:
 }
 
 /// `fut`'s result, or an error naming the timeout when it takes longer.
-async fn bounded<T>(what: &str, timeout: Duration, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+async fn bounded<T>(
+    what: &str,
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
     let t = Instant::now();
-    let r = tokio::time::timeout(timeout, fut).await.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {timeout:?}")));
+    let r = tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {timeout:?}")));
     tracing::debug!("status: {what} took {} ms", t.elapsed().as_millis());
     r
 }
@@ -325,8 +380,13 @@ async fn services(lab: &Lab, rt: &Runtime, timeout: Duration) -> Result<Vec<Serv
             .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {timeout:?}")))
             .map_err(|e| format!("{e:#}"))
     });
-    let restarts = containers.iter().map(|c| async move { (c.name.clone(), rt.restart_count(&c.name).await.unwrap_or(0)) });
-    let (probes, restarts) = tokio::join!(futures_util::future::join_all(probes), futures_util::future::join_all(restarts));
+    let restarts = containers
+        .iter()
+        .map(|c| async move { (c.name.clone(), rt.restart_count(&c.name).await.unwrap_or(0)) });
+    let (probes, restarts) = tokio::join!(
+        futures_util::future::join_all(probes),
+        futures_util::future::join_all(restarts)
+    );
     let mut out = Vec::new();
     for (svc, probe) in lab.stack.services.iter().zip(probes) {
         let mine: Vec<_> = containers.iter().filter(|c| c.service == svc.name).collect();
@@ -338,17 +398,40 @@ async fn services(lab: &Lab, rt: &Runtime, timeout: Duration) -> Result<Vec<Serv
             (0, _) => "stopped",
             _ => "partial",
         };
-        let restarts: i64 = restarts.iter().filter(|(n, _)| mine.iter().any(|c| &c.name == n)).map(|(_, r)| r).sum();
+        let restarts: i64 = restarts
+            .iter()
+            .filter(|(n, _)| mine.iter().any(|c| &c.name == n))
+            .map(|(_, r)| r)
+            .sum();
         let ready = state == "running" && probe.is_ok();
-        let light = health::judge_service(svc.name, state, running, svc.replicas, &probe, restarts, lab.config.ingest.enabled);
+        let light = health::judge_service(
+            svc.name,
+            state,
+            running,
+            svc.replicas,
+            &probe,
+            restarts,
+            lab.config.ingest.enabled,
+        );
         out.push(ServiceStatus {
             service: svc.name.to_string(),
             state: state.to_string(),
             ready: ready || (svc.name == INGEST && !lab.config.ingest.enabled && mine.is_empty()),
             light,
             restarts,
-            url: svc.ports.iter().find(|p| p.url_path.is_some()).map(|p| format!("http://{}:{}", lab.stack.bind_address, p.host)),
-            containers: mine.iter().map(|c| ContainerStatus { name: c.name.clone(), state: c.state.clone(), status: c.status.clone() }).collect(),
+            url: svc
+                .ports
+                .iter()
+                .find(|p| p.url_path.is_some())
+                .map(|p| format!("http://{}:{}", lab.stack.bind_address, p.host)),
+            containers: mine
+                .iter()
+                .map(|c| ContainerStatus {
+                    name: c.name.clone(),
+                    state: c.state.clone(),
+                    status: c.status.clone(),
+                })
+                .collect(),
         });
     }
     // External services: no containers, only whether they answer.
@@ -358,7 +441,9 @@ async fn services(lab: &Lab, rt: &Runtime, timeout: Duration) -> Result<Vec<Serv
             .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {timeout:?}")));
         let light = match probe {
             Ok(d) => Light::green(d),
-            Err(err) => Light::red(format!("not answering (the address is {}): {err:#}", e.part.key())),
+            Err(err) => {
+                Light::red(format!("not answering (the address is {}): {err:#}", e.part.key()))
+            }
         };
         ServiceStatus {
             service: e.name.to_string(),
@@ -385,7 +470,11 @@ pub fn count(n: i64) -> String {
         }
         out.push(c);
     }
-    if n < 0 { format!("-{out}") } else { out }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
 }
 
 /// The consumer group the lab's Flink job commits its offsets to.
@@ -427,7 +516,11 @@ async fn broker(lab: &Lab, timeout: Duration) -> Result<BrokerSection> {
 }
 
 /// Lag per partition: the end offset minus the committed offset.
-fn group_lag(group: String, partitions: &[crate::kafka::PartitionActivity], committed: Result<Vec<(i32, Option<i64>)>>) -> GroupLag {
+fn group_lag(
+    group: String,
+    partitions: &[crate::kafka::PartitionActivity],
+    committed: Result<Vec<(i32, Option<i64>)>>,
+) -> GroupLag {
     let committed = match committed {
         Ok(c) => c,
         Err(e) => return GroupLag { group, error: Some(format!("{e:#}")), ..Default::default() },
@@ -435,8 +528,13 @@ fn group_lag(group: String, partitions: &[crate::kafka::PartitionActivity], comm
     let partitions: Vec<PartitionLag> = partitions
         .iter()
         .map(|p| {
-            let c = committed.iter().find(|(id, _)| *id == p.offsets.partition).and_then(|(_, c)| *c);
-            PartitionLag { partition: p.offsets.partition, committed: c, lag: (p.offsets.high - c.unwrap_or(p.offsets.low)).max(0) }
+            let c =
+                committed.iter().find(|(id, _)| *id == p.offsets.partition).and_then(|(_, c)| *c);
+            PartitionLag {
+                partition: p.offsets.partition,
+                committed: c,
+                lag: (p.offsets.high - c.unwrap_or(p.offsets.low)).max(0),
+            }
         })
         .collect();
     let lag = Some(partitions.iter().map(|p| p.lag).sum());
@@ -446,7 +544,13 @@ fn group_lag(group: String, partitions: &[crate::kafka::PartitionActivity], comm
 fn cluster_status(facts: Result<crate::kafka::ClusterFacts>) -> ClusterStatus {
     let facts = match facts {
         Ok(f) => f,
-        Err(e) => return ClusterStatus { error: Some(format!("{e:#}")), quorum_error: Some("metadata unknown".into()), ..Default::default() },
+        Err(e) => {
+            return ClusterStatus {
+                error: Some(format!("{e:#}")),
+                quorum_error: Some("metadata unknown".into()),
+                ..Default::default()
+            }
+        }
     };
     let (quorum, quorum_error) = match facts.quorum {
         Ok(q) => (Some(q), None),
@@ -455,9 +559,19 @@ fn cluster_status(facts: Result<crate::kafka::ClusterFacts>) -> ClusterStatus {
     ClusterStatus {
         brokers: facts.brokers,
         controller_id: quorum.as_ref().map(|q| q.leader_id).filter(|id| *id >= 0),
-        quorum_error: quorum_error.or_else(|| quorum.as_ref().filter(|q| q.leader_id < 0).map(|_| "the quorum has no leader".to_string())),
+        quorum_error: quorum_error.or_else(|| {
+            quorum
+                .as_ref()
+                .filter(|q| q.leader_id < 0)
+                .map(|_| "the quorum has no leader".to_string())
+        }),
         quorum,
-        under_replicated: facts.partitions.iter().filter(|p| p.under_replicated()).map(|p| p.partition).collect(),
+        under_replicated: facts
+            .partitions
+            .iter()
+            .filter(|p| p.under_replicated())
+            .map(|p| p.partition)
+            .collect(),
         offline: facts.partitions.iter().filter(|p| p.leader < 0).map(|p| p.partition).collect(),
         partitions: facts.partitions,
         error: None,
@@ -482,7 +596,10 @@ async fn flink(lab: &Lab, timeout: Duration) -> Result<FlinkSection> {
                 }
             };
             let cp = cp.ok();
-            let last = cp.as_ref().and_then(|c| c["latest"]["completed"]["latest_ack_timestamp"].as_i64()).filter(|t| *t > 0);
+            let last = cp
+                .as_ref()
+                .and_then(|c| c["latest"]["completed"]["latest_ack_timestamp"].as_i64())
+                .filter(|t| *t > 0);
             FlinkJobStatus {
                 lab_job: &j.name == lab_job,
                 uptime_secs: (now - j.start_time).max(0) / 1000,
@@ -518,13 +635,23 @@ async fn flink(lab: &Lab, timeout: Duration) -> Result<FlinkSection> {
 async fn database(lab: &Lab, timeout: Duration) -> Result<DatabaseSection> {
     let client = lab.database()?.connect(timeout).await?;
     let now = Utc::now();
-    let stats = futures_util::future::try_join_all(schema::TABLES.iter().map(|t| crate::db::table_stats(&client, t))).await?;
+    let stats = futures_util::future::try_join_all(
+        schema::TABLES.iter().map(|t| crate::db::table_stats(&client, t)),
+    )
+    .await?;
     let tables = stats
         .into_iter()
         .map(|s| {
             // A window is fresh when it closed, not when it opened.
             let shift = if s.table == "sensor_aggregates" { 60 } else { 0 };
-            TableStatus { freshness_secs: s.newest.map(|n| (now - n).num_seconds() - shift), table: s.table, rows: s.rows, rows_exact: s.rows_exact, chunks: s.chunks, newest: s.newest }
+            TableStatus {
+                freshness_secs: s.newest.map(|n| (now - n).num_seconds() - shift),
+                table: s.table,
+                rows: s.rows,
+                rows_exact: s.rows_exact,
+                chunks: s.chunks,
+                newest: s.newest,
+            }
         })
         .collect();
     let rejected = match crate::db::rejected_stats(&client).await {
@@ -544,16 +671,30 @@ async fn spark(lab: &Lab, timeout: Duration) -> Result<SparkSection> {
         state: d["state"].as_str().unwrap_or_default().to_string(),
         started: d["starttime"].as_i64().and_then(DateTime::from_timestamp_millis),
     };
-    let mut drivers: Vec<SparkDriver> = m.activedrivers.iter().chain(m.completeddrivers.iter()).map(driver).collect();
+    let mut drivers: Vec<SparkDriver> =
+        m.activedrivers.iter().chain(m.completeddrivers.iter()).map(driver).collect();
     drivers.sort_by_key(|d| std::cmp::Reverse(d.started));
     drivers.truncate(5);
-    Ok(SparkSection { light: Light::default(), master: Some(m.status), cores: Some(m.cores), cores_used: Some(m.coresused), workers: m.workers, drivers })
+    Ok(SparkSection {
+        light: Light::default(),
+        master: Some(m.status),
+        cores: Some(m.cores),
+        cores_used: Some(m.coresused),
+        workers: m.workers,
+        drivers,
+    })
 }
 
 async fn lake(lab: &Lab, timeout: Duration) -> Result<LakeSection> {
     let blob = lab.blob(timeout)?;
     let container = lab.config.lake.container.clone();
-    let tables: Vec<_> = futures_util::future::try_join_all(schema::TABLES.iter().map(|t| blob.delta_summary(&container, t.name))).await?.into_iter().filter(|t| t.version.is_some()).collect();
+    let tables: Vec<_> = futures_util::future::try_join_all(
+        schema::TABLES.iter().map(|t| blob.delta_summary(&container, t.name)),
+    )
+    .await?
+    .into_iter()
+    .filter(|t| t.version.is_some())
+    .collect();
     let currency = match tables.iter().find(|t| t.table == schema::MACHINE_SENSORS.name) {
         Some(t) => Some(match lake_currency(lab, t, timeout).await {
             Ok(c) => c,
@@ -564,10 +705,19 @@ async fn lake(lab: &Lab, timeout: Duration) -> Result<LakeSection> {
     Ok(LakeSection { light: Light::default(), tables, container, currency })
 }
 
-async fn lake_currency(lab: &Lab, t: &crate::lake::DeltaSummary, timeout: Duration) -> Result<LakeCurrency> {
+async fn lake_currency(
+    lab: &Lab,
+    t: &crate::lake::DeltaSummary,
+    timeout: Duration,
+) -> Result<LakeCurrency> {
     let as_of = t.export_as_of.or(t.last_commit);
-    let Some(due_before) = as_of.map(|a| a - chrono::Duration::seconds(crate::verify::LAKE_IN_FLIGHT_SECS)) else {
-        return Ok(LakeCurrency { error: Some("the lake's log does not say what was exported (checkpointed log)".into()), ..Default::default() });
+    let Some(due_before) =
+        as_of.map(|a| a - chrono::Duration::seconds(crate::verify::LAKE_IN_FLIGHT_SECS))
+    else {
+        return Ok(LakeCurrency {
+            error: Some("the lake's log does not say what was exported (checkpointed log)".into()),
+            ..Default::default()
+        });
     };
     let db = lab.database()?.connect(timeout).await?;
     let ms = schema::MACHINE_SENSORS;
@@ -579,7 +729,8 @@ async fn lake_currency(lab: &Lab, t: &crate::lake::DeltaSummary, timeout: Durati
     let rows = db.query(&sql, &[&due_before]).await.context("counting machine_sensors per day")?;
     let mut c = LakeCurrency { as_of, due_before: Some(due_before), ..Default::default() };
     let mut days: std::collections::BTreeSet<String> = t.rows_per_day.keys().cloned().collect();
-    let db_days: std::collections::HashMap<String, (i64, i64)> = rows.iter().map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2)))).collect();
+    let db_days: std::collections::HashMap<String, (i64, i64)> =
+        rows.iter().map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2)))).collect();
     days.extend(db_days.keys().cloned());
     for day in days {
         let (due, all) = db_days.get(&day).copied().unwrap_or((0, 0));
@@ -605,7 +756,9 @@ mod tests {
     /// optional part filled and one with every part empty both validate.
     #[test]
     fn report_matches_its_documented_schema() {
-        let schema: serde_json::Value = serde_json::from_str(include_str!("../../docs/status.schema.json")).expect("schema is JSON");
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/status.schema.json"))
+                .expect("schema is JSON");
         let validator = jsonschema::validator_for(&schema).expect("schema compiles");
         let light = Light::green("fine");
         let full = Report {
@@ -621,7 +774,11 @@ mod tests {
                 light: light.clone(),
                 restarts: 1,
                 url: Some("http://127.0.0.1:1".into()),
-                containers: vec![ContainerStatus { name: "lab-broker-1".into(), state: "running".into(), status: "Up".into() }],
+                containers: vec![ContainerStatus {
+                    name: "lab-broker-1".into(),
+                    state: "running".into(),
+                    status: "Up".into(),
+                }],
             }],
             broker: BrokerSection {
                 light: light.clone(),
@@ -636,12 +793,19 @@ mod tests {
                 flink_consumer_lag: Some(0),
                 consumer_group: GroupLag {
                     group: "labctl-lab-flink".into(),
-                    partitions: vec![PartitionLag { partition: 0, committed: Some(9), lag: 0 }, PartitionLag { partition: 1, committed: None, lag: 0 }],
+                    partitions: vec![
+                        PartitionLag { partition: 0, committed: Some(9), lag: 0 },
+                        PartitionLag { partition: 1, committed: None, lag: 0 },
+                    ],
                     lag: Some(0),
                     error: None,
                 },
                 cluster: ClusterStatus {
-                    brokers: vec![crate::kafka::BrokerNode { id: 1, host: "127.0.0.1".into(), port: 9092 }],
+                    brokers: vec![crate::kafka::BrokerNode {
+                        id: 1,
+                        host: "127.0.0.1".into(),
+                        port: 9092,
+                    }],
                     controller_id: Some(1),
                     quorum: Some(crate::kafka::quorum::Quorum {
                         leader_id: 1,
@@ -651,7 +815,12 @@ mod tests {
                         observers: vec![],
                     }),
                     quorum_error: None,
-                    partitions: vec![crate::kafka::PartitionReplicas { partition: 0, leader: 1, replicas: vec![1, 2], isr: vec![1] }],
+                    partitions: vec![crate::kafka::PartitionReplicas {
+                        partition: 0,
+                        leader: 1,
+                        replicas: vec![1, 2],
+                        isr: vec![1],
+                    }],
                     under_replicated: vec![0],
                     offline: vec![],
                     error: None,
@@ -674,8 +843,16 @@ mod tests {
                     records_out_per_s: 1.0,
                     late_records_dropped: 0,
                     pending_records: 0,
-                    sources: vec![OperatorStatus { name: "sensor_readings".into(), records: 1, per_s: 0.5 }],
-                    sinks: vec![OperatorStatus { name: "machine_sensors".into(), records: 2, per_s: 1.0 }],
+                    sources: vec![OperatorStatus {
+                        name: "sensor_readings".into(),
+                        records: 1,
+                        per_s: 0.5,
+                    }],
+                    sinks: vec![OperatorStatus {
+                        name: "machine_sensors".into(),
+                        records: 2,
+                        per_s: 1.0,
+                    }],
                     metrics_error: None,
                     last_checkpoint_age_secs: Some(1),
                     restarts: Some(0),
@@ -683,22 +860,61 @@ mod tests {
             },
             database: DatabaseSection {
                 light: light.clone(),
-                tables: vec![TableStatus { table: "machine_sensors".into(), rows: 3, rows_exact: true, chunks: 1, newest: Some(Utc::now()), freshness_secs: Some(2) }],
-                rejected: Some(crate::db::RejectedStats { count: 1, newest: Some(Utc::now()), last_reason: Some("not a JSON object".into()) }),
+                tables: vec![TableStatus {
+                    table: "machine_sensors".into(),
+                    rows: 3,
+                    rows_exact: true,
+                    chunks: 1,
+                    newest: Some(Utc::now()),
+                    freshness_secs: Some(2),
+                }],
+                rejected: Some(crate::db::RejectedStats {
+                    count: 1,
+                    newest: Some(Utc::now()),
+                    last_reason: Some("not a JSON object".into()),
+                }),
             },
             spark: SparkSection {
                 light: light.clone(),
                 master: Some("ALIVE".into()),
-                workers: vec![crate::spark::Worker { id: "w".into(), host: "h".into(), state: "ALIVE".into(), cores: 2, coresused: 0, memory: 1024, memoryused: 0 }],
+                workers: vec![crate::spark::Worker {
+                    id: "w".into(),
+                    host: "h".into(),
+                    state: "ALIVE".into(),
+                    cores: 2,
+                    coresused: 0,
+                    memory: 1024,
+                    memoryused: 0,
+                }],
                 cores: Some(2),
                 cores_used: Some(0),
-                drivers: vec![SparkDriver { id: "driver-1".into(), state: "FINISHED".into(), started: Some(Utc::now()) }],
+                drivers: vec![SparkDriver {
+                    id: "driver-1".into(),
+                    state: "FINISHED".into(),
+                    started: Some(Utc::now()),
+                }],
             },
             lake: LakeSection {
                 light,
                 container: "lake".into(),
-                tables: vec![crate::lake::DeltaSummary { table: "machine_sensors".into(), version: Some(0), partitions: 1, data_files: 1, rows: Some(3), last_commit: Some(Utc::now()), rows_per_day: [("2026-11-24".to_string(), 3)].into(), export_as_of: Some(Utc::now()) }],
-                currency: Some(LakeCurrency { as_of: Some(Utc::now()), due_before: Some(Utc::now()), days_compared: 2, days_differing: vec!["2026-11-24".into()], days_behind: vec!["2026-11-25".into()], error: None }),
+                tables: vec![crate::lake::DeltaSummary {
+                    table: "machine_sensors".into(),
+                    version: Some(0),
+                    partitions: 1,
+                    data_files: 1,
+                    rows: Some(3),
+                    last_commit: Some(Utc::now()),
+                    rows_per_day: [("2026-11-24".to_string(), 3)].into(),
+                    export_as_of: Some(Utc::now()),
+                }],
+                currency: Some(LakeCurrency {
+                    as_of: Some(Utc::now()),
+                    due_before: Some(Utc::now()),
+                    days_compared: 2,
+                    days_differing: vec!["2026-11-24".into()],
+                    days_behind: vec!["2026-11-25".into()],
+                    error: None,
+                }),
             },
             secrets: Some(serde_json::json!({"db_password": "x", "db_url": "postgresql://..."})),
             elapsed_ms: 12,
@@ -707,8 +923,16 @@ mod tests {
             services: vec![],
             broker: BrokerSection {
                 light: Light::red("down"),
-                consumer_group: GroupLag { group: "g".into(), error: Some("broker not answering".into()), ..Default::default() },
-                cluster: ClusterStatus { error: Some("broker not answering".into()), quorum_error: Some("broker not answering".into()), ..Default::default() },
+                consumer_group: GroupLag {
+                    group: "g".into(),
+                    error: Some("broker not answering".into()),
+                    ..Default::default()
+                },
+                cluster: ClusterStatus {
+                    error: Some("broker not answering".into()),
+                    quorum_error: Some("broker not answering".into()),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             flink: FlinkSection { light: Light::red("down"), ..Default::default() },
@@ -720,7 +944,10 @@ mod tests {
         };
         for report in [&full, &empty] {
             let doc = serde_json::to_value(report).expect("serializes");
-            let errors: Vec<String> = validator.iter_errors(&doc).map(|e| format!("{}: {e}", e.instance_path())).collect();
+            let errors: Vec<String> = validator
+                .iter_errors(&doc)
+                .map(|e| format!("{}: {e}", e.instance_path()))
+                .collect();
             assert!(errors.is_empty(), "{errors:#?}\n{doc:#}");
         }
     }
@@ -734,11 +961,19 @@ mod tests {
         };
         let parts = [part(0, 0, 100), part(1, 5, 5), part(2, 10, 40)];
         let g = group_lag("g".into(), &parts, Ok(vec![(0, Some(90)), (1, None), (2, None)]));
-        let lags: Vec<(i32, Option<i64>, i64)> = g.partitions.iter().map(|p| (p.partition, p.committed, p.lag)).collect();
-        assert_eq!(lags, vec![(0, Some(90), 10), (1, None, 0), (2, None, 30)], "without a commit the job starts at the earliest offset");
+        let lags: Vec<(i32, Option<i64>, i64)> =
+            g.partitions.iter().map(|p| (p.partition, p.committed, p.lag)).collect();
+        assert_eq!(
+            lags,
+            vec![(0, Some(90), 10), (1, None, 0), (2, None, 30)],
+            "without a commit the job starts at the earliest offset"
+        );
         assert_eq!((g.lag, g.error), (Some(40), None));
         let failed = group_lag("g".into(), &parts, Err(anyhow::anyhow!("no answer within 1.8s")));
-        assert_eq!((failed.lag, failed.error.as_deref(), failed.partitions.len()), (None, Some("no answer within 1.8s"), 0));
+        assert_eq!(
+            (failed.lag, failed.error.as_deref(), failed.partitions.len()),
+            (None, Some("no answer within 1.8s"), 0)
+        );
     }
 
     impl Report {

@@ -24,7 +24,10 @@ fn path(project: &str) -> PathBuf {
 }
 
 pub fn load(project: &str) -> Vec<Sample> {
-    std::fs::read(path(project)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    std::fs::read(path(project))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
 }
 
 /// Best effort: a status without a writable state folder just has no cached rate next time.
@@ -44,7 +47,11 @@ pub fn has_base(samples: &[Sample], now: DateTime<Utc>) -> bool {
 /// Adds `now` to `samples`, drops stale ones, and returns the rate per second against the
 /// sample closest to one minute before `now` (at least 30 s before), if any.
 pub fn update(samples: &mut Vec<Sample>, now: Sample) -> Option<f64> {
-    samples.retain(|s| (now.at - s.at).num_seconds() <= KEEP_SECS && s.at < now.at && s.end_offsets <= now.end_offsets);
+    samples.retain(|s| {
+        (now.at - s.at).num_seconds() <= KEEP_SECS
+            && s.at < now.at
+            && s.end_offsets <= now.end_offsets
+    });
     let best = samples
         .iter()
         .filter(|s| (now.at - s.at).num_seconds() >= MIN_SPAN_SECS)
@@ -54,7 +61,10 @@ pub fn update(samples: &mut Vec<Sample>, now: Sample) -> Option<f64> {
     if samples.last().is_none_or(|l| (now.at - l.at).num_seconds() >= 10) {
         samples.push(now);
     }
-    best.map(|b| (now.end_offsets - b.end_offsets) as f64 / ((now.at - b.at).num_milliseconds() as f64 / 1000.0))
+    best.map(|b| {
+        (now.end_offsets - b.end_offsets) as f64
+            / ((now.at - b.at).num_milliseconds() as f64 / 1000.0)
+    })
 }
 
 #[cfg(test)]
@@ -72,7 +82,11 @@ mod tests {
         assert!(has_base(&v, now));
         let r = update(&mut v, s(0, 180, now)).unwrap();
         assert!((r - 60.0 / 58.0).abs() < 1e-6, "{r}");
-        assert_eq!(v.len(), 3, "the stale sample is dropped; the new one is within 10 s of the last, not kept");
+        assert_eq!(
+            v.len(),
+            3,
+            "the stale sample is dropped; the new one is within 10 s of the last, not kept"
+        );
         update(&mut v, s(-20, 200, now));
         assert_eq!(v.len(), 4);
     }

@@ -36,9 +36,24 @@ fn num(n: u64) -> String {
     crate::status::count(n as i64)
 }
 
-fn hop(name: &'static str, checked: bool, summary: String, in_flight: String, problems: Vec<String>) -> Hop {
+fn hop(
+    name: &'static str,
+    checked: bool,
+    summary: String,
+    in_flight: String,
+    problems: Vec<String>,
+) -> Hop {
     let problem_count = problems.len();
-    Hop { name, ok: problems.is_empty(), checked, summary, in_flight, problems: problems.into_iter().take(PROBLEMS_SHOWN).collect(), problem_count, hint: None }
+    Hop {
+        name,
+        ok: problems.is_empty(),
+        checked,
+        summary,
+        in_flight,
+        problems: problems.into_iter().take(PROBLEMS_SHOWN).collect(),
+        problem_count,
+        hint: None,
+    }
 }
 
 pub fn judge(cells: &[Cell], ctx: &Facts) -> Vec<Hop> {
@@ -53,11 +68,19 @@ fn topic_to_raw(cells: &[Cell], ctx: &Facts) -> Hop {
     let mut problems = Vec::new();
     for c in cells {
         if c.lost > 0 {
-            problems.push(format!("{}: {} of the topic's settled readings not in machine_sensors", cell_name(c), c.lost));
+            problems.push(format!(
+                "{}: {} of the topic's settled readings not in machine_sensors",
+                cell_name(c),
+                c.lost
+            ));
         }
         // Retention may have removed the messages of old rows: then they cannot be matched.
         if c.not_in_topic > 0 && !ctx.topic_trimmed {
-            problems.push(format!("{}: {} in machine_sensors that no message of the topic holds", cell_name(c), plural(c.not_in_topic, "row", "rows")));
+            problems.push(format!(
+                "{}: {} in machine_sensors that no message of the topic holds",
+                cell_name(c),
+                plural(c.not_in_topic, "row", "rows")
+            ));
         }
     }
     if ctx.unaccounted_settled > 0 {
@@ -77,35 +100,57 @@ fn topic_to_raw(cells: &[Cell], ctx: &Facts) -> Hop {
         num(sum(cells, |c| c.lost)),
         num(sum(cells, |c| c.not_in_topic)),
     );
-    let no_commit = ctx.partitions.iter().filter(|p| p.committed.is_none() && p.high > p.low).count();
-    let mut in_flight = format!("{} past the committed offsets of group {}", plural(ctx.in_flight_messages, "message", "messages"), ctx.group);
+    let no_commit =
+        ctx.partitions.iter().filter(|p| p.committed.is_none() && p.high > p.low).count();
+    let mut in_flight = format!(
+        "{} past the committed offsets of group {}",
+        plural(ctx.in_flight_messages, "message", "messages"),
+        ctx.group
+    );
     if no_commit > 0 {
         in_flight.push_str(&format!(" ({no_commit} partitions with no committed offset: is the Flink job running? `labctl submit flink`)"));
     }
     if ctx.topic_trimmed {
-        in_flight.push_str("; retention removed the start of the topic: rows older than it are not matched");
+        in_flight.push_str(
+            "; retention removed the start of the topic: rows older than it are not matched",
+        );
     }
     hop("topic -> machine_sensors", true, summary, in_flight, problems)
 }
 
 fn raw_to_windows(cells: &[Cell], ctx: &Facts) -> Hop {
     let Some(until) = ctx.windows_closed_until else {
-        return hop("machine_sensors -> sensor_aggregates", false, "no window written yet".into(), "every window is still open".into(), vec![]);
+        return hop(
+            "machine_sensors -> sensor_aggregates",
+            false,
+            "no window written yet".into(),
+            "every window is still open".into(),
+            vec![],
+        );
     };
     let mut problems = Vec::new();
     for c in cells {
         let mut what = Vec::new();
         if c.windows_wrong > 0 {
-            what.push(format!("{} whose count, min, max or avg differ from the raw rows", plural(c.windows_wrong, "window", "windows")));
+            what.push(format!(
+                "{} whose count, min, max or avg differ from the raw rows",
+                plural(c.windows_wrong, "window", "windows")
+            ));
         }
         if c.windows_missing > 0 {
-            what.push(format!("{} with raw rows but no window", plural(c.windows_missing, "minute", "minutes")));
+            what.push(format!(
+                "{} with raw rows but no window",
+                plural(c.windows_missing, "minute", "minutes")
+            ));
         }
         if c.windows_extra > 0 {
             what.push(format!("{} without raw rows", plural(c.windows_extra, "window", "windows")));
         }
         if what.is_empty() && c.window_count != c.window_rows {
-            what.push(format!("reading_count adds up to {} but the closed windows hold {} raw rows", c.window_count, c.window_rows));
+            what.push(format!(
+                "reading_count adds up to {} but the closed windows hold {} raw rows",
+                c.window_count, c.window_rows
+            ));
         }
         if !what.is_empty() {
             problems.push(format!("{}: {}", cell_name(c), what.join(", ")));
@@ -126,19 +171,31 @@ fn raw_to_windows(cells: &[Cell], ctx: &Facts) -> Hop {
 fn raw_to_lake(cells: &[Cell], ctx: &Facts) -> Hop {
     let name = "machine_sensors -> lake";
     let Some(version) = ctx.lake_version else {
-        return hop(name, false, format!("no Delta table {} yet", ctx.lake_table), "nothing exported yet (`labctl submit spark`)".into(), vec![]);
+        return hop(
+            name,
+            false,
+            format!("no Delta table {} yet", ctx.lake_table),
+            "nothing exported yet (`labctl submit spark`)".into(),
+            vec![],
+        );
     };
     let mut problems = Vec::new();
     for c in cells {
         let mut what = Vec::new();
         if c.lake_missing > 0 {
-            what.push(format!("{} of the database not in the lake", plural(c.lake_missing, "row", "rows")));
+            what.push(format!(
+                "{} of the database not in the lake",
+                plural(c.lake_missing, "row", "rows")
+            ));
         }
         if c.lake_duplicates > 0 {
             what.push(format!("{} twice", plural(c.lake_duplicates, "reading", "readings")));
         }
         if c.lake_extra > 0 {
-            what.push(format!("{} the database does not have", plural(c.lake_extra, "row", "rows")));
+            what.push(format!(
+                "{} the database does not have",
+                plural(c.lake_extra, "row", "rows")
+            ));
         }
         if !what.is_empty() {
             problems.push(format!("{}: {}", cell_name(c), what.join(", ")));
@@ -163,7 +220,10 @@ fn raw_to_lake(cells: &[Cell], ctx: &Facts) -> Hop {
             LAKE_IN_FLIGHT_SECS,
             as_of.format("%H:%M:%S")
         ),
-        _ => format!("no export by labctl in the table's log: {} of the database not checked for presence", plural(ctx.lake_pending, "row", "rows")),
+        _ => format!(
+            "no export by labctl in the table's log: {} of the database not checked for presence",
+            plural(ctx.lake_pending, "row", "rows")
+        ),
     };
     let mut h = hop(name, true, summary, in_flight, problems);
     if missing {
@@ -177,7 +237,15 @@ mod tests {
     use super::*;
 
     fn cell(f: impl FnOnce(&mut Cell)) -> Cell {
-        let mut c = Cell { machine_id: "CNC-1".into(), sensor_type: "temperature".into(), day: "2026-11-30".into(), topic: 10, topic_settled: 10, raw: 10, ..Cell::default() };
+        let mut c = Cell {
+            machine_id: "CNC-1".into(),
+            sensor_type: "temperature".into(),
+            day: "2026-11-30".into(),
+            topic: 10,
+            topic_settled: 10,
+            raw: 10,
+            ..Cell::default()
+        };
         f(&mut c);
         c
     }
@@ -185,7 +253,12 @@ mod tests {
     fn ctx() -> Facts {
         Facts {
             group: "g".into(),
-            partitions: vec![super::super::PartitionRead { partition: 0, low: 0, high: 10, committed: Some(10) }],
+            partitions: vec![super::super::PartitionRead {
+                partition: 0,
+                low: 0,
+                high: 10,
+                committed: Some(10),
+            }],
             windows_closed_until: Some(chrono::DateTime::from_timestamp(600, 0).unwrap()),
             lake_table: "machine_sensors".into(),
             lake_version: Some(3),
@@ -217,7 +290,11 @@ mod tests {
         assert_eq!(oks(&[cell(|c| c.not_in_topic = 1)], &ctx()), [false, true, true]);
         assert_eq!(oks(&[cell(|c| c.windows_wrong = 1)], &ctx()), [true, false, true]);
         assert_eq!(oks(&[cell(|c| c.windows_missing = 1)], &ctx()), [true, false, true]);
-        assert_eq!(oks(&[cell(|c| c.window_rows = 3)], &ctx()), [true, false, true], "counts that do not add up");
+        assert_eq!(
+            oks(&[cell(|c| c.window_rows = 3)], &ctx()),
+            [true, false, true],
+            "counts that do not add up"
+        );
         assert_eq!(oks(&[cell(|c| c.lake_missing = 1)], &ctx()), [true, true, false]);
         assert_eq!(oks(&[cell(|c| c.lake_duplicates = 1)], &ctx()), [true, true, false]);
         assert_eq!(oks(&[cell(|c| c.lake_extra = 1)], &ctx()), [true, true, false]);
@@ -234,8 +311,15 @@ mod tests {
         c.windows_closed_until = None;
         c.lake_version = None;
         let hops = judge(&[cell(|c| c.topic = 510)], &c);
-        assert_eq!(hops.iter().map(|h| (h.ok, h.checked)).collect::<Vec<_>>(), [(true, true), (true, false), (true, false)]);
-        assert!(hops[0].in_flight.starts_with("500 messages past the committed offsets"), "{}", hops[0].in_flight);
+        assert_eq!(
+            hops.iter().map(|h| (h.ok, h.checked)).collect::<Vec<_>>(),
+            [(true, true), (true, false), (true, false)]
+        );
+        assert!(
+            hops[0].in_flight.starts_with("500 messages past the committed offsets"),
+            "{}",
+            hops[0].in_flight
+        );
         // Rows whose messages retention removed cannot be matched.
         let mut trimmed = ctx();
         trimmed.topic_trimmed = true;
@@ -244,13 +328,20 @@ mod tests {
 
     #[test]
     fn problems_name_the_cell_and_are_capped() {
-        let cells: Vec<Cell> = (0..20).map(|i| cell(|c| {
-            c.lost = 1;
-            c.machine_id = format!("M-{i}");
-        })).collect();
+        let cells: Vec<Cell> = (0..20)
+            .map(|i| {
+                cell(|c| {
+                    c.lost = 1;
+                    c.machine_id = format!("M-{i}");
+                })
+            })
+            .collect();
         let h = &judge(&cells, &ctx())[0];
         assert_eq!(h.problem_count, 20);
         assert_eq!(h.problems.len(), PROBLEMS_SHOWN);
-        assert_eq!(h.problems[0], "2026-11-30 M-0 temperature: 1 of the topic's settled readings not in machine_sensors");
+        assert_eq!(
+            h.problems[0],
+            "2026-11-30 M-0 temperature: 1 of the topic's settled readings not in machine_sensors"
+        );
     }
 }

@@ -136,7 +136,9 @@ struct Message<'a> {
 /// The timestamp Flink gives a message's `timestamp` text: `TO_TIMESTAMP(REPLACE(ts, 'T', ' '))`
 /// in UTC, to the millisecond. None for text the job would reject.
 pub fn message_micros(ts: &str) -> Option<i64> {
-    let t = chrono::NaiveDateTime::parse_from_str(&ts.replacen('T', " ", 1), "%Y-%m-%d %H:%M:%S%.f").ok()?;
+    let t =
+        chrono::NaiveDateTime::parse_from_str(&ts.replacen('T', " ", 1), "%Y-%m-%d %H:%M:%S%.f")
+            .ok()?;
     Some(t.and_utc().timestamp_millis() * 1000)
 }
 
@@ -185,7 +187,12 @@ pub async fn run(lab: &Lab, timeout: Duration) -> Result<Report> {
     let topic = lab.config.broker.topic.clone();
     let group = crate::flink::job::Target::lab(&lab.config).group_id;
     let broker = lab.broker()?;
-    let committed: HashMap<i32, Option<i64>> = broker.committed(&group, &topic, timeout).await.context("reading the Flink group's committed offsets")?.into_iter().collect();
+    let committed: HashMap<i32, Option<i64>> = broker
+        .committed(&group, &topic, timeout)
+        .await
+        .context("reading the Flink group's committed offsets")?
+        .into_iter()
+        .collect();
 
     let lake_table = schema::MACHINE_SENSORS.name.to_string();
     let lake = read_lake(lab, &lake_table, timeout).await?;
@@ -193,39 +200,67 @@ pub async fn run(lab: &Lab, timeout: Duration) -> Result<Report> {
     let db = lab.database()?.connect(timeout).await?;
     let raw = read_raw(&db).await?;
     let rejected = read_rejected(&db).await?;
-    let windows = read_windows(&db, crate::flink::job::JobSettings::for_lab(&lab.config).window_secs).await?;
+    let windows =
+        read_windows(&db, crate::flink::job::JobSettings::for_lab(&lab.config).window_secs).await?;
 
     let ends = broker.offsets(&topic, timeout).await?;
     let committed_at = committed.clone();
     let read = broker
-        .scan(&topic, ends.clone(), timeout, TopicRead::default(), move |read, partition, offset, payload| {
-            let settled = committed_at.get(&partition).copied().flatten().is_some_and(|c| offset < c);
-            if rejected.contains(&(partition, offset)) {
-                read.rejected += 1;
-                return;
-            }
-            let key = payload.and_then(|p| serde_json::from_slice::<Message>(p).ok()).and_then(|m| {
-                let us = message_micros(&m.timestamp)?;
-                Some(((m.machine_id.into_owned(), m.sensor_type.into_owned(), day_of(us)?), us))
-            });
-            match key {
-                Some((cell, us)) => {
-                    if settled {
-                        read.settled.entry(cell.clone()).or_default().push(us);
-                    }
-                    read.all.entry(cell).or_default().push(us);
+        .scan(
+            &topic,
+            ends.clone(),
+            timeout,
+            TopicRead::default(),
+            move |read, partition, offset, payload| {
+                let settled =
+                    committed_at.get(&partition).copied().flatten().is_some_and(|c| offset < c);
+                if rejected.contains(&(partition, offset)) {
+                    read.rejected += 1;
+                    return;
                 }
-                None if settled => read.unaccounted_settled += 1,
-                None => read.unaccounted_in_flight += 1,
-            }
-        })
+                let key =
+                    payload.and_then(|p| serde_json::from_slice::<Message>(p).ok()).and_then(|m| {
+                        let us = message_micros(&m.timestamp)?;
+                        Some((
+                            (m.machine_id.into_owned(), m.sensor_type.into_owned(), day_of(us)?),
+                            us,
+                        ))
+                    });
+                match key {
+                    Some((cell, us)) => {
+                        if settled {
+                            read.settled.entry(cell.clone()).or_default().push(us);
+                        }
+                        read.all.entry(cell).or_default().push(us);
+                    }
+                    None if settled => read.unaccounted_settled += 1,
+                    None => read.unaccounted_in_flight += 1,
+                }
+            },
+        )
         .await
         .with_context(|| format!("reading topic {topic}"))?;
-    let TopicRead { all, settled, rejected: rejected_seen, unaccounted_settled, unaccounted_in_flight } = read;
+    let TopicRead {
+        all,
+        settled,
+        rejected: rejected_seen,
+        unaccounted_settled,
+        unaccounted_in_flight,
+    } = read;
 
-    let partitions: Vec<PartitionRead> =
-        ends.iter().map(|p| PartitionRead { partition: p.partition, low: p.low, high: p.high, committed: committed.get(&p.partition).copied().flatten() }).collect();
-    let in_flight_messages = partitions.iter().map(|p| (p.high - p.committed.unwrap_or(p.low).clamp(p.low, p.high)).max(0) as u64).sum();
+    let partitions: Vec<PartitionRead> = ends
+        .iter()
+        .map(|p| PartitionRead {
+            partition: p.partition,
+            low: p.low,
+            high: p.high,
+            committed: committed.get(&p.partition).copied().flatten(),
+        })
+        .collect();
+    let in_flight_messages = partitions
+        .iter()
+        .map(|p| (p.high - p.committed.unwrap_or(p.low).clamp(p.low, p.high)).max(0) as u64)
+        .sum();
     let mut context = Facts {
         topic,
         group,
@@ -239,7 +274,10 @@ pub async fn run(lab: &Lab, timeout: Duration) -> Result<Report> {
         lake_table,
         lake_version: lake.as_ref().map(|l| l.version),
         lake_as_of: lake.as_ref().and_then(|l| l.as_of),
-        lake_due_before: lake.as_ref().and_then(|l| l.as_of).map(|t| t - chrono::Duration::seconds(LAKE_IN_FLIGHT_SECS)),
+        lake_due_before: lake
+            .as_ref()
+            .and_then(|l| l.as_of)
+            .map(|t| t - chrono::Duration::seconds(LAKE_IN_FLIGHT_SECS)),
         lake_pending: 0,
     };
     let cells = combine(all, settled, raw, windows.cells, lake.map(|l| l.keys), &mut context);
@@ -248,7 +286,14 @@ pub async fn run(lab: &Lab, timeout: Duration) -> Result<Report> {
 }
 
 /// Merges every reader's keys into cells.
-fn combine(all: Keys, settled: Keys, raw: Keys, windows: HashMap<CellKey, WindowCounts>, lake: Option<Keys>, context: &mut Facts) -> Vec<Cell> {
+fn combine(
+    all: Keys,
+    settled: Keys,
+    raw: Keys,
+    windows: HashMap<CellKey, WindowCounts>,
+    lake: Option<Keys>,
+    context: &mut Facts,
+) -> Vec<Cell> {
     let mut names: HashSet<CellKey> = HashSet::new();
     names.extend(all.keys().cloned());
     names.extend(raw.keys().cloned());
@@ -290,7 +335,11 @@ fn combine(all: Keys, settled: Keys, raw: Keys, windows: HashMap<CellKey, Window
                 Some(b) => raw_keys.iter().copied().filter(|&t| t < b).collect(),
                 None => Vec::new(),
             };
-            let young: Vec<i64> = raw_keys.iter().copied().filter(|&t| due_before.is_some_and(|b| t >= b) || due_before.is_none()).collect();
+            let young: Vec<i64> = raw_keys
+                .iter()
+                .copied()
+                .filter(|&t| due_before.is_some_and(|b| t >= b) || due_before.is_none())
+                .collect();
             context.lake_pending += missing_from(&young, &lake_keys);
             cell.lake = Some(rows);
             cell.lake_due = due.len() as u64;
@@ -312,9 +361,14 @@ async fn read_raw(db: &tokio_postgres::Client) -> Result<Keys> {
         name = t.name
     );
     let mut keys = Keys::new();
-    let rows = db.query_raw(&sql, no_params()).await.with_context(|| format!("reading the keys of {}", t.name))?;
+    let rows = db
+        .query_raw(&sql, no_params())
+        .await
+        .with_context(|| format!("reading the keys of {}", t.name))?;
     let mut rows = std::pin::pin!(rows);
-    while let Some(row) = rows.try_next().await.with_context(|| format!("reading the keys of {}", t.name))? {
+    while let Some(row) =
+        rows.try_next().await.with_context(|| format!("reading the keys of {}", t.name))?
+    {
         let us: i64 = row.get(2);
         let Some(day) = day_of(us) else { continue };
         keys.entry((row.get(0), row.get(1), day)).or_default().push(us);
@@ -329,7 +383,10 @@ fn no_params() -> std::iter::Empty<&'static (dyn tokio_postgres::types::ToSql + 
 /// (partition, offset) of every message the job rejected.
 async fn read_rejected(db: &tokio_postgres::Client) -> Result<HashSet<(i32, i64)>> {
     let t = schema::REJECTED_READINGS;
-    let rows = db.query(&format!("SELECT topic_partition, topic_offset FROM {}", t.name), &[]).await.with_context(|| format!("reading {}", t.name))?;
+    let rows = db
+        .query(&format!("SELECT topic_partition, topic_offset FROM {}", t.name), &[])
+        .await
+        .with_context(|| format!("reading {}", t.name))?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
@@ -372,10 +429,15 @@ SELECT coalesce(r.machine_id, a.machine_id), coalesce(r.sensor_type, a.sensor_ty
   FROM r FULL JOIN a ON a.machine_id = r.machine_id AND a.sensor_type = r.sensor_type AND a.w = r.w
  GROUP BY 1, 2, 3"#
     );
-    let rows = db.query(&sql, &[]).await.context("recomputing the closed windows from the raw rows")?;
+    let rows =
+        db.query(&sql, &[]).await.context("recomputing the closed windows from the raw rows")?;
     let closed_until = match rows.first() {
         Some(r) => r.get(9),
-        None => db.query_one(&format!("SELECT max(window_end) - interval '{w} seconds' FROM {agg}"), &[]).await.context("reading the newest window")?.get(0),
+        None => db
+            .query_one(&format!("SELECT max(window_end) - interval '{w} seconds' FROM {agg}"), &[])
+            .await
+            .context("reading the newest window")?
+            .get(0),
     };
     let n = |r: &tokio_postgres::Row, i: usize| r.get::<_, i64>(i).max(0) as u64;
     let mut cells = HashMap::new();
@@ -384,7 +446,14 @@ SELECT coalesce(r.machine_id, a.machine_id), coalesce(r.sensor_type, a.sensor_ty
         let Ok(day) = NaiveDate::parse_from_str(&day, "%Y-%m-%d") else { continue };
         cells.insert(
             (r.get(0), r.get(1), day),
-            WindowCounts { raw_rows: n(r, 3), count: n(r, 4), windows: n(r, 5), wrong: n(r, 6), missing: n(r, 7), extra: n(r, 8) },
+            WindowCounts {
+                raw_rows: n(r, 3),
+                count: n(r, 4),
+                windows: n(r, 5),
+                wrong: n(r, 6),
+                missing: n(r, 7),
+                extra: n(r, 8),
+            },
         );
     }
     Ok(Windows { closed_until, cells })
@@ -404,14 +473,21 @@ const LAKE_FETCH_CONCURRENCY: usize = 4;
 async fn read_lake(lab: &Lab, table: &str, timeout: Duration) -> Result<Option<LakeRead>> {
     let blob = lab.blob(timeout)?;
     let container = lab.config.lake.container.clone();
-    let Some(commits) = blob.delta_log(&container, table).await.with_context(|| format!("reading the Delta log of {container}/{table}"))? else {
+    let Some(commits) = blob
+        .delta_log(&container, table)
+        .await
+        .with_context(|| format!("reading the Delta log of {container}/{table}"))?
+    else {
         return Ok(None);
     };
     let version = commits.len() as u64 - 1;
     let as_of = crate::lake::export_as_of(commits.iter().map(String::as_str), table);
     let files = crate::lake::live_files(commits.iter().map(String::as_str))?;
     let mut keys = Keys::new();
-    let mut reads = futures_util::stream::iter(files.iter().map(|f| blob.reading_keys(&container, table, &f.path))).buffer_unordered(LAKE_FETCH_CONCURRENCY);
+    let mut reads = futures_util::stream::iter(
+        files.iter().map(|f| blob.reading_keys(&container, table, &f.path)),
+    )
+    .buffer_unordered(LAKE_FETCH_CONCURRENCY);
     while let Some(rows) = reads.next().await {
         for (m, s, us) in rows? {
             let Some(day) = day_of(us) else { continue };

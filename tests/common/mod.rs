@@ -29,7 +29,17 @@ impl TestLab {
         let project = format!("t-{prefix}-{}-{nonce}", std::process::id() % 100_000);
         let state_dir = tempfile::tempdir().expect("tempdir");
         let mut env = vec![("LABCTL_PROJECT".to_string(), project.clone())];
-        for key in ["BROKER", "BROKER_2", "BROKER_3", "DATABASE", "FLINK_UI", "SPARK_UI", "SPARK_REST", "AZURITE", "BROKER_SASL_SSL"] {
+        for key in [
+            "BROKER",
+            "BROKER_2",
+            "BROKER_3",
+            "DATABASE",
+            "FLINK_UI",
+            "SPARK_UI",
+            "SPARK_REST",
+            "AZURITE",
+            "BROKER_SASL_SSL",
+        ] {
             env.push((format!("LABCTL_PORTS_{key}"), "0".into()));
         }
         env.push(("LABCTL_STATE_DIR".into(), state_dir.path().display().to_string()));
@@ -48,7 +58,10 @@ impl TestLab {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(labctl_bin());
-        c.args(args).envs(self.env.iter().cloned()).env_remove("LABCTL_CONFIG").current_dir(self.state_dir.path());
+        c.args(args)
+            .envs(self.env.iter().cloned())
+            .env_remove("LABCTL_CONFIG")
+            .current_dir(self.state_dir.path());
         c
     }
 
@@ -56,20 +69,32 @@ impl TestLab {
     pub fn run(&self, args: &[&str]) -> Output {
         let t = Instant::now();
         let out = self.command(args).output().expect("running labctl");
-        eprintln!("--- labctl {} ({:.1} s, {}) ---\n{}", args.join(" "), t.elapsed().as_secs_f64(), out.status, String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "--- labctl {} ({:.1} s, {}) ---\n{}",
+            args.join(" "),
+            t.elapsed().as_secs_f64(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
         out
     }
 
     /// Runs labctl and fails the test unless it succeeds; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "labctl {} failed:\n{}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "labctl {} failed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).expect("utf8 stdout")
     }
 
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.ok(args);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("labctl {} printed no JSON ({e}):\n{out}", args.join(" ")))
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("labctl {} printed no JSON ({e}):\n{out}", args.join(" ")))
     }
 
     /// The lab as labctl sees it (config from this lab's environment, state from its folder).
@@ -86,7 +111,11 @@ impl Drop for TestLab {
         let out = self.command(&["down", "--volumes", "--yes"]).output();
         if let Ok(o) = out {
             if !o.status.success() {
-                eprintln!("cleanup of {} failed: {}", self.project, String::from_utf8_lossy(&o.stderr));
+                eprintln!(
+                    "cleanup of {} failed: {}",
+                    self.project,
+                    String::from_utf8_lossy(&o.stderr)
+                );
             }
         }
     }
@@ -116,10 +145,16 @@ pub fn rt() -> tokio::runtime::Runtime {
 /// Fails unless `doc` (a `labctl status --json` document) matches docs/status.schema.json.
 pub fn assert_status_schema(doc: &serde_json::Value) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/status.schema.json");
-    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).expect("reading the schema")).expect("schema is JSON");
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("reading the schema"))
+            .expect("schema is JSON");
     let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-    let errors: Vec<String> = validator.iter_errors(doc).map(|e| format!("{}: {e}", e.instance_path())).collect();
-    assert!(errors.is_empty(), "status JSON does not match docs/status.schema.json: {errors:#?}\n{doc:#}");
+    let errors: Vec<String> =
+        validator.iter_errors(doc).map(|e| format!("{}: {e}", e.instance_path())).collect();
+    assert!(
+        errors.is_empty(),
+        "status JSON does not match docs/status.schema.json: {errors:#?}\n{doc:#}"
+    );
 }
 
 /// One message of the lab's topic as read back by a test.
@@ -138,12 +173,15 @@ pub fn read_topic(lab: &Lab, timeout: Duration) -> Vec<TopicMessage> {
     };
     let broker = lab.broker().expect("broker address");
     let topic = &lab.config.broker.topic;
-    let offsets = rt().block_on(broker.offsets(topic, Duration::from_secs(5))).expect("end offsets");
-    let consumer: BaseConsumer = broker.client_config().set("group.id", "labctl-test-read").create().expect("consumer");
+    let offsets =
+        rt().block_on(broker.offsets(topic, Duration::from_secs(5))).expect("end offsets");
+    let consumer: BaseConsumer =
+        broker.client_config().set("group.id", "labctl-test-read").create().expect("consumer");
     let mut tpl = TopicPartitionList::new();
     let mut remaining = std::collections::HashMap::new();
     for p in &offsets {
-        tpl.add_partition_offset(topic, p.partition, Offset::Offset(p.low)).expect("partition offset");
+        tpl.add_partition_offset(topic, p.partition, Offset::Offset(p.low))
+            .expect("partition offset");
         if p.high > p.low {
             remaining.insert(p.partition, p.high);
         }
@@ -162,7 +200,11 @@ pub fn read_topic(lab: &Lab, timeout: Duration) -> Vec<TopicMessage> {
         if m.offset() + 1 >= end {
             remaining.remove(&m.partition());
         }
-        out.push(TopicMessage { partition: m.partition(), key: m.key().unwrap_or_default().to_vec(), payload: m.payload().unwrap_or_default().to_vec() });
+        out.push(TopicMessage {
+            partition: m.partition(),
+            key: m.key().unwrap_or_default().to_vec(),
+            payload: m.payload().unwrap_or_default().to_vec(),
+        });
     }
     out
 }
@@ -180,7 +222,12 @@ pub fn lab_jobs(t: &TestLab) -> Option<Vec<(String, String)>> {
         jobs.as_array()?
             .iter()
             .filter(|j| j["name"] == name.as_str())
-            .map(|j| (j["jid"].as_str().unwrap_or_default().to_string(), j["state"].as_str().unwrap_or_default().to_string()))
+            .map(|j| {
+                (
+                    j["jid"].as_str().unwrap_or_default().to_string(),
+                    j["state"].as_str().unwrap_or_default().to_string(),
+                )
+            })
             .collect(),
     )
 }
@@ -201,7 +248,8 @@ pub fn read_readings(lab: &Lab) -> Vec<(String, String, i64)> {
         .iter()
         .map(|m| {
             let msg: Msg = serde_json::from_slice(&m.payload).expect("a generator message");
-            let ts = labctl::generator::encode::parse_timestamp(msg.timestamp).expect("a timestamp");
+            let ts =
+                labctl::generator::encode::parse_timestamp(msg.timestamp).expect("a timestamp");
             (msg.machine_id.to_string(), msg.sensor_type.to_string(), ts)
         })
         .collect()
@@ -246,22 +294,40 @@ pub fn audit(readings: &[(String, String, i64)], first_tick_range: (i64, i64)) -
     let first_tick = *first_ticks.iter().min().unwrap();
     let expected: i64 = first.keys().map(|k| last[k] / INTERVAL - first_tick + 1).sum();
     for (k, l) in &last {
-        assert!(last_tick - l / INTERVAL <= 1, "{k:?} ends at tick {}, others at {last_tick}", l / INTERVAL);
+        assert!(
+            last_tick - l / INTERVAL <= 1,
+            "{k:?} ends at tick {}, others at {last_tick}",
+            l / INTERVAL
+        );
     }
-    Audit { messages: readings.len(), unique: seen.len(), duplicated, lost: expected - seen.len() as i64, first_ticks, last_tick }
+    Audit {
+        messages: readings.len(),
+        unique: seen.len(),
+        duplicated,
+        lost: expected - seen.len() as i64,
+        first_ticks,
+        last_tick,
+    }
 }
 
 /// Runs the docker CLI (faults are injected the way an operator would) and returns its stdout.
 pub fn docker(args: &[&str]) -> String {
     let out = Command::new("docker").args(args).output().expect("running docker");
-    assert!(out.status.success(), "docker {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// (partition, end offset) of every partition of the lab's topic, sorted; None while the
 /// broker does not answer.
 pub fn topic_ends(rt: &tokio::runtime::Runtime, lab: &Lab) -> Option<Vec<(i32, i64)>> {
-    let o = rt.block_on(lab.broker().ok()?.offsets(&lab.config.broker.topic, Duration::from_secs(3))).ok()?;
+    let o = rt
+        .block_on(lab.broker().ok()?.offsets(&lab.config.broker.topic, Duration::from_secs(3)))
+        .ok()?;
     let mut v: Vec<(i32, i64)> = o.iter().map(|p| (p.partition, p.high)).collect();
     v.sort();
     Some(v)

@@ -40,7 +40,8 @@ pub struct Args {
 async fn run_script(client: &crate::flink::Client, script: &str) -> Result<String> {
     use base64::{engine::general_purpose::STANDARD as B64, Engine};
     let jar = crate::cli::flink::find_or_explain_runner(client).await?;
-    let args: Vec<String> = crate::flink::job::split_statements(script).iter().map(|s| B64.encode(s)).collect();
+    let args: Vec<String> =
+        crate::flink::job::split_statements(script).iter().map(|s| B64.encode(s)).collect();
     let id = client.run_jar(&jar, crate::flink::job::RUNNER_ENTRY_CLASS, &args, None, None).await?;
     crate::cli::flink::wait_running(client, &id, Duration::from_secs(120)).await?;
     Ok(id)
@@ -69,8 +70,14 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
     let n = fill_topic(lab, &topic, args.days).await?;
 
     let db = lab.database()?.connect(Duration::from_secs(10)).await?;
-    let (raw, agg, rejected) = (format!("bench_raw_{nonce}"), format!("bench_agg_{nonce}"), format!("bench_rejected_{nonce}"));
-    for (t, like, time) in [(&raw, "machine_sensors", "timestamp"), (&agg, "sensor_aggregates", "window_start")] {
+    let (raw, agg, rejected) = (
+        format!("bench_raw_{nonce}"),
+        format!("bench_agg_{nonce}"),
+        format!("bench_rejected_{nonce}"),
+    );
+    for (t, like, time) in
+        [(&raw, "machine_sensors", "timestamp"), (&agg, "sensor_aggregates", "window_start")]
+    {
         db.batch_execute(&format!(
             "CREATE TABLE {t} (LIKE {like} INCLUDING ALL); SELECT create_hypertable('{t}', '{time}');"
         ))
@@ -100,7 +107,8 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
         .into_iter()
         .filter(|s| s.starts_with("SET") || s.contains("CREATE TABLE sensor_readings"))
         .collect();
-    base_script.push("CREATE TABLE bench_sink (payload STRING) WITH ('connector' = 'blackhole')".into());
+    base_script
+        .push("CREATE TABLE bench_sink (payload STRING) WITH ('connector' = 'blackhole')".into());
     base_script.push("INSERT INTO bench_sink SELECT payload FROM sensor_readings".into());
 
     eprintln!("baseline: Flink reading the topic into a blackhole …");
@@ -128,7 +136,10 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
     let (mut raw_secs, mut done_secs) = (None, None);
     while done_secs.is_none() {
         let r: i64 = db.query_one(&format!("SELECT count(*) FROM {raw}"), &[]).await?.get(0);
-        let a: i64 = db.query_one(&format!("SELECT coalesce(sum(reading_count), 0)::bigint FROM {agg}"), &[]).await?.get(0);
+        let a: i64 = db
+            .query_one(&format!("SELECT coalesce(sum(reading_count), 0)::bigint FROM {agg}"), &[])
+            .await?
+            .get(0);
         if raw_secs.is_none() && r as u64 >= n {
             raw_secs = Some(t.elapsed().as_secs_f64());
         }
@@ -142,7 +153,9 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
     }
     let windows = args.live_windows;
     let live = if windows > 0 {
-        eprintln!("live: readings on the wall clock into {topic}, measuring {windows} closed window(s) …");
+        eprintln!(
+            "live: readings on the wall clock into {topic}, measuring {windows} closed window(s) …"
+        );
         let r = live_latency(lab, &db, &topic, &agg, &settings, windows).await;
         if let Err(e) = &r {
             eprintln!("live latency not measured: {e:#}");
@@ -153,7 +166,9 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
     };
     let late = client.late_records_dropped(&id).await.unwrap_or(f64::NAN);
     client.cancel(&id).await?;
-    db.batch_execute(&format!("DROP TABLE {raw}; DROP TABLE {agg}; DROP TABLE {rejected};")).await.context("dropping scratch tables")?;
+    db.batch_execute(&format!("DROP TABLE {raw}; DROP TABLE {agg}; DROP TABLE {rejected};"))
+        .await
+        .context("dropping scratch tables")?;
 
     let done = done_secs.unwrap_or(f64::NAN);
     let conditions = format!(
@@ -162,10 +177,14 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
     );
     let (base_rate, done_rate) = (n as f64 / base_secs, n as f64 / done);
     let mut rows = vec![
-        Measurement::new("flink", "read-only (source -> blackhole)", base_rate, "readings/s").note(format!("{base_secs:.1} s; {conditions}")),
+        Measurement::new("flink", "read-only (source -> blackhole)", base_rate, "readings/s")
+            .note(format!("{base_secs:.1} s; {conditions}")),
         Measurement::new("flink", "lab job: raw rows + 1-min windows", done_rate, "readings/s")
             .against("read-only (source -> blackhole)", done_rate / base_rate)
-            .note(format!("{done:.1} s after submit; raw rows done at {:.1} s; late records dropped {late}", raw_secs.unwrap_or(f64::NAN))),
+            .note(format!(
+                "{done:.1} s after submit; raw rows done at {:.1} s; late records dropped {late}",
+                raw_secs.unwrap_or(f64::NAN)
+            )),
         Measurement::new("flink", "submit -> RUNNING", submit_secs, "s").note(conditions.clone()),
     ];
     if let Some(l) = live {
@@ -181,7 +200,12 @@ fn now_secs_f64() -> f64 {
 /// Live readings like `labctl ingest` after its backfill: every `interval` s on the wall clock,
 /// one reading per sensor and machine of the default fleet, stamped with that instant, until
 /// `stop`. Returns the readings delivered.
-fn produce_live(base: rdkafka::ClientConfig, topic: String, interval: i64, stop: Arc<AtomicBool>) -> Result<u64> {
+fn produce_live(
+    base: rdkafka::ClientConfig,
+    topic: String,
+    interval: i64,
+    stop: Arc<AtomicBool>,
+) -> Result<u64> {
     let fleet = Fleet::default_fleet(20231010);
     let sender = Sender::new(&base, &topic)?;
     let mut tick = now_secs_f64() as i64 / interval + 1;
@@ -222,7 +246,12 @@ struct Live {
 }
 
 impl Live {
-    fn measurements(&self, settings: &crate::flink::job::JobSettings, conditions: &str, late: f64) -> Vec<Measurement> {
+    fn measurements(
+        &self,
+        settings: &crate::flink::job::JobSettings,
+        conditions: &str,
+        late: f64,
+    ) -> Vec<Measurement> {
         let target = settings.watermark_delay_secs as f64 + 1.5;
         let mut sorted = self.latencies.clone();
         sorted.sort_by(f64::total_cmp);
@@ -246,7 +275,8 @@ impl Live {
             windows.join(", "),
         );
         vec![
-            Measurement::new("flink", "live: window end -> row in DB, max", max, "s").note(format!("{}: {base}", verdict(max))),
+            Measurement::new("flink", "live: window end -> row in DB, max", max, "s")
+                .note(format!("{}: {base}", verdict(max))),
             Measurement::new("flink", "live: window end -> row in DB, median", median, "s")
                 .note(format!("{}; late records dropped (whole run) {late}", verdict(median))),
         ]
@@ -277,7 +307,10 @@ async fn live_latency(
     let first_start = (first_reading + window - 1).div_euclid(window) * window;
     let ends: Vec<i64> = (1..=windows as i64).map(|i| first_start + i * window).collect();
     let last_end = *ends.last().unwrap_or(&first_start);
-    let deadline = last_end as f64 + settings.watermark_delay_secs as f64 + settings.idle_timeout_secs as f64 + 30.0;
+    let deadline = last_end as f64
+        + settings.watermark_delay_secs as f64
+        + settings.idle_timeout_secs as f64
+        + 30.0;
     eprintln!(
         "live: first reading at {}, measuring windows ending {} … {} (about {:.0} s)",
         fmt_time(first_reading),
@@ -291,7 +324,10 @@ async fn live_latency(
     let mut seen: HashMap<(String, String, i64), f64> = HashMap::new();
     let result = async {
         loop {
-            let rows = db.query(&query, &[&(first_start as f64), &(last_end as f64)]).await.context("polling the aggregate table")?;
+            let rows = db
+                .query(&query, &[&(first_start as f64), &(last_end as f64)])
+                .await
+                .context("polling the aggregate table")?;
             let now = now_secs_f64();
             for r in rows {
                 seen.entry((r.get(0), r.get(1), r.get(2))).or_insert(now);
@@ -315,13 +351,20 @@ async fn live_latency(
     let per_window = ends
         .iter()
         .map(|e| {
-            let last = seen.iter().filter(|((_, _, end), _)| end == e).map(|(_, at)| at - *e as f64).fold(f64::NAN, f64::max);
+            let last = seen
+                .iter()
+                .filter(|((_, _, end), _)| end == e)
+                .map(|(_, at)| at - *e as f64)
+                .fold(f64::NAN, f64::max);
             (*e, last)
         })
         .collect();
     let missing = rows_per_window * ends.len() - seen.len().min(rows_per_window * ends.len());
     if seen.is_empty() {
-        bail!("no live window was written within {:.0} s after the last one ended", deadline - last_end as f64);
+        bail!(
+            "no live window was written within {:.0} s after the last one ended",
+            deadline - last_end as f64
+        );
     }
     Ok(Live { latencies, per_window, rows_per_window, machines: fleet.machines.len(), missing })
 }

@@ -82,7 +82,8 @@ pub fn raw_producer(bootstrap: &str, topic: &str, days: f64) -> Result<()> {
 }
 
 fn field(json: &str, key: &str) -> Result<f64> {
-    let v: serde_json::Value = serde_json::from_str(json).with_context(|| format!("not JSON: {json}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(json).with_context(|| format!("not JSON: {json}"))?;
     v[key].as_f64().with_context(|| format!("no `{key}` in {json}"))
 }
 
@@ -116,7 +117,8 @@ impl Runs {
     }
     /// "median of 3: 301k 310k 322k msg/s, 1088640 msgs each"
     fn describe(&self) -> String {
-        let rates: Vec<String> = self.rates().iter().map(|r| format!("{:.0}k", r / 1000.0)).collect();
+        let rates: Vec<String> =
+            self.rates().iter().map(|r| format!("{:.0}k", r / 1000.0)).collect();
         let n = self.runs.first().map(|r| r.0).unwrap_or(0.0);
         format!("median of {}: [{}] msg/s, {n:.0} msgs each", self.runs.len(), rates.join(" "))
     }
@@ -164,7 +166,8 @@ async fn measure(
 ) -> Result<Vec<Measurement>> {
     let days = format!("{}", args.days);
     // The generator's image carries this very binary (rebuilt here if it changed).
-    let (ingest_image, _) = rt.ensure_image(&INGEST_IMAGE, false, &indicatif::ProgressBar::hidden()).await?;
+    let (ingest_image, _) =
+        rt.ensure_image(&INGEST_IMAGE, false, &indicatif::ProgressBar::hidden()).await?;
     let spark_image = image_tag(&SPARK_IMAGE);
     if !rt.image_exists(&spark_image).await {
         bail!("the bench needs the lab's images; run `labctl up` first");
@@ -191,27 +194,72 @@ async fn measure(
     for run in 0..args.runs {
         eprintln!("(a) run {}/{}: labctl ingest into the broker …", run + 1, args.runs);
         let backfill = format!("{}s", (args.days * 86_400.0) as i64);
-        let cmd = ["ingest", "--bootstrap", bootstrap, "--topic", &topic("a", run), "--backfill", &backfill, "--no-live", "--json"];
-        let out = run_container(rt, lab, "a", &ingest_image, None, cmd.map(String::from).to_vec(), &[]).await?;
+        let cmd = [
+            "ingest",
+            "--bootstrap",
+            bootstrap,
+            "--topic",
+            &topic("a", run),
+            "--backfill",
+            &backfill,
+            "--no-live",
+            "--json",
+        ];
+        let out =
+            run_container(rt, lab, "a", &ingest_image, None, cmd.map(String::from).to_vec(), &[])
+                .await?;
         a.push(last(&out)?, "delivered")?;
         eprintln!("(b) run {}/{}: raw rdkafka producer, pre-encoded …", run + 1, args.runs);
-        let cmd = ["bench", "raw-producer", "--bootstrap", bootstrap, "--topic", &topic("b", run), "--days", &days];
-        let out = run_container(rt, lab, "b", &ingest_image, None, cmd.map(String::from).to_vec(), &[]).await?;
+        let cmd = [
+            "bench",
+            "raw-producer",
+            "--bootstrap",
+            bootstrap,
+            "--topic",
+            &topic("b", run),
+            "--days",
+            &days,
+        ];
+        let out =
+            run_container(rt, lab, "b", &ingest_image, None, cmd.map(String::from).to_vec(), &[])
+                .await?;
         b.push(last(&out)?, "messages")?;
     }
     // The Python producer is slow to install: one container, its runs one after another.
     eprintln!("(c) the Python baseline into the broker, {} run(s) (installing confluent-kafka and numpy first, not timed) …", args.runs);
     let runs: Vec<String> = (0..args.runs)
-        .map(|run| format!("/tmp/v/bin/python /tmp/seed_style_producer.py {bootstrap} {} {days}", topic("c", run)))
+        .map(|run| {
+            format!(
+                "/tmp/v/bin/python /tmp/seed_style_producer.py {bootstrap} {} {days}",
+                topic("c", run)
+            )
+        })
         .collect();
-    let script = format!("python -m venv /tmp/v && /tmp/v/bin/pip install -q confluent-kafka numpy >/dev/null && {}", runs.join(" && "));
-    let out = run_container(rt, lab, "c", &spark_image, Some(vec!["sh".into(), "-c".into()]), vec![script], &[("/tmp/seed_style_producer.py", baseline)]).await?;
+    let script = format!(
+        "python -m venv /tmp/v && /tmp/v/bin/pip install -q confluent-kafka numpy >/dev/null && {}",
+        runs.join(" && ")
+    );
+    let out = run_container(
+        rt,
+        lab,
+        "c",
+        &spark_image,
+        Some(vec!["sh".into(), "-c".into()]),
+        vec![script],
+        &[("/tmp/seed_style_producer.py", baseline)],
+    )
+    .await?;
     let mut c = Runs::default();
     for line in &out {
         c.push(line, "messages")?;
     }
     if c.runs.len() != args.runs {
-        bail!("the Python baseline printed {} result(s) for {} run(s):\n{}", c.runs.len(), args.runs, out.join("\n"));
+        bail!(
+            "the Python baseline printed {} result(s) for {} run(s):\n{}",
+            c.runs.len(),
+            args.runs,
+            out.join("\n")
+        );
     }
 
     // How each producer's keys spread over the partitions (the job gets one reader each).
@@ -222,16 +270,28 @@ async fn measure(
         eprintln!("({x}) messages per partition of {}: [{}]", topic(x, 0), per.join(", "));
         spread.push(format!("per partition [{}]", per.join(", ")));
     }
-    let ratios: Vec<String> = a.rates().iter().zip(b.rates()).map(|(x, y)| format!("{:.2}", x / y)).collect();
+    let ratios: Vec<String> =
+        a.rates().iter().zip(b.rates()).map(|(x, y)| format!("{:.2}", x / y)).collect();
     let (a_r, b_r, c_r, d_r, pd_r) = (a.median(), b.median(), c.median(), d.median(), pd.median());
     Ok(vec![
         Measurement::new("ingest", "(a) labctl ingest -> broker", a_r, "msg/s")
             .against("(b) raw rdkafka ceiling", a_r / b_r)
             .note(format!("{}; run by run [{}]; {}", a.describe(), ratios.join(" "), spread[0])),
-        Measurement::new("ingest", "(a) labctl ingest -> broker", a_r, "msg/s").against("(c) python producer", a_r / c_r),
-        Measurement::new("ingest", "(b) raw rdkafka, pre-encoded", b_r, "msg/s").note(format!("{}; {}", b.describe(), spread[1])),
-        Measurement::new("ingest", "(c) python seed-style producer", c_r, "msg/s").note(format!("{}; {}", c.describe(), spread[2])),
-        Measurement::new("ingest", "(d) generate+encode, no broker", d_r, "msg/s").against("python '-' mode", d_r / pd_r).note(d.describe()),
+        Measurement::new("ingest", "(a) labctl ingest -> broker", a_r, "msg/s")
+            .against("(c) python producer", a_r / c_r),
+        Measurement::new("ingest", "(b) raw rdkafka, pre-encoded", b_r, "msg/s").note(format!(
+            "{}; {}",
+            b.describe(),
+            spread[1]
+        )),
+        Measurement::new("ingest", "(c) python seed-style producer", c_r, "msg/s").note(format!(
+            "{}; {}",
+            c.describe(),
+            spread[2]
+        )),
+        Measurement::new("ingest", "(d) generate+encode, no broker", d_r, "msg/s")
+            .against("python '-' mode", d_r / pd_r)
+            .note(d.describe()),
         Measurement::new("ingest", "(d) python '-' mode", pd_r, "msg/s").note(pd.describe()),
     ])
 }
@@ -246,8 +306,17 @@ async fn python_venv() -> Result<PathBuf> {
     let dir = home.join(".cache/labctl/bench-venv");
     if !dir.join("bin/python").exists() || !dir.join(".ready").exists() {
         eprintln!("making {} (confluent-kafka, numpy) …", dir.display());
-        let ok = tokio::process::Command::new("python3").args(["-m", "venv"]).arg(&dir).status().await?.success()
-            && tokio::process::Command::new(dir.join("bin/pip")).args(["install", "-q", "confluent-kafka", "numpy"]).status().await?.success();
+        let ok = tokio::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&dir)
+            .status()
+            .await?
+            .success()
+            && tokio::process::Command::new(dir.join("bin/pip"))
+                .args(["install", "-q", "confluent-kafka", "numpy"])
+                .status()
+                .await?
+                .success();
         if !ok {
             bail!("could not set up the Python baseline's venv in {}", dir.display());
         }
@@ -255,4 +324,3 @@ async fn python_venv() -> Result<PathBuf> {
     }
     Ok(dir)
 }
-

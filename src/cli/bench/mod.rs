@@ -6,8 +6,8 @@
 
 mod flink;
 mod ingest;
-mod status;
 mod spark;
+mod status;
 
 use std::{
     collections::HashMap,
@@ -18,7 +18,9 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use bollard::container::{Config as ContainerConfig, CreateContainerOptions, RemoveContainerOptions, WaitContainerOptions};
+use bollard::container::{
+    Config as ContainerConfig, CreateContainerOptions, RemoveContainerOptions, WaitContainerOptions,
+};
 use futures_util::StreamExt;
 use serde::Serialize;
 
@@ -90,8 +92,21 @@ pub struct Measurement {
 }
 
 impl Measurement {
-    pub fn new(bench: &'static str, name: impl Into<String>, value: f64, unit: &'static str) -> Self {
-        Self { bench, name: name.into(), value, unit, baseline: None, ratio: None, notes: String::new() }
+    pub fn new(
+        bench: &'static str,
+        name: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+    ) -> Self {
+        Self {
+            bench,
+            name: name.into(),
+            value,
+            unit,
+            baseline: None,
+            ratio: None,
+            notes: String::new(),
+        }
     }
     pub fn against(mut self, baseline: impl Into<String>, ratio: f64) -> Self {
         self.baseline = Some(baseline.into());
@@ -105,9 +120,16 @@ impl Measurement {
 }
 
 pub fn print_table(rows: &[Measurement]) {
-    println!("{:<8} {:<38} {:>12} {:<10} {:<26} {:>7}  NOTES", "BENCH", "MEASUREMENT", "VALUE", "UNIT", "BASELINE", "RATIO");
+    println!(
+        "{:<8} {:<38} {:>12} {:<10} {:<26} {:>7}  NOTES",
+        "BENCH", "MEASUREMENT", "VALUE", "UNIT", "BASELINE", "RATIO"
+    );
     for r in rows {
-        let value = if r.value.abs() >= 100.0 { format!("{:.0}", r.value) } else { format!("{:.2}", r.value) };
+        let value = if r.value.abs() >= 100.0 {
+            format!("{:.0}", r.value)
+        } else {
+            format!("{:.2}", r.value)
+        };
         println!(
             "{:<8} {:<38} {:>12} {:<10} {:<26} {:>7}  {}",
             r.bench,
@@ -128,7 +150,8 @@ fn write_json(path: Option<&PathBuf>, rows: &[Measurement]) -> Result<()> {
             "at": chrono::Utc::now().to_rfc3339(),
             "measurements": rows,
         });
-        std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
@@ -136,7 +159,8 @@ fn write_json(path: Option<&PathBuf>, rows: &[Measurement]) -> Result<()> {
 pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
     let (rows, json_out) = match args.command {
         Some(BenchCommand::RawProducer { bootstrap, topic, days }) => {
-            tokio::task::spawn_blocking(move || ingest::raw_producer(&bootstrap, &topic, days)).await??;
+            tokio::task::spawn_blocking(move || ingest::raw_producer(&bootstrap, &topic, days))
+                .await??;
             return Ok(ExitCode::SUCCESS);
         }
         Some(BenchCommand::Ingest(a)) => {
@@ -169,17 +193,43 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
                 }
             };
             eprintln!("== ingest");
-            keep("ingest", ingest::run(&lab, &ingest::Args { days: all.days, baseline: all.baseline.clone(), runs: 3, json_out: None }).await);
+            keep(
+                "ingest",
+                ingest::run(
+                    &lab,
+                    &ingest::Args {
+                        days: all.days,
+                        baseline: all.baseline.clone(),
+                        runs: 3,
+                        json_out: None,
+                    },
+                )
+                .await,
+            );
             eprintln!("== status");
             keep("status", status::run(&lab, &status::Args { runs: 15, json_out: None }).await);
             eprintln!("== flink");
-            keep("flink", flink::run(&lab, &flink::Args { days: all.days, live_windows: 3, json_out: None }).await);
+            keep(
+                "flink",
+                flink::run(&lab, &flink::Args { days: all.days, live_windows: 3, json_out: None })
+                    .await,
+            );
             eprintln!("== spark");
-            keep("spark", spark::run(&lab, &spark::Args { days: all.days, partitions: 4, runs: 1, json_out: None }).await);
+            keep(
+                "spark",
+                spark::run(
+                    &lab,
+                    &spark::Args { days: all.days, partitions: 4, runs: 1, json_out: None },
+                )
+                .await,
+            );
             if !failed.is_empty() {
                 print_table(&rows);
                 write_json(all.json_out.as_ref(), &rows)?;
-                bail!("benchmark(s) failed: {} (see above); the table holds the others", failed.join(", "));
+                bail!(
+                    "benchmark(s) failed: {} (see above); the table holds the others",
+                    failed.join(", ")
+                );
             }
             (rows, all.json_out)
         }
@@ -198,19 +248,39 @@ pub(crate) fn fleet_and_starts(days: f64) -> (Fleet, Vec<Position>, i64) {
 }
 
 /// Runs a one-off container on the lab's network and returns the JSON lines it printed.
-pub(crate) async fn run_container(rt: &Runtime, lab: &Lab, name: &str, image: &str, entrypoint: Option<Vec<String>>, cmd: Vec<String>, files: &[(&str, &[u8])]) -> Result<Vec<String>> {
+pub(crate) async fn run_container(
+    rt: &Runtime,
+    lab: &Lab,
+    name: &str,
+    image: &str,
+    entrypoint: Option<Vec<String>>,
+    cmd: Vec<String>,
+    files: &[(&str, &[u8])],
+) -> Result<Vec<String>> {
     let cname = format!("{}-bench-{name}", lab.stack.project);
-    let _ = rt.docker.remove_container(&cname, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
+    let _ = rt
+        .docker
+        .remove_container(
+            &cname,
+            Some(RemoveContainerOptions { force: true, ..Default::default() }),
+        )
+        .await;
     let config = ContainerConfig {
         image: Some(image.to_string()),
         entrypoint,
         cmd: Some(cmd),
         labels: Some(HashMap::from([(LABEL_PROJECT.to_string(), lab.stack.project.clone())])),
-        host_config: Some(bollard::models::HostConfig { network_mode: Some(lab.stack.network.clone()), ..Default::default() }),
+        host_config: Some(bollard::models::HostConfig {
+            network_mode: Some(lab.stack.network.clone()),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     rt.docker
-        .create_container(Some(CreateContainerOptions { name: cname.as_str(), platform: None }), config)
+        .create_container(
+            Some(CreateContainerOptions { name: cname.as_str(), platform: None }),
+            config,
+        )
         .await
         .with_context(|| format!("creating {cname}"))?;
     for (path, content) in files {
@@ -224,8 +294,18 @@ pub(crate) async fn run_container(rt: &Runtime, lab: &Lab, name: &str, image: &s
         }
     }
     let logs = rt.tail_logs(&cname, 200).await?;
-    let _ = rt.docker.remove_container(&cname, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
-    let lines: Vec<String> = logs.lines().filter(|l| l.trim_start().starts_with('{')).map(|l| l.trim().to_string()).collect();
+    let _ = rt
+        .docker
+        .remove_container(
+            &cname,
+            Some(RemoveContainerOptions { force: true, ..Default::default() }),
+        )
+        .await;
+    let lines: Vec<String> = logs
+        .lines()
+        .filter(|l| l.trim_start().starts_with('{'))
+        .map(|l| l.trim().to_string())
+        .collect();
     if lines.is_empty() {
         bail!("{name} printed no result:\n{logs}");
     }
@@ -251,4 +331,3 @@ pub(crate) async fn fill_topic(lab: &Lab, topic: &str, days: f64) -> Result<u64>
     })
     .await?
 }
-

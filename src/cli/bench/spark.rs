@@ -6,14 +6,20 @@
 //!
 //! The scratch table and the scratch Delta path are removed afterwards, also when a run fails.
 
-use std::{path::PathBuf, time::{Duration, Instant}};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context, Result};
 use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::Type};
 
 use super::{fleet_and_starts, Measurement};
 use crate::{
-    cli::spark::{render_config_with, start_export, wait_export, Outcome, Overrides, Sizing, Staging, SubmitArgs},
+    cli::spark::{
+        render_config_with, start_export, wait_export, Outcome, Overrides, Sizing, Staging,
+        SubmitArgs,
+    },
     generator::model::{MachineRng, SENSORS},
     lab::Lab,
     schema::{pg_ident, MACHINE_SENSORS},
@@ -45,7 +51,9 @@ async fn fill_table(db: &tokio_postgres::Client, table: &str, days: f64) -> Resu
     let (fleet, starts, end) = fleet_and_starts(days);
     let interval = 5i64;
     let cols: Vec<String> = MACHINE_SENSORS.columns.iter().map(|c| pg_ident(c.name)).collect();
-    let sink = db.copy_in(&format!("COPY {} ({}) FROM STDIN BINARY", pg_ident(table), cols.join(", "))).await?;
+    let sink = db
+        .copy_in(&format!("COPY {} ({}) FROM STDIN BINARY", pg_ident(table), cols.join(", ")))
+        .await?;
     let types = [Type::TIMESTAMPTZ, Type::TEXT, Type::TEXT, Type::TEXT, Type::FLOAT8, Type::TEXT];
     let writer = BinaryCopyInWriter::new(sink, &types);
     tokio::pin!(writer);
@@ -58,7 +66,10 @@ async fn fill_table(db: &tokio_postgres::Client, table: &str, days: f64) -> Resu
             let values = rngs[i].readings(m, tick, secs);
             for s in SENSORS {
                 let (mid, kind, sensor, unit) = (m.id.as_str(), m.kind.name(), s.name(), s.unit());
-                writer.as_mut().write(&[&ts, &mid, &kind, &sensor, &values[s.index()], &unit]).await?;
+                writer
+                    .as_mut()
+                    .write(&[&ts, &mid, &kind, &sensor, &values[s.index()], &unit])
+                    .await?;
             }
         }
     }
@@ -66,13 +77,42 @@ async fn fill_table(db: &tokio_postgres::Client, table: &str, days: f64) -> Resu
 }
 
 /// One submission of the export job, waited for; fails unless it FINISHED.
-async fn run_once(lab: &Lab, table: &str, delta_path: &str, partitions: u32, read_only: bool) -> Result<(Outcome, Sizing)> {
+async fn run_once(
+    lab: &Lab,
+    table: &str,
+    delta_path: &str,
+    partitions: u32,
+    read_only: bool,
+) -> Result<(Outcome, Sizing)> {
     // An explicit end: the default stops 60 s before now, and the scratch table reaches now.
-    let to = Some((chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-    let args = SubmitArgs { from: None, to, with_aggregates: false, partitions, no_wait: false, timeout: 900, dry_run: false, json: true };
-    let over = Overrides { table: Some(table.into()), delta_path: Some(delta_path.into()), read_only, vacuum: None };
+    let to = Some(
+        (chrono::Utc::now() + chrono::Duration::hours(1))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    );
+    let args = SubmitArgs {
+        from: None,
+        to,
+        with_aggregates: false,
+        partitions,
+        no_wait: false,
+        timeout: 900,
+        dry_run: false,
+        json: true,
+    };
+    let over = Overrides {
+        table: Some(table.into()),
+        delta_path: Some(delta_path.into()),
+        read_only,
+        vacuum: None,
+    };
     let staging = Staging::new(lab, Duration::from_secs(900))?;
-    let config = render_config_with(lab, &args, &crate::cli::spark::JobSecrets::of(lab)?, &over, Some(staging.result_url()))?;
+    let config = render_config_with(
+        lab,
+        &args,
+        &crate::cli::spark::JobSecrets::of(lab)?,
+        &over,
+        Some(staging.result_url()),
+    )?;
     // The previous run's application may still be releasing its cores.
     let spark = lab.spark(Duration::from_secs(10))?;
     let t = Instant::now();
@@ -84,7 +124,8 @@ async fn run_once(lab: &Lab, table: &str, delta_path: &str, partitions: u32, rea
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let started = start_export(lab, staging, &config).await?;
-    let outcome = wait_export(&started, Duration::from_secs(900), &indicatif::ProgressBar::hidden()).await?;
+    let outcome =
+        wait_export(&started, Duration::from_secs(900), &indicatif::ProgressBar::hidden()).await?;
     outcome.require_finished()?;
     Ok((outcome, started.sizing))
 }
@@ -135,7 +176,11 @@ impl Phases {
         let t = &r["tables"][0];
         let p = |k: &str| {
             let x = num(t, &["phases", k]);
-            if x.is_nan() { 0.0 } else { x }
+            if x.is_nan() {
+                0.0
+            } else {
+                x
+            }
         };
         let driver = num(r, &["seconds"]);
         Self {
@@ -185,8 +230,13 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
     }
     let blob = lab.blob(Duration::from_secs(30))?;
     let container = lab.config.lake.container.clone();
-    blob.list_containers().await.context("the lake's storage (Azurite) is not up; start the lab with `labctl up`")?;
-    lab.spark(Duration::from_secs(10))?.master().await.context("the Spark master is not up; start the lab with `labctl up`")?;
+    blob.list_containers()
+        .await
+        .context("the lake's storage (Azurite) is not up; start the lab with `labctl up`")?;
+    lab.spark(Duration::from_secs(10))?
+        .master()
+        .await
+        .context("the Spark master is not up; start the lab with `labctl up`")?;
     let db = lab.database()?.connect(Duration::from_secs(10)).await?;
     let nonce = chrono::Utc::now().format("%H%M%S").to_string();
     let table = format!("bench_spark_{nonce}");
@@ -217,8 +267,17 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
     result
 }
 
-async fn measure(lab: &Lab, args: &Args, db: &tokio_postgres::Client, table: &str, prefix: &str) -> Result<Vec<Measurement>> {
-    eprintln!("filling scratch table {table} with {} days of the default fleet (binary COPY) …", args.days);
+async fn measure(
+    lab: &Lab,
+    args: &Args,
+    db: &tokio_postgres::Client,
+    table: &str,
+    prefix: &str,
+) -> Result<Vec<Measurement>> {
+    eprintln!(
+        "filling scratch table {table} with {} days of the default fleet (binary COPY) …",
+        args.days
+    );
     let t = Instant::now();
     let n = fill_table(db, table, args.days).await?;
     db.batch_execute(&format!("ANALYZE {table}")).await?;
@@ -230,11 +289,20 @@ async fn measure(lab: &Lab, args: &Args, db: &tokio_postgres::Client, table: &st
     let (mut base, mut export, mut noop) = (Vec::new(), Vec::new(), Vec::new());
     let mut sizing = None;
     for i in 0..args.runs {
-        eprintln!("run {}/{}: baseline (read over JDBC and count, write nothing) …", i + 1, args.runs);
-        let (o, _) = run_once(lab, table, &format!("{prefix}/base-{i}"), args.partitions, true).await?;
+        eprintln!(
+            "run {}/{}: baseline (read over JDBC and count, write nothing) …",
+            i + 1,
+            args.runs
+        );
+        let (o, _) =
+            run_once(lab, table, &format!("{prefix}/base-{i}"), args.partitions, true).await?;
         let read = o.result["rows_read"].as_u64().unwrap_or(0);
         if read != n || o.result["committed"] != false {
-            bail!("the read-only baseline read {read} of {n} rows (committed: {}): {}", o.result["committed"], o.result);
+            bail!(
+                "the read-only baseline read {read} of {n} rows (committed: {}): {}",
+                o.result["committed"],
+                o.result
+            );
         }
         eprintln!("  {:.1} s submit->FINISHED; {}", o.seconds, Phases::of(&o).describe());
         base.push(Phases::of(&o));
@@ -244,7 +312,11 @@ async fn measure(lab: &Lab, args: &Args, db: &tokio_postgres::Client, table: &st
         let (o, s) = run_once(lab, table, &path, args.partitions, false).await?;
         let written = o.result["rows_written"].as_u64().unwrap_or(0);
         if written != n || o.result["committed"] != true {
-            bail!("the export wrote {written} of {n} rows (committed: {}): {}", o.result["committed"], o.result);
+            bail!(
+                "the export wrote {written} of {n} rows (committed: {}): {}",
+                o.result["committed"],
+                o.result
+            );
         }
         // What `labctl status` will say about it: the row count from the Delta log.
         let summary = blob.delta_summary(container, &path).await?;
@@ -258,38 +330,63 @@ async fn measure(lab: &Lab, args: &Args, db: &tokio_postgres::Client, table: &st
         eprintln!("run {}/{}: the same export again (nothing to change) …", i + 1, args.runs);
         let (o, _) = run_once(lab, table, &path, args.partitions, false).await?;
         if o.result["committed"] != false || o.result["days_rewritten"].as_u64() != Some(0) {
-            bail!("the export with nothing to change rewrote {} days: {}", o.result["days_rewritten"], o.result);
+            bail!(
+                "the export with nothing to change rewrote {} days: {}",
+                o.result["days_rewritten"],
+                o.result
+            );
         }
         eprintln!("  {:.1} s submit->FINISHED; {}", o.seconds, Phases::of(&o).describe());
         noop.push(Phases::of(&o));
     }
-    let (b, e, z) = (Phases::median_of(&base), Phases::median_of(&export), Phases::median_of(&noop));
+    let (b, e, z) =
+        (Phases::median_of(&base), Phases::median_of(&export), Phases::median_of(&noop));
     let sizing = sizing.map(|s| s.describe()).unwrap_or_default();
-    let conditions = format!("{n} rows ({} days), {} JDBC partitions; {sizing}; median of {} run(s)", args.days, args.partitions, args.runs);
+    let conditions = format!(
+        "{n} rows ({} days), {} JDBC partitions; {sizing}; median of {} run(s)",
+        args.days, args.partitions, args.runs
+    );
     let rate = |secs: f64| n as f64 / secs;
     let target = if args.days == 7.0 {
-        format!("target: 7-day table within {TARGET_SECS:.0} s submit->FINISHED: {}", if e.total <= TARGET_SECS { "met" } else { "NOT met" })
+        format!(
+            "target: 7-day table within {TARGET_SECS:.0} s submit->FINISHED: {}",
+            if e.total <= TARGET_SECS { "met" } else { "NOT met" }
+        )
     } else {
         format!("target ({TARGET_SECS:.0} s) applies to --days 7")
     };
     const BASE: &str = "read-only (JDBC -> count)";
     Ok(vec![
-        Measurement::new("spark", BASE, rate(b.total), "rows/s").note(format!("{:.1} s submit->FINISHED; {conditions}", b.total)),
+        Measurement::new("spark", BASE, rate(b.total), "rows/s")
+            .note(format!("{:.1} s submit->FINISHED; {conditions}", b.total)),
         Measurement::new("spark", "export -> Delta (submit->FINISHED)", rate(e.total), "rows/s")
             .against(BASE, b.total / e.total)
             .note(format!("{:.1} s; {target}", e.total)),
         Measurement::new("spark", "export submit -> FINISHED", e.total, "s")
             .against(BASE, b.total / e.total)
             .note(e.describe()),
-        Measurement::new("spark", "read-only: JDBC read in tasks", rate(b.read), "rows/s").note(format!("{:.1} s of {:.1} s; {}", b.read, b.total, b.describe())),
+        Measurement::new("spark", "read-only: JDBC read in tasks", rate(b.read), "rows/s")
+            .note(format!("{:.1} s of {:.1} s; {}", b.read, b.total, b.describe())),
         Measurement::new("spark", "export: JDBC read in tasks", rate(e.read), "rows/s")
             .against("read-only: JDBC read in tasks", b.read / e.read)
-            .note(format!("{:.1} s; then Parquet write {:.1} s, commit {:.1} s", e.read, e.write, e.commit)),
+            .note(format!(
+                "{:.1} s; then Parquet write {:.1} s, commit {:.1} s",
+                e.read, e.write, e.commit
+            )),
         Measurement::new("spark", "export with nothing to change", z.total, "s")
             .against("export -> Delta (submit->FINISHED)", e.total / z.total)
             .note(format!("{}; the comparison is {:.1} s of it", z.describe(), z.compare)),
-        Measurement::new("spark", "fixed cost: submit -> tasks start", e.total - e.read - e.write - e.commit, "s")
-            .note(format!("driver start, compare, Spark start, exit; {:.1} s in the baseline", b.total - b.read)),
-        Measurement::new("spark", "scratch table fill (binary COPY)", rate(fill_secs), "rows/s").note(format!("{fill_secs:.1} s, not part of any ratio")),
+        Measurement::new(
+            "spark",
+            "fixed cost: submit -> tasks start",
+            e.total - e.read - e.write - e.commit,
+            "s",
+        )
+        .note(format!(
+            "driver start, compare, Spark start, exit; {:.1} s in the baseline",
+            b.total - b.read
+        )),
+        Measurement::new("spark", "scratch table fill (binary COPY)", rate(fill_secs), "rows/s")
+            .note(format!("{fill_secs:.1} s, not part of any ratio")),
     ])
 }

@@ -44,6 +44,7 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
         Measurement::new("status", "status report, calls in parallel (median)", pm, "ms")
             .against("same calls one by one", sm / pm)
             .note(format!("worst {px:.0} ms of {runs}; target 300 ms; load average {load}")),
-        Measurement::new("status", "same calls one by one (median)", sm, "ms").note(format!("worst {sx:.0} ms of {runs}")),
+        Measurement::new("status", "same calls one by one (median)", sm, "ms")
+            .note(format!("worst {sx:.0} ms of {runs}")),
     ])
 }
