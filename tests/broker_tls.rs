@@ -66,7 +66,7 @@ fn an_external_broker_over_sasl_ssl_with_scram_and_a_ca_file() {
     let remote = TestLab::new("tlsremote")
         .with_env("LABCTL_INGEST_ENABLED", "false")
         .with_env("LABCTL_DATABASE_PASSWORD", &h.state.db_password)
-        .with_env("LABCTL_LAKE_KEY", labctl::lake::DEV_KEY)
+        .with_env("LABCTL_LAKE_KEY", labctl::model::topology::DEV_KEY)
         .with_env("LABCTL_BROKER_SASL_PASSWORD", &password);
     let toml = format!(
         r#"[broker]
@@ -154,7 +154,7 @@ cluster_endpoint = "http://devstoreaccount1.blob.core.windows.net"
 
     // A CA of another self-signed pair (made with the broker image's openssl): the handshake fails.
     let other_ca = remote.state_dir.path().join("other-ca.pem");
-    let image = labctl::docker::images::image_tag(&labctl::stack::BROKER_IMAGE);
+    let image = labctl::clients::docker::images::image_tag(&labctl::stack::BROKER_IMAGE);
     let made = Command::new("docker")
         .args([
             "run",

@@ -16,7 +16,7 @@ const BACKFILL_SECS: i64 = 12 * 3_600;
 type PartitionLayout = (i32, i32, Vec<i32>, Vec<i32>);
 
 /// Every partition of the topic, from the cluster's own metadata.
-fn topic_layout(lab: &labctl::lab::Lab) -> Option<Vec<PartitionLayout>> {
+fn topic_layout(lab: &labctl::ops::lab::Lab) -> Option<Vec<PartitionLayout>> {
     let c: BaseConsumer =
         lab.broker().ok()?.client_config().set("group.id", "t-brokers-inspect").create().ok()?;
     let md = c.fetch_metadata(Some(&lab.config.broker.topic), Duration::from_secs(3)).ok()?;

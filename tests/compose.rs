@@ -72,7 +72,7 @@ fn debians_docker_compose_runs_the_rendered_file() {
     let up = compose(&file, &project, &password, &["up", "-d", "broker"]);
     let result = std::panic::catch_unwind(|| {
         assert!(up.status.success(), "docker-compose up -d broker");
-        let broker = labctl::kafka::Broker {
+        let broker = labctl::clients::kafka::Broker {
             bootstrap: format!("127.0.0.1:{broker_port}"),
             security: vec![],
         };

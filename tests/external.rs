@@ -41,7 +41,7 @@ fn a_lab_of_external_services_drives_another_labs_clusters() {
     let mut remote = TestLab::new("extremote")
         .with_env("LABCTL_INGEST_ENABLED", "false")
         .with_env("LABCTL_DATABASE_PASSWORD", &h.state.db_password)
-        .with_env("LABCTL_LAKE_KEY", labctl::lake::DEV_KEY);
+        .with_env("LABCTL_LAKE_KEY", labctl::model::topology::DEV_KEY);
     let toml = format!(
         r#"[broker]
 bootstrap = "127.0.0.1:{broker}"
@@ -114,14 +114,15 @@ cluster_endpoint = "http://devstoreaccount1.blob.core.windows.net"
     // self-signed certificate), and verify-full refuses that certificate.
     let remote_lab = {
         let config =
-            labctl::config::Config::load(Some(&remote_toml), remote.env.iter().cloned()).unwrap();
-        let state = labctl::state::State {
+            labctl::model::config::Config::load(Some(&remote_toml), remote.env.iter().cloned())
+                .unwrap();
+        let state = labctl::stack::state::State {
             db_password: String::new(),
             ports: config.ports.clone(),
             replicas: Default::default(),
             broker_password: String::new(),
         };
-        labctl::lab::Lab::new(config, state)
+        labctl::ops::lab::Lab::new(config, state)
     };
     std::env::set_var("LABCTL_DATABASE_PASSWORD", &h.state.db_password);
     let encrypted: bool = rt.block_on(async {
@@ -132,7 +133,8 @@ cluster_endpoint = "http://devstoreaccount1.blob.core.windows.net"
             .get(0)
     });
     assert!(encrypted, "remote's connection is not encrypted");
-    let strict = remote_lab.database().unwrap().with_tls(labctl::db::SslMode::VerifyFull, None);
+    let strict =
+        remote_lab.database().unwrap().with_tls(labctl::model::address::SslMode::VerifyFull, None);
     let refused = rt
         .block_on(strict.connect(Duration::from_secs(5)))
         .err()
@@ -180,7 +182,7 @@ cluster_endpoint = "http://devstoreaccount1.blob.core.windows.net"
     // The jar is versioned by the Flink image's input hash, so an older runner is never reused.
     let runner = format!(
         "labctl-sql-runner-{}.jar",
-        labctl::docker::images::input_hash(&labctl::stack::FLINK_IMAGE)
+        labctl::clients::docker::images::input_hash(&labctl::stack::FLINK_IMAGE)
     );
     assert!(submit_err.contains(&format!("uploading {runner}")), "{submit_err}");
     let jars = get_json(&rt, &format!("{flink}/jars"));

@@ -31,7 +31,7 @@ fn now_secs() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
-async fn table_count(lab: &labctl::lab::Lab, sql: &str) -> i64 {
+async fn table_count(lab: &labctl::ops::lab::Lab, sql: &str) -> i64 {
     let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
     db.query_one(sql, &[]).await.unwrap().get(0)
 }
@@ -382,7 +382,7 @@ fn faults_lose_and_double_nothing() {
     assert_verified(&t, "SIGKILLs of submit flink");
 
     // ========== 4. the Spark driver killed while it writes ===================================
-    let summary = |lab: &labctl::lab::Lab| {
+    let summary = |lab: &labctl::ops::lab::Lab| {
         rt.block_on(
             lab.blob(Duration::from_secs(10))
                 .unwrap()
@@ -391,7 +391,7 @@ fn faults_lose_and_double_nothing() {
         .unwrap()
     };
     let v_before = summary(&lab);
-    let parquet = |lab: &labctl::lab::Lab| {
+    let parquet = |lab: &labctl::ops::lab::Lab| {
         rt.block_on(
             lab.blob(Duration::from_secs(10))
                 .unwrap()

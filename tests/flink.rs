@@ -5,7 +5,10 @@ mod common;
 use std::{collections::BTreeMap, time::Duration};
 
 use common::{rt, wait_for, TestLab};
-use labctl::generator::{encode::Template, model::Sensor, producer::producer_config};
+use labctl::{
+    model::fleet::Sensor,
+    ops::ingest::{encode::Template, producer::producer_config},
+};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 /// 2026-01-05T10:00:00Z: an arbitrary whole minute in the past.
@@ -27,7 +30,7 @@ struct Reading {
 fn ts_text(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let base =
-        String::from_utf8(labctl::generator::encode::format_timestamp(secs).to_vec()).unwrap();
+        String::from_utf8(labctl::ops::ingest::encode::format_timestamp(secs).to_vec()).unwrap();
     match ms.rem_euclid(1000) {
         0 => base,
         f => format!("{base}.{f:03}"),
@@ -60,7 +63,7 @@ fn known_readings(start: i64, minutes: i64) -> Vec<Reading> {
     out
 }
 
-fn produce(lab: &labctl::lab::Lab, readings: &[Reading]) {
+fn produce(lab: &labctl::ops::lab::Lab, readings: &[Reading]) {
     let broker = lab.broker().unwrap();
     let producer: BaseProducer = producer_config(&broker.client_config()).create().unwrap();
     let mut buf = Vec::new();
@@ -111,7 +114,7 @@ fn bad_messages() -> Vec<(&'static [u8], Vec<u8>, &'static str)> {
     ]
 }
 
-fn produce_raw(lab: &labctl::lab::Lab, messages: &[(&[u8], Vec<u8>, &str)]) {
+fn produce_raw(lab: &labctl::ops::lab::Lab, messages: &[(&[u8], Vec<u8>, &str)]) {
     let broker = lab.broker().unwrap();
     let producer: BaseProducer = producer_config(&broker.client_config()).create().unwrap();
     for (key, payload, _) in messages {
@@ -143,7 +146,7 @@ fn closed_windows(all: &[Reading], watermark_s: i64) -> BTreeMap<Key, (f64, f64,
     expected_windows(all).into_iter().filter(|(k, _)| k.2 + 60 <= watermark_s).collect()
 }
 
-async fn raw_rows(lab: &labctl::lab::Lab) -> (i64, i64) {
+async fn raw_rows(lab: &labctl::ops::lab::Lab) -> (i64, i64) {
     let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
     let n: i64 = db.query_one("SELECT count(*) FROM machine_sensors", &[]).await.unwrap().get(0);
     let dup: i64 = db
@@ -198,7 +201,7 @@ fn expected_windows(readings: &[Reading]) -> BTreeMap<Key, (f64, f64, f64, i64)>
         .collect()
 }
 
-async fn windows_in_db(lab: &labctl::lab::Lab) -> BTreeMap<Key, (f64, f64, f64, i64)> {
+async fn windows_in_db(lab: &labctl::ops::lab::Lab) -> BTreeMap<Key, (f64, f64, f64, i64)> {
     let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
     let rows = db
         .query(

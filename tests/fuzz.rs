@@ -10,7 +10,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use clap::Parser;
-use labctl::{cli::Cli, config::Config};
+use labctl::{cli::Cli, model::config::Config};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 fn seed() -> u64 {

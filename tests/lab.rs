@@ -157,7 +157,10 @@ fn lab_on_a_real_engine() {
         let spark = lab.spark(Duration::from_secs(5)).unwrap();
         let m = spark.master().await.unwrap();
         assert_eq!(m.status, "ALIVE");
-        assert_eq!(labctl::spark::Client::alive_workers(&m), lab.config.spark.workers as usize);
+        assert_eq!(
+            labctl::clients::spark::Client::alive_workers(&m),
+            lab.config.spark.workers as usize
+        );
 
         let blob = lab.blob(Duration::from_secs(5)).unwrap();
         assert!(blob.create_container("probe-container").await.unwrap());
@@ -355,7 +358,7 @@ fn crash(container: &str) {
     );
 }
 
-fn total_offsets(lab: &labctl::lab::Lab) -> i64 {
+fn total_offsets(lab: &labctl::ops::lab::Lab) -> i64 {
     rt().block_on(lab.broker().unwrap().offsets(&lab.config.broker.topic, Duration::from_secs(5)))
         .map(|o| o.iter().map(|p| p.high).sum())
         .unwrap_or(0)
@@ -371,7 +374,7 @@ struct Reading {
 }
 
 /// Every generator message on the topic (the probe message above is skipped).
-fn read_all(lab: &labctl::lab::Lab) -> Vec<Reading> {
+fn read_all(lab: &labctl::ops::lab::Lab) -> Vec<Reading> {
     common::read_topic(lab, Duration::from_secs(120))
         .iter()
         .filter_map(|m| {
@@ -382,7 +385,7 @@ fn read_all(lab: &labctl::lab::Lab) -> Vec<Reading> {
                 key: String::from_utf8_lossy(&m.key).into_owned(),
                 machine: v["machine_id"].as_str().unwrap().into(),
                 sensor: v["sensor_type"].as_str().unwrap().into(),
-                ts: labctl::generator::encode::parse_timestamp(ts).unwrap(),
+                ts: labctl::ops::ingest::encode::parse_timestamp(ts).unwrap(),
             })
         })
         .collect()
@@ -417,7 +420,7 @@ fn assert_no_duplicates_or_gaps(readings: &[Reading], interval: i64) {
     }
 }
 
-fn check_host_ingest(t: &TestLab, lab: &labctl::lab::Lab) {
+fn check_host_ingest(t: &TestLab, lab: &labctl::ops::lab::Lab) {
     // Dry run needs no broker and prints exactly N messages.
     let dry = t.ok(&["ingest", "--dry-run", "--count", "7"]);
     assert_eq!(dry.lines().count(), 7);

@@ -1,6 +1,6 @@
 //! The export on the real Spark cluster: known rows in TimescaleDB, written by Delta's Spark writer
 //! over WASB to Azurite, and read back by an independent reader: the Delta log replayed by
-//! `labctl::lake` (not the job's code), the live Parquet files fetched from the blob store and
+//! `labctl::clients::lake` (not the job's code), the live Parquet files fetched from the blob store and
 //! read with the `parquet` crate.
 
 mod common;
@@ -485,7 +485,7 @@ fn late_readings_reach_the_lake_and_concurrent_exports_never_double_rows() {
     };
     let secrets = labctl::cli::spark::JobSecrets::of(&lab).unwrap();
     let config = labctl::cli::spark::render_config(&lab, &args, &secrets, None).unwrap();
-    let job = labctl::assets::text(labctl::cli::spark::JOB_FILE).unwrap();
+    let job = labctl::stack::assets::text(labctl::cli::spark::JOB_FILE).unwrap();
     let cfg_file = t.state_dir.path().join("side-export.json");
     let job_file = t.state_dir.path().join("side-export.py");
     std::fs::write(&cfg_file, config).unwrap();

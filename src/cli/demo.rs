@@ -17,7 +17,12 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::{finish, spinner};
-use crate::{config::Config, docker::Runtime, flink::job::Target, lab::Lab, schema, stack::INGEST};
+use crate::{
+    clients::docker::Runtime,
+    model::{config::Config, schema},
+    ops::{flink_job::Target, lab::Lab},
+    stack::INGEST,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -163,7 +168,7 @@ pub async fn run(config: Config, config_file: Option<PathBuf>, args: Args) -> Re
     if export.is_some() {
         eprintln!("== 5/5 verify: topic, hypertables and lake compared reading by reading");
         let t = Instant::now();
-        let report = crate::verify::run(&lab, Duration::from_secs(30)).await?;
+        let report = crate::ops::verify::run(&lab, Duration::from_secs(30)).await?;
         timed("verify", t);
         verified = Some(VerifyFigures {
             ok: report.ok,

@@ -4,7 +4,11 @@ use std::{io::IsTerminal, process::ExitCode};
 
 use anyhow::{bail, Result};
 
-use crate::{config::Config, docker::Runtime, stack::Stack, state::State};
+use crate::{
+    clients::docker::Runtime,
+    model::config::Config,
+    stack::{state::State, Stack},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -65,7 +69,7 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
             eprintln!("kept {} data volume(s); `labctl down --volumes` deletes them", kept.len());
         }
     }
-    let external = crate::endpoints::external_parts(&config);
+    let external = crate::model::topology::external_parts(&config);
     if !external.is_empty() {
         let keys: Vec<_> = external.iter().map(|p| p.key()).collect();
         eprintln!("left alone: the external services of {} (their data too)", keys.join(", "));

@@ -10,17 +10,17 @@ use std::{
 use anyhow::{bail, Context, Result};
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 
+use crate::model::topology;
 use crate::{
-    config::Config,
-    docker::Runtime,
-    endpoints::{self, Part},
-    flink::{
-        self,
-        job::{self, JobSettings, RUNNER_ENTRY_CLASS, RUNNER_JAR_NAME},
-        SavepointStatus, SubmitError,
+    clients::{
+        docker::Runtime,
+        flink::{self, SavepointStatus, SubmitError},
     },
-    lab::Lab,
-    schema,
+    model::{config::Config, schema, topology::Part},
+    ops::{
+        flink_job::{self, JobSettings, RUNNER_ENTRY_CLASS, RUNNER_JAR_NAME},
+        lab::Lab,
+    },
     stack::FLINK_JM,
 };
 
@@ -69,17 +69,17 @@ const ACTIVE: &[&str] =
     &["CREATED", "INITIALIZING", "RUNNING", "RESTARTING", "RECONCILING", "FAILING", "CANCELLING"];
 
 /// The lab's job as SQL; without the lab's state (never started) the password is a placeholder.
-pub fn render(config: &Config, lab_state: Option<&crate::state::State>) -> Result<String> {
+pub fn render(config: &Config, lab_state: Option<&crate::stack::state::State>) -> Result<String> {
     let password = match lab_state {
-        Some(s) => crate::endpoints::database_password(config, s)?,
+        Some(s) => crate::stack::endpoints::database_password(config, s)?,
         None => "<filled in by labctl submit flink>".into(),
     };
-    job::render(config, &password, &JobSettings::for_lab(config))
+    flink_job::render(config, &password, &JobSettings::for_lab(config))
 }
 
 /// Local checks: statement kinds, one job, sink tables exist in the schema.
 fn validate(statements: &[String]) -> Result<()> {
-    let inserts: Vec<_> = statements.iter().filter(|s| job::kind(s) == "INSERT").collect();
+    let inserts: Vec<_> = statements.iter().filter(|s| flink_job::kind(s) == "INSERT").collect();
     if inserts.is_empty() {
         bail!("the rendered job has no INSERT statement, so it would start no job");
     }
@@ -165,8 +165,8 @@ pub async fn retained_snapshots(lab: &Lab) -> Result<Vec<Snapshot>> {
     let jm = lab.stack.container_name(FLINK_JM, 1);
     let script = format!(
         "find {} {} -mindepth 2 -maxdepth 3 -name _metadata -printf '%T@ %h\\n' 2>/dev/null; true",
-        job::lab_checkpoint_dir(),
-        job::lab_savepoint_dir()
+        flink_job::lab_checkpoint_dir(),
+        flink_job::lab_savepoint_dir()
     );
     let listing = exec_output(&rt, &jm, &["bash", "-c", &script])
         .await
@@ -179,7 +179,7 @@ pub async fn retained_snapshots(lab: &Lab) -> Result<Vec<Snapshot>> {
 /// JobManager restart without HA that history is gone; the job then starts without state.
 async fn rest_snapshots(lab: &Lab) -> Result<Vec<Snapshot>> {
     let client = lab.flink(Duration::from_secs(10))?;
-    let name = job::job_name(&lab.config.project);
+    let name = flink_job::job_name(&lab.config.project);
     let mut ended: Vec<_> = client
         .jobs()
         .await?
@@ -208,7 +208,7 @@ async fn rest_snapshots(lab: &Lab) -> Result<Vec<Snapshot>> {
 
 /// The value of `SET 'pipeline.name' = '…'` in a script: the name its job will have.
 fn pipeline_name(statements: &[String]) -> Option<String> {
-    statements.iter().filter(|s| job::kind(s) == "SET").find_map(|s| {
+    statements.iter().filter(|s| flink_job::kind(s) == "SET").find_map(|s| {
         let (k, v) = s["SET".len()..].split_once('=')?;
         let unquote = |x: &str| x.trim().trim_matches(|c| c == '\'' || c == '`').replace("''", "'");
         (unquote(k) == "pipeline.name").then(|| unquote(v))
@@ -329,7 +329,7 @@ impl Drop for MarkerGuard {
 }
 
 fn write_marker(project: &str, name: &str, before: &HashSet<String>) -> Option<MarkerGuard> {
-    let path = crate::state::submit_marker_path(project);
+    let path = crate::stack::state::submit_marker_path(project);
     let m = SubmitMarker {
         pid: std::process::id(),
         sent_ms: chrono::Utc::now().timestamp_millis(),
@@ -374,7 +374,7 @@ async fn settle_interrupted_submit(
     project: &str,
     within: Duration,
 ) -> Result<()> {
-    let path = crate::state::submit_marker_path(project);
+    let path = crate::stack::state::submit_marker_path(project);
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
     if let Ok(m) = serde_json::from_str::<SubmitMarker>(&text) {
         let age_ms = chrono::Utc::now().timestamp_millis() - m.sent_ms;
@@ -494,23 +494,23 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
         }
         None => render(&lab.config, Some(&lab.state))?,
     };
-    let statements = job::split_statements(&script);
+    let statements = flink_job::split_statements(&script);
     if args.file.is_none() {
         validate(&statements)?;
-    } else if !statements.iter().any(|s| job::kind(s) == "INSERT") {
+    } else if !statements.iter().any(|s| flink_job::kind(s) == "INSERT") {
         bail!("the script has no INSERT statement, so it would start no job");
     }
     if args.dry_run {
         eprintln!(
             "rendered {} statements ({} INSERT); nothing submitted",
             statements.len(),
-            statements.iter().filter(|s| job::kind(s) == "INSERT").count()
+            statements.iter().filter(|s| flink_job::kind(s) == "INSERT").count()
         );
         return Ok(ExitCode::SUCCESS);
     }
     let client = lab.flink(Duration::from_secs(10))?;
     client.overview().await.with_context(|| {
-        match endpoints::context_for(&lab.config, Part::Flink) {
+        match topology::context_for(&lab.config, Part::Flink) {
             Some(ext) => format!("the {ext} does not answer"),
             None => "the Flink cluster is not up; start it with `labctl up`".into(),
         }
@@ -536,7 +536,7 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
         // A custom script names its job with SET 'pipeline.name'; only the lab's own job is
         // checked for a running copy, but the name also finds a job after an unclear answer.
         Some(_) => String::new(),
-        None => job::job_name(&lab.config.project),
+        None => flink_job::job_name(&lab.config.project),
     };
     let lookup_name =
         if lab_job { name.clone() } else { pipeline_name(&statements).unwrap_or_default() };
@@ -561,7 +561,7 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
         for (i, j) in running.iter().enumerate() {
             replaced.push(j.jid.clone());
             if i == 0 && !args.fresh {
-                let target_dir = job::lab_savepoint_uri(&lab.config);
+                let target_dir = flink_job::lab_savepoint_uri(&lab.config);
                 eprintln!("stopping {} with a savepoint into {target_dir} …", j.jid);
                 match stop_with_savepoint(&client, &j.jid, &target_dir, Duration::from_secs(120))
                     .await
@@ -742,7 +742,7 @@ async fn ensure_runner(lab: &Lab, client: &flink::Client) -> Result<String> {
 fn external_runner_name() -> String {
     format!(
         "labctl-sql-runner-{}.jar",
-        crate::docker::images::input_hash(&crate::stack::FLINK_IMAGE)
+        crate::clients::docker::images::input_hash(&crate::stack::FLINK_IMAGE)
     )
 }
 
@@ -865,7 +865,7 @@ pub async fn command(config: Config, cmd: FlinkCommand) -> Result<ExitCode> {
             let ids = match id {
                 Some(id) => vec![id],
                 None => {
-                    let name = job::job_name(&lab.config.project);
+                    let name = flink_job::job_name(&lab.config.project);
                     let ids: Vec<_> = client
                         .jobs()
                         .await?
@@ -977,9 +977,9 @@ mod tests {
 
     #[test]
     fn pipeline_name_of_a_script() {
-        let st = job::split_statements("SET 'parallelism.default' = '1';\nSET 'pipeline.name' = 'it''s mine';\nINSERT INTO x SELECT 1;");
+        let st = flink_job::split_statements("SET 'parallelism.default' = '1';\nSET 'pipeline.name' = 'it''s mine';\nINSERT INTO x SELECT 1;");
         assert_eq!(pipeline_name(&st).as_deref(), Some("it's mine"));
-        assert_eq!(pipeline_name(&job::split_statements("INSERT INTO x SELECT 1")), None);
+        assert_eq!(pipeline_name(&flink_job::split_statements("INSERT INTO x SELECT 1")), None);
     }
 
     /// A fake JobManager: the run request's connection is dropped without an answer (as after a

@@ -8,11 +8,11 @@ use indicatif::MultiProgress;
 use super::{finish, spinner};
 use crate::stack::ImageSpec;
 use crate::{
-    config::Config,
-    docker::{
+    clients::docker::{
         images::{image_tag, BASE_IMAGE},
         Runtime,
     },
+    model::config::Config,
     stack::IMAGES,
 };
 

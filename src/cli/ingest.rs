@@ -14,15 +14,15 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    config::Config,
-    generator::{
-        generate,
-        model::{Fleet, MachineType, MACHINE_TYPES},
-        producer::Sender,
-        resume, Position,
+    clients::kafka::ErrorCapture,
+    model::{
+        config::Config,
+        fleet::{Fleet, MachineType, MACHINE_TYPES},
     },
-    kafka::ErrorCapture,
-    lab::Lab,
+    ops::{
+        ingest::{generate, producer::Sender, resume, Position},
+        lab::Lab,
+    },
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -70,24 +70,6 @@ pub struct Args {
     pub json: bool,
 }
 
-/// `7d`, `12h`, `30m`, `45s` or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Result<i64> {
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, 'd')) => (&s[..i], 86_400),
-        Some((i, 'h')) => (&s[..i], 3_600),
-        Some((i, 'm')) => (&s[..i], 60),
-        Some((i, 's')) => (&s[..i], 1),
-        _ => (s, 1),
-    };
-    let n: i64 = num
-        .parse()
-        .map_err(|_| anyhow::anyhow!("invalid duration `{s}`: use e.g. 7d, 12h, 30m, 45s or 0"))?;
-    if n < 0 {
-        bail!("invalid duration `{s}`: must not be negative");
-    }
-    n.checked_mul(mult).ok_or_else(|| anyhow::anyhow!("duration `{s}` is too large"))
-}
-
 pub fn fleet_from(args: &Args) -> Result<Fleet> {
     let mut types = Vec::new();
     for t in &args.types {
@@ -118,7 +100,7 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
     if args.interval <= 0 {
         bail!("--interval must be a positive number of seconds, got {}", args.interval);
     }
-    let backfill = parse_duration(&args.backfill).context("--backfill")?;
+    let backfill = crate::model::duration::parse_duration(&args.backfill).context("--backfill")?;
     let fleet = fleet_from(&args)?;
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -146,9 +128,9 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
         Some(b) => {
             for pair in &args.address_map {
                 let (from, to) = pair.split_once('=').with_context(|| format!("--address-map {pair:?}: use ADVERTISED=REACHABLE, e.g. broker:9092=127.0.0.1:19092"))?;
-                let (fh, fp) = crate::endpoints::parse_host_port("--address-map", from)?;
-                let (th, tp) = crate::endpoints::parse_host_port("--address-map", to)?;
-                crate::kafka::resolve::map_broker(&fh, fp, &th, tp);
+                let (fh, fp) = crate::model::address::parse_host_port("--address-map", from)?;
+                let (th, tp) = crate::model::address::parse_host_port("--address-map", to)?;
+                crate::clients::kafka::resolve::map_broker(&fh, fp, &th, tp);
             }
             let mut c = rdkafka::ClientConfig::new();
             c.set("bootstrap.servers", b);
@@ -217,7 +199,7 @@ fn produce(
     // A refused login or certificate is said as such, not as an unreadable topic.
     let found = resume::positions(&consumer, topic, fleet, interval, Duration::from_secs(10))
         .map_err(|e| {
-            crate::kafka::explain_consumer(
+            crate::clients::kafka::explain_consumer(
                 &consumer,
                 e.context(format!(
                     "cannot read topic `{topic}` (is the broker up? `labctl status`)"
@@ -319,7 +301,7 @@ fn produce(
                 let d = counters.delivered.load(Ordering::Relaxed);
                 eprintln!(
                     "ingest: live at {}, delivered {d} ({:.1}/s over the last minute), failed {}, in flight {}",
-                    String::from_utf8_lossy(&crate::generator::encode::format_timestamp(tick * interval)),
+                    String::from_utf8_lossy(&crate::ops::ingest::encode::format_timestamp(tick * interval)),
                     (d - last_count) as f64 / last_report.elapsed().as_secs_f64(),
                     counters.failed.load(Ordering::Relaxed),
                     sender.in_flight()
@@ -402,15 +384,5 @@ mod tests {
         let (p, stop) = (Pace::new(6_400), AtomicBool::new(false));
         p.wait(640, &stop);
         assert!(p.start.elapsed() >= Duration::from_millis(100));
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("7d").unwrap(), 604_800);
-        assert_eq!(parse_duration("12h").unwrap(), 43_200);
-        assert_eq!(parse_duration("0").unwrap(), 0);
-        assert_eq!(parse_duration("90").unwrap(), 90);
-        assert!(parse_duration("-1d").is_err());
-        assert!(parse_duration("soon").is_err());
     }
 }

@@ -8,7 +8,7 @@ use anyhow::Result;
 use super::spark::{
     render_config_with, start_export, wait_export, JobSecrets, Overrides, Staging, SubmitArgs,
 };
-use crate::{config::Config, lab::Lab};
+use crate::{model::config::Config, ops::lab::Lab};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 
-use crate::{config::Config, docker::Runtime, lab::Lab};
+use crate::{clients::docker::Runtime, model::config::Config, ops::lab::Lab};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

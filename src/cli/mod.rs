@@ -21,7 +21,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
+use crate::model::config::Config;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -146,6 +146,20 @@ pub fn spinner(multi: &indicatif::MultiProgress, prefix: &str) -> indicatif::Pro
     pb
 }
 
+/// A spinner is where ops report a task's progress on the command line.
+impl crate::progress::Progress for indicatif::ProgressBar {
+    fn set(&self, msg: &str) {
+        self.set_message(msg.to_string());
+    }
+    fn note(&self, msg: &str) {
+        if self.is_hidden() {
+            eprintln!("{msg}");
+        } else {
+            self.println(msg);
+        }
+    }
+}
+
 /// Ends a progress line with a final message that also reaches non-terminal output.
 pub fn finish(pb: &indicatif::ProgressBar, msg: String) {
     if pb.is_hidden() {
@@ -161,7 +175,7 @@ const PARALLEL_BUILDS: usize = 3;
 /// Builds the images that are missing, a few at a time with a spinner each; returns (name,
 /// tag, whether it was built) in the order given. The base image must exist.
 pub(crate) async fn build_images(
-    rt: &crate::docker::Runtime,
+    rt: &crate::clients::docker::Runtime,
     specs: &[&'static crate::stack::ImageSpec],
     force: bool,
     multi: &indicatif::MultiProgress,

@@ -1,6 +1,6 @@
 //! `labctl plot`: a picture of the data. The last hours of Flink's 1-minute windows from
 //! `sensor_aggregates`, per machine and sensor, read in one ordered query and drawn by
-//! `crate::plot` into an SVG file.
+//! `crate::ops::plot` into an SVG file.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -10,11 +10,15 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::{
-    config::Config,
-    generator::model::SENSORS,
-    lab::Lab,
-    plot::{self, Series, Window},
-    schema::{self, SENSOR_AGGREGATES},
+    model::{
+        config::Config,
+        fleet::SENSORS,
+        schema::{self, SENSOR_AGGREGATES},
+    },
+    ops::{
+        lab::Lab,
+        plot::{self, Series, Window},
+    },
 };
 
 /// Longest range `--hours` accepts: a week, the generator's default backfill.

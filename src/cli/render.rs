@@ -4,7 +4,11 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
 
-use crate::{config::Config, render, schema, stack::Stack, state::State};
+use crate::{
+    model::{config::Config, schema},
+    ops::render,
+    stack::{state::State, Stack},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -52,7 +56,7 @@ pub fn run(config: Config, args: Args) -> Result<ExitCode> {
                 replicas: Default::default(),
                 broker_password: String::new(),
             };
-            let lab = crate::lab::Lab::new(config.clone(), state);
+            let lab = crate::ops::lab::Lab::new(config.clone(), state);
             let args = super::spark::SubmitArgs {
                 from: None,
                 to: None,

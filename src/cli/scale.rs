@@ -16,12 +16,10 @@ use serde::Serialize;
 
 use super::{finish, spinner, up};
 use crate::{
-    config::Config,
-    docker::Runtime,
-    flink::job,
-    lab::Lab,
-    stack::{self, FLINK_JM, FLINK_TM, MAX_REPLICAS, SCALABLE, SPARK_MASTER, SPARK_WORKER},
-    state::State,
+    clients::docker::Runtime,
+    model::config::{Config, MAX_REPLICAS},
+    ops::{flink_job, lab::Lab},
+    stack::{self, state::State, FLINK_JM, FLINK_TM, SCALABLE, SPARK_MASTER, SPARK_WORKER},
 };
 
 #[derive(Debug, clap::Args)]
@@ -69,8 +67,8 @@ fn check(service: &str, n: u32) -> Result<()> {
 pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
     let service = args.service.as_str();
     check(service, args.replicas)?;
-    if let Some(part) = crate::endpoints::Part::of_service(service) {
-        crate::endpoints::ensure_managed(
+    if let Some(part) = crate::model::topology::Part::of_service(service) {
+        crate::model::topology::ensure_managed(
             &config,
             part,
             &format!("`labctl scale {service}`"),
@@ -157,7 +155,7 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
         if service == FLINK_TM {
             eprintln!(
                 "  the next `labctl submit flink` runs with parallelism {} (= topic partitions: one reader per partition), whatever the slots",
-                job::JobSettings::for_lab(&lab.config).parallelism
+                flink_job::JobSettings::for_lab(&lab.config).parallelism
             );
         } else {
             eprintln!(
@@ -174,7 +172,7 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
 async fn flink_scale_down_notes(lab: &Lab, n: u32) -> Vec<String> {
     let Ok(client) = lab.flink(Duration::from_secs(3)) else { return vec![] };
     let Ok(jobs) = client.jobs().await else { return vec![] };
-    let name = job::job_name(&lab.stack.project);
+    let name = flink_job::job_name(&lab.stack.project);
     let Some(j) = jobs.iter().find(|j| j.name == name && j.state == "RUNNING") else {
         return vec![];
     };
@@ -184,7 +182,7 @@ async fn flink_scale_down_notes(lab: &Lab, n: u32) -> Vec<String> {
         .map(|d| d.vertices.iter().map(|v| v.parallelism).max().unwrap_or(0))
         .unwrap_or(0);
     let slots = n * lab.config.flink.slots_per_taskmanager;
-    let attempts = job::JobSettings::for_lab(&lab.config).restart_attempts;
+    let attempts = flink_job::JobSettings::for_lab(&lab.config).restart_attempts;
     let mut notes = vec![format!(
         "the lab's job {} is running: if any of its tasks run on a removed TaskManager, they fail and the job restarts on the remaining slots through its restart strategy (fixed delay, {attempts} attempts), from its last checkpoint",
         &j.jid
@@ -226,7 +224,7 @@ async fn wait_for_size(
                 )
             }),
             _ => lab.spark(Duration::from_secs(3))?.master().await.map(|m| {
-                let alive = crate::spark::Client::alive_workers(&m) as u32;
+                let alive = crate::clients::spark::Client::alive_workers(&m) as u32;
                 (
                     alive == n,
                     format!("{alive} of {n} workers ALIVE, {} cores", m.cores),

@@ -8,17 +8,20 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::model::topology;
+use crate::stack::endpoints;
 use crate::{
-    assets,
-    config::Config,
-    docker::Runtime,
-    endpoints,
-    lab::Lab,
-    lake::BlobClient,
-    render::render_template,
-    schema::{MACHINE_SENSORS, SENSOR_AGGREGATES},
-    spark::{self, Submission},
-    stack::SPARK_WORKER,
+    clients::{
+        docker::Runtime,
+        lake::BlobClient,
+        spark::{self, Submission},
+    },
+    model::{
+        config::Config,
+        schema::{MACHINE_SENSORS, SENSOR_AGGREGATES},
+    },
+    ops::{lab::Lab, render::render_template},
+    stack::{assets, SPARK_WORKER},
 };
 
 pub const JOB_FILE: &str = "spark-jobs/timescale_to_deltalake.py";
@@ -128,8 +131,12 @@ fn valid_delta_path(path: &str) -> bool {
 /// One entry of the config's `tables`: what to read, where to write, and the numeric columns
 /// whose per-day sums (with the row count and the sum of the time column) tell whether a day in
 /// the lake equals the database.
-fn table_entry(table: &crate::schema::Table, name: &str, delta_path: &str) -> serde_json::Value {
-    use crate::schema::ColumnType;
+fn table_entry(
+    table: &crate::model::schema::Table,
+    name: &str,
+    delta_path: &str,
+) -> serde_json::Value {
+    use crate::model::schema::ColumnType;
     let sums: Vec<&str> = table
         .columns
         .iter()
@@ -200,7 +207,7 @@ pub fn render_config_with(
         if !valid_delta_path(p) {
             bail!("Delta path {p:?}: use /-separated segments of letters, digits, _ . - =, each starting with a letter or digit");
         }
-        if crate::schema::TABLES.iter().any(|t| t.name == p.as_str())
+        if crate::model::schema::TABLES.iter().any(|t| t.name == p.as_str())
             && over.table.as_deref() != Some(p.as_str())
         {
             bail!("Delta path {p:?} is the lab's own table; an override needs a path of its own");
@@ -229,7 +236,7 @@ pub fn render_config_with(
     };
     let mut ctx = tera::Context::new();
     ctx.insert("jdbc_url", &endpoints::cluster_jdbc_url(&lab.config));
-    ctx.insert("db_user", &endpoints::database_user(&lab.config));
+    ctx.insert("db_user", &topology::database_user(&lab.config));
     ctx.insert("db_password", &secrets.db_password);
     ctx.insert("tables", &tables);
     ctx.insert("from", &json_or_null(&from));
@@ -248,7 +255,7 @@ pub fn render_config_with(
         }
     };
     ctx.insert("vacuum", &vacuum.to_string());
-    ctx.insert("lake_account", &endpoints::lake_account(&lab.config));
+    ctx.insert("lake_account", &topology::lake_account(&lab.config));
     ctx.insert("lake_key", &secrets.lake_key);
     ctx.insert("lake_endpoint", &cluster_lake_endpoint(lab));
     ctx.insert("lake_container", &lab.config.lake.container);
@@ -485,7 +492,7 @@ pub async fn start_export(lab: &Lab, staging: Staging, config_json: &str) -> Res
         .ok_or_else(|| anyhow!("{JOB_FILE} is not embedded in this build"))?;
     let client = lab.spark(Duration::from_secs(10))?;
     let master = client.master().await.with_context(|| {
-        match endpoints::context_for(&lab.config, endpoints::Part::Spark) {
+        match topology::context_for(&lab.config, topology::Part::Spark) {
             Some(ext) => format!("the {ext} does not answer"),
             None => "the Spark master is not up; start it with `labctl up`".into(),
         }

@@ -1,4 +1,4 @@
-//! `labctl status`: the pipeline at a glance (see `crate::status` for what is gathered and how
+//! `labctl status`: the pipeline at a glance (see `crate::ops::status` for what is gathered and how
 //! each line is judged). This module only presents it: a table, JSON, or a refreshing screen.
 
 use std::{fmt::Write as _, io::IsTerminal, process::ExitCode, time::Duration};
@@ -6,10 +6,12 @@ use std::{fmt::Write as _, io::IsTerminal, process::ExitCode, time::Duration};
 use anyhow::Result;
 
 use crate::{
-    config::Config,
-    docker::Runtime,
-    lab::Lab,
-    status::{self, Health, Light, Report},
+    clients::docker::Runtime,
+    model::config::Config,
+    ops::{
+        lab::Lab,
+        status::{self, Health, Light, Report},
+    },
 };
 
 #[derive(Debug, clap::Args)]
@@ -83,7 +85,7 @@ fn dot(h: Health, color: bool) -> String {
     }
 }
 
-pub use crate::status::count;
+pub use crate::ops::numbers::count;
 
 /// The Flink job's own lag beside the one its committed offsets give.
 fn broker_lag(b: &status::BrokerSection) -> String {

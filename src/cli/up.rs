@@ -12,13 +12,13 @@ use anyhow::{bail, Context, Result};
 use indicatif::MultiProgress;
 
 use super::{finish, spinner};
+use crate::model::security;
+use crate::model::topology;
 use crate::{
-    config::Config,
-    docker::{images::tail_lines, Action, ContainerInfo, Runtime},
-    endpoints,
-    lab::Lab,
-    stack::{self, Probe, Secret, Service, FLINK_TM, IMAGES, SCALABLE, SPARK_WORKER},
-    state::State,
+    clients::docker::{images::tail_lines, Action, ContainerInfo, Runtime},
+    model::config::Config,
+    ops::lab::Lab,
+    stack::{self, state::State, Probe, Secret, Service, FLINK_TM, IMAGES, SCALABLE, SPARK_WORKER},
 };
 
 #[derive(Debug, clap::Args)]
@@ -51,7 +51,7 @@ pub async fn run(mut config: Config, args: Args) -> Result<ExitCode> {
         config.ingest.enabled = false;
     }
     config.validate()?;
-    endpoints::check_secrets(&config)?;
+    security::check_secrets(&config)?;
     let started = Instant::now();
     let rt = Runtime::connect().await?;
     let mut state = State::load_or_init(&config)?;
@@ -160,7 +160,7 @@ pub async fn run(mut config: Config, args: Args) -> Result<ExitCode> {
             .stack
             .external
             .iter()
-            .filter(|e| matches!(e.part, endpoints::Part::Flink | endpoints::Part::Spark))
+            .filter(|e| matches!(e.part, topology::Part::Flink | topology::Part::Spark))
         {
             eprintln!("  {:<9} {} (external)", e.name, e.address);
         }
@@ -179,7 +179,7 @@ async fn check_sasl_ssl_listener(rt: &Runtime, lab: &Lab, port: u16) -> Result<s
     let ca = rt.read_file(&container, stack::BROKER_CA_PATH).await.with_context(|| {
         format!("the broker made no CA certificate at {}", stack::BROKER_CA_PATH)
     })?;
-    let ca_path = crate::state::broker_ca_path(&lab.stack.project);
+    let ca_path = crate::stack::state::broker_ca_path(&lab.stack.project);
     std::fs::write(&ca_path, &ca).with_context(|| format!("writing {}", ca_path.display()))?;
     let bootstrap = format!("{}:{port}", stack::host_address(&lab.stack.bind_address));
     let ca_file = ca_path.display().to_string();
@@ -190,7 +190,7 @@ async fn check_sasl_ssl_listener(rt: &Runtime, lab: &Lab, port: u16) -> Result<s
         ("sasl.password", lab.state.broker_password.as_str()),
         ("ssl.ca.location", ca_file.as_str()),
     ];
-    let client = crate::kafka::Broker {
+    let client = crate::clients::kafka::Broker {
         bootstrap: bootstrap.clone(),
         security: security.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
     };
@@ -369,7 +369,7 @@ async fn wait_ready(
                         last_err = format!("{e:#}");
                         pb.set_message(format!("waiting: {last_err}"));
                         // Refused credentials or certificates do not get better by waiting.
-                        if e.downcast_ref::<crate::kafka::SecurityFailure>().is_some() {
+                        if e.downcast_ref::<crate::clients::kafka::SecurityFailure>().is_some() {
                             pb.abandon_with_message(format!("{label}refused: {last_err}"));
                             return Err((name, last_err));
                         }
@@ -401,7 +401,7 @@ async fn wait_ready(
                 "\nthe external {name} at {} ({}) is not ready: {why}\n  labctl expects there: {}",
                 e.address,
                 e.part.key(),
-                endpoints::requirement(e.part)
+                topology::requirement(e.part)
             ));
             continue;
         }

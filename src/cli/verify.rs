@@ -1,4 +1,4 @@
-//! `labctl verify`: presents `crate::verify`'s report as a table of counts per machine, sensor
+//! `labctl verify`: presents `crate::ops::verify`'s report as a table of counts per machine, sensor
 //! and UTC day with the disagreeing cells marked, then one verdict per hop.
 
 use std::{fmt::Write as _, io::IsTerminal, process::ExitCode, time::Duration};
@@ -7,9 +7,11 @@ use anyhow::Result;
 
 use super::status::count;
 use crate::{
-    config::Config,
-    lab::Lab,
-    verify::{self, Cell, Report},
+    model::config::Config,
+    ops::{
+        lab::Lab,
+        verify::{self, Cell, Report},
+    },
 };
 
 #[derive(Debug, clap::Args)]

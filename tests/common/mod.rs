@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use labctl::{config::Config, lab::Lab, state::State};
+use labctl::{model::config::Config, ops::lab::Lab, stack::state::State};
 
 pub struct TestLab {
     pub project: String,
@@ -249,7 +249,7 @@ pub fn read_readings(lab: &Lab) -> Vec<(String, String, i64)> {
         .map(|m| {
             let msg: Msg = serde_json::from_slice(&m.payload).expect("a generator message");
             let ts =
-                labctl::generator::encode::parse_timestamp(msg.timestamp).expect("a timestamp");
+                labctl::ops::ingest::encode::parse_timestamp(msg.timestamp).expect("a timestamp");
             (msg.machine_id.to_string(), msg.sensor_type.to_string(), ts)
         })
         .collect()

@@ -18,8 +18,11 @@ use anyhow::{bail, Context, Result};
 
 use super::{fill_topic, Measurement};
 use crate::{
-    generator::{generate, model::Fleet, producer::Sender, Position},
-    lab::Lab,
+    model::fleet::Fleet,
+    ops::{
+        ingest::{generate, producer::Sender, Position},
+        lab::Lab,
+    },
 };
 
 #[derive(Debug, clap::Args)]
@@ -37,12 +40,13 @@ pub struct Args {
 }
 
 /// Submits a script through the SQL runner and waits until it runs.
-async fn run_script(client: &crate::flink::Client, script: &str) -> Result<String> {
+async fn run_script(client: &crate::clients::flink::Client, script: &str) -> Result<String> {
     use base64::{engine::general_purpose::STANDARD as B64, Engine};
     let jar = crate::cli::flink::find_or_explain_runner(client).await?;
     let args: Vec<String> =
-        crate::flink::job::split_statements(script).iter().map(|s| B64.encode(s)).collect();
-    let id = client.run_jar(&jar, crate::flink::job::RUNNER_ENTRY_CLASS, &args, None, None).await?;
+        crate::ops::flink_job::split_statements(script).iter().map(|s| B64.encode(s)).collect();
+    let id =
+        client.run_jar(&jar, crate::ops::flink_job::RUNNER_ENTRY_CLASS, &args, None, None).await?;
     crate::cli::flink::wait_running(client, &id, Duration::from_secs(120)).await?;
     Ok(id)
 }
@@ -50,7 +54,7 @@ async fn run_script(client: &crate::flink::Client, script: &str) -> Result<Strin
 /// The full job on a topic and scratch tables of its own, against a read-only baseline (the
 /// same source into a blackhole sink): how close writing both tables gets to reading alone.
 pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
-    use crate::flink::job::{render_for, JobSettings, Target};
+    use crate::ops::flink_job::{render_for, JobSettings, Target};
     let client = lab.flink(Duration::from_secs(10))?;
     let overview = client.overview().await.context("the Flink cluster is not up")?;
     // A job without slots fails and restarts instead of waiting: say so before starting one.
@@ -96,14 +100,17 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
         rejected_table: rejected.clone(),
         job_name: format!("{}: bench {kind}", lab.stack.project),
         // Not the lab job's folder: its restore must never pick up a benchmark's checkpoint.
-        checkpoint_dir: format!("{}/checkpoints/bench", crate::flink::job::state_root(&lab.config)),
+        checkpoint_dir: format!(
+            "{}/checkpoints/bench",
+            crate::ops::flink_job::state_root(&lab.config)
+        ),
         retain_checkpoints: false,
     };
     // Baseline: the job's own SET and source statements, into a blackhole.
     let password = lab.db_password()?;
     let full = render_for(&lab.config, &password, &settings, &target("full"))?;
     let read_only = render_for(&lab.config, &password, &settings, &target("read"))?;
-    let mut base_script: Vec<String> = crate::flink::job::split_statements(&read_only)
+    let mut base_script: Vec<String> = crate::ops::flink_job::split_statements(&read_only)
         .into_iter()
         .filter(|s| s.starts_with("SET") || s.contains("CREATE TABLE sensor_readings"))
         .collect();
@@ -248,7 +255,7 @@ struct Live {
 impl Live {
     fn measurements(
         &self,
-        settings: &crate::flink::job::JobSettings,
+        settings: &crate::ops::flink_job::JobSettings,
         conditions: &str,
         late: f64,
     ) -> Vec<Measurement> {
@@ -290,13 +297,13 @@ async fn live_latency(
     db: &tokio_postgres::Client,
     topic: &str,
     agg: &str,
-    settings: &crate::flink::job::JobSettings,
+    settings: &crate::ops::flink_job::JobSettings,
     windows: u32,
 ) -> Result<Live> {
     let interval = 5i64;
     let window = settings.window_secs as i64;
     let fleet = Fleet::default_fleet(20231010);
-    let rows_per_window = fleet.machines.len() * crate::generator::model::SENSORS.len();
+    let rows_per_window = fleet.machines.len() * crate::model::fleet::SENSORS.len();
     let stop = Arc::new(AtomicBool::new(false));
     let producer = {
         let (base, topic, stop) = (lab.broker()?.client_config(), topic.to_string(), stop.clone());
@@ -370,5 +377,5 @@ async fn live_latency(
 }
 
 fn fmt_time(secs: i64) -> String {
-    String::from_utf8_lossy(&crate::generator::encode::format_timestamp(secs)).into_owned()
+    String::from_utf8_lossy(&crate::ops::ingest::encode::format_timestamp(secs)).into_owned()
 }

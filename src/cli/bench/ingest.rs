@@ -18,9 +18,11 @@ use anyhow::{bail, Context, Result};
 
 use super::{fleet_and_starts, run_container, Measurement};
 use crate::{
-    docker::{images::image_tag, Runtime},
-    generator::{generate, producer::Sender},
-    lab::Lab,
+    clients::docker::{images::image_tag, Runtime},
+    ops::{
+        ingest::{generate, producer::Sender},
+        lab::Lab,
+    },
     stack::{INGEST_IMAGE, SPARK_IMAGE},
 };
 
@@ -159,15 +161,14 @@ async fn measure(
     lab: &Lab,
     args: &Args,
     rt: &Runtime,
-    broker: &crate::kafka::Broker,
+    broker: &crate::clients::kafka::Broker,
     bootstrap: &str,
     topic: &dyn Fn(&str, usize) -> String,
     baseline: &[u8],
 ) -> Result<Vec<Measurement>> {
     let days = format!("{}", args.days);
     // The generator's image carries this very binary (rebuilt here if it changed).
-    let (ingest_image, _) =
-        rt.ensure_image(&INGEST_IMAGE, false, &indicatif::ProgressBar::hidden()).await?;
+    let (ingest_image, _) = rt.ensure_image(&INGEST_IMAGE, false, &crate::progress::Quiet).await?;
     let spark_image = image_tag(&SPARK_IMAGE);
     if !rt.image_exists(&spark_image).await {
         bail!("the bench needs the lab's images; run `labctl up` first");

@@ -25,10 +25,12 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::{
-    config::Config,
-    docker::{Runtime, LABEL_PROJECT},
-    generator::{generate, model::Fleet, producer::Sender, Position},
-    lab::Lab,
+    clients::docker::{Runtime, LABEL_PROJECT},
+    model::{config::Config, fleet::Fleet},
+    ops::{
+        ingest::{generate, producer::Sender, Position},
+        lab::Lab,
+    },
 };
 
 #[derive(Debug, clap::Args)]

@@ -20,9 +20,11 @@ use crate::{
         render_config_with, start_export, wait_export, Outcome, Overrides, Sizing, Staging,
         SubmitArgs,
     },
-    generator::model::{MachineRng, SENSORS},
-    lab::Lab,
-    schema::{pg_ident, MACHINE_SENSORS},
+    model::{
+        fleet::{MachineRng, SENSORS},
+        schema::{pg_ident, MACHINE_SENSORS},
+    },
+    ops::lab::Lab,
 };
 
 /// The target: a 7-day table exported within this many seconds, submit to FINISHED.

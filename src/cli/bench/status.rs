@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use super::Measurement;
-use crate::{docker::Runtime, lab::Lab, status};
+use crate::{
+    clients::docker::Runtime,
+    ops::{lab::Lab, status},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -1,0 +1,181 @@
+//! One lab as the commands see it: its config, remembered state and stack, plus typed clients
+//! for each of its services as reached from the host.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::clients::kafka::resolve;
+use crate::model::address;
+use crate::model::security;
+use crate::model::topology;
+use crate::stack::endpoints;
+use crate::{
+    clients::{db::Database, flink, kafka::Broker, lake::BlobClient, spark},
+    model::{config::Config, topology::Part},
+    stack::{state::State, Probe, Stack},
+};
+
+#[derive(Debug, Clone)]
+pub struct Lab {
+    pub config: Config,
+    pub state: State,
+    pub stack: Stack,
+}
+
+impl Lab {
+    pub fn new(config: Config, state: State) -> Self {
+        let stack = Stack::new(&config, &state);
+        Self { config, state, stack }
+    }
+
+    /// A lab that `up` started before (its state file exists).
+    pub fn existing(config: Config) -> Result<Self> {
+        let state = State::require(&config)?;
+        Ok(Self::new(config, state))
+    }
+
+    fn url(&self, key: &str) -> Result<String> {
+        self.stack.url(key).with_context(|| format!("the stack publishes no `{key}` port"))
+    }
+
+    fn external(&self, part: Part) -> bool {
+        part.is_external(&self.config)
+    }
+
+    pub fn broker(&self) -> Result<Broker> {
+        if self.external(Part::Broker) {
+            resolve::apply_address_map(&self.config)?;
+            return Ok(Broker {
+                bootstrap: self.config.broker.bootstrap.clone(),
+                security: security::kafka_security(&self.config)?,
+            });
+        }
+        Broker::for_stack(&self.stack)
+    }
+
+    /// The database password (generated for the lab's own database, from the environment for
+    /// an external one).
+    pub fn db_password(&self) -> Result<String> {
+        endpoints::database_password(&self.config, &self.state)
+    }
+
+    pub fn database(&self) -> Result<Database> {
+        let (user, name, password) = (
+            topology::database_user(&self.config),
+            topology::database_name(&self.config),
+            self.db_password()?,
+        );
+        if self.external(Part::Database) {
+            let a = address::parse_pg_url("database.url", &self.config.database.url)?;
+            return Ok(Database::new(a.host, a.port, user, name, password)
+                .with_tls(a.ssl, a.root_cert.map(Into::into)));
+        }
+        let port =
+            self.stack.published_port("database").context("the stack has no database port")?;
+        Ok(Database::new(self.stack.bind_address.clone(), port, user, name, password))
+    }
+
+    pub fn flink(&self, timeout: Duration) -> Result<flink::Client> {
+        let url = if self.external(Part::Flink) {
+            self.config.flink.url.trim_end_matches('/').to_string()
+        } else {
+            self.url("flink_ui")?
+        };
+        flink::Client::new(url, timeout)
+    }
+
+    pub fn spark(&self, timeout: Duration) -> Result<spark::Client> {
+        if self.external(Part::Spark) {
+            let s = &self.config.spark;
+            return spark::Client::new(
+                s.ui_url.trim_end_matches('/'),
+                s.rest_url.trim_end_matches('/'),
+                timeout,
+            );
+        }
+        spark::Client::new(self.url("spark_ui")?, self.url("spark_rest")?, timeout)
+    }
+
+    pub fn blob(&self, timeout: Duration) -> Result<BlobClient> {
+        if self.external(Part::Lake) {
+            let c = &self.config;
+            return BlobClient::new(
+                &c.lake.endpoint,
+                &topology::lake_account(c),
+                &endpoints::lake_key(c)?,
+                timeout,
+            );
+        }
+        let port =
+            self.stack.published_port("azurite").context("the stack publishes no azurite port")?;
+        BlobClient::azurite(&self.stack.bind_address, port, timeout)
+    }
+
+    /// Runs one readiness check once. Ok(detail) when ready, Err(why not) otherwise.
+    pub async fn probe(&self, probe: &Probe, timeout: Duration) -> Result<String> {
+        match probe {
+            Probe::KafkaMetadata { brokers } => {
+                let ids = self.broker()?.broker_ids(timeout).await?;
+                let n = ids.len();
+                if n < *brokers as usize {
+                    if self.external(Part::Broker) {
+                        anyhow::bail!("{n} of {brokers} brokers in the cluster's metadata");
+                    }
+                    // The lab's node k has node id k: name the ones that are missing.
+                    let missing: Vec<&str> = (1..=*brokers as i32)
+                        .filter(|id| !ids.contains(id))
+                        .filter_map(|id| crate::stack::BROKER_NODES.get(id as usize - 1).copied())
+                        .collect();
+                    anyhow::bail!(
+                        "{n} of {brokers} broker nodes registered; {} not joined: a node still formatting its storage joins within seconds, one that stays out cannot reach the KRaft quorum (see `labctl logs {}`; storage formatted for another cluster: `labctl down --volumes`)",
+                        missing.join(", "),
+                        missing.first().unwrap_or(&"broker")
+                    );
+                }
+                Ok(format!("{n} broker(s) in metadata"))
+            }
+            Probe::PostgresLogin => {
+                self.database()?.probe(timeout).await?;
+                Ok("login ok, timescaledb preloaded".into())
+            }
+            Probe::FlinkTaskManagers { count, slots } => {
+                let o = self.flink(timeout)?.overview().await?;
+                anyhow::ensure!(
+                    o.taskmanagers >= *count,
+                    "{} of {count} TaskManagers registered",
+                    o.taskmanagers
+                );
+                anyhow::ensure!(
+                    o.slots_total >= *slots,
+                    "{} of {slots} task slots registered",
+                    o.slots_total
+                );
+                Ok(format!("{} TaskManager(s), {} slots", o.taskmanagers, o.slots_total))
+            }
+            Probe::SparkWorkers { count } => {
+                let client = self.spark(timeout)?;
+                let m = client.master().await?;
+                let alive = spark::Client::alive_workers(&m);
+                anyhow::ensure!(alive >= *count as usize, "{alive} of {count} workers ALIVE");
+                client.rest_answers().await?;
+                Ok(format!("{alive} worker(s) ALIVE, {} cores, REST up", m.cores))
+            }
+            Probe::BlobListing => {
+                let n = self.blob(timeout)?.list_containers().await?.len();
+                Ok(format!("{n} container(s)"))
+            }
+            Probe::CoveredBy { service } => Ok(format!("checked with {service}")),
+            Probe::Running => {
+                let topic = &self.config.broker.topic;
+                let offsets = self.broker()?.offsets(topic, timeout).await?;
+                let ends: Vec<String> = offsets.iter().map(|p| p.high.to_string()).collect();
+                Ok(format!(
+                    "topic `{topic}` end offsets [{}] = {}",
+                    ends.join(", "),
+                    offsets.iter().map(|p| p.high).sum::<i64>()
+                ))
+            }
+        }
+    }
+}

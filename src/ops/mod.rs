@@ -1,0 +1,12 @@
+//! The runtime behind the commands: a `Lab` handle with a client per service, and the
+//! operations on it (reconcile, submit, export, ingest, status, verify, render, plot). Reports
+//! come back as data; `cli` turns them into tables or JSON.
+
+pub mod flink_job;
+pub mod ingest;
+pub mod lab;
+pub mod numbers;
+pub mod plot;
+pub mod render;
+pub mod status;
+pub mod verify;

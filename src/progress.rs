@@ -1,0 +1,30 @@
+//! How long work reports where it is, without knowing who is watching: the command line shows
+//! a spinner per task (indicatif), tests and `--json` runs show nothing or plain lines.
+
+/// A sink for one task's progress.
+pub trait Progress: Send + Sync {
+    /// The task's current state, replacing the previous one (a spinner's message).
+    fn set(&self, msg: &str);
+    /// A line that stays, shown whether or not stderr is a terminal.
+    fn note(&self, msg: &str);
+}
+
+/// Shows nothing (tests, library use).
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn set(&self, _msg: &str) {}
+    fn note(&self, _msg: &str) {}
+}
+
+/// Plain lines on stderr: every state change is logged at debug level, notes are printed.
+pub struct Lines;
+
+impl Progress for Lines {
+    fn set(&self, msg: &str) {
+        tracing::debug!("{msg}");
+    }
+    fn note(&self, msg: &str) {
+        eprintln!("{msg}");
+    }
+}

@@ -1,0 +1,206 @@
+//! What labctl remembers about a lab between commands: the generated database password, the
+//! host ports it settled on and the replica counts it was scaled to. One JSON file per
+//! project, readable only by its owner.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::PathBuf,
+};
+
+use anyhow::{Context, Result};
+use rand::{distributions::Alphanumeric, Rng};
+use serde::{Deserialize, Serialize};
+
+use crate::model::config::{Config, Ports};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    pub db_password: String,
+    /// Host ports actually used; differs from the config where the config says 0 (auto).
+    pub ports: Ports,
+    /// Replica counts set by `labctl scale SERVICE N` (or `up --taskmanagers/--spark-workers`),
+    /// by service name. They win over the config's `flink.taskmanagers` / `spark.workers`,
+    /// which only give the size of a lab that was never scaled; `down --volumes` forgets them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub replicas: BTreeMap<String, u32>,
+    /// SCRAM password of the user `lab` on the lab broker's SASL_SSL listener
+    /// (`broker.sasl_ssl_listener`); generated on the first `up` that needs it, placed into the
+    /// broker as a file like the database password.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub broker_password: String,
+}
+
+/// Folder holding the state files: `$LABCTL_STATE_DIR`, else `$XDG_STATE_HOME/labctl`,
+/// else `~/.local/state/labctl`.
+pub fn state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("LABCTL_STATE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("labctl");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".local/state/labctl")
+}
+
+/// Offset samples `status` keeps between calls (see `status::rate`).
+pub fn samples_path(project: &str) -> PathBuf {
+    state_dir().join(format!("{project}.offsets.json"))
+}
+
+/// Marker of a `labctl submit flink` whose run request may be in flight (see `cli::flink`).
+pub fn submit_marker_path(project: &str) -> PathBuf {
+    state_dir().join(format!("{project}.flink-submit.json"))
+}
+
+/// The CA certificate of the lab broker's SASL_SSL listeners, copied out of the broker by `up`
+/// (`broker.sasl_ssl_listener`): what a client of that listener names as its CA file.
+pub fn broker_ca_path(project: &str) -> PathBuf {
+    state_dir().join(format!("{project}.broker-ca.pem"))
+}
+
+pub fn state_path(project: &str) -> PathBuf {
+    state_dir().join(format!("{project}.json"))
+}
+
+fn new_password() -> String {
+    rand::thread_rng().sample_iter(&Alphanumeric).take(32).map(char::from).collect()
+}
+
+/// Picks a port the kernel says is free right now on `bind`.
+fn free_port(bind: &str) -> Result<u16> {
+    let l = std::net::TcpListener::bind((bind, 0))
+        .with_context(|| format!("cannot bind {bind} to find a free port"))?;
+    Ok(l.local_addr()?.port())
+}
+
+impl State {
+    /// Reads the project's state, if `up` ever ran for it.
+    pub fn load(project: &str) -> Result<Option<State>> {
+        let path = state_path(project);
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                let st = serde_json::from_str(&text).with_context(|| {
+                    format!("state file {} is corrupt; fix it or remove it (a new password will be generated)", path.display())
+                })?;
+                Ok(Some(st))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read state file {}", path.display())),
+        }
+    }
+
+    /// Loads the state or creates it (password generated, auto ports chosen), then applies
+    /// the config's fixed ports. Does not save.
+    pub fn load_or_init(config: &Config) -> Result<State> {
+        let old = State::load(&config.project)?;
+        let mut st = old.clone().unwrap_or_else(|| State {
+            db_password: new_password(),
+            ports: Ports::default(),
+            replicas: BTreeMap::new(),
+            broker_password: String::new(),
+        });
+        if config.broker.sasl_ssl_listener && st.broker_password.is_empty() {
+            st.broker_password = new_password();
+        }
+        let fresh = old.is_none();
+        let resolve = |want: u16, had: u16| -> Result<u16> {
+            Ok(match want {
+                0 if !fresh && had != 0 => had,
+                0 => free_port(&config.bind_address)?,
+                p => p,
+            })
+        };
+        let c = &config.ports;
+        let h = st.ports.clone();
+        st.ports = Ports {
+            broker: resolve(c.broker, h.broker)?,
+            broker_2: resolve(c.broker_2, h.broker_2)?,
+            broker_3: resolve(c.broker_3, h.broker_3)?,
+            database: resolve(c.database, h.database)?,
+            flink_ui: resolve(c.flink_ui, h.flink_ui)?,
+            spark_ui: resolve(c.spark_ui, h.spark_ui)?,
+            spark_rest: resolve(c.spark_rest, h.spark_rest)?,
+            azurite: resolve(c.azurite, h.azurite)?,
+            broker_sasl_ssl: resolve(c.broker_sasl_ssl, h.broker_sasl_ssl)?,
+        };
+        Ok(st)
+    }
+
+    /// The state as it must be for commands other than `up`: a lab that was never started has
+    /// none. Its ports are the ones the lab runs with; a changed `[ports]` takes effect at the
+    /// next `up`, so until then every command keeps talking to the lab that is actually there
+    /// (and never to another lab on the default ports).
+    pub fn require(config: &Config) -> Result<State> {
+        State::load(&config.project)?.ok_or_else(|| {
+            anyhow::anyhow!("lab `{}` has not been started on this machine (no state file); run `labctl up` first", config.project)
+        })
+    }
+
+    /// Writes the file with mode 0600 (its folder 0700), replacing it atomically.
+    pub fn save(&self, project: &str) -> Result<()> {
+        let dir = state_dir();
+        fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create state folder {}", dir.display()))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict permissions of {}", dir.display()))?;
+        let path = state_path(project);
+        let tmp = path.with_extension("json.tmp");
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(serde_json::to_string_pretty(self)?.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Removes the state file and what is kept beside it (status's offset samples, a submit
+    /// marker, the broker's CA certificate).
+    pub fn remove(project: &str) -> Result<()> {
+        for path in [
+            state_path(project),
+            samples_path(project),
+            submit_marker_path(project),
+            broker_ca_path(project),
+        ] {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("cannot remove {}", path.display()))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub fn for_tests(config: &Config) -> State {
+        State {
+            db_password: new_password(),
+            ports: config.ports.clone(),
+            replicas: BTreeMap::new(),
+            broker_password: new_password(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_random_and_long() {
+        let (a, b) = (new_password(), new_password());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+}
