@@ -122,6 +122,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from dataclasses import dataclass, field
 
 T0 = time.time()
 PREFIX_RESULT = "LABCTL_RESULT "
@@ -273,72 +274,156 @@ def wasb_authority(lake):
     return parts.scheme == "https", host + (f":{parts.port}" if parts.port else "")
 
 
-def load_config(argv):
+@dataclass(frozen=True)
+class LakeConfig:
+    account: str
+    key: str = field(repr=False)  # a credential: never in a log line, not even by accident
+    endpoint: str
+    container: str
+    https: bool  # wasbs rather than wasb
+    authority: str  # "<account>.<domain>[:port]": how WASB names the account
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    name: str
+    time_column: str
+    delta_path: str
+    checksum_columns: tuple
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    jdbc_url: str
+    db_user: str
+    db_password: str = field(repr=False)
+    tables: tuple
+    lake: LakeConfig
+    range_from: dt.datetime | None
+    range_to: dt.datetime | None
+    partitions: int
+    read_only: bool
+    # A vacuum run instead of an export: "vacuum" given as a non-empty object. An empty one
+    # ({}) has always meant an export.
+    vacuum: bool
+    # As given (int or float, or None for Delta's default): the result reports it unchanged.
+    retain_hours: int | float | None
+    result_url: str | None
+
+    @property
+    def lo_day(self):
+        """First day compared (the range widened to whole UTC days), None = open."""
+        return epoch_day(floor_day(self.range_from)) if self.range_from else None
+
+    @property
+    def hi_day(self):
+        """Day after the last one compared, None = open."""
+        return epoch_day(ceil_day(self.range_to)) if self.range_to else None
+
+
+def config_text(argv):
+    """The config's JSON text: the argument itself, or the file or URL it names with @."""
     if len(argv) < 2 or not argv[1].strip():
         raise JobError("usage: timescale_to_deltalake.py '<config JSON>' | @<config file> | "
                        "@<http(s) URL>")
     arg = argv[1]
     if arg.startswith(("@http://", "@https://")):
-        arg = fetch_config(arg[1:])
-    elif arg.startswith("@"):
+        return fetch_config(arg[1:])
+    if arg.startswith("@"):
         try:
             with open(arg[1:], encoding="utf-8") as fh:
-                arg = fh.read()
+                return fh.read()
         except OSError as exc:
             raise JobError(f"cannot read config file {arg[1:]}: {exc.strerror}") from None
-    try:
-        cfg = json.loads(arg)
-    except json.JSONDecodeError as exc:
-        raise JobError(f"config is not valid JSON: {exc}") from None
-    if not isinstance(cfg, dict):
-        raise JobError("config must be a JSON object")
-    for key in ("jdbc_url", "db_user", "db_password", "tables", "lake"):
-        if key not in cfg:
-            raise JobError(f"config key missing: {key}")
-    tables = cfg["tables"]
-    if not isinstance(tables, list) or not tables:
-        raise JobError("config key tables must be a non-empty list")
-    for t in tables:
-        if not isinstance(t, dict) or not all(isinstance(t.get(k), str) and t.get(k)
-                                              for k in ("name", "time_column", "delta_path")):
-            raise JobError(f"each table needs string name, time_column, delta_path: {json.dumps(t)}")
-        sums = t.setdefault("checksum_columns", [])
-        if not isinstance(sums, list) or not all(isinstance(c, str) and c for c in sums):
-            raise JobError(f"checksum_columns must be a list of column names: {json.dumps(t)}")
-        if any(seg.startswith(("_", ".")) for seg in t["delta_path"].strip("/").split("/")):
-            raise JobError(f"delta_path {t['delta_path']!r}: no segment may start with _ or .")
-    lake = cfg["lake"]
+    return arg
+
+
+def table_config(t):
+    if not isinstance(t, dict) or not all(isinstance(t.get(k), str) and t.get(k)
+                                          for k in ("name", "time_column", "delta_path")):
+        raise JobError(f"each table needs string name, time_column, delta_path: {json.dumps(t)}")
+    sums = t.get("checksum_columns", [])
+    if not isinstance(sums, list) or not all(isinstance(c, str) and c for c in sums):
+        raise JobError(f"checksum_columns must be a list of column names: {json.dumps(t)}")
+    # Delta (and Hadoop's listings) treat _ and . names as hidden or their own
+    if any(seg.startswith(("_", ".")) for seg in t["delta_path"].strip("/").split("/")):
+        raise JobError(f"delta_path {t['delta_path']!r}: no segment may start with _ or .")
+    return TableConfig(t["name"], t["time_column"], t["delta_path"], tuple(sums))
+
+
+def lake_config(lake):
     for key in ("account", "key", "container", "endpoint"):
         if not isinstance(lake, dict) or not lake.get(key):
             raise JobError(f"config key missing: lake.{key}")
-    lake["_https"], lake["_authority"] = wasb_authority(lake)
-    rng = cfg.get("range") or {}
+    https, authority = wasb_authority(lake)
+    return LakeConfig(lake["account"], lake["key"], lake["endpoint"], lake["container"],
+                      https, authority)
+
+
+def config_range(rng):
+    """(from, to) as aware UTC instants or None."""
+    rng = rng or {}
     if not isinstance(rng, dict):
         raise JobError("malformed range: range must be an object {\"from\":..,\"to\":..}")
-    cfg["_from"] = parse_instant(rng.get("from"), "range.from")
-    cfg["_to"] = parse_instant(rng.get("to"), "range.to")
-    if cfg["_from"] is not None and cfg["_to"] is not None and cfg["_from"] >= cfg["_to"]:
+    lo = parse_instant(rng.get("from"), "range.from")
+    hi = parse_instant(rng.get("to"), "range.to")
+    if lo is not None and hi is not None and lo >= hi:
         raise JobError(f"malformed range: from ({rng.get('from')}) must be before to ({rng.get('to')})")
+    return lo, hi
+
+
+def config_partitions(value):
     try:
-        cfg["partitions"] = 4 if cfg.get("partitions") is None else int(cfg["partitions"])
+        partitions = 4 if value is None else int(value)
     except (TypeError, ValueError):
-        raise JobError(f"partitions must be an integer: {json.dumps(cfg.get('partitions'))}") from None
-    if cfg["partitions"] < 1:
+        raise JobError(f"partitions must be an integer: {json.dumps(value)}") from None
+    if partitions < 1:
         raise JobError("partitions must be >= 1")
-    cfg["read_only"] = cfg.get("read_only", False)
-    if not isinstance(cfg["read_only"], bool):
-        raise JobError(f"read_only must be true or false: {json.dumps(cfg['read_only'])}")
-    vac = cfg.get("vacuum")
-    if vac is not None:
-        hours = vac.get("retain_hours") if isinstance(vac, dict) else "bad"
-        if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float))
-                                  or hours < 0):
-            raise JobError("vacuum must be {\"retain_hours\": <hours >= 0 or null>}")
-    result_url = cfg.get("result_url")
+    return partitions
+
+
+def config_retain_hours(vac):
+    """The retention a vacuum run asks for (None: Delta's default), or None without a vacuum."""
+    if vac is None:
+        return None
+    hours = vac.get("retain_hours") if isinstance(vac, dict) else "bad"
+    if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float))
+                              or hours < 0):
+        raise JobError("vacuum must be {\"retain_hours\": <hours >= 0 or null>}")
+    return hours
+
+
+def load_config(argv):
+    """The validated config of the command line. Checked in a fixed order: of several problems,
+    the first one is reported, before anything is connected to."""
+    try:
+        raw = json.loads(config_text(argv))
+    except json.JSONDecodeError as exc:
+        raise JobError(f"config is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise JobError("config must be a JSON object")
+    for key in ("jdbc_url", "db_user", "db_password", "tables", "lake"):
+        if key not in raw:
+            raise JobError(f"config key missing: {key}")
+    if not isinstance(raw["tables"], list) or not raw["tables"]:
+        raise JobError("config key tables must be a non-empty list")
+    tables = tuple(table_config(t) for t in raw["tables"])
+    lake = lake_config(raw["lake"])
+    range_from, range_to = config_range(raw.get("range"))
+    partitions = config_partitions(raw.get("partitions"))
+    read_only = raw.get("read_only", False)
+    if not isinstance(read_only, bool):
+        raise JobError(f"read_only must be true or false: {json.dumps(read_only)}")
+    retain_hours = config_retain_hours(raw.get("vacuum"))
+    result_url = raw.get("result_url")
     if result_url is not None and not (isinstance(result_url, str)
                                        and result_url.startswith(("http://", "https://"))):
         raise JobError("result_url must be an http(s) URL or null")
-    return cfg
+    return JobConfig(jdbc_url=raw["jdbc_url"], db_user=raw["db_user"],
+                     db_password=raw["db_password"], tables=tables, lake=lake,
+                     range_from=range_from, range_to=range_to, partitions=partitions,
+                     read_only=read_only, vacuum=bool(raw.get("vacuum")),
+                     retain_hours=retain_hours, result_url=result_url)
 
 
 def quote_ident(name):
@@ -437,13 +522,13 @@ class Db:
     """A JDBC connection on the driver JVM (py4j), for the per-day comparison query."""
 
     def __init__(self, jvm, cfg):
-        self.url = cfg["jdbc_url"]
+        self.url = cfg.jdbc_url
         try:
             cls = jvm.org.apache.spark.util.Utils.classForName("org.postgresql.Driver", True, False)
             driver = cls.newInstance()
             props = jvm.java.util.Properties()
-            props.setProperty("user", cfg["db_user"])
-            props.setProperty("password", cfg["db_password"])
+            props.setProperty("user", cfg.db_user)
+            props.setProperty("password", cfg.db_password)
             props.setProperty("connectTimeout", "10")
             # a database that stops answering mid-query (a frozen container) fails the run
             # instead of hanging it
@@ -451,7 +536,7 @@ class Db:
             props.setProperty("ApplicationName", "labctl-export")
             self.conn = driver.connect(self.url, props)
         except Exception as exc:  # noqa: BLE001
-            raise JobError(f"cannot connect to the database at {self.url} as {cfg['db_user']}: "
+            raise JobError(f"cannot connect to the database at {self.url} as {cfg.db_user}: "
                            f"{java_root_cause(exc)}") from exc
         if self.conn is None:
             raise JobError(f"the PostgreSQL JDBC driver does not accept the URL {self.url}")
@@ -531,15 +616,15 @@ def jdbc_predicates(time_column, days, db_days, n):
 # ----------------------------------------------------------------------------------------------
 
 def lake_location(lake, delta_path):
-    scheme = "wasbs" if lake["_https"] else "wasb"
-    return f"{scheme}://{lake['container']}@{lake['_authority']}/{delta_path.strip('/')}"
+    scheme = "wasbs" if lake.https else "wasb"
+    return f"{scheme}://{lake.container}@{lake.authority}/{delta_path.strip('/')}"
 
 
 def configure_lake(conf, lake):
     """The storage key and WASB's settings in a Hadoop configuration (the SparkContext's, which
     the tasks get with their work, or the log reader's), never in a Spark property of the
     submission."""
-    conf.set(f"fs.azure.account.key.{lake['_authority']}", lake["key"])
+    conf.set(f"fs.azure.account.key.{lake.authority}", lake.key)
     for k, v in WASB_SETTINGS.items():
         conf.set(k, v)
 
@@ -740,11 +825,10 @@ def export_table(session, cfg, tcfg, run_id):
     (once): a run with nothing to change never needs it."""
     from pyspark.sql import functions as F
 
-    name, time_column, sums = tcfg["name"], tcfg["time_column"], tcfg["checksum_columns"]
-    lake = cfg["lake"]
-    uri = lake_location(lake, tcfg["delta_path"])
-    lo_day = epoch_day(floor_day(cfg["_from"])) if cfg["_from"] else None
-    hi_day = epoch_day(ceil_day(cfg["_to"])) if cfg["_to"] else None
+    name, time_column, sums = tcfg.name, tcfg.time_column, tcfg.checksum_columns
+    lake = cfg.lake
+    uri = lake_location(lake, tcfg.delta_path)
+    lo_day, hi_day = cfg.lo_day, cfg.hi_day
     phases = {"compare_db": 0.0, "compare_lake": 0.0, "spark_start": 0.0, "read": 0.0,
               "write": 0.0, "commit": 0.0}
     result = {"name": name, "delta_uri": uri, "committed": False, "rows_read": 0,
@@ -752,8 +836,8 @@ def export_table(session, cfg, tcfg, run_id):
               "previous_version": None, "partitions": [], "days_compared": 0,
               "days_rewritten": 0, "days_only_in_lake": 0, "days_unknown_in_lake": 0,
               "differences": [], "attempts": 0, "lake_compared_from": "log",
-              "from": iso(floor_day(cfg["_from"])) if cfg["_from"] else None,
-              "to": iso(ceil_day(cfg["_to"])) if cfg["_to"] else None, "phases": phases}
+              "from": iso(floor_day(cfg.range_from)) if cfg.range_from else None,
+              "to": iso(ceil_day(cfg.range_to)) if cfg.range_to else None, "phases": phases}
     t_table = time.time()
     jvm = SparkContext_jvm()
     log_reader = None
@@ -791,7 +875,7 @@ def export_table(session, cfg, tcfg, run_id):
         except Exception as exc:  # noqa: BLE001
             kind, detail = failure_kind(exc)
             what = "lake storage unreachable or unreadable" if kind == "lake" else "reading the lake failed"
-            raise JobError(f"{name}: {what} at {lake['endpoint']} (container {lake['container']}, "
+            raise JobError(f"{name}: {what} at {lake.endpoint} (container {lake.container}, "
                            f"table {uri}): {detail}; nothing committed") from exc
         phases["compare_lake"] += round(time.time() - t, 3)
         version = state["version"] if state else None
@@ -821,10 +905,10 @@ def export_table(session, cfg, tcfg, run_id):
         spark = session()
         phases["spark_start"] = SPARK_START["seconds"]
         t = time.time()
-        props = {"user": cfg["db_user"], "password": cfg["db_password"],
+        props = {"user": cfg.db_user, "password": cfg.db_password,
                  "driver": "org.postgresql.Driver", "fetchsize": "20000"}
-        preds = jdbc_predicates(time_column, days, db_days, cfg["partitions"])
-        df = spark.read.jdbc(cfg["jdbc_url"], quote_ident(name), predicates=preds, properties=props)
+        preds = jdbc_predicates(time_column, days, db_days, cfg.partitions)
+        df = spark.read.jdbc(cfg.jdbc_url, quote_ident(name), predicates=preds, properties=props)
         clash = [c for c in df.columns if c in PARTITION_COLUMNS]
         if clash:
             raise JobError(f"{name}: column {clash[0]} clashes with a partition column")
@@ -843,7 +927,7 @@ def export_table(session, cfg, tcfg, run_id):
                            f"(nothing committed, {uri} left at version {version})") from exc
         phases["read"] += round(time.time() - t, 3)
         result["rows_read"] = sum(f[0] for f in written.values())
-        if cfg["read_only"]:
+        if cfg.read_only:
             result["message"] = (f"{name}: read {result['rows_read']} rows of {len(days)} "
                                  f"differing days (read_only: nothing written, {uri} left at "
                                  f"version {version})")
@@ -906,14 +990,14 @@ def export_table(session, cfg, tcfg, run_id):
 def vacuum_table(session, cfg, tcfg):
     """VACUUM with the retention asked for (Delta's default: 7 days). Delta refuses less than
     its check allows unless the user turned the check off for this run."""
-    uri = lake_location(cfg["lake"], tcfg["delta_path"])
+    uri = lake_location(cfg.lake, tcfg.delta_path)
     t = time.time()
-    log_reader = LakeLog(SparkContext_jvm(), cfg["lake"], uri)
+    log_reader = LakeLog(SparkContext_jvm(), cfg.lake, uri)
     if log_reader.versions() is None:
-        return finish({"name": tcfg["name"], "delta_uri": uri, "vacuumed": False,
-                       "files_deleted": 0, "message": f"{tcfg['name']}: no Delta table at {uri}"}, t)
+        return finish({"name": tcfg.name, "delta_uri": uri, "vacuumed": False,
+                       "files_deleted": 0, "message": f"{tcfg.name}: no Delta table at {uri}"}, t)
     spark = session()
-    hours = cfg["vacuum"].get("retain_hours")
+    hours = cfg.retain_hours
     sql = f"VACUUM delta.`{uri}`" + (f" RETAIN {float(hours)} HOURS" if hours is not None else "")
     before = log_reader.data_files()
     try:
@@ -922,9 +1006,9 @@ def vacuum_table(session, cfg, tcfg):
         raise JobError(f"vacuum of {uri} failed: {failure_kind(exc)[1]}") from exc
     after = log_reader.data_files()
     kept = hours if hours is not None else 168
-    return finish({"name": tcfg["name"], "delta_uri": uri, "vacuumed": True,
+    return finish({"name": tcfg.name, "delta_uri": uri, "vacuumed": True,
                    "retain_hours": kept, "files_deleted": before - after, "files_left": after,
-                   "message": f"{tcfg['name']}: {before - after} data files deleted, {after} left "
+                   "message": f"{tcfg.name}: {before - after} data files deleted, {after} left "
                               f"({uri}, keeping {kept:g} hours of history)"}, t)
 
 
@@ -986,12 +1070,11 @@ def main(cfg):
         conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         # no VACUUM START/END commits in the log: the history shows exports only
         conf.set("spark.databricks.delta.vacuum.logging.enabled", "false")
-        if cfg.get("vacuum") and cfg["vacuum"].get("retain_hours") is not None \
-                and float(cfg["vacuum"]["retain_hours"]) < 168:
+        if cfg.vacuum and cfg.retain_hours is not None and float(cfg.retain_hours) < 168:
             # asked for explicitly (`labctl lake vacuum --retain-hours N`)
             conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
         sc = SparkContext.getOrCreate(conf)
-        configure_lake(sc._jsc.hadoopConfiguration(), cfg["lake"])
+        configure_lake(sc._jsc.hadoopConfiguration(), cfg.lake)
         startup["spark_context"] = round(time.time() - t, 3)
         t2 = time.time()
         spark_box.append(SparkSession(sc))
@@ -1003,15 +1086,15 @@ def main(cfg):
     run_id = uuid.uuid4().hex
     results = []
     try:
-        for tcfg in cfg["tables"]:
-            if cfg.get("vacuum"):
+        for tcfg in cfg.tables:
+            if cfg.vacuum:
                 results.append(vacuum_table(session, cfg, tcfg))
             else:
                 results.append(export_table(session, cfg, tcfg, run_id))
     finally:
         if spark_box:
             spark_box[0].stop()
-    if cfg.get("vacuum"):
+    if cfg.vacuum:
         summary = {"vacuumed": [r["name"] for r in results if r["vacuumed"]], "tables": results,
                    "message": "; ".join(r["message"] for r in results), "startup": startup,
                    "seconds": round(time.time() - jvm_start / 1000, 3)}
@@ -1032,7 +1115,7 @@ def main(cfg):
         "tables": results,
         "message": "; ".join(r["message"] for r in results),
         "startup": startup,
-        "read_only": cfg["read_only"],
+        "read_only": cfg.read_only,
         "seconds": round(time.time() - jvm_start / 1000, 3),
     }
     print(PREFIX_RESULT + json.dumps(summary, separators=(",", ":")), flush=True)
@@ -1062,15 +1145,15 @@ if __name__ == "__main__":
     try:
         config = load_config(sys.argv)  # config/range errors fail before Spark starts
         outcome = main(config)
-        if config.get("result_url"):
-            put_result(config["result_url"], outcome)
+        if config.result_url:
+            put_result(config.result_url, outcome)
     except JobError as err:
         report_error(PREFIX_ERROR + one_line(err, limit=1000))
-        if config and config.get("result_url"):
-            put_result(config["result_url"], error_result(err))
+        if config and config.result_url:
+            put_result(config.result_url, error_result(err))
         raise
     except Exception as err:  # noqa: BLE001
         report_error(PREFIX_ERROR + f"unexpected {type(err).__name__}: {one_line(err, limit=600)}")
-        if config and config.get("result_url"):
-            put_result(config["result_url"], error_result(err))
+        if config and config.result_url:
+            put_result(config.result_url, error_result(err))
         raise
