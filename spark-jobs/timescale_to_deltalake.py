@@ -368,7 +368,8 @@ def config_range(rng):
     lo = parse_instant(rng.get("from"), "range.from")
     hi = parse_instant(rng.get("to"), "range.to")
     if lo is not None and hi is not None and lo >= hi:
-        raise JobError(f"malformed range: from ({rng.get('from')}) must be before to ({rng.get('to')})")
+        raise JobError(f"malformed range: from ({rng.get('from')}) must be before to "
+                       f"({rng.get('to')})")
     return lo, hi
 
 
@@ -820,169 +821,288 @@ def in_range(day, lo_day, hi_day):
     return (lo_day is None or day >= lo_day) and (hi_day is None or day < hi_day)
 
 
-def export_table(session, cfg, tcfg, run_id):
-    """Compares one table's days and rewrites those that differ. `session()` starts Spark
-    (once): a run with nothing to change never needs it."""
+@dataclass(frozen=True)
+class ExportPlan:
+    """One comparison of a table's days, database against lake, and the write it calls for.
+    Figures are {day: (rows, sum of epoch microseconds, [sum of each checksum column])}; the
+    lake's figures of a day may be UNKNOWN instead."""
+    table: TableConfig
+    uri: str
+    lo_day: int | None  # the compared days: [lo_day, hi_day), None = open
+    hi_day: int | None
+    # When the comparison began: `labctl verify` expects in the lake every row stamped (a little)
+    # before this instant.
+    as_of: str
+    version: int | None  # the lake's version compared; None: no table yet
+    db_days: dict
+    lake_days: dict
+    lake_compared_from: str  # "log", or "data" when early commits survive only in a checkpoint
+    # To rewrite, sorted: the days the database has rows of and the lake differs on, lacks or
+    # cannot tell (UNKNOWN). Days only in the lake are not among them: it may be the only copy.
+    days: tuple
+    replace_where: str  # Delta's predicate selecting exactly `days`
+    seconds_db: float
+    seconds_lake: float
+
+    @property
+    def days_compared(self):
+        return len(set(self.db_days) | set(self.lake_days))
+
+    @property
+    def days_only_in_lake(self):
+        return len(set(self.lake_days) - set(self.db_days))
+
+    @property
+    def days_unknown(self):
+        return [d for d in self.days if self.lake_days.get(d) is UNKNOWN]
+
+    @property
+    def rows_expected(self):
+        return sum(self.db_days[d][0] for d in self.days)
+
+    def lake_rows(self, day):
+        """The lake's rows of a day: 0 when it has none, None when they cannot be told."""
+        figures = self.lake_days.get(day)
+        return None if figures is UNKNOWN else figures[0] if day in self.lake_days else 0
+
+    @property
+    def differences(self):
+        return [{"day": day_iso(d), "database_rows": self.db_days[d][0],
+                 "lake_rows": self.lake_rows(d)} for d in self.days[:DIFFERENCES_SHOWN]]
+
+
+def database_days(jvm, cfg, table, lo_day, hi_day):
+    db = Db(jvm, cfg)
+    try:
+        return db.day_summary(table.name, table.time_column, table.checksum_columns, lo_day,
+                              hi_day)
+    finally:
+        db.close()
+
+
+def lake_days(session, lake, table, uri, lake_log, lo_day, hi_day):
+    """(version or None, {day: figures or UNKNOWN} in the range, "log" or "data") of the Delta
+    table's current version."""
+    try:
+        state = lake_log().state(table.name)
+        if state is not None and state["partition_columns"] not in (None, PARTITION_COLUMNS):
+            raise JobError(f"{uri} is partitioned by {state['partition_columns']}, expected "
+                           f"{PARTITION_COLUMNS}")
+        if state is None:
+            return None, {}, "log"
+        if state["days"] is None:
+            return state["version"], lake_summary(session(), uri, table.time_column,
+                                                  table.checksum_columns, lo_day, hi_day), "data"
+        return state["version"], {d: f for d, f in state["days"].items()
+                                  if d is not None and in_range(d, lo_day, hi_day)}, "log"
+    except JobError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        kind, detail = failure_kind(exc)
+        what = ("lake storage unreachable or unreadable" if kind == "lake"
+                else "reading the lake failed")
+        raise JobError(f"{table.name}: {what} at {lake.endpoint} (container {lake.container}, "
+                       f"table {uri}): {detail}; nothing committed") from exc
+
+
+def plan_export(cfg, table, uri, jvm, session, lake_log):
+    """Compares the table's days in the database, then in the lake. Writes nothing; Spark is
+    started only when the lake's log cannot tell its figures."""
+    lo_day, hi_day = cfg.lo_day, cfg.hi_day
+    t = time.time()
+    as_of = dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")
+    db_days = database_days(jvm, cfg, table, lo_day, hi_day)
+    seconds_db = round(time.time() - t, 3)
+    t = time.time()
+    version, lake, source = lake_days(session, cfg.lake, table, uri, lake_log, lo_day, hi_day)
+    seconds_lake = round(time.time() - t, 3)
+    days = tuple(sorted(d for d in db_days if not same(db_days[d], lake.get(d))))
+    return ExportPlan(table=table, uri=uri, lo_day=lo_day, hi_day=hi_day, as_of=as_of,
+                      version=version, db_days=db_days, lake_days=lake,
+                      lake_compared_from=source, days=days, replace_where=replace_where(days),
+                      seconds_db=seconds_db, seconds_lake=seconds_lake)
+
+
+def read_days(spark, cfg, plan):
+    """(DataFrame, figures) of the plan's days read over JDBC in parallel. The rows are read
+    once: the figures recorded with the commit are those of the very rows written."""
     from pyspark.sql import functions as F
 
-    name, time_column, sums = tcfg.name, tcfg.time_column, tcfg.checksum_columns
-    lake = cfg.lake
-    uri = lake_location(lake, tcfg.delta_path)
-    lo_day, hi_day = cfg.lo_day, cfg.hi_day
+    table = plan.table
+    props = {"user": cfg.db_user, "password": cfg.db_password,
+             "driver": "org.postgresql.Driver", "fetchsize": "20000"}
+    preds = jdbc_predicates(table.time_column, plan.days, plan.db_days, cfg.partitions)
+    df = spark.read.jdbc(cfg.jdbc_url, quote_ident(table.name), predicates=preds,
+                         properties=props)
+    clash = [c for c in df.columns if c in PARTITION_COLUMNS]
+    if clash:
+        raise JobError(f"{table.name}: column {clash[0]} clashes with a partition column")
+    tcol = F.col(table.time_column)
+    df = df.select("*", F.year(tcol).alias("year"), F.month(tcol).alias("month"),
+                   F.dayofmonth(tcol).alias("day"))
+    try:
+        # materialized once, lineage cut: a lost block fails the run instead of reading the
+        # database again (which may have changed meanwhile)
+        df = df.localCheckpoint(eager=True)
+        return df, day_figures(df, table.time_column, table.checksum_columns)
+    except Exception as exc:  # noqa: BLE001
+        raise JobError(f"{table.name}: reading {len(plan.days)} days over JDBC failed: "
+                       f"{failure_kind(exc)[1]} (nothing committed, {plan.uri} left at version "
+                       f"{plan.version})") from exc
+
+
+def commit_metadata(run_id, plan, written):
+    """The commit's userMetadata: how later exports (LakeLog.state), `labctl verify` and this
+    run (find_commit) know what it wrote."""
+    return json.dumps({"labctl.export": {
+        "run": run_id, "table": plan.table.name, "days": len(plan.days),
+        "rows": sum(f[0] for f in written.values()), "as_of": plan.as_of,
+        "summary": {str(d): [f[0], str(f[1]), f[2]] for d, f in written.items()}}},
+        separators=(",", ":"))
+
+
+def write_days(df, plan, meta):
+    """One Delta transaction: the plan's days replaced (or the table created with them)."""
+    # replaceWhere also when the table is new: should another export create it meanwhile, this
+    # one replaces those days instead of appending to them
+    (df.write.format("delta").partitionBy(*PARTITION_COLUMNS)
+     .option("userMetadata", meta).mode("overwrite")
+     .option("replaceWhere", plan.replace_where)
+     .save(plan.uri))
+
+
+def write_error(exc, plan):
+    kind, detail = failure_kind(exc)
+    name = plan.table.name
+    what = {"lake": "writing to the lake", "jdbc": f"reading {name} over JDBC"}
+    if is_conflict(exc):
+        what["spark"] = f"conflicting with concurrent exports {ATTEMPTS} times"
+    return JobError(f"export of {name} failed, {what.get(kind, 'Spark job')}: {detail} "
+                    f"(nothing committed, {plan.uri} left at version {plan.version})")
+
+
+def find_commit(log_reader, plan, run_id):
+    commit = log_reader.find_commit(plan.version, run_id, plan.table.name)
+    if commit is None:
+        raise JobError(f"{plan.table.name}: the write to {plan.uri} returned, but its commit is "
+                       "not in the table's log")
+    return commit
+
+
+def new_result(cfg, table, uri):
+    """A table's entry of the result before its comparison, keys in their reported order."""
     phases = {"compare_db": 0.0, "compare_lake": 0.0, "spark_start": 0.0, "read": 0.0,
               "write": 0.0, "commit": 0.0}
-    result = {"name": name, "delta_uri": uri, "committed": False, "rows_read": 0,
-              "rows_written": 0, "files": 0, "files_removed": 0, "delta_version": None,
-              "previous_version": None, "partitions": [], "days_compared": 0,
-              "days_rewritten": 0, "days_only_in_lake": 0, "days_unknown_in_lake": 0,
-              "differences": [], "attempts": 0, "lake_compared_from": "log",
-              "from": iso(floor_day(cfg.range_from)) if cfg.range_from else None,
-              "to": iso(ceil_day(cfg.range_to)) if cfg.range_to else None, "phases": phases}
+    return {"name": table.name, "delta_uri": uri, "committed": False, "rows_read": 0,
+            "rows_written": 0, "files": 0, "files_removed": 0, "delta_version": None,
+            "previous_version": None, "partitions": [], "days_compared": 0,
+            "days_rewritten": 0, "days_only_in_lake": 0, "days_unknown_in_lake": 0,
+            "differences": [], "attempts": 0, "lake_compared_from": "log",
+            "from": iso(floor_day(cfg.range_from)) if cfg.range_from else None,
+            "to": iso(ceil_day(cfg.range_to)) if cfg.range_to else None, "phases": phases}
+
+
+def record_plan(result, plan, attempt):
+    """The latest comparison's figures; its times add to those of earlier attempts."""
+    phases = result["phases"]
+    phases["compare_db"] += plan.seconds_db
+    phases["compare_lake"] += plan.seconds_lake
+    if plan.lake_compared_from == "data":
+        # kept once set: the compare_lake time includes that reading
+        result["lake_compared_from"] = "data"
+        phases["spark_start"] = SPARK_START["seconds"]
+    if attempt == 1:
+        result["previous_version"] = plan.version
+    result["delta_version"] = plan.version
+    result["days_compared"] = plan.days_compared
+    result["days_rewritten"] = len(plan.days)
+    result["days_only_in_lake"] = plan.days_only_in_lake
+    result["days_unknown_in_lake"] = len(plan.days_unknown)
+    result["differences"] = plan.differences
+    result["partitions"] = [day_key(d) for d in plan.days]
+
+
+def record_commit(result, plan, commit, t_write, t_end):
+    phases = result["phases"]
+    # the commit's own timestamp splits the write (tasks) from the commit (driver)
+    commit_secs = max(0.0, min(t_end - t_write, t_end - commit["timestamp"]))
+    phases["write"] += round(t_end - t_write - commit_secs, 3)
+    phases["commit"] = round(commit_secs, 3)
+    metrics = commit["metrics"]
+    result.update(committed=True, delta_version=commit["version"],
+                  rows_written=int(metrics.get("numOutputRows", 0)),
+                  files=int(metrics.get("numFiles", metrics.get("numAddedFiles", 0))),
+                  files_removed=int(metrics.get("numRemovedFiles", 0)))
+    # the comparison's count (the database may have grown since)
+    result["rows_expected"] = plan.rows_expected
+
+
+def export_table(session, cfg, table, run_id):
+    """Compares one table's days and rewrites those that differ, comparing again when a
+    concurrent export commits first. `session()` starts Spark (once): a run with nothing to
+    change never needs it."""
+    name = table.name
+    uri = lake_location(cfg.lake, table.delta_path)
+    result = new_result(cfg, table, uri)
+    phases = result["phases"]
     t_table = time.time()
     jvm = SparkContext_jvm()
-    log_reader = None
+    readers = []
+
+    def lake_log():
+        # opened on first use, within the comparison's error handling (an unreachable lake is
+        # reported as such), then kept for the attempts that follow
+        if not readers:
+            readers.append(LakeLog(jvm, cfg.lake, uri))
+        return readers[0]
+
     for attempt in range(1, ATTEMPTS + 1):
         result["attempts"] = attempt
-        # -- compare: the database's days, then the lake's
-        t = time.time()
-        # what the database held when compared: `labctl verify` expects in the lake every row
-        # stamped (a little) before this instant
-        as_of = dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")
-        db = Db(jvm, cfg)
-        try:
-            db_days = db.day_summary(name, time_column, sums, lo_day, hi_day)
-        finally:
-            db.close()
-        phases["compare_db"] += round(time.time() - t, 3)
-        t = time.time()
-        try:
-            log_reader = log_reader or LakeLog(jvm, lake, uri)
-            state = log_reader.state(name)
-            if state is not None and state["partition_columns"] not in (None, PARTITION_COLUMNS):
-                raise JobError(f"{uri} is partitioned by {state['partition_columns']}, expected "
-                               f"{PARTITION_COLUMNS}")
-            if state is None:
-                lake_days = {}
-            elif state["days"] is None:  # early commits only in a checkpoint: read the data
-                result["lake_compared_from"] = "data"
-                lake_days = lake_summary(session(), uri, time_column, sums, lo_day, hi_day)
-                phases["spark_start"] = SPARK_START["seconds"]
-            else:
-                lake_days = {d: f for d, f in state["days"].items()
-                             if d is not None and in_range(d, lo_day, hi_day)}
-        except JobError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            kind, detail = failure_kind(exc)
-            what = "lake storage unreachable or unreadable" if kind == "lake" else "reading the lake failed"
-            raise JobError(f"{name}: {what} at {lake.endpoint} (container {lake.container}, "
-                           f"table {uri}): {detail}; nothing committed") from exc
-        phases["compare_lake"] += round(time.time() - t, 3)
-        version = state["version"] if state else None
-        if attempt == 1:
-            result["previous_version"] = version
-        result["delta_version"] = version
-        days = sorted(d for d in db_days if not same(db_days[d], lake_days.get(d)))
-        result["days_compared"] = len(set(db_days) | set(lake_days))
-        result["days_rewritten"] = len(days)
-        result["days_only_in_lake"] = len(set(lake_days) - set(db_days))
-        result["days_unknown_in_lake"] = sum(1 for d in days if lake_days.get(d) is UNKNOWN)
-        result["differences"] = [{"day": day_iso(d), "database_rows": db_days[d][0],
-                                  "lake_rows": (None if lake_days.get(d) is UNKNOWN
-                                                else lake_days[d][0] if d in lake_days else 0)}
-                                 for d in days[:DIFFERENCES_SHOWN]]
-        result["partitions"] = [day_key(d) for d in days]
-        log(f"{name}: {len(db_days)} days in the database, {len(lake_days)} in the lake "
-            f"(version {version}), {len(days)} to rewrite")
-        if not days:
+        plan = plan_export(cfg, table, uri, jvm, session, lake_log)
+        record_plan(result, plan, attempt)
+        log(f"{name}: {len(plan.db_days)} days in the database, {len(plan.lake_days)} in the "
+            f"lake (version {plan.version}), {len(plan.days)} to rewrite")
+        if not plan.days:
             result["message"] = (f"{name}: the lake equals the database on all "
                                  f"{result['days_compared']} days compared; nothing written, "
-                                 f"{uri} left at version {version}")
+                                 f"{uri} left at version {plan.version}")
             return finish(result, t_table)
 
-        # -- read exactly those days over JDBC, in parallel, once: the figures recorded with
-        # the commit and the rows written are the same rows
         spark = session()
         phases["spark_start"] = SPARK_START["seconds"]
         t = time.time()
-        props = {"user": cfg.db_user, "password": cfg.db_password,
-                 "driver": "org.postgresql.Driver", "fetchsize": "20000"}
-        preds = jdbc_predicates(time_column, days, db_days, cfg.partitions)
-        df = spark.read.jdbc(cfg.jdbc_url, quote_ident(name), predicates=preds, properties=props)
-        clash = [c for c in df.columns if c in PARTITION_COLUMNS]
-        if clash:
-            raise JobError(f"{name}: column {clash[0]} clashes with a partition column")
-        tcol = F.col(time_column)
-        df = df.select("*", F.year(tcol).alias("year"), F.month(tcol).alias("month"),
-                       F.dayofmonth(tcol).alias("day"))
-        expected = sum(db_days[d][0] for d in days)
-        try:
-            # materialized once, lineage cut: a lost block fails the run instead of reading
-            # the database again (which may have changed meanwhile)
-            df = df.localCheckpoint(eager=True)
-            written = day_figures(df, time_column, sums)
-        except Exception as exc:  # noqa: BLE001
-            kind, detail = failure_kind(exc)
-            raise JobError(f"{name}: reading {len(days)} days over JDBC failed: {detail} "
-                           f"(nothing committed, {uri} left at version {version})") from exc
+        df, written = read_days(spark, cfg, plan)
         phases["read"] += round(time.time() - t, 3)
         result["rows_read"] = sum(f[0] for f in written.values())
         if cfg.read_only:
-            result["message"] = (f"{name}: read {result['rows_read']} rows of {len(days)} "
+            result["message"] = (f"{name}: read {result['rows_read']} rows of {len(plan.days)} "
                                  f"differing days (read_only: nothing written, {uri} left at "
-                                 f"version {version})")
+                                 f"version {plan.version})")
             return finish(result, t_table)
 
-        # -- one Delta transaction: replace those days (or create the table with them)
         t = time.time()
-        meta = json.dumps({"labctl.export": {
-            "run": run_id, "table": name, "days": len(days), "rows": result["rows_read"],
-            "as_of": as_of,
-            "summary": {str(d): [f[0], str(f[1]), f[2]] for d, f in written.items()}}},
-            separators=(",", ":"))
-        # replaceWhere also when the table is new: should another export create it meanwhile,
-        # this one replaces those days instead of appending to them
-        writer = (df.write.format("delta").partitionBy(*PARTITION_COLUMNS)
-                  .option("userMetadata", meta).mode("overwrite")
-                  .option("replaceWhere", replace_where(days)))
         try:
-            writer.save(uri)
+            write_days(df, plan, commit_metadata(run_id, plan, written))
         except Exception as exc:  # noqa: BLE001
-            if is_conflict(exc) and attempt < ATTEMPTS:
-                log(f"{name}: a concurrent export committed first ({failure_kind(exc)[1]}); "
-                    f"comparing again (attempt {attempt + 1} of {ATTEMPTS})")
-                phases["write"] += round(time.time() - t, 3)
-                continue
-            kind, detail = failure_kind(exc)
-            what = {"lake": "writing to the lake", "jdbc": f"reading {name} over JDBC"}
-            if is_conflict(exc):
-                what["spark"] = f"conflicting with concurrent exports {ATTEMPTS} times"
-            raise JobError(f"export of {name} failed, {what.get(kind, 'Spark job')}: {detail} "
-                           f"(nothing committed, {uri} left at version {version})") from exc
+            if not (is_conflict(exc) and attempt < ATTEMPTS):
+                raise write_error(exc, plan) from exc
+            log(f"{name}: a concurrent export committed first ({failure_kind(exc)[1]}); "
+                f"comparing again (attempt {attempt + 1} of {ATTEMPTS})")
+            phases["write"] += round(time.time() - t, 3)
+            continue
         t_end = time.time()
-        commit = log_reader.find_commit(version, run_id, name)
-        if commit is None:
-            raise JobError(f"{name}: the write to {uri} returned, but its commit is not in the "
-                           "table's log")
-        # the commit's own timestamp splits the write (tasks) from the commit (driver)
-        commit_secs = max(0.0, min(t_end - t, t_end - commit["timestamp"]))
-        phases["write"] += round(t_end - t - commit_secs, 3)
-        phases["commit"] = round(commit_secs, 3)
-        metrics = commit["metrics"]
-        result.update(committed=True, delta_version=commit["version"],
-                      rows_written=int(metrics.get("numOutputRows", 0)),
-                      files=int(metrics.get("numFiles", metrics.get("numAddedFiles", 0))),
-                      files_removed=int(metrics.get("numRemovedFiles", 0)))
-        result["rows_expected"] = expected  # the comparison's count (the database may have grown)
+        commit = find_commit(lake_log(), plan, run_id)
+        record_commit(result, plan, commit, t, t_end)
         if result["rows_written"] != result["rows_read"]:
             raise JobError(f"{name}: committed version {commit['version']} with "
                            f"{result['rows_written']} rows but {result['rows_read']} were read; "
                            "the next export compares and rewrites those days")
         log(f"{name}: committed version {commit['version']}: {result['rows_written']} rows of "
-            f"{len(days)} days, {result['files']} files added, {result['files_removed']} removed")
-        result["message"] = (f"{name}: {result['rows_written']} rows of {len(days)} differing "
-                             f"days (of {result['days_compared']} compared) committed as "
-                             f"version {commit['version']}")
+            f"{len(plan.days)} days, {result['files']} files added, {result['files_removed']} "
+            "removed")
+        result["message"] = (f"{name}: {result['rows_written']} rows of {len(plan.days)} "
+                             f"differing days (of {result['days_compared']} compared) committed "
+                             f"as version {commit['version']}")
         return finish(result, t_table)
     raise AssertionError("unreachable")
 
