@@ -1002,7 +1002,7 @@ def new_result(cfg, table, uri):
             "to": iso(ceil_day(cfg.range_to)) if cfg.range_to else None, "phases": phases}
 
 
-def record_plan(result, plan, attempt):
+def record_plan(result, plan, attempt, session):
     """The latest comparison's figures; its times add to those of earlier attempts."""
     phases = result["phases"]
     phases["compare_db"] += plan.seconds_db
@@ -1010,7 +1010,7 @@ def record_plan(result, plan, attempt):
     if plan.lake_compared_from == "data":
         # kept once set: the compare_lake time includes that reading
         result["lake_compared_from"] = "data"
-        phases["spark_start"] = SPARK_START["seconds"]
+        phases["spark_start"] = session.seconds
     if attempt == 1:
         result["previous_version"] = plan.version
     result["delta_version"] = plan.version
@@ -1059,7 +1059,7 @@ def export_table(session, cfg, table, run_id):
     for attempt in range(1, ATTEMPTS + 1):
         result["attempts"] = attempt
         plan = plan_export(cfg, table, uri, jvm, session, lake_log)
-        record_plan(result, plan, attempt)
+        record_plan(result, plan, attempt, session)
         log(f"{name}: {len(plan.db_days)} days in the database, {len(plan.lake_days)} in the "
             f"lake (version {plan.version}), {len(plan.days)} to rewrite")
         if not plan.days:
@@ -1069,7 +1069,7 @@ def export_table(session, cfg, table, run_id):
             return finish(result, t_table)
 
         spark = session()
-        phases["spark_start"] = SPARK_START["seconds"]
+        phases["spark_start"] = session.seconds
         t = time.time()
         df, written = read_days(spark, cfg, plan)
         phases["read"] += round(time.time() - t, 3)
@@ -1107,15 +1107,15 @@ def export_table(session, cfg, table, run_id):
     raise AssertionError("unreachable")
 
 
-def vacuum_table(session, cfg, tcfg):
+def vacuum_table(session, cfg, table):
     """VACUUM with the retention asked for (Delta's default: 7 days). Delta refuses less than
     its check allows unless the user turned the check off for this run."""
-    uri = lake_location(cfg.lake, tcfg.delta_path)
+    uri = lake_location(cfg.lake, table.delta_path)
     t = time.time()
     log_reader = LakeLog(SparkContext_jvm(), cfg.lake, uri)
     if log_reader.versions() is None:
-        return finish({"name": tcfg.name, "delta_uri": uri, "vacuumed": False,
-                       "files_deleted": 0, "message": f"{tcfg.name}: no Delta table at {uri}"}, t)
+        return finish({"name": table.name, "delta_uri": uri, "vacuumed": False,
+                       "files_deleted": 0, "message": f"{table.name}: no Delta table at {uri}"}, t)
     spark = session()
     hours = cfg.retain_hours
     sql = f"VACUUM delta.`{uri}`" + (f" RETAIN {float(hours)} HOURS" if hours is not None else "")
@@ -1126,9 +1126,9 @@ def vacuum_table(session, cfg, tcfg):
         raise JobError(f"vacuum of {uri} failed: {failure_kind(exc)[1]}") from exc
     after = log_reader.data_files()
     kept = hours if hours is not None else 168
-    return finish({"name": tcfg.name, "delta_uri": uri, "vacuumed": True,
+    return finish({"name": table.name, "delta_uri": uri, "vacuumed": True,
                    "retain_hours": kept, "files_deleted": before - after, "files_left": after,
-                   "message": f"{tcfg.name}: {before - after} data files deleted, {after} left "
+                   "message": f"{table.name}: {before - after} data files deleted, {after} left "
                               f"({uri}, keeping {kept:g} hours of history)"}, t)
 
 
@@ -1138,91 +1138,121 @@ def finish(result, t0):
     return result
 
 
-# The Spark session, started on first use; its start-up time.
-SPARK_START = {"seconds": 0.0}
-
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
 
 def SparkContext_jvm():  # noqa: N802  (the py4j view of the driver JVM)
     from pyspark import SparkContext
     return SparkContext._jvm
 
 
-def main(cfg):
-    """Runs the export of a loaded config; returns the summary (also printed)."""
-    from pyspark import SparkConf, SparkContext
-    from pyspark.sql import SparkSession
+def driver_jvm_start():
+    """When the driver JVM started, in epoch milliseconds (the run's seconds count from it)."""
+    from pyspark import SparkContext
 
     SparkContext._ensure_initialized()  # the driver JVM's py4j gateway, no SparkContext yet
     jvm = SparkContext._jvm
     try:
-        jvm_start = jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getStartTime()
+        return jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getStartTime()
     except Exception:  # noqa: BLE001
-        jvm_start = int(T0 * 1000)
-    startup = {"jvm_to_python": round(T0 - jvm_start / 1000, 3)}
+        return int(T0 * 1000)
 
-    spark_box = []
 
-    def session():
-        """The SparkSession, started on first use (a run with nothing to change needs none)."""
-        if spark_box:
-            return spark_box[0]
+def spark_conf(cfg):
+    """The submission's spark.* properties, completed with what this job needs."""
+    from pyspark import SparkConf
+
+    conf = SparkConf()  # spark.* from the submission; the app name only as a fallback
+    if not conf.contains("spark.app.name"):
+        conf.setAppName("labctl-timescale-to-deltalake")
+    threads = conf.get("spark.labctl.driverTaskThreads", None)
+    if threads:  # one worker: the tasks run in this driver (cores granted to it by labctl),
+        # with a failed task retried like on executors (spark.task.maxFailures, default 4)
+        conf.setMaster(f"local[{int(threads)},{conf.get('spark.task.maxFailures', '4')}]")
+    # A lab's tables are small and its cluster a few cores: Spark's and Delta's defaults (200
+    # shuffle partitions, 50 for Delta's state, 10000 listing tasks in VACUUM) cost minutes
+    # of empty tasks on 2 cores (measured: VACUUM of a 5-file table 120 s).
+    slots = int(threads or conf.get("spark.cores.max", "2"))
+    for key, value in (("spark.sql.shuffle.partitions", slots),
+                       ("spark.databricks.delta.snapshotPartitions", slots),
+                       ("spark.sql.sources.parallelPartitionDiscovery.parallelism", 2 * slots)):
+        if not conf.contains(key):
+            conf.set(key, str(value))
+    conf.set("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+    conf.set("spark.sql.catalog.spark_catalog",
+             "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+    # INT96 is Spark's default; Delta's readers (and independent ones) prefer microseconds
+    conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+    # no VACUUM START/END commits in the log: the history shows exports only
+    conf.set("spark.databricks.delta.vacuum.logging.enabled", "false")
+    if cfg.vacuum and cfg.retain_hours is not None and float(cfg.retain_hours) < 168:
+        # asked for explicitly (`labctl lake vacuum --retain-hours N`)
+        conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+    return conf
+
+
+class LazySpark:
+    """The SparkSession, started on the first call: a run with nothing to change needs none.
+    Its start-up times go into the result's `startup`, and into `seconds` for the tables'
+    spark_start phase."""
+
+    def __init__(self, cfg, startup):
+        self.cfg, self.startup = cfg, startup
+        self.spark = None
+        self.seconds = 0.0
+
+    def __call__(self):
+        if self.spark is None:
+            self.spark = self._start()
+        return self.spark
+
+    def _start(self):
+        from pyspark import SparkContext
+        from pyspark.sql import SparkSession
+
         t = time.time()
-        conf = SparkConf()  # spark.* from the submission; the app name only as a fallback
-        if not conf.contains("spark.app.name"):
-            conf.setAppName("labctl-timescale-to-deltalake")
-        threads = conf.get("spark.labctl.driverTaskThreads", None)
-        if threads:  # one worker: the tasks run in this driver (cores granted to it by labctl),
-            # with a failed task retried like on executors (spark.task.maxFailures, default 4)
-            conf.setMaster(f"local[{int(threads)},{conf.get('spark.task.maxFailures', '4')}]")
-        # A lab's tables are small and its cluster a few cores: Spark's and Delta's defaults (200
-        # shuffle partitions, 50 for Delta's state, 10000 listing tasks in VACUUM) cost minutes
-        # of empty tasks on 2 cores (measured: VACUUM of a 5-file table 120 s).
-        slots = int(threads or conf.get("spark.cores.max", "2"))
-        for key, value in (("spark.sql.shuffle.partitions", slots),
-                           ("spark.databricks.delta.snapshotPartitions", slots),
-                           ("spark.sql.sources.parallelPartitionDiscovery.parallelism", 2 * slots)):
-            if not conf.contains(key):
-                conf.set(key, str(value))
-        conf.set("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
-        conf.set("spark.sql.catalog.spark_catalog",
-                 "org.apache.spark.sql.delta.catalog.DeltaCatalog")
-        # INT96 is Spark's default; Delta's readers (and independent ones) prefer microseconds
-        conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-        # no VACUUM START/END commits in the log: the history shows exports only
-        conf.set("spark.databricks.delta.vacuum.logging.enabled", "false")
-        if cfg.vacuum and cfg.retain_hours is not None and float(cfg.retain_hours) < 168:
-            # asked for explicitly (`labctl lake vacuum --retain-hours N`)
-            conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
-        sc = SparkContext.getOrCreate(conf)
-        configure_lake(sc._jsc.hadoopConfiguration(), cfg.lake)
-        startup["spark_context"] = round(time.time() - t, 3)
+        sc = SparkContext.getOrCreate(spark_conf(self.cfg))
+        # the key reaches the tasks with their work, never as a Spark property
+        configure_lake(sc._jsc.hadoopConfiguration(), self.cfg.lake)
+        self.startup["spark_context"] = round(time.time() - t, 3)
         t2 = time.time()
-        spark_box.append(SparkSession(sc))
-        startup["spark_session"] = round(time.time() - t2, 3)
-        SPARK_START["seconds"] = round(time.time() - t, 3)
-        log(f"Spark ready: {startup}")
-        return spark_box[0]
+        spark = SparkSession(sc)
+        self.startup["spark_session"] = round(time.time() - t2, 3)
+        self.seconds = round(time.time() - t, 3)
+        log(f"Spark ready: {self.startup}")
+        return spark
 
+    def stop(self):
+        if self.spark is not None:
+            self.spark.stop()
+
+
+def run_tables(cfg, session):
+    """Each table's result, one after the other (the first failure ends the run)."""
     run_id = uuid.uuid4().hex
     results = []
     try:
-        for tcfg in cfg.tables:
+        for table in cfg.tables:
             if cfg.vacuum:
-                results.append(vacuum_table(session, cfg, tcfg))
+                results.append(vacuum_table(session, cfg, table))
             else:
-                results.append(export_table(session, cfg, tcfg, run_id))
+                results.append(export_table(session, cfg, table, run_id))
     finally:
-        if spark_box:
-            spark_box[0].stop()
-    if cfg.vacuum:
-        summary = {"vacuumed": [r["name"] for r in results if r["vacuumed"]], "tables": results,
-                   "message": "; ".join(r["message"] for r in results), "startup": startup,
-                   "seconds": round(time.time() - jvm_start / 1000, 3)}
-        print(PREFIX_RESULT + json.dumps(summary, separators=(",", ":")), flush=True)
-        return summary
+        session.stop()
+    return results
+
+
+def vacuum_summary(results, startup):
+    return {"vacuumed": [r["name"] for r in results if r["vacuumed"]], "tables": results,
+            "message": "; ".join(r["message"] for r in results), "startup": startup}
+
+
+def export_summary(cfg, results, startup):
+    """The tables' results summed and merged; delta_version is the first table's."""
     days = sorted({tuple(p) for r in results for p in r["partitions"]},
                   key=lambda k: tuple(int(x) for x in k))
-    summary = {
+    return {
         "rows_read": sum(r["rows_read"] for r in results),
         "rows_written": sum(r["rows_written"] for r in results),
         "files": sum(r["files"] for r in results),
@@ -1236,8 +1266,21 @@ def main(cfg):
         "message": "; ".join(r["message"] for r in results),
         "startup": startup,
         "read_only": cfg.read_only,
-        "seconds": round(time.time() - jvm_start / 1000, 3),
     }
+
+
+def main(cfg):
+    """Runs the export (or the vacuum) of a loaded config; returns the summary, also printed as
+    the LABCTL_RESULT line."""
+    jvm_start = driver_jvm_start()
+    startup = {"jvm_to_python": round(T0 - jvm_start / 1000, 3)}
+    session = LazySpark(cfg, startup)
+    results = run_tables(cfg, session)
+    if cfg.vacuum:
+        summary = vacuum_summary(results, startup)
+    else:
+        summary = export_summary(cfg, results, startup)
+    summary["seconds"] = round(time.time() - jvm_start / 1000, 3)
     print(PREFIX_RESULT + json.dumps(summary, separators=(",", ":")), flush=True)
     return summary
 
@@ -1247,10 +1290,10 @@ def report_error(line):
     driver's PythonRunner merges the Python process' stderr into its stdout)."""
     print(line, flush=True)
     try:
-        same = os.path.sameopenfile(1, 2)
+        merged = os.path.sameopenfile(1, 2)
     except OSError:
-        same = False
-    if not same:
+        merged = False
+    if not merged:
         print(line, file=sys.stderr, flush=True)
 
 
@@ -1258,6 +1301,14 @@ def error_result(err):
     tail = traceback.format_exc().rstrip("\n").splitlines()[-TRACEBACK_TAIL_LINES:]
     return {"error": f"{type(err).__name__}: {one_line(err, limit=1000)}",
             "traceback_tail": "\n".join(tail)}
+
+
+def report_failure(err, line, config):
+    """The error line, and the error to result_url when the config was read; called while the
+    error is handled (error_result takes its traceback)."""
+    report_error(line)
+    if config and config.result_url:
+        put_result(config.result_url, error_result(err))
 
 
 if __name__ == "__main__":
@@ -1268,12 +1319,9 @@ if __name__ == "__main__":
         if config.result_url:
             put_result(config.result_url, outcome)
     except JobError as err:
-        report_error(PREFIX_ERROR + one_line(err, limit=1000))
-        if config and config.result_url:
-            put_result(config.result_url, error_result(err))
+        report_failure(err, PREFIX_ERROR + one_line(err, limit=1000), config)
         raise
     except Exception as err:  # noqa: BLE001
-        report_error(PREFIX_ERROR + f"unexpected {type(err).__name__}: {one_line(err, limit=600)}")
-        if config and config.result_url:
-            put_result(config.result_url, error_result(err))
+        report_failure(err, PREFIX_ERROR + f"unexpected {type(err).__name__}: "
+                       f"{one_line(err, limit=600)}", config)
         raise
