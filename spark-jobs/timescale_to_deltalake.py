@@ -80,6 +80,11 @@ An export never vacuums; a vacuum run (config "vacuum") keeps Delta's default 7 
 asked for less, so no file a reader of a version of the last week or a running export needs is
 deleted.
 
+In the code: load_config returns a JobConfig. Per table, plan_export compares and returns an
+ExportPlan (the days to rewrite and why, the replaceWhere predicate; nothing written), read_days
+reads those days over JDBC, write_days commits them, find_commit finds the commit in the log;
+export_table plans again after a conflicting commit.
+
 Table schema: the source columns (timestamptz -> Delta timestamp, Parquet TIMESTAMP_MICROS;
 double, string, long, integer) plus partition columns year, month, day (integer, UTC).
 
@@ -289,15 +294,16 @@ class TableConfig:
     name: str
     time_column: str
     delta_path: str
-    checksum_columns: tuple
+    checksum_columns: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class JobConfig:
+    """The config as load_config validated it (the keys are described above)."""
     jdbc_url: str
     db_user: str
     db_password: str = field(repr=False)
-    tables: tuple
+    tables: tuple[TableConfig, ...]
     lake: LakeConfig
     range_from: dt.datetime | None
     range_to: dt.datetime | None
@@ -839,7 +845,7 @@ class ExportPlan:
     lake_compared_from: str  # "log", or "data" when early commits survive only in a checkpoint
     # To rewrite, sorted: the days the database has rows of and the lake differs on, lacks or
     # cannot tell (UNKNOWN). Days only in the lake are not among them: it may be the only copy.
-    days: tuple
+    days: tuple[int, ...]
     replace_where: str  # Delta's predicate selecting exactly `days`
     seconds_db: float
     seconds_lake: float
@@ -914,11 +920,12 @@ def plan_export(cfg, table, uri, jvm, session, lake_log):
     db_days = database_days(jvm, cfg, table, lo_day, hi_day)
     seconds_db = round(time.time() - t, 3)
     t = time.time()
-    version, lake, source = lake_days(session, cfg.lake, table, uri, lake_log, lo_day, hi_day)
+    version, lake_figs, source = lake_days(session, cfg.lake, table, uri, lake_log, lo_day,
+                                           hi_day)
     seconds_lake = round(time.time() - t, 3)
-    days = tuple(sorted(d for d in db_days if not same(db_days[d], lake.get(d))))
+    days = tuple(sorted(d for d in db_days if not same(db_days[d], lake_figs.get(d))))
     return ExportPlan(table=table, uri=uri, lo_day=lo_day, hi_day=hi_day, as_of=as_of,
-                      version=version, db_days=db_days, lake_days=lake,
+                      version=version, db_days=db_days, lake_days=lake_figs,
                       lake_compared_from=source, days=days, replace_where=replace_where(days),
                       seconds_db=seconds_db, seconds_lake=seconds_lake)
 
