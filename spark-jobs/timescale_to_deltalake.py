@@ -80,6 +80,11 @@ An export never vacuums; a vacuum run (config "vacuum") keeps Delta's default 7 
 asked for less, so no file a reader of a version of the last week or a running export needs is
 deleted.
 
+In the code: load_config returns a JobConfig. Per table, plan_export compares and returns an
+ExportPlan (the days to rewrite and why, the replaceWhere predicate; nothing written), read_days
+reads those days over JDBC, write_days commits them, find_commit finds the commit in the log;
+export_table plans again after a conflicting commit.
+
 Table schema: the source columns (timestamptz -> Delta timestamp, Parquet TIMESTAMP_MICROS;
 double, string, long, integer) plus partition columns year, month, day (integer, UTC).
 
@@ -122,6 +127,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from dataclasses import dataclass, field
 
 T0 = time.time()
 PREFIX_RESULT = "LABCTL_RESULT "
@@ -273,72 +279,158 @@ def wasb_authority(lake):
     return parts.scheme == "https", host + (f":{parts.port}" if parts.port else "")
 
 
-def load_config(argv):
+@dataclass(frozen=True)
+class LakeConfig:
+    account: str
+    key: str = field(repr=False)  # a credential: never in a log line, not even by accident
+    endpoint: str
+    container: str
+    https: bool  # wasbs rather than wasb
+    authority: str  # "<account>.<domain>[:port]": how WASB names the account
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    name: str
+    time_column: str
+    delta_path: str
+    checksum_columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """The config as load_config validated it (the keys are described above)."""
+    jdbc_url: str
+    db_user: str
+    db_password: str = field(repr=False)
+    tables: tuple[TableConfig, ...]
+    lake: LakeConfig
+    range_from: dt.datetime | None
+    range_to: dt.datetime | None
+    partitions: int
+    read_only: bool
+    # A vacuum run instead of an export: "vacuum" given as a non-empty object. An empty one
+    # ({}) has always meant an export.
+    vacuum: bool
+    # As given (int or float, or None for Delta's default): the result reports it unchanged.
+    retain_hours: int | float | None
+    result_url: str | None
+
+    @property
+    def lo_day(self):
+        """First day compared (the range widened to whole UTC days), None = open."""
+        return epoch_day(floor_day(self.range_from)) if self.range_from else None
+
+    @property
+    def hi_day(self):
+        """Day after the last one compared, None = open."""
+        return epoch_day(ceil_day(self.range_to)) if self.range_to else None
+
+
+def config_text(argv):
+    """The config's JSON text: the argument itself, or the file or URL it names with @."""
     if len(argv) < 2 or not argv[1].strip():
         raise JobError("usage: timescale_to_deltalake.py '<config JSON>' | @<config file> | "
                        "@<http(s) URL>")
     arg = argv[1]
     if arg.startswith(("@http://", "@https://")):
-        arg = fetch_config(arg[1:])
-    elif arg.startswith("@"):
+        return fetch_config(arg[1:])
+    if arg.startswith("@"):
         try:
             with open(arg[1:], encoding="utf-8") as fh:
-                arg = fh.read()
+                return fh.read()
         except OSError as exc:
             raise JobError(f"cannot read config file {arg[1:]}: {exc.strerror}") from None
-    try:
-        cfg = json.loads(arg)
-    except json.JSONDecodeError as exc:
-        raise JobError(f"config is not valid JSON: {exc}") from None
-    if not isinstance(cfg, dict):
-        raise JobError("config must be a JSON object")
-    for key in ("jdbc_url", "db_user", "db_password", "tables", "lake"):
-        if key not in cfg:
-            raise JobError(f"config key missing: {key}")
-    tables = cfg["tables"]
-    if not isinstance(tables, list) or not tables:
-        raise JobError("config key tables must be a non-empty list")
-    for t in tables:
-        if not isinstance(t, dict) or not all(isinstance(t.get(k), str) and t.get(k)
-                                              for k in ("name", "time_column", "delta_path")):
-            raise JobError(f"each table needs string name, time_column, delta_path: {json.dumps(t)}")
-        sums = t.setdefault("checksum_columns", [])
-        if not isinstance(sums, list) or not all(isinstance(c, str) and c for c in sums):
-            raise JobError(f"checksum_columns must be a list of column names: {json.dumps(t)}")
-        if any(seg.startswith(("_", ".")) for seg in t["delta_path"].strip("/").split("/")):
-            raise JobError(f"delta_path {t['delta_path']!r}: no segment may start with _ or .")
-    lake = cfg["lake"]
+    return arg
+
+
+def table_config(t):
+    if not isinstance(t, dict) or not all(isinstance(t.get(k), str) and t.get(k)
+                                          for k in ("name", "time_column", "delta_path")):
+        raise JobError(f"each table needs string name, time_column, delta_path: {json.dumps(t)}")
+    sums = t.get("checksum_columns", [])
+    if not isinstance(sums, list) or not all(isinstance(c, str) and c for c in sums):
+        raise JobError(f"checksum_columns must be a list of column names: {json.dumps(t)}")
+    # Delta (and Hadoop's listings) treat _ and . names as hidden or their own
+    if any(seg.startswith(("_", ".")) for seg in t["delta_path"].strip("/").split("/")):
+        raise JobError(f"delta_path {t['delta_path']!r}: no segment may start with _ or .")
+    return TableConfig(t["name"], t["time_column"], t["delta_path"], tuple(sums))
+
+
+def lake_config(lake):
     for key in ("account", "key", "container", "endpoint"):
         if not isinstance(lake, dict) or not lake.get(key):
             raise JobError(f"config key missing: lake.{key}")
-    lake["_https"], lake["_authority"] = wasb_authority(lake)
-    rng = cfg.get("range") or {}
+    https, authority = wasb_authority(lake)
+    return LakeConfig(lake["account"], lake["key"], lake["endpoint"], lake["container"],
+                      https, authority)
+
+
+def config_range(rng):
+    """(from, to) as aware UTC instants or None."""
+    rng = rng or {}
     if not isinstance(rng, dict):
         raise JobError("malformed range: range must be an object {\"from\":..,\"to\":..}")
-    cfg["_from"] = parse_instant(rng.get("from"), "range.from")
-    cfg["_to"] = parse_instant(rng.get("to"), "range.to")
-    if cfg["_from"] is not None and cfg["_to"] is not None and cfg["_from"] >= cfg["_to"]:
-        raise JobError(f"malformed range: from ({rng.get('from')}) must be before to ({rng.get('to')})")
+    lo = parse_instant(rng.get("from"), "range.from")
+    hi = parse_instant(rng.get("to"), "range.to")
+    if lo is not None and hi is not None and lo >= hi:
+        raise JobError(f"malformed range: from ({rng.get('from')}) must be before to "
+                       f"({rng.get('to')})")
+    return lo, hi
+
+
+def config_partitions(value):
     try:
-        cfg["partitions"] = 4 if cfg.get("partitions") is None else int(cfg["partitions"])
+        partitions = 4 if value is None else int(value)
     except (TypeError, ValueError):
-        raise JobError(f"partitions must be an integer: {json.dumps(cfg.get('partitions'))}") from None
-    if cfg["partitions"] < 1:
+        raise JobError(f"partitions must be an integer: {json.dumps(value)}") from None
+    if partitions < 1:
         raise JobError("partitions must be >= 1")
-    cfg["read_only"] = cfg.get("read_only", False)
-    if not isinstance(cfg["read_only"], bool):
-        raise JobError(f"read_only must be true or false: {json.dumps(cfg['read_only'])}")
-    vac = cfg.get("vacuum")
-    if vac is not None:
-        hours = vac.get("retain_hours") if isinstance(vac, dict) else "bad"
-        if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float))
-                                  or hours < 0):
-            raise JobError("vacuum must be {\"retain_hours\": <hours >= 0 or null>}")
-    result_url = cfg.get("result_url")
+    return partitions
+
+
+def config_retain_hours(vac):
+    """The retention a vacuum run asks for (None: Delta's default), or None without a vacuum."""
+    if vac is None:
+        return None
+    hours = vac.get("retain_hours") if isinstance(vac, dict) else "bad"
+    if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float))
+                              or hours < 0):
+        raise JobError("vacuum must be {\"retain_hours\": <hours >= 0 or null>}")
+    return hours
+
+
+def load_config(argv):
+    """The validated config of the command line. Checked in a fixed order: of several problems,
+    the first one is reported, before anything is connected to."""
+    try:
+        raw = json.loads(config_text(argv))
+    except json.JSONDecodeError as exc:
+        raise JobError(f"config is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise JobError("config must be a JSON object")
+    for key in ("jdbc_url", "db_user", "db_password", "tables", "lake"):
+        if key not in raw:
+            raise JobError(f"config key missing: {key}")
+    if not isinstance(raw["tables"], list) or not raw["tables"]:
+        raise JobError("config key tables must be a non-empty list")
+    tables = tuple(table_config(t) for t in raw["tables"])
+    lake = lake_config(raw["lake"])
+    range_from, range_to = config_range(raw.get("range"))
+    partitions = config_partitions(raw.get("partitions"))
+    read_only = raw.get("read_only", False)
+    if not isinstance(read_only, bool):
+        raise JobError(f"read_only must be true or false: {json.dumps(read_only)}")
+    retain_hours = config_retain_hours(raw.get("vacuum"))
+    result_url = raw.get("result_url")
     if result_url is not None and not (isinstance(result_url, str)
                                        and result_url.startswith(("http://", "https://"))):
         raise JobError("result_url must be an http(s) URL or null")
-    return cfg
+    return JobConfig(jdbc_url=raw["jdbc_url"], db_user=raw["db_user"],
+                     db_password=raw["db_password"], tables=tables, lake=lake,
+                     range_from=range_from, range_to=range_to, partitions=partitions,
+                     read_only=read_only, vacuum=bool(raw.get("vacuum")),
+                     retain_hours=retain_hours, result_url=result_url)
 
 
 def quote_ident(name):
@@ -437,13 +529,13 @@ class Db:
     """A JDBC connection on the driver JVM (py4j), for the per-day comparison query."""
 
     def __init__(self, jvm, cfg):
-        self.url = cfg["jdbc_url"]
+        self.url = cfg.jdbc_url
         try:
             cls = jvm.org.apache.spark.util.Utils.classForName("org.postgresql.Driver", True, False)
             driver = cls.newInstance()
             props = jvm.java.util.Properties()
-            props.setProperty("user", cfg["db_user"])
-            props.setProperty("password", cfg["db_password"])
+            props.setProperty("user", cfg.db_user)
+            props.setProperty("password", cfg.db_password)
             props.setProperty("connectTimeout", "10")
             # a database that stops answering mid-query (a frozen container) fails the run
             # instead of hanging it
@@ -451,7 +543,7 @@ class Db:
             props.setProperty("ApplicationName", "labctl-export")
             self.conn = driver.connect(self.url, props)
         except Exception as exc:  # noqa: BLE001
-            raise JobError(f"cannot connect to the database at {self.url} as {cfg['db_user']}: "
+            raise JobError(f"cannot connect to the database at {self.url} as {cfg.db_user}: "
                            f"{java_root_cause(exc)}") from exc
         if self.conn is None:
             raise JobError(f"the PostgreSQL JDBC driver does not accept the URL {self.url}")
@@ -531,15 +623,15 @@ def jdbc_predicates(time_column, days, db_days, n):
 # ----------------------------------------------------------------------------------------------
 
 def lake_location(lake, delta_path):
-    scheme = "wasbs" if lake["_https"] else "wasb"
-    return f"{scheme}://{lake['container']}@{lake['_authority']}/{delta_path.strip('/')}"
+    scheme = "wasbs" if lake.https else "wasb"
+    return f"{scheme}://{lake.container}@{lake.authority}/{delta_path.strip('/')}"
 
 
 def configure_lake(conf, lake):
     """The storage key and WASB's settings in a Hadoop configuration (the SparkContext's, which
     the tasks get with their work, or the log reader's), never in a Spark property of the
     submission."""
-    conf.set(f"fs.azure.account.key.{lake['_authority']}", lake["key"])
+    conf.set(f"fs.azure.account.key.{lake.authority}", lake.key)
     for k, v in WASB_SETTINGS.items():
         conf.set(k, v)
 
@@ -735,185 +827,304 @@ def in_range(day, lo_day, hi_day):
     return (lo_day is None or day >= lo_day) and (hi_day is None or day < hi_day)
 
 
-def export_table(session, cfg, tcfg, run_id):
-    """Compares one table's days and rewrites those that differ. `session()` starts Spark
-    (once): a run with nothing to change never needs it."""
+@dataclass(frozen=True)
+class ExportPlan:
+    """One comparison of a table's days, database against lake, and the write it calls for.
+    Figures are {day: (rows, sum of epoch microseconds, [sum of each checksum column])}; the
+    lake's figures of a day may be UNKNOWN instead."""
+    table: TableConfig
+    uri: str
+    lo_day: int | None  # the compared days: [lo_day, hi_day), None = open
+    hi_day: int | None
+    # When the comparison began: `labctl verify` expects in the lake every row stamped (a little)
+    # before this instant.
+    as_of: str
+    version: int | None  # the lake's version compared; None: no table yet
+    db_days: dict
+    lake_days: dict
+    lake_compared_from: str  # "log", or "data" when early commits survive only in a checkpoint
+    # To rewrite, sorted: the days the database has rows of and the lake differs on, lacks or
+    # cannot tell (UNKNOWN). Days only in the lake are not among them: it may be the only copy.
+    days: tuple[int, ...]
+    replace_where: str  # Delta's predicate selecting exactly `days`
+    seconds_db: float
+    seconds_lake: float
+
+    @property
+    def days_compared(self):
+        return len(set(self.db_days) | set(self.lake_days))
+
+    @property
+    def days_only_in_lake(self):
+        return len(set(self.lake_days) - set(self.db_days))
+
+    @property
+    def days_unknown(self):
+        return [d for d in self.days if self.lake_days.get(d) is UNKNOWN]
+
+    @property
+    def rows_expected(self):
+        return sum(self.db_days[d][0] for d in self.days)
+
+    def lake_rows(self, day):
+        """The lake's rows of a day: 0 when it has none, None when they cannot be told."""
+        figures = self.lake_days.get(day)
+        return None if figures is UNKNOWN else figures[0] if day in self.lake_days else 0
+
+    @property
+    def differences(self):
+        return [{"day": day_iso(d), "database_rows": self.db_days[d][0],
+                 "lake_rows": self.lake_rows(d)} for d in self.days[:DIFFERENCES_SHOWN]]
+
+
+def database_days(jvm, cfg, table, lo_day, hi_day):
+    db = Db(jvm, cfg)
+    try:
+        return db.day_summary(table.name, table.time_column, table.checksum_columns, lo_day,
+                              hi_day)
+    finally:
+        db.close()
+
+
+def lake_days(session, lake, table, uri, lake_log, lo_day, hi_day):
+    """(version or None, {day: figures or UNKNOWN} in the range, "log" or "data") of the Delta
+    table's current version."""
+    try:
+        state = lake_log().state(table.name)
+        if state is not None and state["partition_columns"] not in (None, PARTITION_COLUMNS):
+            raise JobError(f"{uri} is partitioned by {state['partition_columns']}, expected "
+                           f"{PARTITION_COLUMNS}")
+        if state is None:
+            return None, {}, "log"
+        if state["days"] is None:
+            return state["version"], lake_summary(session(), uri, table.time_column,
+                                                  table.checksum_columns, lo_day, hi_day), "data"
+        return state["version"], {d: f for d, f in state["days"].items()
+                                  if d is not None and in_range(d, lo_day, hi_day)}, "log"
+    except JobError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        kind, detail = failure_kind(exc)
+        what = ("lake storage unreachable or unreadable" if kind == "lake"
+                else "reading the lake failed")
+        raise JobError(f"{table.name}: {what} at {lake.endpoint} (container {lake.container}, "
+                       f"table {uri}): {detail}; nothing committed") from exc
+
+
+def plan_export(cfg, table, uri, jvm, session, lake_log):
+    """Compares the table's days in the database, then in the lake. Writes nothing; Spark is
+    started only when the lake's log cannot tell its figures."""
+    lo_day, hi_day = cfg.lo_day, cfg.hi_day
+    t = time.time()
+    as_of = dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")
+    db_days = database_days(jvm, cfg, table, lo_day, hi_day)
+    seconds_db = round(time.time() - t, 3)
+    t = time.time()
+    version, lake_figs, source = lake_days(session, cfg.lake, table, uri, lake_log, lo_day,
+                                           hi_day)
+    seconds_lake = round(time.time() - t, 3)
+    days = tuple(sorted(d for d in db_days if not same(db_days[d], lake_figs.get(d))))
+    return ExportPlan(table=table, uri=uri, lo_day=lo_day, hi_day=hi_day, as_of=as_of,
+                      version=version, db_days=db_days, lake_days=lake_figs,
+                      lake_compared_from=source, days=days, replace_where=replace_where(days),
+                      seconds_db=seconds_db, seconds_lake=seconds_lake)
+
+
+def read_days(spark, cfg, plan):
+    """(DataFrame, figures) of the plan's days read over JDBC in parallel. The rows are read
+    once: the figures recorded with the commit are those of the very rows written."""
     from pyspark.sql import functions as F
 
-    name, time_column, sums = tcfg["name"], tcfg["time_column"], tcfg["checksum_columns"]
-    lake = cfg["lake"]
-    uri = lake_location(lake, tcfg["delta_path"])
-    lo_day = epoch_day(floor_day(cfg["_from"])) if cfg["_from"] else None
-    hi_day = epoch_day(ceil_day(cfg["_to"])) if cfg["_to"] else None
+    table = plan.table
+    props = {"user": cfg.db_user, "password": cfg.db_password,
+             "driver": "org.postgresql.Driver", "fetchsize": "20000"}
+    preds = jdbc_predicates(table.time_column, plan.days, plan.db_days, cfg.partitions)
+    df = spark.read.jdbc(cfg.jdbc_url, quote_ident(table.name), predicates=preds,
+                         properties=props)
+    clash = [c for c in df.columns if c in PARTITION_COLUMNS]
+    if clash:
+        raise JobError(f"{table.name}: column {clash[0]} clashes with a partition column")
+    tcol = F.col(table.time_column)
+    df = df.select("*", F.year(tcol).alias("year"), F.month(tcol).alias("month"),
+                   F.dayofmonth(tcol).alias("day"))
+    try:
+        # materialized once, lineage cut: a lost block fails the run instead of reading the
+        # database again (which may have changed meanwhile)
+        df = df.localCheckpoint(eager=True)
+        return df, day_figures(df, table.time_column, table.checksum_columns)
+    except Exception as exc:  # noqa: BLE001
+        raise JobError(f"{table.name}: reading {len(plan.days)} days over JDBC failed: "
+                       f"{failure_kind(exc)[1]} (nothing committed, {plan.uri} left at version "
+                       f"{plan.version})") from exc
+
+
+def commit_metadata(run_id, plan, written):
+    """The commit's userMetadata: how later exports (LakeLog.state), `labctl verify` and this
+    run (find_commit) know what it wrote."""
+    return json.dumps({"labctl.export": {
+        "run": run_id, "table": plan.table.name, "days": len(plan.days),
+        "rows": sum(f[0] for f in written.values()), "as_of": plan.as_of,
+        "summary": {str(d): [f[0], str(f[1]), f[2]] for d, f in written.items()}}},
+        separators=(",", ":"))
+
+
+def write_days(df, plan, meta):
+    """One Delta transaction: the plan's days replaced (or the table created with them)."""
+    # replaceWhere also when the table is new: should another export create it meanwhile, this
+    # one replaces those days instead of appending to them
+    (df.write.format("delta").partitionBy(*PARTITION_COLUMNS)
+     .option("userMetadata", meta).mode("overwrite")
+     .option("replaceWhere", plan.replace_where)
+     .save(plan.uri))
+
+
+def write_error(exc, plan):
+    kind, detail = failure_kind(exc)
+    name = plan.table.name
+    what = {"lake": "writing to the lake", "jdbc": f"reading {name} over JDBC"}
+    if is_conflict(exc):
+        what["spark"] = f"conflicting with concurrent exports {ATTEMPTS} times"
+    return JobError(f"export of {name} failed, {what.get(kind, 'Spark job')}: {detail} "
+                    f"(nothing committed, {plan.uri} left at version {plan.version})")
+
+
+def find_commit(log_reader, plan, run_id):
+    commit = log_reader.find_commit(plan.version, run_id, plan.table.name)
+    if commit is None:
+        raise JobError(f"{plan.table.name}: the write to {plan.uri} returned, but its commit is "
+                       "not in the table's log")
+    return commit
+
+
+def new_result(cfg, table, uri):
+    """A table's entry of the result before its comparison, keys in their reported order."""
     phases = {"compare_db": 0.0, "compare_lake": 0.0, "spark_start": 0.0, "read": 0.0,
               "write": 0.0, "commit": 0.0}
-    result = {"name": name, "delta_uri": uri, "committed": False, "rows_read": 0,
-              "rows_written": 0, "files": 0, "files_removed": 0, "delta_version": None,
-              "previous_version": None, "partitions": [], "days_compared": 0,
-              "days_rewritten": 0, "days_only_in_lake": 0, "days_unknown_in_lake": 0,
-              "differences": [], "attempts": 0, "lake_compared_from": "log",
-              "from": iso(floor_day(cfg["_from"])) if cfg["_from"] else None,
-              "to": iso(ceil_day(cfg["_to"])) if cfg["_to"] else None, "phases": phases}
+    return {"name": table.name, "delta_uri": uri, "committed": False, "rows_read": 0,
+            "rows_written": 0, "files": 0, "files_removed": 0, "delta_version": None,
+            "previous_version": None, "partitions": [], "days_compared": 0,
+            "days_rewritten": 0, "days_only_in_lake": 0, "days_unknown_in_lake": 0,
+            "differences": [], "attempts": 0, "lake_compared_from": "log",
+            "from": iso(floor_day(cfg.range_from)) if cfg.range_from else None,
+            "to": iso(ceil_day(cfg.range_to)) if cfg.range_to else None, "phases": phases}
+
+
+def record_plan(result, plan, attempt, session):
+    """The latest comparison's figures; its times add to those of earlier attempts."""
+    phases = result["phases"]
+    phases["compare_db"] += plan.seconds_db
+    phases["compare_lake"] += plan.seconds_lake
+    if plan.lake_compared_from == "data":
+        # kept once set: the compare_lake time includes that reading
+        result["lake_compared_from"] = "data"
+        phases["spark_start"] = session.seconds
+    if attempt == 1:
+        result["previous_version"] = plan.version
+    result["delta_version"] = plan.version
+    result["days_compared"] = plan.days_compared
+    result["days_rewritten"] = len(plan.days)
+    result["days_only_in_lake"] = plan.days_only_in_lake
+    result["days_unknown_in_lake"] = len(plan.days_unknown)
+    result["differences"] = plan.differences
+    result["partitions"] = [day_key(d) for d in plan.days]
+
+
+def record_commit(result, plan, commit, t_write, t_end):
+    phases = result["phases"]
+    # the commit's own timestamp splits the write (tasks) from the commit (driver)
+    commit_secs = max(0.0, min(t_end - t_write, t_end - commit["timestamp"]))
+    phases["write"] += round(t_end - t_write - commit_secs, 3)
+    phases["commit"] = round(commit_secs, 3)
+    metrics = commit["metrics"]
+    result.update(committed=True, delta_version=commit["version"],
+                  rows_written=int(metrics.get("numOutputRows", 0)),
+                  files=int(metrics.get("numFiles", metrics.get("numAddedFiles", 0))),
+                  files_removed=int(metrics.get("numRemovedFiles", 0)))
+    # the comparison's count (the database may have grown since)
+    result["rows_expected"] = plan.rows_expected
+
+
+def export_table(session, cfg, table, run_id):
+    """Compares one table's days and rewrites those that differ, comparing again when a
+    concurrent export commits first. `session()` starts Spark (once): a run with nothing to
+    change never needs it."""
+    name = table.name
+    uri = lake_location(cfg.lake, table.delta_path)
+    result = new_result(cfg, table, uri)
+    phases = result["phases"]
     t_table = time.time()
     jvm = SparkContext_jvm()
-    log_reader = None
+    readers = []
+
+    def lake_log():
+        # opened on first use, within the comparison's error handling (an unreachable lake is
+        # reported as such), then kept for the attempts that follow
+        if not readers:
+            readers.append(LakeLog(jvm, cfg.lake, uri))
+        return readers[0]
+
     for attempt in range(1, ATTEMPTS + 1):
         result["attempts"] = attempt
-        # -- compare: the database's days, then the lake's
-        t = time.time()
-        # what the database held when compared: `labctl verify` expects in the lake every row
-        # stamped (a little) before this instant
-        as_of = dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")
-        db = Db(jvm, cfg)
-        try:
-            db_days = db.day_summary(name, time_column, sums, lo_day, hi_day)
-        finally:
-            db.close()
-        phases["compare_db"] += round(time.time() - t, 3)
-        t = time.time()
-        try:
-            log_reader = log_reader or LakeLog(jvm, lake, uri)
-            state = log_reader.state(name)
-            if state is not None and state["partition_columns"] not in (None, PARTITION_COLUMNS):
-                raise JobError(f"{uri} is partitioned by {state['partition_columns']}, expected "
-                               f"{PARTITION_COLUMNS}")
-            if state is None:
-                lake_days = {}
-            elif state["days"] is None:  # early commits only in a checkpoint: read the data
-                result["lake_compared_from"] = "data"
-                lake_days = lake_summary(session(), uri, time_column, sums, lo_day, hi_day)
-                phases["spark_start"] = SPARK_START["seconds"]
-            else:
-                lake_days = {d: f for d, f in state["days"].items()
-                             if d is not None and in_range(d, lo_day, hi_day)}
-        except JobError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            kind, detail = failure_kind(exc)
-            what = "lake storage unreachable or unreadable" if kind == "lake" else "reading the lake failed"
-            raise JobError(f"{name}: {what} at {lake['endpoint']} (container {lake['container']}, "
-                           f"table {uri}): {detail}; nothing committed") from exc
-        phases["compare_lake"] += round(time.time() - t, 3)
-        version = state["version"] if state else None
-        if attempt == 1:
-            result["previous_version"] = version
-        result["delta_version"] = version
-        days = sorted(d for d in db_days if not same(db_days[d], lake_days.get(d)))
-        result["days_compared"] = len(set(db_days) | set(lake_days))
-        result["days_rewritten"] = len(days)
-        result["days_only_in_lake"] = len(set(lake_days) - set(db_days))
-        result["days_unknown_in_lake"] = sum(1 for d in days if lake_days.get(d) is UNKNOWN)
-        result["differences"] = [{"day": day_iso(d), "database_rows": db_days[d][0],
-                                  "lake_rows": (None if lake_days.get(d) is UNKNOWN
-                                                else lake_days[d][0] if d in lake_days else 0)}
-                                 for d in days[:DIFFERENCES_SHOWN]]
-        result["partitions"] = [day_key(d) for d in days]
-        log(f"{name}: {len(db_days)} days in the database, {len(lake_days)} in the lake "
-            f"(version {version}), {len(days)} to rewrite")
-        if not days:
+        plan = plan_export(cfg, table, uri, jvm, session, lake_log)
+        record_plan(result, plan, attempt, session)
+        log(f"{name}: {len(plan.db_days)} days in the database, {len(plan.lake_days)} in the "
+            f"lake (version {plan.version}), {len(plan.days)} to rewrite")
+        if not plan.days:
             result["message"] = (f"{name}: the lake equals the database on all "
                                  f"{result['days_compared']} days compared; nothing written, "
-                                 f"{uri} left at version {version}")
+                                 f"{uri} left at version {plan.version}")
             return finish(result, t_table)
 
-        # -- read exactly those days over JDBC, in parallel, once: the figures recorded with
-        # the commit and the rows written are the same rows
         spark = session()
-        phases["spark_start"] = SPARK_START["seconds"]
+        phases["spark_start"] = session.seconds
         t = time.time()
-        props = {"user": cfg["db_user"], "password": cfg["db_password"],
-                 "driver": "org.postgresql.Driver", "fetchsize": "20000"}
-        preds = jdbc_predicates(time_column, days, db_days, cfg["partitions"])
-        df = spark.read.jdbc(cfg["jdbc_url"], quote_ident(name), predicates=preds, properties=props)
-        clash = [c for c in df.columns if c in PARTITION_COLUMNS]
-        if clash:
-            raise JobError(f"{name}: column {clash[0]} clashes with a partition column")
-        tcol = F.col(time_column)
-        df = df.select("*", F.year(tcol).alias("year"), F.month(tcol).alias("month"),
-                       F.dayofmonth(tcol).alias("day"))
-        expected = sum(db_days[d][0] for d in days)
-        try:
-            # materialized once, lineage cut: a lost block fails the run instead of reading
-            # the database again (which may have changed meanwhile)
-            df = df.localCheckpoint(eager=True)
-            written = day_figures(df, time_column, sums)
-        except Exception as exc:  # noqa: BLE001
-            kind, detail = failure_kind(exc)
-            raise JobError(f"{name}: reading {len(days)} days over JDBC failed: {detail} "
-                           f"(nothing committed, {uri} left at version {version})") from exc
+        df, written = read_days(spark, cfg, plan)
         phases["read"] += round(time.time() - t, 3)
         result["rows_read"] = sum(f[0] for f in written.values())
-        if cfg["read_only"]:
-            result["message"] = (f"{name}: read {result['rows_read']} rows of {len(days)} "
+        if cfg.read_only:
+            result["message"] = (f"{name}: read {result['rows_read']} rows of {len(plan.days)} "
                                  f"differing days (read_only: nothing written, {uri} left at "
-                                 f"version {version})")
+                                 f"version {plan.version})")
             return finish(result, t_table)
 
-        # -- one Delta transaction: replace those days (or create the table with them)
         t = time.time()
-        meta = json.dumps({"labctl.export": {
-            "run": run_id, "table": name, "days": len(days), "rows": result["rows_read"],
-            "as_of": as_of,
-            "summary": {str(d): [f[0], str(f[1]), f[2]] for d, f in written.items()}}},
-            separators=(",", ":"))
-        # replaceWhere also when the table is new: should another export create it meanwhile,
-        # this one replaces those days instead of appending to them
-        writer = (df.write.format("delta").partitionBy(*PARTITION_COLUMNS)
-                  .option("userMetadata", meta).mode("overwrite")
-                  .option("replaceWhere", replace_where(days)))
         try:
-            writer.save(uri)
+            write_days(df, plan, commit_metadata(run_id, plan, written))
         except Exception as exc:  # noqa: BLE001
-            if is_conflict(exc) and attempt < ATTEMPTS:
-                log(f"{name}: a concurrent export committed first ({failure_kind(exc)[1]}); "
-                    f"comparing again (attempt {attempt + 1} of {ATTEMPTS})")
-                phases["write"] += round(time.time() - t, 3)
-                continue
-            kind, detail = failure_kind(exc)
-            what = {"lake": "writing to the lake", "jdbc": f"reading {name} over JDBC"}
-            if is_conflict(exc):
-                what["spark"] = f"conflicting with concurrent exports {ATTEMPTS} times"
-            raise JobError(f"export of {name} failed, {what.get(kind, 'Spark job')}: {detail} "
-                           f"(nothing committed, {uri} left at version {version})") from exc
+            if not (is_conflict(exc) and attempt < ATTEMPTS):
+                raise write_error(exc, plan) from exc
+            log(f"{name}: a concurrent export committed first ({failure_kind(exc)[1]}); "
+                f"comparing again (attempt {attempt + 1} of {ATTEMPTS})")
+            phases["write"] += round(time.time() - t, 3)
+            continue
         t_end = time.time()
-        commit = log_reader.find_commit(version, run_id, name)
-        if commit is None:
-            raise JobError(f"{name}: the write to {uri} returned, but its commit is not in the "
-                           "table's log")
-        # the commit's own timestamp splits the write (tasks) from the commit (driver)
-        commit_secs = max(0.0, min(t_end - t, t_end - commit["timestamp"]))
-        phases["write"] += round(t_end - t - commit_secs, 3)
-        phases["commit"] = round(commit_secs, 3)
-        metrics = commit["metrics"]
-        result.update(committed=True, delta_version=commit["version"],
-                      rows_written=int(metrics.get("numOutputRows", 0)),
-                      files=int(metrics.get("numFiles", metrics.get("numAddedFiles", 0))),
-                      files_removed=int(metrics.get("numRemovedFiles", 0)))
-        result["rows_expected"] = expected  # the comparison's count (the database may have grown)
+        commit = find_commit(lake_log(), plan, run_id)
+        record_commit(result, plan, commit, t, t_end)
         if result["rows_written"] != result["rows_read"]:
             raise JobError(f"{name}: committed version {commit['version']} with "
                            f"{result['rows_written']} rows but {result['rows_read']} were read; "
                            "the next export compares and rewrites those days")
         log(f"{name}: committed version {commit['version']}: {result['rows_written']} rows of "
-            f"{len(days)} days, {result['files']} files added, {result['files_removed']} removed")
-        result["message"] = (f"{name}: {result['rows_written']} rows of {len(days)} differing "
-                             f"days (of {result['days_compared']} compared) committed as "
-                             f"version {commit['version']}")
+            f"{len(plan.days)} days, {result['files']} files added, {result['files_removed']} "
+            "removed")
+        result["message"] = (f"{name}: {result['rows_written']} rows of {len(plan.days)} "
+                             f"differing days (of {result['days_compared']} compared) committed "
+                             f"as version {commit['version']}")
         return finish(result, t_table)
     raise AssertionError("unreachable")
 
 
-def vacuum_table(session, cfg, tcfg):
+def vacuum_table(session, cfg, table):
     """VACUUM with the retention asked for (Delta's default: 7 days). Delta refuses less than
     its check allows unless the user turned the check off for this run."""
-    uri = lake_location(cfg["lake"], tcfg["delta_path"])
+    uri = lake_location(cfg.lake, table.delta_path)
     t = time.time()
-    log_reader = LakeLog(SparkContext_jvm(), cfg["lake"], uri)
+    log_reader = LakeLog(SparkContext_jvm(), cfg.lake, uri)
     if log_reader.versions() is None:
-        return finish({"name": tcfg["name"], "delta_uri": uri, "vacuumed": False,
-                       "files_deleted": 0, "message": f"{tcfg['name']}: no Delta table at {uri}"}, t)
+        return finish({"name": table.name, "delta_uri": uri, "vacuumed": False,
+                       "files_deleted": 0, "message": f"{table.name}: no Delta table at {uri}"}, t)
     spark = session()
-    hours = cfg["vacuum"].get("retain_hours")
+    hours = cfg.retain_hours
     sql = f"VACUUM delta.`{uri}`" + (f" RETAIN {float(hours)} HOURS" if hours is not None else "")
     before = log_reader.data_files()
     try:
@@ -922,9 +1133,9 @@ def vacuum_table(session, cfg, tcfg):
         raise JobError(f"vacuum of {uri} failed: {failure_kind(exc)[1]}") from exc
     after = log_reader.data_files()
     kept = hours if hours is not None else 168
-    return finish({"name": tcfg["name"], "delta_uri": uri, "vacuumed": True,
+    return finish({"name": table.name, "delta_uri": uri, "vacuumed": True,
                    "retain_hours": kept, "files_deleted": before - after, "files_left": after,
-                   "message": f"{tcfg['name']}: {before - after} data files deleted, {after} left "
+                   "message": f"{table.name}: {before - after} data files deleted, {after} left "
                               f"({uri}, keeping {kept:g} hours of history)"}, t)
 
 
@@ -934,92 +1145,121 @@ def finish(result, t0):
     return result
 
 
-# The Spark session, started on first use; its start-up time.
-SPARK_START = {"seconds": 0.0}
-
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
 
 def SparkContext_jvm():  # noqa: N802  (the py4j view of the driver JVM)
     from pyspark import SparkContext
     return SparkContext._jvm
 
 
-def main(cfg):
-    """Runs the export of a loaded config; returns the summary (also printed)."""
-    from pyspark import SparkConf, SparkContext
-    from pyspark.sql import SparkSession
+def driver_jvm_start():
+    """When the driver JVM started, in epoch milliseconds (the run's seconds count from it)."""
+    from pyspark import SparkContext
 
     SparkContext._ensure_initialized()  # the driver JVM's py4j gateway, no SparkContext yet
     jvm = SparkContext._jvm
     try:
-        jvm_start = jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getStartTime()
+        return jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getStartTime()
     except Exception:  # noqa: BLE001
-        jvm_start = int(T0 * 1000)
-    startup = {"jvm_to_python": round(T0 - jvm_start / 1000, 3)}
+        return int(T0 * 1000)
 
-    spark_box = []
 
-    def session():
-        """The SparkSession, started on first use (a run with nothing to change needs none)."""
-        if spark_box:
-            return spark_box[0]
+def spark_conf(cfg):
+    """The submission's spark.* properties, completed with what this job needs."""
+    from pyspark import SparkConf
+
+    conf = SparkConf()  # spark.* from the submission; the app name only as a fallback
+    if not conf.contains("spark.app.name"):
+        conf.setAppName("labctl-timescale-to-deltalake")
+    threads = conf.get("spark.labctl.driverTaskThreads", None)
+    if threads:  # one worker: the tasks run in this driver (cores granted to it by labctl),
+        # with a failed task retried like on executors (spark.task.maxFailures, default 4)
+        conf.setMaster(f"local[{int(threads)},{conf.get('spark.task.maxFailures', '4')}]")
+    # A lab's tables are small and its cluster a few cores: Spark's and Delta's defaults (200
+    # shuffle partitions, 50 for Delta's state, 10000 listing tasks in VACUUM) cost minutes
+    # of empty tasks on 2 cores (measured: VACUUM of a 5-file table 120 s).
+    slots = int(threads or conf.get("spark.cores.max", "2"))
+    for key, value in (("spark.sql.shuffle.partitions", slots),
+                       ("spark.databricks.delta.snapshotPartitions", slots),
+                       ("spark.sql.sources.parallelPartitionDiscovery.parallelism", 2 * slots)):
+        if not conf.contains(key):
+            conf.set(key, str(value))
+    conf.set("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+    conf.set("spark.sql.catalog.spark_catalog",
+             "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+    # INT96 is Spark's default; Delta's readers (and independent ones) prefer microseconds
+    conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+    # no VACUUM START/END commits in the log: the history shows exports only
+    conf.set("spark.databricks.delta.vacuum.logging.enabled", "false")
+    if cfg.vacuum and cfg.retain_hours is not None and float(cfg.retain_hours) < 168:
+        # asked for explicitly (`labctl lake vacuum --retain-hours N`)
+        conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+    return conf
+
+
+class LazySpark:
+    """The SparkSession, started on the first call: a run with nothing to change needs none.
+    Its start-up times go into the result's `startup`, and into `seconds` for the tables'
+    spark_start phase."""
+
+    def __init__(self, cfg, startup):
+        self.cfg, self.startup = cfg, startup
+        self.spark = None
+        self.seconds = 0.0
+
+    def __call__(self):
+        if self.spark is None:
+            self.spark = self._start()
+        return self.spark
+
+    def _start(self):
+        from pyspark import SparkContext
+        from pyspark.sql import SparkSession
+
         t = time.time()
-        conf = SparkConf()  # spark.* from the submission; the app name only as a fallback
-        if not conf.contains("spark.app.name"):
-            conf.setAppName("labctl-timescale-to-deltalake")
-        threads = conf.get("spark.labctl.driverTaskThreads", None)
-        if threads:  # one worker: the tasks run in this driver (cores granted to it by labctl),
-            # with a failed task retried like on executors (spark.task.maxFailures, default 4)
-            conf.setMaster(f"local[{int(threads)},{conf.get('spark.task.maxFailures', '4')}]")
-        # A lab's tables are small and its cluster a few cores: Spark's and Delta's defaults (200
-        # shuffle partitions, 50 for Delta's state, 10000 listing tasks in VACUUM) cost minutes
-        # of empty tasks on 2 cores (measured: VACUUM of a 5-file table 120 s).
-        slots = int(threads or conf.get("spark.cores.max", "2"))
-        for key, value in (("spark.sql.shuffle.partitions", slots),
-                           ("spark.databricks.delta.snapshotPartitions", slots),
-                           ("spark.sql.sources.parallelPartitionDiscovery.parallelism", 2 * slots)):
-            if not conf.contains(key):
-                conf.set(key, str(value))
-        conf.set("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
-        conf.set("spark.sql.catalog.spark_catalog",
-                 "org.apache.spark.sql.delta.catalog.DeltaCatalog")
-        # INT96 is Spark's default; Delta's readers (and independent ones) prefer microseconds
-        conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-        # no VACUUM START/END commits in the log: the history shows exports only
-        conf.set("spark.databricks.delta.vacuum.logging.enabled", "false")
-        if cfg.get("vacuum") and cfg["vacuum"].get("retain_hours") is not None \
-                and float(cfg["vacuum"]["retain_hours"]) < 168:
-            # asked for explicitly (`labctl lake vacuum --retain-hours N`)
-            conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
-        sc = SparkContext.getOrCreate(conf)
-        configure_lake(sc._jsc.hadoopConfiguration(), cfg["lake"])
-        startup["spark_context"] = round(time.time() - t, 3)
+        sc = SparkContext.getOrCreate(spark_conf(self.cfg))
+        # the key reaches the tasks with their work, never as a Spark property
+        configure_lake(sc._jsc.hadoopConfiguration(), self.cfg.lake)
+        self.startup["spark_context"] = round(time.time() - t, 3)
         t2 = time.time()
-        spark_box.append(SparkSession(sc))
-        startup["spark_session"] = round(time.time() - t2, 3)
-        SPARK_START["seconds"] = round(time.time() - t, 3)
-        log(f"Spark ready: {startup}")
-        return spark_box[0]
+        spark = SparkSession(sc)
+        self.startup["spark_session"] = round(time.time() - t2, 3)
+        self.seconds = round(time.time() - t, 3)
+        log(f"Spark ready: {self.startup}")
+        return spark
 
+    def stop(self):
+        if self.spark is not None:
+            self.spark.stop()
+
+
+def run_tables(cfg, session):
+    """Each table's result, one after the other (the first failure ends the run)."""
     run_id = uuid.uuid4().hex
     results = []
     try:
-        for tcfg in cfg["tables"]:
-            if cfg.get("vacuum"):
-                results.append(vacuum_table(session, cfg, tcfg))
+        for table in cfg.tables:
+            if cfg.vacuum:
+                results.append(vacuum_table(session, cfg, table))
             else:
-                results.append(export_table(session, cfg, tcfg, run_id))
+                results.append(export_table(session, cfg, table, run_id))
     finally:
-        if spark_box:
-            spark_box[0].stop()
-    if cfg.get("vacuum"):
-        summary = {"vacuumed": [r["name"] for r in results if r["vacuumed"]], "tables": results,
-                   "message": "; ".join(r["message"] for r in results), "startup": startup,
-                   "seconds": round(time.time() - jvm_start / 1000, 3)}
-        print(PREFIX_RESULT + json.dumps(summary, separators=(",", ":")), flush=True)
-        return summary
+        session.stop()
+    return results
+
+
+def vacuum_summary(results, startup):
+    return {"vacuumed": [r["name"] for r in results if r["vacuumed"]], "tables": results,
+            "message": "; ".join(r["message"] for r in results), "startup": startup}
+
+
+def export_summary(cfg, results, startup):
+    """The tables' results summed and merged; delta_version is the first table's."""
     days = sorted({tuple(p) for r in results for p in r["partitions"]},
                   key=lambda k: tuple(int(x) for x in k))
-    summary = {
+    return {
         "rows_read": sum(r["rows_read"] for r in results),
         "rows_written": sum(r["rows_written"] for r in results),
         "files": sum(r["files"] for r in results),
@@ -1032,9 +1272,22 @@ def main(cfg):
         "tables": results,
         "message": "; ".join(r["message"] for r in results),
         "startup": startup,
-        "read_only": cfg["read_only"],
-        "seconds": round(time.time() - jvm_start / 1000, 3),
+        "read_only": cfg.read_only,
     }
+
+
+def main(cfg):
+    """Runs the export (or the vacuum) of a loaded config; returns the summary, also printed as
+    the LABCTL_RESULT line."""
+    jvm_start = driver_jvm_start()
+    startup = {"jvm_to_python": round(T0 - jvm_start / 1000, 3)}
+    session = LazySpark(cfg, startup)
+    results = run_tables(cfg, session)
+    if cfg.vacuum:
+        summary = vacuum_summary(results, startup)
+    else:
+        summary = export_summary(cfg, results, startup)
+    summary["seconds"] = round(time.time() - jvm_start / 1000, 3)
     print(PREFIX_RESULT + json.dumps(summary, separators=(",", ":")), flush=True)
     return summary
 
@@ -1044,10 +1297,10 @@ def report_error(line):
     driver's PythonRunner merges the Python process' stderr into its stdout)."""
     print(line, flush=True)
     try:
-        same = os.path.sameopenfile(1, 2)
+        merged = os.path.sameopenfile(1, 2)
     except OSError:
-        same = False
-    if not same:
+        merged = False
+    if not merged:
         print(line, file=sys.stderr, flush=True)
 
 
@@ -1057,20 +1310,25 @@ def error_result(err):
             "traceback_tail": "\n".join(tail)}
 
 
+def report_failure(err, line, config):
+    """The error line, and the error to result_url when the config was read; called while the
+    error is handled (error_result takes its traceback)."""
+    report_error(line)
+    if config and config.result_url:
+        put_result(config.result_url, error_result(err))
+
+
 if __name__ == "__main__":
     config = None
     try:
         config = load_config(sys.argv)  # config/range errors fail before Spark starts
         outcome = main(config)
-        if config.get("result_url"):
-            put_result(config["result_url"], outcome)
+        if config.result_url:
+            put_result(config.result_url, outcome)
     except JobError as err:
-        report_error(PREFIX_ERROR + one_line(err, limit=1000))
-        if config and config.get("result_url"):
-            put_result(config["result_url"], error_result(err))
+        report_failure(err, PREFIX_ERROR + one_line(err, limit=1000), config)
         raise
     except Exception as err:  # noqa: BLE001
-        report_error(PREFIX_ERROR + f"unexpected {type(err).__name__}: {one_line(err, limit=600)}")
-        if config and config.get("result_url"):
-            put_result(config["result_url"], error_result(err))
+        report_failure(err, PREFIX_ERROR + f"unexpected {type(err).__name__}: "
+                       f"{one_line(err, limit=600)}", config)
         raise
