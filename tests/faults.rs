@@ -444,7 +444,11 @@ echo $all
     });
     let v_after = summary(&lab);
     eprintln!("driver processes {pids} killed: {end}; Delta v{:?} just after the kill, v{:?} after the end", v_at_kill, v_after.version);
-    assert_ne!(end, "FINISHED", "a killed driver cannot have finished");
+    assert_ne!(
+        end,
+        labctl::clients::spark::DriverState::Finished,
+        "a killed driver cannot have finished"
+    );
     assert_eq!(v_at_kill, v_before.version, "killed before its commit");
     assert_eq!(
         (v_after.version, v_after.rows),

@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use common::{rt, wait_for, TestLab};
 use labctl::{
+    clients::flink::JobState,
     model::fleet::Sensor,
     ops::ingest::{encode::Template, producer::producer_config},
 };
@@ -460,7 +461,7 @@ fn streaming_job_writes_exact_rows() {
         killed.elapsed().as_secs_f64()
     );
     let state = rt.block_on(client.job(&job_id)).unwrap().state;
-    assert_eq!(state, "RUNNING");
+    assert_eq!(state, JobState::Running);
     let (_, dup) = rt.block_on(raw_rows(&lab));
     assert_eq!(dup, 0, "no duplicate raw readings after the restart");
     assert_eq!(
@@ -507,7 +508,7 @@ fn streaming_job_writes_exact_rows() {
     );
     assert_eq!(
         rt.block_on(client.job(&job_id)).unwrap().state,
-        "FINISHED",
+        JobState::Finished,
         "the old job ended with its savepoint"
     );
     assert_eq!(lab_jobs_running(&t).unwrap(), vec![job2.clone()], "only the new job runs");

@@ -12,6 +12,7 @@ use std::{
 };
 
 use common::{rt, wait_for, TestLab};
+use labctl::clients::spark::DriverState;
 
 /// One lab at a time: each test brings up a whole lab (Kafka, Flink, Spark, ...), and two at
 /// once on a small machine only make both slow.
@@ -329,7 +330,7 @@ fn export_writes_a_partitioned_delta_table_once() {
     let spark = lab.spark(Duration::from_secs(5)).unwrap();
     wait_for("the driver to run", Duration::from_secs(60), || {
         let s = rt.block_on(spark.status(&id)).ok()?;
-        (s.driver_state.as_deref() == Some("RUNNING")).then_some(())
+        (s.driver_state == Some(DriverState::Running)).then_some(())
     });
     // The job deletes its config (it holds the password and the key) as soon as it has read it,
     // long before it ends.
@@ -340,8 +341,8 @@ fn export_writes_a_partitioned_delta_table_once() {
     assert!(staged.iter().any(|n| n.ends_with(".py")), "{staged:?}");
     let running = rt.block_on(spark.status(&id)).unwrap();
     assert_eq!(
-        running.driver_state.as_deref(),
-        Some("RUNNING"),
+        running.driver_state,
+        Some(DriverState::Running),
         "the driver was still running then: {running:?}"
     );
     let azurite = format!("{}-azurite-1", t.project);
@@ -354,7 +355,7 @@ fn export_writes_a_partitioned_delta_table_once() {
         let s = rt.block_on(spark.status(&id)).ok()?;
         s.finished().then_some(s.driver_state.unwrap_or_default())
     });
-    assert_ne!(end, "FINISHED", "the export cannot have succeeded without its storage");
+    assert_ne!(end, DriverState::Finished, "the export cannot have succeeded without its storage");
     assert!(std::process::Command::new("docker")
         .args(["start", &azurite])
         .status()

@@ -139,7 +139,9 @@ pub async fn run(config: Config, config_file: Option<PathBuf>, args: Args) -> Re
     eprintln!("== 2/5 Flink: the streaming job");
     let t = Instant::now();
     let running =
-        flink.jobs().await?.into_iter().find(|j| j.name == target.job_name && j.state == "RUNNING");
+        flink.jobs().await?.into_iter().find(|j| {
+            j.name == target.job_name && j.state == crate::clients::flink::JobState::Running
+        });
     let job_id = match running {
         Some(j) => {
             eprintln!("the lab's job {} is already running; kept", j.jid);

@@ -14,7 +14,7 @@ use crate::model::topology;
 use crate::{
     clients::{
         docker::Runtime,
-        flink::{self, SavepointStatus, SubmitError},
+        flink::{self, SavepointStatus, SubmitError, TaskState},
     },
     model::{config::Config, schema, topology::Part},
     ops::{
@@ -807,7 +807,8 @@ pub(crate) async fn wait_running(
     let start = Instant::now();
     loop {
         let j = client.job(id).await?;
-        let all = !j.vertices.is_empty() && j.vertices.iter().all(|v| v.status == "RUNNING");
+        let all =
+            !j.vertices.is_empty() && j.vertices.iter().all(|v| v.status == TaskState::Running);
         match j.state.as_str() {
             "RUNNING" if all => return Ok(()),
             "FAILED" | "CANCELED" | "FINISHED" => bail!("job {id} ended as {}", j.state),
@@ -818,7 +819,7 @@ pub(crate) async fn wait_running(
             let pending: Vec<_> = j
                 .vertices
                 .iter()
-                .filter(|v| v.status != "RUNNING")
+                .filter(|v| v.status != TaskState::Running)
                 .map(|v| format!("{} {}", v.status, v.name))
                 .collect();
             bail!(

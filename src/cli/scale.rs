@@ -173,7 +173,9 @@ async fn flink_scale_down_notes(lab: &Lab, n: u32) -> Vec<String> {
     let Ok(client) = lab.flink(Duration::from_secs(3)) else { return vec![] };
     let Ok(jobs) = client.jobs().await else { return vec![] };
     let name = flink_job::job_name(&lab.stack.project);
-    let Some(j) = jobs.iter().find(|j| j.name == name && j.state == "RUNNING") else {
+    let Some(j) =
+        jobs.iter().find(|j| j.name == name && j.state == crate::clients::flink::JobState::Running)
+    else {
         return vec![];
     };
     let parallelism = client

@@ -14,7 +14,7 @@ use crate::{
     clients::{
         docker::Runtime,
         lake::BlobClient,
-        spark::{self, Submission},
+        spark::{self, DriverState, Submission},
     },
     model::{
         config::Config,
@@ -296,7 +296,11 @@ impl Sizing {
     /// core, and no executor JVM to start. With several workers the driver takes one core and
     /// executors of one core each take the rest.
     pub fn from_master(master: &spark::MasterState) -> Result<Self> {
-        let alive: Vec<_> = master.workers.iter().filter(|w| w.state == "ALIVE").collect();
+        let alive: Vec<_> = master
+            .workers
+            .iter()
+            .filter(|w| w.state == crate::clients::spark::WorkerState::Alive)
+            .collect();
         let total: u32 = alive.iter().map(|w| w.cores).sum();
         if total < 2 {
             bail!("the Spark cluster has {total} core(s) but the export needs 2; add workers or cores");
@@ -474,7 +478,7 @@ pub struct Started {
 pub struct Outcome {
     pub id: String,
     /// FINISHED, FAILED, KILLED or ERROR.
-    pub state: String,
+    pub state: DriverState,
     /// Submit to the end state, as seen by polling the REST server every 200 ms.
     pub seconds: f64,
     /// The job's result.json: its summary, or `{"error", "traceback_tail"}` when it failed
@@ -562,7 +566,7 @@ async fn poll_export(
     let id = &started.id;
     let status = loop {
         let s = started.client.status(id).await?;
-        pb.set_message(format!("{id}: {}", s.driver_state.as_deref().unwrap_or("?")));
+        pb.set_message(format!("{id}: {}", s.driver_state.map_or("?", DriverState::as_str)));
         if s.finished() {
             break s;
         }
@@ -573,13 +577,13 @@ async fn poll_export(
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let seconds = started.submitted.elapsed().as_secs_f64();
-    let state = status.driver_state.unwrap_or_default();
+    let state = status.driver_state.unwrap_or(DriverState::Unknown);
     let result = started.staging.result().await?;
-    let output = match (&result, state.as_str()) {
-        (Some(_), "FINISHED") => None,
+    let output = match (&result, state) {
+        (Some(_), DriverState::Finished) => None,
         _ => driver_output(&started.project, id).await,
     };
-    if state == "FINISHED" && result.is_none() {
+    if state == DriverState::Finished && result.is_none() {
         let tail =
             output.as_deref().map(|o| format!(":\n{}", last_lines(o, 15))).unwrap_or_default();
         bail!(
@@ -601,7 +605,7 @@ impl Outcome {
     /// An error unless the export FINISHED: with the job's own error and traceback from its
     /// result, else the driver output's last lines when they could be read.
     pub fn require_finished(&self) -> Result<()> {
-        if self.state != "FINISHED" {
+        if self.state != DriverState::Finished {
             let detail = match self.result["error"].as_str() {
                 Some(err) => {
                     format!("{err}\n{}", self.result["traceback_tail"].as_str().unwrap_or(""))

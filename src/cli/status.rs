@@ -301,7 +301,11 @@ pub fn render(r: &Report, color: bool) -> String {
     let s = &r.spark;
     let mut text = String::new();
     if let Some(m) = &s.master {
-        let alive = s.workers.iter().filter(|w| w.state == "ALIVE").count();
+        let alive = s
+            .workers
+            .iter()
+            .filter(|w| w.state == crate::clients::spark::WorkerState::Alive)
+            .count();
         text = format!(
             "master {m}, {alive} worker(s), {}/{} cores used",
             s.cores_used.unwrap_or(0),

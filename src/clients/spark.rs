@@ -29,12 +29,78 @@ pub struct MasterState {
     pub completeddrivers: Vec<serde_json::Value>,
 }
 
+/// A worker's state as the master reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WorkerState {
+    Alive,
+    Dead,
+    Decommissioned,
+    #[serde(other)]
+    Unknown,
+}
+
+/// A driver's state as the REST submission server reports it (Spark's `DriverState`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DriverState {
+    Submitted,
+    Running,
+    Relaunching,
+    Finished,
+    Killed,
+    Failed,
+    Error,
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl DriverState {
+    /// The driver has ended and will not run again: its outcome can be read.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Finished | Self::Killed | Self::Failed | Self::Error)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Submitted => "SUBMITTED",
+            Self::Running => "RUNNING",
+            Self::Relaunching => "RELAUNCHING",
+            Self::Finished => "FINISHED",
+            Self::Killed => "KILLED",
+            Self::Failed => "FAILED",
+            Self::Error => "ERROR",
+            Self::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+impl std::fmt::Display for DriverState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// States from their REST names (`"RUNNING"`); a name this version does not know is `Unknown`.
+macro_rules! state_from_name {
+    ($($t:ty),*) => {$(
+        impl From<&str> for $t {
+            fn from(name: &str) -> Self {
+                serde_json::from_value(serde_json::Value::String(name.to_string()))
+                    .unwrap_or(Self::Unknown)
+            }
+        }
+    )*};
+}
+state_from_name!(WorkerState, DriverState);
+
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub struct Worker {
     pub id: String,
     pub host: String,
-    pub state: String,
+    pub state: WorkerState,
     pub cores: u32,
     pub coresused: u32,
     pub memory: u64,
@@ -66,7 +132,7 @@ impl Client {
     }
 
     pub fn alive_workers(state: &MasterState) -> usize {
-        state.workers.iter().filter(|w| w.state == "ALIVE").count()
+        state.workers.iter().filter(|w| w.state == WorkerState::Alive).count()
     }
 
     /// The REST submission server answers (any HTTP answer counts; GET on its root is a 400).
@@ -90,7 +156,7 @@ pub struct SubmissionStatus {
     #[serde(default)]
     pub success: bool,
     #[serde(default)]
-    pub driver_state: Option<String>,
+    pub driver_state: Option<DriverState>,
     #[serde(default)]
     pub worker_host_port: Option<String>,
     #[serde(default)]
@@ -101,7 +167,7 @@ pub struct SubmissionStatus {
 
 impl SubmissionStatus {
     pub fn finished(&self) -> bool {
-        matches!(self.driver_state.as_deref(), Some("FINISHED" | "FAILED" | "KILLED" | "ERROR"))
+        self.driver_state.is_some_and(DriverState::is_final)
     }
 }
 

@@ -88,11 +88,119 @@ struct Jars {
     files: Vec<JarFile>,
 }
 
+/// A job's state as Flink's REST API names it (its `JobStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobState {
+    Initializing,
+    Created,
+    Running,
+    Failing,
+    Failed,
+    Cancelling,
+    Canceled,
+    Finished,
+    Restarting,
+    Suspended,
+    Reconciling,
+    /// A state this version of labctl does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl JobState {
+    /// Ended for good (Flink's "globally terminal"): nothing of it runs or will run again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Failed | Self::Canceled | Self::Finished)
+    }
+
+    /// Holds, or is about to hold, task slots and its source's position: a second copy of the
+    /// job beside it would read the topic twice.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            Self::Created
+                | Self::Initializing
+                | Self::Running
+                | Self::Restarting
+                | Self::Reconciling
+                | Self::Failing
+                | Self::Cancelling
+        )
+    }
+
+    /// It ran and failed; Flink is restarting it or about to.
+    pub fn is_failing(self) -> bool {
+        matches!(self, Self::Restarting | Self::Failing)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Initializing => "INITIALIZING",
+            Self::Created => "CREATED",
+            Self::Running => "RUNNING",
+            Self::Failing => "FAILING",
+            Self::Failed => "FAILED",
+            Self::Cancelling => "CANCELLING",
+            Self::Canceled => "CANCELED",
+            Self::Finished => "FINISHED",
+            Self::Restarting => "RESTARTING",
+            Self::Suspended => "SUSPENDED",
+            Self::Reconciling => "RECONCILING",
+            Self::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A task's state (Flink's `ExecutionState`), as a job's vertices report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TaskState {
+    Created,
+    Scheduled,
+    Deploying,
+    Initializing,
+    Running,
+    Finished,
+    Canceling,
+    Canceled,
+    Failed,
+    Reconciling,
+    #[serde(other)]
+    Unknown,
+}
+
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self).ok();
+        f.pad(s.as_ref().and_then(|v| v.as_str()).unwrap_or("UNKNOWN"))
+    }
+}
+
+/// States from their REST names (`"RUNNING"`); a name this version does not know is `Unknown`.
+macro_rules! state_from_name {
+    ($($t:ty),*) => {$(
+        impl From<&str> for $t {
+            fn from(name: &str) -> Self {
+                serde_json::from_value(serde_json::Value::String(name.to_string()))
+                    .unwrap_or(Self::Unknown)
+            }
+        }
+    )*};
+}
+state_from_name!(JobState, TaskState);
+
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 pub struct JobOverview {
     pub jid: String,
     pub name: String,
-    pub state: String,
+    pub state: JobState,
     #[serde(rename = "start-time")]
     pub start_time: i64,
     #[serde(default)]
@@ -109,7 +217,7 @@ pub struct Vertex {
     pub id: String,
     pub name: String,
     pub parallelism: u32,
-    pub status: String,
+    pub status: TaskState,
     #[serde(default)]
     pub metrics: serde_json::Value,
 }
@@ -118,7 +226,7 @@ pub struct Vertex {
 pub struct JobDetails {
     pub jid: String,
     pub name: String,
-    pub state: String,
+    pub state: JobState,
     #[serde(rename = "start-time")]
     pub start_time: i64,
     #[serde(default)]

@@ -8,7 +8,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{BrokerSection, DatabaseSection, FlinkSection, LakeSection, SparkSection};
-use crate::stack::INGEST;
+use crate::{
+    clients::spark::{DriverState, WorkerState},
+    stack::INGEST,
+};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -203,13 +206,12 @@ pub fn judge_spark(s: &mut SparkSection) {
     if s.light.is_set() {
         return;
     }
-    let alive = s.workers.iter().filter(|w| w.state == "ALIVE").count();
+    let alive = s.workers.iter().filter(|w| w.state == WorkerState::Alive).count();
     s.light = match s.drivers.first() {
         _ if alive == 0 => Light::red("no ALIVE worker: exports cannot run (`labctl up`)"),
-        Some(d) if matches!(d.state.as_str(), "FAILED" | "ERROR") => Light::yellow(format!(
-            "last export {} {}: see `labctl spark status {}`",
-            d.id, d.state, d.id
-        )),
+        Some(d) if matches!(d.state, DriverState::Failed | DriverState::Error) => Light::yellow(
+            format!("last export {} {}: see `labctl spark status {}`", d.id, d.state, d.id),
+        ),
         Some(d) => Light::green(format!("{alive} worker(s); last export {} {}", d.id, d.state)),
         None => Light::green(format!("{alive} worker(s); no export yet")),
     };

@@ -17,7 +17,7 @@ use serde::Serialize;
 pub use health::{Health, Light};
 
 use crate::{
-    clients::docker::Runtime,
+    clients::{docker::Runtime, flink::JobState, spark::DriverState},
     model::schema,
     ops::lab::Lab,
     stack::{Probe, INGEST},
@@ -136,7 +136,7 @@ pub struct FlinkSection {
 pub struct FlinkJobStatus {
     pub id: String,
     pub name: String,
-    pub state: String,
+    pub state: JobState,
     /// Whether this is the lab's streaming job (by name).
     pub lab_job: bool,
     pub uptime_secs: i64,
@@ -208,7 +208,7 @@ pub struct SparkSection {
 #[derive(Debug, Serialize)]
 pub struct SparkDriver {
     pub id: String,
-    pub state: String,
+    pub state: DriverState,
     pub started: Option<DateTime<Utc>>,
 }
 
@@ -310,14 +310,17 @@ pub async fn report_with(
         container: lab.config.lake.container.clone(),
         ..Default::default()
     });
-    broker.flink_consumer_lag =
-        flink.jobs.iter().find(|j| j.lab_job && j.state == "RUNNING").map(|j| j.pending_records);
+    broker.flink_consumer_lag = flink
+        .jobs
+        .iter()
+        .find(|j| j.lab_job && j.state == JobState::Running)
+        .map(|j| j.pending_records);
     health::judge_broker(&mut broker, &facts);
     health::judge_flink(&mut flink, &facts);
     health::judge_database(
         &mut database,
         &facts,
-        flink.jobs.iter().any(|j| j.lab_job && j.state == "RUNNING"),
+        flink.jobs.iter().any(|j| j.lab_job && j.state == JobState::Running),
     );
     health::judge_spark(&mut spark);
     health::judge_lake(&mut lake);
@@ -566,7 +569,8 @@ async fn flink(lab: &Lab, timeout: Duration) -> Result<FlinkSection> {
     let (overview, jobs) = tokio::try_join!(client.overview(), client.jobs())?;
     let lab_job = crate::ops::flink_job::Target::lab(&lab.config).job_name;
     let now = Utc::now().timestamp_millis();
-    let shown = jobs.into_iter().filter(|j| !matches!(j.state.as_str(), "CANCELED" | "FINISHED"));
+    let shown =
+        jobs.into_iter().filter(|j| !matches!(j.state, JobState::Canceled | JobState::Finished));
     let jobs = futures_util::future::join_all(shown.map(|j| {
         let (client, lab_job) = (&client, &lab_job);
         async move {
@@ -605,7 +609,7 @@ async fn flink(lab: &Lab, timeout: Duration) -> Result<FlinkSection> {
     }))
     .await;
     let mut jobs = jobs;
-    jobs.sort_by_key(|j| (!j.lab_job, j.state != "RUNNING", -j.uptime_secs));
+    jobs.sort_by_key(|j| (!j.lab_job, j.state != JobState::Running, -j.uptime_secs));
     Ok(FlinkSection {
         light: Light::default(),
         taskmanagers: Some(overview.taskmanagers),
@@ -651,7 +655,7 @@ async fn spark(lab: &Lab, timeout: Duration) -> Result<SparkSection> {
     let m = lab.spark(timeout)?.master().await?;
     let driver = |d: &serde_json::Value| SparkDriver {
         id: d["id"].as_str().unwrap_or_default().to_string(),
-        state: d["state"].as_str().unwrap_or_default().to_string(),
+        state: serde_json::from_value(d["state"].clone()).unwrap_or(DriverState::Unknown),
         started: d["starttime"].as_i64().and_then(DateTime::from_timestamp_millis),
     };
     let mut drivers: Vec<SparkDriver> =
