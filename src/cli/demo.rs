@@ -20,7 +20,7 @@ use super::{finish, spinner};
 use crate::{
     clients::docker::Runtime,
     model::{config::Config, schema},
-    ops::{flink_job::Target, lab::Lab},
+    ops::{flink::job::Target, lab::Lab},
     stack::INGEST,
 };
 

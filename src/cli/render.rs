@@ -48,7 +48,7 @@ pub fn run(config: Config, args: Args) -> Result<ExitCode> {
         }
         What::InitDb => schema::init_db_sql(),
         // The password is filled in at submit time only; rendered output never shows it.
-        What::Flink => super::flink::render(&config, None)?,
+        What::Flink => crate::ops::flink::render(&config, None)?,
         What::Spark => {
             let state = State {
                 db_password: String::new(),

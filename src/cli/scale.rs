@@ -18,7 +18,7 @@ use super::{finish, spinner, up};
 use crate::{
     clients::docker::Runtime,
     model::config::{Config, MAX_REPLICAS},
-    ops::{flink_job, lab::Lab},
+    ops::{flink::job, lab::Lab},
     stack::{self, state::State, FLINK_JM, FLINK_TM, SCALABLE, SPARK_MASTER, SPARK_WORKER},
 };
 
@@ -155,7 +155,7 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
         if service == FLINK_TM {
             eprintln!(
                 "  the next `labctl submit flink` runs with parallelism {} (= topic partitions: one reader per partition), whatever the slots",
-                flink_job::JobSettings::for_lab(&lab.config).parallelism
+                job::JobSettings::for_lab(&lab.config).parallelism
             );
         } else {
             eprintln!(
@@ -172,7 +172,7 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
 async fn flink_scale_down_notes(lab: &Lab, n: u32) -> Vec<String> {
     let Ok(client) = lab.flink(Duration::from_secs(3)) else { return vec![] };
     let Ok(jobs) = client.jobs().await else { return vec![] };
-    let name = flink_job::job_name(&lab.stack.project);
+    let name = job::job_name(&lab.stack.project);
     let Some(j) =
         jobs.iter().find(|j| j.name == name && j.state == crate::clients::flink::JobState::Running)
     else {
@@ -184,7 +184,7 @@ async fn flink_scale_down_notes(lab: &Lab, n: u32) -> Vec<String> {
         .map(|d| d.vertices.iter().map(|v| v.parallelism).max().unwrap_or(0))
         .unwrap_or(0);
     let slots = n * lab.config.flink.slots_per_taskmanager;
-    let attempts = flink_job::JobSettings::for_lab(&lab.config).restart_attempts;
+    let attempts = job::JobSettings::for_lab(&lab.config).restart_attempts;
     let mut notes = vec![format!(
         "the lab's job {} is running: if any of its tasks run on a removed TaskManager, they fail and the job restarts on the remaining slots through its restart strategy (fixed delay, {attempts} attempts), from its last checkpoint",
         &j.jid

@@ -2,7 +2,7 @@
 //! operations on it (reconcile, submit, export, ingest, status, verify, render, plot). Reports
 //! come back as data; `cli` turns them into tables or JSON.
 
-pub mod flink_job;
+pub mod flink;
 pub mod ingest;
 pub mod lab;
 pub mod numbers;

@@ -51,7 +51,7 @@ pub fn samples_path(project: &str) -> PathBuf {
     state_dir().join(format!("{project}.offsets.json"))
 }
 
-/// Marker of a `labctl submit flink` whose run request may be in flight (see `cli::flink`).
+/// Marker of a `labctl submit flink` whose run request may be in flight (see `ops::flink`).
 pub fn submit_marker_path(project: &str) -> PathBuf {
     state_dir().join(format!("{project}.flink-submit.json"))
 }

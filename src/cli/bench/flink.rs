@@ -42,19 +42,19 @@ pub struct Args {
 /// Submits a script through the SQL runner and waits until it runs.
 async fn run_script(client: &crate::clients::flink::Client, script: &str) -> Result<String> {
     use base64::{engine::general_purpose::STANDARD as B64, Engine};
-    let jar = crate::cli::flink::find_or_explain_runner(client).await?;
+    let jar = crate::ops::flink::find_or_explain_runner(client).await?;
     let args: Vec<String> =
-        crate::ops::flink_job::split_statements(script).iter().map(|s| B64.encode(s)).collect();
+        crate::ops::flink::job::split_statements(script).iter().map(|s| B64.encode(s)).collect();
     let id =
-        client.run_jar(&jar, crate::ops::flink_job::RUNNER_ENTRY_CLASS, &args, None, None).await?;
-    crate::cli::flink::wait_running(client, &id, Duration::from_secs(120)).await?;
+        client.run_jar(&jar, crate::ops::flink::job::RUNNER_ENTRY_CLASS, &args, None, None).await?;
+    crate::ops::flink::wait_running(client, &id, Duration::from_secs(120)).await?;
     Ok(id)
 }
 
 /// The full job on a topic and scratch tables of its own, against a read-only baseline (the
 /// same source into a blackhole sink): how close writing both tables gets to reading alone.
 pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
-    use crate::ops::flink_job::{render_for, JobSettings, Target};
+    use crate::ops::flink::job::{render_for, JobSettings, Target};
     let client = lab.flink(Duration::from_secs(10))?;
     let overview = client.overview().await.context("the Flink cluster is not up")?;
     // A job without slots fails and restarts instead of waiting: say so before starting one.
@@ -102,7 +102,7 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
         // Not the lab job's folder: its restore must never pick up a benchmark's checkpoint.
         checkpoint_dir: format!(
             "{}/checkpoints/bench",
-            crate::ops::flink_job::state_root(&lab.config)
+            crate::ops::flink::job::state_root(&lab.config)
         ),
         retain_checkpoints: false,
     };
@@ -110,7 +110,7 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
     let password = lab.db_password()?;
     let full = render_for(&lab.config, &password, &settings, &target("full"))?;
     let read_only = render_for(&lab.config, &password, &settings, &target("read"))?;
-    let mut base_script: Vec<String> = crate::ops::flink_job::split_statements(&read_only)
+    let mut base_script: Vec<String> = crate::ops::flink::job::split_statements(&read_only)
         .into_iter()
         .filter(|s| s.starts_with("SET") || s.contains("CREATE TABLE sensor_readings"))
         .collect();
@@ -255,7 +255,7 @@ struct Live {
 impl Live {
     fn measurements(
         &self,
-        settings: &crate::ops::flink_job::JobSettings,
+        settings: &crate::ops::flink::job::JobSettings,
         conditions: &str,
         late: f64,
     ) -> Vec<Measurement> {
@@ -297,7 +297,7 @@ async fn live_latency(
     db: &tokio_postgres::Client,
     topic: &str,
     agg: &str,
-    settings: &crate::ops::flink_job::JobSettings,
+    settings: &crate::ops::flink::job::JobSettings,
     windows: u32,
 ) -> Result<Live> {
     let interval = 5i64;

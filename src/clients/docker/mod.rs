@@ -392,6 +392,36 @@ impl Runtime {
             .with_context(|| format!("removing volume {name}"))
     }
 
+    /// Runs a command in a container and returns its standard output.
+    pub async fn exec_output(&self, container: &str, cmd: &[&str]) -> Result<String> {
+        use bollard::exec::{CreateExecOptions, StartExecResults};
+        use futures_util::StreamExt;
+        let exec = self
+            .docker
+            .create_exec(
+                container,
+                CreateExecOptions {
+                    cmd: Some(cmd.to_vec()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .with_context(|| format!("running {} in {container}", cmd.join(" ")))?;
+        let mut stdout = String::new();
+        if let StartExecResults::Attached { mut output, .. } =
+            self.docker.start_exec(&exec.id, None).await?
+        {
+            while let Some(chunk) = output.next().await {
+                if let bollard::container::LogOutput::StdOut { message } = chunk? {
+                    stdout.push_str(&String::from_utf8_lossy(&message));
+                }
+            }
+        }
+        Ok(stdout)
+    }
+
     /// The last `tail` lines a container wrote, stdout and stderr interleaved.
     pub async fn tail_logs(&self, name: &str, tail: usize) -> Result<String> {
         let mut stream = self.docker.logs(

@@ -272,7 +272,7 @@ pub async fn report_with(
     let facts = health::Facts {
         ingest_running,
         now: Utc::now(),
-        checkpoint_interval_secs: crate::ops::flink_job::JobSettings::for_lab(&lab.config)
+        checkpoint_interval_secs: crate::ops::flink::job::JobSettings::for_lab(&lab.config)
             .checkpoint_interval_secs as i64,
     };
     let mut broker = broker.unwrap_or_else(|e| {
@@ -465,7 +465,7 @@ async fn services(lab: &Lab, rt: &Runtime, timeout: Duration) -> Result<Vec<Serv
 
 /// The consumer group the lab's Flink job commits its offsets to.
 fn lab_group(lab: &Lab) -> String {
-    crate::ops::flink_job::Target::lab(&lab.config).group_id
+    crate::ops::flink::job::Target::lab(&lab.config).group_id
 }
 
 async fn broker(lab: &Lab, timeout: Duration) -> Result<BrokerSection> {
@@ -567,7 +567,7 @@ fn cluster_status(facts: Result<crate::clients::kafka::ClusterFacts>) -> Cluster
 async fn flink(lab: &Lab, timeout: Duration) -> Result<FlinkSection> {
     let client = lab.flink(timeout)?;
     let (overview, jobs) = tokio::try_join!(client.overview(), client.jobs())?;
-    let lab_job = crate::ops::flink_job::Target::lab(&lab.config).job_name;
+    let lab_job = crate::ops::flink::job::Target::lab(&lab.config).job_name;
     let now = Utc::now().timestamp_millis();
     let shown =
         jobs.into_iter().filter(|j| !matches!(j.state, JobState::Canceled | JobState::Finished));

@@ -185,7 +185,7 @@ struct TopicRead {
 /// everything stored).
 pub async fn run(lab: &Lab, timeout: Duration) -> Result<Report> {
     let topic = lab.config.broker.topic.clone();
-    let group = crate::ops::flink_job::Target::lab(&lab.config).group_id;
+    let group = crate::ops::flink::job::Target::lab(&lab.config).group_id;
     let broker = lab.broker()?;
     let committed: HashMap<i32, Option<i64>> = broker
         .committed(&group, &topic, timeout)
@@ -201,7 +201,7 @@ pub async fn run(lab: &Lab, timeout: Duration) -> Result<Report> {
     let raw = read_raw(&db).await?;
     let rejected = read_rejected(&db).await?;
     let windows =
-        read_windows(&db, crate::ops::flink_job::JobSettings::for_lab(&lab.config).window_secs)
+        read_windows(&db, crate::ops::flink::job::JobSettings::for_lab(&lab.config).window_secs)
             .await?;
 
     let ends = broker.offsets(&topic, timeout).await?;
