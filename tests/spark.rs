@@ -474,19 +474,12 @@ fn late_readings_reach_the_lake_and_concurrent_exports_never_double_rows() {
             .collect();
     insert(&t, &more);
     let worker = format!("{}-spark-worker-1", t.project);
-    let args = labctl::cli::spark::SubmitArgs {
-        from: None,
-        to: None,
-        with_aggregates: false,
-        partitions: 2,
-        no_wait: false,
-        timeout: 600,
-        dry_run: false,
-        json: true,
-    };
-    let secrets = labctl::cli::spark::JobSecrets::of(&lab).unwrap();
-    let config = labctl::cli::spark::render_config(&lab, &args, &secrets, None).unwrap();
-    let job = labctl::stack::assets::text(labctl::cli::spark::JOB_FILE).unwrap();
+    use labctl::ops::spark;
+    let req = spark::ExportRequest { partitions: 2, ..Default::default() };
+    let secrets = spark::JobSecrets::of(&lab).unwrap();
+    let config =
+        spark::render_config(&lab, &req, &secrets, &spark::Overrides::default(), None).unwrap();
+    let job = labctl::stack::assets::text(spark::JOB_FILE).unwrap();
     let cfg_file = t.state_dir.path().join("side-export.json");
     let job_file = t.state_dir.path().join("side-export.py");
     std::fs::write(&cfg_file, config).unwrap();

@@ -5,10 +5,13 @@ use std::{process::ExitCode, time::Duration};
 
 use anyhow::Result;
 
-use super::spark::{
-    render_config_with, start_export, wait_export, JobSecrets, Overrides, Staging, SubmitArgs,
+use crate::{
+    model::config::Config,
+    ops::{
+        lab::Lab,
+        spark::{self, ExportRequest, Overrides},
+    },
 };
-use crate::{model::config::Config, ops::lab::Lab};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -40,28 +43,15 @@ pub async fn run(config: Config, cmd: Command) -> Result<ExitCode> {
     if a.retain_hours.is_some_and(|h| h < 168.0) {
         eprintln!("warning: keeping less than 7 days of history: a reader of an older version, or an export running now, may lose files");
     }
-    let args = SubmitArgs {
-        from: None,
-        to: None,
-        with_aggregates: a.with_aggregates,
-        partitions: 1,
-        no_wait: false,
-        timeout: a.timeout,
-        dry_run: false,
-        json: a.json,
-    };
+    let req =
+        ExportRequest { with_aggregates: a.with_aggregates, partitions: 1, ..Default::default() };
     let over = Overrides { vacuum: Some(a.retain_hours), ..Overrides::default() };
-    let staging = Staging::new(&lab, Duration::from_secs(a.timeout))?;
-    let config_json =
-        render_config_with(&lab, &args, &JobSecrets::of(&lab)?, &over, Some(staging.result_url()))?;
-    let started = start_export(&lab, staging, &config_json).await?;
     let pb = indicatif::ProgressBar::new_spinner();
     pb.set_message("vacuum");
     pb.enable_steady_tick(Duration::from_millis(120));
-    let outcome = wait_export(&started, Duration::from_secs(a.timeout), &pb).await;
+    let ran = spark::run(&lab, &req, &over, Duration::from_secs(a.timeout), &pb).await;
     pb.finish_and_clear();
-    let outcome = outcome?;
-    outcome.require_finished()?;
+    let (started, outcome) = ran?;
     if a.json {
         println!(
             "{}",

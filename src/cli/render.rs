@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     model::{config::Config, schema},
-    ops::render,
+    ops::{render, spark},
     stack::{state::State, Stack},
 };
 
@@ -57,20 +57,12 @@ pub fn run(config: Config, args: Args) -> Result<ExitCode> {
                 broker_password: String::new(),
             };
             let lab = crate::ops::lab::Lab::new(config.clone(), state);
-            let args = super::spark::SubmitArgs {
-                from: None,
-                to: None,
-                with_aggregates: false,
-                partitions: 4,
-                no_wait: false,
-                timeout: 0,
-                dry_run: true,
-                json: false,
-            };
-            super::spark::render_config(
+            let req = spark::ExportRequest { partitions: 4, ..Default::default() };
+            spark::render_config(
                 &lab,
-                &args,
-                &super::spark::JobSecrets::placeholders(),
+                &req,
+                &spark::JobSecrets::placeholders(),
+                &spark::Overrides::default(),
                 Some("<filled in by labctl submit spark>"),
             )?
         }

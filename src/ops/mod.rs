@@ -8,5 +8,6 @@ pub mod lab;
 pub mod numbers;
 pub mod plot;
 pub mod render;
+pub mod spark;
 pub mod status;
 pub mod verify;

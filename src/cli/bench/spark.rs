@@ -16,15 +16,14 @@ use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::Type};
 
 use super::{fleet_and_starts, Measurement};
 use crate::{
-    cli::spark::{
-        render_config_with, start_export, wait_export, Outcome, Overrides, Sizing, Staging,
-        SubmitArgs,
-    },
     model::{
         fleet::{MachineRng, SENSORS},
         schema::{pg_ident, MACHINE_SENSORS},
     },
-    ops::lab::Lab,
+    ops::{
+        lab::Lab,
+        spark::{self, ExportRequest, Outcome, Overrides, Sizing},
+    },
 };
 
 /// The target: a 7-day table exported within this many seconds, submit to FINISHED.
@@ -91,30 +90,13 @@ async fn run_once(
         (chrono::Utc::now() + chrono::Duration::hours(1))
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     );
-    let args = SubmitArgs {
-        from: None,
-        to,
-        with_aggregates: false,
-        partitions,
-        no_wait: false,
-        timeout: 900,
-        dry_run: false,
-        json: true,
-    };
+    let req = ExportRequest { to, partitions, ..Default::default() };
     let over = Overrides {
         table: Some(table.into()),
         delta_path: Some(delta_path.into()),
         read_only,
         vacuum: None,
     };
-    let staging = Staging::new(lab, Duration::from_secs(900))?;
-    let config = render_config_with(
-        lab,
-        &args,
-        &crate::cli::spark::JobSecrets::of(lab)?,
-        &over,
-        Some(staging.result_url()),
-    )?;
     // The previous run's application may still be releasing its cores.
     let spark = lab.spark(Duration::from_secs(10))?;
     let t = Instant::now();
@@ -125,10 +107,8 @@ async fn run_once(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let started = start_export(lab, staging, &config).await?;
-    let outcome =
-        wait_export(&started, Duration::from_secs(900), &indicatif::ProgressBar::hidden()).await?;
-    outcome.require_finished()?;
+    let (started, outcome) =
+        spark::run(lab, &req, &over, Duration::from_secs(900), &crate::progress::Quiet).await?;
     Ok((outcome, started.sizing))
 }
 
