@@ -7,6 +7,23 @@ pub trait Progress: Send + Sync {
     fn set(&self, msg: &str);
     /// A line that stays, shown whether or not stderr is a terminal.
     fn note(&self, msg: &str);
+    /// The task ended well; `msg` stays as its last word.
+    fn done(&self, msg: &str) {
+        self.note(msg)
+    }
+    /// The task ended badly; `msg` says how (the caller's error says it again in full).
+    fn failed(&self, msg: &str) {
+        self.set(msg)
+    }
+    /// The task ended with nothing worth keeping on screen.
+    fn clear(&self) {}
+}
+
+/// Where several tasks at once report, one `Progress` each (`up` waits on every service).
+pub trait Tasks: Send + Sync {
+    fn task(&self, name: &str) -> Box<dyn Progress>;
+    /// A line that belongs to no task.
+    fn note(&self, msg: &str);
 }
 
 /// Shows nothing (tests, library use).
@@ -14,6 +31,13 @@ pub struct Quiet;
 
 impl Progress for Quiet {
     fn set(&self, _msg: &str) {}
+    fn note(&self, _msg: &str) {}
+}
+
+impl Tasks for Quiet {
+    fn task(&self, _name: &str) -> Box<dyn Progress> {
+        Box::new(Quiet)
+    }
     fn note(&self, _msg: &str) {}
 }
 

@@ -66,7 +66,9 @@ pub async fn run(_config: Config, cmd: Command) -> Result<ExitCode> {
                 .iter()
                 .filter(|i| names.is_empty() || names.iter().any(|n| n == i.name))
                 .collect();
-            for (name, tag, built) in super::build_images(&rt, &specs, force, &multi).await? {
+            for (name, tag, built) in
+                crate::ops::reconcile::build_images(&rt, &specs, force, &multi).await?
+            {
                 if !built {
                     eprintln!("{name:<18} {tag} cached");
                 }

@@ -158,6 +158,29 @@ impl crate::progress::Progress for indicatif::ProgressBar {
             self.println(msg);
         }
     }
+    fn done(&self, msg: &str) {
+        finish(self, msg.to_string());
+    }
+    fn failed(&self, msg: &str) {
+        self.abandon_with_message(msg.to_string());
+    }
+    fn clear(&self) {
+        self.finish_and_clear();
+    }
+}
+
+/// One spinner per task, stacked.
+impl crate::progress::Tasks for indicatif::MultiProgress {
+    fn task(&self, name: &str) -> Box<dyn crate::progress::Progress> {
+        Box::new(spinner(self, name))
+    }
+    fn note(&self, msg: &str) {
+        if self.is_hidden() {
+            eprintln!("{msg}");
+        } else {
+            let _ = self.println(msg);
+        }
+    }
 }
 
 /// Ends a progress line with a final message that also reaches non-terminal output.
@@ -166,38 +189,4 @@ pub fn finish(pb: &indicatif::ProgressBar, msg: String) {
         eprintln!("{:<18} {msg}", pb.prefix());
     }
     pb.finish_with_message(msg);
-}
-
-/// Images built at once. Most build time is waiting on package downloads and unpacking, not on
-/// the CPU (only TimescaleDB compiles), so on two cores three builds overlap well.
-const PARALLEL_BUILDS: usize = 3;
-
-/// Builds the images that are missing, a few at a time with a spinner each; returns (name,
-/// tag, whether it was built) in the order given. The base image must exist.
-pub(crate) async fn build_images(
-    rt: &crate::clients::docker::Runtime,
-    specs: &[&'static crate::stack::ImageSpec],
-    force: bool,
-    multi: &indicatif::MultiProgress,
-) -> Result<Vec<(&'static str, String, bool)>> {
-    use futures_util::{StreamExt, TryStreamExt};
-    futures_util::stream::iter(specs.iter().copied())
-        .map(|spec| {
-            let pb = spinner(multi, spec.name);
-            async move {
-                let t = std::time::Instant::now();
-                let (tag, built) = rt.ensure_image(spec, force, &pb).await?;
-                if built {
-                    let line = format!("built {tag} in {:.0} s", t.elapsed().as_secs_f64());
-                    tracing::info!("{line}");
-                    finish(&pb, line);
-                } else {
-                    pb.finish_and_clear();
-                }
-                Ok::<_, anyhow::Error>((spec.name, tag, built))
-            }
-        })
-        .buffered(PARALLEL_BUILDS)
-        .try_collect()
-        .await
 }
