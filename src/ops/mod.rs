@@ -2,6 +2,7 @@
 //! operations on it (reconcile, submit, export, ingest, status, verify, render, plot). Reports
 //! come back as data; `cli` turns them into tables or JSON.
 
+pub mod bench;
 pub mod flink;
 pub mod ingest;
 pub mod lab;

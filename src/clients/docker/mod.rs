@@ -11,7 +11,7 @@ use bollard::{
     container::{
         Config as ContainerConfig, CreateContainerOptions, ListContainersOptions, LogOutput,
         LogsOptions, RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
-        UploadToContainerOptions,
+        UploadToContainerOptions, WaitContainerOptions,
     },
     models::{
         ContainerSummary, EndpointSettings, HostConfig, Mount as DockerMount, MountTypeEnum,
@@ -25,6 +25,18 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::stack::{Secret, Service, Stack};
+
+/// A one-off container: run to its end on a lab's network, then removed.
+pub struct OneOff<'a> {
+    pub name: String,
+    pub project: &'a str,
+    pub network: &'a str,
+    pub image: &'a str,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Vec<String>,
+    /// Files put into the container before it starts: (path, content).
+    pub files: &'a [(&'a str, &'a [u8])],
+}
 
 pub const LABEL_PROJECT: &str = "labctl.project";
 pub const LABEL_SERVICE: &str = "labctl.service";
@@ -390,6 +402,52 @@ impl Runtime {
             .remove_volume(name, None)
             .await
             .with_context(|| format!("removing volume {name}"))
+    }
+
+    /// Runs a one-off container to its end and returns its last 200 log lines; the container
+    /// is removed afterwards (and beforehand, should an earlier run have left it).
+    pub async fn run_to_end(&self, c: &OneOff<'_>) -> Result<String> {
+        let remove = || async {
+            let _ = self
+                .docker
+                .remove_container(
+                    &c.name,
+                    Some(RemoveContainerOptions { force: true, ..Default::default() }),
+                )
+                .await;
+        };
+        remove().await;
+        let config = ContainerConfig {
+            image: Some(c.image.to_string()),
+            entrypoint: c.entrypoint.clone(),
+            cmd: Some(c.cmd.clone()),
+            labels: Some(HashMap::from([(LABEL_PROJECT.to_string(), c.project.to_string())])),
+            host_config: Some(HostConfig {
+                network_mode: Some(c.network.to_string()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.docker
+            .create_container(
+                Some(CreateContainerOptions { name: c.name.as_str(), platform: None }),
+                config,
+            )
+            .await
+            .with_context(|| format!("creating {}", c.name))?;
+        for (path, content) in c.files {
+            self.upload_file(&c.name, path, content, 0o644).await?;
+        }
+        self.start(&c.name).await?;
+        let mut wait = self.docker.wait_container(&c.name, None::<WaitContainerOptions<String>>);
+        while let Some(r) = wait.next().await {
+            if let Err(e) = r {
+                tracing::debug!("wait {}: {e}", c.name);
+            }
+        }
+        let logs = self.tail_logs(&c.name, 200).await;
+        remove().await;
+        logs
     }
 
     /// Runs a command in a container and returns its standard output.

@@ -23,24 +23,19 @@ use crate::{
         ingest::{generate, producer::Sender},
         lab::Lab,
     },
+    progress::Progress,
     stack::{INGEST_IMAGE, SPARK_IMAGE},
 };
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
+#[derive(Debug, Clone)]
+pub struct Settings {
     /// Days of history each producer writes (7 = 1,088,640 messages).
-    #[arg(long, default_value_t = 7.0)]
     pub days: f64,
     /// The Python baseline script.
-    #[arg(long, default_value = "../shared/bench/seed_style_producer.py", value_name = "FILE")]
     pub baseline: PathBuf,
     /// Runs of each producer, (a) and (b) alternating; the table shows medians. One run of 7
     /// days takes about 3 s here, so single runs vary by ±20% on a busy machine.
-    #[arg(long, default_value_t = 5)]
     pub runs: usize,
-    /// Write the table as JSON to this file as well.
-    #[arg(long, value_name = "FILE")]
-    pub json_out: Option<PathBuf>,
 }
 
 /// (d): generation and encoding only, into a sink that keeps nothing.
@@ -130,12 +125,15 @@ impl Runs {
 /// the machine's load during the benchmark falls on both alike; each run writes a fresh topic
 /// (a used topic would make `ingest` resume instead of backfilling) and the topics are deleted
 /// at the end.
-pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
-    if args.runs == 0 {
+pub async fn run(lab: &Lab, bench: &Settings, progress: &dyn Progress) -> Result<Vec<Measurement>> {
+    if bench.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let baseline = std::fs::read(&args.baseline).with_context(|| {
-        format!("cannot read the Python baseline {}; pass --baseline PATH", args.baseline.display())
+    let baseline = std::fs::read(&bench.baseline).with_context(|| {
+        format!(
+            "cannot read the Python baseline {}; pass --baseline PATH",
+            bench.baseline.display()
+        )
     })?;
     let rt = Runtime::connect().await?;
     let broker = lab.broker()?;
@@ -144,29 +142,49 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
     let nonce = chrono::Utc::now().format("%H%M%S").to_string();
     let topic = |x: &str, run: usize| format!("bench-{nonce}-{x}{run}");
     let mut topics = Vec::new();
-    for run in 0..args.runs {
+    for run in 0..bench.runs {
         for x in ["a", "b", "c"] {
             broker.ensure_topic(&topic(x, run), partitions).await?;
             topics.push(topic(x, run));
         }
     }
-    let result = measure(lab, args, &rt, &broker, &bootstrap, &topic, &baseline).await;
+    let result = measure(
+        lab,
+        bench,
+        &rt,
+        &Scratch { broker: &broker, bootstrap: &bootstrap, topic: &topic },
+        &baseline,
+        progress,
+    )
+    .await;
     if let Err(e) = broker.delete_topics(&topics).await {
-        eprintln!("could not delete the benchmark's topics ({}): {e:#}", topics.join(", "));
+        progress.note(&format!(
+            "could not delete the benchmark's topics ({}): {e:#}",
+            topics.join(", ")
+        ));
     }
     result
 }
 
+/// The benchmark's own topics on the lab's broker.
+struct Scratch<'a> {
+    broker: &'a crate::clients::kafka::Broker,
+    /// As containers on the lab's network reach the broker.
+    bootstrap: &'a str,
+    /// The topic of a producer (a, b, c, d) and run.
+    topic: &'a dyn Fn(&str, usize) -> String,
+}
+
 async fn measure(
     lab: &Lab,
-    args: &Args,
+    bench: &Settings,
     rt: &Runtime,
-    broker: &crate::clients::kafka::Broker,
-    bootstrap: &str,
-    topic: &dyn Fn(&str, usize) -> String,
+    scratch: &Scratch<'_>,
     baseline: &[u8],
+    progress: &dyn Progress,
 ) -> Result<Vec<Measurement>> {
-    let days = format!("{}", args.days);
+    let Scratch { broker, bootstrap, topic } = *scratch;
+    let days = format!("{}", bench.days);
     // The generator's image carries this very binary (rebuilt here if it changed).
     let (ingest_image, _) = rt.ensure_image(&INGEST_IMAGE, false, &crate::progress::Quiet).await?;
     let spark_image = image_tag(&SPARK_IMAGE);
@@ -174,15 +192,15 @@ async fn measure(
         bail!("the bench needs the lab's images; run `labctl up` first");
     }
 
-    let venv = python_venv().await?;
+    let venv = python_venv(progress).await?;
     let (mut d, mut pd) = (Runs::default(), Runs::default());
-    for run in 1..=args.runs {
-        eprintln!("(d) run {run}/{}: generate and encode in this process, then the Python script's '-' mode …", args.runs);
-        let days_f = args.days;
+    for run in 1..=bench.runs {
+        progress.note(&format!("(d) run {run}/{}: generate and encode in this process, then the Python script's '-' mode …", bench.runs));
+        let days_f = bench.days;
         let (n, s) = tokio::task::spawn_blocking(move || generate_only(days_f)).await?;
         d.runs.push((n as f64, s));
         let out = tokio::process::Command::new(venv.join("bin/python"))
-            .arg(&args.baseline)
+            .arg(&bench.baseline)
             .args(["-", "unused", &days])
             .output()
             .await
@@ -192,9 +210,13 @@ async fn measure(
     }
 
     let (mut a, mut b) = (Runs::default(), Runs::default());
-    for run in 0..args.runs {
-        eprintln!("(a) run {}/{}: labctl ingest into the broker …", run + 1, args.runs);
-        let backfill = format!("{}s", (args.days * 86_400.0) as i64);
+    for run in 0..bench.runs {
+        progress.note(&format!(
+            "(a) run {}/{}: labctl ingest into the broker …",
+            run + 1,
+            bench.runs
+        ));
+        let backfill = format!("{}s", (bench.days * 86_400.0) as i64);
         let cmd = [
             "ingest",
             "--bootstrap",
@@ -210,7 +232,11 @@ async fn measure(
             run_container(rt, lab, "a", &ingest_image, None, cmd.map(String::from).to_vec(), &[])
                 .await?;
         a.push(last(&out)?, "delivered")?;
-        eprintln!("(b) run {}/{}: raw rdkafka producer, pre-encoded …", run + 1, args.runs);
+        progress.note(&format!(
+            "(b) run {}/{}: raw rdkafka producer, pre-encoded …",
+            run + 1,
+            bench.runs
+        ));
         let cmd = [
             "bench",
             "raw-producer",
@@ -227,8 +253,8 @@ async fn measure(
         b.push(last(&out)?, "messages")?;
     }
     // The Python producer is slow to install: one container, its runs one after another.
-    eprintln!("(c) the Python baseline into the broker, {} run(s) (installing confluent-kafka and numpy first, not timed) …", args.runs);
-    let runs: Vec<String> = (0..args.runs)
+    progress.note(&format!("(c) the Python baseline into the broker, {} run(s) (installing confluent-kafka and numpy first, not timed) …", bench.runs));
+    let runs: Vec<String> = (0..bench.runs)
         .map(|run| {
             format!(
                 "/tmp/v/bin/python /tmp/seed_style_producer.py {bootstrap} {} {days}",
@@ -254,11 +280,11 @@ async fn measure(
     for line in &out {
         c.push(line, "messages")?;
     }
-    if c.runs.len() != args.runs {
+    if c.runs.len() != bench.runs {
         bail!(
             "the Python baseline printed {} result(s) for {} run(s):\n{}",
             c.runs.len(),
-            args.runs,
+            bench.runs,
             out.join("\n")
         );
     }
@@ -268,7 +294,11 @@ async fn measure(
     for x in ["a", "b", "c"] {
         let offsets = broker.offsets(&topic(x, 0), Duration::from_secs(10)).await?;
         let per: Vec<String> = offsets.iter().map(|p| (p.high - p.low).to_string()).collect();
-        eprintln!("({x}) messages per partition of {}: [{}]", topic(x, 0), per.join(", "));
+        progress.note(&format!(
+            "({x}) messages per partition of {}: [{}]",
+            topic(x, 0),
+            per.join(", ")
+        ));
         spread.push(format!("per partition [{}]", per.join(", ")));
     }
     let ratios: Vec<String> =
@@ -302,11 +332,11 @@ fn last(lines: &[String]) -> Result<&str> {
 }
 
 /// A venv with the baseline's dependencies, made once in labctl's cache folder.
-async fn python_venv() -> Result<PathBuf> {
+async fn python_venv(progress: &dyn Progress) -> Result<PathBuf> {
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
     let dir = home.join(".cache/labctl/bench-venv");
     if !dir.join("bin/python").exists() || !dir.join(".ready").exists() {
-        eprintln!("making {} (confluent-kafka, numpy) …", dir.display());
+        progress.note(&format!("making {} (confluent-kafka, numpy) …", dir.display()));
         let ok = tokio::process::Command::new("python3")
             .args(["-m", "venv"])
             .arg(&dir)

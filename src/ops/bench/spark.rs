@@ -6,10 +6,7 @@
 //!
 //! The scratch table and the scratch Delta path are removed afterwards, also when a run fails.
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::Type};
@@ -24,26 +21,21 @@ use crate::{
         lab::Lab,
         spark::{self, ExportRequest, Outcome, Overrides, Sizing},
     },
+    progress::Progress,
 };
 
 /// The target: a 7-day table exported within this many seconds, submit to FINISHED.
 const TARGET_SECS: f64 = 15.0;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
+#[derive(Debug, Clone)]
+pub struct Settings {
     /// Days of history in the scratch table (7 = 1,088,640 readings).
-    #[arg(long, default_value_t = 7.0)]
     pub days: f64,
     /// Parallel JDBC reads (as `labctl submit spark --partitions`).
-    #[arg(long, default_value_t = 4, value_name = "N")]
     pub partitions: u32,
     /// Runs of each (baseline, export, the same export again with nothing to change),
     /// alternating; the median of each is reported.
-    #[arg(long, default_value_t = 3, value_name = "N")]
     pub runs: u32,
-    /// Write the table as JSON to this file as well.
-    #[arg(long, value_name = "FILE")]
-    pub json_out: Option<PathBuf>,
 }
 
 /// Fills `table` with `days` of the default fleet's readings (the generator's own values) by
@@ -206,8 +198,8 @@ impl Phases {
     }
 }
 
-pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
-    if args.runs == 0 || args.runs > 20 {
+pub async fn run(lab: &Lab, bench: &Settings, progress: &dyn Progress) -> Result<Vec<Measurement>> {
+    if bench.runs == 0 || bench.runs > 20 {
         bail!("--runs must be between 1 and 20");
     }
     let blob = lab.blob(Duration::from_secs(30))?;
@@ -232,7 +224,7 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
     .await
     .with_context(|| format!("creating scratch table {table}"))?;
 
-    let result = measure(lab, args, &db, &table, &prefix).await;
+    let result = measure(lab, bench, &db, &table, &prefix, progress).await;
 
     // Clean up whatever happened above.
     let mut cleanup = Vec::new();
@@ -244,40 +236,41 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
         Err(e) => cleanup.push(format!("deleting scratch blobs {container}/{prefix}/: {e:#}")),
     }
     if !cleanup.is_empty() {
-        eprintln!("warning: clean-up incomplete: {}", cleanup.join("; "));
+        progress.note(&format!("warning: clean-up incomplete: {}", cleanup.join("; ")));
     }
     result
 }
 
 async fn measure(
     lab: &Lab,
-    args: &Args,
+    bench: &Settings,
     db: &tokio_postgres::Client,
     table: &str,
     prefix: &str,
+    progress: &dyn Progress,
 ) -> Result<Vec<Measurement>> {
-    eprintln!(
+    progress.note(&format!(
         "filling scratch table {table} with {} days of the default fleet (binary COPY) …",
-        args.days
-    );
+        bench.days
+    ));
     let t = Instant::now();
-    let n = fill_table(db, table, args.days).await?;
+    let n = fill_table(db, table, bench.days).await?;
     db.batch_execute(&format!("ANALYZE {table}")).await?;
     let fill_secs = t.elapsed().as_secs_f64();
-    eprintln!("{n} rows in {fill_secs:.1} s");
+    progress.note(&format!("{n} rows in {fill_secs:.1} s"));
 
     let blob = lab.blob(Duration::from_secs(30))?;
     let container = &lab.config.lake.container;
     let (mut base, mut export, mut noop) = (Vec::new(), Vec::new(), Vec::new());
     let mut sizing = None;
-    for i in 0..args.runs {
-        eprintln!(
+    for i in 0..bench.runs {
+        progress.note(&format!(
             "run {}/{}: baseline (read over JDBC and count, write nothing) …",
             i + 1,
-            args.runs
-        );
+            bench.runs
+        ));
         let (o, _) =
-            run_once(lab, table, &format!("{prefix}/base-{i}"), args.partitions, true).await?;
+            run_once(lab, table, &format!("{prefix}/base-{i}"), bench.partitions, true).await?;
         let read = o.result["rows_read"].as_u64().unwrap_or(0);
         if read != n || o.result["committed"] != false {
             bail!(
@@ -286,12 +279,20 @@ async fn measure(
                 o.result
             );
         }
-        eprintln!("  {:.1} s submit->FINISHED; {}", o.seconds, Phases::of(&o).describe());
+        progress.note(&format!(
+            "  {:.1} s submit->FINISHED; {}",
+            o.seconds,
+            Phases::of(&o).describe()
+        ));
         base.push(Phases::of(&o));
 
-        eprintln!("run {}/{}: the export to {container}/{prefix}/export-{i} …", i + 1, args.runs);
+        progress.note(&format!(
+            "run {}/{}: the export to {container}/{prefix}/export-{i} …",
+            i + 1,
+            bench.runs
+        ));
         let path = format!("{prefix}/export-{i}");
-        let (o, s) = run_once(lab, table, &path, args.partitions, false).await?;
+        let (o, s) = run_once(lab, table, &path, bench.partitions, false).await?;
         let written = o.result["rows_written"].as_u64().unwrap_or(0);
         if written != n || o.result["committed"] != true {
             bail!(
@@ -305,12 +306,20 @@ async fn measure(
         if summary.rows != Some(n) {
             bail!("the Delta log of {path} counts {:?} rows, the export wrote {n}", summary.rows);
         }
-        eprintln!("  {:.1} s submit->FINISHED; {}", o.seconds, Phases::of(&o).describe());
+        progress.note(&format!(
+            "  {:.1} s submit->FINISHED; {}",
+            o.seconds,
+            Phases::of(&o).describe()
+        ));
         export.push(Phases::of(&o));
         sizing = Some(s);
 
-        eprintln!("run {}/{}: the same export again (nothing to change) …", i + 1, args.runs);
-        let (o, _) = run_once(lab, table, &path, args.partitions, false).await?;
+        progress.note(&format!(
+            "run {}/{}: the same export again (nothing to change) …",
+            i + 1,
+            bench.runs
+        ));
+        let (o, _) = run_once(lab, table, &path, bench.partitions, false).await?;
         if o.result["committed"] != false || o.result["days_rewritten"].as_u64() != Some(0) {
             bail!(
                 "the export with nothing to change rewrote {} days: {}",
@@ -318,7 +327,11 @@ async fn measure(
                 o.result
             );
         }
-        eprintln!("  {:.1} s submit->FINISHED; {}", o.seconds, Phases::of(&o).describe());
+        progress.note(&format!(
+            "  {:.1} s submit->FINISHED; {}",
+            o.seconds,
+            Phases::of(&o).describe()
+        ));
         noop.push(Phases::of(&o));
     }
     let (b, e, z) =
@@ -326,10 +339,10 @@ async fn measure(
     let sizing = sizing.map(|s| s.describe()).unwrap_or_default();
     let conditions = format!(
         "{n} rows ({} days), {} JDBC partitions; {sizing}; median of {} run(s)",
-        args.days, args.partitions, args.runs
+        bench.days, bench.partitions, bench.runs
     );
     let rate = |secs: f64| n as f64 / secs;
-    let target = if args.days == 7.0 {
+    let target = if bench.days == 7.0 {
         format!(
             "target: 7-day table within {TARGET_SECS:.0} s submit->FINISHED: {}",
             if e.total <= TARGET_SECS { "met" } else { "NOT met" }

@@ -11,14 +11,10 @@ use crate::{
     ops::{lab::Lab, status},
 };
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
+#[derive(Debug, Clone)]
+pub struct Settings {
     /// Reports per variant; the median and the worst are shown.
-    #[arg(long, default_value_t = 15)]
     pub runs: usize,
-    /// Write the table as JSON to this file as well.
-    #[arg(long, value_name = "FILE")]
-    pub json_out: Option<std::path::PathBuf>,
 }
 
 fn median_and_max(mut v: Vec<f64>) -> (f64, f64) {
@@ -26,10 +22,10 @@ fn median_and_max(mut v: Vec<f64>) -> (f64, f64) {
     (v[v.len() / 2], v[v.len() - 1])
 }
 
-pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
+pub async fn run(lab: &Lab, bench: &Settings) -> Result<Vec<Measurement>> {
     let rt = Runtime::connect().await?;
     let timeout = Duration::from_secs(2);
-    let runs = args.runs.max(1);
+    let runs = bench.runs.max(1);
     let (mut par, mut seq) = (Vec::new(), Vec::new());
     // Interleaved, so load changes on the machine hit both variants alike.
     for _ in 0..runs {

@@ -6,7 +6,6 @@
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -23,20 +22,16 @@ use crate::{
         ingest::{generate, producer::Sender, Position},
         lab::Lab,
     },
+    progress::Progress,
 };
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
+#[derive(Debug, Clone)]
+pub struct Settings {
     /// Days of history in the benchmark's own topic (7 = 1,088,640 readings).
-    #[arg(long, default_value_t = 7.0)]
     pub days: f64,
     /// Closed windows to measure the live latency on, after the backfill (about one minute of
     /// live readings each, plus up to a minute to reach the first whole window; 0 = skip).
-    #[arg(long, default_value_t = 3)]
     pub live_windows: u32,
-    /// Write the table as JSON to this file as well.
-    #[arg(long, value_name = "FILE")]
-    pub json_out: Option<PathBuf>,
 }
 
 /// Submits a script through the SQL runner and waits until it runs.
@@ -53,7 +48,7 @@ async fn run_script(client: &crate::clients::flink::Client, script: &str) -> Res
 
 /// The full job on a topic and scratch tables of its own, against a read-only baseline (the
 /// same source into a blackhole sink): how close writing both tables gets to reading alone.
-pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
+pub async fn run(lab: &Lab, bench: &Settings, progress: &dyn Progress) -> Result<Vec<Measurement>> {
     use crate::ops::flink::job::{render_for, JobSettings, Target};
     let client = lab.flink(Duration::from_secs(10))?;
     let overview = client.overview().await.context("the Flink cluster is not up")?;
@@ -70,8 +65,8 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
     let nonce = chrono::Utc::now().format("%H%M%S").to_string();
     let topic = format!("bench-flink-{nonce}");
     lab.broker()?.ensure_topic(&topic, lab.config.broker.partitions).await?;
-    eprintln!("producing {} days into {topic} …", args.days);
-    let n = fill_topic(lab, &topic, args.days).await?;
+    progress.note(&format!("producing {} days into {topic} …", bench.days));
+    let n = fill_topic(lab, &topic, bench.days).await?;
 
     let db = lab.database()?.connect(Duration::from_secs(10)).await?;
     let (raw, agg, rejected) = (
@@ -118,7 +113,7 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
         .push("CREATE TABLE bench_sink (payload STRING) WITH ('connector' = 'blackhole')".into());
     base_script.push("INSERT INTO bench_sink SELECT payload FROM sensor_readings".into());
 
-    eprintln!("baseline: Flink reading the topic into a blackhole …");
+    progress.note("baseline: Flink reading the topic into a blackhole …");
     let t = Instant::now();
     let id = run_script(&client, &base_script.join(";\n")).await?;
     loop {
@@ -134,7 +129,7 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
     let base_secs = t.elapsed().as_secs_f64();
     client.cancel(&id).await?;
 
-    eprintln!("the lab's job into scratch tables {raw} and {agg} …");
+    progress.note(&format!("the lab's job into scratch tables {raw} and {agg} …"));
     let t = Instant::now();
     let id = run_script(&client, &full).await?;
     let submit_secs = t.elapsed().as_secs_f64();
@@ -158,14 +153,14 @@ pub async fn run(lab: &Lab, args: &Args) -> Result<Vec<Measurement>> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let windows = args.live_windows;
+    let windows = bench.live_windows;
     let live = if windows > 0 {
-        eprintln!(
+        progress.note(&format!(
             "live: readings on the wall clock into {topic}, measuring {windows} closed window(s) …"
-        );
-        let r = live_latency(lab, &db, &topic, &agg, &settings, windows).await;
+        ));
+        let r = live_latency(lab, &db, &topic, &agg, &settings, windows, progress).await;
         if let Err(e) = &r {
-            eprintln!("live latency not measured: {e:#}");
+            progress.note(&format!("live latency not measured: {e:#}"));
         }
         r.ok()
     } else {
@@ -299,6 +294,7 @@ async fn live_latency(
     agg: &str,
     settings: &crate::ops::flink::job::JobSettings,
     windows: u32,
+    progress: &dyn Progress,
 ) -> Result<Live> {
     let interval = 5i64;
     let window = settings.window_secs as i64;
@@ -318,13 +314,13 @@ async fn live_latency(
         + settings.watermark_delay_secs as f64
         + settings.idle_timeout_secs as f64
         + 30.0;
-    eprintln!(
+    progress.note(&format!(
         "live: first reading at {}, measuring windows ending {} … {} (about {:.0} s)",
         fmt_time(first_reading),
         fmt_time(ends[0]),
         fmt_time(last_end),
         last_end as f64 - now_secs_f64()
-    );
+    ));
     let query = format!(
         "SELECT machine_id, sensor_type, extract(epoch from window_end)::bigint FROM {agg} WHERE window_end > to_timestamp($1::float8) AND window_end <= to_timestamp($2::float8)"
     );
