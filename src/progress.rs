@@ -17,6 +17,8 @@ pub trait Progress: Send + Sync {
     }
     /// The task ended with nothing worth keeping on screen.
     fn clear(&self) {}
+    /// How far a task of known size is: `done` of `total` units.
+    fn advance(&self, _done: u64, _total: u64) {}
 }
 
 /// Where several tasks at once report, one `Progress` each (`up` waits on every service).

@@ -1,26 +1,23 @@
-//! `labctl ingest`: synthetic readings into the lab's topic, 7 days of history first (resumed,
-//! never repeated), then one reading per sensor and machine every interval, on the wall clock.
+//! `labctl ingest`: arguments to an `ops::ingest::feed::Feed` (synthetic readings into the lab's
+//! topic, history first, then on the wall clock), its summary to a line or JSON.
 
 use std::{
-    io::Write,
     process::ExitCode,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    clients::kafka::ErrorCapture,
     model::{
         config::Config,
         fleet::{Fleet, MachineType, MACHINE_TYPES},
     },
     ops::{
-        ingest::{generate, producer::Sender, resume, Position},
+        ingest::feed::{self, Feed},
         lab::Lab,
     },
 };
@@ -82,20 +79,6 @@ pub fn fleet_from(args: &Args) -> Result<Fleet> {
     Fleet::new(&types, args.seed)
 }
 
-fn now_secs() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
-#[derive(Debug, serde::Serialize)]
-pub struct Summary {
-    pub produced: u64,
-    pub delivered: u64,
-    pub failed: u64,
-    pub seconds: f64,
-    pub rate_per_s: f64,
-    pub resumed: bool,
-}
-
 pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
     if args.interval <= 0 {
         bail!("--interval must be a positive number of seconds, got {}", args.interval);
@@ -116,10 +99,16 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
             stop.store(true, Ordering::Relaxed);
         });
     }
+    let feed = Feed {
+        fleet,
+        interval: args.interval,
+        backfill_secs: backfill,
+        rate: args.rate,
+        no_live: args.no_live,
+        count: args.count,
+    };
     if args.dry_run {
-        let args2 = args.clone();
-        let n =
-            tokio::task::spawn_blocking(move || dry_run(&fleet, &args2, backfill, &stop)).await??;
+        let n = tokio::task::spawn_blocking(move || feed::dry_run(&feed, &stop)).await??;
         tracing::info!("printed {n} messages");
         return Ok(ExitCode::SUCCESS);
     }
@@ -138,251 +127,21 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
         }
         None => Lab::existing(config)?.broker()?.client_config(),
     };
-    let summary =
-        tokio::task::spawn_blocking(move || produce(&fleet, &args, backfill, &topic, &base, &stop))
-            .await??;
-    if summary.failed > 0 {
-        eprintln!("ingest: {} reading(s) NOT delivered", summary.failed);
-    }
-    Ok(if summary.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(4) })
-}
-
-fn dry_run(fleet: &Fleet, args: &Args, backfill: i64, stop: &AtomicBool) -> Result<u64> {
-    let out = std::io::stdout();
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, out.lock());
-    let now_tick = now_secs() / args.interval;
-    let starts = vec![
-        Position { tick: now_tick - backfill / args.interval, sensor: 0 };
-        fleet.machines.len()
-    ];
-    let limit = args.count.unwrap_or(u64::MAX);
-    let mut n = 0u64;
-    let mut err = None;
-    generate(fleet, args.interval, &starts, now_tick + 1, stop, |_, _, payload| {
-        if let Err(e) = out.write_all(payload).and_then(|_| out.write_all(b"\n")) {
-            err = Some(e);
-            return false;
-        }
-        n += 1;
-        n < limit
-    });
-    match err {
-        // A closed pipe (`| head`) is a normal way to stop reading.
-        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            return Err(e).context("writing to stdout")
-        }
-        _ => {}
-    }
-    let _ = out.flush();
-    Ok(n)
-}
-
-fn produce(
-    fleet: &Fleet,
-    args: &Args,
-    backfill: i64,
-    topic: &str,
-    base: &rdkafka::ClientConfig,
-    stop: &AtomicBool,
-) -> Result<Summary> {
-    use rdkafka::consumer::BaseConsumer;
-    let interval = args.interval;
-    // Where the topic already is: a restart continues, it does not backfill again.
-    let config = base
-        .clone()
-        .set("group.id", "labctl-ingest-resume")
-        .set("enable.auto.commit", "false")
-        .clone();
-    let consumer: BaseConsumer<ErrorCapture> = config
-        .create_with_context(ErrorCapture::for_config(&config))
-        .context("creating a Kafka consumer")?;
-    // A refused login or certificate is said as such, not as an unreadable topic.
-    let found = resume::positions(&consumer, topic, fleet, interval, Duration::from_secs(10))
-        .map_err(|e| {
-            crate::clients::kafka::explain_consumer(
-                &consumer,
-                e.context(format!(
-                    "cannot read topic `{topic}` (is the broker up? `labctl status`)"
-                )),
-            )
-        })?;
-    drop(consumer);
-    let resumed = found.iter().any(Option::is_some);
-    let now_tick = now_secs() / interval;
-    let first = now_tick - backfill / interval;
-    let starts: Vec<Position> =
-        found.iter().map(|p| p.unwrap_or(Position { tick: first, sensor: 0 })).collect();
-    let behind: i64 = starts.iter().map(|p| (now_tick + 1 - p.tick).max(0)).sum::<i64>() * 3;
-    if resumed {
-        eprintln!("ingest: resuming; {behind} reading(s) to catch up to now");
-    }
-
-    let sender = Sender::new(base, topic)?;
-    let counters = sender.counters();
-    let limit = args.count.unwrap_or(u64::MAX);
-    let t0 = Instant::now();
-    let pb = indicatif::ProgressBar::new(behind.max(0) as u64);
-    pb.set_style(
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
         indicatif::ProgressStyle::with_template(
             "backfill {bar:30} {pos}/{len} {per_sec} eta {eta}",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let sent = std::cell::Cell::new(0u64);
-    // A reading the broker refused for good is gone from this run; carrying on would put later
-    // readings after the hole. Stop instead: the exit status is non-zero, and a restart (the
-    // service's restart policy, or the user) resumes from what the topic really holds.
-    let lost = || counters.failed.load(Ordering::Relaxed) > 0;
-    let pace = Pace::new(args.rate);
-    let mut send = |_: usize, key: &[u8], payload: &[u8]| -> bool {
-        if sent.get() >= limit || lost() || !sender.send(key, payload, stop) {
-            return false;
-        }
-        sent.set(sent.get() + 1);
-        pace.wait(sent.get(), stop);
-        if sent.get().is_multiple_of(8192) {
-            pb.set_position(sent.get());
-        }
-        sent.get() < limit
-    };
-    // Backfill up to the current tick; the clock moves on during a long backfill, so repeat
-    // until caught up.
-    let mut starts = starts;
-    loop {
-        let now_tick = now_secs() / interval;
-        let to = now_tick + 1;
-        if starts.iter().all(|p| p.tick >= to)
-            || stop.load(Ordering::Relaxed)
-            || sent.get() >= limit
-            || lost()
-        {
-            break;
-        }
-        generate(fleet, interval, &starts, to, stop, &mut send);
-        starts = starts
-            .iter()
-            .map(|p| if p.tick < to { Position { tick: to, sensor: 0 } } else { *p })
-            .collect();
-    }
-    pb.finish_and_clear();
-    let backfill_secs = t0.elapsed().as_secs_f64();
-    tracing::info!("backfill done: {} readings queued in {backfill_secs:.1} s", sent.get());
-
-    if !args.no_live && !stop.load(Ordering::Relaxed) && sent.get() < limit && !lost() {
-        eprintln!("ingest: live, one reading per sensor every {interval} s");
-        let mut last_report = Instant::now();
-        let mut last_count = counters.delivered.load(Ordering::Relaxed);
-        while !stop.load(Ordering::Relaxed) && sent.get() < limit {
-            if lost() {
-                eprintln!("ingest: the broker refused {} reading(s) for good; stopping so that a restart resumes from the topic without a hole", counters.failed.load(Ordering::Relaxed));
-                break;
-            }
-            let tick = starts.iter().map(|p| p.tick).min().unwrap_or(now_secs() / interval);
-            // Sleep to the wall-clock instant of the tick, computed afresh each time: no drift.
-            let due = tick * interval;
-            while now_secs() < due && !stop.load(Ordering::Relaxed) {
-                let ms = (due as f64
-                    - SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map(|d| d.as_secs_f64())
-                        .unwrap_or(0.0))
-                    * 1000.0;
-                std::thread::sleep(Duration::from_millis((ms.clamp(1.0, 200.0)) as u64));
-            }
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            generate(fleet, interval, &starts, tick + 1, stop, &mut send);
-            starts = starts
-                .iter()
-                .map(|p| if p.tick <= tick { Position { tick: tick + 1, sensor: 0 } } else { *p })
-                .collect();
-            if last_report.elapsed() >= Duration::from_secs(60) {
-                let d = counters.delivered.load(Ordering::Relaxed);
-                eprintln!(
-                    "ingest: live at {}, delivered {d} ({:.1}/s over the last minute), failed {}, in flight {}",
-                    String::from_utf8_lossy(&crate::ops::ingest::encode::format_timestamp(tick * interval)),
-                    (d - last_count) as f64 / last_report.elapsed().as_secs_f64(),
-                    counters.failed.load(Ordering::Relaxed),
-                    sender.in_flight()
-                );
-                last_report = Instant::now();
-                last_count = d;
-            }
-        }
-    }
-    // Deliver what is queued. On a stop request give the broker a bounded time; otherwise wait.
-    let flush_for = if stop.load(Ordering::Relaxed) {
-        Duration::from_secs(30)
-    } else {
-        Duration::from_secs(600)
-    };
-    if let Err(e) = sender.flush(flush_for) {
-        eprintln!(
-            "ingest: {} reading(s) still in flight after {flush_for:?}: {e:#}",
-            sender.in_flight()
-        );
-    }
-    let seconds = t0.elapsed().as_secs_f64();
-    let produced = counters.produced.load(Ordering::Relaxed);
-    let delivered = counters.delivered.load(Ordering::Relaxed);
-    let failed = counters.failed.load(Ordering::Relaxed) + sender.in_flight().max(0) as u64;
-    let summary = Summary {
-        produced,
-        delivered,
-        failed,
-        seconds,
-        rate_per_s: delivered as f64 / seconds.max(1e-9),
-        resumed,
-    };
+    let summary =
+        tokio::task::spawn_blocking(move || feed::produce(&feed, &topic, &base, &stop, &bar))
+            .await??;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     }
-    eprintln!(
-        "ingest: produced {produced}, delivered {delivered}, failed {failed} in {seconds:.1} s ({:.0} msg/s)",
-        summary.rate_per_s
-    );
-    Ok(summary)
-}
-
-/// Holds a backfill to a rate: after `n` readings it sleeps until `n / rate` seconds have
-/// passed since the start (checked every 64 readings, so an unlimited run pays nothing).
-struct Pace {
-    rate: u64,
-    start: Instant,
-}
-
-impl Pace {
-    fn new(rate: u64) -> Self {
-        Self { rate, start: Instant::now() }
+    if summary.failed > 0 {
+        eprintln!("ingest: {} reading(s) NOT delivered", summary.failed);
     }
-
-    fn due(&self, n: u64) -> Option<Duration> {
-        (self.rate > 0).then(|| Duration::from_secs_f64(n as f64 / self.rate as f64))
-    }
-
-    fn wait(&self, n: u64, stop: &AtomicBool) {
-        if !n.is_multiple_of(64) {
-            return;
-        }
-        if let Some(due) = self.due(n) {
-            while self.start.elapsed() < due && !stop.load(Ordering::Relaxed) {
-                std::thread::sleep((due - self.start.elapsed()).min(Duration::from_millis(200)));
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pace_spreads_readings_over_time() {
-        assert_eq!(Pace::new(0).due(1_000_000), None);
-        assert_eq!(Pace::new(5_000).due(10_000), Some(Duration::from_secs(2)));
-        let (p, stop) = (Pace::new(6_400), AtomicBool::new(false));
-        p.wait(640, &stop);
-        assert!(p.start.elapsed() >= Duration::from_millis(100));
-    }
+    Ok(if summary.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(4) })
 }

@@ -152,11 +152,15 @@ impl crate::progress::Progress for indicatif::ProgressBar {
         self.set_message(msg.to_string());
     }
     fn note(&self, msg: &str) {
-        if self.is_hidden() {
+        if self.is_hidden() || self.is_finished() {
             eprintln!("{msg}");
         } else {
             self.println(msg);
         }
+    }
+    fn advance(&self, done: u64, total: u64) {
+        self.set_length(total.max(done));
+        self.set_position(done);
     }
     fn done(&self, msg: &str) {
         finish(self, msg.to_string());

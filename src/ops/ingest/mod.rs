@@ -2,6 +2,7 @@
 //! that backfills history, resumes where the topic already is, then follows the wall clock.
 
 pub mod encode;
+pub mod feed;
 pub mod producer;
 pub mod resume;
 
