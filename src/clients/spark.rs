@@ -82,17 +82,6 @@ impl std::fmt::Display for DriverState {
     }
 }
 
-/// States from their REST names (`"RUNNING"`); a name this version does not know is `Unknown`.
-macro_rules! state_from_name {
-    ($($t:ty),*) => {$(
-        impl From<&str> for $t {
-            fn from(name: &str) -> Self {
-                serde_json::from_value(serde_json::Value::String(name.to_string()))
-                    .unwrap_or(Self::Unknown)
-            }
-        }
-    )*};
-}
 state_from_name!(WorkerState, DriverState);
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
