@@ -229,6 +229,32 @@ struct Errors {
     errors: Vec<String>,
 }
 
+/// Why a request that changes the cluster (upload, run, stop) failed, as callers tell the
+/// cases apart: whether Flink may have acted on it depends on which one it is.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Flink answered and refused the request.
+    #[error(transparent)]
+    Refused(#[from] SubmitError),
+    /// The request never reached Flink (no connection): nothing happened.
+    #[error("Flink REST ({what}) did not answer at {base}")]
+    NotSent {
+        what: String,
+        base: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// Sent, but no usable answer (a timeout, a broken connection, a body that is not the
+    /// expected one): Flink may have acted on it.
+    #[error("Flink REST ({what}) at {base} gave no usable answer")]
+    NoAnswer {
+        what: String,
+        base: String,
+        #[source]
+        source: anyhow::Error,
+    },
+}
+
 /// A job submission that Flink refused; `cause` is the part a user can act on.
 #[derive(Debug, thiserror::Error)]
 #[error("{cause}")]
@@ -280,11 +306,23 @@ impl Client {
         &self,
         req: reqwest::RequestBuilder,
         what: &str,
-    ) -> Result<T> {
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("Flink REST ({what}) did not answer at {}", self.base))?;
+    ) -> std::result::Result<T, RequestError> {
+        let no_answer = |source: anyhow::Error| RequestError::NoAnswer {
+            what: what.to_string(),
+            base: self.base.clone(),
+            source,
+        };
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(e) if e.is_connect() => {
+                return Err(RequestError::NotSent {
+                    what: what.to_string(),
+                    base: self.base.clone(),
+                    source: e,
+                })
+            }
+            Err(e) => return Err(no_answer(e.into())),
+        };
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
         if !status.is_success() {
@@ -297,8 +335,9 @@ impl Client {
             }
             .into());
         }
-        serde_json::from_str(&body)
-            .with_context(|| format!("Flink REST ({what}): unexpected answer: {body}"))
+        serde_json::from_str(&body).map_err(|e| {
+            no_answer(anyhow::Error::new(e).context(format!("unexpected answer: {body}")))
+        })
     }
 
     pub async fn jars(&self) -> Result<Vec<JarFile>> {
@@ -333,7 +372,7 @@ impl Client {
         args: &[String],
         parallelism: Option<u32>,
         restore: Option<&Restore>,
-    ) -> Result<String> {
+    ) -> std::result::Result<String, RequestError> {
         #[derive(Deserialize)]
         struct Run {
             jobid: String,

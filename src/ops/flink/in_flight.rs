@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use super::{job::RUNNER_ENTRY_CLASS, runner::explain_submit_error};
 use crate::{
-    clients::flink::{self, SubmitError},
+    clients::flink::{self, RequestError},
     progress::Progress,
     stack::state::submit_marker_path,
     wait::{poll_until, Check, Every, Waited},
@@ -25,14 +25,24 @@ enum RunFailure {
     Unknown,
 }
 
-fn classify_run_error(e: &anyhow::Error) -> RunFailure {
-    if let Some(se) = e.downcast_ref::<SubmitError>() {
-        return if se.status < 500 { RunFailure::Refused } else { RunFailure::Unknown };
+fn classify_run_error(e: &RequestError) -> RunFailure {
+    match e {
+        RequestError::Refused(se) if se.status < 500 => RunFailure::Refused,
+        RequestError::NotSent { .. } => RunFailure::NotSent,
+        RequestError::Refused(_) | RequestError::NoAnswer { .. } => RunFailure::Unknown,
     }
-    match e.downcast_ref::<reqwest::Error>() {
-        Some(re) if re.is_connect() => RunFailure::NotSent,
-        _ => RunFailure::Unknown,
+}
+
+/// An error and its causes on one line, as anyhow's `{:#}` shows them.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        line.push_str(": ");
+        line.push_str(&s.to_string());
+        source = s.source();
     }
+    line
 }
 
 /// After a run request that failed without a clear answer: the job it started anyway, if any.
@@ -97,7 +107,8 @@ pub(super) async fn run_or_find(
     match classify_run_error(&e) {
         RunFailure::Refused | RunFailure::NotSent => Err(explain_submit_error(e, verbose)),
         RunFailure::Unknown => {
-            progress.note(&format!("the run request failed without a clear answer ({e:#}); Flink may have started the job anyway: looking for it for up to {within:?}"));
+            let why = with_sources(&e);
+            progress.note(&format!("the run request failed without a clear answer ({why}); Flink may have started the job anyway: looking for it for up to {within:?}"));
             match find_started_job(client, lookup_name, before, within).await? {
                 Some(id) => {
                     progress.note(&format!("found job {id}: Flink started it after all"));
@@ -311,12 +322,17 @@ mod tests {
 
     #[test]
     fn refused_and_unclear_run_failures() {
-        let refused: anyhow::Error =
+        let refused: RequestError =
             SubmitError { cause: "x".into(), full: "x".into(), status: 400 }.into();
         assert_eq!(classify_run_error(&refused), RunFailure::Refused);
-        let server: anyhow::Error =
+        let server: RequestError =
             SubmitError { cause: "x".into(), full: "x".into(), status: 500 }.into();
         assert_eq!(classify_run_error(&server), RunFailure::Unknown);
-        assert_eq!(classify_run_error(&anyhow::anyhow!("body cut off")), RunFailure::Unknown);
+        let cut = RequestError::NoAnswer {
+            what: "jar run".into(),
+            base: "http://127.0.0.1:1".into(),
+            source: anyhow::anyhow!("body cut off"),
+        };
+        assert_eq!(classify_run_error(&cut), RunFailure::Unknown);
     }
 }

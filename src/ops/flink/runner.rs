@@ -8,7 +8,7 @@ use super::job::RUNNER_JAR_NAME;
 use crate::{
     clients::{
         docker::{images::input_hash, Runtime},
-        flink::{self, SubmitError},
+        flink::{self, RequestError},
     },
     model::topology::Part,
     ops::lab::Lab,
@@ -16,19 +16,19 @@ use crate::{
     stack::FLINK_IMAGE,
 };
 
-pub(super) fn explain_submit_error(e: anyhow::Error, verbose: bool) -> anyhow::Error {
-    if let Some(hint) = e
-        .downcast_ref::<SubmitError>()
-        .and_then(|se| missing_connector(&format!("{}\n{}", se.cause, se.full)))
-    {
-        return anyhow::anyhow!("Flink refused the job: {hint}");
-    }
-    match e.downcast::<SubmitError>() {
-        Ok(se) if verbose => {
-            anyhow::anyhow!("Flink refused the job: {}\n--- full error ---\n{}", se.cause, se.full)
-        }
-        Ok(se) => anyhow::anyhow!("Flink refused the job: {}\n(full text: --verbose)", se.cause),
-        Err(e) => e,
+/// A refusal in the words a user acts on (a missing connector named as such); any other
+/// failure as it is.
+pub(super) fn explain_submit_error(e: RequestError, verbose: bool) -> anyhow::Error {
+    let se = match e {
+        RequestError::Refused(se) => se,
+        other => return other.into(),
+    };
+    if let Some(hint) = missing_connector(&format!("{}\n{}", se.cause, se.full)) {
+        anyhow::anyhow!("Flink refused the job: {hint}")
+    } else if verbose {
+        anyhow::anyhow!("Flink refused the job: {}\n--- full error ---\n{}", se.cause, se.full)
+    } else {
+        anyhow::anyhow!("Flink refused the job: {}\n(full text: --verbose)", se.cause)
     }
 }
 
