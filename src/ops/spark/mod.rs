@@ -374,9 +374,8 @@ async fn poll_export(
         let tail =
             output.as_deref().map(|o| format!(":\n{}", last_lines(o, 15))).unwrap_or_default();
         bail!(
-            "the export {id} FINISHED but wrote no result to {}/{}{STAGED_RESULT}{tail}",
-            started.staging.container,
-            started.staging.prefix
+            "the export {id} FINISHED but wrote no result to {}{tail}",
+            started.staging.describe(STAGED_RESULT)
         );
     }
     Ok(Outcome {

@@ -29,9 +29,9 @@ const SAS_MARGIN: Duration = Duration::from_secs(300);
 /// containers, no account key on the cluster for them), so an external cluster works as well.
 pub struct Staging {
     blob: BlobClient,
-    pub(super) container: String,
+    container: String,
     /// `_labctl/spark/<stamp>/`
-    pub(super) prefix: String,
+    prefix: String,
     /// The lake's endpoint as the cluster sees it: the host of the SAS URLs.
     endpoint: String,
     ttl: Duration,
@@ -61,6 +61,11 @@ impl Staging {
     /// The SAS URL the job PUTs its result to (`result_url` in its config).
     pub fn result_url(&self) -> &str {
         &self.result_url
+    }
+
+    /// Where `file` lives, as `<container>/<prefix><file>` (for messages).
+    pub(super) fn describe(&self, file: &str) -> String {
+        format!("{}/{}", self.container, self.blob_name(file))
     }
 
     fn blob_name(&self, file: &str) -> String {
