@@ -11,6 +11,7 @@ use std::{
 };
 
 use common::{get_json, rt, wait_for, TestLab};
+use labctl::model::config::PortKey;
 
 #[test]
 fn scale_taskmanagers_and_workers_out_and_back() {
@@ -19,8 +20,8 @@ fn scale_taskmanagers_and_workers_out_and_back() {
     t.ok(&["up"]);
     let lab = t.lab();
     let rt = rt();
-    let flink = lab.stack.url("flink_ui").unwrap();
-    let spark = lab.stack.url("spark_ui").unwrap();
+    let flink = lab.stack.url(PortKey::FlinkUi).unwrap();
+    let spark = lab.stack.url(PortKey::SparkUi).unwrap();
     let slots_per_tm = lab.config.flink.slots_per_taskmanager as i64;
     let partitions = lab.config.broker.partitions as i64;
 

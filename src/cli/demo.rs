@@ -7,21 +7,21 @@
 //! reach the terminal unchanged.
 
 use std::{
-    collections::BTreeMap,
     path::PathBuf,
     process::{ExitCode, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
 
-use super::{finish, spinner};
+use super::spinner;
 use crate::{
-    clients::docker::Runtime,
-    model::{config::Config, schema},
-    ops::{flink::job::Target, lab::Lab},
-    stack::INGEST,
+    model::config::Config,
+    ops::{
+        demo::{self, Summary, VerifyFigures},
+        flink::job::Target,
+        lab::Lab,
+    },
 };
 
 #[derive(Debug, clap::Args)]
@@ -35,46 +35,6 @@ pub struct Args {
     /// Stop after the Flink step; no Spark export.
     #[arg(long)]
     no_export: bool,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Summary {
-    pub project: String,
-    /// Readings in the topic (sum of end offsets) when the summary was taken.
-    pub readings_produced: i64,
-    pub machine_sensors_rows: i64,
-    pub sensor_aggregates_rows: i64,
-    /// Sum of `reading_count` over all windows: readings already aggregated.
-    pub readings_in_windows: i64,
-    pub flink_job_id: String,
-    pub delta: Option<DeltaFigures>,
-    /// The last step: every hop compared by `labctl verify` (None with --no-export).
-    pub verify: Option<VerifyFigures>,
-    pub urls: BTreeMap<&'static str, String>,
-    /// Seconds per step, in order.
-    pub steps: Vec<(String, f64)>,
-    pub total_secs: f64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DeltaFigures {
-    pub table: String,
-    pub version: Option<u64>,
-    pub rows: Option<u64>,
-    /// Rows per UTC day (`YYYY-MM-DD`) in the table's current version.
-    pub rows_per_day: BTreeMap<String, u64>,
-    /// Days the export compared with the database, and those it rewrote (they differed).
-    pub days_compared: Option<u64>,
-    pub days_rewritten: Option<u64>,
-    /// The instant the export compared the database at.
-    pub as_of: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-/// `labctl verify`'s verdict, hop by hop.
-#[derive(Debug, Serialize)]
-pub struct VerifyFigures {
-    pub ok: bool,
-    pub hops: Vec<(String, bool, String)>,
 }
 
 /// Runs `labctl <args> --json` with the same config and project; its stderr (progress, errors)
@@ -156,7 +116,9 @@ pub async fn run(config: Config, config_file: Option<PathBuf>, args: Args) -> Re
 
     eprintln!("== 3/5 wait until the backfill is in both tables");
     let t = Instant::now();
-    wait_aggregated(&lab, Duration::from_secs(args.timeout)).await?;
+    let multi = indicatif::MultiProgress::new();
+    let pb = spinner(&multi, "aggregating");
+    demo::wait_aggregated(&lab, Duration::from_secs(args.timeout), &pb).await?;
     timed("backfill aggregated", t);
 
     let mut export = None;
@@ -185,7 +147,7 @@ pub async fn run(config: Config, config_file: Option<PathBuf>, args: Args) -> Re
         }
     }
 
-    let mut summary = summarize(&lab, job_id, export.as_ref(), steps, started).await?;
+    let mut summary = demo::summarize(&lab, job_id, export.as_ref(), steps, started).await?;
     summary.verify = verified;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -199,142 +161,9 @@ pub async fn run(config: Config, config_file: Option<PathBuf>, args: Args) -> Re
     Ok(ExitCode::SUCCESS)
 }
 
-/// Done when the generator is live (its backfill delivered), every reading that was in the
-/// topic then is a raw row, and the window of the minute the backfill ended is written.
-async fn wait_aggregated(lab: &Lab, timeout: Duration) -> Result<()> {
-    let rt = Runtime::connect().await?;
-    let db = lab.database()?.connect(Duration::from_secs(10)).await?;
-    let broker = lab.broker()?;
-    let ingest = lab.stack.container_name(INGEST, 1);
-    let multi = indicatif::MultiProgress::new();
-    let pb = spinner(&multi, "aggregating");
-    let start = Instant::now();
-    let mut backfilled: Option<i64> = None;
-    let mut minute_end: Option<chrono::DateTime<chrono::Utc>> = None;
-    loop {
-        if start.elapsed() > timeout {
-            bail!("the backfill was not aggregated within {timeout:?}; see `labctl status` and `labctl logs flink-taskmanager` (raise --timeout on a slow machine)");
-        }
-        let raw: i64 = db.query_one("SELECT count(*) FROM machine_sensors", &[]).await?.get(0);
-        if backfilled.is_none() {
-            // The generator logs `ingest: live` once its backfill is delivered.
-            let logs = rt.tail_logs(&ingest, 200).await.unwrap_or_default();
-            if logs.contains("ingest: live") {
-                let n: i64 = broker
-                    .offsets(&lab.config.broker.topic, Duration::from_secs(10))
-                    .await?
-                    .iter()
-                    .map(|p| p.high)
-                    .sum();
-                backfilled = Some(n);
-            }
-        }
-        match backfilled {
-            None => pb.set_message(format!(
-                "generator backfilling; {} raw rows so far",
-                super::status::count(raw)
-            )),
-            Some(n) if raw < n => pb.set_message(format!(
-                "{} of {} backfilled readings are raw rows",
-                super::status::count(raw),
-                super::status::count(n)
-            )),
-            Some(_) => {
-                let end = *minute_end.get_or_insert_with(|| {
-                    let now = chrono::Utc::now();
-                    now - chrono::Duration::seconds(now.timestamp() % 60)
-                });
-                let newest: Option<chrono::DateTime<chrono::Utc>> = db
-                    .query_one("SELECT max(window_end) FROM sensor_aggregates", &[])
-                    .await?
-                    .get(0);
-                if newest.is_some_and(|w| w >= end) {
-                    finish(
-                        &pb,
-                        format!(
-                            "{} raw rows; windows up to {}",
-                            super::status::count(raw),
-                            end.format("%H:%M UTC")
-                        ),
-                    );
-                    return Ok(());
-                }
-                pb.set_message(format!(
-                    "raw rows complete; waiting for the window ending {} (watermark)",
-                    end.format("%H:%M")
-                ));
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-}
-
 fn last_lines(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
-}
-
-async fn summarize(
-    lab: &Lab,
-    flink_job_id: String,
-    export: Option<&serde_json::Value>,
-    steps: Vec<(String, f64)>,
-    started: Instant,
-) -> Result<Summary> {
-    let db = lab.database()?.connect(Duration::from_secs(10)).await?;
-    let readings_produced: i64 = lab
-        .broker()?
-        .offsets(&lab.config.broker.topic, Duration::from_secs(10))
-        .await?
-        .iter()
-        .map(|p| p.high)
-        .sum();
-    let raw: i64 = db.query_one("SELECT count(*) FROM machine_sensors", &[]).await?.get(0);
-    let row = db
-        .query_one(
-            "SELECT count(*), coalesce(sum(reading_count), 0)::bigint FROM sensor_aggregates",
-            &[],
-        )
-        .await?;
-    let delta = match export {
-        None => None,
-        Some(r) => {
-            let table = schema::MACHINE_SENSORS.name;
-            let blob = lab.blob(Duration::from_secs(10))?;
-            let s = blob.delta_summary(&lab.config.lake.container, table).await?;
-            let t = r["result"]["tables"]
-                .as_array()
-                .and_then(|a| a.iter().find(|t| t["name"] == table));
-            Some(DeltaFigures {
-                table: table.to_string(),
-                version: s.version,
-                rows: s.rows,
-                rows_per_day: s.rows_per_day,
-                days_compared: t.and_then(|t| t["days_compared"].as_u64()),
-                days_rewritten: t.and_then(|t| t["days_rewritten"].as_u64()),
-                as_of: s.export_as_of,
-            })
-        }
-    };
-    let mut urls = BTreeMap::new();
-    for (name, key) in [("flink_ui", "flink_ui"), ("spark_ui", "spark_ui")] {
-        if let Some(u) = lab.stack.url(key) {
-            urls.insert(name, u);
-        }
-    }
-    Ok(Summary {
-        project: lab.stack.project.clone(),
-        readings_produced,
-        machine_sensors_rows: raw,
-        sensor_aggregates_rows: row.get(0),
-        readings_in_windows: row.get(1),
-        flink_job_id,
-        delta,
-        verify: None,
-        urls,
-        steps,
-        total_secs: started.elapsed().as_secs_f64(),
-    })
 }
 
 fn print_summary(s: &Summary) {

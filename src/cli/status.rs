@@ -60,7 +60,7 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
             "db_url": format!("postgresql://{}:{password}@{}:{}/{}", db.user, db.host, db.port, db.name),
         });
         if !lab.state.broker_password.is_empty()
-            && lab.stack.published_port("broker_sasl_ssl").is_some()
+            && lab.stack.published_port(crate::model::config::PortKey::BrokerSaslSsl).is_some()
         {
             secrets["broker_sasl_password"] = lab.state.broker_password.clone().into();
         }

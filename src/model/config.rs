@@ -67,6 +67,74 @@ pub struct Ports {
     pub broker_sasl_ssl: u16,
 }
 
+/// A published port, named by its key under `[ports]` (and `LABCTL_PORTS_<KEY>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortKey {
+    Broker,
+    #[serde(rename = "broker_2")]
+    Broker2,
+    #[serde(rename = "broker_3")]
+    Broker3,
+    Database,
+    FlinkUi,
+    SparkUi,
+    SparkRest,
+    Azurite,
+    BrokerSaslSsl,
+}
+
+impl PortKey {
+    pub const ALL: [PortKey; 9] = [
+        PortKey::Broker,
+        PortKey::Broker2,
+        PortKey::Broker3,
+        PortKey::Database,
+        PortKey::FlinkUi,
+        PortKey::SparkUi,
+        PortKey::SparkRest,
+        PortKey::Azurite,
+        PortKey::BrokerSaslSsl,
+    ];
+
+    /// The key under `[ports]`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PortKey::Broker => "broker",
+            PortKey::Broker2 => "broker_2",
+            PortKey::Broker3 => "broker_3",
+            PortKey::Database => "database",
+            PortKey::FlinkUi => "flink_ui",
+            PortKey::SparkUi => "spark_ui",
+            PortKey::SparkRest => "spark_rest",
+            PortKey::Azurite => "azurite",
+            PortKey::BrokerSaslSsl => "broker_sasl_ssl",
+        }
+    }
+}
+
+impl std::fmt::Display for PortKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Ports {
+    pub fn get(&self, key: PortKey) -> u16 {
+        match key {
+            PortKey::Broker => self.broker,
+            PortKey::Broker2 => self.broker_2,
+            PortKey::Broker3 => self.broker_3,
+            PortKey::Database => self.database,
+            PortKey::FlinkUi => self.flink_ui,
+            PortKey::SparkUi => self.spark_ui,
+            PortKey::SparkRest => self.spark_rest,
+            PortKey::Azurite => self.azurite,
+            PortKey::BrokerSaslSsl => self.broker_sasl_ssl,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {

@@ -12,7 +12,10 @@ use crate::model::topology;
 use crate::stack::endpoints;
 use crate::{
     clients::{db::Database, flink, kafka::Broker, lake::BlobClient, spark},
-    model::{config::Config, topology::Part},
+    model::{
+        config::{Config, PortKey},
+        topology::Part,
+    },
     stack::{state::State, Probe, Stack},
 };
 
@@ -35,7 +38,7 @@ impl Lab {
         Ok(Self::new(config, state))
     }
 
-    fn url(&self, key: &str) -> Result<String> {
+    fn url(&self, key: PortKey) -> Result<String> {
         self.stack.url(key).with_context(|| format!("the stack publishes no `{key}` port"))
     }
 
@@ -71,8 +74,10 @@ impl Lab {
             return Ok(Database::new(a.host, a.port, user, name, password)
                 .with_tls(a.ssl, a.root_cert.map(Into::into)));
         }
-        let port =
-            self.stack.published_port("database").context("the stack has no database port")?;
+        let port = self
+            .stack
+            .published_port(PortKey::Database)
+            .context("the stack has no database port")?;
         Ok(Database::new(self.stack.bind_address.clone(), port, user, name, password))
     }
 
@@ -80,7 +85,7 @@ impl Lab {
         let url = if self.external(Part::Flink) {
             self.config.flink.url.trim_end_matches('/').to_string()
         } else {
-            self.url("flink_ui")?
+            self.url(PortKey::FlinkUi)?
         };
         flink::Client::new(url, timeout)
     }
@@ -94,7 +99,7 @@ impl Lab {
                 timeout,
             );
         }
-        spark::Client::new(self.url("spark_ui")?, self.url("spark_rest")?, timeout)
+        spark::Client::new(self.url(PortKey::SparkUi)?, self.url(PortKey::SparkRest)?, timeout)
     }
 
     pub fn blob(&self, timeout: Duration) -> Result<BlobClient> {
@@ -107,8 +112,10 @@ impl Lab {
                 timeout,
             );
         }
-        let port =
-            self.stack.published_port("azurite").context("the stack publishes no azurite port")?;
+        let port = self
+            .stack
+            .published_port(PortKey::Azurite)
+            .context("the stack publishes no azurite port")?;
         BlobClient::azurite(&self.stack.bind_address, port, timeout)
     }
 

@@ -3,6 +3,7 @@
 //! come back as data; `cli` turns them into tables or JSON.
 
 pub mod bench;
+pub mod demo;
 pub mod flink;
 pub mod ingest;
 pub mod lab;
@@ -14,3 +15,4 @@ pub mod scale;
 pub mod spark;
 pub mod status;
 pub mod verify;
+pub mod windows;

@@ -16,7 +16,10 @@ use crate::{
         docker::{images::tail_lines, Action, ContainerInfo, Runtime},
         kafka::{Broker, SecurityFailure},
     },
-    model::{config::Config, security, topology},
+    model::{
+        config::{Config, PortKey},
+        security, topology,
+    },
     ops::lab::Lab,
     progress::{Progress, Tasks},
     stack::{
@@ -163,7 +166,7 @@ pub async fn up(mut config: Config, req: &UpRequest, tasks: &dyn Tasks) -> Resul
         }
     }
     wait_ready(&rt, &lab, tasks, true).await?;
-    let secure = match lab.stack.published_port("broker_sasl_ssl") {
+    let secure = match lab.stack.published_port(PortKey::BrokerSaslSsl) {
         Some(port) => Some(check_sasl_ssl_listener(&rt, &lab, port).await?),
         None => None,
     };
@@ -171,8 +174,8 @@ pub async fn up(mut config: Config, req: &UpRequest, tasks: &dyn Tasks) -> Resul
         project: lab.stack.project.clone(),
         containers_changed: changed,
         ports: lab.state.ports.clone(),
-        flink_ui: lab.stack.url("flink_ui"),
-        spark_ui: lab.stack.url("spark_ui"),
+        flink_ui: lab.stack.url(PortKey::FlinkUi),
+        spark_ui: lab.stack.url(PortKey::SparkUi),
         broker_sasl_ssl: secure,
         seconds: UpSeconds {
             images: images_secs,
@@ -254,7 +257,7 @@ fn check_ports(lab: &Lab, existing: &[ContainerInfo]) -> Result<()> {
                     lab.stack.bind_address,
                     svc.name,
                     p.key,
-                    p.key.to_ascii_uppercase()
+                    p.key.as_str().to_ascii_uppercase()
                 );
             }
         }

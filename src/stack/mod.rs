@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::{
     model::config::MAX_BROKER_NODES,
     model::{
-        config::Config,
+        config::{Config, PortKey, Ports},
         topology::{external_parts, Part},
     },
     stack::state::State,
@@ -117,7 +117,7 @@ pub enum Probe {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct PublishedPort {
     /// Config key under `[ports]`.
-    pub key: &'static str,
+    pub key: PortKey,
     pub container: u16,
     pub host: u16,
     /// What a person opens, if anything (e.g. the Flink UI).
@@ -198,7 +198,8 @@ pub struct Stack {
 pub const BROKER: &str = "broker";
 /// Service names of the KRaft nodes; node 1 is `broker`, as in a single-node lab.
 pub const BROKER_NODES: [&str; MAX_BROKER_NODES as usize] = [BROKER, "broker-2", "broker-3"];
-const BROKER_PORT_KEYS: [&str; MAX_BROKER_NODES as usize] = ["broker", "broker_2", "broker_3"];
+const BROKER_PORT_KEYS: [PortKey; MAX_BROKER_NODES as usize] =
+    [PortKey::Broker, PortKey::Broker2, PortKey::Broker3];
 const BROKER_VOLUMES: [&str; MAX_BROKER_NODES as usize] =
     ["broker-data", "broker-2-data", "broker-3-data"];
 pub const DATABASE: &str = "timescaledb";
@@ -262,13 +263,14 @@ fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
 
+/// The port `key` of the config, published from the container's `container` port.
 fn port(
-    key: &'static str,
+    ports: &Ports,
+    key: PortKey,
     container: u16,
-    host: u16,
     url_path: Option<&'static str>,
 ) -> PublishedPort {
-    PublishedPort { key, container, host, url_path }
+    PublishedPort { key, container, host: ports.get(key), url_path }
 }
 
 /// The address host clients use for a port published on `bind_address`: a wildcard bind is
@@ -299,7 +301,7 @@ pub fn kafka_cluster_id(project: &str) -> String {
 /// on the lab's network; host clients through its published port, which it advertises as
 /// itself on a listener of its own, so neither side needs an address map. With several nodes
 /// every one is a voter of the quorum and topics are replicated to three of them.
-fn broker_service(config: &Config, ports: &crate::model::config::Ports, node: usize) -> Service {
+fn broker_service(config: &Config, ports: &Ports, node: usize) -> Service {
     let nodes = config.broker.nodes as usize;
     let name = BROKER_NODES[node];
     let host = host_address(&config.bind_address);
@@ -311,7 +313,7 @@ fn broker_service(config: &Config, ports: &crate::model::config::Ports, node: us
     let (replication, min_isr) = broker_replication(config.broker.nodes);
     let properties = [
         format!("listeners=INTERNAL://:{BROKER_PORT},CONTROLLER://:{BROKER_CONTROLLER_PORT},HOST://:{BROKER_HOST_LISTENER_PORT}"),
-        format!("advertised.listeners=INTERNAL://{name}:{BROKER_PORT},HOST://{host}:{}", broker_host_port(ports, node)),
+        format!("advertised.listeners=INTERNAL://{name}:{BROKER_PORT},HOST://{host}:{}", ports.get(BROKER_PORT_KEYS[node])),
         "listener.security.protocol.map=INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT,HOST:PLAINTEXT".to_string(),
         format!("controller.quorum.voters={}", voters.join(",")),
         format!("offsets.topic.replication.factor={replication}"),
@@ -323,40 +325,26 @@ fn broker_service(config: &Config, ports: &crate::model::config::Ports, node: us
     ]
     .join("\n");
     let mut svc = Service {
-        name,
-        image: BROKER_IMAGE,
-        command: vec![],
         env: env(&[
             ("KAFKA_NODE_ID", (node + 1).to_string()),
             ("KAFKA_CLUSTER_ID", kafka_cluster_id(&config.project)),
             ("KAFKA_HEAP_OPTS", format!("-Xms{0} -Xmx{0}", config.broker.heap)),
             ("KAFKA_PROPERTIES", properties),
         ]),
-        ports: vec![port(
-            BROKER_PORT_KEYS[node],
-            BROKER_HOST_LISTENER_PORT,
-            broker_host_port(ports, node),
-            None,
-        )],
+        ports: vec![port(ports, BROKER_PORT_KEYS[node], BROKER_HOST_LISTENER_PORT, None)],
         mounts: vec![Mount { volume: BROKER_VOLUMES[node], path: "/var/lib/kafka" }],
-        secrets: vec![],
         // Node 1 answers for the cluster: ready when every node is in its metadata.
         probe: if node == 0 {
             Probe::KafkaMetadata { brokers: config.broker.nodes }
         } else {
             Probe::CoveredBy { service: BROKER }
         },
-        depends_on: vec![],
-        replicas: 1,
-        stop_signal: None,
         // A controlled shutdown moves leadership and flushes the logs; give it time.
         stop_timeout: 30,
-        after_setup: false,
-        host_network: false,
-        aliases: vec![],
+        ..Service::base(name, BROKER_IMAGE)
     };
     if config.broker.sasl_ssl_listener {
-        add_sasl_ssl_listeners(&mut svc, host, ports.broker_sasl_ssl);
+        add_sasl_ssl_listeners(&mut svc, host, ports);
     }
     svc
 }
@@ -366,7 +354,8 @@ fn broker_service(config: &Config, ports: &crate::model::config::Ports, node: us
 /// `localhost`, 127.0.0.1 and the host address, signed by a CA the broker makes on its first
 /// start (`docker/broker/entrypoint.sh`); SCRAM-SHA-256 and -512 for the user `lab`, created
 /// when the storage is formatted, with the password labctl places in the container as a file.
-fn add_sasl_ssl_listeners(svc: &mut Service, host: &str, host_port: u16) {
+fn add_sasl_ssl_listeners(svc: &mut Service, host: &str, ports: &Ports) {
+    let host_port = ports.get(PortKey::BrokerSaslSsl);
     let names = ["SECURE", "HOST_SECURE"];
     let add = |line: &str| -> String {
         let Some((key, value)) = line.split_once('=') else { return line.to_string() };
@@ -415,7 +404,7 @@ fn add_sasl_ssl_listeners(svc: &mut Service, host: &str, host_port: u16) {
     }
     svc.env.push(("KAFKA_TLS_NAMES".into(), tls_names.join(",")));
     svc.env.push(("KAFKA_SCRAM_USER".into(), BROKER_SASL_USER.into()));
-    svc.ports.push(port("broker_sasl_ssl", BROKER_HOST_SASL_SSL_LISTENER_PORT, host_port, None));
+    svc.ports.push(port(ports, PortKey::BrokerSaslSsl, BROKER_HOST_SASL_SSL_LISTENER_PORT, None));
     svc.secrets.push(SecretFile { path: BROKER_PASSWORD_PATH, secret: Secret::BrokerPassword });
 }
 
@@ -424,10 +413,6 @@ fn add_sasl_ssl_listeners(svc: &mut Service, host: &str, host_port: u16) {
 pub fn broker_replication(nodes: u32) -> (u32, u32) {
     let replication = nodes.min(3);
     (replication, if replication >= 3 { 2 } else { 1 })
-}
-
-fn broker_host_port(ports: &crate::model::config::Ports, node: usize) -> u16 {
-    [ports.broker, ports.broker_2, ports.broker_3][node]
 }
 
 /// The managed broker's nodes as containers on the lab's network reach them.
@@ -439,233 +424,221 @@ pub fn cluster_bootstrap(nodes: u32) -> String {
         .join(",")
 }
 
+impl Service {
+    /// A single replica with nothing published, mounted or secret, stopped with SIGTERM: what
+    /// each service function below starts from.
+    fn base(name: &'static str, image: ImageSpec) -> Self {
+        Service {
+            name,
+            image,
+            command: vec![],
+            env: vec![],
+            ports: vec![],
+            mounts: vec![],
+            secrets: vec![],
+            probe: Probe::Running,
+            depends_on: vec![],
+            replicas: 1,
+            stop_signal: None,
+            stop_timeout: 10,
+            after_setup: false,
+            host_network: false,
+            aliases: vec![],
+        }
+    }
+}
+
+fn database_service(config: &Config, ports: &Ports) -> Service {
+    Service {
+        env: env(&[
+            ("POSTGRES_USER", config.database.user.clone()),
+            ("POSTGRES_DB", config.database.name.clone()),
+            ("POSTGRES_PASSWORD_FILE", DB_PASSWORD_PATH.into()),
+        ]),
+        ports: vec![port(ports, PortKey::Database, DATABASE_PORT, None)],
+        mounts: vec![Mount { volume: "db-data", path: "/var/lib/postgresql/data" }],
+        secrets: vec![SecretFile { path: DB_PASSWORD_PATH, secret: Secret::DbPassword }],
+        probe: Probe::PostgresLogin,
+        // SIGINT is PostgreSQL's fast shutdown: a checkpoint, no waiting for clients.
+        stop_signal: Some("SIGINT"),
+        stop_timeout: 30,
+        ..Service::base(DATABASE, DATABASE_IMAGE)
+    }
+}
+
+fn azurite_service(ports: &Ports) -> Service {
+    Service {
+        ports: vec![port(ports, PortKey::Azurite, AZURITE_PORT, None)],
+        mounts: vec![Mount { volume: "lake-data", path: "/data" }],
+        probe: Probe::BlobListing,
+        stop_signal: Some("SIGINT"),
+        aliases: vec![AZURITE_ACCOUNT_HOST],
+        ..Service::base(AZURITE, AZURITE_IMAGE)
+    }
+}
+
+/// The Flink session cluster: a JobManager and `taskmanagers` TaskManagers sharing one
+/// configuration.
+fn flink_services(config: &Config, ports: &Ports, taskmanagers: u32) -> [Service; 2] {
+    let flink = &config.flink;
+    let properties = [
+        format!("jobmanager.rpc.address: {FLINK_JM}"),
+        format!("rest.port: {FLINK_REST_PORT}"),
+        format!("jobmanager.memory.process.size: {}", flink.jobmanager_memory),
+        format!("taskmanager.memory.process.size: {}", flink.taskmanager_memory),
+        format!("taskmanager.numberOfTaskSlots: {}", flink.slots_per_taskmanager),
+        format!("parallelism.default: {}", config.broker.partitions),
+        "state.checkpoints.dir: file:///var/lib/flink/checkpoints".to_string(),
+        "state.savepoints.dir: file:///var/lib/flink/savepoints".to_string(),
+    ]
+    .join("\n");
+    // Checkpoints are written by TaskManagers and read back by the JobManager on recovery, so
+    // both see the same volume.
+    let data = Mount { volume: "flink-data", path: "/var/lib/flink" };
+    [
+        Service {
+            command: vec!["jobmanager".into()],
+            env: env(&[("FLINK_PROPERTIES", properties.clone())]),
+            ports: vec![port(ports, PortKey::FlinkUi, FLINK_REST_PORT, Some("/"))],
+            mounts: vec![data.clone()],
+            probe: Probe::FlinkTaskManagers {
+                count: taskmanagers,
+                slots: taskmanagers * flink.slots_per_taskmanager,
+            },
+            stop_timeout: 20,
+            ..Service::base(FLINK_JM, FLINK_IMAGE)
+        },
+        Service {
+            command: vec!["taskmanager".into()],
+            env: env(&[("FLINK_PROPERTIES", properties)]),
+            mounts: vec![data],
+            probe: Probe::CoveredBy { service: FLINK_JM },
+            depends_on: vec![FLINK_JM],
+            replicas: taskmanagers,
+            stop_timeout: 20,
+            ..Service::base(FLINK_TM, FLINK_IMAGE)
+        },
+    ]
+}
+
+/// The Spark standalone cluster: a master (UI and REST submission) and `workers` workers.
+fn spark_services(config: &Config, ports: &Ports, workers: u32) -> [Service; 2] {
+    [
+        Service {
+            command: vec!["master".into()],
+            env: env(&[("SPARK_MASTER_HOST", SPARK_MASTER.into())]),
+            ports: vec![
+                port(ports, PortKey::SparkUi, SPARK_UI_PORT, Some("/")),
+                port(ports, PortKey::SparkRest, SPARK_REST_PORT, None),
+            ],
+            probe: Probe::SparkWorkers { count: workers },
+            ..Service::base(SPARK_MASTER, SPARK_IMAGE)
+        },
+        Service {
+            command: vec!["worker".into(), format!("spark://{SPARK_MASTER}:{SPARK_MASTER_PORT}")],
+            env: env(&[
+                ("SPARK_WORKER_CORES", config.spark.worker_cores.to_string()),
+                ("SPARK_WORKER_MEMORY", config.spark.worker_memory.clone()),
+            ]),
+            mounts: vec![Mount { volume: "spark-work", path: "/var/lib/spark/work" }],
+            probe: Probe::CoveredBy { service: SPARK_MASTER },
+            depends_on: vec![SPARK_MASTER],
+            replicas: workers,
+            ..Service::base(SPARK_WORKER, SPARK_IMAGE)
+        },
+    ]
+}
+
+/// The generator, if the lab runs one. Beside an external broker it runs on the host's network
+/// with labctl's own view of the broker (bootstrap and address map). A broker that wants SASL
+/// gets no generator service: its password would have to go into the container; `labctl
+/// ingest` on this host does the same.
+fn ingest_service(config: &Config, broker_external: bool) -> Option<Service> {
+    if !config.ingest.enabled || (broker_external && config.broker.security_protocol != "plaintext")
+    {
+        return None;
+    }
+    let i = &config.ingest;
+    let bootstrap = if broker_external {
+        config.broker.bootstrap.clone()
+    } else {
+        cluster_bootstrap(config.broker.nodes)
+    };
+    let mut command: Vec<String> = vec!["ingest".into(), "--bootstrap".into(), bootstrap];
+    if broker_external {
+        for (from, to) in &config.broker.address_map {
+            command.extend(["--address-map".to_string(), format!("{from}={to}")]);
+        }
+    }
+    command.extend(
+        [
+            "--topic",
+            &config.broker.topic,
+            "--machines",
+            &i.machines.to_string(),
+            "--seed",
+            &i.seed.to_string(),
+            "--interval",
+            &i.interval_secs.to_string(),
+            "--backfill",
+            &i.backfill,
+            "--rate",
+            &i.backfill_rate.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    Some(Service {
+        command,
+        env: env(&[("RUST_LOG", "info".into())]),
+        depends_on: if broker_external {
+            vec![]
+        } else {
+            BROKER_NODES[..config.broker.nodes as usize].to_vec()
+        },
+        // SIGTERM: flush what is in flight, print the summary, exit 0.
+        stop_timeout: 40,
+        after_setup: true,
+        host_network: broker_external,
+        ..Service::base(INGEST, INGEST_IMAGE)
+    })
+}
+
+/// A part the config points elsewhere, checked with the probe its managed service would have.
+fn external_service(config: &Config, part: Part) -> ExternalService {
+    ExternalService {
+        name: part.services()[0],
+        part,
+        address: part.external_address(config),
+        probe: match part {
+            Part::Broker => Probe::KafkaMetadata { brokers: 1 },
+            Part::Database => Probe::PostgresLogin,
+            // Any size will do: the job asks for its slots when it is submitted.
+            Part::Flink => Probe::FlinkTaskManagers { count: 1, slots: 1 },
+            Part::Spark => Probe::SparkWorkers { count: 1 },
+            Part::Lake => Probe::BlobListing,
+        },
+    }
+}
+
 impl Stack {
     pub fn new(config: &Config, state: &State) -> Self {
-        let p = &state.ports;
-        let flink = &config.flink;
-        let (taskmanagers, workers) =
-            (replicas(config, state, FLINK_TM), replicas(config, state, SPARK_WORKER));
-        let flink_common = [
-            format!("jobmanager.rpc.address: {FLINK_JM}"),
-            format!("rest.port: {FLINK_REST_PORT}"),
-            format!("jobmanager.memory.process.size: {}", flink.jobmanager_memory),
-            format!("taskmanager.memory.process.size: {}", flink.taskmanager_memory),
-            format!("taskmanager.numberOfTaskSlots: {}", flink.slots_per_taskmanager),
-            format!("parallelism.default: {}", config.broker.partitions),
-            "state.checkpoints.dir: file:///var/lib/flink/checkpoints".to_string(),
-            "state.savepoints.dir: file:///var/lib/flink/savepoints".to_string(),
-        ]
-        .join("\n");
-        let brokers = (0..config.broker.nodes as usize)
-            .map(|node| broker_service(config, &state.ports, node));
-        let services = brokers.chain([
-            Service {
-                name: DATABASE,
-                image: DATABASE_IMAGE,
-                command: vec![],
-                env: env(&[
-                    ("POSTGRES_USER", config.database.user.clone()),
-                    ("POSTGRES_DB", config.database.name.clone()),
-                    ("POSTGRES_PASSWORD_FILE", DB_PASSWORD_PATH.into()),
-                ]),
-                ports: vec![port("database", DATABASE_PORT, p.database, None)],
-                mounts: vec![Mount { volume: "db-data", path: "/var/lib/postgresql/data" }],
-                secrets: vec![SecretFile { path: DB_PASSWORD_PATH, secret: Secret::DbPassword }],
-                probe: Probe::PostgresLogin,
-                depends_on: vec![],
-                replicas: 1,
-                stop_signal: Some("SIGINT"),
-                stop_timeout: 30,
-                after_setup: false,
-                host_network: false,
-                aliases: vec![],
-            },
-            Service {
-                name: AZURITE,
-                image: AZURITE_IMAGE,
-                command: vec![],
-                env: vec![],
-                ports: vec![port("azurite", AZURITE_PORT, p.azurite, None)],
-                mounts: vec![Mount { volume: "lake-data", path: "/data" }],
-                secrets: vec![],
-                probe: Probe::BlobListing,
-                depends_on: vec![],
-                replicas: 1,
-                stop_signal: Some("SIGINT"),
-                stop_timeout: 10,
-                after_setup: false,
-                host_network: false,
-                aliases: vec![AZURITE_ACCOUNT_HOST],
-            },
-            Service {
-                name: FLINK_JM,
-                image: FLINK_IMAGE,
-                command: vec!["jobmanager".into()],
-                env: env(&[("FLINK_PROPERTIES", flink_common.clone())]),
-                ports: vec![port("flink_ui", FLINK_REST_PORT, p.flink_ui, Some("/"))],
-                mounts: vec![Mount { volume: "flink-data", path: "/var/lib/flink" }],
-                secrets: vec![],
-                probe: Probe::FlinkTaskManagers {
-                    count: taskmanagers,
-                    slots: taskmanagers * flink.slots_per_taskmanager,
-                },
-                depends_on: vec![],
-                replicas: 1,
-                stop_signal: None,
-                stop_timeout: 20,
-                after_setup: false,
-                host_network: false,
-                aliases: vec![],
-            },
-            Service {
-                name: FLINK_TM,
-                image: FLINK_IMAGE,
-                command: vec!["taskmanager".into()],
-                env: env(&[("FLINK_PROPERTIES", flink_common)]),
-                ports: vec![],
-                // Checkpoints are written by TaskManagers and read back by the JobManager on
-                // recovery, so both see the same volume.
-                mounts: vec![Mount { volume: "flink-data", path: "/var/lib/flink" }],
-                secrets: vec![],
-                probe: Probe::CoveredBy { service: FLINK_JM },
-                depends_on: vec![FLINK_JM],
-                replicas: taskmanagers,
-                stop_signal: None,
-                stop_timeout: 20,
-                after_setup: false,
-                host_network: false,
-                aliases: vec![],
-            },
-            Service {
-                name: SPARK_MASTER,
-                image: SPARK_IMAGE,
-                command: vec!["master".into()],
-                env: env(&[("SPARK_MASTER_HOST", SPARK_MASTER.into())]),
-                ports: vec![
-                    port("spark_ui", SPARK_UI_PORT, p.spark_ui, Some("/")),
-                    port("spark_rest", SPARK_REST_PORT, p.spark_rest, None),
-                ],
-                mounts: vec![],
-                secrets: vec![],
-                probe: Probe::SparkWorkers { count: workers },
-                depends_on: vec![],
-                replicas: 1,
-                stop_signal: None,
-                stop_timeout: 10,
-                after_setup: false,
-                host_network: false,
-                aliases: vec![],
-            },
-            Service {
-                name: SPARK_WORKER,
-                image: SPARK_IMAGE,
-                command: vec![
-                    "worker".into(),
-                    format!("spark://{SPARK_MASTER}:{SPARK_MASTER_PORT}"),
-                ],
-                env: env(&[
-                    ("SPARK_WORKER_CORES", config.spark.worker_cores.to_string()),
-                    ("SPARK_WORKER_MEMORY", config.spark.worker_memory.clone()),
-                ]),
-                ports: vec![],
-                mounts: vec![Mount { volume: "spark-work", path: "/var/lib/spark/work" }],
-                secrets: vec![],
-                probe: Probe::CoveredBy { service: SPARK_MASTER },
-                depends_on: vec![SPARK_MASTER],
-                replicas: workers,
-                stop_signal: None,
-                stop_timeout: 10,
-                after_setup: false,
-                host_network: false,
-                aliases: vec![],
-            },
-        ]);
-        let mut services: Vec<Service> = services.collect();
+        let ports = &state.ports;
         let external = external_parts(config);
-        services.retain(|s| !Part::of_service(s.name).is_some_and(|p| external.contains(&p)));
-        // Beside an external broker the generator runs on the host's network with labctl's
-        // own view of the broker (bootstrap and address map). A broker that wants SASL gets no
-        // generator service: its password would have to go into the container; `labctl ingest`
-        // on this host does the same.
-        let broker_external = external.contains(&Part::Broker);
-        if config.ingest.enabled
-            && (!broker_external || config.broker.security_protocol == "plaintext")
-        {
-            let i = &config.ingest;
-            let bootstrap = if broker_external {
-                config.broker.bootstrap.clone()
-            } else {
-                cluster_bootstrap(config.broker.nodes)
-            };
-            let mut command: Vec<String> = vec!["ingest".into(), "--bootstrap".into(), bootstrap];
-            if broker_external {
-                for (from, to) in &config.broker.address_map {
-                    command.extend(["--address-map".to_string(), format!("{from}={to}")]);
-                }
-            }
-            command.extend(
-                [
-                    "--topic",
-                    &config.broker.topic,
-                    "--machines",
-                    &i.machines.to_string(),
-                    "--seed",
-                    &i.seed.to_string(),
-                    "--interval",
-                    &i.interval_secs.to_string(),
-                    "--backfill",
-                    &i.backfill,
-                    "--rate",
-                    &i.backfill_rate.to_string(),
-                ]
-                .iter()
-                .map(|s| s.to_string()),
-            );
-            services.push(Service {
-                name: INGEST,
-                image: INGEST_IMAGE,
-                command,
-                env: env(&[("RUST_LOG", "info".into())]),
-                ports: vec![],
-                mounts: vec![],
-                secrets: vec![],
-                probe: Probe::Running,
-                depends_on: if broker_external {
-                    vec![]
-                } else {
-                    BROKER_NODES[..config.broker.nodes as usize].to_vec()
-                },
-                replicas: 1,
-                // SIGTERM: flush what is in flight, print the summary, exit 0.
-                stop_signal: None,
-                stop_timeout: 40,
-                after_setup: true,
-                host_network: broker_external,
-                aliases: vec![],
-            });
-        }
-        let external = external
-            .into_iter()
-            .map(|part| ExternalService {
-                name: part.services()[0],
-                part,
-                address: part.external_address(config),
-                probe: match part {
-                    Part::Broker => Probe::KafkaMetadata { brokers: 1 },
-                    Part::Database => Probe::PostgresLogin,
-                    // Any size will do: the job asks for its slots when it is submitted.
-                    Part::Flink => Probe::FlinkTaskManagers { count: 1, slots: 1 },
-                    Part::Spark => Probe::SparkWorkers { count: 1 },
-                    Part::Lake => Probe::BlobListing,
-                },
-            })
+        let mut services: Vec<Service> = (0..config.broker.nodes as usize)
+            .map(|node| broker_service(config, ports, node))
+            .chain([database_service(config, ports), azurite_service(ports)])
+            .chain(flink_services(config, ports, replicas(config, state, FLINK_TM)))
+            .chain(spark_services(config, ports, replicas(config, state, SPARK_WORKER)))
             .collect();
+        services.retain(|s| !Part::of_service(s.name).is_some_and(|p| external.contains(&p)));
+        services.extend(ingest_service(config, external.contains(&Part::Broker)));
         Stack {
             project: config.project.clone(),
             network: format!("{}-net", config.project),
             bind_address: config.bind_address.clone(),
             services,
-            external,
+            external: external.into_iter().map(|part| external_service(config, part)).collect(),
         }
     }
 
@@ -729,11 +702,11 @@ impl Stack {
         out
     }
 
-    pub fn published_port(&self, key: &str) -> Option<u16> {
+    pub fn published_port(&self, key: PortKey) -> Option<u16> {
         self.services.iter().flat_map(|s| &s.ports).find(|p| p.key == key).map(|p| p.host)
     }
 
-    pub fn url(&self, key: &str) -> Option<String> {
+    pub fn url(&self, key: PortKey) -> Option<String> {
         self.published_port(key).map(|p| format!("http://{}:{p}", self.bind_address))
     }
 }
@@ -783,7 +756,17 @@ mod tests {
         assert_eq!(keys.len(), n);
         let cfg = toml::Value::try_from(crate::model::config::Ports::default()).unwrap();
         for k in keys {
-            assert!(cfg.get(k).is_some(), "[ports] has no key {k}");
+            assert!(cfg.get(k.as_str()).is_some(), "[ports] has no key {k}");
+        }
+        let all: Vec<&str> = PortKey::ALL.iter().map(|k| k.as_str()).collect();
+        let fields: Vec<&str> = cfg.as_table().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(all.len(), fields.len(), "PortKey::ALL and [ports] differ: {all:?} {fields:?}");
+        for k in PortKey::ALL {
+            let mut ports = crate::model::config::Ports::default();
+            let v = toml::Value::try_from(&ports).unwrap();
+            assert_eq!(v[k.as_str()].as_integer(), Some(i64::from(ports.get(k))));
+            ports = toml::from_str(&format!("{k} = 4242")).unwrap();
+            assert_eq!(ports.get(k), 4242, "Ports::get({k}) reads another field");
         }
     }
 
@@ -818,7 +801,7 @@ mod tests {
             "{props}"
         );
         assert!(props.contains("listener.name.host_secure.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"), "{props}");
-        assert!(b.ports.iter().any(|p| p.key == "broker_sasl_ssl"
+        assert!(b.ports.iter().any(|p| p.key == PortKey::BrokerSaslSsl
             && p.container == 9096
             && p.host == c.ports.broker_sasl_ssl));
         assert_eq!(
@@ -832,7 +815,7 @@ mod tests {
         let plain = stack();
         assert!(
             plain.service(BROKER).unwrap().secrets.is_empty()
-                && plain.published_port("broker_sasl_ssl").is_none()
+                && plain.published_port(PortKey::BrokerSaslSsl).is_none()
         );
     }
 
