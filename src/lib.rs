@@ -14,3 +14,6 @@ pub mod ops;
 pub mod progress;
 pub mod stack;
 pub mod wait;
+
+#[cfg(test)]
+mod layers;
