@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use crate::{
     clients::docker::Runtime,
     model::config::Config,
-    stack::{state::State, Stack},
+    stack::{state::State, ServiceId, Stack},
 };
 
 #[derive(Debug, clap::Args)]
@@ -39,12 +39,12 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
     }
     // Stop dependants before what they depend on, so e.g. TaskManagers do not log a storm of
     // reconnect errors while the JobManager goes away.
-    let order: Vec<&str> = match State::load(&project)? {
+    let order: Vec<ServiceId> = match State::load(&project)? {
         Some(st) => Stack::new(&config, &st).start_order().iter().rev().map(|s| s.name).collect(),
         None => vec![],
     };
     let mut containers = rt.list_containers(&project).await?;
-    containers.sort_by_key(|c| order.iter().position(|s| *s == c.service).unwrap_or(0));
+    containers.sort_by_key(|c| order.iter().position(|s| c.service == *s).unwrap_or(0));
     let mut tasks = tokio::task::JoinSet::new();
     for c in &containers {
         let (rt, name) = (rt.clone(), c.name.clone());

@@ -132,7 +132,9 @@ impl Lab {
                     // The lab's node k has node id k: name the ones that are missing.
                     let missing: Vec<&str> = (1..=*brokers as i32)
                         .filter(|id| !ids.contains(id))
-                        .filter_map(|id| crate::stack::BROKER_NODES.get(id as usize - 1).copied())
+                        .filter_map(|id| {
+                            crate::stack::BROKER_NODES.get(id as usize - 1).map(|s| s.as_str())
+                        })
                         .collect();
                     anyhow::bail!(
                         "{n} of {brokers} broker nodes registered; {} not joined: a node still formatting its storage joins within seconds, one that stays out cannot reach the KRaft quorum (see `labctl logs {}`; storage formatted for another cluster: `labctl down --volumes`)",

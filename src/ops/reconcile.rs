@@ -23,8 +23,8 @@ use crate::{
     ops::lab::Lab,
     progress::{Progress, Tasks},
     stack::{
-        self, state::State, ImageSpec, Probe, Secret, Service, FLINK_TM, IMAGES, SCALABLE,
-        SPARK_WORKER,
+        self, state::State, ImageSpec, Probe, Secret, Service, ServiceId, FLINK_TM, IMAGES,
+        SCALABLE, SPARK_WORKER,
     },
     wait::{poll_until, Check, Every, Waited},
 };
@@ -128,8 +128,10 @@ pub async fn up(mut config: Config, req: &UpRequest, tasks: &dyn Tasks) -> Resul
         }
     }
     for service in SCALABLE {
-        let (now, initial) =
-            (stack::replicas(&config, &state, service), stack::initial_replicas(&config, service));
+        let (now, initial) = (
+            stack::replicas(&config, &state, *service),
+            stack::initial_replicas(&config, *service),
+        );
         if now != initial {
             tasks.note(&format!("{service}: {now} replica(s), the size this lab was scaled to (the config's initial size is {initial}; `labctl scale {service} N` changes it)"));
         }
@@ -329,14 +331,14 @@ pub async fn remove_surplus(
         .iter()
         .filter(|c| {
             !lab.stack
-                .service(&c.service)
+                .service_named(&c.service)
                 .is_some_and(|s| c.replica >= 1 && c.replica <= s.replicas)
         })
         .collect();
     surplus.sort_by_key(|c| std::cmp::Reverse(c.replica));
     let mut removed = Vec::new();
     for c in surplus {
-        let timeout = lab.stack.service(&c.service).map_or(20, |s| s.stop_timeout);
+        let timeout = lab.stack.service_named(&c.service).map_or(20, |s| s.stop_timeout);
         tracing::info!("removing {} (scaled down or no longer defined)", c.name);
         rt.remove_container(&c.name, timeout as i64).await?;
         removed.push(c.name.clone());
@@ -385,7 +387,7 @@ async fn wait_ready(rt: &Runtime, lab: &Lab, tasks: &dyn Tasks, after_setup: boo
     let timeout = Duration::from_secs(lab.config.ready_timeout_secs);
     let mut set = tokio::task::JoinSet::new();
     // External services get the same probes as the managed ones they replace.
-    let mut checks: Vec<(&'static str, Probe, String)> = lab
+    let mut checks: Vec<(ServiceId, Probe, String)> = lab
         .stack
         .services
         .iter()
@@ -401,7 +403,7 @@ async fn wait_ready(rt: &Runtime, lab: &Lab, tasks: &dyn Tasks, after_setup: boo
         );
     }
     for (name, probe, label) in checks {
-        let task = tasks.task(name);
+        let task = tasks.task(name.as_str());
         let lab = lab.clone();
         set.spawn(async move {
             let start = Instant::now();
@@ -434,7 +436,7 @@ async fn wait_ready(rt: &Runtime, lab: &Lab, tasks: &dyn Tasks, after_setup: boo
     }
     let mut msg = String::new();
     for (name, why) in &failures {
-        if let Some(e) = lab.stack.external_for(name) {
+        if let Some(e) = lab.stack.external_for(*name) {
             msg.push_str(&format!(
                 "\nthe external {name} at {} ({}) is not ready: {why}\n  labctl expects there: {}",
                 e.address,
@@ -445,14 +447,14 @@ async fn wait_ready(rt: &Runtime, lab: &Lab, tasks: &dyn Tasks, after_setup: boo
         }
         msg.push_str(&format!("\n{name} never became ready: {why}"));
         // Show the logs of the service and of those whose readiness it stands for.
-        let related: HashSet<&str> = lab
+        let related: HashSet<ServiceId> = lab
             .stack
             .services
             .iter()
-            .filter(|s| s.name == *name || s.probe == Probe::CoveredBy { service: name })
+            .filter(|s| s.name == *name || s.probe == Probe::CoveredBy { service: *name })
             .map(|s| s.name)
             .collect();
-        for s in lab.stack.services.iter().filter(|s| related.contains(s.name)) {
+        for s in lab.stack.services.iter().filter(|s| related.contains(&s.name)) {
             for r in 1..=s.replicas {
                 let name = lab.stack.container_name(s.name, r);
                 let logs =

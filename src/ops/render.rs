@@ -77,7 +77,7 @@ pub fn compose(stack: &Stack) -> Result<String> {
             stop_signal: s.stop_signal.map(str::to_string),
             stop_grace: s.stop_timeout,
             host_network: s.host_network,
-            aliases: std::iter::once(s.name)
+            aliases: std::iter::once(s.name.as_str())
                 .chain(s.aliases.iter().copied())
                 .map(str::to_string)
                 .collect(),

@@ -19,7 +19,9 @@ use crate::{
     },
     ops::{flink::job, lab::Lab},
     progress::{Progress, Tasks},
-    stack::{self, state::State, FLINK_JM, FLINK_TM, SCALABLE, SPARK_MASTER, SPARK_WORKER},
+    stack::{
+        self, state::State, ServiceId, FLINK_JM, FLINK_TM, SCALABLE, SPARK_MASTER, SPARK_WORKER,
+    },
     wait::{poll_until, Check, Every, Waited},
 };
 
@@ -65,14 +67,15 @@ impl Size {
 }
 
 /// Rejects what cannot be scaled, before anything is looked at.
-pub fn check(service: &str, n: u32) -> Result<()> {
-    if !SCALABLE.contains(&service) {
-        bail!("`{service}` cannot be scaled; the scalable services are: {}", SCALABLE.join(", "));
-    }
+pub fn check(service: &str, n: u32) -> Result<ServiceId> {
+    let Some(id) = ServiceId::parse(service).filter(|id| SCALABLE.contains(id)) else {
+        let names: Vec<&str> = SCALABLE.iter().map(|s| s.as_str()).collect();
+        bail!("`{service}` cannot be scaled; the scalable services are: {}", names.join(", "));
+    };
     if !(1..=MAX_REPLICAS).contains(&n) {
         bail!("cannot scale {service} to {n}: use 1 to {MAX_REPLICAS} replicas (`labctl down` stops the whole lab)");
     }
-    Ok(())
+    Ok(id)
 }
 
 /// Resizes `service` to `n` replicas and waits until its cluster reports that size.
@@ -83,7 +86,7 @@ pub async fn scale(
     timeout: Option<Duration>,
     tasks: &dyn Tasks,
 ) -> Result<Scaled> {
-    check(service, n)?;
+    let service = check(service, n)?;
     if let Some(part) = Part::of_service(service) {
         ensure_managed(
             &config,
@@ -130,9 +133,9 @@ pub async fn scale(
     state.replicas.insert(service.to_string(), n);
     state.save(&config.project)?;
     let lab = Lab::new(config, state);
-    let svc = lab.stack.require(service)?.clone();
+    let svc = lab.stack.require(service.as_str())?.clone();
 
-    let task = tasks.task(service);
+    let task = tasks.task(service.as_str());
     task.set(&format!("{from} -> {n}"));
     let (tag, _) = rt.ensure_image(&svc.image, false, task.as_ref()).await?;
     let mine: Vec<_> = existing.iter().filter(|c| c.service == service).cloned().collect();
@@ -189,7 +192,7 @@ async fn flink_scale_down_notes(lab: &Lab, n: u32) -> Vec<String> {
 /// workers; a removed member counts until the cluster notices it is gone.
 async fn wait_for_size(
     lab: &Lab,
-    service: &str,
+    service: ServiceId,
     n: u32,
     timeout: Duration,
     task: &dyn Progress,

@@ -14,15 +14,15 @@ use crate::{
         topology::{database_name, lake_account, Part, DEV_KEY},
     },
     stack::{
-        state::State, AZURITE, AZURITE_ACCOUNT_HOST, BROKER_NODES, DATABASE, DATABASE_PORT,
-        FLINK_JM, FLINK_TM, SPARK_MASTER, SPARK_MASTER_PORT, SPARK_WORKER,
+        state::State, ServiceId, AZURITE, AZURITE_ACCOUNT_HOST, BROKER_NODES, DATABASE,
+        DATABASE_PORT, FLINK_JM, FLINK_TM, SPARK_MASTER, SPARK_MASTER_PORT, SPARK_WORKER,
     },
 };
 
 impl Part {
     /// The stack's services that run it when it is managed; the first is the one whose probe
     /// and name stand for the part.
-    pub fn services(self) -> &'static [&'static str] {
+    pub fn services(self) -> &'static [ServiceId] {
         match self {
             Part::Broker => &BROKER_NODES,
             Part::Database => &[DATABASE],
@@ -32,7 +32,7 @@ impl Part {
         }
     }
 
-    pub fn of_service(service: &str) -> Option<Part> {
+    pub fn of_service(service: ServiceId) -> Option<Part> {
         Part::ALL.into_iter().find(|p| p.services().contains(&service))
     }
 }

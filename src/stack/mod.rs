@@ -5,7 +5,10 @@
 
 pub mod assets;
 pub mod endpoints;
+pub mod service_id;
 pub mod state;
+
+pub use service_id::ServiceId;
 
 use serde::Serialize;
 
@@ -109,7 +112,7 @@ pub enum Probe {
     /// Azurite answers an authenticated container listing.
     BlobListing,
     /// Readiness is covered by another service's probe (e.g. workers by the master's).
-    CoveredBy { service: &'static str },
+    CoveredBy { service: ServiceId },
     /// A worker process with no port: ready while its containers run.
     Running,
 }
@@ -149,7 +152,7 @@ pub enum Secret {
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Service {
-    pub name: &'static str,
+    pub name: ServiceId,
     pub image: ImageSpec,
     pub command: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -157,7 +160,7 @@ pub struct Service {
     pub mounts: Vec<Mount>,
     pub secrets: Vec<SecretFile>,
     pub probe: Probe,
-    pub depends_on: Vec<&'static str>,
+    pub depends_on: Vec<ServiceId>,
     pub replicas: u32,
     pub stop_signal: Option<&'static str>,
     /// Seconds between the stop signal and SIGKILL.
@@ -176,8 +179,8 @@ pub struct Service {
 /// would have and never starts, stops or removes anything of it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ExternalService {
-    /// The name of the managed service it replaces (`status` and `logs` know it by that name).
-    pub name: &'static str,
+    /// The managed service it replaces (`status` and `logs` know it by that name).
+    pub name: ServiceId,
     pub part: Part,
     /// Where labctl reaches it.
     pub address: String,
@@ -195,20 +198,21 @@ pub struct Stack {
     pub external: Vec<ExternalService>,
 }
 
-pub const BROKER: &str = "broker";
-/// Service names of the KRaft nodes; node 1 is `broker`, as in a single-node lab.
-pub const BROKER_NODES: [&str; MAX_BROKER_NODES as usize] = [BROKER, "broker-2", "broker-3"];
+pub const BROKER: ServiceId = ServiceId::Broker;
+/// The KRaft nodes' services; node 1 is `broker`, as in a single-node lab.
+pub const BROKER_NODES: [ServiceId; MAX_BROKER_NODES as usize] =
+    [ServiceId::Broker, ServiceId::Broker2, ServiceId::Broker3];
 const BROKER_PORT_KEYS: [PortKey; MAX_BROKER_NODES as usize] =
     [PortKey::Broker, PortKey::Broker2, PortKey::Broker3];
 const BROKER_VOLUMES: [&str; MAX_BROKER_NODES as usize] =
     ["broker-data", "broker-2-data", "broker-3-data"];
-pub const DATABASE: &str = "timescaledb";
-pub const FLINK_JM: &str = "flink-jobmanager";
-pub const FLINK_TM: &str = "flink-taskmanager";
-pub const SPARK_MASTER: &str = "spark-master";
-pub const SPARK_WORKER: &str = "spark-worker";
-pub const AZURITE: &str = "azurite";
-pub const INGEST: &str = "ingest";
+pub const DATABASE: ServiceId = ServiceId::Database;
+pub const FLINK_JM: ServiceId = ServiceId::FlinkJobManager;
+pub const FLINK_TM: ServiceId = ServiceId::FlinkTaskManager;
+pub const SPARK_MASTER: ServiceId = ServiceId::SparkMaster;
+pub const SPARK_WORKER: ServiceId = ServiceId::SparkWorker;
+pub const AZURITE: ServiceId = ServiceId::Azurite;
+pub const INGEST: ServiceId = ServiceId::Ingest;
 
 /// Ports the services listen on inside the network.
 pub const BROKER_PORT: u16 = 9092;
@@ -242,16 +246,20 @@ pub const BROKER_SASL_USER: &str = "lab";
 pub const BROKER_CA_PATH: &str = "/var/lib/kafka/tls/ca.pem";
 
 /// Services `labctl scale` resizes: the replicated workers of the two clusters.
-pub const SCALABLE: &[&str] = &[FLINK_TM, SPARK_WORKER];
+pub const SCALABLE: &[ServiceId] = &[FLINK_TM, SPARK_WORKER];
 
 /// Replicas of a scalable service: the size the lab was scaled to (remembered in its state),
 /// else the config's initial size.
-pub fn replicas(config: &Config, state: &State, service: &str) -> u32 {
-    state.replicas.get(service).copied().unwrap_or_else(|| initial_replicas(config, service))
+pub fn replicas(config: &Config, state: &State, service: ServiceId) -> u32 {
+    state
+        .replicas
+        .get(service.as_str())
+        .copied()
+        .unwrap_or_else(|| initial_replicas(config, service))
 }
 
 /// The config's size of a service: what a lab that was never scaled runs with.
-pub fn initial_replicas(config: &Config, service: &str) -> u32 {
+pub fn initial_replicas(config: &Config, service: ServiceId) -> u32 {
     match service {
         FLINK_TM => config.flink.taskmanagers,
         SPARK_WORKER => config.spark.workers,
@@ -427,7 +435,7 @@ pub fn cluster_bootstrap(nodes: u32) -> String {
 impl Service {
     /// A single replica with nothing published, mounted or secret, stopped with SIGTERM: what
     /// each service function below starts from.
-    fn base(name: &'static str, image: ImageSpec) -> Self {
+    fn base(name: ServiceId, image: ImageSpec) -> Self {
         Service {
             name,
             image,
@@ -526,7 +534,7 @@ fn spark_services(config: &Config, ports: &Ports, workers: u32) -> [Service; 2] 
     [
         Service {
             command: vec!["master".into()],
-            env: env(&[("SPARK_MASTER_HOST", SPARK_MASTER.into())]),
+            env: env(&[("SPARK_MASTER_HOST", SPARK_MASTER.to_string())]),
             ports: vec![
                 port(ports, PortKey::SparkUi, SPARK_UI_PORT, Some("/")),
                 port(ports, PortKey::SparkRest, SPARK_REST_PORT, None),
@@ -642,31 +650,38 @@ impl Stack {
         }
     }
 
-    pub fn service(&self, name: &str) -> Option<&Service> {
-        self.services.iter().find(|s| s.name == name)
+    pub fn service(&self, id: ServiceId) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == id)
     }
 
-    /// The external part standing for a service name, if the config made it external.
-    pub fn external_for(&self, name: &str) -> Option<&ExternalService> {
-        let part = Part::of_service(name)?;
+    /// The service a name read from Docker (a container's label) stands for, if the lab runs it.
+    pub fn service_named(&self, name: &str) -> Option<&Service> {
+        ServiceId::parse(name).and_then(|id| self.service(id))
+    }
+
+    /// The external part standing for a service, if the config made it external.
+    pub fn external_for(&self, id: ServiceId) -> Option<&ExternalService> {
+        let part = Part::of_service(id)?;
         self.external.iter().find(|e| e.part == part)
     }
 
     /// Looks a service up by the name a user typed, listing the valid names when it is wrong.
     pub fn require(&self, name: &str) -> anyhow::Result<&Service> {
-        if let Some(e) = self.external_for(name) {
-            anyhow::bail!("`{name}` is external in this lab ({} = {:?}): labctl does not run it; look at it where it runs", e.part.key(), e.address);
-        }
-        self.service(name).ok_or_else(|| {
-            let names: Vec<_> = self.services.iter().map(|s| s.name).collect();
+        let unknown = || {
+            let names: Vec<_> = self.services.iter().map(|s| s.name.as_str()).collect();
             anyhow::anyhow!(
                 "unknown service `{name}`; the lab's services are: {}",
                 names.join(", ")
             )
-        })
+        };
+        let id = ServiceId::parse(name).ok_or_else(unknown)?;
+        if let Some(e) = self.external_for(id) {
+            anyhow::bail!("`{name}` is external in this lab ({} = {:?}): labctl does not run it; look at it where it runs", e.part.key(), e.address);
+        }
+        self.service(id).ok_or_else(unknown)
     }
 
-    pub fn container_name(&self, service: &str, replica: u32) -> String {
+    pub fn container_name(&self, service: ServiceId, replica: u32) -> String {
         format!("{}-{}-{}", self.project, service, replica)
     }
 
@@ -687,7 +702,7 @@ impl Stack {
 
     /// Services in an order where every service comes after those it depends on.
     pub fn start_order(&self) -> Vec<&Service> {
-        let mut done: Vec<&str> = Vec::new();
+        let mut done: Vec<ServiceId> = Vec::new();
         let mut out = Vec::new();
         while out.len() < self.services.len() {
             let before = out.len();
@@ -738,7 +753,7 @@ mod tests {
         let order: Vec<_> = s.start_order().iter().map(|s| s.name).collect();
         for svc in &s.services {
             for d in &svc.depends_on {
-                assert!(s.service(d).is_some());
+                assert!(s.service(*d).is_some());
                 let (a, b) =
                     (order.iter().position(|n| n == d), order.iter().position(|n| *n == svc.name));
                 assert!(a < b, "{d} must start before {}", svc.name);
@@ -823,7 +838,7 @@ mod tests {
     fn remembered_size_wins_over_config() {
         let c = Config::default();
         let mut st = State::for_tests(&c);
-        st.replicas.insert(FLINK_TM.into(), 2);
+        st.replicas.insert(FLINK_TM.to_string(), 2);
         let s = Stack::new(&c, &st);
         assert_eq!(s.service(FLINK_TM).unwrap().replicas, 2);
         assert_eq!(s.service(SPARK_WORKER).unwrap().replicas, c.spark.workers);
@@ -832,7 +847,7 @@ mod tests {
             Probe::FlinkTaskManagers { count: 2, slots: 2 * c.flink.slots_per_taskmanager }
         );
         for name in SCALABLE {
-            assert!(s.service(name).is_some(), "{name}");
+            assert!(s.service(*name).is_some(), "{name}");
         }
     }
 
@@ -856,7 +871,7 @@ mod tests {
         assert!(s.service(DATABASE).is_some() && s.service(SPARK_WORKER).is_some());
         let names: Vec<_> = s.external.iter().map(|e| e.name).collect();
         assert_eq!(names, [BROKER, FLINK_JM]);
-        assert!(s.require(FLINK_TM).unwrap_err().to_string().contains("external"));
+        assert!(s.require(FLINK_TM.as_str()).unwrap_err().to_string().contains("external"));
     }
 
     #[test]

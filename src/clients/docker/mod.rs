@@ -230,7 +230,7 @@ impl Runtime {
             (LABEL_REPLICA.to_string(), replica.to_string()),
             (LABEL_SPEC.to_string(), spec.to_string()),
         ]);
-        let aliases = std::iter::once(svc.name)
+        let aliases = std::iter::once(svc.name.as_str())
             .chain(svc.aliases.iter().copied())
             .map(str::to_string)
             .collect();

@@ -56,7 +56,7 @@ impl Broker {
         let host = host_address(&stack.bind_address);
         let bootstrap: Vec<String> = BROKER_NODES
             .iter()
-            .filter_map(|n| stack.service(n))
+            .filter_map(|n| stack.service(*n))
             .flat_map(|s| &s.ports)
             .map(|p| format!("{host}:{}", p.host))
             .collect();

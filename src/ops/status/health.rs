@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{BrokerSection, DatabaseSection, FlinkSection, LakeSection, SparkSection};
 use crate::{
     clients::spark::{DriverState, WorkerState},
-    stack::INGEST,
+    stack::{ServiceId, INGEST},
 };
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -54,7 +54,7 @@ pub struct Facts {
 const STALL_SECS: i64 = 180;
 
 pub fn judge_service(
-    name: &str,
+    name: ServiceId,
     state: &str,
     running: usize,
     replicas: u32,
@@ -250,6 +250,7 @@ pub fn judge_lake(l: &mut LakeSection) {
 mod tests {
     use super::*;
     use crate::ops::status::{FlinkJobStatus, TableStatus};
+    use crate::stack::BROKER;
 
     fn facts(ingest: bool) -> Facts {
         Facts { ingest_running: ingest, now: Utc::now(), checkpoint_interval_secs: 10 }
@@ -279,13 +280,13 @@ mod tests {
     #[test]
     fn services() {
         let ok = Ok("fine".to_string());
-        assert_eq!(judge_service("broker", "running", 1, 1, &ok, 0, true).health, Health::Green);
-        assert_eq!(judge_service("broker", "running", 1, 1, &ok, 2, true).health, Health::Yellow);
+        assert_eq!(judge_service(BROKER, "running", 1, 1, &ok, 0, true).health, Health::Green);
+        assert_eq!(judge_service(BROKER, "running", 1, 1, &ok, 2, true).health, Health::Yellow);
         assert_eq!(
-            judge_service("broker", "running", 1, 1, &Err("timeout".into()), 0, true).health,
+            judge_service(BROKER, "running", 1, 1, &Err("timeout".into()), 0, true).health,
             Health::Red
         );
-        assert_eq!(judge_service("broker", "stopped", 0, 1, &ok, 0, true).health, Health::Red);
+        assert_eq!(judge_service(BROKER, "stopped", 0, 1, &ok, 0, true).health, Health::Red);
         assert_eq!(judge_service(INGEST, "missing", 0, 1, &ok, 0, false).health, Health::Green);
         assert_eq!(judge_service(INGEST, "missing", 0, 1, &ok, 0, true).health, Health::Red);
     }
