@@ -28,6 +28,16 @@ pub trait Tasks: Send + Sync {
     fn note(&self, msg: &str);
 }
 
+/// Notes of work that belongs to no task, shown as `Tasks`' own lines.
+pub struct TasksNote<'a>(pub &'a dyn Tasks);
+
+impl Progress for TasksNote<'_> {
+    fn set(&self, _msg: &str) {}
+    fn note(&self, msg: &str) {
+        self.0.note(msg)
+    }
+}
+
 /// Shows nothing (tests, library use).
 pub struct Quiet;
 

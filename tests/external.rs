@@ -121,6 +121,7 @@ cluster_endpoint = "http://devstoreaccount1.blob.core.windows.net"
             ports: config.ports.clone(),
             replicas: Default::default(),
             broker_password: String::new(),
+            ..Default::default()
         };
         labctl::ops::lab::Lab::new(config, state)
     };

@@ -142,6 +142,67 @@ fn lab_on_a_real_engine() {
         assert!(bad.connect(tokio_postgres::NoTls).await.is_err(), "a wrong password must be refused");
     });
 
+    // --- database roles: the clusters' passwords are not the owner's -------------------------
+    rt.block_on(async {
+        use labctl::model::topology::DbRole;
+        let owner = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
+        let writer = lab.database_as(DbRole::Writer).unwrap();
+        let reader = lab.database_as(DbRole::Reader).unwrap();
+        assert_ne!(writer.user, lab.config.database.user);
+        assert_ne!(reader.user, writer.user);
+        for role in [&writer.user, &reader.user] {
+            let row = owner
+                .query_one(
+                    "SELECT rolsuper, rolcreaterole, rolcreatedb, rolbypassrls FROM pg_roles WHERE rolname = $1",
+                    &[role],
+                )
+                .await
+                .unwrap();
+            let flags: [bool; 4] = [row.get(0), row.get(1), row.get(2), row.get(3)];
+            assert_eq!(flags, [false; 4], "{role}: superuser, createrole, createdb, bypassrls");
+        }
+        let w = writer.connect(Duration::from_secs(10)).await.unwrap();
+        // What the Flink job's sinks do: an upsert into each of the lab's tables.
+        w.execute(
+            "INSERT INTO machine_sensors VALUES ('2026-01-01T00:00:00Z','CNC-1','CNC','temperature',70.7,'C') \
+             ON CONFLICT (machine_id, sensor_type, \"timestamp\") DO UPDATE SET value = EXCLUDED.value",
+            &[],
+        )
+        .await
+        .unwrap();
+        let v: f64 = owner
+            .query_one("SELECT value FROM machine_sensors WHERE machine_id='CNC-1'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(v, 70.7, "the writer's upsert landed");
+        // What it may not: a shell through COPY ... PROGRAM, reading files, DDL, deleting rows.
+        for sql in [
+            "COPY (SELECT 1) TO PROGRAM 'id'",
+            "SELECT pg_read_file('/etc/passwd')",
+            "CREATE TABLE intruder (x int)",
+            "DELETE FROM machine_sensors",
+            "TRUNCATE sensor_aggregates",
+            "DROP TABLE rejected_readings",
+            "CREATE ROLE intruder SUPERUSER",
+        ] {
+            let e = w.batch_execute(sql).await.expect_err(sql);
+            let code = e.code().map(|c| c.code().to_string());
+            assert_eq!(code.as_deref(), Some("42501"), "{sql}: not refused for privilege: {e}");
+        }
+        let r = reader.connect(Duration::from_secs(10)).await.unwrap();
+        let n: i64 = r.query_one("SELECT count(*) FROM machine_sensors", &[]).await.unwrap().get(0);
+        assert_eq!(n, 1, "the reader sees the lab's rows");
+        for sql in [
+            "INSERT INTO sensor_aggregates VALUES ('2026-01-02T00:00:00Z','2026-01-02T00:01:00Z','CNC-1','temperature',1,1,1,1)",
+            "UPDATE machine_sensors SET value = 0",
+            "COPY (SELECT 1) TO PROGRAM 'id'",
+        ] {
+            let e = r.batch_execute(sql).await.expect_err(sql);
+            assert_eq!(e.code().map(|c| c.code().to_string()).as_deref(), Some("42501"), "{sql}: {e}");
+        }
+    });
+
     // --- Flink, Spark, Azurite over their REST APIs -----------------------------------------
     rt.block_on(async {
         let flink = lab.flink(Duration::from_secs(5)).unwrap();
@@ -207,13 +268,32 @@ fn lab_on_a_real_engine() {
     );
     assert_eq!(mode & 0o777, 0o600, "state file must be readable by its owner only");
 
-    // --- up again: nothing changes ---------------------------------------------------------
-    let again = t.json(&["up", "--json"]);
-    assert_eq!(again["containers_changed"], 0, "second up must be a no-op: {again}");
-    assert!(
-        again["seconds"]["images"].as_f64().unwrap() < 30.0,
-        "second up must build nothing: {again}"
-    );
+    // --- up again, twice at once: they take turns, and nothing changes ----------------------
+    let ups: Vec<_> = (0..2)
+        .map(|_| {
+            t.command(&["up", "--json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<_> = ups.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let mut waited = 0;
+    for out in &outs {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(again["containers_changed"], 0, "another up must be a no-op: {again}");
+        assert!(
+            again["seconds"]["images"].as_f64().unwrap() < 30.0,
+            "another up must build nothing: {again}"
+        );
+        if stderr.contains("waiting: `labctl up` (pid") {
+            waited += 1;
+        }
+    }
+    assert_eq!(waited, 1, "exactly one of two concurrent ups waits for the other");
 
     // --- a port taken by something else: refused before the running lab is touched ----------
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

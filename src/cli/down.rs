@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use crate::{
     clients::docker::Runtime,
     model::config::Config,
+    ops::lab::lock_lab,
     stack::{state::State, ServiceId, Stack},
 };
 
@@ -23,6 +24,7 @@ pub struct Args {
 pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
     let rt = Runtime::connect().await?;
     let project = config.project.clone();
+    let _lock = lock_lab(&project, "down", &crate::progress::Lines).await?;
     if args.volumes && !args.yes {
         if !std::io::stdin().is_terminal() {
             bail!("`down --volumes` deletes all of lab `{project}`'s data; add --yes to confirm when not at a terminal");

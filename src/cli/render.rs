@@ -38,24 +38,15 @@ pub fn run(config: Config, args: Args) -> Result<ExitCode> {
     let text = match args.what {
         What::Compose => {
             // Rendering needs no running lab: use remembered ports if any, else the config's.
-            let state = State::load(&config.project)?.unwrap_or_else(|| State {
-                db_password: String::new(),
-                ports: config.ports.clone(),
-                replicas: Default::default(),
-                broker_password: String::new(),
-            });
+            let state = State::load(&config.project)?
+                .unwrap_or_else(|| State { ports: config.ports.clone(), ..Default::default() });
             render::compose(&Stack::new(&config, &state))?
         }
         What::InitDb => schema::init_db_sql(),
         // The password is filled in at submit time only; rendered output never shows it.
         What::Flink => crate::ops::flink::render(&config, None)?,
         What::Spark => {
-            let state = State {
-                db_password: String::new(),
-                ports: config.ports.clone(),
-                replicas: Default::default(),
-                broker_password: String::new(),
-            };
+            let state = State { ports: config.ports.clone(), ..Default::default() };
             let lab = crate::ops::lab::Lab::new(config.clone(), state);
             let req = spark::ExportRequest { partitions: 4, ..Default::default() };
             spark::render_config(

@@ -7,6 +7,45 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::model::{address::SslMode, schema};
 
+/// What a lab role may do on the lab's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read them, insert and update rows (an upsert sink); never delete, truncate or alter.
+    Write,
+    /// Read them.
+    Read,
+}
+
+impl Access {
+    fn privileges(self) -> &'static str {
+        match self {
+            // ON CONFLICT DO UPDATE needs SELECT on the conflict target besides INSERT and UPDATE.
+            Access::Write => "SELECT, INSERT, UPDATE",
+            Access::Read => "SELECT",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Access::Write => "writer",
+            Access::Read => "reader",
+        }
+    }
+}
+
+/// A login role of the lab's own database.
+pub struct LabRole<'a> {
+    pub name: &'a str,
+    pub password: &'a str,
+    pub access: Access,
+    pub tables: &'a [&'a str],
+}
+
+/// A PostgreSQL string literal (standard_conforming_strings, the default since 9.1).
+fn pg_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 #[derive(Debug, Clone)]
 pub struct Database {
     pub host: String,
@@ -85,6 +124,40 @@ impl Database {
         if !libs.split(',').any(|l| l.trim() == "timescaledb") {
             bail!("the server does not preload timescaledb (shared_preload_libraries = {libs:?})");
         }
+        Ok(())
+    }
+
+    /// Creates or updates the login roles the lab hands to its clusters (idempotent, on every
+    /// `up`): no superuser, no role or database creation, no inherited rights, and on the lab's
+    /// tables only `access`. The password goes as a SCRAM verifier computed here, so its plain
+    /// text never reaches the server (nor its logs).
+    pub async fn ensure_role(&self, role: &LabRole<'_>) -> Result<()> {
+        if role.name == self.user {
+            bail!("database.user is `{}`, the name labctl gives its {} role; choose another database.user", role.name, role.access.describe());
+        }
+        let ident = schema::pg_ident(role.name);
+        let verifier = postgres_protocol::password::scram_sha_256(role.password.as_bytes());
+        let tables: Vec<String> = role.tables.iter().map(|t| schema::pg_ident(t)).collect();
+        let sql = format!(
+            "DO $$ BEGIN \
+               IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = {name}) THEN \
+                 CREATE ROLE {ident}; \
+               END IF; \
+             END $$; \
+             ALTER ROLE {ident} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT \
+               NOREPLICATION NOBYPASSRLS PASSWORD {verifier}; \
+             REVOKE ALL ON TABLE {tables} FROM {ident}; \
+             GRANT USAGE ON SCHEMA public TO {ident}; \
+             GRANT {privileges} ON TABLE {tables} TO {ident};",
+            name = pg_literal(role.name),
+            verifier = pg_literal(&verifier),
+            tables = tables.join(", "),
+            privileges = role.access.privileges(),
+        );
+        let c = self.connect(Duration::from_secs(10)).await?;
+        c.batch_execute(&sql)
+            .await
+            .with_context(|| format!("creating the database role {}", role.name))?;
         Ok(())
     }
 

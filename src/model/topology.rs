@@ -81,6 +81,31 @@ pub fn database_user(config: &Config) -> String {
         .unwrap_or_else(|| config.database.user.clone())
 }
 
+/// Who connects to the database, and what for. In the lab's own database each is a role of its
+/// own with only the rights its work needs: a password handed to a cluster (the Flink job's, the
+/// export's) is never the owner's, which is a superuser (`COPY ... PROGRAM` gives it a shell).
+/// An external database is used with its one configured user for all three.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbRole {
+    /// labctl itself: sets up the schema and the roles, checks and verifies.
+    Owner,
+    /// The Flink job: SELECT, INSERT and UPDATE on the lab's three tables (its sinks upsert).
+    Writer,
+    /// The Spark export: SELECT on the lab's three tables.
+    Reader,
+}
+
+impl DbRole {
+    /// The role's name in the lab's own database.
+    pub fn lab_role(self, config: &Config) -> String {
+        match self {
+            DbRole::Owner => database_user(config),
+            DbRole::Writer => "labctl_writer".into(),
+            DbRole::Reader => "labctl_reader".into(),
+        }
+    }
+}
+
 /// The database name: `database.url`'s when it names one, else `database.name`.
 pub fn database_name(config: &Config) -> String {
     parse_pg_url("database.url", &config.database.url)

@@ -14,9 +14,14 @@ use crate::{
     clients::{db::Database, flink, kafka::Broker, lake::BlobClient, spark},
     model::{
         config::{Config, PortKey},
-        topology::Part,
+        topology::{DbRole, Part},
     },
-    stack::{state::State, Probe, Stack},
+    progress::Progress,
+    stack::{
+        state::{LabLock, LockHolder, State},
+        Probe, Stack,
+    },
+    wait::{poll_until, Check, Every},
 };
 
 #[derive(Debug, Clone)]
@@ -42,7 +47,7 @@ impl Lab {
         self.stack.url(key).with_context(|| format!("the stack publishes no `{key}` port"))
     }
 
-    fn external(&self, part: Part) -> bool {
+    pub fn external(&self, part: Part) -> bool {
         part.is_external(&self.config)
     }
 
@@ -63,12 +68,21 @@ impl Lab {
         endpoints::database_password(&self.config, &self.state)
     }
 
+    /// The credentials of a database role (see `DbRole`).
+    pub fn db_credentials(&self, role: DbRole) -> Result<endpoints::DbCredentials> {
+        endpoints::database_credentials(&self.config, &self.state, role)
+    }
+
+    /// The database as labctl itself uses it: its owner.
     pub fn database(&self) -> Result<Database> {
-        let (user, name, password) = (
-            topology::database_user(&self.config),
-            topology::database_name(&self.config),
-            self.db_password()?,
-        );
+        self.database_as(DbRole::Owner)
+    }
+
+    /// The database as `role` (what the Flink job or the export may do, seen from here).
+    pub fn database_as(&self, role: DbRole) -> Result<Database> {
+        let creds = self.db_credentials(role)?;
+        let (user, name, password) =
+            (creds.user, topology::database_name(&self.config), creds.password);
         if self.external(Part::Database) {
             let a = address::parse_pg_url("database.url", &self.config.database.url)?;
             return Ok(Database::new(a.host, a.port, user, name, password)
@@ -186,5 +200,40 @@ impl Lab {
                 ))
             }
         }
+    }
+}
+
+/// Takes the lab's lock for `command` (see `LabLock`), waiting while another labctl holds it:
+/// two `up`s, or an `up` and a `scale`, take turns. Gives up after half an hour (an `up` that
+/// builds every image takes minutes, not that).
+pub async fn lock_lab(project: &str, command: &str, progress: &dyn Progress) -> Result<LabLock> {
+    let mut told = false;
+    poll_until(
+        Every::millis(250).within(Duration::from_secs(1800)),
+        || async {
+            Ok(match LabLock::try_acquire(project, command)? {
+                Ok(lock) => Check::Ready(lock),
+                Err(holder) => Check::NotYet(describe_holder(&holder)),
+            })
+        },
+        |why| {
+            if !told {
+                progress.note(&format!("waiting: {why} is changing lab `{project}`"));
+                told = true;
+            }
+        },
+    )
+    .await?
+    .or_else(|last, after| {
+        anyhow::anyhow!("{last} has held lab `{project}` for {} min; wait for it, or stop it and run this again", after.as_secs() / 60)
+    })
+}
+
+fn describe_holder(h: &LockHolder) -> String {
+    let command =
+        if h.command.is_empty() { "labctl".to_string() } else { format!("`labctl {}`", h.command) };
+    match h.pid {
+        Some(pid) => format!("{command} (pid {pid})"),
+        None => command,
     }
 }

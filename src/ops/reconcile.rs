@@ -13,15 +13,17 @@ use serde::Serialize;
 
 use crate::{
     clients::{
+        db::{Access, LabRole},
         docker::{images::tail_lines, Action, ContainerInfo, Runtime},
         kafka::{Broker, SecurityFailure},
     },
     model::{
         config::{Config, PortKey},
-        security, topology,
+        schema, security, topology,
+        topology::{DbRole, Part},
     },
-    ops::lab::Lab,
-    progress::{Progress, Tasks},
+    ops::lab::{lock_lab, Lab},
+    progress::{Progress, Tasks, TasksNote},
     stack::{
         self, state::State, ImageSpec, Probe, Secret, Service, ServiceId, FLINK_TM, IMAGES,
         SCALABLE, SPARK_WORKER,
@@ -120,6 +122,7 @@ pub async fn up(mut config: Config, req: &UpRequest, tasks: &dyn Tasks) -> Resul
     security::check_secrets(&config)?;
     let started = Instant::now();
     let rt = Runtime::connect().await?;
+    let _lock = lock_lab(&config.project, "up", &TasksNote(tasks)).await?;
     let mut state = State::load_or_init(&config)?;
     // An explicit size is remembered; without one the lab keeps the size it was scaled to.
     for (service, n) in [(FLINK_TM, req.taskmanagers), (SPARK_WORKER, req.spark_workers)] {
@@ -478,7 +481,21 @@ async fn setup_lab(lab: &Lab, tasks: &dyn Tasks) -> Result<()> {
     let topic = &lab.config.broker.topic;
     let created = lab.broker()?.ensure_topic(topic, lab.config.broker.partitions).await?;
     task.set(&format!("topic {topic} {}", if created { "created" } else { "present" }));
-    let tables = lab.database()?.apply_schema().await?;
+    let db = lab.database()?;
+    let tables = db.apply_schema().await?;
+    if !lab.external(Part::Database) {
+        let lab_tables: Vec<&str> = schema::ALL_TABLES.iter().map(|t| t.name).collect();
+        for (role, access) in [(DbRole::Writer, Access::Write), (DbRole::Reader, Access::Read)] {
+            let creds = lab.db_credentials(role)?;
+            db.ensure_role(&LabRole {
+                name: &creds.user,
+                password: &creds.password,
+                access,
+                tables: &lab_tables,
+            })
+            .await?;
+        }
+    }
     let container = &lab.config.lake.container;
     lab.blob(Duration::from_secs(5))?.create_container(container).await?;
     task.done(&format!(

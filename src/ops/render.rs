@@ -112,12 +112,7 @@ mod tests {
         let c = Config::default();
         Stack::new(
             &c,
-            &State {
-                db_password: "unused".into(),
-                ports: c.ports.clone(),
-                replicas: Default::default(),
-                broker_password: String::new(),
-            },
+            &State { db_password: "unused".into(), ports: c.ports.clone(), ..Default::default() },
         )
     }
 

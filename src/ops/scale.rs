@@ -17,8 +17,11 @@ use crate::{
         config::{Config, MAX_REPLICAS},
         topology::{ensure_managed, Part},
     },
-    ops::{flink::job, lab::Lab},
-    progress::{Progress, Tasks},
+    ops::{
+        flink::job,
+        lab::{lock_lab, Lab},
+    },
+    progress::{Progress, Tasks, TasksNote},
     stack::{
         self, state::State, ServiceId, FLINK_JM, FLINK_TM, SCALABLE, SPARK_MASTER, SPARK_WORKER,
     },
@@ -96,6 +99,7 @@ pub async fn scale(
         )?;
     }
     let started = Instant::now();
+    let _lock = lock_lab(&config.project, "scale", &TasksNote(tasks)).await?;
     let mut state = State::require(&config)?;
     let from = stack::replicas(&config, &state, service);
     let rt = Runtime::connect().await?;

@@ -11,7 +11,7 @@ use crate::{
         address::{parse_http_url, parse_pg_url},
         config::{Config, InvalidValue, SECRET_DATABASE_PASSWORD, SECRET_LAKE_KEY},
         security::secret,
-        topology::{database_name, lake_account, Part, DEV_KEY},
+        topology::{database_name, lake_account, DbRole, Part, DEV_KEY},
     },
     stack::{
         state::State, ServiceId, AZURITE, AZURITE_ACCOUNT_HOST, BROKER_NODES, DATABASE,
@@ -48,6 +48,48 @@ pub fn database_password(config: &Config, state: &State) -> Result<String> {
         secret(SECRET_DATABASE_PASSWORD, "the external database's password")
     } else {
         Ok(state.db_password.clone())
+    }
+}
+
+/// A database user and its password.
+#[derive(Clone)]
+pub struct DbCredentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for DbCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbCredentials").field("user", &self.user).finish_non_exhaustive()
+    }
+}
+
+/// Who connects as `role`: in the lab's own database the role's own name and generated password
+/// (kept in the state file); an external database's one user for every role.
+pub fn database_credentials(config: &Config, state: &State, role: DbRole) -> Result<DbCredentials> {
+    if Part::Database.is_external(config) {
+        return Ok(DbCredentials {
+            user: database_user_for(config, role),
+            password: database_password(config, state)?,
+        });
+    }
+    let password = match role {
+        DbRole::Owner => state.db_password.clone(),
+        DbRole::Writer => state.db_writer_password.clone(),
+        DbRole::Reader => state.db_reader_password.clone(),
+    };
+    if password.is_empty() {
+        bail!("the lab's state has no password for the database role {}: run `labctl up` (it creates the role)", role.lab_role(config));
+    }
+    Ok(DbCredentials { user: role.lab_role(config), password })
+}
+
+/// The user `role` connects as (no state needed: for what is rendered before a lab exists).
+pub fn database_user_for(config: &Config, role: DbRole) -> String {
+    if Part::Database.is_external(config) {
+        crate::model::topology::database_user(config)
+    } else {
+        role.lab_role(config)
     }
 }
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::config::{Config, Ports};
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct State {
     pub db_password: String,
     /// Host ports actually used; differs from the config where the config says 0 (auto).
@@ -31,6 +31,12 @@ pub struct State {
     /// broker as a file like the database password.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub broker_password: String,
+    /// Passwords of the lab database's writer (the Flink job) and reader (the export) roles;
+    /// generated on the first `up` that finds them missing (a lab from before they existed too).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub db_writer_password: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub db_reader_password: String,
 }
 
 /// Folder holding the state files: `$LABCTL_STATE_DIR`, else `$XDG_STATE_HOME/labctl`,
@@ -54,6 +60,67 @@ pub fn samples_path(project: &str) -> PathBuf {
 /// Marker of a `labctl submit flink` whose run request may be in flight (see `ops::flink`).
 pub fn submit_marker_path(project: &str) -> PathBuf {
     state_dir().join(format!("{project}.flink-submit.json"))
+}
+
+/// Held while a command changes a lab (`up`, `scale`, `down`, `submit flink`), so two of them
+/// at once take turns instead of racing on its containers, its state file or its Flink job. An
+/// flock on `<project>.lock` in the state folder: the kernel drops it when its holder dies,
+/// SIGKILL included, so a killed labctl leaves nothing stale behind.
+pub struct LabLock {
+    _file: fs::File,
+}
+
+/// Who holds a lab's lock, as it wrote itself into the lock file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockHolder {
+    pub pid: Option<u32>,
+    pub command: String,
+}
+
+impl LabLock {
+    /// Takes the lab's lock if it is free; else says who holds it. `command` names what the
+    /// holder is doing, for whoever waits (`up`, `submit flink`).
+    pub fn try_acquire(project: &str, command: &str) -> Result<Result<LabLock, LockHolder>> {
+        Self::try_acquire_in(&state_dir(), project, command)
+    }
+
+    fn try_acquire_in(
+        dir: &std::path::Path,
+        project: &str,
+        command: &str,
+    ) -> Result<Result<LabLock, LockHolder>> {
+        use std::io::{Read, Seek};
+        fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create state folder {}", dir.display()))?;
+        let path = dir.join(format!("{project}.lock"));
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot open the lab's lock file {}", path.display()))?;
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a descriptor this function owns; LOCK_NB never blocks.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(err).with_context(|| format!("cannot lock {}", path.display()));
+            }
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let (pid, command) = text.trim().split_once(' ').unwrap_or((text.trim(), ""));
+            return Ok(Err(LockHolder { pid: pid.parse().ok(), command: command.to_string() }));
+        }
+        file.set_len(0)
+            .and_then(|_| file.rewind())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        write!(file, "{} {command}", std::process::id())
+            .and_then(|_| file.flush())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(Ok(LabLock { _file: file }))
+    }
 }
 
 /// The CA certificate of the lab broker's SASL_SSL listeners, copied out of the broker by `up`
@@ -102,9 +169,16 @@ impl State {
             ports: Ports::default(),
             replicas: BTreeMap::new(),
             broker_password: String::new(),
+            db_writer_password: String::new(),
+            db_reader_password: String::new(),
         });
         if config.broker.sasl_ssl_listener && st.broker_password.is_empty() {
             st.broker_password = new_password();
+        }
+        for pw in [&mut st.db_writer_password, &mut st.db_reader_password] {
+            if pw.is_empty() {
+                *pw = new_password();
+            }
         }
         let fresh = old.is_none();
         let resolve = |want: u16, had: u16| -> Result<u16> {
@@ -188,6 +262,8 @@ impl State {
             ports: config.ports.clone(),
             replicas: BTreeMap::new(),
             broker_password: new_password(),
+            db_writer_password: new_password(),
+            db_reader_password: new_password(),
         }
     }
 }
@@ -202,5 +278,21 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
         assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn a_lab_lock_is_held_once_and_names_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = |project: &str, command: &str| {
+            LabLock::try_acquire_in(dir.path(), project, command).unwrap()
+        };
+        let first = lock("locked", "up").expect("free at first");
+        // A second open of the file is another holder, even in this process.
+        let holder = lock("locked", "scale").err().expect("held");
+        assert_eq!(holder, LockHolder { pid: Some(std::process::id()), command: "up".into() });
+        assert!(lock("another-lab", "up").is_ok(), "per lab");
+        drop(first);
+        let again = lock("locked", "scale");
+        assert!(again.is_ok(), "released on drop");
     }
 }

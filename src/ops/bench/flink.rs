@@ -102,9 +102,10 @@ pub async fn run(lab: &Lab, bench: &Settings, progress: &dyn Progress) -> Result
         retain_checkpoints: false,
     };
     // Baseline: the job's own SET and source statements, into a blackhole.
-    let password = lab.db_password()?;
-    let full = render_for(&lab.config, &password, &settings, &target("full"))?;
-    let read_only = render_for(&lab.config, &password, &settings, &target("read"))?;
+    // The owner: the benchmark's scratch tables are its own, not the lab's.
+    let owner = lab.db_credentials(crate::model::topology::DbRole::Owner)?;
+    let full = render_for(&lab.config, &owner, &settings, &target("full"))?;
+    let read_only = render_for(&lab.config, &owner, &settings, &target("read"))?;
     let mut base_script: Vec<String> = crate::ops::flink::job::split_statements(&read_only)
         .into_iter()
         .filter(|s| s.starts_with("SET") || s.contains("CREATE TABLE sensor_readings"))

@@ -16,6 +16,7 @@ use crate::{
     model::{
         fleet::{MachineRng, SENSORS},
         schema::{pg_ident, MACHINE_SENSORS},
+        topology::DbRole,
     },
     ops::{
         lab::Lab,
@@ -223,6 +224,13 @@ pub async fn run(lab: &Lab, bench: &Settings, progress: &dyn Progress) -> Result
     ))
     .await
     .with_context(|| format!("creating scratch table {table}"))?;
+    // The export reads as the lab database's read-only role, which sees only the lab's tables.
+    let reader = lab.db_credentials(DbRole::Reader)?.user;
+    if reader != lab.database()?.user {
+        db.batch_execute(&format!("GRANT SELECT ON {table} TO {}", pg_ident(&reader)))
+            .await
+            .with_context(|| format!("letting {reader} read scratch table {table}"))?;
+    }
 
     let result = measure(lab, bench, &db, &table, &prefix, progress).await;
 

@@ -5,8 +5,8 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use crate::model::security;
-use crate::model::topology;
 use crate::stack::endpoints;
+use crate::stack::endpoints::DbCredentials;
 use crate::{
     model::{
         config::Config,
@@ -167,15 +167,15 @@ impl Target {
     }
 }
 
-pub fn render(config: &Config, db_password: &str, settings: &JobSettings) -> Result<String> {
-    render_for(config, db_password, settings, &Target::lab(config))
+pub fn render(config: &Config, db: &DbCredentials, settings: &JobSettings) -> Result<String> {
+    render_for(config, db, settings, &Target::lab(config))
 }
 
 /// The job's SQL. Broker and database addresses are the ones the Flink cluster reaches
 /// (`endpoints`), which for an external cluster can differ from labctl's own.
 pub fn render_for(
     config: &Config,
-    db_password: &str,
+    db: &DbCredentials,
     settings: &JobSettings,
     target: &Target,
 ) -> Result<String> {
@@ -233,8 +233,8 @@ pub fn render_for(
     ctx.insert("rejected_table", &target.rejected_table);
     ctx.insert("rejected_columns", &REJECTED_READINGS.flink_sink_columns());
     ctx.insert("jdbc_url", &lit(&jdbc_url));
-    ctx.insert("db_user", &lit(&topology::database_user(config)));
-    ctx.insert("db_password", &lit(db_password));
+    ctx.insert("db_user", &lit(&db.user));
+    ctx.insert("db_password", &lit(&db.password));
     ctx.insert("raw_table", &target.raw_table);
     ctx.insert("raw_columns", &MACHINE_SENSORS.flink_sink_columns());
     ctx.insert("raw_select", &raw_select.join(", "));
@@ -347,7 +347,8 @@ mod tests {
 
     fn rendered() -> String {
         let c = Config::default();
-        render(&c, "pw'x", &JobSettings::for_lab(&c)).unwrap()
+        let db = DbCredentials { user: "labctl_writer".into(), password: "pw'x".into() };
+        render(&c, &db, &JobSettings::for_lab(&c)).unwrap()
     }
 
     #[test]
@@ -374,6 +375,7 @@ mod tests {
             sql.contains("PRIMARY KEY (`machine_id`, `sensor_type`, `window_start`) NOT ENFORCED")
         );
         assert!(sql.contains("'pw''x'"), "password quoted as a literal");
+        assert!(sql.contains("'username' = 'labctl_writer'"), "{sql}");
         assert!(sql.contains("SET 'execution.checkpointing.externalized-checkpoint-retention' = 'RETAIN_ON_CANCELLATION'"), "{sql}");
         assert!(sql.contains("SET 'execution.checkpointing.dir' = 'file:///var/lib/flink/checkpoints/sensor-aggregation'"), "{sql}");
         let stmts = split_statements(&sql);

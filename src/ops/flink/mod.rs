@@ -27,20 +27,28 @@ use self::{
 };
 use crate::{
     clients::flink::{self, JobState, SavepointStatus, TaskState},
-    model::{config::Config, schema, topology::Part},
+    model::{
+        config::Config,
+        schema,
+        topology::{DbRole, Part},
+    },
     ops::lab::Lab,
     progress::Progress,
-    stack::{self, state::State},
+    stack::{self, endpoints::DbCredentials, state::State},
     wait::{poll_until, Check, Every},
 };
 
-/// The lab's job as SQL; without the lab's state (never started) the password is a placeholder.
+/// The lab's job as SQL, writing as the database's writer role; without the lab's state (never
+/// started) the password is a placeholder.
 pub fn render(config: &Config, lab_state: Option<&State>) -> Result<String> {
-    let password = match lab_state {
-        Some(s) => stack::endpoints::database_password(config, s)?,
-        None => "<filled in by labctl submit flink>".into(),
+    let creds = match lab_state {
+        Some(s) => stack::endpoints::database_credentials(config, s, DbRole::Writer)?,
+        None => DbCredentials {
+            user: stack::endpoints::database_user_for(config, DbRole::Writer),
+            password: "<filled in by labctl submit flink>".into(),
+        },
     };
-    job::render(config, &password, &JobSettings::for_lab(config))
+    job::render(config, &creds, &JobSettings::for_lab(config))
 }
 
 /// What to submit: the lab's own job, or a user's SQL script.
@@ -241,6 +249,9 @@ pub async fn submit(
     req: &SubmitRequest,
     progress: &dyn Progress,
 ) -> Result<Submitted> {
+    // Two submits at once take turns: the second sees the first's job and refuses (or replaces
+    // it with --replace) instead of starting a second copy.
+    let _lock = crate::ops::lab::lock_lab(&lab.config.project, "submit flink", progress).await?;
     let client = lab.flink(Duration::from_secs(10))?;
     let settings = JobSettings::for_lab(&lab.config);
     preflight(lab, &client, &settings, req.timeout, progress).await?;

@@ -20,7 +20,7 @@ use crate::{
     },
     model::{
         schema::{MACHINE_SENSORS, SENSOR_AGGREGATES},
-        topology,
+        topology::{self, DbRole},
     },
     ops::{lab::Lab, render::render_template},
     progress::Progress,
@@ -124,9 +124,13 @@ pub struct JobSecrets {
 }
 
 impl JobSecrets {
-    /// The lab's own (from its state), or an external service's (from the environment).
+    /// The lab's own (from its state: the database's read-only role), or an external service's
+    /// (from the environment).
     pub fn of(lab: &Lab) -> Result<Self> {
-        Ok(Self { db_password: lab.db_password()?, lake_key: endpoints::lake_key(&lab.config)? })
+        Ok(Self {
+            db_password: lab.db_credentials(DbRole::Reader)?.password,
+            lake_key: endpoints::lake_key(&lab.config)?,
+        })
     }
 
     /// For showing a config (`labctl render spark`) without any secret in it.
@@ -193,7 +197,7 @@ pub fn render_config(
     };
     let mut ctx = tera::Context::new();
     ctx.insert("jdbc_url", &endpoints::cluster_jdbc_url(&lab.config));
-    ctx.insert("db_user", &topology::database_user(&lab.config));
+    ctx.insert("db_user", &endpoints::database_user_for(&lab.config, DbRole::Reader));
     ctx.insert("db_password", &secrets.db_password);
     ctx.insert("tables", &tables);
     ctx.insert("from", &json_or_null(&from));
