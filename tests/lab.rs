@@ -176,6 +176,13 @@ fn lab_on_a_real_engine() {
             .unwrap()
             .get(0);
         assert_eq!(v, 70.7, "the writer's upsert landed");
+        // A reading of a time no chunk covers yet: TimescaleDB creates the chunk for the writer.
+        w.execute(
+            "INSERT INTO machine_sensors VALUES ('2031-06-01T00:00:00Z','CNC-1','CNC','temperature',1.0,'C')",
+            &[],
+        )
+        .await
+        .unwrap();
         // What it may not: a shell through COPY ... PROGRAM, reading files, DDL, deleting rows.
         for sql in [
             "COPY (SELECT 1) TO PROGRAM 'id'",
@@ -192,7 +199,7 @@ fn lab_on_a_real_engine() {
         }
         let r = reader.connect(Duration::from_secs(10)).await.unwrap();
         let n: i64 = r.query_one("SELECT count(*) FROM machine_sensors", &[]).await.unwrap().get(0);
-        assert_eq!(n, 1, "the reader sees the lab's rows");
+        assert_eq!(n, 2, "the reader sees the lab's rows, in every chunk");
         for sql in [
             "INSERT INTO sensor_aggregates VALUES ('2026-01-02T00:00:00Z','2026-01-02T00:01:00Z','CNC-1','temperature',1,1,1,1)",
             "UPDATE machine_sensors SET value = 0",
@@ -201,6 +208,7 @@ fn lab_on_a_real_engine() {
             let e = r.batch_execute(sql).await.expect_err(sql);
             assert_eq!(e.code().map(|c| c.code().to_string()).as_deref(), Some("42501"), "{sql}: {e}");
         }
+        owner.execute("DELETE FROM machine_sensors WHERE \"timestamp\" >= '2031-01-01'", &[]).await.unwrap();
     });
 
     // --- Flink, Spark, Azurite over their REST APIs -----------------------------------------
