@@ -7,6 +7,14 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::model::{address::SslMode, schema};
 
+/// The server refused the user's password (SQLSTATE 28P01): the password is wrong, so waiting
+/// or retrying does not help.
+#[derive(Debug, thiserror::Error)]
+#[error("the server refused the password of user {user}")]
+pub struct PasswordRefused {
+    pub user: String,
+}
+
 /// What a lab role may do on the lab's tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -95,6 +103,7 @@ impl Database {
                 let (client, conn) = tokio::time::timeout(timeout, cfg.connect(NoTls))
                     .await
                     .map_err(|_| late())?
+                    .map_err(|e| self.login_error(e))
                     .with_context(failed)?;
                 drive(conn);
                 client
@@ -108,12 +117,22 @@ impl Database {
                 let (client, conn) = tokio::time::timeout(timeout, cfg.connect(tls))
                     .await
                     .map_err(|_| late())?
+                    .map_err(|e| self.login_error(e))
                     .with_context(failed)?;
                 drive(conn);
                 client
             }
         };
         Ok(client)
+    }
+
+    /// A refused password as its own error (waiting does not help); anything else as it is.
+    fn login_error(&self, e: tokio_postgres::Error) -> anyhow::Error {
+        if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD) {
+            PasswordRefused { user: self.user.clone() }.into()
+        } else {
+            e.into()
+        }
     }
 
     /// Readiness: login works and the server preloads TimescaleDB.

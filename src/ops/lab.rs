@@ -11,7 +11,13 @@ use crate::model::security;
 use crate::model::topology;
 use crate::stack::endpoints;
 use crate::{
-    clients::{db::Database, flink, kafka::Broker, lake::BlobClient, spark},
+    clients::{
+        db::{Database, PasswordRefused},
+        flink,
+        kafka::Broker,
+        lake::BlobClient,
+        spark,
+    },
     model::{
         config::{Config, PortKey},
         topology::{DbRole, Part},
@@ -71,6 +77,23 @@ impl Lab {
     /// The credentials of a database role (see `DbRole`).
     pub fn db_credentials(&self, role: DbRole) -> Result<endpoints::DbCredentials> {
         endpoints::database_credentials(&self.config, &self.state, role)
+    }
+
+    /// A refused database password, with what to do: for the lab's own database that means the
+    /// state file no longer belongs to its volume (lost, or replaced by a new one).
+    fn password_refused(&self, e: anyhow::Error) -> anyhow::Error {
+        let why = if self.external(Part::Database) {
+            format!(
+                "{e:#}; set LABCTL_DATABASE_PASSWORD to the password of the user in database.url"
+            )
+        } else {
+            format!(
+                "{e:#}: the database volume `{}` was set up with another password than the one in the state file {} (the state file was lost or replaced, and a new password generated); put the old state file back, or delete the lab's data with `labctl down --volumes --yes` and run `labctl up` again",
+                self.stack.volume_name("db-data"),
+                crate::stack::state::state_path(&self.config.project).display()
+            )
+        };
+        Refusal(why).into()
     }
 
     /// The database as labctl itself uses it: its owner.
@@ -159,7 +182,12 @@ impl Lab {
                 Ok(format!("{n} broker(s) in metadata"))
             }
             Probe::PostgresLogin => {
-                self.database()?.probe(timeout).await?;
+                match self.database()?.probe(timeout).await {
+                    Err(e) if e.chain().any(|c| c.is::<PasswordRefused>()) => {
+                        return Err(self.password_refused(e))
+                    }
+                    other => other?,
+                }
                 Ok("login ok, timescaledb preloaded".into())
             }
             Probe::FlinkTaskManagers { count, slots } => {
@@ -237,3 +265,9 @@ fn describe_holder(h: &LockHolder) -> String {
         None => command,
     }
 }
+
+/// A probe's answer that waiting will not change (a wrong password, a refused login): `up` stops
+/// waiting on the service and says why at once.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);

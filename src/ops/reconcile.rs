@@ -22,7 +22,7 @@ use crate::{
         schema, security, topology,
         topology::{DbRole, Part},
     },
-    ops::lab::{lock_lab, Lab},
+    ops::lab::{lock_lab, Lab, Refusal},
     progress::{Progress, Tasks, TasksNote},
     stack::{
         self, state::State, ImageSpec, Probe, Secret, Service, ServiceId, FLINK_TM, IMAGES,
@@ -369,7 +369,10 @@ async fn wait_probe(
         || async {
             Ok(match lab.probe(probe, Duration::from_secs(3)).await {
                 Ok(detail) => Check::Ready(ProbeEnd::Ready(detail)),
-                Err(e) if e.downcast_ref::<SecurityFailure>().is_some() => {
+                Err(e)
+                    if e.downcast_ref::<SecurityFailure>().is_some()
+                        || e.downcast_ref::<Refusal>().is_some() =>
+                {
                     Check::Ready(ProbeEnd::Refused(format!("{e:#}")))
                 }
                 Err(e) => Check::NotYet(format!("{e:#}")),
