@@ -20,13 +20,17 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Replace this lab's running job: stop it with a savepoint and start the new job from that
-    /// savepoint (cancels it instead, without carrying its state over, if the savepoint fails).
+    /// savepoint (if the savepoint fails: cancel it and start from its newest retained checkpoint).
     #[arg(long)]
     pub replace: bool,
     /// Start without saved state: no savepoint on --replace, and no restore from the latest
     /// retained checkpoint or savepoint when the lab's job is not running.
     #[arg(long)]
     pub fresh: bool,
+    /// Start even when saved state belongs to no operator of the new job (e.g. after changing
+    /// the job's SQL); that state is dropped. Without it such a restore is refused.
+    #[arg(long)]
+    pub allow_non_restored_state: bool,
     /// Seconds to wait for the job and all its tasks to be RUNNING.
     #[arg(long, default_value_t = 90)]
     pub timeout: u64,
@@ -70,6 +74,7 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
     let req = SubmitRequest {
         replace: args.replace,
         fresh: args.fresh,
+        allow_non_restored_state: args.allow_non_restored_state,
         timeout: Duration::from_secs(args.timeout),
         verbose: args.verbose,
     };

@@ -120,6 +120,10 @@ pub struct SubmitRequest {
     pub replace: bool,
     /// Start without saved state.
     pub fresh: bool,
+    /// Let the job start when saved state belongs to no operator of the new job (that state is
+    /// dropped). Off by default: a job that silently loses its window state is worse than one
+    /// that refuses to start and says why.
+    pub allow_non_restored_state: bool,
     /// How long the job and all its tasks may take to be RUNNING.
     pub timeout: Duration,
     /// Flink's full error text in errors, not just the cause.
@@ -196,7 +200,9 @@ struct Handover {
 }
 
 /// Stops the running copies of the lab's job: the first with a savepoint the new job restores
-/// from (unless `fresh`, or the savepoint fails: then it is cancelled and its state is lost).
+/// from (unless `fresh`). When the savepoint fails the job is cancelled, and the new job
+/// restores from its newest retained checkpoint instead (kept on cancel), so the windows in
+/// flight are not lost and nothing is read twice from the group's committed offsets.
 async fn replace_running(
     lab: &Lab,
     client: &flink::Client,
@@ -222,12 +228,32 @@ async fn replace_running(
                     continue;
                 }
                 Err(e) => {
-                    let note = format!(
-                        "the savepoint of {} failed ({e:#}); cancelling it instead: its state is NOT carried over, the new job starts fresh from the consumer group's committed offsets",
+                    progress.note(&format!(
+                        "the savepoint of {} failed ({e:#}); cancelling it instead, the new job restores from its newest retained checkpoint",
                         j.jid
-                    );
-                    progress.note(&note);
-                    h.state_note = Some(note);
+                    ));
+                    client.cancel(&j.jid).await?;
+                    wait_terminal(client, &j.jid, Duration::from_secs(60)).await?;
+                    progress.note(&format!("cancelled {}", j.jid));
+                    match retained_snapshots(lab).await.map(|l| l.into_iter().next()) {
+                        Ok(Some(r)) => {
+                            progress.note(&format!(
+                                "restoring from the retained {} {}",
+                                r.kind, r.path
+                            ));
+                            h.restore = Some(r);
+                        }
+                        found => {
+                            let why = match found {
+                                Err(e) => format!("cannot list retained checkpoints ({e:#})"),
+                                Ok(_) => "no retained checkpoint".to_string(),
+                            };
+                            let note = format!("the savepoint of {} failed and there is {why}: its state is NOT carried over, the new job starts from the consumer group's committed offsets", j.jid);
+                            progress.note(&note);
+                            h.state_note = Some(note);
+                        }
+                    }
+                    continue;
                 }
             }
         }
@@ -288,8 +314,8 @@ pub async fn submit(
             progress.note(&format!("the job `{name}` is not running; restoring it from the latest retained {} {} (--fresh starts without it)", r.kind, r.path));
         }
     }
-    if h.restore.is_some() {
-        progress.note("(non-restored state allowed: saved state of operators the new job does not have is dropped, so a changed job still starts)");
+    if h.restore.is_some() && req.allow_non_restored_state {
+        progress.note("(--allow-non-restored-state: saved state of operators the new job does not have is dropped)");
     }
 
     if Part::Flink.is_external(&lab.config) {
@@ -298,10 +324,10 @@ pub async fn submit(
     let jar = ensure_runner(lab, &client, progress).await?;
     let argv: Vec<String> = statements.iter().map(|s| B64.encode(s.as_bytes())).collect();
     let before: HashSet<String> = client.jobs().await?.into_iter().map(|j| j.jid).collect();
-    let restore_req = h
-        .restore
-        .as_ref()
-        .map(|r| flink::Restore { path: r.path.clone(), allow_non_restored_state: true });
+    let restore_req = h.restore.as_ref().map(|r| flink::Restore {
+        path: r.path.clone(),
+        allow_non_restored_state: req.allow_non_restored_state,
+    });
     progress.note(&format!(
         "submitting the job{} to {}",
         if lookup_name.is_empty() { String::new() } else { format!(" `{lookup_name}`") },
@@ -332,7 +358,7 @@ pub async fn submit(
         submit_to_running_secs: t0.elapsed().as_secs_f64(),
         replaced: h.replaced,
         savepoint: h.savepoint,
-        allow_non_restored_state: h.restore.is_some(),
+        allow_non_restored_state: h.restore.is_some() && req.allow_non_restored_state,
         restored_from: h.restore.map(|r| RestoredFrom { kind: r.kind, path: r.path }),
         state_note: h.state_note,
     })
@@ -349,7 +375,9 @@ async fn failed_start(
 ) -> anyhow::Error {
     let cause = client.last_exception(job_id).await.ok().flatten();
     cancel_quietly(client, job_id).await;
+    let unmapped = cause.as_ref().is_some_and(|(_, full)| full.contains("allowNonRestoredState"));
     let hint = match (&h.restore, &h.savepoint) {
+        (Some(r), _) if unmapped => format!("\nthe saved state in {} has operators the new job lacks (its SQL changed): add --allow-non-restored-state to drop that state, or --fresh to start without saved state", r.path),
         (Some(r), Some(_)) => format!("\nthe replaced job was stopped; its savepoint {} is kept: fix the job and run `labctl submit flink` to restore from it, or add --fresh", r.path),
         (Some(r), None) => format!("\nit was restoring from {} {}; `labctl submit flink --fresh` starts without that state", r.kind, r.path),
         _ => String::new(),
