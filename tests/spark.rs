@@ -368,11 +368,21 @@ fn export_writes_a_partitioned_delta_table_once() {
     assert_eq!(view4.version, view3.version, "a failed export must not commit");
     assert_eq!(view4.days, view3.days);
 
-    // And the re-run completes it: the changed day, nothing else.
+    // And the re-run completes it: the changed day, nothing else. It also sweeps what earlier
+    // exports left staged: the failed --no-wait export's folder, and a config that no job read
+    // (a labctl killed before its submission: the config holds the read password).
+    let blob = lab.blob(Duration::from_secs(5)).unwrap();
+    let leftover = rt.block_on(blob.list_blobs("lake", "_labctl/spark/")).unwrap();
+    assert!(!leftover.is_empty(), "the failed --no-wait export left its folder");
+    let stale = "_labctl/spark/20200101T000000000-4194305/config.json";
+    rt.block_on(blob.put_blob("lake", stale, b"{\"db_password\": \"stale\"}", "application/json"))
+        .unwrap();
     let again = t.json(&[&["submit", "spark", "--json"][..], &range[..]].concat());
     assert_eq!(again["state"], "FINISHED", "{again}");
     assert_eq!(again["result"]["days_rewritten"].as_u64(), Some(1), "{again}");
     assert_equal_days(&lake_view(&t).days, &db3, "re-run after the failed export");
+    let staged = rt.block_on(blob.list_blobs("lake", "_labctl/")).unwrap();
+    assert!(staged.is_empty(), "earlier exports' staged files left behind: {staged:?}");
 }
 
 /// Readings that reach the database late (timestamps older than the last export), two exports at

@@ -271,3 +271,10 @@ fn describe_holder(h: &LockHolder) -> String {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Refusal(pub String);
+
+/// Whether a process of this host still runs (a submit's or an export's owner).
+pub fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 sends nothing; kill only checks that the process exists.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}

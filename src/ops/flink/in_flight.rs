@@ -7,6 +7,7 @@ use std::{collections::HashSet, time::Duration};
 use anyhow::{bail, Context, Result};
 
 use super::{job::RUNNER_ENTRY_CLASS, runner::explain_submit_error};
+use crate::ops::lab::pid_alive;
 use crate::{
     clients::flink::{self, RequestError},
     progress::Progress,
@@ -187,12 +188,6 @@ fn interrupted_job<'a>(
     jobs: &'a [flink::JobOverview],
 ) -> Option<&'a flink::JobOverview> {
     jobs.iter().find(|j| j.name == m.name && !m.before.contains(&j.jid))
-}
-
-fn pid_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 sends nothing; kill only checks that the process exists.
-    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Before a submit: what an earlier one left in flight. Refuses while another submit of this

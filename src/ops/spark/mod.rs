@@ -279,6 +279,13 @@ pub async fn start_export(lab: &Lab, staging: Staging, config_json: &str) -> Res
         // The driver's web UI: not published by the lab, and its start costs CPU.
         ("spark.ui.enabled".into(), "false".into()),
     ]);
+    match staging.sweep_leftovers(!master.activedrivers.is_empty()).await {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!("removed staged files of earlier exports: {}", removed.join(", "))
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot sweep earlier exports' staged files: {e:#}"),
+    }
     let submission = async {
         staging.put(STAGED_JOB, job.as_bytes(), "text/x-python").await?;
         // Read, then deleted by the job as soon as it has it (it holds the database password).

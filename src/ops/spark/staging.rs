@@ -102,6 +102,48 @@ impl Staging {
         Ok(Some(v))
     }
 
+    /// Removes what earlier submissions left in the staging root: a labctl killed mid-export, or
+    /// one that returned at once (`--no-wait`), leaves its folder, and a config it staged that
+    /// no job read still holds the database's read password and the lake key. A folder goes
+    /// once nothing can need it: its SAS URLs have expired, or its owner (the pid in its name)
+    /// no longer runs on this host and the cluster runs no driver (`drivers_active` false) that
+    /// could still fetch it. Returns the folders removed.
+    pub(super) async fn sweep_leftovers(&self, drivers_active: bool) -> Result<Vec<String>> {
+        let names = self.blob.list_blobs(&self.container, &format!("{STAGING_ROOT}/")).await?;
+        let mut folders: Vec<String> = names
+            .iter()
+            .filter_map(|n| n.strip_prefix(&format!("{STAGING_ROOT}/")))
+            .filter_map(|rest| rest.split_once('/').map(|(stamp, _)| stamp.to_string()))
+            .collect();
+        folders.sort();
+        folders.dedup();
+        let mut removed = Vec::new();
+        for stamp in folders {
+            let prefix = format!("{STAGING_ROOT}/{stamp}/");
+            if prefix == self.prefix {
+                continue;
+            }
+            let (when, owner) = match stamp.rsplit_once('-') {
+                Some((when, pid)) => (
+                    chrono::NaiveDateTime::parse_from_str(when, "%Y%m%dT%H%M%S%3f").ok(),
+                    pid.parse::<u32>().ok(),
+                ),
+                None => (None, None),
+            };
+            let expired = when.is_some_and(|w| {
+                let age = chrono::Utc::now().naive_utc() - w;
+                age.to_std().is_ok_and(|age| age > self.ttl)
+            });
+            let orphaned = !drivers_active && !owner.is_some_and(crate::ops::lab::pid_alive);
+            if !(expired || orphaned) {
+                continue;
+            }
+            self.blob.delete_prefix(&self.container, &prefix).await?;
+            removed.push(prefix);
+        }
+        Ok(removed)
+    }
+
     /// Removes the whole folder; a failure is a warning (the job deletes its config itself, so
     /// what may stay behind is the job file and the result, no secret).
     pub(super) async fn remove(&self) {
