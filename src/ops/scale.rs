@@ -181,7 +181,7 @@ async fn flink_scale_down_notes(lab: &Lab, n: u32) -> Vec<String> {
     let slots = n * lab.config.flink.slots_per_taskmanager;
     let attempts = job::JobSettings::for_lab(&lab.config).restart_attempts;
     let mut notes = vec![format!(
-        "the lab's job {} is running: if any of its tasks run on a removed TaskManager, they fail and the job restarts on the remaining slots through its restart strategy (fixed delay, {attempts} attempts), from its last checkpoint",
+        "the lab's job {} is running: if any of its tasks run on a removed TaskManager, they fail and the job restarts on the remaining slots through its restart strategy (exponential delay, up to {attempts} attempts in a row), from its last checkpoint",
         &j.jid
     )];
     if parallelism > slots {

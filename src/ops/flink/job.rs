@@ -80,7 +80,10 @@ pub struct JobSettings {
     /// A partition without records for this long stops holding back event time (an empty
     /// partition would otherwise stop every window from closing).
     pub idle_timeout_secs: u32,
+    /// Restarts in a row before the job fails for good, exponentially spaced up to
+    /// `restart_max_backoff_secs` apart.
     pub restart_attempts: u32,
+    pub restart_max_backoff_secs: u32,
     pub parallelism: u32,
     /// How far a reading's timestamp may be ahead of its message's produce time (clock skew
     /// between producer hosts); further ahead it is rejected instead of moving event time.
@@ -94,7 +97,9 @@ impl JobSettings {
             window_secs: 60,
             checkpoint_interval_secs: 10,
             idle_timeout_secs: 30,
-            restart_attempts: 10,
+            // 1+2+4+8+16+32 s, then 60 s apart: 20 attempts cover about 15 minutes.
+            restart_attempts: 20,
+            restart_max_backoff_secs: 60,
             // One reader per partition: a reader owning several interleaves them as the broker
             // answers its fetches, and during a catch-up event time of one races past another.
             parallelism: config.broker.partitions as u32,
