@@ -97,9 +97,10 @@ impl JobSettings {
             window_secs: 60,
             checkpoint_interval_secs: 10,
             idle_timeout_secs: 30,
-            // 1+2+4+8+16+32 s, then 60 s apart: 20 attempts cover about 15 minutes.
+            // 1+2+4+8+16 s, then 30 s apart: 20 attempts cover about 8 minutes; a failure that
+            // heals (a TaskManager back) is retried within 30 s.
             restart_attempts: 20,
-            restart_max_backoff_secs: 60,
+            restart_max_backoff_secs: 30,
             // One reader per partition: a reader owning several interleaves them as the broker
             // answers its fetches, and during a catch-up event time of one races past another.
             parallelism: config.broker.partitions as u32,
