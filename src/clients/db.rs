@@ -54,7 +54,7 @@ fn pg_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Database {
     pub host: String,
     pub port: u16,
@@ -64,6 +64,19 @@ pub struct Database {
     pub ssl: SslMode,
     /// PEM file of the CA that signed the server's certificate (verify-full), else the public CAs.
     pub root_cert: Option<std::path::PathBuf>,
+}
+
+/// Everything but the password.
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("name", &self.name)
+            .field("ssl", &self.ssl)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Database {
