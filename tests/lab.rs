@@ -467,6 +467,9 @@ fn read_all(lab: &labctl::ops::lab::Lab) -> Vec<Reading> {
         .iter()
         .filter_map(|m| {
             let v = serde_json::from_slice::<serde_json::Value>(&m.payload).ok()?;
+            if v.get("planted").is_some() {
+                return None; // the test's own reading from 2099
+            }
             let ts = v["timestamp"].as_str()?;
             Some(Reading {
                 partition: m.partition,
@@ -525,7 +528,24 @@ fn check_host_ingest(t: &TestLab, lab: &labctl::ops::lab::Lab) {
         "every reading in the topic once (+1 probe message)"
     );
 
-    // A restart continues where the topic is: only ticks that passed since, no backfill again.
+    // Someone else writes to the topic after the generator: many records that are no readings,
+    // on every machine's partition, and one reading stamped 2099.
+    let producer: BaseProducer = lab.broker().unwrap().client_config().create().unwrap();
+    for i in 0..400 {
+        for key in ["CNC-1", "LATHE-1", "WELDER-1"] {
+            let foreign = format!(r#"{{"foreign":{i}}}"#);
+            producer
+                .send(BaseRecord::to(&lab.config.broker.topic).key(key).payload(&foreign))
+                .unwrap();
+            producer.poll(Duration::ZERO);
+        }
+    }
+    let far = r#"{"machine_id":"CNC-1","sensor_type":"vibration","timestamp":"2099-01-01T00:00:00","planted":true}"#;
+    producer.send(BaseRecord::to(&lab.config.broker.topic).key("CNC-1").payload(far)).unwrap();
+    producer.flush(Duration::from_secs(20)).unwrap();
+
+    // A restart continues where the topic is: only ticks that passed since, no backfill again,
+    // for every machine (the foreign records and the reading from 2099 notwithstanding).
     let second = t.json(&["ingest", "--backfill", "30m", "--no-live", "--json"]);
     assert_eq!(second["resumed"], true);
     assert!(
@@ -535,4 +555,9 @@ fn check_host_ingest(t: &TestLab, lab: &labctl::ops::lab::Lab) {
     let readings = read_all(lab);
     assert_eq!(readings.len() as u64, produced + second["produced"].as_u64().unwrap());
     assert_no_duplicates_or_gaps(&readings, 5);
+    let newest = readings.iter().map(|r| r.ts).max().unwrap();
+    for m in ["CNC-1", "LATHE-1", "WELDER-1"] {
+        let last = readings.iter().filter(|r| r.machine == m).map(|r| r.ts).max().unwrap();
+        assert!(newest - last <= 5, "{m} stopped at {last}, the others went on to {newest}");
+    }
 }
