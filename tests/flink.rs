@@ -561,8 +561,11 @@ fn streaming_job_writes_exact_rows() {
         status_jobs(&status).iter().any(|j| j["id"] == job2.as_str() && j["state"] == "RUNNING");
     assert!(!stale, "status shows the lost job as running: {status:#}");
 
-    // A plain submit restores the job from its latest retained checkpoint.
-    let sub = t.json(&["submit", "flink", "--json"]);
+    // The job is part of the lab: `up` finds it missing and brings it back from its latest
+    // retained checkpoint (through the same submit as `labctl submit flink`).
+    let up = t.json(&["up", "--json"]);
+    assert_eq!(up["containers_changed"], 0, "{up}");
+    let sub = up["flink_job_restored"].clone();
     let job3 = sub["job_id"].as_str().unwrap().to_string();
     assert_eq!(sub["restored_from"]["kind"], "checkpoint", "{sub}");
     let chk = sub["restored_from"]["path"].as_str().unwrap().to_string();

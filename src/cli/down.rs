@@ -70,6 +70,12 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
         if !kept.is_empty() {
             eprintln!("kept {} data volume(s); `labctl down --volumes` deletes them", kept.len());
         }
+        // The job went with the JobManager, on purpose: the next `up` leaves it stopped.
+        let job_ran = State::load(&project)?.is_some_and(|st| st.flink_job);
+        if job_ran && !crate::model::topology::Part::Flink.is_external(&config) {
+            State::remember_flink_job(&project, false)?;
+            eprintln!("the lab's Flink job stopped with it; `labctl submit flink` restores it from its newest retained checkpoint");
+        }
     }
     let external = crate::model::topology::external_parts(&config);
     if !external.is_empty() {

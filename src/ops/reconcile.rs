@@ -22,7 +22,10 @@ use crate::{
         schema, security, topology,
         topology::{DbRole, Part},
     },
-    ops::lab::{lock_lab, Lab, Refusal},
+    ops::{
+        flink::{self, job as flink_job, Script, SubmitRequest, Submitted},
+        lab::{lock_lab, Lab, Refusal},
+    },
     progress::{Progress, Tasks, TasksNote},
     stack::{
         self, state::State, ImageSpec, Probe, Secret, Service, ServiceId, FLINK_TM, IMAGES,
@@ -104,6 +107,8 @@ pub struct UpReport {
     pub flink_ui: Option<String>,
     pub spark_ui: Option<String>,
     pub broker_sasl_ssl: Option<SaslSslListener>,
+    /// The lab's Flink job, when `up` found it missing and brought it back.
+    pub flink_job_restored: Option<Submitted>,
     pub seconds: UpSeconds,
 }
 
@@ -175,6 +180,7 @@ pub async fn up(mut config: Config, req: &UpRequest, tasks: &dyn Tasks) -> Resul
         Some(port) => Some(check_sasl_ssl_listener(&rt, &lab, port).await?),
         None => None,
     };
+    let flink_job_restored = restore_lab_job(&lab, tasks).await?;
     let report = UpReport {
         project: lab.stack.project.clone(),
         containers_changed: changed,
@@ -182,6 +188,7 @@ pub async fn up(mut config: Config, req: &UpRequest, tasks: &dyn Tasks) -> Resul
         flink_ui: lab.stack.url(PortKey::FlinkUi),
         spark_ui: lab.stack.url(PortKey::SparkUi),
         broker_sasl_ssl: secure,
+        flink_job_restored,
         seconds: UpSeconds {
             images: images_secs,
             start_to_ready: t_start.elapsed().as_secs_f64(),
@@ -189,6 +196,43 @@ pub async fn up(mut config: Config, req: &UpRequest, tasks: &dyn Tasks) -> Resul
         },
     };
     Ok((lab, report))
+}
+
+/// The lab's Flink job is part of the lab: when it should run (`State::flink_job`) but the
+/// cluster has no running copy (a JobManager without HA loses its jobs when it dies), it is
+/// submitted again and restores from its newest retained checkpoint.
+async fn restore_lab_job(lab: &Lab, tasks: &dyn Tasks) -> Result<Option<Submitted>> {
+    if !lab.state.flink_job {
+        return Ok(None);
+    }
+    let client = lab.flink(Duration::from_secs(10))?;
+    let name = flink_job::job_name(&lab.config.project);
+    if client.jobs().await?.iter().any(|j| j.name == name && j.state.is_active()) {
+        return Ok(None);
+    }
+    let task = tasks.task("flink job");
+    task.note(&format!("the lab's job `{name}` is not running: submitting it again"));
+    let req = SubmitRequest {
+        replace: false,
+        fresh: false,
+        allow_non_restored_state: false,
+        timeout: Duration::from_secs(120),
+        verbose: false,
+    };
+    let prepared = flink::prepare(lab, &Script::Lab)?;
+    match flink::submit_holding_lock(lab, &prepared, &req, task.as_ref()).await {
+        Ok(done) => {
+            let from = done.restored_from.as_ref().map_or("without saved state".to_string(), |r| {
+                format!("from {} {}", r.kind, r.path)
+            });
+            task.done(&format!("job {} running again, {from}", done.job_id));
+            Ok(Some(done))
+        }
+        Err(e) => {
+            task.failed("not brought back");
+            Err(e.context(format!("the lab's Flink job `{name}` was lost and could not be brought back; `labctl submit flink --fresh` starts it without its saved state")))
+        }
+    }
 }
 
 /// `broker.sasl_ssl_listener`: copies the CA the broker made on its first start next to the

@@ -37,6 +37,24 @@ pub struct State {
     pub db_writer_password: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub db_reader_password: String,
+    /// The lab's own Flink job was submitted and neither cancelled nor stopped with the lab
+    /// (`down`): when it is missing (a JobManager lost its jobs), `up` brings it back from its
+    /// newest retained checkpoint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flink_job: bool,
+}
+
+impl State {
+    /// Records in the lab's state file whether its Flink job should run (see `flink_job`).
+    pub fn remember_flink_job(project: &str, on: bool) -> Result<()> {
+        match State::load(project)? {
+            Some(mut st) if st.flink_job != on => {
+                st.flink_job = on;
+                st.save(project)
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Folder holding the state files: `$LABCTL_STATE_DIR`, else `$XDG_STATE_HOME/labctl`,
@@ -171,6 +189,7 @@ impl State {
             broker_password: String::new(),
             db_writer_password: String::new(),
             db_reader_password: String::new(),
+            flink_job: false,
         });
         if config.broker.sasl_ssl_listener && st.broker_password.is_empty() {
             st.broker_password = new_password();
@@ -264,6 +283,7 @@ impl State {
             broker_password: new_password(),
             db_writer_password: new_password(),
             db_reader_password: new_password(),
+            flink_job: false,
         }
     }
 }

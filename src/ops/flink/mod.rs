@@ -278,6 +278,16 @@ pub async fn submit(
     // Two submits at once take turns: the second sees the first's job and refuses (or replaces
     // it with --replace) instead of starting a second copy.
     let _lock = crate::ops::lab::lock_lab(&lab.config.project, "submit flink", progress).await?;
+    submit_holding_lock(lab, prepared, req, progress).await
+}
+
+/// `submit` for a caller that holds the lab's lock already (`up`).
+pub(crate) async fn submit_holding_lock(
+    lab: &Lab,
+    prepared: &Prepared,
+    req: &SubmitRequest,
+    progress: &dyn Progress,
+) -> Result<Submitted> {
     let client = lab.flink(Duration::from_secs(10))?;
     let settings = JobSettings::for_lab(&lab.config);
     preflight(lab, &client, &settings, req.timeout, progress).await?;
@@ -350,6 +360,11 @@ pub async fn submit(
     progress.note(&format!("submitted job {job_id}; waiting for it and all its tasks to run"));
     if let Err(e) = wait_running(&client, &job_id, req.timeout).await {
         return Err(failed_start(&client, &job_id, e, &h, req.verbose).await);
+    }
+    if lab_job {
+        if let Err(e) = State::remember_flink_job(&lab.config.project, true) {
+            progress.note(&format!("warning: the state file does not record the running job ({e:#}): `labctl up` will not bring it back if it is lost"));
+        }
     }
     Ok(Submitted {
         url: format!("{}/#/job/running/{job_id}/overview", client.base()),
@@ -549,6 +564,11 @@ pub async fn cancel(lab: &Lab, id: Option<String>) -> Result<Vec<String>> {
     for id in &ids {
         client.cancel(id).await?;
         wait_terminal(&client, id, Duration::from_secs(60)).await?;
+    }
+    let name = job::job_name(&lab.config.project);
+    let lab_job_left = client.jobs().await?.iter().any(|j| j.name == name && j.state.is_active());
+    if !lab_job_left {
+        State::remember_flink_job(&lab.config.project, false)?;
     }
     Ok(ids)
 }
