@@ -46,26 +46,25 @@ impl Newest {
         self.by_machine.contains_key(machine)
     }
 
-    /// One record's payload; foreign, malformed or too-far-ahead records are skipped.
-    fn see(&mut self, payload: &[u8]) {
-        let Ok(tail) = serde_json::from_slice::<Tail>(payload) else { return };
-        let (Some(secs), Some(s)) = (
-            parse_timestamp(&tail.timestamp),
-            SENSORS.iter().position(|s| s.name() == tail.sensor_type),
-        ) else {
-            return;
-        };
+    /// One record's payload; foreign, malformed or too-far-ahead records are skipped. Returns
+    /// the reading's time when it counted.
+    fn see(&mut self, payload: &[u8]) -> Option<i64> {
+        let tail = serde_json::from_slice::<Tail>(payload).ok()?;
+        let secs = parse_timestamp(&tail.timestamp)?;
+        let s = SENSORS.iter().position(|s| s.name() == tail.sensor_type)?;
         if secs > self.latest_allowed {
-            return;
+            return None;
         }
         let e = self.by_machine.entry(tail.machine_id).or_insert((secs, s));
         if (secs, s) > *e {
             *e = (secs, s);
         }
+        Some(secs)
     }
 }
 
-/// Reads offsets `from..end` of one partition into `newest`.
+/// Reads offsets `from..end` of one partition into `newest`; returns the oldest and newest
+/// reading time seen there.
 fn read_range<C: rdkafka::consumer::ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
@@ -74,7 +73,8 @@ fn read_range<C: rdkafka::consumer::ConsumerContext>(
     end: i64,
     deadline: Instant,
     newest: &mut Newest,
-) -> Result<()> {
+) -> Result<Option<(i64, i64)>> {
+    let mut span: Option<(i64, i64)> = None;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(from))?;
     consumer.assign(&tpl).context("assigning a partition to read the topic's tail")?;
@@ -104,13 +104,13 @@ fn read_range<C: rdkafka::consumer::ConsumerContext>(
         // Compacted or transaction-marker offsets leave gaps: go by the offset read.
         next = msg.offset() + 1;
         if msg.offset() < end {
-            if let Some(p) = msg.payload() {
-                newest.see(p);
+            if let Some(t) = msg.payload().and_then(|p| newest.see(p)) {
+                span = Some(span.map_or((t, t), |(lo, hi)| (lo.min(t), hi.max(t))));
             }
         }
     }
     consumer.unassign().ok();
-    Ok(())
+    Ok(span)
 }
 
 /// Next position per machine of `fleet` (None where the topic holds nothing of it).
@@ -154,12 +154,14 @@ pub fn positions<C: rdkafka::consumer::ConsumerContext>(
         // Every partition's tail first: a topic whose partition count changed since keeps a
         // machine's readings where they were written.
         let from = (high - first_window).max(low);
-        if high > from {
-            read_range(consumer, topic, p.id(), from, high, deadline, &mut newest)?;
-        }
-        ranges.push((p.id(), low, from));
+        let span = if high > from {
+            read_range(consumer, topic, p.id(), from, high, deadline, &mut newest)?
+        } else {
+            None
+        };
+        ranges.push((p.id(), low, from, span));
     }
-    for (partition, low, mut end) in ranges {
+    for (partition, low, mut end, mut span) in ranges {
         let expected: Vec<&str> = fleet
             .machines
             .iter()
@@ -167,9 +169,19 @@ pub fn positions<C: rdkafka::consumer::ConsumerContext>(
             .map(|m| m.id.as_str())
             .collect();
         let mut window = first_window * 4;
-        while end > low && !expected.iter().all(|m| newest.has(m)) {
+        // Producing is lockstep: once the search has passed readings a few ticks older than the
+        // partition's newest, a machine still missing has not produced lately (a fleet that
+        // grew): it starts afresh instead of the whole partition being read.
+        let passed = |span: Option<(i64, i64)>| {
+            span.is_some_and(|(oldest, newest)| newest - oldest > 4 * interval_s)
+        };
+        while end > low && !expected.iter().all(|m| newest.has(m)) && !passed(span) {
             let from = (end - window).max(low);
-            read_range(consumer, topic, partition, from, end, deadline, &mut newest)?;
+            if let Some((lo, hi)) =
+                read_range(consumer, topic, partition, from, end, deadline, &mut newest)?
+            {
+                span = Some(span.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))));
+            }
             end = from;
             window *= 4;
         }
