@@ -105,6 +105,43 @@ pub fn load_config(cli: &Cli) -> Result<Config> {
     Ok(config)
 }
 
+/// The program: arguments, logging, the async runtime, and errors as one line a user can act
+/// on followed by their causes.
+///
+/// The runtime is driven here, not in `main.rs`: a binary crate that polls a future of this
+/// crate instantiates the poll code of everything it awaits again in the binary (release builds
+/// do not share generics across crates), which made the one-page `main.rs` compile for ~110 s,
+/// the last step of every cold start.
+pub fn main() -> ExitCode {
+    let args = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if args.verbose { "labctl=debug,info" } else { "warn" })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let config = load_config(&cli)?;
     match cli.command {
