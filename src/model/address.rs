@@ -104,11 +104,10 @@ pub struct PgAddress {
 
 impl PgAddress {
     /// The TLS parameters again, as libpq and the PostgreSQL JDBC driver both take them.
+    /// `sslmode` always: both clients default to `prefer`, which negotiates TLS with a server
+    /// that offers it (the lab's does) although the config did not ask for it.
     pub fn ssl_params(&self) -> Vec<(&'static str, String)> {
-        let mut out = Vec::new();
-        if self.ssl != SslMode::Disable {
-            out.push(("sslmode", self.ssl.as_str().to_string()));
-        }
+        let mut out = vec![("sslmode", self.ssl.as_str().to_string())];
         if let Some(c) = &self.root_cert {
             out.push(("sslrootcert", c.clone()));
         }

@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 
 use crate::{
     model::{
-        address::{parse_http_url, parse_pg_url},
+        address::{parse_http_url, parse_pg_url, SslMode},
         config::{Config, InvalidValue, SECRET_DATABASE_PASSWORD, SECRET_LAKE_KEY},
         security::secret,
         topology::{database_name, lake_account, DbRole, Part, DEV_KEY},
@@ -112,7 +112,12 @@ pub fn cluster_jdbc_url(config: &Config) -> String {
         .into_iter()
         .find(|u| !u.is_empty())
         .and_then(|u| parse_pg_url("database.url", u).ok());
-    let params = addr.as_ref().map(|a| a.ssl_params()).unwrap_or_default();
+    // The lab's own database: plain TCP on the lab's network, as labctl reaches it too (the
+    // driver's default `prefer` would spend a TLS handshake and encryption on every row).
+    let params = addr
+        .as_ref()
+        .map(|a| a.ssl_params())
+        .unwrap_or_else(|| vec![("sslmode", SslMode::Disable.as_str().to_string())]);
     let (host, port) =
         addr.map(|a| (a.host, a.port)).unwrap_or_else(|| (DATABASE.to_string(), DATABASE_PORT));
     let mut url = format!("jdbc:postgresql://{host}:{port}/{}", database_name(config));
@@ -217,7 +222,7 @@ mod tests {
         let c = Config::default();
         assert!(external_parts(&c).is_empty());
         assert_eq!(cluster_bootstrap(&c), "broker:9092");
-        assert_eq!(cluster_jdbc_url(&c), "jdbc:postgresql://timescaledb:5432/iiot");
+        assert_eq!(cluster_jdbc_url(&c), "jdbc:postgresql://timescaledb:5432/iiot?sslmode=disable");
         assert_eq!(cluster_lake_endpoint(&c), "http://devstoreaccount1.blob.core.windows.net");
         assert_eq!(
             wasb_authority(&c).unwrap(),
@@ -238,7 +243,10 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(external_parts(&c), vec![Part::Broker, Part::Database, Part::Lake]);
         assert_eq!(cluster_bootstrap(&c), "broker:9092");
-        assert_eq!(cluster_jdbc_url(&c), "jdbc:postgresql://db.example.net:6543/plant");
+        assert_eq!(
+            cluster_jdbc_url(&c),
+            "jdbc:postgresql://db.example.net:6543/plant?sslmode=disable"
+        );
         assert_eq!((database_user(&c), database_name(&c)), ("ops".into(), "plant".into()));
         assert_eq!(lake_account(&c), "plantlake");
         assert_eq!(cluster_lake_endpoint(&c), "https://plantlake.blob.core.windows.net");
@@ -383,7 +391,7 @@ mod tests {
         assert_eq!(cluster_jdbc_url(&c), "jdbc:postgresql://db.internal:5432/plant?sslmode=verify-full&sslrootcert=/etc/ssl/plant-ca.pem");
         assert_eq!(
             jdbc_param(&cluster_jdbc_url(&Config::default()), "reWriteBatchedInserts", "true"),
-            "jdbc:postgresql://timescaledb:5432/iiot?reWriteBatchedInserts=true"
+            "jdbc:postgresql://timescaledb:5432/iiot?sslmode=disable&reWriteBatchedInserts=true"
         );
         for bad in [
             "postgresql://h/db?sslmode=prefer",
