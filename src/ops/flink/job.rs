@@ -228,10 +228,7 @@ pub fn render_for(
         }),
     );
     ctx.insert("field_names", &lit(&message.names));
-    ctx.insert(
-        "timestamp_path",
-        &lit(&format!("$.{}", MESSAGE_FIELDS[message.index("timestamp")? - 1].name)),
-    );
+    ctx.insert("timestamp_index", &message.index("timestamp")?);
     ctx.insert("field_select", &message.select.join(",\n  "));
     ctx.insert("field_checks", &message.checks.join("\n    "));
     ctx.insert("machine_id_index", &message.index("machine_id")?);
@@ -369,7 +366,7 @@ mod tests {
     fn rendered_job_uses_schema_names_and_the_t_fix() {
         let sql = rendered();
         assert!(
-            sql.contains("TO_TIMESTAMP(REPLACE(JSON_VALUE(`payload`, '$.timestamp'), 'T', ' '))"),
+            sql.contains("TO_TIMESTAMP(REPLACE(json_fields(`payload`, 'machine_id,machine_type,sensor_type,value,unit,timestamp')[6], 'T', ' '))"),
             "{sql}"
         );
         assert!(sql.contains("json_fields(`payload`, 'machine_id,machine_type,sensor_type,value,unit,timestamp')"), "{sql}");
