@@ -49,6 +49,10 @@ pub struct FlinkArgs {
     /// live readings each, plus up to a minute to reach the first whole window; 0 = skip).
     #[arg(long, default_value_t = 3)]
     pub live_windows: u32,
+    /// Runs of each case (COPY baseline, read-only baseline, the lab's job), alternating; the
+    /// table shows medians. One case of 7 days takes 10-100 s here.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub runs: u32,
     /// Write the table as JSON to this file as well.
     #[arg(long, value_name = "FILE")]
     pub json_out: Option<PathBuf>,
@@ -56,7 +60,7 @@ pub struct FlinkArgs {
 
 impl FlinkArgs {
     fn settings(&self) -> flink::Settings {
-        flink::Settings { days: self.days, live_windows: self.live_windows }
+        flink::Settings { days: self.days, live_windows: self.live_windows, runs: self.runs }
     }
 }
 
@@ -230,8 +234,12 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
             eprintln!("== flink");
             keep(
                 "flink",
-                flink::run(&lab, &flink::Settings { days: all.days, live_windows: 3 }, &Lines)
-                    .await,
+                flink::run(
+                    &lab,
+                    &flink::Settings { days: all.days, live_windows: 3, runs: 3 },
+                    &Lines,
+                )
+                .await,
             );
             eprintln!("== spark");
             keep(

@@ -15,10 +15,12 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use super::{fill_topic, Measurement};
+use super::{fill_table, fill_topic, median, Measurement};
 use crate::{
     model::fleet::Fleet,
+    model::schema::{pg_ident, MACHINE_SENSORS, REJECTED_READINGS, SENSOR_AGGREGATES},
     ops::{
+        flink::job::{render_for, JobSettings, Target},
         ingest::{generate, producer::Sender, Position},
         lab::Lab,
     },
@@ -32,6 +34,8 @@ pub struct Settings {
     /// Closed windows to measure the live latency on, after the backfill (about one minute of
     /// live readings each, plus up to a minute to reach the first whole window; 0 = skip).
     pub live_windows: u32,
+    /// Runs of each case (COPY, read-only, the lab's job), in alternating order.
+    pub runs: u32,
 }
 
 /// Submits a script through the SQL runner and waits until it runs.
@@ -46,14 +50,108 @@ async fn run_script(client: &crate::clients::flink::Client, script: &str) -> Res
     Ok(id)
 }
 
-/// The full job on a topic and scratch tables of its own, against a read-only baseline (the
-/// same source into a blackhole sink): how close writing both tables gets to reading alone.
+/// The scratch tables of one benchmark run: the job's three and the COPY baseline's two.
+struct Scratch {
+    raw: String,
+    agg: String,
+    rejected: String,
+    copy_raw: String,
+    copy_agg: String,
+}
+
+impl Scratch {
+    fn new(nonce: &str) -> Self {
+        Self {
+            raw: format!("bench_raw_{nonce}"),
+            agg: format!("bench_agg_{nonce}"),
+            rejected: format!("bench_rejected_{nonce}"),
+            copy_raw: format!("bench_copy_raw_{nonce}"),
+            copy_agg: format!("bench_copy_agg_{nonce}"),
+        }
+    }
+
+    async fn create(&self, db: &tokio_postgres::Client) -> Result<()> {
+        for (t, like) in [
+            (&self.raw, &MACHINE_SENSORS),
+            (&self.agg, &SENSOR_AGGREGATES),
+            (&self.copy_raw, &MACHINE_SENSORS),
+            (&self.copy_agg, &SENSOR_AGGREGATES),
+        ] {
+            db.batch_execute(&format!(
+                "CREATE TABLE {t} (LIKE {} INCLUDING ALL); SELECT create_hypertable('{t}', '{}');",
+                like.name, like.time_column
+            ))
+            .await
+            .with_context(|| format!("creating scratch table {t}"))?;
+        }
+        db.batch_execute(&format!(
+            "CREATE TABLE {} (LIKE {} INCLUDING ALL)",
+            self.rejected, REJECTED_READINGS.name
+        ))
+        .await
+        .with_context(|| format!("creating scratch table {}", self.rejected))
+    }
+
+    /// One statement per table: TimescaleDB refuses to drop a hypertable along with others.
+    async fn drop(&self, db: &tokio_postgres::Client) -> Result<()> {
+        for t in [&self.raw, &self.agg, &self.rejected, &self.copy_raw, &self.copy_agg] {
+            db.batch_execute(&format!("DROP TABLE IF EXISTS {t}"))
+                .await
+                .with_context(|| format!("dropping the benchmark's scratch table {t}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// What one round measures, in an order that alternates from round to round so that a drift of
+/// the machine (page cache, JIT, a growing database) favours no case.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Case {
+    /// PostgreSQL's binary COPY of the same readings and their windows into scratch copies of
+    /// both hypertables: the sink's physical limit.
+    Copy,
+    /// The job's own source (parsing, event time, watermark) into a blackhole.
+    ReadOnly,
+    /// The lab's job: raw rows, windows and rejects into scratch tables.
+    Job,
+}
+
+fn round_order(round: u32) -> [Case; 3] {
+    if round.is_multiple_of(2) {
+        [Case::Copy, Case::ReadOnly, Case::Job]
+    } else {
+        [Case::Job, Case::ReadOnly, Case::Copy]
+    }
+}
+
+/// The topic the cases read: how many readings, where each partition ends, and the instant of
+/// every machine's last reading (the backfill ends on one tick for all).
+struct Backfill {
+    readings: u64,
+    /// (partition, end offset) of each partition that holds readings.
+    ends: Vec<(i32, i64)>,
+    last_secs: i64,
+}
+
+impl Backfill {
+    /// The newest window the job closes: its watermark stops at the last reading minus the
+    /// watermark delay, and a window fires once the watermark reaches its end.
+    fn last_closed_window_end(&self, settings: &JobSettings) -> i64 {
+        let w = settings.window_secs as i64;
+        (self.last_secs - settings.watermark_delay_secs as i64).div_euclid(w) * w
+    }
+}
+
+/// The full job on a topic and scratch tables of its own, against two baselines in the same run
+/// (the job's source into a blackhole, and PostgreSQL's COPY of the same rows), each case
+/// `runs` times in alternating order; medians are reported. Every clock stops on rows seen in
+/// the database, not on Flink's metrics (they refresh every 10 s).
 pub async fn run(lab: &Lab, bench: &Settings, progress: &dyn Progress) -> Result<Vec<Measurement>> {
-    use crate::ops::flink::job::{render_for, JobSettings, Target};
     let client = lab.flink(Duration::from_secs(10))?;
     let overview = client.overview().await.context("the Flink cluster is not up")?;
     // A job without slots fails and restarts instead of waiting: say so before starting one.
-    let needed = JobSettings::for_lab(&lab.config).parallelism;
+    let settings = JobSettings::for_lab(&lab.config);
+    let needed = settings.parallelism;
     if overview.slots_available < needed {
         bail!(
             "the benchmark's jobs need {needed} free task slots but {} of {} are free (the lab's own job holds them?); \
@@ -64,35 +162,87 @@ pub async fn run(lab: &Lab, bench: &Settings, progress: &dyn Progress) -> Result
     }
     let nonce = chrono::Utc::now().format("%H%M%S").to_string();
     let topic = format!("bench-flink-{nonce}");
-    lab.broker()?.ensure_topic(&topic, lab.config.broker.partitions).await?;
+    let broker = lab.broker()?;
+    broker.ensure_topic(&topic, lab.config.broker.partitions).await?;
     progress.note(&format!("producing {} days into {topic} …", bench.days));
-    let n = fill_topic(lab, &topic, bench.days).await?;
+    let (readings, end_tick) = fill_topic(lab, &topic, bench.days).await?;
+    let offsets = broker.offsets(&topic, Duration::from_secs(10)).await?;
+    let backfill = Backfill {
+        readings,
+        ends: offsets.iter().filter(|p| p.high > p.low).map(|p| (p.partition, p.high)).collect(),
+        last_secs: (end_tick - 1) * 5,
+    };
+    let per_partition: Vec<String> =
+        offsets.iter().map(|p| format!("p{} {}", p.partition, p.high - p.low)).collect();
+    progress.note(&format!("{readings} readings; per partition: {}", per_partition.join(", ")));
 
     let db = lab.database()?.connect(Duration::from_secs(10)).await?;
-    let (raw, agg, rejected) = (
-        format!("bench_raw_{nonce}"),
-        format!("bench_agg_{nonce}"),
-        format!("bench_rejected_{nonce}"),
-    );
-    for (t, like, time) in
-        [(&raw, "machine_sensors", "timestamp"), (&agg, "sensor_aggregates", "window_start")]
-    {
-        db.batch_execute(&format!(
-            "CREATE TABLE {t} (LIKE {like} INCLUDING ALL); SELECT create_hypertable('{t}', '{time}');"
-        ))
+    let scratch = Scratch::new(&nonce);
+    let running = std::sync::Mutex::new(None::<String>);
+    let result = async {
+        scratch.create(&db).await?;
+        measure(
+            lab, &client, &db, bench, &settings, &scratch, &topic, &nonce, &backfill, &running,
+            progress,
+        )
         .await
-        .with_context(|| format!("creating scratch table {t}"))?;
     }
-    db.batch_execute(&format!("CREATE TABLE {rejected} (LIKE rejected_readings INCLUDING ALL)"))
-        .await
-        .with_context(|| format!("creating scratch table {rejected}"))?;
-    let settings = JobSettings::for_lab(&lab.config);
+    .await;
+    // Whatever happened: no benchmark job left holding slots, no scratch table left behind.
+    let left = running.lock().map(|mut g| g.take()).unwrap_or(None);
+    if let Some(id) = left {
+        if let Err(e) = client.cancel(&id).await {
+            progress.note(&format!("cancelling benchmark job {id} failed: {e:#}"));
+        }
+        crate::ops::flink::wait_terminal(&client, &id, Duration::from_secs(60)).await.ok();
+    }
+    // A failed cleanup loses no figures: it is said, and the measurements are still printed.
+    if let Err(e) = scratch.drop(&db).await {
+        progress.note(&format!("{e:#}"));
+    }
+    broker.delete_topics(&[topic]).await.ok();
+    let (mut rows, live, late) = result?;
+    let conditions = format!(
+        "{} TaskManager(s), {} slots, parallelism {}, {} partitions ({}); {readings} readings; median of {} run(s)",
+        overview.taskmanagers,
+        overview.slots_total,
+        settings.parallelism,
+        offsets.len(),
+        per_partition.join(", "),
+        bench.runs
+    );
+    for r in &mut rows {
+        r.notes = format!("{}; {conditions}", r.notes);
+    }
+    if let Some(l) = live {
+        rows.extend(l.measurements(&settings, &conditions, late));
+    }
+    Ok(rows)
+}
+
+/// The rounds of the three cases, then (after the last job run) the live latency.
+#[allow(clippy::too_many_arguments)]
+async fn measure(
+    lab: &Lab,
+    client: &crate::clients::flink::Client,
+    db: &tokio_postgres::Client,
+    bench: &Settings,
+    settings: &JobSettings,
+    scratch: &Scratch,
+    topic: &str,
+    nonce: &str,
+    backfill: &Backfill,
+    running: &std::sync::Mutex<Option<String>>,
+    progress: &dyn Progress,
+) -> Result<(Vec<Measurement>, Option<Live>, f64)> {
+    // The owner: the benchmark's scratch tables are its own, not the lab's.
+    let owner = lab.db_credentials(crate::model::topology::DbRole::Owner)?;
     let target = |kind: &str| Target {
-        topic: topic.clone(),
+        topic: topic.to_string(),
         group_id: format!("bench-{nonce}-{kind}"),
-        raw_table: raw.clone(),
-        agg_table: agg.clone(),
-        rejected_table: rejected.clone(),
+        raw_table: scratch.raw.clone(),
+        agg_table: scratch.agg.clone(),
+        rejected_table: scratch.rejected.clone(),
         job_name: format!("{}: bench {kind}", lab.stack.project),
         // Not the lab job's folder: its restore must never pick up a benchmark's checkpoint.
         checkpoint_dir: format!(
@@ -101,99 +251,328 @@ pub async fn run(lab: &Lab, bench: &Settings, progress: &dyn Progress) -> Result
         ),
         retain_checkpoints: false,
     };
-    // Baseline: the job's own SET and source statements, into a blackhole.
-    // The owner: the benchmark's scratch tables are its own, not the lab's.
-    let owner = lab.db_credentials(crate::model::topology::DbRole::Owner)?;
-    let full = render_for(&lab.config, &owner, &settings, &target("full"))?;
-    let read_only = render_for(&lab.config, &owner, &settings, &target("read"))?;
-    let mut base_script: Vec<String> = crate::ops::flink::job::split_statements(&read_only)
-        .into_iter()
-        .filter(|s| s.starts_with("SET") || s.contains("CREATE TABLE sensor_readings"))
-        .collect();
-    base_script
-        .push("CREATE TABLE bench_sink (payload STRING) WITH ('connector' = 'blackhole')".into());
-    base_script.push("INSERT INTO bench_sink SELECT payload FROM sensor_readings".into());
-
-    progress.note("baseline: Flink reading the topic into a blackhole …");
-    let t = Instant::now();
-    let id = run_script(&client, &base_script.join(";\n")).await?;
-    loop {
-        let (read, _) = client.records_in_out(&id).await.unwrap_or((0.0, 0.0));
-        if read as u64 >= n {
-            break;
+    let runs = bench.runs.max(1);
+    let (mut copy_secs, mut read_secs, mut job_secs, mut submit_secs) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut job_notes = Vec::new();
+    let mut live = None;
+    let mut late = f64::NAN;
+    for round in 0..runs {
+        for case in round_order(round) {
+            db.batch_execute(&format!(
+                "TRUNCATE {}, {}, {}, {}, {}",
+                scratch.raw, scratch.agg, scratch.rejected, scratch.copy_raw, scratch.copy_agg
+            ))
+            .await
+            .context("emptying the scratch tables")?;
+            let tag = format!(
+                "{}-{round}",
+                match case {
+                    Case::Copy => "copy",
+                    Case::ReadOnly => "read",
+                    Case::Job => "full",
+                }
+            );
+            match case {
+                Case::Copy => {
+                    progress.note(&format!(
+                        "run {}/{runs}: COPY of the readings and their windows …",
+                        round + 1
+                    ));
+                    let t = Instant::now();
+                    copy_baseline(db, scratch, bench.days, settings.window_secs as i64).await?;
+                    copy_secs.push(t.elapsed().as_secs_f64());
+                    progress.note(&format!("  COPY {:.1} s", t.elapsed().as_secs_f64()));
+                }
+                Case::ReadOnly => {
+                    progress.note(&format!(
+                        "run {}/{runs}: Flink reading the topic into a blackhole …",
+                        round + 1
+                    ));
+                    let script = read_only_script(
+                        &render_for(&lab.config, &owner, settings, &target(&tag))?,
+                        &scratch.rejected,
+                        backfill,
+                    );
+                    let t = Instant::now();
+                    let id = run_script(client, &script).await?;
+                    set(running, Some(id.clone()));
+                    wait_markers(db, &scratch.rejected, backfill, t).await?;
+                    read_secs.push(t.elapsed().as_secs_f64());
+                    progress.note(&format!("  read-only {:.1} s", t.elapsed().as_secs_f64()));
+                    stop(client, running, &id).await?;
+                }
+                Case::Job => {
+                    progress.note(&format!(
+                        "run {}/{runs}: the lab's job into scratch tables …",
+                        round + 1
+                    ));
+                    let script = render_for(&lab.config, &owner, settings, &target(&tag))?;
+                    let t = Instant::now();
+                    let id = run_script(client, &script).await?;
+                    set(running, Some(id.clone()));
+                    submit_secs.push(t.elapsed().as_secs_f64());
+                    let (raw_at, done_at) =
+                        wait_job_done(db, scratch, settings, backfill, t).await?;
+                    job_secs.push(done_at);
+                    job_notes.push(format!("{done_at:.1} s (raw rows {raw_at:.1} s)"));
+                    progress.note(&format!("  lab job {done_at:.1} s (raw rows {raw_at:.1} s)"));
+                    // Live readings extend the topic: only after the last backfill run.
+                    if round + 1 == runs && bench.live_windows > 0 {
+                        let windows = bench.live_windows;
+                        progress.note(&format!(
+                            "live: readings on the wall clock into {topic}, measuring {windows} closed window(s) …"
+                        ));
+                        let r =
+                            live_latency(lab, db, topic, &scratch.agg, settings, windows, progress)
+                                .await;
+                        if let Err(e) = &r {
+                            progress.note(&format!("live latency not measured: {e:#}"));
+                        }
+                        live = r.ok();
+                    }
+                    late = client.late_records_dropped(&id).await.unwrap_or(f64::NAN);
+                    stop(client, running, &id).await?;
+                }
+            }
         }
-        if t.elapsed() > Duration::from_secs(900) {
-            bail!("the read-only job read {read} of {n} records in 15 min");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let base_secs = t.elapsed().as_secs_f64();
-    client.cancel(&id).await?;
+    let n = backfill.readings as f64;
+    let rate = |secs: &[f64]| n / median(secs.to_vec());
+    let list = |secs: &[f64]| secs.iter().map(|s| format!("{s:.1}")).collect::<Vec<_>>().join(", ");
+    let (copy_rate, read_rate, job_rate) = (rate(&copy_secs), rate(&read_secs), rate(&job_secs));
+    const READ: &str = "read-only (source -> blackhole)";
+    const COPY: &str = "COPY into both hypertables";
+    const JOB: &str = "lab job: raw rows + 1-min windows + rejects";
+    let rows = vec![
+        Measurement::new("flink", COPY, copy_rate, "readings/s")
+            .note(format!("runs [{}] s (readings and their windows, binary COPY from labctl)", list(&copy_secs))),
+        Measurement::new("flink", READ, read_rate, "readings/s")
+            .note(format!("runs [{}] s, until a marker row of each partition's last offset is in the database", list(&read_secs))),
+        Measurement::new("flink", JOB, job_rate, "readings/s")
+            .against(READ, job_rate / read_rate)
+            .note(format!("runs [{}] after submit, until every raw row and closed window is in the database; late records dropped {late}", job_notes.join(", "))),
+        Measurement::new("flink", format!("{JOB} vs COPY"), job_rate, "readings/s")
+            .against(COPY, job_rate / copy_rate)
+            .note("the same runs against the database's own bulk path".to_string()),
+        Measurement::new("flink", "submit -> RUNNING", median(submit_secs.clone()), "s")
+            .note(format!("runs [{}] s", list(&submit_secs))),
+    ];
+    Ok((rows, live, late))
+}
 
-    progress.note(&format!("the lab's job into scratch tables {raw} and {agg} …"));
-    let t = Instant::now();
-    let id = run_script(&client, &full).await?;
-    let submit_secs = t.elapsed().as_secs_f64();
-    // Done when every reading is a raw row and every window but the last open minute is written.
-    let open = 9 * 12;
-    let (mut raw_secs, mut done_secs) = (None, None);
-    while done_secs.is_none() {
-        let r: i64 = db.query_one(&format!("SELECT count(*) FROM {raw}"), &[]).await?.get(0);
-        let a: i64 = db
-            .query_one(&format!("SELECT coalesce(sum(reading_count), 0)::bigint FROM {agg}"), &[])
-            .await?
-            .get(0);
-        if raw_secs.is_none() && r as u64 >= n {
-            raw_secs = Some(t.elapsed().as_secs_f64());
-        }
-        if r as u64 >= n && a as u64 + open >= n {
-            done_secs = Some(t.elapsed().as_secs_f64());
+fn set(running: &std::sync::Mutex<Option<String>>, id: Option<String>) {
+    if let Ok(mut g) = running.lock() {
+        *g = id;
+    }
+}
+
+/// Cancels a case's job and waits until it has released its slots, so that the next case does
+/// not share the machine with it.
+async fn stop(
+    client: &crate::clients::flink::Client,
+    running: &std::sync::Mutex<Option<String>>,
+    id: &str,
+) -> Result<()> {
+    client.cancel(id).await?;
+    crate::ops::flink::wait_terminal(client, id, Duration::from_secs(60)).await?;
+    set(running, None);
+    Ok(())
+}
+
+/// The job's own SET, function and source statements into a blackhole, plus one marker row per
+/// partition when its last offset is read (into the scratch rejects table, which the lab's job
+/// renders anyway): the clock stops on rows in the database, as for the full job.
+fn read_only_script(rendered: &str, rejected: &str, backfill: &Backfill) -> String {
+    let sink = format!("CREATE TABLE {rejected} ");
+    let mut script: Vec<String> = crate::ops::flink::job::split_statements(rendered)
+        .into_iter()
+        .filter(|s| {
+            s.starts_with("SET")
+                || s.starts_with("CREATE TEMPORARY SYSTEM FUNCTION")
+                || s.contains("CREATE TABLE sensor_readings")
+                || s.starts_with(&sink)
+        })
+        .collect();
+    script.push("CREATE TABLE bench_sink (payload STRING) WITH ('connector' = 'blackhole')".into());
+    script.push("INSERT INTO bench_sink SELECT payload FROM sensor_readings".into());
+    let last: Vec<String> = backfill
+        .ends
+        .iter()
+        .map(|(p, end)| format!("(topic_partition = {p} AND topic_offset >= {})", end - 1))
+        .collect();
+    script.push(format!(
+        "INSERT INTO {rejected} SELECT topic_partition, topic_offset, CAST(produced_at AS TIMESTAMP(3)), 'bench marker', '' FROM sensor_readings WHERE {}",
+        last.join(" OR ")
+    ));
+    script.join(";\n")
+}
+
+/// Waits for the read-only job's marker rows (a table of at most one row per partition).
+async fn wait_markers(
+    db: &tokio_postgres::Client,
+    table: &str,
+    backfill: &Backfill,
+    t: Instant,
+) -> Result<()> {
+    let want = backfill.ends.len() as i64;
+    loop {
+        let seen: i64 = db.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await?.get(0);
+        if seen >= want {
+            return Ok(());
         }
         if t.elapsed() > Duration::from_secs(900) {
-            bail!("the job wrote {r} raw rows and windows for {a} readings of {n} in 15 min");
+            bail!("the read-only job reached the end of {seen} of {want} partitions in 15 min");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the job has written every raw row and every closed window; returns the seconds
+/// since `t` at which the raw rows, and then everything, were complete. Polls the rows of the
+/// last reading and of the last closed window (index lookups), which the job writes last per
+/// machine since a machine's readings travel in order through one partition and one sink task;
+/// the full counts are taken once those are there (and again every 2 s should they fall short).
+async fn wait_job_done(
+    db: &tokio_postgres::Client,
+    scratch: &Scratch,
+    settings: &JobSettings,
+    backfill: &Backfill,
+    t: Instant,
+) -> Result<(f64, f64)> {
+    let per_instant =
+        (Fleet::default_fleet(20231010).machines.len() * crate::model::fleet::SENSORS.len()) as i64;
+    let last =
+        chrono::DateTime::from_timestamp(backfill.last_secs, 0).context("time out of range")?;
+    let closed_end = backfill.last_closed_window_end(settings);
+    let closed_start =
+        chrono::DateTime::from_timestamp(closed_end - settings.window_secs as i64, 0)
+            .context("time out of range")?;
+    let closed_end_ts =
+        chrono::DateTime::from_timestamp(closed_end, 0).context("time out of range")?;
+    let raw_tail = format!("SELECT count(*) FROM {} WHERE \"timestamp\" = $1", scratch.raw);
+    let agg_tail = format!("SELECT count(*) FROM {} WHERE window_start = $1", scratch.agg);
+    let mut raw_at = None;
+    loop {
+        if raw_at.is_none() {
+            let r: i64 = db.query_one(&raw_tail, &[&last]).await?.get(0);
+            if r >= per_instant {
+                let all: i64 = db
+                    .query_one(&format!("SELECT count(*) FROM {}", scratch.raw), &[])
+                    .await?
+                    .get(0);
+                if all as u64 >= backfill.readings {
+                    raw_at = Some(t.elapsed().as_secs_f64());
+                }
+            }
+        }
+        if let Some(raw_at) = raw_at {
+            let a: i64 = db.query_one(&agg_tail, &[&closed_start]).await?.get(0);
+            if a >= per_instant {
+                let in_windows: i64 = db
+                    .query_one(
+                        &format!("SELECT coalesce(sum(reading_count), 0)::bigint FROM {} WHERE window_end <= $1", scratch.agg),
+                        &[&closed_end_ts],
+                    )
+                    .await?
+                    .get(0);
+                let expected: i64 = db
+                    .query_one(
+                        &format!("SELECT count(*) FROM {} WHERE \"timestamp\" < $1", scratch.raw),
+                        &[&closed_end_ts],
+                    )
+                    .await?
+                    .get(0);
+                if in_windows >= expected {
+                    return Ok((raw_at, t.elapsed().as_secs_f64()));
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+        if t.elapsed() > Duration::from_secs(900) {
+            bail!(
+                "the job did not write every raw row and closed window of {} readings in 15 min",
+                backfill.readings
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let windows = bench.live_windows;
-    let live = if windows > 0 {
-        progress.note(&format!(
-            "live: readings on the wall clock into {topic}, measuring {windows} closed window(s) …"
-        ));
-        let r = live_latency(lab, &db, &topic, &agg, &settings, windows, progress).await;
-        if let Err(e) = &r {
-            progress.note(&format!("live latency not measured: {e:#}"));
-        }
-        r.ok()
-    } else {
-        None
-    };
-    let late = client.late_records_dropped(&id).await.unwrap_or(f64::NAN);
-    client.cancel(&id).await?;
-    db.batch_execute(&format!("DROP TABLE {raw}; DROP TABLE {agg}; DROP TABLE {rejected};"))
-        .await
-        .context("dropping scratch tables")?;
+}
 
-    let done = done_secs.unwrap_or(f64::NAN);
-    let conditions = format!(
-        "{} TaskManager(s), {} slots, parallelism {}; {n} readings",
-        overview.taskmanagers, overview.slots_total, settings.parallelism
-    );
-    let (base_rate, done_rate) = (n as f64 / base_secs, n as f64 / done);
-    let mut rows = vec![
-        Measurement::new("flink", "read-only (source -> blackhole)", base_rate, "readings/s")
-            .note(format!("{base_secs:.1} s; {conditions}")),
-        Measurement::new("flink", "lab job: raw rows + 1-min windows", done_rate, "readings/s")
-            .against("read-only (source -> blackhole)", done_rate / base_rate)
-            .note(format!(
-                "{done:.1} s after submit; raw rows done at {:.1} s; late records dropped {late}",
-                raw_secs.unwrap_or(f64::NAN)
-            )),
-        Measurement::new("flink", "submit -> RUNNING", submit_secs, "s").note(conditions.clone()),
-    ];
-    if let Some(l) = live {
-        rows.extend(l.measurements(&settings, &conditions, late));
+/// A window of the COPY baseline: machine and sensor index, start in epoch seconds.
+type WindowKey = (usize, usize, i64);
+
+/// AVG/MIN/MAX/COUNT of one window, as the job computes them.
+struct Window {
+    sum: f64,
+    min: f64,
+    max: f64,
+    count: i64,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Self { sum: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY, count: 0 }
     }
-    Ok(rows)
+}
+
+impl Window {
+    fn add(&mut self, v: f64) {
+        self.sum += v;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        self.count += 1;
+    }
+}
+
+/// The COPY baseline: the readings into the raw copy, then their 1-minute windows (computed
+/// here, as the job computes them) into the aggregate copy.
+async fn copy_baseline(
+    db: &tokio_postgres::Client,
+    scratch: &Scratch,
+    days: f64,
+    window: i64,
+) -> Result<()> {
+    use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::Type};
+    let mut windows: std::collections::BTreeMap<WindowKey, Window> = Default::default();
+    fill_table(db, &scratch.copy_raw, days, |r| {
+        windows
+            .entry((r.machine, r.sensor, r.secs.div_euclid(window) * window))
+            .or_default()
+            .add(r.value);
+    })
+    .await?;
+    let fleet = Fleet::default_fleet(20231010);
+    let cols: Vec<String> = SENSOR_AGGREGATES.columns.iter().map(|c| pg_ident(c.name)).collect();
+    let sink = db
+        .copy_in(&format!(
+            "COPY {} ({}) FROM STDIN BINARY",
+            pg_ident(&scratch.copy_agg),
+            cols.join(", ")
+        ))
+        .await?;
+    let types = [
+        Type::TIMESTAMPTZ,
+        Type::TIMESTAMPTZ,
+        Type::TEXT,
+        Type::TEXT,
+        Type::FLOAT8,
+        Type::FLOAT8,
+        Type::FLOAT8,
+        Type::INT8,
+    ];
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    tokio::pin!(writer);
+    for ((m, s, start), Window { sum, min, max, count }) in windows {
+        let from = chrono::DateTime::from_timestamp(start, 0).context("time out of range")?;
+        let to =
+            chrono::DateTime::from_timestamp(start + window, 0).context("time out of range")?;
+        let (mid, sensor) = (fleet.machines[m].id.as_str(), crate::model::fleet::SENSORS[s].name());
+        let avg = sum / count as f64;
+        writer.as_mut().write(&[&from, &to, &mid, &sensor, &avg, &min, &max, &count]).await?;
+    }
+    writer.finish().await?;
+    Ok(())
 }
 
 fn now_secs_f64() -> f64 {

@@ -13,12 +13,16 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
+use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::Type};
 
 use crate::{
     clients::docker::{OneOff, Runtime},
-    model::fleet::Fleet,
+    model::{
+        fleet::{Fleet, MachineRng, SENSORS},
+        schema::{pg_ident, MACHINE_SENSORS},
+    },
     ops::{
         ingest::{generate, producer::Sender, Position},
         lab::Lab,
@@ -110,11 +114,12 @@ pub(crate) async fn run_container(
     Ok(lines)
 }
 
-/// Produces `days` of the default fleet into `topic` from this process; returns the count.
-pub(crate) async fn fill_topic(lab: &Lab, topic: &str, days: f64) -> Result<u64> {
+/// Produces `days` of the default fleet into `topic` from this process; returns the count and
+/// the tick after the last (every machine's last reading is at tick - 1).
+pub(crate) async fn fill_topic(lab: &Lab, topic: &str, days: f64) -> Result<(u64, i64)> {
     let base = lab.broker()?.client_config();
     let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || -> Result<u64> {
+    tokio::task::spawn_blocking(move || -> Result<(u64, i64)> {
         let (fleet, starts, end) = fleet_and_starts(days);
         let sender = Sender::new(&base, &topic)?;
         let stop = AtomicBool::new(false);
@@ -125,7 +130,62 @@ pub(crate) async fn fill_topic(lab: &Lab, topic: &str, days: f64) -> Result<u64>
         if failed > 0 {
             bail!("{failed} readings were not delivered to {topic}");
         }
-        Ok(c.delivered.load(Ordering::Relaxed))
+        Ok((c.delivered.load(Ordering::Relaxed), end))
     })
     .await?
+}
+
+/// One reading as `fill_table` writes it: epoch seconds, the machine's index in the default
+/// fleet, the sensor's index in `SENSORS`.
+pub(crate) struct Reading {
+    pub secs: i64,
+    pub machine: usize,
+    pub sensor: usize,
+    pub value: f64,
+}
+
+/// Fills `table` with `days` of the default fleet's readings (the generator's own values) by
+/// binary COPY, handing each reading to `each` too. Returns the row count.
+pub(crate) async fn fill_table(
+    db: &tokio_postgres::Client,
+    table: &str,
+    days: f64,
+    mut each: impl FnMut(&Reading),
+) -> Result<u64> {
+    let (fleet, starts, end) = fleet_and_starts(days);
+    let interval = 5i64;
+    let cols: Vec<String> = MACHINE_SENSORS.columns.iter().map(|c| pg_ident(c.name)).collect();
+    let sink = db
+        .copy_in(&format!("COPY {} ({}) FROM STDIN BINARY", pg_ident(table), cols.join(", ")))
+        .await?;
+    let types = [Type::TIMESTAMPTZ, Type::TEXT, Type::TEXT, Type::TEXT, Type::FLOAT8, Type::TEXT];
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    tokio::pin!(writer);
+    let mut rngs: Vec<_> = fleet.machines.iter().map(|m| MachineRng::new(fleet.seed, m)).collect();
+    let from = starts.iter().map(|p| p.tick).min().unwrap_or(end);
+    for tick in from..end {
+        let secs = tick * interval;
+        let ts = chrono::DateTime::from_timestamp(secs, 0).context("tick out of range")?;
+        for (i, m) in fleet.machines.iter().enumerate() {
+            let values = rngs[i].readings(m, tick, secs);
+            for s in SENSORS {
+                let (mid, kind, sensor, unit) = (m.id.as_str(), m.kind.name(), s.name(), s.unit());
+                let value = values[s.index()];
+                writer.as_mut().write(&[&ts, &mid, &kind, &sensor, &value, &unit]).await?;
+                each(&Reading { secs, machine: i, sensor: s.index(), value });
+            }
+        }
+    }
+    Ok(writer.finish().await?)
+}
+
+pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    if xs.is_empty() {
+        f64::NAN
+    } else if xs.len() % 2 == 1 {
+        xs[xs.len() / 2]
+    } else {
+        (xs[xs.len() / 2 - 1] + xs[xs.len() / 2]) / 2.0
+    }
 }

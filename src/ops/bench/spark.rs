@@ -9,12 +9,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::Type};
 
-use super::{fleet_and_starts, Measurement};
+use super::{fill_table, median, Measurement};
 use crate::{
     model::{
-        fleet::{MachineRng, SENSORS},
         schema::{pg_ident, MACHINE_SENSORS},
         topology::DbRole,
     },
@@ -37,37 +35,6 @@ pub struct Settings {
     /// Runs of each (baseline, export, the same export again with nothing to change),
     /// alternating; the median of each is reported.
     pub runs: u32,
-}
-
-/// Fills `table` with `days` of the default fleet's readings (the generator's own values) by
-/// binary COPY. Returns the row count.
-async fn fill_table(db: &tokio_postgres::Client, table: &str, days: f64) -> Result<u64> {
-    let (fleet, starts, end) = fleet_and_starts(days);
-    let interval = 5i64;
-    let cols: Vec<String> = MACHINE_SENSORS.columns.iter().map(|c| pg_ident(c.name)).collect();
-    let sink = db
-        .copy_in(&format!("COPY {} ({}) FROM STDIN BINARY", pg_ident(table), cols.join(", ")))
-        .await?;
-    let types = [Type::TIMESTAMPTZ, Type::TEXT, Type::TEXT, Type::TEXT, Type::FLOAT8, Type::TEXT];
-    let writer = BinaryCopyInWriter::new(sink, &types);
-    tokio::pin!(writer);
-    let mut rngs: Vec<_> = fleet.machines.iter().map(|m| MachineRng::new(fleet.seed, m)).collect();
-    let from = starts.iter().map(|p| p.tick).min().unwrap_or(end);
-    for tick in from..end {
-        let secs = tick * interval;
-        let ts = chrono::DateTime::from_timestamp(secs, 0).context("tick out of range")?;
-        for (i, m) in fleet.machines.iter().enumerate() {
-            let values = rngs[i].readings(m, tick, secs);
-            for s in SENSORS {
-                let (mid, kind, sensor, unit) = (m.id.as_str(), m.kind.name(), s.name(), s.unit());
-                writer
-                    .as_mut()
-                    .write(&[&ts, &mid, &kind, &sensor, &values[s.index()], &unit])
-                    .await?;
-            }
-        }
-    }
-    Ok(writer.finish().await?)
 }
 
 /// One submission of the export job, waited for; fails unless it FINISHED.
@@ -111,17 +78,6 @@ fn num(v: &serde_json::Value, path: &[&str]) -> f64 {
         v = &v[*p];
     }
     v.as_f64().unwrap_or(f64::NAN)
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(|a, b| a.total_cmp(b));
-    if xs.is_empty() {
-        f64::NAN
-    } else if xs.len() % 2 == 1 {
-        xs[xs.len() / 2]
-    } else {
-        (xs[xs.len() / 2 - 1] + xs[xs.len() / 2]) / 2.0
-    }
 }
 
 /// Where the time of one run went, in seconds (from the job's result and the submit clock).
@@ -262,7 +218,7 @@ async fn measure(
         bench.days
     ));
     let t = Instant::now();
-    let n = fill_table(db, table, bench.days).await?;
+    let n = fill_table(db, table, bench.days, |_| {}).await?;
     db.batch_execute(&format!("ANALYZE {table}")).await?;
     let fill_secs = t.elapsed().as_secs_f64();
     progress.note(&format!("{n} rows in {fill_secs:.1} s"));

@@ -523,7 +523,11 @@ pub async fn wait_running(client: &flink::Client, id: &str, timeout: Duration) -
 }
 
 /// Waits until a job has ended.
-async fn wait_terminal(client: &flink::Client, id: &str, timeout: Duration) -> Result<()> {
+pub(crate) async fn wait_terminal(
+    client: &flink::Client,
+    id: &str,
+    timeout: Duration,
+) -> Result<()> {
     poll_until(
         Every::millis(300).within(timeout),
         || async {
