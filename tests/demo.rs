@@ -150,7 +150,9 @@ fn demo_runs_the_whole_pipeline_and_its_summary_is_true() {
     // verify fails on a lab where one raw row is gone, and names where.
     let gone = rt
         .block_on(db.query_one(
-            "DELETE FROM machine_sensors WHERE ctid = (SELECT ctid FROM machine_sensors WHERE machine_id = 'CNC-1' AND sensor_type = 'pressure' ORDER BY timestamp LIMIT 1 OFFSET 100) RETURNING to_char(timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+            // By key, not by ctid: a ctid is a place within one chunk, and the same place in
+            // another chunk of the hypertable matched too (two rows deleted).
+            "DELETE FROM machine_sensors WHERE machine_id = 'CNC-1' AND sensor_type = 'pressure' AND timestamp = (SELECT timestamp FROM machine_sensors WHERE machine_id = 'CNC-1' AND sensor_type = 'pressure' ORDER BY timestamp LIMIT 1 OFFSET 100) RETURNING to_char(timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
             &[],
         ))
         .unwrap()
