@@ -417,7 +417,7 @@ async fn wait_markers(
 ) -> Result<()> {
     let want = backfill.ends.len() as i64;
     loop {
-        let seen: i64 = db.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await?.get(0);
+        let seen = count(db, &format!("SELECT count(*) FROM {table}"), &[]).await?;
         if seen >= want {
             return Ok(());
         }
@@ -451,42 +451,32 @@ async fn wait_job_done(
     let closed_end_ts =
         chrono::DateTime::from_timestamp(closed_end, 0).context("time out of range")?;
     let raw_tail = format!("SELECT count(*) FROM {} WHERE \"timestamp\" = $1", scratch.raw);
+    let raw_all = format!("SELECT count(*) FROM {}", scratch.raw);
     let agg_tail = format!("SELECT count(*) FROM {} WHERE window_start = $1", scratch.agg);
+    let in_windows = format!(
+        "SELECT coalesce(sum(reading_count), 0)::bigint FROM {} WHERE window_end <= $1",
+        scratch.agg
+    );
+    let raw_before = format!("SELECT count(*) FROM {} WHERE \"timestamp\" < $1", scratch.raw);
     let mut raw_at = None;
     loop {
-        if raw_at.is_none() {
-            let r: i64 = db.query_one(&raw_tail, &[&last]).await?.get(0);
-            if r >= per_instant {
-                let all: i64 = db
-                    .query_one(&format!("SELECT count(*) FROM {}", scratch.raw), &[])
-                    .await?
-                    .get(0);
-                if all as u64 >= backfill.readings {
-                    raw_at = Some(t.elapsed().as_secs_f64());
-                }
+        // The full counts run only once the tail is there, and at most every 2 s after that.
+        let mut short = false;
+        if raw_at.is_none() && count(db, &raw_tail, &[&last]).await? >= per_instant {
+            if count(db, &raw_all, &[]).await? as u64 >= backfill.readings {
+                raw_at = Some(t.elapsed().as_secs_f64());
+            } else {
+                short = true;
             }
         }
         if let Some(raw_at) = raw_at {
-            let a: i64 = db.query_one(&agg_tail, &[&closed_start]).await?.get(0);
-            if a >= per_instant {
-                let in_windows: i64 = db
-                    .query_one(
-                        &format!("SELECT coalesce(sum(reading_count), 0)::bigint FROM {} WHERE window_end <= $1", scratch.agg),
-                        &[&closed_end_ts],
-                    )
-                    .await?
-                    .get(0);
-                let expected: i64 = db
-                    .query_one(
-                        &format!("SELECT count(*) FROM {} WHERE \"timestamp\" < $1", scratch.raw),
-                        &[&closed_end_ts],
-                    )
-                    .await?
-                    .get(0);
-                if in_windows >= expected {
+            if count(db, &agg_tail, &[&closed_start]).await? >= per_instant {
+                if count(db, &in_windows, &[&closed_end_ts]).await?
+                    >= count(db, &raw_before, &[&closed_end_ts]).await?
+                {
                     return Ok((raw_at, t.elapsed().as_secs_f64()));
                 }
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                short = true;
             }
         }
         if t.elapsed() > Duration::from_secs(900) {
@@ -495,8 +485,18 @@ async fn wait_job_done(
                 backfill.readings
             );
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        let pause = if short { 2000 } else { 250 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
     }
+}
+
+/// The one number a counting query returns.
+async fn count(
+    db: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<i64> {
+    Ok(db.query_one(sql, params).await.with_context(|| format!("counting: {sql}"))?.get(0))
 }
 
 /// A window of the COPY baseline: machine and sensor index, start in epoch seconds.
