@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::{
-    model::{config::Config, fleet::SENSORS},
+    model::{config::Config, fleet},
     ops::{
         lab::Lab,
         plot,
@@ -40,29 +40,12 @@ pub struct Args {
     json: bool,
 }
 
-/// A machine id as the generator makes them (`CNC-1`, `LATHE-12`); checked so that a typo
-/// fails early with a clear message. The value only ever reaches SQL as a parameter.
 fn parse_machine(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(s.to_string())
-    } else {
-        Err(format!(
-            "`{s}` is not a machine id (letters, digits, `-`, `_`, `.`; at most 64), e.g. CNC-1"
-        ))
-    }
+    fleet::check_machine_id(s).map(|()| s.to_string())
 }
 
 fn parse_sensor(s: &str) -> Result<String, String> {
-    let lower = s.to_ascii_lowercase();
-    if SENSORS.iter().any(|k| k.name() == lower) {
-        Ok(lower)
-    } else {
-        let known: Vec<_> = SENSORS.iter().map(|k| k.name()).collect();
-        Err(format!("unknown sensor type `{s}`; known: {}", known.join(", ")))
-    }
+    fleet::check_sensor(s)
 }
 
 #[derive(Debug, Serialize)]

@@ -33,6 +33,32 @@ pub const SENSORS: [Sensor; 3] = [Sensor::Temperature, Sensor::Pressure, Sensor:
 pub const MACHINE_TYPES: [MachineType; 3] =
     [MachineType::Cnc, MachineType::Lathe, MachineType::Welder];
 
+/// A machine id as the generator makes them (`CNC-1`, `LATHE-12`); checked so that a typo
+/// fails early with a clear message. Callers pass it to SQL only as a parameter.
+pub fn check_machine_id(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not a machine id (letters, digits, `-`, `_`, `.`; at most 64), e.g. CNC-1"
+        ))
+    }
+}
+
+/// One of [`SENSORS`] by name, ignoring case; the lower-case name.
+pub fn check_sensor(s: &str) -> Result<String, String> {
+    let lower = s.to_ascii_lowercase();
+    if SENSORS.iter().any(|k| k.name() == lower) {
+        Ok(lower)
+    } else {
+        let known: Vec<_> = SENSORS.iter().map(|k| k.name()).collect();
+        Err(format!("unknown sensor type `{s}`; known: {}", known.join(", ")))
+    }
+}
+
 impl Sensor {
     pub fn name(self) -> &'static str {
         match self {
