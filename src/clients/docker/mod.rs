@@ -1,6 +1,7 @@
 //! The Docker Engine API (bollard), in the terms labctl needs: a project's network, volumes and
 //! containers, labelled so that every command finds exactly what belongs to one lab.
 
+pub mod facts;
 pub mod images;
 pub mod jars;
 

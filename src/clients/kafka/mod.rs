@@ -1,6 +1,7 @@
 //! Kafka-protocol access to the lab's broker from the host: readiness, topic creation, offsets.
 
 pub mod quorum;
+pub mod records;
 pub mod resolve;
 
 use std::{sync::Mutex, time::Duration};
