@@ -3,6 +3,7 @@
 //! come back as data; `cli` turns them into tables or JSON.
 
 pub mod bench;
+pub mod console;
 pub mod demo;
 pub mod flink;
 pub mod ingest;

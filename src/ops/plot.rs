@@ -19,7 +19,7 @@ use plotters::{
 };
 
 /// One 1-minute window of one sensor of one machine (a row of `sensor_aggregates`).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Window {
     pub start: DateTime<Utc>,
     pub avg: f64,
@@ -29,7 +29,7 @@ pub struct Window {
 }
 
 /// The windows of one machine's sensor, oldest first.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Series {
     pub machine_id: String,
     pub sensor_type: String,
