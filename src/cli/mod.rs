@@ -1,6 +1,7 @@
 //! The command line: one module per command, each taking its parsed arguments and a config.
 
 pub mod bench;
+mod console;
 mod demo;
 mod down;
 pub mod flink;
@@ -77,6 +78,8 @@ pub enum Command {
     Logs(logs::Args),
     /// A picture of the data: recent 1-minute windows per machine and sensor, as an SVG file.
     Plot(plot::Args),
+    /// The lab in one local web page: pipeline, topic browser, jobs, data and services, live.
+    Console(console::Args),
     /// Print files derived from the stack definition (compose file, init-db.sql).
     Render(render::Args),
     /// Build or inspect the lab's images.
@@ -159,6 +162,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify(a) => verify::run(config, a).await,
         Command::Logs(a) => logs::run(config, a).await,
         Command::Plot(a) => plot::run(config, a).await,
+        Command::Console(a) => {
+            let relaunch =
+                console::Relaunch { config: cli.config.clone(), project: config.project.clone() };
+            console::run(config, relaunch, a).await
+        }
         Command::Render(a) => render::run(config, a),
         Command::Images(c) => images::run(config, c).await,
         Command::Bench(c) => bench::run(config, c).await,
