@@ -276,8 +276,15 @@ fn lab_on_a_real_engine() {
     );
     assert_eq!(mode & 0o777, 0o600, "state file must be readable by its owner only");
 
-    // --- up again, twice at once: they take turns, and nothing changes ----------------------
-    let ups: Vec<_> = (0..2)
+    // --- up again, twice at once, while another labctl holds the lab: both wait, take turns,
+    // and change nothing. The lock is held here (as a running `up` or `scale` would hold it), so
+    // the waiting does not depend on how fast a no-op `up` is: on a quiet machine the first of
+    // two plain concurrent ups used to finish before the second asked for the lock.
+    let _ = t.lab(); // points this process at the lab's state folder, where the lock lives
+    let held = labctl::stack::state::LabLock::try_acquire(&t.project, "test-holder")
+        .unwrap()
+        .unwrap_or_else(|h| panic!("the lab's lock is taken by {h:?}"));
+    let mut ups: Vec<_> = (0..2)
         .map(|_| {
             t.command(&["up", "--json"])
                 .stdout(std::process::Stdio::piped())
@@ -286,8 +293,13 @@ fn lab_on_a_real_engine() {
                 .unwrap()
         })
         .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    for up in &mut ups {
+        assert!(up.try_wait().unwrap().is_none(), "an up ran while the lab was locked");
+    }
+    drop(held);
     let outs: Vec<_> = ups.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
-    let mut waited = 0;
+    let holder = format!("waiting: `labctl test-holder` (pid {})", std::process::id());
     for out in &outs {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{stderr}");
@@ -297,11 +309,8 @@ fn lab_on_a_real_engine() {
             again["seconds"]["images"].as_f64().unwrap() < 30.0,
             "another up must build nothing: {again}"
         );
-        if stderr.contains("waiting: `labctl up` (pid") {
-            waited += 1;
-        }
+        assert!(stderr.contains(&holder), "each up waits for the holder and says who: {stderr}");
     }
-    assert_eq!(waited, 1, "exactly one of two concurrent ups waits for the other");
 
     // --- a port taken by something else: refused before the running lab is touched ----------
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
