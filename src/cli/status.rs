@@ -313,6 +313,15 @@ pub fn render(r: &Report, color: bool) -> String {
         );
         if let Some(last) = s.drivers.first() {
             let _ = write!(text, "; last driver {} {}", last.id, last.state);
+            if let Some(e) = &last.export {
+                let _ = write!(text, " in {:.1} s", e.seconds);
+                if let Some(n) = e.rows_written {
+                    let _ = write!(text, ", {} rows written", count(n as i64));
+                }
+                if let Some(v) = e.delta_version {
+                    let _ = write!(text, ", Delta v{v}");
+                }
+            }
         }
     }
     line(&mut o, "spark", &s.light, text);

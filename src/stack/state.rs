@@ -75,6 +75,11 @@ pub fn samples_path(project: &str) -> PathBuf {
     state_dir().join(format!("{project}.offsets.json"))
 }
 
+/// The exports labctl followed to their end, one JSON line each (see `ops::spark::history`).
+pub fn exports_path(project: &str) -> PathBuf {
+    state_dir().join(format!("{project}.exports.jsonl"))
+}
+
 /// Marker of a `labctl submit flink` whose run request may be in flight (see `ops::flink`).
 pub fn submit_marker_path(project: &str) -> PathBuf {
     state_dir().join(format!("{project}.flink-submit.json"))

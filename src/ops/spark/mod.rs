@@ -2,6 +2,7 @@
 //! config staged in the lake (`staging`), the submission sized to the workers (`sizing`) and
 //! sent to the Spark master's REST server in cluster mode, then followed to its end.
 
+pub mod history;
 mod sizing;
 mod staging;
 
@@ -345,6 +346,14 @@ pub async fn wait_export(
 ) -> Result<Outcome> {
     let outcome = poll_export(started, timeout, progress).await;
     started.staging.remove().await;
+    if let Ok(o) = &outcome {
+        // The history is for people and the console; an export that ran is not failed for it.
+        if let Err(e) =
+            history::record(&started.project, &history::ExportRecord::of(o, chrono::Utc::now()))
+        {
+            tracing::warn!("cannot record the export in labctl's history: {e:#}");
+        }
+    }
     outcome
 }
 

@@ -210,6 +210,9 @@ pub struct SparkDriver {
     pub id: String,
     pub state: DriverState,
     pub started: Option<DateTime<Utc>>,
+    /// How the export ended, when this machine's labctl followed it (`submit spark` without
+    /// `--no-wait`, the console's action).
+    pub export: Option<crate::ops::spark::history::ExportRecord>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -653,13 +656,16 @@ async fn database(lab: &Lab, timeout: Duration) -> Result<DatabaseSection> {
 
 async fn spark(lab: &Lab, timeout: Duration) -> Result<SparkSection> {
     let m = lab.spark(timeout)?.master().await?;
-    let driver = |d: &serde_json::Value| SparkDriver {
-        id: d["id"].as_str().unwrap_or_default().to_string(),
-        state: serde_json::from_value(d["state"].clone()).unwrap_or(DriverState::Unknown),
-        started: d["starttime"].as_i64().and_then(DateTime::from_timestamp_millis),
-    };
-    let mut drivers: Vec<SparkDriver> =
-        m.activedrivers.iter().chain(m.completeddrivers.iter()).map(driver).collect();
+    let history = crate::ops::spark::history::by_driver(&lab.stack.project).unwrap_or_else(|e| {
+        tracing::debug!("export history: {e:#}");
+        Default::default()
+    });
+    let mut drivers: Vec<SparkDriver> = m
+        .activedrivers
+        .iter()
+        .chain(m.completeddrivers.iter())
+        .map(|d| driver_of(d, &history))
+        .collect();
     drivers.sort_by_key(|d| std::cmp::Reverse(d.started));
     drivers.truncate(5);
     Ok(SparkSection {
@@ -670,6 +676,23 @@ async fn spark(lab: &Lab, timeout: Duration) -> Result<SparkSection> {
         workers: m.workers,
         drivers,
     })
+}
+
+/// A driver as the master's `/json` lists it, with the export labctl recorded for it.
+fn driver_of(
+    d: &serde_json::Value,
+    history: &std::collections::HashMap<String, crate::ops::spark::history::ExportRecord>,
+) -> SparkDriver {
+    let id = d["id"].as_str().unwrap_or_default().to_string();
+    // Spark 4's master writes starttime as a string of milliseconds.
+    let started_ms =
+        d["starttime"].as_i64().or_else(|| d["starttime"].as_str().and_then(|t| t.parse().ok()));
+    SparkDriver {
+        export: history.get(&id).cloned(),
+        state: serde_json::from_value(d["state"].clone()).unwrap_or(DriverState::Unknown),
+        started: started_ms.and_then(DateTime::from_timestamp_millis),
+        id,
+    }
 }
 
 async fn lake(lab: &Lab, timeout: Duration) -> Result<LakeSection> {
@@ -738,6 +761,23 @@ async fn lake_currency(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_driver_of_the_masters_list_with_its_recorded_export() {
+        // As Spark 4.0's master lists a completed driver (starttime a string of ms).
+        let d = serde_json::json!({"id": "driver-20261203130401-0000", "starttime": "1796303041809",
+            "state": "FINISHED", "cores": 2, "memory": 1536});
+        let none = std::collections::HashMap::new();
+        let got = driver_of(&d, &none);
+        assert_eq!(got.started.map(|t| t.timestamp_millis()), Some(1_796_303_041_809));
+        assert_eq!(got.state, DriverState::Finished);
+        assert!(got.export.is_none());
+        let d = serde_json::json!({"id": "driver-2", "starttime": 1796303041809i64, "state": "RUNNING"});
+        assert_eq!(
+            driver_of(&d, &none).started.map(|t| t.timestamp_millis()),
+            Some(1_796_303_041_809)
+        );
+    }
 
     /// The documented schema and the serialized report cannot drift apart: a report with every
     /// optional part filled and one with every part empty both validate.
@@ -886,6 +926,18 @@ mod tests {
                     id: "driver-1".into(),
                     state: "FINISHED".into(),
                     started: Some(Utc::now()),
+                    export: Some(crate::ops::spark::history::ExportRecord {
+                        driver: "driver-1".into(),
+                        ended_at: Utc::now(),
+                        state: DriverState::Finished,
+                        seconds: 12.5,
+                        rows_read: Some(10),
+                        rows_written: Some(10),
+                        delta_version: Some(0),
+                        days_rewritten: Some(1),
+                        committed: Some(true),
+                        error: None,
+                    }),
                 }],
             },
             lake: LakeSection {
