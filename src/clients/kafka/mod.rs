@@ -204,18 +204,10 @@ impl Broker {
         let (me, topic) = (self.clone(), topic.to_string());
         tokio::task::spawn_blocking(move || {
             // Large fetches: this is a bulk read of the whole topic.
-            let config = me
-                .client_config()
-                .set("group.id", "labctl-verify")
-                .set("enable.auto.commit", "false")
-                .set("enable.auto.offset.store", "false")
-                .set("fetch.max.bytes", "16777216")
-                .set("max.partition.fetch.bytes", "4194304")
-                // The end of a partition is reported: offsets below `high` may be control
-                // records of transactions, which are never delivered.
-                .set("enable.partition.eof", "true")
-                .clone();
-            let c: BaseConsumer<ErrorCapture> = config.create_with_context(ErrorCapture::for_config(&config)).context("creating a Kafka client")?;
+            let c = me.bounded_consumer(
+                "labctl-verify",
+                &[("fetch.max.bytes", "16777216"), ("max.partition.fetch.bytes", "4194304")],
+            )?;
             for r in ranges.iter().filter(|r| r.high > r.low) {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition_offset(&topic, r.partition, Offset::Offset(r.low))?;

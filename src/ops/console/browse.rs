@@ -1,14 +1,15 @@
 //! The topic browser: the newest messages of a partition, or of one machine (whose key puts all
 //! its readings in one partition), paged back by offset and filtered by sensor.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use crate::{
-    clients::kafka::{partition_for_key, records::Record, Broker, PartitionOffsets},
-    ops::lab::Lab,
+use crate::clients::kafka::{
+    partition_for_key,
+    records::{Record, TopicReader},
+    PartitionOffsets,
 };
 
 /// Messages read back per round when a filter skips most of them.
@@ -87,10 +88,18 @@ pub fn matches(r: &Record, json: Option<&serde_json::Value>, q: &MessageQuery) -
     machine_ok && sensor_ok
 }
 
-pub async fn messages(lab: &Lab, q: &MessageQuery, timeout: Duration) -> Result<MessagePage> {
-    let broker: Broker = lab.broker()?;
-    let topic = lab.config.broker.topic.clone();
-    let offsets = broker.offsets(&topic, timeout).await?;
+/// The page a query asks for, read through the console's long-lived reader (on a blocking
+/// thread: the reader's calls block).
+pub async fn messages(
+    reader: Arc<TopicReader>,
+    q: MessageQuery,
+    timeout: Duration,
+) -> Result<MessagePage> {
+    tokio::task::spawn_blocking(move || read_page(&reader, &q, timeout)).await?
+}
+
+fn read_page(reader: &TopicReader, q: &MessageQuery, timeout: Duration) -> Result<MessagePage> {
+    let offsets = reader.offsets(timeout)?;
     let partition = choose_partition(q, &offsets)?;
     let PartitionOffsets { low, high, .. } =
         offsets.iter().find(|o| o.partition == partition).cloned().expect("chosen from the list");
@@ -106,7 +115,7 @@ pub async fn messages(lab: &Lab, q: &MessageQuery, timeout: Duration) -> Result<
     let mut until = before;
     while until > low && found.len() < limit && before - until < SCAN_BUDGET {
         let from = (until - CHUNK).max(low);
-        let chunk = broker.records(&topic, partition, from, until, timeout).await?;
+        let chunk = reader.records(partition, from, until, timeout)?;
         for record in chunk.into_iter().rev() {
             let json = record.value.as_deref().and_then(|v| serde_json::from_str(v).ok());
             if matches(&record, json.as_ref(), q) && found.len() < limit {
@@ -119,7 +128,7 @@ pub async fn messages(lab: &Lab, q: &MessageQuery, timeout: Duration) -> Result<
         }
     }
     Ok(MessagePage {
-        topic,
+        topic: reader.topic().to_string(),
         partition,
         low,
         high,
