@@ -1,4 +1,7 @@
 //! What a container costs and how long it has run, as `docker ps` and `docker stats` tell it.
+//! Memory comes from the container's cgroup when the engine runs on this machine (a file read),
+//! else from one `docker stats` sample: the engine answers that at its collector's next tick,
+//! up to a second later (0.1-0.8 s per services page, measured with Docker 20.10).
 
 use anyhow::{Context as _, Result};
 use bollard::container::{MemoryStatsStats, StatsOptions};
@@ -35,7 +38,10 @@ impl Runtime {
             restarts: c.restart_count.unwrap_or(0),
             ..Default::default()
         };
-        if running {
+        if let Some((used, limit)) = c.id.as_deref().filter(|_| running).and_then(cgroup_memory) {
+            facts.memory_bytes = Some(used);
+            facts.memory_limit_bytes = limit;
+        } else if running {
             // One sample without waiting for a second (the engine's default waits ~1 s).
             let mut stats =
                 self.docker.stats(name, Some(StatsOptions { stream: false, one_shot: true }));
@@ -52,4 +58,50 @@ impl Runtime {
         }
         Ok(facts)
     }
+}
+
+/// A container's memory from its cgroup, as `docker stats` computes it (usage less inactive
+/// page cache), and its limit (None: unlimited). None when no cgroup of that id is here (the
+/// engine runs elsewhere, or lays cgroups out otherwise).
+fn cgroup_memory(id: &str) -> Option<(u64, Option<u64>)> {
+    if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let read = |p: String| std::fs::read_to_string(p).ok();
+    let stat_value = |text: &str, key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse::<u64>().ok())
+    };
+    // cgroup v2 (systemd driver, then cgroupfs driver)
+    for dir in [
+        format!("/sys/fs/cgroup/system.slice/docker-{id}.scope"),
+        format!("/sys/fs/cgroup/docker/{id}"),
+    ] {
+        if let Some(usage) = read(format!("{dir}/memory.current")) {
+            let usage: u64 = usage.trim().parse().ok()?;
+            let cache = read(format!("{dir}/memory.stat"))
+                .and_then(|t| stat_value(&t, "inactive_file"))
+                .unwrap_or(0);
+            let limit = read(format!("{dir}/memory.max")).and_then(|l| l.trim().parse().ok());
+            return Some((usage.saturating_sub(cache), limit));
+        }
+    }
+    // cgroup v1 (cgroupfs driver, then systemd driver)
+    for dir in [
+        format!("/sys/fs/cgroup/memory/docker/{id}"),
+        format!("/sys/fs/cgroup/memory/system.slice/docker-{id}.scope"),
+    ] {
+        if let Some(usage) = read(format!("{dir}/memory.usage_in_bytes")) {
+            let usage: u64 = usage.trim().parse().ok()?;
+            let cache = read(format!("{dir}/memory.stat"))
+                .and_then(|t| stat_value(&t, "total_inactive_file"))
+                .unwrap_or(0);
+            // v1 says "no limit" with a huge number (a page-rounded i64::MAX).
+            let limit = read(format!("{dir}/memory.limit_in_bytes"))
+                .and_then(|l| l.trim().parse::<u64>().ok())
+                .filter(|l| *l < 1 << 62);
+            return Some((usage.saturating_sub(cache), limit));
+        }
+    }
+    None
 }
