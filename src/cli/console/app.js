@@ -57,7 +57,7 @@ function render() {
   $('#overall').title = r.health;
   $('#updated').textContent = `updated ${utc(r.at)} (${r.elapsed_ms} ms)`;
   renderPipeline(s);
-  if (state.page === 'topic') renderPartitions(r);
+  if (state.page === 'topic') renderPartitions(r, s.partition_rates);
   if (state.page === 'jobs') renderJobs(r);
   if (state.page === 'data') renderLake(r);
 }
@@ -99,8 +99,9 @@ function spark(history, key, label, f) {
 }
 
 // ---- topic browser ---------------------------------------------------------------------------
-function renderPartitions(r) {
+function renderPartitions(r, rates) {
   const b = r.broker;
+  const rate = new Map((rates || []).map((x) => [x.partition, x]));
   $('#topic-name').textContent = b.topic;
   const group = new Map((b.consumer_group.partitions || []).map((p) => [p.partition, p]));
   const repl = new Map((b.cluster.partitions || []).map((p) => [p.partition, p]));
@@ -108,7 +109,10 @@ function renderPartitions(r) {
     const g = group.get(p.partition), c = repl.get(p.partition);
     return el('tr', { class: 'pick', 'data-partition': p.partition, onclick: () => browseTo({ partition: p.partition }) },
       el('td', {}, p.partition), el('td', { class: 'num' }, fmt(p.low)), el('td', { class: 'num' }, fmt(p.high)),
-      el('td', { class: 'num' }, fmt(p.messages)), el('td', { class: 'num' }, g && g.committed !== null ? fmt(g.committed) : 'none'),
+      el('td', { class: 'num' }, fmt(p.messages)),
+      el('td', { class: 'num', 'data-rate': rate.has(p.partition) ? rate.get(p.partition).per_s : null, title: rate.has(p.partition) ? `over the last ${rate.get(p.partition).over_secs.toFixed(0)} s` : 'known after two refreshes' },
+        rate.has(p.partition) ? `${rate.get(p.partition).per_s.toFixed(1)}/s` : '–'),
+      el('td', { class: 'num' }, g && g.committed !== null ? fmt(g.committed) : 'none'),
       el('td', { class: 'num' }, g ? fmt(g.lag) : '–'),
       el('td', {}, c ? `${c.leader} / ${(c.isr || []).join(',')}` : '–'));
   }));
@@ -170,8 +174,18 @@ function renderJobs(r) {
   $('#job').replaceChildren(el('div', { 'data-health': r.flink.light.health }, el('span', { class: 'dot' }), ' ', r.flink.light.reason),
     el('table', { id: 'job-facts' }, el('tbody', {}, rows.map(([k, v]) => el('tr', {}, el('th', {}, k), el('td', {}, v))))));
   $('#spark').replaceChildren(el('div', { 'data-health': r.spark.light.health }, el('span', { class: 'dot' }), ' ', r.spark.light.reason,
-    r.spark.cores === null ? '' : `; ${r.spark.workers.length} worker(s), ${r.spark.cores_used}/${r.spark.cores} cores in use`));
-  fill($('#drivers tbody'), r.spark.drivers.map((d) => el('tr', {}, el('td', {}, d.id), el('td', {}, d.state), el('td', {}, utc(d.started)))));
+    r.spark.cores === null ? '' : `; ${r.spark.cores_used}/${r.spark.cores} cores in use`));
+  fill($('#drivers tbody'), r.spark.drivers.map((d) => {
+    const x = d.export;
+    const known = (v, f) => (x && v !== null && v !== undefined) ? f(v) : '–';
+    return el('tr', { 'data-driver': d.id }, el('td', {}, d.id), el('td', {}, d.state), el('td', {}, utc(d.started)),
+      el('td', { class: 'num' }, known(x && x.seconds, (v) => `${v.toFixed(1)} s`)),
+      el('td', { class: 'num', 'data-rows': x ? x.rows_written : null }, known(x && x.rows_written, fmt)),
+      el('td', { class: 'num' }, known(x && x.days_rewritten, fmt)),
+      el('td', { class: 'num', 'data-version': x ? x.delta_version : null }, known(x && x.delta_version, String)),
+      x && x.error ? el('td', { class: 'error' }, x.error) : null);
+  }));
+  $('#drivers-note').textContent = r.spark.drivers.some((d) => !d.export) ? 'Figures are known for exports this machine\'s labctl followed to their end (not for `--no-wait` ones).' : '';
   const m = state.meta;
   $('#links').replaceChildren(...[m.flink_ui && el('a', { href: m.flink_ui, target: '_blank', rel: 'noopener' }, 'Flink dashboard'), ' ',
     m.spark_ui && el('a', { href: m.spark_ui, target: '_blank', rel: 'noopener' }, 'Spark master')].filter(Boolean));

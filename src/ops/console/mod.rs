@@ -16,12 +16,17 @@ use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
 use crate::{
-    clients::docker::{facts::ContainerFacts, Runtime},
+    clients::{
+        docker::{facts::ContainerFacts, Runtime},
+        kafka::records::TopicReader,
+    },
     ops::{lab::Lab, status},
 };
 
 /// Samples of history the sparklines draw: five minutes at the default refresh.
 const HISTORY: usize = 150;
+/// How far back a partition's rate looks.
+const RATE_SPAN: chrono::Duration = chrono::Duration::seconds(30);
 /// How long the refresher goes on after the last request when no event stream is open.
 const LINGER: Duration = Duration::from_secs(10);
 
@@ -39,6 +44,7 @@ struct SnapshotDoc<'a> {
     report: &'a status::Report,
     hops: Vec<pipeline::Hop>,
     history: Vec<pipeline::Sample>,
+    partition_rates: Vec<pipeline::PartitionRate>,
 }
 
 /// The lab as the console sees it, refreshed every `every` while in demand.
@@ -50,6 +56,8 @@ pub struct Hub {
     latest: watch::Sender<Option<Arc<Snapshot>>>,
     demand: Notify,
     last_demand: Mutex<Instant>,
+    /// The topic browser's client, made on first use and kept (see `clients::kafka::records`).
+    reader: Mutex<Option<Arc<TopicReader>>>,
 }
 
 impl Hub {
@@ -63,6 +71,7 @@ impl Hub {
             latest,
             demand: Notify::new(),
             last_demand: Mutex::new(Instant::now()),
+            reader: Mutex::new(None),
         })
     }
 
@@ -83,6 +92,7 @@ impl Hub {
                         report: &report,
                         hops: pipeline::hops(&report),
                         history: history.samples(),
+                        partition_rates: history.partition_rates(RATE_SPAN),
                     };
                     match serde_json::to_string(&doc) {
                         Ok(json) => {
@@ -131,6 +141,35 @@ impl Hub {
         })
         .await
         .with_context(|| format!("no status report within {} s", wait.as_secs()))
+    }
+
+    /// The newest messages a query asks for. A reader that failed is dropped, so the next
+    /// request starts with a new client (a broker restarted meanwhile).
+    pub async fn messages(
+        &self,
+        q: browse::MessageQuery,
+        timeout: Duration,
+    ) -> Result<browse::MessagePage> {
+        let reader = self.reader()?;
+        let page = browse::messages(reader.clone(), q, timeout).await;
+        if page.as_ref().is_err_and(|e| e.downcast_ref::<browse::BadQuery>().is_none()) {
+            if let Ok(mut r) = self.reader.lock() {
+                if r.as_ref().is_some_and(|x| Arc::ptr_eq(x, &reader)) {
+                    *r = None;
+                }
+            }
+        }
+        page
+    }
+
+    fn reader(&self) -> Result<Arc<TopicReader>> {
+        let mut slot = self.reader.lock().map_err(|_| anyhow::anyhow!("topic reader poisoned"))?;
+        if let Some(r) = slot.as_ref() {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(self.lab.broker()?.topic_reader(&self.lab.config.broker.topic)?);
+        *slot = Some(r.clone());
+        Ok(r)
     }
 
     /// A stream of snapshots for one event-stream client; keeps the refresher going while open.

@@ -125,6 +125,12 @@ pub fn hops(r: &Report) -> Vec<Hop> {
             if let Some(at) = d.started {
                 h.figures.push(fig("started", at.format("%Y-%m-%d %H:%M:%S UTC").to_string()));
             }
+            if let Some(e) = &d.export {
+                h.figures.push(fig("took", format!("{:.1} s", e.seconds)));
+                if let Some(n) = e.rows_written {
+                    h.figures.push(fig("rows written", count(n as i64)));
+                }
+            }
         }
         None => h.figures.push(fig("newest", "no export yet")),
     }
@@ -156,6 +162,9 @@ pub struct Sample {
     pub topic_messages: Option<i64>,
     pub raw_rows: Option<i64>,
     pub window_rows: Option<i64>,
+    /// End offset per partition (for the topic browser's rates; not drawn).
+    #[serde(skip)]
+    pub partition_ends: Vec<(i32, i64)>,
 }
 
 impl Sample {
@@ -170,8 +179,23 @@ impl Sample {
             topic_messages: r.broker.end_offsets,
             raw_rows: rows(MACHINE_SENSORS.name),
             window_rows: rows(SENSOR_AGGREGATES.name),
+            partition_ends: r
+                .broker
+                .partitions
+                .iter()
+                .map(|p| (p.offsets.partition, p.offsets.high))
+                .collect(),
         }
     }
+}
+
+/// Messages per second arriving in one partition.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PartitionRate {
+    pub partition: i32,
+    pub per_s: f64,
+    /// Seconds the rate is measured over.
+    pub over_secs: f64,
 }
 
 /// The newest samples, oldest first, at most `cap` of them.
@@ -193,6 +217,34 @@ impl History {
     }
     pub fn samples(&self) -> Vec<Sample> {
         self.samples.iter().cloned().collect()
+    }
+
+    /// Each partition's rate between the newest sample and the oldest one at most `span`
+    /// before it that knew the partition; empty until two samples are there.
+    pub fn partition_rates(&self, span: chrono::Duration) -> Vec<PartitionRate> {
+        let Some(newest) = self.samples.back() else { return vec![] };
+        let mut out = Vec::new();
+        for &(partition, high) in &newest.partition_ends {
+            let earlier = self
+                .samples
+                .iter()
+                .filter(|s| s.at < newest.at && newest.at - s.at <= span)
+                .find_map(|s| {
+                    s.partition_ends.iter().find(|(p, _)| *p == partition).map(|&(_, h)| (s.at, h))
+                });
+            if let Some((at, then)) = earlier {
+                let secs = (newest.at - at).num_milliseconds() as f64 / 1000.0;
+                // A topic recreated meanwhile starts again at 0: no rate rather than a negative.
+                if secs > 0.0 && high >= then {
+                    out.push(PartitionRate {
+                        partition,
+                        per_s: (high - then) as f64 / secs,
+                        over_secs: secs,
+                    });
+                }
+            }
+        }
+        out
     }
 }
 
@@ -270,5 +322,28 @@ mod tests {
         }
         let s = hist.samples();
         assert_eq!(s.iter().map(|s| s.topic_messages).collect::<Vec<_>>(), [Some(3), Some(4)]);
+    }
+
+    #[test]
+    fn partition_rates_span_the_samples_within_reach() {
+        let t0 = Utc::now();
+        let sample = |secs: i64, ends: &[(i32, i64)]| {
+            let mut s = Sample::of(&report());
+            s.at = t0 + chrono::Duration::seconds(secs);
+            s.partition_ends = ends.to_vec();
+            s
+        };
+        let mut hist = History::new(10);
+        assert!(hist.partition_rates(chrono::Duration::seconds(30)).is_empty());
+        hist.push(sample(0, &[(0, 100), (1, 50)]));
+        assert!(hist.partition_rates(chrono::Duration::seconds(30)).is_empty(), "one sample");
+        hist.push(sample(10, &[(0, 150), (1, 50), (2, 7)]));
+        hist.push(sample(20, &[(0, 300), (1, 40), (2, 9)]));
+        let r = hist.partition_rates(chrono::Duration::seconds(30));
+        assert_eq!(r.len(), 2, "partition 1 went back (recreated): no rate; {r:?}");
+        assert_eq!((r[0].partition, r[0].per_s, r[0].over_secs), (0, 10.0, 20.0));
+        assert_eq!((r[1].partition, r[1].per_s, r[1].over_secs), (2, 0.2, 10.0));
+        let r = hist.partition_rates(chrono::Duration::seconds(10));
+        assert_eq!(r[0].per_s, 15.0, "only the sample 10 s back is within reach");
     }
 }
