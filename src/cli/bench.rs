@@ -8,10 +8,11 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{bail, Context, Result};
 
+use super::console::Relaunch;
 use crate::{
     model::config::Config,
     ops::{
-        bench::{flink, ingest, spark, status, Measurement},
+        bench::{console, flink, ingest, spark, status, Measurement},
         lab::Lab,
     },
     progress::Lines,
@@ -104,6 +105,32 @@ impl StatusArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct ConsoleArgs {
+    /// Requests per endpoint (and `status` reports), interleaved; medians and worst shown.
+    #[arg(long, default_value_t = 15)]
+    pub runs: usize,
+    /// Seconds of each CPU sample (idle, then with one page watching).
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    pub cpu_secs: f64,
+    /// Write the table as JSON to this file as well.
+    #[arg(long, value_name = "FILE")]
+    pub json_out: Option<PathBuf>,
+}
+
+impl ConsoleArgs {
+    fn settings(&self) -> console::Settings {
+        console::Settings { runs: self.runs, cpu_secs: self.cpu_secs }
+    }
+}
+
+/// `labctl console` as this invocation would start it (same config and project).
+fn console_command(relaunch: &Relaunch) -> Result<tokio::process::Command> {
+    let mut cmd = relaunch.command()?;
+    cmd.arg("console");
+    Ok(cmd)
+}
+
+#[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(subcommand)]
     command: Option<BenchCommand>,
@@ -134,6 +161,9 @@ enum BenchCommand {
     Spark(SparkArgs),
     /// `status` latency: every service asked at once vs one after another.
     Status(StatusArgs),
+    /// `labctl console`: its data endpoints vs the `status` report, its CPU idle and watched,
+    /// its memory.
+    Console(ConsoleArgs),
     /// Inside a bench container: produce pre-encoded messages as fast as the broker takes them.
     #[command(hide = true)]
     RawProducer {
@@ -183,7 +213,7 @@ fn write_json(path: Option<&PathBuf>, rows: &[Measurement]) -> Result<()> {
     Ok(())
 }
 
-pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
+pub async fn run(config: Config, relaunch: Relaunch, args: Args) -> Result<ExitCode> {
     let (rows, json_out) = match args.command {
         Some(BenchCommand::RawProducer { bootstrap, topic, days }) => {
             tokio::task::spawn_blocking(move || ingest::raw_producer(&bootstrap, &topic, days))
@@ -205,6 +235,11 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
         Some(BenchCommand::Status(a)) => {
             let out = a.json_out.clone();
             (status::run(&Lab::existing(config)?, &a.settings()).await?, out)
+        }
+        Some(BenchCommand::Console(a)) => {
+            let out = a.json_out.clone();
+            let cmd = console_command(&relaunch)?;
+            (console::run(&Lab::existing(config)?, &a.settings(), cmd).await?, out)
         }
         None => {
             let all = args.all;
@@ -231,6 +266,13 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
             );
             eprintln!("== status");
             keep("status", status::run(&lab, &status::Settings { runs: 15 }).await);
+            eprintln!("== console");
+            let settings = console::Settings { runs: 15, cpu_secs: 30.0 };
+            let measured = match console_command(&relaunch) {
+                Ok(cmd) => console::run(&lab, &settings, cmd).await,
+                Err(e) => Err(e),
+            };
+            keep("console", measured);
             eprintln!("== flink");
             keep(
                 "flink",

@@ -79,6 +79,20 @@ pub struct Relaunch {
     pub project: String,
 }
 
+impl Relaunch {
+    /// labctl's own binary with this invocation's `--config` and `--project`; the caller adds
+    /// the subcommand.
+    pub fn command(&self) -> Result<tokio::process::Command> {
+        let exe = std::env::current_exe().context("cannot find labctl's own binary")?;
+        let mut cmd = tokio::process::Command::new(exe);
+        if let Some(cfg) = &self.config {
+            cmd.arg("--config").arg(cfg);
+        }
+        cmd.arg("--project").arg(&self.project);
+        Ok(cmd)
+    }
+}
+
 pub async fn run(config: Config, relaunch: Relaunch, args: Args) -> Result<ExitCode> {
     let lab = Lab::existing(config)?;
     let rt = Runtime::connect().await?;
@@ -314,7 +328,7 @@ async fn messages(
     State(c): State<Arc<Console>>,
     Query(q): Query<browse::MessageQuery>,
 ) -> Response {
-    match browse::messages(&c.hub.lab, &q, Duration::from_secs(5)).await {
+    match c.hub.messages(q, Duration::from_secs(5)).await {
         Ok(page) => Json(page).into_response(),
         Err(e) => failed(e),
     }
@@ -463,20 +477,11 @@ async fn action(
     let Ok(_one) = c.action.try_lock() else {
         return error(StatusCode::CONFLICT, "another action is running; wait for it");
     };
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot find labctl's own binary: {e}"),
-            )
-        }
+    let mut cmd = match c.relaunch.command() {
+        Ok(cmd) => cmd,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     };
-    let mut cmd = tokio::process::Command::new(exe);
-    if let Some(cfg) = &c.relaunch.config {
-        cmd.arg("--config").arg(cfg);
-    }
-    cmd.arg("--project").arg(&c.relaunch.project).args(&args);
+    cmd.args(&args);
     cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
     tracing::info!("console action {name}: labctl {}", args.join(" "));
     let started = std::time::Instant::now();

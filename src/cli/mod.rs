@@ -169,7 +169,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Render(a) => render::run(config, a),
         Command::Images(c) => images::run(config, c).await,
-        Command::Bench(c) => bench::run(config, c).await,
+        Command::Bench(c) => {
+            let relaunch =
+                console::Relaunch { config: cli.config.clone(), project: config.project.clone() };
+            bench::run(config, relaunch, c).await
+        }
         Command::Config => {
             print!("{}", toml::to_string_pretty(&config)?);
             Ok(ExitCode::SUCCESS)

@@ -1,8 +1,9 @@
 //! The lab's benchmarks, each against a named baseline measured in the same run: the generator
-//! (`ingest`), the streaming job (`flink`), the export (`spark`) and `status`. Every benchmark
+//! (`ingest`), the streaming job (`flink`), the export (`spark`), `status` and `console`. Every benchmark
 //! returns [`Measurement`]s, so a combined table and its JSON have one shape and runs can be
 //! compared.
 
+pub mod console;
 pub mod flink;
 pub mod ingest;
 pub mod spark;
