@@ -35,6 +35,26 @@ fn table_rows(s: &serde_json::Value, table: &str) -> Option<i64> {
     s["database"]["tables"].as_array()?.iter().find(|t| t["table"] == table)?["rows"].as_i64()
 }
 
+/// Runs tests/browser/console.mjs with `args`; what it saw.
+fn browse(args: &serde_json::Value) -> serde_json::Value {
+    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let out = std::process::Command::new("node")
+        .arg("console.mjs")
+        .arg(args.to_string())
+        .current_dir(&browser_dir)
+        .output()
+        .expect("node (the README's test command installs it with the browser)");
+    assert!(
+        out.status.success(),
+        "the browser script failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the script's JSON");
+    eprintln!("browser saw: {seen:#}");
+    seen
+}
+
 #[test]
 fn the_console_shows_the_lab_in_a_browser() {
     let t = TestLab::new("console").with_env("LABCTL_INGEST_ENABLED", "false");
@@ -61,17 +81,6 @@ fn the_console_shows_the_lab_in_a_browser() {
         let rejected = s["database"]["rejected"]["count"].as_i64()?;
         (table_rows(&s, "machine_sensors")? == total - 1 && rejected == 1).then_some(())
     });
-    t.ok(&["submit", "spark"]);
-    let s = status(&t);
-    let lake_rows = s["lake"]["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["table"] == "machine_sensors")
-        .and_then(|x| x["rows"].as_i64());
-    // The export leaves out the newest seconds (still in flight), so not every row need be there.
-    assert!(lake_rows.unwrap_or(0) > 0, "{:#}", s["lake"]);
-
     // --- the console, with actions and their token ---------------------------------------------
     let mut child = t
         .command(&["console", "--port", "0", "--allow-actions"])
@@ -124,6 +133,65 @@ fn the_console_shows_the_lab_in_a_browser() {
     // --- the browser ---------------------------------------------------------------------------
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
+
+    // The export, run from the jobs page's button with the page's token: a successful action.
+    let seen = browse(
+        &serde_json::json!({ "phase": "export", "url": url, "token": token, "shots": shots }),
+    );
+    assert_eq!(seen["page_errors"], serde_json::json!([]), "no script error in the page");
+    let output = seen["action_output"].as_str().unwrap();
+    assert!(output.starts_with("$ labctl ") && output.contains("submit spark"), "{output}");
+    assert!(output.contains("(exit 0,"), "the export from the page failed: {output}");
+    let s = status(&t);
+    let lake = s["lake"]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["table"] == "machine_sensors")
+        .cloned()
+        .unwrap_or_else(|| panic!("no Delta table after the page's export: {:#}", s["lake"]));
+    let lake_rows = lake["rows"].as_i64();
+    // The export leaves out the newest seconds (still in flight), so not every row need be there.
+    assert!(lake_rows.unwrap_or(0) > 0, "{:#}", s["lake"]);
+    // The drivers table: that export's own figures, equal to what the lake's log says (the
+    // first export writes every row the lake holds and makes version 0).
+    let driver = &seen["drivers"][0];
+    assert_eq!(driver["cells"][1], "FINISHED", "{driver:#}");
+    assert_eq!(driver["id"], s["spark"]["drivers"][0]["id"], "{driver:#}");
+    assert_eq!(driver["rows"].as_i64(), lake_rows, "{driver:#}");
+    assert_eq!(driver["version"].as_u64(), lake["version"].as_u64(), "{driver:#}");
+
+    // The console's own benchmark runs and reports every endpoint against `status` (its figures
+    // are the benchmark's business, not this test's: a shared CI machine times nothing).
+    let bench_json = std::env::temp_dir().join(format!("{}-bench-console.json", t.project));
+    t.ok(&[
+        "bench",
+        "console",
+        "--runs",
+        "3",
+        "--cpu-secs",
+        "2",
+        "--json-out",
+        bench_json.to_str().unwrap(),
+    ]);
+    let bench: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&bench_json).unwrap()).unwrap();
+    std::fs::remove_file(&bench_json).ok();
+    let rows = bench["measurements"].as_array().unwrap();
+    let endpoints: Vec<_> =
+        rows.iter().filter(|r| r["name"].as_str().unwrap().starts_with("/api/")).collect();
+    assert_eq!(endpoints.len(), 8, "{bench:#}");
+    for r in &endpoints {
+        assert_eq!(r["baseline"], "status report in process", "{r:#}");
+        assert!(r["value"].as_f64().unwrap() > 0.0 && r["ratio"].as_f64().unwrap() > 0.0, "{r:#}");
+    }
+    let unit = |name: &str| {
+        rows.iter()
+            .find(|r| r["name"].as_str().unwrap().starts_with(name))
+            .map(|r| r["unit"].clone())
+    };
+    assert_eq!(unit("CPU idle"), Some("% core".into()), "{bench:#}");
+    assert_eq!(unit("memory resident"), Some("MiB".into()), "{bench:#}");
     let azurite = format!("{}-azurite-1", t.project);
     let args = serde_json::json!({
         "url": url, "token": token, "shots": shots,
@@ -133,21 +201,7 @@ fn the_console_shows_the_lab_in_a_browser() {
         "kill": ["docker", "kill", azurite],
     });
     let before = status(&t);
-    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let out = std::process::Command::new("node")
-        .arg("console.mjs")
-        .arg(args.to_string())
-        .current_dir(&browser_dir)
-        .output()
-        .expect("node (the README's test command installs it with the browser)");
-    assert!(
-        out.status.success(),
-        "the browser script failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the script's JSON");
-    eprintln!("browser saw: {seen:#}");
+    let seen = browse(&args);
 
     assert_eq!(seen["page_errors"], serde_json::json!([]), "no script error in the page");
     assert_eq!(seen["token_left_address_bar"], true);
@@ -190,6 +244,14 @@ fn the_console_shows_the_lab_in_a_browser() {
         serde_json::from_str(seen["message"]["value"].as_str().unwrap()).unwrap();
     assert_eq!(shown, value);
     assert!(seen["message"]["head"].as_str().unwrap().contains(&format!("offset {offset}")));
+    // Every partition with its rate, known after two refreshes (no generator runs: 0.0/s, but a
+    // rate, not a dash).
+    let partition_rows = seen["partition_rows"].as_array().unwrap();
+    assert_eq!(partition_rows.len(), before["broker"]["partitions"].as_array().unwrap().len());
+    let rate = regex::Regex::new(r"^\d+\.\d/s$").unwrap();
+    for row in partition_rows {
+        assert!(rate.is_match(row[4].as_str().unwrap()), "a partition without its rate: {row}");
+    }
     assert!(
         seen["bad_partition"].as_str().unwrap().contains("no partition 99"),
         "{}",
@@ -265,7 +327,9 @@ fn the_console_shows_the_lab_in_a_browser() {
         seen["lake_reason"]
     );
 
-    for png in ["pipeline", "topic", "jobs", "data", "services", "pipeline-azurite-killed"] {
+    for png in
+        ["jobs-export", "pipeline", "topic", "jobs", "data", "services", "pipeline-azurite-killed"]
+    {
         let p = shots.join(format!("{png}.png"));
         assert!(
             std::fs::metadata(&p).map(|m| m.len() > 10_000).unwrap_or(false),
@@ -273,4 +337,52 @@ fn the_console_shows_the_lab_in_a_browser() {
             p.display()
         );
     }
+
+    // `--open` hands the page's address to the desktop's opener (a stand-in on PATH records
+    // it); without --allow-actions the console is read-only and says how to allow actions.
+    let bin = tempdir_named(&format!("{}-opener", t.project));
+    let opened = bin.join("opened");
+    let opener = bin.join("xdg-open");
+    std::fs::write(&opener, format!("#!/bin/sh\nprintf '%s' \"$1\" > '{}'\n", opened.display()))
+        .unwrap();
+    std::fs::set_permissions(&opener, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let mut child = t
+        .command(&["console", "--port", "0", "--open"])
+        .env("PATH", path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("labctl console --open");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let _read_only = Console(child);
+    let url = first.trim().strip_prefix("labctl console: ").unwrap().to_string();
+    assert!(!url.contains("token"), "a read-only console prints no token: {first}");
+    let got = wait_for("the opener called", Duration::from_secs(10), || {
+        std::fs::read_to_string(&opened).ok().filter(|s| !s.is_empty())
+    });
+    assert_eq!(got, url);
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let meta: serde_json::Value =
+            http.get(format!("{url}api/meta")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(meta["read_only"], true);
+        let res = http
+            .post(format!("{url}api/actions/export"))
+            .header("origin", url.trim_end_matches('/'))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403);
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("--allow-actions"), "{body}");
+    });
+    std::fs::remove_dir_all(&bin).ok();
+}
+
+fn tempdir_named(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    d
 }

@@ -2,8 +2,10 @@
 // console` for tests/console.rs, which brought the lab up and decides what is right: this
 // script only reads what the page shows, takes screenshots and prints one JSON document.
 //
-// node console.mjs '<json>' where json = { url, token, shots, topic_message: {partition, offset},
-//   bad_partition, bad_offset, kill: ["docker", "kill", "<azurite container>"] }
+// node console.mjs '<json>' where json = { phase: "export", url, token, shots } runs the export
+// from the jobs page's button and reads the drivers table; without a phase, json = { url, token,
+// shots, topic_message: {partition, offset}, bad_partition, bad_offset, log_container,
+// kill: ["docker", "kill", "<azurite container>"] } reads every page.
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -28,6 +30,21 @@ try {
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
 
+  if (args.phase === 'export') {
+    await page.goto(`${args.url}#token=${args.token}`);
+    await page.waitForSelector('.hop[data-hop="lake"]', { timeout: 20000 });
+    await page.goto(`${args.url}#/jobs`);
+    await page.click('#actions button[data-action="export"]', { timeout: 20000 });
+    await page.waitForFunction(() => /\(exit -?\d+|refused|failed/.test(document.querySelector('#action-output').textContent), null, { timeout: 600000 });
+    out.action_output = await page.textContent('#action-output');
+    // The export's figures reach the drivers table with the next refresh after it ended.
+    await page.waitForSelector('#drivers tbody td[data-rows]', { timeout: 20000 });
+    out.drivers = await page.$$eval('#drivers tbody tr', (rs) => rs.map((r) => ({ id: r.dataset.driver, cells: [...r.cells].map((c) => c.textContent),
+      rows: r.querySelector('[data-rows]') && Number(r.querySelector('[data-rows]').dataset.rows),
+      version: r.querySelector('[data-version]') && Number(r.querySelector('[data-version]').dataset.version) })));
+    await shot(page, 'jobs-export');
+  } else {
+
   // --- pipeline: every hop with its light and count -------------------------------------------
   await page.goto(`${args.url}#token=${args.token}`);
   await page.waitForSelector('.hop[data-hop="lake"]', { timeout: 20000 });
@@ -41,6 +58,8 @@ try {
   await page.goto(`${args.url}#/topic?partition=${m.partition}&before=${m.offset + 1}&limit=5`);
   await page.waitForSelector(`.msg[data-offset="${m.offset}"]`, { timeout: 20000 });
   out.message = await page.$eval(`.msg[data-offset="${m.offset}"]`, (e) => ({ key: e.querySelector('.key').textContent, value: e.querySelector('.value').textContent, head: e.querySelector('.head').innerText }));
+  // A partition's rate needs two refreshes within its span.
+  await page.waitForSelector('#partitions tbody td[data-rate]', { timeout: 20000 });
   out.partition_rows = await page.$$eval('#partitions tbody tr', (rs) => rs.map((r) => [...r.cells].map((c) => c.textContent)));
   await shot(page, 'topic');
   await page.goto(`${args.url}#/topic?partition=${args.bad_partition}`);
@@ -94,6 +113,7 @@ try {
   out.lake_red_after_ms = Date.now() - t0;
   out.lake_reason = await page.textContent('.hop[data-hop="lake"] .reason');
   await shot(page, 'pipeline-azurite-killed');
+  }
   out.page_errors = errors;
 } finally {
   await browser.close();
