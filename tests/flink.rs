@@ -233,6 +233,103 @@ fn assert_windows(
     }
 }
 
+/// The secret as text and as it would show inside base64 (the runner's statements travel as
+/// base64 program arguments), at each of the three byte alignments.
+fn secret_forms(secret: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut forms = vec![secret.to_string()];
+    for pad in 0..3usize {
+        let enc = b64.encode(format!("{}{secret}", "x".repeat(pad)));
+        // Characters that also encode the neighbouring bytes are left out.
+        let skip = (pad * 4).div_ceil(3);
+        let keep = (secret.len() * 4 / 3).saturating_sub(3);
+        forms.push(enc.chars().skip(skip).take(keep).collect());
+    }
+    forms
+}
+
+/// No database password in anything Flink's REST API shows of the job, of the cluster or of its
+/// logs (it answers whoever reaches its port), nor in any process's arguments in its containers.
+fn assert_no_secret_in_flink(
+    rt: &tokio::runtime::Runtime,
+    t: &TestLab,
+    lab: &labctl::ops::lab::Lab,
+    job_id: &str,
+) {
+    let st = &lab.state;
+    let secrets = [&st.db_password, &st.db_writer_password, &st.db_reader_password];
+    assert!(secrets.iter().all(|s| s.len() >= 16), "generated passwords");
+    let forms: Vec<String> = secrets.iter().flat_map(|s| secret_forms(s)).collect();
+    let base = format!("http://127.0.0.1:{}", st.ports.flink_ui);
+    let get = |path: &str| -> String {
+        rt.block_on(async {
+            let res = reqwest::get(format!("{base}{path}")).await.unwrap();
+            assert!(res.status().is_success(), "GET {path}: {}", res.status());
+            res.text().await.unwrap()
+        })
+    };
+    let tms: serde_json::Value = serde_json::from_str(&get("/taskmanagers")).unwrap();
+    let mut paths: Vec<String> = [
+        "/jobs/{id}",
+        "/jobs/{id}/config",
+        "/jobs/{id}/jobmanager/config",
+        "/jobs/{id}/jobmanager/environment",
+        "/jobs/{id}/plan",
+        "/jobs/{id}/checkpoints/config",
+        "/jars",
+        "/jobmanager/config",
+        "/jobmanager/environment",
+        "/jobmanager/logs",
+        "/jobs/{id}/exceptions",
+    ]
+    .iter()
+    .map(|p| p.replace("{id}", job_id))
+    .collect();
+    for tm in tms["taskmanagers"].as_array().unwrap() {
+        let id = tm["id"].as_str().unwrap();
+        paths.extend([format!("/taskmanagers/{id}"), format!("/taskmanagers/{id}/logs")]);
+    }
+    let mut checked = 0;
+    for path in &paths {
+        let text = get(path);
+        checked += text.len();
+        for f in &forms {
+            assert!(
+                !text.contains(f.as_str()),
+                "a database password shows in Flink's REST answer {path}"
+            );
+        }
+    }
+    // Something to look at: the job's plan and configs are not empty.
+    assert!(checked > 10_000, "Flink's REST answers held only {checked} characters");
+    for svc in ["flink-jobmanager", "flink-taskmanager"] {
+        let name = format!("{}-{svc}-1", t.project);
+        let out = std::process::Command::new("docker")
+            .args(["exec", &name, "sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"])
+            .output()
+            .unwrap();
+        let args = String::from_utf8_lossy(&out.stdout);
+        assert!(args.contains("java"), "{name}: no process arguments read: {args}");
+        // Flink logs to the console here (no log files behind the REST API): `labctl logs`.
+        let logs = std::process::Command::new("docker").args(["logs", &name]).output().unwrap();
+        let logs = String::from_utf8_lossy(&logs.stdout).into_owned()
+            + &String::from_utf8_lossy(&logs.stderr);
+        assert!(logs.len() > 1000, "{name}: a log to look at");
+        for f in &forms {
+            assert!(
+                !args.contains(f.as_str()),
+                "a database password in a process's arguments in {name}"
+            );
+            assert!(!logs.contains(f.as_str()), "a database password in {name}'s log");
+        }
+    }
+    eprintln!(
+        "no password in {} REST answers ({checked} characters), the JVMs' arguments or their logs",
+        paths.len()
+    );
+}
+
 #[test]
 fn streaming_job_writes_exact_rows() {
     let t = TestLab::new("flink").with_env("LABCTL_INGEST_ENABLED", "false");
@@ -262,6 +359,7 @@ fn streaming_job_writes_exact_rows() {
     let sub = t.json(&["submit", "flink", "--json"]);
     let job_id = sub["job_id"].as_str().unwrap().to_string();
     eprintln!("submit to RUNNING: {} s", sub["submit_to_running_secs"]);
+    assert_no_secret_in_flink(&rt, &t, &lab, &job_id);
 
     let want = expected_windows(&readings);
     assert_eq!(want.len(), 27, "3 machines x 3 sensors x 3 minutes");
@@ -538,7 +636,7 @@ fn streaming_job_writes_exact_rows() {
         "late records after --replace"
     );
 
-    // JobManager restart (no HA): the job is gone with it. The third pushers (minute 25, open)
+    // JobManager SIGKILLed (no HA): the job is gone with it. The third pushers (minute 25, open)
     // are in the job's state; wait for a checkpoint taken after they were read.
     let read_at = now_ms();
     wait_for("a checkpoint holding the third pushers", Duration::from_secs(60), || {
@@ -546,11 +644,13 @@ fn streaming_job_writes_exact_rows() {
         (cp["latest"]["completed"]["trigger_timestamp"].as_i64()? > read_at).then_some(())
     });
     let jm = format!("{}-flink-jobmanager-1", t.project);
-    assert!(std::process::Command::new("docker")
-        .args(["restart", &jm])
-        .status()
-        .unwrap()
-        .success());
+    // SIGKILL while the job writes: no savepoint, no clean cancel, nothing flushed by Flink.
+    for args in [["kill", "--signal", "KILL"].as_slice(), ["start"].as_slice()] {
+        assert!(
+            std::process::Command::new("docker").args(args).arg(&jm).status().unwrap().success(),
+            "docker {args:?} {jm}"
+        );
+    }
     let running = wait_for("the JobManager to answer again", Duration::from_secs(120), || {
         lab_jobs_running(&t)
     });
