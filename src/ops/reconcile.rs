@@ -145,9 +145,18 @@ pub async fn up(mut config: Config, req: &UpRequest, tasks: &dyn Tasks) -> Resul
         }
     }
     let lab = Lab::new(config, state);
-    let existing = rt.list_containers(&lab.stack.project).await?;
-
-    check_ports(&lab, &existing)?;
+    let mut existing = rt.list_containers(&lab.stack.project).await?;
+    // A container the engine is still starting (a labctl killed mid-`up` asked for it) holds its
+    // ports before it shows as running: give such a one a moment before calling the port taken.
+    let patience = Instant::now() + Duration::from_secs(10);
+    while let Some(taken) = taken_port(&lab, &existing) {
+        let starting = existing.iter().any(|c| c.service == taken.service && !c.running());
+        if !starting || Instant::now() > patience {
+            bail!("{taken}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        existing = rt.list_containers(&lab.stack.project).await?;
+    }
     lab.state.save(&lab.stack.project)?;
 
     let t_images = Instant::now();
@@ -287,9 +296,35 @@ async fn check_sasl_ssl_listener(rt: &Runtime, lab: &Lab, port: u16) -> Result<S
     })
 }
 
-/// Refuses before changing anything when a host port the lab needs is held by something else
-/// (a port our own running container already publishes is fine: it stays).
-fn check_ports(lab: &Lab, existing: &[ContainerInfo]) -> Result<()> {
+/// A host port the lab needs that something else holds.
+#[derive(Debug)]
+struct PortTaken {
+    service: String,
+    port: u16,
+    bind: String,
+    key: String,
+    error: std::io::Error,
+}
+
+impl std::fmt::Display for PortTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "port {} on {} ({}, config key ports.{}) is already in use: {}. Free it, or pick another port in \
+             labctl.toml [ports] or with LABCTL_PORTS_{}=<port> (0 picks a free one)",
+            self.port,
+            self.bind,
+            self.service,
+            self.key,
+            self.error,
+            self.key.to_ascii_uppercase()
+        )
+    }
+}
+
+/// The first host port the lab needs that is held by something else, checked before anything
+/// changes (a port our own running container already publishes is fine: it stays).
+fn taken_port(lab: &Lab, existing: &[ContainerInfo]) -> Option<PortTaken> {
     for svc in &lab.stack.services {
         for p in &svc.ports {
             let ours = existing
@@ -298,20 +333,20 @@ fn check_ports(lab: &Lab, existing: &[ContainerInfo]) -> Result<()> {
             if ours {
                 continue;
             }
-            if let Err(e) = std::net::TcpListener::bind((lab.stack.bind_address.as_str(), p.host)) {
-                bail!(
-                    "port {} on {} ({}, config key ports.{}) is already in use: {e}. Free it, or pick another port in \
-                     labctl.toml [ports] or with LABCTL_PORTS_{}=<port> (0 picks a free one)",
-                    p.host,
-                    lab.stack.bind_address,
-                    svc.name,
-                    p.key,
-                    p.key.as_str().to_ascii_uppercase()
-                );
+            if let Err(error) =
+                std::net::TcpListener::bind((lab.stack.bind_address.as_str(), p.host))
+            {
+                return Some(PortTaken {
+                    service: svc.name.to_string(),
+                    port: p.host,
+                    bind: lab.stack.bind_address.to_string(),
+                    key: p.key.as_str().to_string(),
+                    error,
+                });
             }
         }
     }
-    Ok(())
+    None
 }
 
 /// Base image first, then the images the stack uses.
