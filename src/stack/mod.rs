@@ -5,6 +5,7 @@
 
 pub mod assets;
 pub mod endpoints;
+pub mod journal;
 pub mod service_id;
 pub mod state;
 

@@ -3,19 +3,17 @@
 //! until it restarts) and the lake does not say per driver (duration, rows, the version it
 //! made). `status` and the console join them to the master's drivers by submission id.
 
-use std::{
-    collections::HashMap,
-    fs,
-    io::{BufRead, Write},
-    os::unix::fs::OpenOptionsExt,
-};
+use std::collections::HashMap;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::Outcome;
-use crate::{clients::spark::DriverState, stack::state};
+use crate::{
+    clients::spark::DriverState,
+    stack::{journal, state},
+};
 
 /// Lines kept: the file is rewritten to the newest ones when it grows past twice as many.
 const KEEP: usize = 200;
@@ -58,58 +56,17 @@ impl ExportRecord {
     }
 }
 
-/// Appends one record (owner-only file, like the lab's state).
+/// Appends one record.
 pub fn record(project: &str, rec: &ExportRecord) -> Result<()> {
-    let path = state::exports_path(project);
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut line = serde_json::to_string(rec)?;
-    line.push('\n');
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    // One write of one line: two labctls appending at once do not interleave within a line.
-    f.write_all(line.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
-    drop(f);
-    let all = read_all(project)?;
-    if all.len() > 2 * KEEP {
-        let tail: String = all[all.len() - KEEP..]
-            .iter()
-            .filter_map(|r| serde_json::to_string(r).ok())
-            .map(|l| l + "\n")
-            .collect();
-        let tmp = path.with_extension("jsonl.tmp");
-        fs::write(&tmp, tail).with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
-    }
-    Ok(())
-}
-
-/// Every record, oldest first; a line that does not parse (a torn write) is skipped.
-fn read_all(project: &str) -> Result<Vec<ExportRecord>> {
-    let path = state::exports_path(project);
-    let f = match fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
-    };
-    let mut out = Vec::new();
-    for line in std::io::BufReader::new(f).lines() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
-        if let Ok(r) = serde_json::from_str::<ExportRecord>(&line) {
-            out.push(r);
-        }
-    }
-    Ok(out)
+    journal::append(&state::exports_path(project), rec, KEEP)
 }
 
 /// The newest record of each driver id.
 pub fn by_driver(project: &str) -> Result<HashMap<String, ExportRecord>> {
-    Ok(read_all(project)?.into_iter().map(|r| (r.driver.clone(), r)).collect())
+    Ok(journal::read_all::<ExportRecord>(&state::exports_path(project))?
+        .into_iter()
+        .map(|r| (r.driver.clone(), r))
+        .collect())
 }
 
 #[cfg(test)]
