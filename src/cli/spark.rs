@@ -12,6 +12,7 @@ use crate::{
         spark::{
             render_config, start_export, wait_export, ExportRequest, JobSecrets, Overrides, Staging,
         },
+        verify::repair::{self, RepairRecord},
     },
 };
 
@@ -44,6 +45,10 @@ pub struct SubmitArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Do not first rewrite late windows (closed windows that disagree with their raw rows)
+    /// from the raw rows.
+    #[arg(long)]
+    pub no_repair: bool,
 }
 
 impl SubmitArgs {
@@ -79,11 +84,12 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
         eprintln!("config renders and validates; nothing submitted");
         return Ok(ExitCode::SUCCESS);
     }
+    let repaired = if args.no_repair { None } else { repair_late_windows(&lab, &args).await? };
     let started = start_export(&lab, staging, &config_json).await?;
     let id = started.id.clone();
     if args.no_wait {
         if args.json {
-            println!("{}", serde_json::json!({"submission_id": id}));
+            println!("{}", serde_json::json!({"submission_id": id, "repaired": repaired}));
         } else {
             eprintln!("submitted {id}; follow it with `labctl spark status {id}`");
         }
@@ -99,12 +105,33 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"submission_id": id, "state": state, "seconds": secs, "sizing": started.sizing, "result": result})
+            serde_json::json!({"submission_id": id, "state": state, "seconds": secs, "sizing": started.sizing, "result": result, "repaired": repaired})
         );
     } else {
         eprintln!("export {id} FINISHED in {secs:.1} s ({}): {result}", started.sizing.describe());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Late readings are in `machine_sensors` but not in their window: rewrite those windows before
+/// the export copies the tables. Only an export of the aggregates depends on it, so for the
+/// others a failure is a warning.
+async fn repair_late_windows(lab: &Lab, args: &SubmitArgs) -> Result<Option<RepairRecord>> {
+    match repair::repair(lab, Duration::from_secs(30), repair::Trigger::Export).await {
+        Ok(r) => {
+            if r.windows() > 0 && !args.json {
+                eprintln!("{}", crate::cli::verify::repaired_line(&r));
+            }
+            Ok(Some(r))
+        }
+        Err(e) if args.with_aggregates => Err(e.context(
+            "late windows could not be repaired before exporting the aggregates (`--no-repair` exports them as they are)",
+        )),
+        Err(e) => {
+            tracing::warn!("late windows not repaired before the export: {e:#}");
+            Ok(None)
+        }
+    }
 }
 
 pub async fn command(config: Config, cmd: SparkCommand) -> Result<ExitCode> {

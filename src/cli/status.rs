@@ -296,6 +296,19 @@ pub fn render(r: &Report, color: bool) -> String {
     if let Some(r) = d.rejected.as_ref().filter(|r| r.count > 0) {
         let _ = write!(text, " | rejected {}", count(r.count));
     }
+    if let Some(last) = &d.repairs.last {
+        let _ = write!(
+            text,
+            " | late windows repaired {} ({} late readings, last {} by {})",
+            count(d.repairs.windows as i64),
+            count(d.repairs.late_readings),
+            last.at.format("%Y-%m-%d %H:%M UTC"),
+            match last.trigger {
+                crate::ops::verify::repair::Trigger::Verify => "verify --repair",
+                crate::ops::verify::repair::Trigger::Export => "an export",
+            }
+        );
+    }
     line(&mut o, "database", &d.light, text);
 
     let s = &r.spark;

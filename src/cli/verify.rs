@@ -10,7 +10,7 @@ use crate::{
     model::config::Config,
     ops::{
         lab::Lab,
-        verify::{self, Cell, Report},
+        verify::{self, repair, Cell, Report},
     },
 };
 
@@ -28,6 +28,10 @@ pub struct Args {
     /// Print only the cells that disagree (the hop verdicts always).
     #[arg(long)]
     problems_only: bool,
+    /// First rewrite, from the raw rows, every closed window that disagrees with them (late
+    /// readings: stored after their window was written), then verify.
+    #[arg(long)]
+    repair: bool,
     /// Seconds a service may stay silent while it is read.
     #[arg(long, default_value_t = 30.0, value_name = "SECS")]
     timeout: f64,
@@ -40,15 +44,30 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
     pb.set_message("reading the topic, the hypertables and the lake");
     pb.enable_steady_tick(Duration::from_millis(120));
     let started = std::time::Instant::now();
+    let repaired = if args.repair {
+        pb.set_message("rewriting late windows from the raw rows");
+        match repair::repair(&lab, timeout, repair::Trigger::Verify).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                pb.finish_and_clear();
+                eprintln!("error: verify --repair could not repair the windows: {e:#}");
+                return Ok(ExitCode::from(2));
+            }
+        }
+    } else {
+        None
+    };
+    pb.set_message("reading the topic, the hypertables and the lake");
     let report = verify::run(&lab, timeout).await;
     pb.finish_and_clear();
-    let report = match report {
+    let mut report = match report {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: verify could not read the lab: {e:#}");
             return Ok(ExitCode::from(2));
         }
     };
+    report.repaired = repaired;
     tracing::info!("verify took {:.1} s", started.elapsed().as_secs_f64());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -80,6 +99,34 @@ fn bad(c: &Cell) -> Vec<String> {
     out
 }
 
+/// One line on what `--repair` rewrote.
+pub fn repaired_line(rep: &repair::RepairRecord) -> String {
+    if rep.windows() == 0 {
+        return "repair: every closed window already agreed with its raw rows".into();
+    }
+    let first = rep
+        .windows
+        .first()
+        .map(|w| {
+            format!(
+                ", first {} {} {} ({} -> {} readings)",
+                w.window_start.format("%Y-%m-%d %H:%M"),
+                w.machine_id,
+                w.sensor_type,
+                w.count_before.map_or("none".into(), |n| n.to_string()),
+                w.count_after
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "repair: rewrote {} windows from the raw rows ({} recomputed, {} added; {} late readings now counted{first})",
+        rep.windows(),
+        rep.updated,
+        rep.added,
+        rep.late_readings
+    )
+}
+
 pub fn render(r: &Report, problems_only: bool, color: bool) -> String {
     let (red, green, off) = if color { ("\x1b[31m", "\x1b[32m", "\x1b[0m") } else { ("", "", "") };
     let mut s = String::new();
@@ -89,6 +136,9 @@ pub fn render(r: &Report, problems_only: bool, color: bool) -> String {
         "{:<10}  {:<12} {:<12} {:>9} {:>9} {:>9} {:>9}  RESULT",
         "DAY", "MACHINE", "SENSOR", "TOPIC", "RAW", "WINDOWED", "LAKE"
     );
+    if let Some(rep) = &r.repaired {
+        let _ = writeln!(s, "{}", repaired_line(rep));
+    }
     let mut hidden = 0;
     for c in &r.cells {
         let problems = bad(c);

@@ -80,6 +80,12 @@ pub fn exports_path(project: &str) -> PathBuf {
     state_dir().join(format!("{project}.exports.jsonl"))
 }
 
+/// Windows `verify --repair` or an export recomputed, one JSON line per run (see
+/// `ops::verify::repair`).
+pub fn repairs_path(project: &str) -> PathBuf {
+    state_dir().join(format!("{project}.repairs.jsonl"))
+}
+
 /// Marker of a `labctl submit flink` whose run request may be in flight (see `ops::flink`).
 pub fn submit_marker_path(project: &str) -> PathBuf {
     state_dir().join(format!("{project}.flink-submit.json"))

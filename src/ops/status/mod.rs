@@ -180,6 +180,9 @@ pub struct DatabaseSection {
     /// Messages the streaming job could not use (table `rejected_readings`); None when the
     /// table cannot be read (a lab created before it existed, until the next `up`).
     pub rejected: Option<crate::clients::db::RejectedStats>,
+    /// Late windows rewritten from the raw rows so far (`verify --repair`, exports), as
+    /// recorded on this machine.
+    pub repairs: crate::ops::verify::repair::RepairTotals,
 }
 
 #[derive(Debug, Serialize)]
@@ -651,7 +654,11 @@ async fn database(lab: &Lab, timeout: Duration) -> Result<DatabaseSection> {
             None
         }
     };
-    Ok(DatabaseSection { light: Light::default(), tables, rejected })
+    let repairs = crate::ops::verify::repair::totals(&lab.stack.project).unwrap_or_else(|e| {
+        tracing::debug!("repair history: {e:#}");
+        Default::default()
+    });
+    Ok(DatabaseSection { light: Light::default(), tables, rejected, repairs })
 }
 
 async fn spark(lab: &Lab, timeout: Duration) -> Result<SparkSection> {
@@ -907,6 +914,25 @@ mod tests {
                     newest: Some(Utc::now()),
                     last_reason: Some("not a JSON object".into()),
                 }),
+                repairs: crate::ops::verify::repair::RepairTotals {
+                    runs: 1,
+                    windows: 1,
+                    late_readings: 1,
+                    last: Some(crate::ops::verify::repair::RepairRecord {
+                        at: Utc::now(),
+                        trigger: crate::ops::verify::repair::Trigger::Verify,
+                        updated: 1,
+                        added: 0,
+                        late_readings: 1,
+                        windows: vec![crate::ops::verify::repair::RepairedWindow {
+                            machine_id: "CNC-1".into(),
+                            sensor_type: "pressure".into(),
+                            window_start: Utc::now(),
+                            count_before: Some(11),
+                            count_after: 12,
+                        }],
+                    }),
+                },
             },
             spark: SparkSection {
                 light: light.clone(),

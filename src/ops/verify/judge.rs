@@ -165,7 +165,11 @@ fn raw_to_windows(cells: &[Cell], ctx: &Facts) -> Hop {
         num(sum(cells, |c| c.windows_extra)),
     );
     let in_flight = format!("windows ending after {} (a window before the newest one written) are open or may be in flight", until.format("%Y-%m-%d %H:%M:%S UTC"));
-    hop("machine_sensors -> sensor_aggregates", true, summary, in_flight, problems)
+    let mut h = hop("machine_sensors -> sensor_aggregates", true, summary, in_flight, problems);
+    if sum(cells, |c| c.windows_wrong + c.windows_missing) > 0 {
+        h.hint = Some("windows written before their raw rows changed (readings that reached the job after their window closed: a producer's clock behind, a machine back from offline; or rows edited since) disagree with them; `labctl verify --repair` rewrites those windows from the raw rows".into());
+    }
+    h
 }
 
 fn raw_to_lake(cells: &[Cell], ctx: &Facts) -> Hop {
@@ -282,6 +286,15 @@ mod tests {
             c.lake_due = 10;
         });
         assert_eq!(oks(&[c], &ctx()), [true, true, true]);
+    }
+
+    #[test]
+    fn late_windows_point_to_repair_and_other_faults_do_not() {
+        let hint = |c: Cell| judge(&[c], &ctx())[1].hint.clone();
+        assert!(hint(cell(|c| c.windows_wrong = 1)).unwrap().contains("verify --repair"));
+        assert!(hint(cell(|c| c.windows_missing = 2)).unwrap().contains("verify --repair"));
+        assert_eq!(hint(cell(|c| c.windows_extra = 1)), None);
+        assert_eq!(hint(cell(|c| c.lost = 1)), None);
     }
 
     #[test]

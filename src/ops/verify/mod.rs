@@ -19,6 +19,7 @@
 //!   lake must hold no row twice and none the database does not have.
 
 pub mod judge;
+pub mod repair;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -123,6 +124,9 @@ pub struct Report {
     pub hops: Vec<Hop>,
     pub facts: Facts,
     pub cells: Vec<Cell>,
+    /// What `verify --repair` rewrote before reading (absent without --repair).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repaired: Option<repair::RepairRecord>,
 }
 
 /// A reading as the topic holds it (the fields Flink keys its rows on).
@@ -283,7 +287,7 @@ pub async fn run(lab: &Lab, timeout: Duration) -> Result<Report> {
     };
     let cells = combine(all, settled, raw, windows.cells, lake.map(|l| l.keys), &mut context);
     let hops = judge(&cells, &context);
-    Ok(Report { ok: hops.iter().all(|h| h.ok), hops, facts: context, cells })
+    Ok(Report { ok: hops.iter().all(|h| h.ok), hops, facts: context, cells, repaired: None })
 }
 
 /// Merges every reader's keys into cells.
@@ -409,15 +413,10 @@ struct Windows {
 /// Every closed window recomputed from the raw rows, in one statement (one snapshot), counted
 /// per machine, sensor and UTC day of the window's start.
 async fn read_windows(db: &tokio_postgres::Client, window_secs: u32) -> Result<Windows> {
-    let (raw, agg) = (schema::MACHINE_SENSORS.name, schema::SENSOR_AGGREGATES.name);
-    // window_secs is a number from the job's settings; Flink's TUMBLE windows start at
-    // multiples of it since the epoch.
+    let agg = schema::SENSOR_AGGREGATES.name;
     let w = window_secs;
     let sql = format!(
-        r#"WITH bound AS (SELECT max(window_end) - interval '{w} seconds' AS b FROM {agg}),
-r AS (SELECT machine_id, sensor_type, to_timestamp(floor(extract(epoch FROM "timestamp") / {w}) * {w}) AS w,
-             count(*) AS n, min(value) AS lo, max(value) AS hi, avg(value) AS av
-        FROM {raw}, bound WHERE "timestamp" < bound.b GROUP BY 1, 2, 3),
+        r#"{closed},
 a AS (SELECT machine_id, sensor_type, window_start AS w, reading_count AS n, min_value AS lo, max_value AS hi, avg_value AS av
         FROM {agg}, bound WHERE window_end <= bound.b)
 SELECT coalesce(r.machine_id, a.machine_id), coalesce(r.sensor_type, a.sensor_type),
@@ -428,7 +427,8 @@ SELECT coalesce(r.machine_id, a.machine_id), coalesce(r.sensor_type, a.sensor_ty
        count(*) FILTER (WHERE a.w IS NULL), count(*) FILTER (WHERE r.w IS NULL),
        (SELECT b FROM bound)
   FROM r FULL JOIN a ON a.machine_id = r.machine_id AND a.sensor_type = r.sensor_type AND a.w = r.w
- GROUP BY 1, 2, 3"#
+ GROUP BY 1, 2, 3"#,
+        closed = closed_windows_sql(w),
     );
     let rows =
         db.query(&sql, &[]).await.context("recomputing the closed windows from the raw rows")?;
@@ -458,6 +458,21 @@ SELECT coalesce(r.machine_id, a.machine_id), coalesce(r.sensor_type, a.sensor_ty
         );
     }
     Ok(Windows { closed_until, cells })
+}
+
+/// `bound` (windows ending at or before it are closed: one window before the newest written)
+/// and `r`, each closed minute recomputed from the raw rows, as the start of a WITH clause.
+/// `window_secs` is a number from the job's settings; Flink's TUMBLE windows start at multiples
+/// of it since the epoch.
+fn closed_windows_sql(window_secs: u32) -> String {
+    let (raw, agg) = (schema::MACHINE_SENSORS.name, schema::SENSOR_AGGREGATES.name);
+    let w = window_secs;
+    format!(
+        r#"WITH bound AS (SELECT max(window_end) - interval '{w} seconds' AS b FROM {agg}),
+r AS (SELECT machine_id, sensor_type, to_timestamp(floor(extract(epoch FROM "timestamp") / {w}) * {w}) AS w,
+             count(*) AS n, min(value) AS lo, max(value) AS hi, avg(value) AS av
+        FROM {raw}, bound WHERE "timestamp" < bound.b GROUP BY 1, 2, 3)"#
+    )
 }
 
 struct LakeRead {
