@@ -45,6 +45,9 @@ pub const LABEL_REPLICA: &str = "labctl.replica";
 /// Hash of everything a container was created from; a changed definition means recreate.
 pub const LABEL_SPEC: &str = "labctl.spec";
 
+/// How long a removal already under way in the engine is waited for.
+const REMOVAL_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Clone)]
 pub struct Runtime {
     pub docker: Docker,
@@ -381,17 +384,39 @@ impl Runtime {
             .with_context(|| format!("stopping {name}"))
     }
 
+    /// Removes a container (gone already counts as removed).
     pub async fn remove_container(&self, name: &str, stop_timeout: i64) -> Result<()> {
         // A graceful stop first: the databases inside flush on SIGTERM/SIGINT.
         let _ =
             self.docker.stop_container(name, Some(StopContainerOptions { t: stop_timeout })).await;
-        self.docker
-            .remove_container(
-                name,
-                Some(RemoveContainerOptions { force: true, v: false, link: false }),
-            )
-            .await
-            .with_context(|| format!("removing container {name}"))
+        // A removal the engine is still carrying out (asked for by a labctl killed meanwhile)
+        // answers 409 until it is done: wait for it instead of failing.
+        let deadline = std::time::Instant::now() + REMOVAL_WAIT;
+        loop {
+            let removed = self
+                .docker
+                .remove_container(
+                    name,
+                    Some(RemoveContainerOptions { force: true, v: false, link: false }),
+                )
+                .await;
+            match removed {
+                Ok(()) => return Ok(()),
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => return Ok(()),
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 409,
+                    message,
+                }) if message.contains("already in progress")
+                    && std::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!("{name}: {message}; waiting for the engine");
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e).with_context(|| format!("removing container {name}")),
+            }
+        }
     }
 
     pub async fn remove_network(&self, name: &str) -> Result<()> {
