@@ -170,6 +170,7 @@ function renderJobs(r) {
     ['restores', job.restarts === null ? '–' : job.restarts],
     ['late records dropped', fmt(job.late_records_dropped)],
     ['rejected messages', r.database.rejected ? fmt(r.database.rejected.count) : '–'],
+    ['late windows repaired', r.database.repairs.runs === 0 ? 'none' : `${fmt(r.database.repairs.windows)} (${fmt(r.database.repairs.late_readings)} late readings; last ${utc(r.database.repairs.last.at)})`],
   ] : [['state', 'no lab job: submit it with `labctl submit flink`']];
   $('#job').replaceChildren(el('div', { 'data-health': r.flink.light.health }, el('span', { class: 'dot' }), ' ', r.flink.light.reason),
     el('table', { id: 'job-facts' }, el('tbody', {}, rows.map(([k, v]) => el('tr', {}, el('th', {}, k), el('td', {}, v))))));

@@ -115,6 +115,10 @@ pub fn hops(r: &Report) -> Vec<Hop> {
                 h.figures.push(fig("newest", format!("{age} s ago")));
             }
         }
+        if id == "windows" && r.database.repairs.windows > 0 {
+            let n = r.database.repairs.windows as i64;
+            h.figures.push(fig("repaired", format!("{} late windows", count(n))));
+        }
         out.push(h);
     }
 
@@ -301,6 +305,13 @@ mod tests {
         assert_eq!(h[4].count, None, "no row count for a table status did not list");
         assert_eq!((h[6].health, h[6].reason.as_str()), (Health::Red, "Azurite not answering"));
         assert!(h[2].figures.iter().any(|f| f.value == "no lab job"));
+        assert!(h[4].figures.iter().all(|f| f.label != "repaired"), "nothing repaired yet");
+        r.database.repairs.windows = 1234;
+        let h = hops(&r);
+        assert!(h[4]
+            .figures
+            .iter()
+            .any(|f| f.label == "repaired" && f.value == "1,234 late windows"));
     }
 
     #[test]
