@@ -113,21 +113,14 @@ fn job_restarts(t: &TestLab, job_id: &str) -> serde_json::Value {
         .unwrap_or_default()
 }
 
-/// `verify` after the values of machine_sensors were changed under its windows: the topic
-/// and the lake agree with the table, the windows (rightly) do not.
-fn assert_verified_lake(t: &TestLab, after: &str) {
-    let (code, hops, report) = verify(t);
-    assert_eq!(code, Some(1), "{:#}", report["hops"]);
-    assert_eq!(
-        hops,
-        [
-            ("topic -> machine_sensors".to_string(), true),
-            ("machine_sensors -> sensor_aggregates".to_string(), false),
-            ("machine_sensors -> lake".to_string(), true)
-        ],
-        "after {after}: {:#}",
-        report["hops"]
-    );
+/// Changes every reading's value in machine_sensors, so that the next export has every day to
+/// write again (it rewrites only the days where the lake differs from the database). The
+/// windows no longer match their raw rows then, until an export repairs them first.
+fn shift_values(rt: &tokio::runtime::Runtime, lab: &labctl::ops::lab::Lab, delta: f64) {
+    rt.block_on(async {
+        let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
+        db.execute("UPDATE machine_sensors SET value = value + $1", &[&delta]).await.unwrap();
+    });
 }
 
 #[test]
@@ -285,6 +278,52 @@ fn faults_lose_and_double_nothing() {
         "the job rode out the outage"
     );
     assert!(caught >= produced);
+
+    // A broker outage of 3 minutes under the live generator and the running job: the
+    // generator keeps its readings queued (its deliveries never time out), the job's source
+    // waits for the broker. Once it is back, every tick produced meanwhile is in the topic
+    // once, in order, and the job writes it; nothing restarts the job.
+    let restarts_before = job_restarts(&t, &job_id);
+    let in_topic_before = topic_total(&rt, &lab).unwrap();
+    docker(&["kill", "-s", "KILL", &broker]);
+    let down_at = Instant::now();
+    std::thread::sleep(outage / 2);
+    let mid_state = job_state(&client);
+    std::thread::sleep(outage.saturating_sub(down_at.elapsed()));
+    docker(&["start", &broker]);
+    let back_at = Instant::now();
+    let outage_ticks = (outage.as_secs() as i64) / INTERVAL;
+    let delivered = wait_for(
+        "the generator to deliver the outage's readings",
+        Duration::from_secs(180),
+        || {
+            let n = topic_total(&rt, &lab)?;
+            (n >= in_topic_before + outage_ticks * PER_TICK)
+                .then(|| back_at.elapsed().as_secs_f64())
+        },
+    );
+    let readings = read_topic(&lab);
+    let a = audit(&readings, first_range);
+    let flink_caught =
+        wait_for("the job to write the outage's readings", Duration::from_secs(300), || {
+            let n = rt.block_on(try_count(&lab, "SELECT count(*) FROM machine_sensors"))?;
+            (n >= readings.len() as i64).then(|| back_at.elapsed().as_secs_f64())
+        });
+    let state = job_state(&client);
+    let restarts = job_restarts(&t, &job_id);
+    eprintln!(
+        "MEASURE | broker down 3 minutes under the live generator and the job | docker kill -s KILL broker, started {:.0} s later | topic {} messages, lost {} duplicated {}; job {mid_state:?} mid-outage, {state:?} after, restarts {restarts_before} -> {restarts} | the outage's readings in the topic {delivered:.1} s, in machine_sensors {flink_caught:.1} s after the broker was back",
+        outage.as_secs_f64(),
+        a.messages,
+        a.lost,
+        a.duplicated
+    );
+    assert_eq!((a.lost, a.duplicated), (0, 0), "every tick of the outage in the topic once");
+    assert_eq!(
+        state,
+        Some(labctl::clients::flink::JobState::Running),
+        "the job rode out the broker's outage"
+    );
 
     // ========== 2. down + up keeps every piece of data =======================================
     // Quiet the lab: stop the generator, let Flink write the rest, end the job, export.
@@ -485,12 +524,13 @@ fn faults_lose_and_double_nothing() {
     let files_before = parquet(&lab);
     // The export rewrites only the days where the lake differs from the database: change every
     // reading's value, so that it has the whole range to write again.
-    rt.block_on(async {
-        let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
-        db.execute("UPDATE machine_sensors SET value = value + 0.5", &[]).await.unwrap();
-    });
+    shift_values(&rt, &lab, 0.5);
     let sub = t.json(&[&["submit", "spark", "--json", "--no-wait"][..], &range[..]].concat());
     let id = sub["submission_id"].as_str().unwrap().to_string();
+    // Before submitting, the export rewrote every closed window from the changed raw rows.
+    let rewritten = sub["repaired"]["updated"].as_u64().unwrap();
+    assert!(rewritten > 1000, "12 hours of windows rewritten: {:#}", sub["repaired"]);
+    assert_eq!(sub["repaired"]["late_readings"], 0, "the same rows, other values");
     let spark = lab.spark(Duration::from_secs(5)).unwrap();
     let worker = format!("{}-spark-worker-1", t.project);
     // Mid-write: the first new data file is in storage, the commit is not made yet.
@@ -549,18 +589,63 @@ echo $all
     assert_eq!(v_rerun.version, v_before.version.map(|v| v + 1), "the re-run is one new version");
     assert_eq!(rows, n_readings, "each reading once in the lake");
     assert_eq!(v_rerun.rows_per_day, v_before.rows_per_day);
-    // The lake and the topic agree with the database again; the windows do not, and verify
-    // says so: their raw rows' values were changed under them above.
-    assert_verified_lake(&t, "the Spark driver's SIGKILL and a re-run");
+    // Every hop agrees again: the lake equals the database, and the windows whose raw rows
+    // changed under them above were rewritten from those rows by the export's repair step.
+    assert_verified(&t, "the Spark driver's SIGKILL and a re-run");
+
+    // ========== 4b. Spark master and worker SIGKILLed while an export writes ================
+    // The whole cluster dies under the export: the driver (inside the worker) with it, and the
+    // master forgets every submission (no recovery mode). `up` brings both back; the table is
+    // a committed version with each reading once, and a re-run makes it equal to the database
+    // and sweeps the killed submission's staged files.
+    shift_values(&rt, &lab, 0.375);
+    let v_before = summary(&lab);
+    let files_before = parquet(&lab);
+    t.json(&[&["submit", "spark", "--json", "--no-wait"][..], &range[..]].concat());
+    wait_for("the export to write its first file", Duration::from_secs(180), || {
+        (parquet(&lab) > files_before).then_some(())
+    });
+    let master = format!("{}-spark-master-1", t.project);
+    let killed = Instant::now();
+    docker(&["kill", "-s", "KILL", &master, &worker]);
+    let after_kill = summary(&lab);
+    t.ok(&["up"]);
+    let up_secs = killed.elapsed().as_secs_f64();
+    let v0 = v_before.version.unwrap();
+    let v_killed = after_kill.version.unwrap();
+    assert!(
+        v_killed == v0 || v_killed == v0 + 1,
+        "the table is at its version before the export or one after: v{v0} -> v{v_killed}"
+    );
+    assert_eq!(after_kill.rows, Some(n_readings as u64), "a committed version, each reading once");
+    let again = t.json(&[&["submit", "spark", "--json"][..], &range[..]].concat());
+    assert_eq!(again["state"], "FINISHED", "{again}");
+    let rerun_secs = killed.elapsed().as_secs_f64();
+    let v_rerun = summary(&lab);
+    let rows = v_rerun.rows.unwrap() as i64;
+    let staged = rt
+        .block_on(
+            lab.blob(Duration::from_secs(10))
+                .unwrap()
+                .list_blobs(&lab.config.lake.container, "_labctl/spark/"),
+        )
+        .unwrap();
+    eprintln!(
+        "MEASURE | Spark master and worker SIGKILL mid-export | docker kill -s KILL spark-master spark-worker after the export's first data file, `labctl up`, re-run | Delta v{v0} -> v{v_killed} after the kill -> v{:?}, rows {rows} of {n_readings}: lost {} duplicated {}; staged files left {} | cluster back (up) {up_secs:.1} s, re-run complete {rerun_secs:.1} s after the kill",
+        v_rerun.version,
+        (n_readings - rows).max(0),
+        (rows - n_readings).max(0),
+        staged.len()
+    );
+    assert_eq!(rows, n_readings, "each reading once in the lake");
+    assert!(staged.is_empty(), "the killed submission's staged files swept: {staged:?}");
+    assert_verified(&t, "the Spark cluster's SIGKILL and a re-run");
 
     // ========== 5. Azurite SIGKILLed while an export writes ===================================
     // The storage dies under the export (no clean shutdown: Azurite's metadata is whatever it
     // had saved). Whatever the driver makes of it, the Delta table is a committed version with
     // each reading once, and the next export makes it equal to the database.
-    rt.block_on(async {
-        let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
-        db.execute("UPDATE machine_sensors SET value = value + 0.25", &[]).await.unwrap();
-    });
+    shift_values(&rt, &lab, 0.25);
     let v_before = summary(&lab);
     let files_before = parquet(&lab);
     let sub = t.json(&[&["submit", "spark", "--json", "--no-wait"][..], &range[..]].concat());
@@ -604,7 +689,7 @@ echo $all
         (rows - n_readings).max(0)
     );
     assert_eq!(rows, n_readings, "each reading once in the lake");
-    assert_verified_lake(&t, "Azurite's SIGKILL and a re-run");
+    assert_verified(&t, "Azurite's SIGKILL and a re-run");
 
     // ========== 6. SIGKILL of labctl during scale, submit spark, down and up =================
     // Each time the same command run again finishes the work, and the lab is as it should be.
@@ -637,10 +722,7 @@ echo $all
     assert_eq!(tm_containers(), 1);
 
     // Work for the export: every day differs from the lake again.
-    rt.block_on(async {
-        let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
-        db.execute("UPDATE machine_sensors SET value = value + 0.125", &[]).await.unwrap();
-    });
+    shift_values(&rt, &lab, 0.125);
     let k = kill_after(&[&["submit", "spark"][..], &range[..]].concat(), Duration::from_secs(5));
     // Its driver, if submitted, runs on in the cluster: let it end before the next export.
     wait_for("no driver running", Duration::from_secs(300), || {
@@ -683,7 +765,7 @@ echo $all
         after == before
     );
     assert_eq!(after, before, "topic, tables and Delta table unchanged");
-    assert_verified_lake(&t, "SIGKILLs of labctl scale, submit spark, down and up");
+    assert_verified(&t, "SIGKILLs of labctl scale, submit spark, down and up");
 
     // ========== down --volumes: refused without --yes off a terminal, then removes ==========
     let vols = volumes(&t.project);
