@@ -511,6 +511,27 @@ fn faults_lose_and_double_nothing() {
         )
         .unwrap()
     };
+    // After a kill mid-export: the table is at a committed version (the one before the export
+    // or the one the export made) holding each reading once, and a re-run finishes. Returns
+    // the version before and after the kill.
+    let assert_committed_then_rerun =
+        |v_before: &labctl::clients::lake::DeltaSummary,
+         after_kill: &labctl::clients::lake::DeltaSummary| {
+            let v0 = v_before.version.unwrap();
+            let v_killed = after_kill.version.unwrap();
+            assert!(
+                v_killed == v0 || v_killed == v0 + 1,
+                "the table is at its version before the export or one after: v{v0} -> v{v_killed}"
+            );
+            assert_eq!(
+                after_kill.rows,
+                Some(n_readings as u64),
+                "a committed version, each reading once"
+            );
+            let again = t.json(&[&["submit", "spark", "--json"][..], &range[..]].concat());
+            assert_eq!(again["state"], "FINISHED", "{again}");
+            (v0, v_killed)
+        };
     let v_before = summary(&lab);
     let parquet = |lab: &labctl::ops::lab::Lab| {
         rt.block_on(
@@ -611,15 +632,7 @@ echo $all
     let after_kill = summary(&lab);
     t.ok(&["up"]);
     let up_secs = killed.elapsed().as_secs_f64();
-    let v0 = v_before.version.unwrap();
-    let v_killed = after_kill.version.unwrap();
-    assert!(
-        v_killed == v0 || v_killed == v0 + 1,
-        "the table is at its version before the export or one after: v{v0} -> v{v_killed}"
-    );
-    assert_eq!(after_kill.rows, Some(n_readings as u64), "a committed version, each reading once");
-    let again = t.json(&[&["submit", "spark", "--json"][..], &range[..]].concat());
-    assert_eq!(again["state"], "FINISHED", "{again}");
+    let (v0, v_killed) = assert_committed_then_rerun(&v_before, &after_kill);
     let rerun_secs = killed.elapsed().as_secs_f64();
     let v_rerun = summary(&lab);
     let rows = v_rerun.rows.unwrap() as i64;
@@ -670,15 +683,7 @@ echo $all
         )
         .ok()
     });
-    let v0 = v_before.version.unwrap();
-    let v_killed = after_kill.version.unwrap();
-    assert!(
-        v_killed == v0 || v_killed == v0 + 1,
-        "the table is at its version before the export or one after: v{v0} -> v{v_killed}"
-    );
-    assert_eq!(after_kill.rows, Some(n_readings as u64), "a committed version, each reading once");
-    let again = t.json(&[&["submit", "spark", "--json"][..], &range[..]].concat());
-    assert_eq!(again["state"], "FINISHED", "{again}");
+    let (v0, v_killed) = assert_committed_then_rerun(&v_before, &after_kill);
     let v_rerun = summary(&lab);
     let rerun_secs = killed.elapsed().as_secs_f64();
     let rows = v_rerun.rows.unwrap() as i64;
