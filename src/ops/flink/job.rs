@@ -4,6 +4,8 @@
 use anyhow::{bail, Result};
 use serde::Serialize;
 
+use crate::clients::kafka::partition_for_key;
+use crate::model::fleet::{Fleet, MACHINE_TYPES};
 use crate::model::security;
 use crate::stack::endpoints;
 use crate::stack::endpoints::DbCredentials;
@@ -78,7 +80,7 @@ pub struct JobSettings {
     pub window_secs: u32,
     pub checkpoint_interval_secs: u32,
     /// A partition without records for this long stops holding back event time (an empty
-    /// partition would otherwise stop every window from closing).
+    /// partition would otherwise stop every window from closing). See `idle_timeout_for`.
     pub idle_timeout_secs: u32,
     /// Restarts in a row before the job fails for good, exponentially spaced up to
     /// `restart_max_backoff_secs` apart.
@@ -96,7 +98,7 @@ impl JobSettings {
             watermark_delay_secs: 5,
             window_secs: 60,
             checkpoint_interval_secs: 10,
-            idle_timeout_secs: 30,
+            idle_timeout_secs: idle_timeout_for(&empty_partitions(config)),
             // 1+2+4+8+16 s, then 30 s apart: 20 attempts cover about 8 minutes; a failure that
             // heals (a TaskManager back) is retried within 30 s.
             restart_attempts: 20,
@@ -107,6 +109,40 @@ impl JobSettings {
             max_future_secs: 3600,
         }
     }
+}
+
+/// Idle timeout when every partition carries a machine of the lab's fleet. Idleness is then
+/// only a safety net, and a short one does harm: after a pause longer than the timeout (the
+/// broker down, the generator stopped) every reader is idle, the first to get the catch-up
+/// backlog alone sets event time to "now", and the backlog of the others reaches the windows
+/// late (measured: windows missing after a 3-minute broker outage with 30 s). Pauses shorter
+/// than this lose nothing.
+pub const IDLE_TIMEOUT_SECS: u32 = 600;
+/// Idle timeout when some partition gets no machine of the fleet: it must not hold back event
+/// time for long, so pauses longer than this can make readings late (`submit flink` warns).
+pub const IDLE_TIMEOUT_EMPTY_PARTITION_SECS: u32 = 30;
+
+fn idle_timeout_for(empty: &[i32]) -> u32 {
+    if empty.is_empty() {
+        IDLE_TIMEOUT_SECS
+    } else {
+        IDLE_TIMEOUT_EMPTY_PARTITION_SECS
+    }
+}
+
+/// Partitions of the lab's topic that no machine of the lab's generator fleet is keyed to.
+pub fn empty_partitions(config: &Config) -> Vec<i32> {
+    let partitions = config.broker.partitions.max(1);
+    let mut used = vec![false; partitions as usize];
+    // The config's checks bound `machines` to what `Fleet::new` accepts.
+    if let Ok(fleet) =
+        Fleet::new(&MACHINE_TYPES.map(|t| (t, config.ingest.machines)), config.ingest.seed)
+    {
+        for m in &fleet.machines {
+            used[partition_for_key(m.id.as_bytes(), partitions) as usize] = true;
+        }
+    }
+    (0..partitions).filter(|p| !used[*p as usize]).collect()
 }
 
 pub fn job_name(project: &str) -> String {
@@ -352,6 +388,27 @@ mod tests {
         let c = Config::default();
         let db = DbCredentials { user: "labctl_writer".into(), password: "pw'x".into() };
         render(&c, &db, &JobSettings::for_lab(&c)).unwrap()
+    }
+
+    /// The default lab fills its three partitions, so idleness is only a safety net; a fleet
+    /// of welders alone on three partitions leaves two empty and gets the short timeout.
+    #[test]
+    fn the_idle_timeout_follows_the_partitions_the_fleet_fills() {
+        let c = Config::default();
+        assert!(empty_partitions(&c).is_empty());
+        assert_eq!(JobSettings::for_lab(&c).idle_timeout_secs, IDLE_TIMEOUT_SECS);
+        assert!(rendered().contains("SET 'table.exec.source.idle-timeout' = '600 s';"));
+
+        let mut wide = Config::default();
+        wide.broker.partitions = 8;
+        let empty = empty_partitions(&wide);
+        assert!(!empty.is_empty() && empty.len() <= 5, "3 machines on 8 partitions: {empty:?}");
+        assert!(empty.iter().all(|p| (0..8).contains(p)));
+        assert_eq!(JobSettings::for_lab(&wide).idle_timeout_secs, IDLE_TIMEOUT_EMPTY_PARTITION_SECS);
+
+        let mut single = Config::default();
+        single.broker.partitions = 1;
+        assert!(empty_partitions(&single).is_empty());
     }
 
     #[test]

@@ -294,6 +294,14 @@ pub(crate) async fn submit_holding_lock(
 
     let statements = &prepared.statements;
     let lab_job = prepared.lab_job;
+    let empty = job::empty_partitions(&lab.config);
+    if lab_job && !empty.is_empty() {
+        let list = empty.iter().map(i32::to_string).collect::<Vec<_>>().join(", ");
+        progress.note(&format!(
+            "warning: no machine of the lab's fleet is keyed to partition {list} of {}, so a partition without records stops holding back event time after {} s; after a longer pause (the broker down, the generator stopped) readings can reach their windows late (`labctl verify` finds them, `--repair` fixes them); a fleet or broker.partitions that fills every partition avoids it",
+            lab.config.broker.partitions, settings.idle_timeout_secs
+        ));
+    }
     // A custom script names its job with SET 'pipeline.name'; only the lab's own job is checked
     // for a running copy, but the name also finds a job after an unclear answer.
     let name = if lab_job { job::job_name(&lab.config.project) } else { String::new() };
