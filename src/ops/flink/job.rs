@@ -404,7 +404,10 @@ mod tests {
         let empty = empty_partitions(&wide);
         assert!(!empty.is_empty() && empty.len() <= 5, "3 machines on 8 partitions: {empty:?}");
         assert!(empty.iter().all(|p| (0..8).contains(p)));
-        assert_eq!(JobSettings::for_lab(&wide).idle_timeout_secs, IDLE_TIMEOUT_EMPTY_PARTITION_SECS);
+        assert_eq!(
+            JobSettings::for_lab(&wide).idle_timeout_secs,
+            IDLE_TIMEOUT_EMPTY_PARTITION_SECS
+        );
 
         let mut single = Config::default();
         single.broker.partitions = 1;
