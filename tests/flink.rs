@@ -708,6 +708,19 @@ fn streaming_job_writes_exact_rows() {
         "late records after the JobManager restart"
     );
 
+    // The state file lost while the job runs: `up` rebuilds it from the lab's containers, and
+    // as the job roles get new passwords it replaces the job through a savepoint. The database
+    // restart below makes the sinks log in again: with the writer's old password they could not.
+    std::fs::remove_file(t.state_dir.path().join(format!("{}.json", t.project))).unwrap();
+    let up = t.json(&["up", "--json"]);
+    assert_eq!(up["containers_changed"], 0, "{up}");
+    let sub = up["flink_job_restored"].clone();
+    let job4 = sub["job_id"].as_str().unwrap_or_else(|| panic!("job not replaced: {up}"));
+    let job4 = job4.to_string();
+    assert_eq!(sub["replaced"][0], job3.as_str(), "{sub}");
+    assert_eq!(sub["restored_from"]["kind"], "savepoint", "{sub}");
+    let lab = t.lab();
+
     // Database restart while the job writes: the JDBC sinks fail, the job restarts from its
     // checkpoint (fixed-delay strategy) once the database is back; nothing lost or doubled.
     let phase6 = known_readings(T0 + 1740, 2);
@@ -749,7 +762,7 @@ fn streaming_job_writes_exact_rows() {
         "every reading exactly once after the database restart"
     );
     assert_eq!(
-        rt.block_on(client.late_records_dropped(&job3)).unwrap(),
+        rt.block_on(client.late_records_dropped(&job4)).unwrap(),
         0.0,
         "late records after the database restart"
     );
@@ -801,7 +814,7 @@ fn streaming_job_writes_exact_rows() {
     // late-records metric is reported, not asserted: which operator drops them, and so
     // whether the metric counts them, depends on the plan.)
     std::thread::sleep(Duration::from_secs(11)); // metrics.fetcher.update-interval
-    let late_metric = rt.block_on(client.late_records_dropped(&job3)).unwrap();
+    let late_metric = rt.block_on(client.late_records_dropped(&job4)).unwrap();
 
     // verify sees the windows that no longer match their raw rows, and nothing lost.
     let out = t.run(&["verify", "--json"]);

@@ -326,6 +326,37 @@ fn lab_on_a_real_engine() {
     assert_eq!(still["healthy"], true, "the running lab must be untouched: {still:#}");
     drop(listener);
 
+    // --- a lost state file: `up` takes the passwords and the ports it picked back from the
+    // lab's containers and changes none of them (new ports would recreate every container);
+    // the job roles get new passwords, which the database then takes -------------------------
+    let before: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    std::fs::remove_file(&state_file).unwrap();
+    let out = t.run(&["up", "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "up without its state file: {stderr}");
+    assert!(stderr.contains("was missing; rebuilt from the lab's containers"), "{stderr}");
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["containers_changed"], 0, "no container may change: {again}");
+    let after: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    assert_eq!(after["db_password"], before["db_password"]);
+    // (Ports of services this lab does not run, other broker nodes, are picked afresh.)
+    for key in ["broker", "database", "flink_ui", "spark_ui", "spark_rest", "azurite"] {
+        assert_eq!(after["ports"][key], before["ports"][key], "ports.{key}");
+    }
+    assert_ne!(after["db_writer_password"], before["db_writer_password"]);
+    let recovered = t.lab();
+    rt.block_on(async {
+        use labctl::model::topology::DbRole;
+        for role in [DbRole::Writer, DbRole::Reader] {
+            let db = recovered.database_as(role).unwrap();
+            db.connect(Duration::from_secs(10)).await.unwrap_or_else(|e| panic!("{role:?}: {e}"));
+        }
+    });
+    let still = t.json(&["status", "--json"]);
+    assert_eq!(still["healthy"], true, "{still:#}");
+
     // --- logs and bad input ------------------------------------------------------------------
     let logs = t.run(&["logs", "timescaledb", "--tail", "20"]);
     assert!(logs.status.success() && !logs.stdout.is_empty());

@@ -133,6 +133,21 @@ impl Ports {
             PortKey::BrokerSaslSsl => self.broker_sasl_ssl,
         }
     }
+
+    pub fn set(&mut self, key: PortKey, port: u16) {
+        let slot = match key {
+            PortKey::Broker => &mut self.broker,
+            PortKey::Broker2 => &mut self.broker_2,
+            PortKey::Broker3 => &mut self.broker_3,
+            PortKey::Database => &mut self.database,
+            PortKey::FlinkUi => &mut self.flink_ui,
+            PortKey::SparkUi => &mut self.spark_ui,
+            PortKey::SparkRest => &mut self.spark_rest,
+            PortKey::Azurite => &mut self.azurite,
+            PortKey::BrokerSaslSsl => &mut self.broker_sasl_ssl,
+        };
+        *slot = port;
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -88,7 +88,7 @@ impl Lab {
             )
         } else {
             format!(
-                "{e:#}: the database volume `{}` was set up with another password than the one in the state file {} (the state file was lost or replaced, and a new password generated); put the old state file back, or delete the lab's data with `labctl down --volumes --yes` and run `labctl up` again",
+                "{e:#}: the database in volume `{}` has another password than the state file {} (the file was replaced); put that lab's state file back, or `labctl down` (data volumes are kept) and `labctl up`: a new database container takes the state file's password",
                 self.stack.volume_name("db-data"),
                 crate::stack::state::state_path(&self.config.project).display()
             )

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod flink;
 pub mod ingest;
 pub mod lab;
+pub mod lost_state;
 pub mod numbers;
 pub mod plot;
 pub mod reconcile;

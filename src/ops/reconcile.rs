@@ -25,11 +25,13 @@ use crate::{
     ops::{
         flink::{self, job as flink_job, Script, SubmitRequest, Submitted},
         lab::{lock_lab, Lab, Refusal},
+        lost_state,
     },
     progress::{Progress, Tasks, TasksNote},
     stack::{
-        self, state::State, ImageSpec, Probe, Secret, Service, ServiceId, FLINK_TM, IMAGES,
-        SCALABLE, SPARK_WORKER,
+        self,
+        state::{self, State},
+        ImageSpec, Probe, Secret, Service, ServiceId, FLINK_TM, IMAGES, SCALABLE, SPARK_WORKER,
     },
     wait::{poll_until, Check, Every, Waited},
 };
@@ -128,7 +130,20 @@ pub async fn up(mut config: Config, req: &UpRequest, tasks: &dyn Tasks) -> Resul
     let started = Instant::now();
     let rt = Runtime::connect().await?;
     let _lock = lock_lab(&config.project, "up", &TasksNote(tasks)).await?;
-    let mut state = State::load_or_init(&config)?;
+    let mut existing = rt.list_containers(&config.project).await?;
+    let state_lost = State::load(&config.project)?.is_none() && !existing.is_empty();
+    let mut state = if state_lost {
+        let r = lost_state::from_containers(&rt, &config, &existing).await?;
+        tasks.note(&format!(
+            "the state file of lab `{}` ({}) was missing; rebuilt from the lab's containers: {}",
+            config.project,
+            state::state_path(&config.project).display(),
+            if r.found.is_empty() { "nothing to take".to_string() } else { r.found.join(", ") }
+        ));
+        r.state
+    } else {
+        State::load_or_init(&config)?
+    };
     // An explicit size is remembered; without one the lab keeps the size it was scaled to.
     for (service, n) in [(FLINK_TM, req.taskmanagers), (SPARK_WORKER, req.spark_workers)] {
         if let Some(n) = n {
@@ -189,7 +204,7 @@ pub async fn up(mut config: Config, req: &UpRequest, tasks: &dyn Tasks) -> Resul
         Some(port) => Some(check_sasl_ssl_listener(&rt, &lab, port).await?),
         None => None,
     };
-    let flink_job_restored = restore_lab_job(&lab, tasks).await?;
+    let flink_job_restored = restore_lab_job(&lab, tasks, state_lost).await?;
     let report = UpReport {
         project: lab.stack.project.clone(),
         containers_changed: changed,
@@ -210,19 +225,31 @@ pub async fn up(mut config: Config, req: &UpRequest, tasks: &dyn Tasks) -> Resul
 /// The lab's Flink job is part of the lab: when it should run (`State::flink_job`) but the
 /// cluster has no running copy (a JobManager without HA loses its jobs when it dies), it is
 /// submitted again and restores from its newest retained checkpoint.
-async fn restore_lab_job(lab: &Lab, tasks: &dyn Tasks) -> Result<Option<Submitted>> {
-    if !lab.state.flink_job {
+///
+/// After a lost state file (`state_lost`) the job roles have new passwords, so a running lab
+/// job is replaced through a savepoint: its connections would fail at their next login.
+async fn restore_lab_job(
+    lab: &Lab,
+    tasks: &dyn Tasks,
+    state_lost: bool,
+) -> Result<Option<Submitted>> {
+    if !lab.state.flink_job && !state_lost {
         return Ok(None);
     }
     let client = lab.flink(Duration::from_secs(10))?;
     let name = flink_job::job_name(&lab.config.project);
-    if client.jobs().await?.iter().any(|j| j.name == name && j.state.is_active()) {
+    let running = client.jobs().await?.iter().any(|j| j.name == name && j.state.is_active());
+    if running != state_lost {
         return Ok(None);
     }
     let task = tasks.task("flink job");
-    task.note(&format!("the lab's job `{name}` is not running: submitting it again"));
+    task.note(&if running {
+        format!("the lab's job `{name}` logs in with the writer's former password: replacing it through a savepoint")
+    } else {
+        format!("the lab's job `{name}` is not running: submitting it again")
+    });
     let req = SubmitRequest {
-        replace: false,
+        replace: running,
         fresh: false,
         allow_non_restored_state: false,
         timeout: Duration::from_secs(120),
@@ -239,7 +266,11 @@ async fn restore_lab_job(lab: &Lab, tasks: &dyn Tasks) -> Result<Option<Submitte
         }
         Err(e) => {
             task.failed("not brought back");
-            Err(e.context(format!("the lab's Flink job `{name}` was lost and could not be brought back; `labctl submit flink --fresh` starts it without its saved state")))
+            Err(e.context(if running {
+                format!("the lab's Flink job `{name}` could not be replaced to log in with the writer's new password; `labctl submit flink --replace` tries again")
+            } else {
+                format!("the lab's Flink job `{name}` was lost and could not be brought back; `labctl submit flink --fresh` starts it without its saved state")
+            }))
         }
     }
 }

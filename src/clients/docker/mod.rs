@@ -367,6 +367,25 @@ impl Runtime {
         Err(anyhow!("copying {path} into {container}: {}", last_err.unwrap_or_default()))
     }
 
+    /// The host port bound to each container port (TCP) as the container was created, whether it
+    /// runs or not: (container port, host port).
+    pub async fn published_ports(&self, name: &str) -> Result<Vec<(u16, u16)>> {
+        let c = self
+            .docker
+            .inspect_container(name, None)
+            .await
+            .with_context(|| format!("inspecting {name}"))?;
+        let bindings = c.host_config.and_then(|h| h.port_bindings).unwrap_or_default();
+        Ok(bindings
+            .into_iter()
+            .filter_map(|(port, hosts)| {
+                let container = port.strip_suffix("/tcp")?.parse().ok()?;
+                let host = hosts?.into_iter().find_map(|b| b.host_port?.parse().ok())?;
+                Some((container, host))
+            })
+            .collect())
+    }
+
     /// How often the engine restarted the container under its restart policy.
     pub async fn restart_count(&self, name: &str) -> Result<i64> {
         let c = self
