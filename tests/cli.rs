@@ -55,6 +55,22 @@ fn docker_not_reachable_says_how_to_fix_it() {
     assert!(e.contains("Docker engine not reachable") && e.contains("DOCKER_HOST"), "{e}");
 }
 
+/// Flink's and Spark's REST APIs run submitted code: never published beyond loopback.
+#[test]
+fn up_refuses_to_publish_unauthenticated_services_beyond_loopback() {
+    let t = TestLab::new("bind").with_env("LABCTL_BIND_ADDRESS", "0.0.0.0");
+    let out = t.run(&["up"]);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(
+        e.contains("without authentication")
+            && e.contains("Flink's REST API")
+            && e.contains("bind_address = \"127.0.0.1\""),
+        "{e}"
+    );
+    assert!(!t.state_dir.path().join(format!("{}.json", t.project)).exists(), "nothing made");
+}
+
 #[test]
 fn commands_on_a_lab_never_started_say_so() {
     let t = TestLab::new("none");

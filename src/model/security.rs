@@ -148,3 +148,64 @@ pub fn check_secrets(config: &Config) -> Result<()> {
     }
     Ok(())
 }
+
+/// What the lab would publish to other hosts with no authentication in front of it: each of
+/// these runs code or takes data from whoever reaches its port.
+const UNAUTHENTICATED: [(Part, &str); 3] = [
+    (Part::Flink, "Flink's REST API (runs any uploaded jar)"),
+    (Part::Spark, "Spark's REST submission server (runs any submitted program)"),
+    (Part::Broker, "the broker's plaintext listeners"),
+];
+
+/// Refuses a `bind_address` beyond loopback while the lab runs a service from
+/// `UNAUTHENTICATED`: the lab has no mutual TLS for Flink's REST API, no signed tokens for
+/// Spark's submissions and keeps plaintext broker listeners, so such an address would hand
+/// code execution to its whole network. A tunnel reaches a loopback-bound lab safely.
+pub fn check_exposure(config: &Config) -> Result<()> {
+    let Ok(addr) = config.bind_address.parse::<std::net::IpAddr>() else {
+        return Ok(()); // `Config::validate` names a malformed address
+    };
+    if addr.is_loopback() {
+        return Ok(());
+    }
+    let exposed: Vec<&str> = UNAUTHENTICATED
+        .iter()
+        .filter(|(part, _)| !part.is_external(config))
+        .map(|(_, what)| *what)
+        .collect();
+    if exposed.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "bind_address = \"{addr}\" would publish {} to other hosts without authentication; set bind_address = \"127.0.0.1\" (LABCTL_BIND_ADDRESS) and reach the lab from another host through an SSH tunnel (`ssh -L 8081:127.0.0.1:8081 ...`)",
+        exposed.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_publishes_the_unauthenticated_services() {
+        let mut c = Config::default();
+        assert!(check_exposure(&c).is_ok());
+        c.bind_address = "::1".into();
+        assert!(check_exposure(&c).is_ok());
+        c.bind_address = "0.0.0.0".into();
+        let e = check_exposure(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("Flink's REST API") && e.contains("Spark's REST") && e.contains("broker")
+        );
+        assert!(e.contains("bind_address = \"127.0.0.1\""), "{e}");
+        // Only what the lab itself runs counts.
+        c.bind_address = "192.168.1.20".into();
+        c.flink.url = "http://flink.example:8081".into();
+        c.spark.master_url = "spark://spark.example:7077".into();
+        c.broker.bootstrap = "kafka.example:9092".into();
+        assert!(check_exposure(&c).is_ok());
+        c.spark.master_url.clear();
+        let e = check_exposure(&c).unwrap_err().to_string();
+        assert!(e.contains("Spark's REST") && !e.contains("Flink"), "{e}");
+    }
+}

@@ -127,6 +127,7 @@ pub async fn up(mut config: Config, req: &UpRequest, tasks: &dyn Tasks) -> Resul
     }
     config.validate()?;
     security::check_secrets(&config)?;
+    security::check_exposure(&config)?;
     let started = Instant::now();
     let rt = Runtime::connect().await?;
     let _lock = lock_lab(&config.project, "up", &TasksNote(tasks)).await?;
@@ -160,7 +161,6 @@ pub async fn up(mut config: Config, req: &UpRequest, tasks: &dyn Tasks) -> Resul
         }
     }
     let lab = Lab::new(config, state);
-    let mut existing = rt.list_containers(&lab.stack.project).await?;
     // A container the engine is still starting (a labctl killed mid-`up` asked for it) holds its
     // ports before it shows as running: give such a one a moment before calling the port taken.
     let patience = Instant::now() + Duration::from_secs(10);
