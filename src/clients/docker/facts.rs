@@ -105,3 +105,38 @@ fn cgroup_memory(id: &str) -> Option<(u64, Option<u64>)> {
     }
     None
 }
+
+/// Size and free space of the file system a volume lives on (for a tmpfs volume, its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Space {
+    pub total_bytes: u64,
+    /// What an unprivileged writer (the database, the broker) can still use.
+    pub free_bytes: u64,
+}
+
+impl Runtime {
+    /// The space of `volume` as the engine's host sees its mount point; None when that is not
+    /// this machine, or labctl may not look there (the engine's folder is root's).
+    pub async fn volume_space(&self, volume: &str) -> Result<Option<Space>> {
+        let v = self
+            .docker
+            .inspect_volume(volume)
+            .await
+            .with_context(|| format!("inspecting volume {volume}"))?;
+        Ok(statvfs(&v.mountpoint))
+    }
+}
+
+fn statvfs(path: &str) -> Option<Space> {
+    let c = std::ffi::CString::new(path).ok()?;
+    let mut s = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid C string and `s` is written by the call before it is read.
+    if unsafe { libc::statvfs(c.as_ptr(), s.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `s`.
+    let s = unsafe { s.assume_init() };
+    // c_ulong and fsblkcnt_t are u64 on the 64-bit Linux labctl is built for.
+    let frag: u64 = s.f_frsize;
+    Some(Space { total_bytes: s.f_blocks * frag, free_bytes: s.f_bavail * frag })
+}

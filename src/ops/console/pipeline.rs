@@ -272,6 +272,7 @@ mod tests {
                 restarts: 0,
                 url: None,
                 containers: vec![],
+                volumes: vec![],
             }],
             broker: Default::default(),
             flink: Default::default(),

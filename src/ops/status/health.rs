@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{BrokerSection, DatabaseSection, FlinkSection, LakeSection, SparkSection};
+use super::{BrokerSection, DatabaseSection, FlinkSection, LakeSection, SparkSection, VolumeSpace};
 use crate::{
     clients::spark::{DriverState, WorkerState},
     stack::{ServiceId, INGEST},
@@ -79,6 +79,40 @@ pub fn judge_service(
             Light::yellow(format!("{d}; restarted {restarts} time(s), see `labctl logs {name}`"))
         }
         (_, Ok(d)) => Light::green(d.clone()),
+    }
+}
+
+/// Free space below which a volume counts as full (or 5 % of a small one): a database or
+/// broker then fails writes (PostgreSQL's WAL alone takes 16 MiB segments).
+const FULL_FREE_BYTES: u64 = 64 << 20;
+
+/// A service's light with its volumes' space taken into account: a full volume is red whatever
+/// the service answers (it may still accept logins while every write fails), one past 90 %
+/// yellow. The reason says which volume, how full, and what to do.
+pub fn judge_volumes(light: Light, name: ServiceId, volumes: &[VolumeSpace]) -> Light {
+    let mib = |b: u64| b >> 20;
+    let worst = volumes.iter().map(|v| {
+        let used_pct = 100.0 * (1.0 - v.free_bytes as f64 / v.total_bytes.max(1) as f64);
+        let what = format!(
+            "volume `{}` ({}) {used_pct:.0} % full, {} MiB free of {} MiB",
+            v.volume,
+            v.path,
+            mib(v.free_bytes),
+            mib(v.total_bytes)
+        );
+        if v.free_bytes < FULL_FREE_BYTES.min(v.total_bytes / 20) {
+            Light::red(format!("{what}: {name} cannot write; free space there (or give the engine's disk more room), it resumes by itself"))
+        } else if used_pct >= 90.0 {
+            Light::yellow(what)
+        } else {
+            Light::green(String::new())
+        }
+    });
+    let Some(disk) = worst.max_by_key(|l| l.health) else { return light };
+    match disk.health {
+        Health::Green => light,
+        h if h > light.health => disk,
+        _ => Light { health: light.health, reason: format!("{}; {}", light.reason, disk.reason) },
     }
 }
 
@@ -250,7 +284,7 @@ pub fn judge_lake(l: &mut LakeSection) {
 mod tests {
     use super::*;
     use crate::ops::status::{FlinkJobStatus, TableStatus};
-    use crate::stack::BROKER;
+    use crate::stack::{BROKER, DATABASE};
 
     fn facts(ingest: bool) -> Facts {
         Facts { ingest_running: ingest, now: Utc::now(), checkpoint_interval_secs: 10 }
@@ -289,6 +323,33 @@ mod tests {
         assert_eq!(judge_service(BROKER, "stopped", 0, 1, &ok, 0, true).health, Health::Red);
         assert_eq!(judge_service(INGEST, "missing", 0, 1, &ok, 0, false).health, Health::Green);
         assert_eq!(judge_service(INGEST, "missing", 0, 1, &ok, 0, true).health, Health::Red);
+    }
+
+    #[test]
+    fn a_full_volume_turns_its_service_red_whatever_it_answers() {
+        let vol = |total: u64, free: u64| VolumeSpace {
+            volume: "lab-db-data".into(),
+            path: "/var/lib/postgresql/data".into(),
+            total_bytes: total,
+            free_bytes: free,
+        };
+        let ok = || Light::green("login ok");
+        let gib = 1u64 << 30;
+        assert_eq!(judge_volumes(ok(), DATABASE, &[]).reason, "login ok");
+        assert_eq!(judge_volumes(ok(), DATABASE, &[vol(100 * gib, 50 * gib)]).reason, "login ok");
+        let nearly = judge_volumes(ok(), DATABASE, &[vol(100 * gib, 5 * gib)]);
+        assert_eq!(nearly.health, Health::Yellow);
+        assert!(nearly.reason.contains("95 % full"), "{}", nearly.reason);
+        // A large disk is full below 64 MiB, a small volume below 5 % of it.
+        let full = judge_volumes(ok(), DATABASE, &[vol(100 * gib, 63 << 20)]);
+        assert_eq!(full.health, Health::Red);
+        assert!(full.reason.contains("cannot write") && full.reason.contains("free space"));
+        let small = 192u64 << 20;
+        assert_eq!(judge_volumes(ok(), DATABASE, &[vol(small, 15 << 20)]).health, Health::Yellow);
+        assert_eq!(judge_volumes(ok(), DATABASE, &[vol(small, 9 << 20)]).health, Health::Red);
+        // Both reasons when the service is red anyway.
+        let both = judge_volumes(Light::red("not answering"), DATABASE, &[vol(small, 0)]);
+        assert!(both.reason.starts_with("not answering; volume `lab-db-data`"), "{}", both.reason);
     }
 
     #[test]

@@ -8,7 +8,10 @@
 mod health;
 mod rate;
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, Utc};
@@ -56,6 +59,17 @@ pub struct ServiceStatus {
     pub restarts: i64,
     pub url: Option<String>,
     pub containers: Vec<ContainerStatus>,
+    /// Space of the volumes it writes to, where the engine runs on this machine.
+    pub volumes: Vec<VolumeSpace>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeSpace {
+    pub volume: String,
+    /// Where the service mounts it.
+    pub path: String,
+    pub total_bytes: u64,
+    pub free_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -392,9 +406,21 @@ async fn services(lab: &Lab, rt: &Runtime, timeout: Duration) -> Result<Vec<Serv
     let restarts = containers
         .iter()
         .map(|c| async move { (c.name.clone(), rt.restart_count(&c.name).await.unwrap_or(0)) });
-    let (probes, restarts) = tokio::join!(
+    let volumes: BTreeSet<String> = lab
+        .stack
+        .services
+        .iter()
+        .flat_map(|s| &s.mounts)
+        .map(|m| lab.stack.volume_name(m.volume))
+        .collect();
+    let spaces = volumes.into_iter().map(|v| async move {
+        let space = rt.volume_space(&v).await.ok().flatten();
+        (v, space)
+    });
+    let (probes, restarts, spaces) = tokio::join!(
         futures_util::future::join_all(probes),
-        futures_util::future::join_all(restarts)
+        futures_util::future::join_all(restarts),
+        futures_util::future::join_all(spaces)
     );
     let mut out = Vec::new();
     for (svc, probe) in lab.stack.services.iter().zip(probes) {
@@ -413,14 +439,32 @@ async fn services(lab: &Lab, rt: &Runtime, timeout: Duration) -> Result<Vec<Serv
             .map(|(_, r)| r)
             .sum();
         let ready = state == "running" && probe.is_ok();
-        let light = health::judge_service(
+        let volumes: Vec<VolumeSpace> = svc
+            .mounts
+            .iter()
+            .filter_map(|m| {
+                let name = lab.stack.volume_name(m.volume);
+                let (_, space) = spaces.iter().find(|(v, _)| *v == name)?;
+                space.map(|s| VolumeSpace {
+                    volume: name,
+                    path: m.path.to_string(),
+                    total_bytes: s.total_bytes,
+                    free_bytes: s.free_bytes,
+                })
+            })
+            .collect();
+        let light = health::judge_volumes(
+            health::judge_service(
+                svc.name,
+                state,
+                running,
+                svc.replicas,
+                &probe,
+                restarts,
+                lab.config.ingest.enabled,
+            ),
             svc.name,
-            state,
-            running,
-            svc.replicas,
-            &probe,
-            restarts,
-            lab.config.ingest.enabled,
+            &volumes,
         );
         out.push(ServiceStatus {
             service: svc.name.to_string(),
@@ -441,6 +485,7 @@ async fn services(lab: &Lab, rt: &Runtime, timeout: Duration) -> Result<Vec<Serv
                     status: c.status.clone(),
                 })
                 .collect(),
+            volumes,
         });
     }
     // External services: no containers, only whether they answer.
@@ -462,6 +507,7 @@ async fn services(lab: &Lab, rt: &Runtime, timeout: Duration) -> Result<Vec<Serv
             restarts: 0,
             url: Some(e.address.clone()),
             containers: vec![],
+            volumes: vec![],
         }
     }))
     .await;
@@ -812,6 +858,12 @@ mod tests {
                     name: "lab-broker-1".into(),
                     state: "running".into(),
                     status: "Up".into(),
+                }],
+                volumes: vec![VolumeSpace {
+                    volume: "lab-broker-data".into(),
+                    path: "/var/lib/kafka".into(),
+                    total_bytes: 1 << 30,
+                    free_bytes: 1 << 29,
                 }],
             }],
             broker: BrokerSection {
