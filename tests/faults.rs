@@ -24,8 +24,8 @@ use std::{
 };
 
 use common::{
-    audit, docker, lab_jobs, read_readings as read_topic, rt, topic_ends, topic_total, wait_for,
-    TestLab, INTERVAL,
+    assert_verified, audit, docker, lab_jobs, read_readings as read_topic, rt, topic_ends,
+    topic_total, wait_for, TestLab, INTERVAL,
 };
 
 const BACKFILL_SECS: i64 = 12 * 3_600;
@@ -74,31 +74,6 @@ fn containers(project: &str) -> Vec<String> {
         &format!("label=labctl.project={project}"),
     ]);
     out.lines().map(str::to_string).collect()
-}
-
-/// `labctl verify --json`: its exit code and the verdict (ok) of each hop, by name.
-fn verify(t: &TestLab) -> (Option<i32>, Vec<(String, bool)>, serde_json::Value) {
-    let out = t.run(&["verify", "--json"]);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("verify printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr))
-    });
-    let hops = report["hops"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| (h["name"].as_str().unwrap().to_string(), h["ok"].as_bool().unwrap()))
-        .collect();
-    (out.status.code(), hops, report)
-}
-
-fn assert_verified(t: &TestLab, after: &str) {
-    let (code, hops, report) = verify(t);
-    assert_eq!(code, Some(0), "labctl verify after {after}: {hops:?}\n{:#}", report["hops"]);
-    assert!(
-        report["hops"].as_array().unwrap().iter().all(|h| h["checked"] == true),
-        "every hop had something to check after {after}: {:#}",
-        report["hops"]
-    );
 }
 
 /// The job's restarts as `status --json` reports them (null when it does not list the job).

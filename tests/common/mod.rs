@@ -337,3 +337,29 @@ pub fn topic_ends(rt: &tokio::runtime::Runtime, lab: &Lab) -> Option<Vec<(i32, i
 pub fn topic_total(rt: &tokio::runtime::Runtime, lab: &Lab) -> Option<i64> {
     topic_ends(rt, lab).map(|v| v.iter().map(|(_, h)| h).sum())
 }
+
+/// `labctl verify --json`: its exit code and the verdict (ok) of each hop, by name.
+pub fn verify(t: &TestLab) -> (Option<i32>, Vec<(String, bool)>, serde_json::Value) {
+    let out = t.run(&["verify", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("verify printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr))
+    });
+    let hops = report["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["name"].as_str().unwrap().to_string(), h["ok"].as_bool().unwrap()))
+        .collect();
+    (out.status.code(), hops, report)
+}
+
+/// `labctl verify` exits 0 and every hop had something to check.
+pub fn assert_verified(t: &TestLab, after: &str) {
+    let (code, hops, report) = verify(t);
+    assert_eq!(code, Some(0), "labctl verify after {after}: {hops:?}\n{:#}", report["hops"]);
+    assert!(
+        report["hops"].as_array().unwrap().iter().all(|h| h["checked"] == true),
+        "every hop had something to check after {after}: {:#}",
+        report["hops"]
+    );
+}
