@@ -139,10 +139,22 @@ impl Broker {
         // -1: the cluster's `default.replication.factor` (the lab's brokers set it from their
         // node count; an external cluster keeps its own policy).
         let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
-        let res = admin
-            .create_topics([&new], &AdminOptions::new().operation_timeout(Some(timeout)))
-            .await
-            .with_context(|| format!("creating topic {topic}"))?;
+        let opts = AdminOptions::new().operation_timeout(Some(timeout));
+        // While a cluster of several nodes forms, librdkafka replaces the handle of a broker it
+        // knew from the bootstrap list by the one the metadata names, and a request in flight on
+        // the old handle fails with DestroyBroker (seen with three nodes right after they all
+        // registered). The request is safe to repeat: an existing topic counts as created.
+        let mut attempt = 1;
+        let res = loop {
+            match admin.create_topics([&new], &opts).await {
+                Err(KafkaError::AdminOp(code)) if attempt < 5 && transient_admin_error(code) => {
+                    tracing::debug!("creating topic {topic}: {code}; trying again");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                other => break other.with_context(|| format!("creating topic {topic}"))?,
+            }
+        };
         for r in res {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -716,6 +728,20 @@ impl TopicActivity {
     pub fn appended_since(&self) -> Option<i64> {
         self.partitions.iter().map(|p| p.at_since.map(|o| p.offsets.high - o)).sum()
     }
+}
+
+/// An admin request that failed on the way (a broker handle replaced, a connection dropped),
+/// not because the cluster refused it.
+fn transient_admin_error(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::DestroyBroker
+            | RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::NotController
+    )
 }
 
 #[cfg(test)]
