@@ -133,6 +133,31 @@ async fn rows(lab: &labctl::ops::lab::Lab) -> Option<i64> {
     Some(row.get(0))
 }
 
+/// Waits until machine_sensors holds `total` rows; returns the seconds since `freed` and the
+/// status report then (the job's and the service's restarts printed).
+fn stored_after(
+    t: &TestLab,
+    rt: &tokio::runtime::Runtime,
+    lab: &labctl::ops::lab::Lab,
+    total: i64,
+    freed: Instant,
+    name: &str,
+) -> (f64, serde_json::Value) {
+    wait_for(
+        &format!("every reading in machine_sensors after {name}'s volume was freed"),
+        Duration::from_secs(480),
+        || (rt.block_on(rows(lab))? >= total).then_some(()),
+    );
+    let secs = freed.elapsed().as_secs_f64();
+    let report = status(t);
+    eprintln!(
+        "the lab job's restarts: {}; {name}'s container's: {}",
+        report["flink"]["jobs"][0]["restarts"],
+        service(&report, name)["restarts"]
+    );
+    (secs, report)
+}
+
 /// verify exits 0 with the topic and both tables checked (no export runs here, so the lake
 /// has nothing to check).
 fn assert_topic_and_tables_agree(t: &TestLab, after: &str) {
@@ -186,18 +211,7 @@ fn full_disks_lose_nothing_and_heal_by_themselves() {
     // Space freed: everything arrives by itself (no command), and every hop agrees.
     drop(filler);
     let freed = Instant::now();
-    wait_for(
-        "every reading in machine_sensors after freeing space",
-        Duration::from_secs(480),
-        || (rt.block_on(rows(&lab))? >= total).then_some(()),
-    );
-    let caught_up = freed.elapsed().as_secs_f64();
-    let report = status(&t);
-    eprintln!(
-        "the lab job's restarts: {}; the database container's: {}",
-        report["flink"]["jobs"][0]["restarts"],
-        service(&report, "timescaledb")["restarts"]
-    );
+    let (caught_up, report) = stored_after(&t, &rt, &lab, total, freed, "timescaledb");
     assert_eq!(service(&report, "timescaledb")["light"]["health"], "green", "{report:#}");
     assert_topic_and_tables_agree(&t, "a full database volume");
     eprintln!(
@@ -243,18 +257,7 @@ fn full_disks_lose_nothing_and_heal_by_themselves() {
         summary["delivered"].as_i64().unwrap(),
         "every delivery acknowledged by the broker is in the topic, once: {summary}"
     );
-    wait_for(
-        "every reading in machine_sensors after the broker's disk",
-        Duration::from_secs(480),
-        || (rt.block_on(rows(&lab))? >= total).then_some(()),
-    );
-    let caught_up = freed.elapsed().as_secs_f64();
-    let report = status(&t);
-    eprintln!(
-        "the lab job's restarts: {}; the broker container's: {}",
-        report["flink"]["jobs"][0]["restarts"],
-        service(&report, "broker")["restarts"]
-    );
+    let (caught_up, report) = stored_after(&t, &rt, &lab, total, freed, "broker");
     // Yellow at most: a broker that stopped on its full disk and was restarted says so.
     let broker = service(&report, "broker");
     assert_ne!(broker["light"]["health"], "red", "{broker:#}");
