@@ -39,4 +39,4 @@ start=$(date +%s)
 echo "[test] images ready in $(( $(date +%s) - start )) s" >&2
 
 echo "[test] integration tests against real containers" >&2
-cargo test --locked --test cli --test compose --test lab --test brokers --test plot --test flink --test spark --test scale --test external --test broker_tls --test faults --test disk --test demo --test console -- --test-threads=1 --nocapture
+cargo test --locked --test cli --test compose --test lab --test brokers --test plot --test flink --test spark --test scale --test external --test broker_tls --test exposed --test faults --test disk --test demo --test console -- --test-threads=1 --nocapture

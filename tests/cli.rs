@@ -63,8 +63,10 @@ fn up_refuses_to_publish_unauthenticated_services_beyond_loopback() {
     assert!(!out.status.success());
     let e = stderr(&out);
     assert!(
-        e.contains("without authentication")
-            && e.contains("Flink's REST API")
+        e.contains("publishes the lab to other hosts")
+            && e.contains("flink.rest_mutual_tls = true")
+            && e.contains("spark.rest_tokens = true")
+            && e.contains("broker.sasl_ssl_listener = true")
             && e.contains("bind_address = \"127.0.0.1\""),
         "{e}"
     );

@@ -92,6 +92,42 @@ for d in "/var/lib/flink" \
   [ -w "$d" ] || log "WARNING: $d is not writable by $(id -un) (uid $(id -u))"
 done
 
+# --- REST over mutual TLS (flink.rest_mutual_tls) ------------------------------------------------
+# labctl places the lab CA, the JobManager's certificate and key as files (never in the
+# environment). They become a PKCS12 keystore and a truststore holding only the lab CA, under a
+# password made here at each start; Flink's REST API then asks every client for a certificate
+# of that CA. Flink's default cipher list is one RSA key-exchange suite, which an EC key cannot
+# serve and modern clients do not offer: name ECDHE suites instead.
+rest_secret=/run/secrets/flink-rest-server.key
+if [ "$role" = jobmanager ] && [ -f "$rest_secret" ]; then
+  tls_dir="${FLINK_CONF_DIR}/rest-tls"
+  rm -rf "$tls_dir" && mkdir -m 0700 "$tls_dir"
+  tls_pw="$(head -c 24 /dev/urandom | base64 | tr -d '/+=')"
+  printf '%s' "$tls_pw" > "$tls_dir/password" && chmod 0600 "$tls_dir/password"
+  openssl pkcs12 -export -name rest -in /run/secrets/flink-rest-server.pem -inkey "$rest_secret" \
+    -certfile /run/secrets/flink-rest-ca.pem -out "$tls_dir/keystore.p12" \
+    -passout "file:$tls_dir/password" || die "cannot make the REST keystore from /run/secrets"
+  keytool -importcert -noprompt -alias lab-ca -file /run/secrets/flink-rest-ca.pem \
+    -keystore "$tls_dir/truststore.p12" -storetype PKCS12 -storepass:file "$tls_dir/password" \
+    >/dev/null || die "cannot make the REST truststore from /run/secrets"
+  rm -f "$tls_dir/password"
+  {
+    echo "security.ssl.rest.enabled: true"
+    echo "security.ssl.rest.authentication-enabled: true"
+    echo "security.ssl.rest.keystore: ${tls_dir}/keystore.p12"
+    echo "security.ssl.rest.keystore-type: PKCS12"
+    echo "security.ssl.rest.keystore-password: ${tls_pw}"
+    echo "security.ssl.rest.key-password: ${tls_pw}"
+    echo "security.ssl.rest.truststore: ${tls_dir}/truststore.p12"
+    echo "security.ssl.rest.truststore-type: PKCS12"
+    echo "security.ssl.rest.truststore-password: ${tls_pw}"
+    echo "security.ssl.protocol: TLSv1.2"
+    echo "security.ssl.algorithms: TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"
+  } >> "$CONF"
+  unset tls_pw
+  log "REST: mutual TLS; clients need a certificate of the lab CA"
+fi
+
 # Pre-seed the SQL runner jar so that the JM's GET /jars lists it without an upload.
 if [ "$role" = jobmanager ] && [ -n "$upload_dir" ] && [ -f "$RUNNER_JAR" ]; then
   jar_dir="${upload_dir}/flink-web-upload"

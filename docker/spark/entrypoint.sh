@@ -17,8 +17,20 @@ case "$role" in
   master)
     export SPARK_MASTER_OPTS="-Dspark.master.rest.enabled=true -Dspark.master.rest.port=6066 ${SPARK_MASTER_OPTS:-}"
     export SPARK_DAEMON_JAVA_OPTS="-Duser.timezone=UTC -Djava.security.egd=file:/dev/urandom ${SPARK_DAEMON_JAVA_OPTS:-}"
+    # spark.rest_tokens: labctl places a key as a file; Spark 4's JWSFilter then turns away
+    # every REST request without a token signed with it. The key goes into a properties file
+    # only this user reads, never into the environment or the command line.
+    props=()
+    if [ -f /run/secrets/spark-rest-key ]; then
+      conf="$(umask 077 && mktemp /var/lib/spark/master.XXXXXX.conf)"
+      cat "${SPARK_CONF_DIR:-/etc/spark}/spark-defaults.conf" > "$conf" 2>/dev/null || true
+      printf '%s\n' 'spark.master.rest.filters org.apache.spark.ui.JWSFilter' \
+        "spark.org.apache.spark.ui.JWSFilter.param.secretKey $(cat /run/secrets/spark-rest-key)" >> "$conf"
+      props=(--properties-file "$conf")
+      echo "[labctl-spark] REST submissions need a token signed with the lab's key" >&2
+    fi
     exec spark-class org.apache.spark.deploy.master.Master \
-      --host "${SPARK_MASTER_HOST:-spark-master}" --port 7077 --webui-port 8080 "$@"
+      --host "${SPARK_MASTER_HOST:-spark-master}" --port 7077 --webui-port 8080 "${props[@]}" "$@"
     ;;
   worker)
     master_url="spark://spark-master:7077"

@@ -7,7 +7,10 @@ use anyhow::Result;
 use indicatif::MultiProgress;
 
 use crate::{
-    model::{config::Config, topology},
+    model::{
+        config::{Config, PortKey},
+        topology,
+    },
     ops::reconcile::{self, UpRequest},
     stack,
 };
@@ -57,7 +60,8 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
             }
         }
         let p = &lab.state.ports;
-        let (bind, c) = (&lab.stack.bind_address, &lab.config);
+        let c = &lab.config;
+        let host = |k: PortKey| lab.stack.port_host(k).unwrap_or("127.0.0.1");
         let topic = &c.broker.topic;
         match lab.stack.external_for(stack::BROKER) {
             Some(e) => eprintln!("  broker    {} (external; topic `{topic}`)", e.address),
@@ -72,13 +76,20 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
         match lab.stack.external_for(stack::DATABASE) {
             Some(e) => eprintln!("  database  {} (external)", e.address),
             None => eprintln!(
-                "  database  postgresql://{}@{bind}:{}/{} (password: `labctl status --show-secrets`)",
-                c.database.user, p.database, c.database.name
+                "  database  postgresql://{}@{}:{}/{} (password: `labctl status --show-secrets`)",
+                c.database.user,
+                host(PortKey::Database),
+                p.database,
+                c.database.name
             ),
         }
         match lab.stack.external_for(stack::AZURITE) {
             Some(e) => eprintln!("  lake      {} (external)", e.address),
-            None => eprintln!("  azurite   http://{bind}:{}/devstoreaccount1", p.azurite),
+            None => eprintln!(
+                "  azurite   http://{}:{}/devstoreaccount1",
+                host(PortKey::Azurite),
+                p.azurite
+            ),
         }
         for e in lab
             .stack

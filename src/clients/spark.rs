@@ -10,6 +10,8 @@ pub struct Client {
     ui: String,
     rest: String,
     http: reqwest::Client,
+    /// The key REST requests' tokens are signed with, when the server checks them.
+    token_key: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -102,7 +104,31 @@ impl Client {
             .timeout(timeout)
             .build()
             .context("building an HTTP client")?;
-        Ok(Self { ui: ui.into(), rest: rest.into(), http })
+        Ok(Self { ui: ui.into(), rest: rest.into(), http, token_key: None })
+    }
+
+    /// Signs every REST request with a token of this key (base64url, as the master's
+    /// JWSFilter has it).
+    pub fn with_token_key(mut self, key: &str) -> Result<Self> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(key.trim_end_matches('='))
+            .context("the key of Spark's REST tokens is not base64url")?;
+        anyhow::ensure!(
+            bytes.len() >= 32,
+            "the key of Spark's REST tokens is shorter than 256 bits"
+        );
+        self.token_key = Some(bytes);
+        Ok(self)
+    }
+
+    /// A request to the REST server, with a fresh token when the server wants one.
+    fn rest_request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, url);
+        match &self.token_key {
+            Some(key) => req.bearer_auth(token(key, unix_now())),
+            None => req,
+        }
     }
 
     /// The master's status page as JSON (`/json/`; `/json` redirects).
@@ -127,13 +153,43 @@ impl Client {
     /// The REST submission server answers (any HTTP answer counts; GET on its root is a 400).
     pub async fn rest_answers(&self) -> Result<()> {
         let url = format!("{}/v1/submissions/status/none", self.rest.trim_end_matches('/'));
-        self.http
-            .get(&url)
+        let resp = self
+            .rest_request(reqwest::Method::GET, &url)
             .send()
             .await
             .with_context(|| format!("Spark REST server {url} did not answer"))?;
+        refused(resp.status())?;
         Ok(())
     }
+}
+
+/// An HS256 JWS (what Spark's JWSFilter checks) that expires in five minutes: a token seen on
+/// the way is of no use for long.
+pub fn token(key: &[u8], now: u64) -> String {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine};
+    use hmac::Mac;
+    let header = B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = B64.encode(format!(r#"{{"iss":"labctl","iat":{now},"exp":{}}}"#, now + 300));
+    let signed = format!("{header}.{claims}");
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(signed.as_bytes());
+    format!("{signed}.{}", B64.encode(mac.finalize().into_bytes()))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The REST server's filter turned the request away: retrying will not help.
+fn refused(status: reqwest::StatusCode) -> Result<()> {
+    if matches!(status.as_u16(), 401 | 403) {
+        anyhow::bail!("Spark's REST server refused labctl's request (HTTP {status}): its token key is not the one in the lab's state file (spark.rest_tokens); `labctl up` gives the master the state file's key");
+    }
+    Ok(())
 }
 
 /// Answer of the REST submission server.
@@ -183,6 +239,7 @@ impl Client {
             format!("Spark REST server ({what}) did not answer at {}", self.rest)
         })?;
         let status = resp.status();
+        refused(status)?;
         let body = resp.text().await.unwrap_or_default();
         let parsed: SubmissionStatus = serde_json::from_str(&body)
             .with_context(|| format!("Spark REST server ({what}): HTTP {status}: {body}"))?;
@@ -212,7 +269,9 @@ impl Client {
             "sparkProperties": props,
         });
         let url = format!("{}/v1/submissions/create", self.rest.trim_end_matches('/'));
-        let r = self.rest_json(self.http.post(url).json(&body), "create").await?;
+        let r = self
+            .rest_json(self.rest_request(reqwest::Method::POST, &url).json(&body), "create")
+            .await?;
         if !r.success || r.submission_id.is_empty() {
             anyhow::bail!("Spark refused the submission: {}", r.message.unwrap_or_default());
         }
@@ -221,11 +280,24 @@ impl Client {
 
     pub async fn status(&self, id: &str) -> Result<SubmissionStatus> {
         let url = format!("{}/v1/submissions/status/{id}", self.rest.trim_end_matches('/'));
-        self.rest_json(self.http.get(url), "status").await
+        self.rest_json(self.rest_request(reqwest::Method::GET, &url), "status").await
     }
 
     pub async fn kill(&self, id: &str) -> Result<SubmissionStatus> {
         let url = format!("{}/v1/submissions/kill/{id}", self.rest.trim_end_matches('/'));
-        self.rest_json(self.http.post(url), "kill").await
+        self.rest_json(self.rest_request(reqwest::Method::POST, &url), "kill").await
+    }
+}
+
+#[cfg(test)]
+mod token_tests {
+    /// Python's hmac and base64 give the same token for the same key and clock (the header is
+    /// the one Spark's JWSFilter documents).
+    #[test]
+    fn a_token_is_an_hs256_jws_that_expires_in_five_minutes() {
+        assert_eq!(
+            super::token(&[1u8; 32], 1_700_000_000),
+            "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJsYWJjdGwiLCJpYXQiOjE3MDAwMDAwMDAsImV4cCI6MTcwMDAwMDMwMH0.TtQTyHsz-P2sH9MghLE4NVAcGnu-rsjuTt68JOc7_4k"
+        );
     }
 }

@@ -215,6 +215,10 @@ pub struct FlinkConfig {
     pub slots_per_taskmanager: u32,
     pub jobmanager_memory: String,
     pub taskmanager_memory: String,
+    /// The lab's Flink REST API (and web UI) over TLS that asks every client for a certificate
+    /// of the lab's own CA, which only labctl holds: what a `bind_address` beyond loopback
+    /// requires, because whoever reaches that API runs any jar.
+    pub rest_mutual_tls: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -236,6 +240,10 @@ pub struct SparkConfig {
     pub workers: u32,
     pub worker_cores: u32,
     pub worker_memory: String,
+    /// The lab's Spark REST submission server only takes requests carrying a token signed with
+    /// the lab's key (Spark 4's JWSFilter), which only labctl holds: what a `bind_address`
+    /// beyond loopback requires, because whoever reaches that server runs any program.
+    pub rest_tokens: bool,
 }
 
 /// The generator that `up` starts as a service of the lab.
@@ -356,6 +364,7 @@ impl Default for FlinkConfig {
             slots_per_taskmanager: 3,
             jobmanager_memory: "1024m".into(),
             taskmanager_memory: "1280m".into(),
+            rest_mutual_tls: false,
         }
     }
 }
@@ -371,6 +380,7 @@ impl Default for SparkConfig {
             workers: 1,
             worker_cores: 2,
             worker_memory: "2g".into(),
+            rest_tokens: false,
         }
     }
 }
@@ -487,6 +497,12 @@ impl Config {
         check_range("broker.nodes", self.broker.nodes, 1, MAX_BROKER_NODES)?;
         if self.broker.sasl_ssl_listener && self.broker.nodes != 1 {
             bail!(invalid("broker.sasl_ssl_listener", true, "is available with broker.nodes = 1 only (its listeners and certificate are made for one node); set broker.nodes = 1 or sasl_ssl_listener = false"));
+        }
+        if self.flink.rest_mutual_tls && !self.flink.url.is_empty() {
+            bail!(invalid("flink.rest_mutual_tls", true, "applies to the lab's own Flink cluster, and flink.url names an external one; remove one of the two"));
+        }
+        if self.spark.rest_tokens && !self.spark.master_url.is_empty() {
+            bail!(invalid("spark.rest_tokens", true, "applies to the lab's own Spark cluster, and spark.master_url names an external one; remove one of the two"));
         }
         check_identifier("database.user", &self.database.user)?;
         check_identifier("database.name", &self.database.name)?;

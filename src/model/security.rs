@@ -5,7 +5,7 @@
 use anyhow::{bail, Result};
 
 use crate::model::{
-    config::{Config, SECRET_BROKER_PASSWORD, SECRET_DATABASE_PASSWORD, SECRET_LAKE_KEY},
+    config::{Config, PortKey, SECRET_BROKER_PASSWORD, SECRET_DATABASE_PASSWORD, SECRET_LAKE_KEY},
     topology::Part,
 };
 
@@ -149,37 +149,81 @@ pub fn check_secrets(config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// What the lab would publish to other hosts with no authentication in front of it: each of
-/// these runs code or takes data from whoever reaches its port.
-const UNAUTHENTICATED: [(Part, &str); 3] = [
-    (Part::Flink, "Flink's REST API (runs any uploaded jar)"),
-    (Part::Spark, "Spark's REST submission server (runs any submitted program)"),
-    (Part::Broker, "the broker's plaintext listeners"),
+/// What each part the lab runs needs before its ports may face other hosts: each runs code or
+/// takes data from whoever reaches it, unless the setting puts authentication in front.
+const AUTHENTICATION: [(Part, &str, &str); 3] = [
+    (Part::Flink, "flink.rest_mutual_tls = true", "Flink's REST API runs any uploaded jar"),
+    (Part::Spark, "spark.rest_tokens = true", "Spark's REST server runs any submitted program"),
+    (
+        Part::Broker,
+        "broker.sasl_ssl_listener = true",
+        "the broker takes and serves data from anyone on its plaintext listeners",
+    ),
 ];
 
-/// Refuses a `bind_address` beyond loopback while the lab runs a service from
-/// `UNAUTHENTICATED`: the lab has no mutual TLS for Flink's REST API, no signed tokens for
-/// Spark's submissions and keeps plaintext broker listeners, so such an address would hand
-/// code execution to its whole network. A tunnel reaches a loopback-bound lab safely.
+fn authenticated(config: &Config, part: Part) -> bool {
+    match part {
+        Part::Flink => config.flink.rest_mutual_tls,
+        Part::Spark => config.spark.rest_tokens,
+        Part::Broker => config.broker.sasl_ssl_listener,
+        Part::Database | Part::Lake => true,
+    }
+}
+
+/// Whether `bind_address` publishes beyond this host (a wildcard does).
+pub fn beyond_loopback(config: &Config) -> bool {
+    config.bind_address.parse::<std::net::IpAddr>().is_ok_and(|a| !a.is_loopback())
+}
+
+/// Refuses a `bind_address` beyond loopback while a part the lab runs lacks its
+/// authentication (`AUTHENTICATION`), naming each missing setting: such an address would hand
+/// code execution or the data to the whole network. A tunnel reaches a loopback-bound lab.
 pub fn check_exposure(config: &Config) -> Result<()> {
-    let Ok(addr) = config.bind_address.parse::<std::net::IpAddr>() else {
+    if !beyond_loopback(config) {
         return Ok(()); // `Config::validate` names a malformed address
-    };
-    if addr.is_loopback() {
-        return Ok(());
     }
-    let exposed: Vec<&str> = UNAUTHENTICATED
+    let missing: Vec<(&str, &str)> = AUTHENTICATION
         .iter()
-        .filter(|(part, _)| !part.is_external(config))
-        .map(|(_, what)| *what)
+        .filter(|(part, _, _)| !part.is_external(config) && !authenticated(config, *part))
+        .map(|(_, setting, why)| (*setting, *why))
         .collect();
-    if exposed.is_empty() {
+    if missing.is_empty() {
         return Ok(());
     }
+    let settings: Vec<&str> = missing.iter().map(|(s, _)| *s).collect();
+    let whys: Vec<&str> = missing.iter().map(|(_, w)| *w).collect();
     bail!(
-        "bind_address = \"{addr}\" would publish {} to other hosts without authentication; set bind_address = \"127.0.0.1\" (LABCTL_BIND_ADDRESS) and reach the lab from another host through an SSH tunnel (`ssh -L 8081:127.0.0.1:8081 ...`)",
-        exposed.join(", ")
+        "bind_address = \"{}\" publishes the lab to other hosts, and {}; set {} (or bind_address = \"127.0.0.1\" and reach the lab through an SSH tunnel, `ssh -L 8081:127.0.0.1:8081 ...`)",
+        config.bind_address,
+        whys.join("; "),
+        settings.join(", ")
     )
+}
+
+/// The host address a published port binds to: `bind_address`, except that with an address
+/// beyond loopback only the ports that authenticate their clients face it (the database's
+/// password login, the broker's SASL_SSL listener, Flink's REST API with mutual TLS, Spark's
+/// REST server with tokens); the others (the broker's plaintext listeners, Azurite with its
+/// well-known key, Spark's web UI, which can kill applications) stay on 127.0.0.1.
+pub fn port_bind_address(config: &Config, key: PortKey) -> &str {
+    if !beyond_loopback(config) {
+        return &config.bind_address;
+    }
+    let authenticates = match key {
+        PortKey::Database | PortKey::BrokerSaslSsl => true,
+        PortKey::FlinkUi => config.flink.rest_mutual_tls,
+        PortKey::SparkRest => config.spark.rest_tokens,
+        PortKey::Broker
+        | PortKey::Broker2
+        | PortKey::Broker3
+        | PortKey::SparkUi
+        | PortKey::Azurite => false,
+    };
+    if authenticates {
+        &config.bind_address
+    } else {
+        "127.0.0.1"
+    }
 }
 
 #[cfg(test)]
@@ -187,25 +231,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_loopback_publishes_the_unauthenticated_services() {
+    fn beyond_loopback_every_part_the_lab_runs_needs_its_authentication() {
         let mut c = Config::default();
         assert!(check_exposure(&c).is_ok());
         c.bind_address = "::1".into();
         assert!(check_exposure(&c).is_ok());
         c.bind_address = "0.0.0.0".into();
         let e = check_exposure(&c).unwrap_err().to_string();
-        assert!(
-            e.contains("Flink's REST API") && e.contains("Spark's REST") && e.contains("broker")
-        );
+        for setting in [
+            "flink.rest_mutual_tls = true",
+            "spark.rest_tokens = true",
+            "broker.sasl_ssl_listener = true",
+        ] {
+            assert!(e.contains(setting), "{e}");
+        }
         assert!(e.contains("bind_address = \"127.0.0.1\""), "{e}");
+        c.flink.rest_mutual_tls = true;
+        c.broker.sasl_ssl_listener = true;
+        let e = check_exposure(&c).unwrap_err().to_string();
+        assert!(e.contains("spark.rest_tokens") && !e.contains("flink."), "{e}");
+        c.spark.rest_tokens = true;
+        assert!(check_exposure(&c).is_ok());
         // Only what the lab itself runs counts.
-        c.bind_address = "192.168.1.20".into();
+        let mut c = Config { bind_address: "192.168.1.20".into(), ..Default::default() };
         c.flink.url = "http://flink.example:8081".into();
         c.spark.master_url = "spark://spark.example:7077".into();
         c.broker.bootstrap = "kafka.example:9092".into();
         assert!(check_exposure(&c).is_ok());
-        c.spark.master_url.clear();
-        let e = check_exposure(&c).unwrap_err().to_string();
-        assert!(e.contains("Spark's REST") && !e.contains("Flink"), "{e}");
+    }
+
+    #[test]
+    fn beyond_loopback_only_authenticating_ports_face_the_address() {
+        let mut c = Config { bind_address: "192.168.1.20".into(), ..Default::default() };
+        c.flink.rest_mutual_tls = true;
+        c.spark.rest_tokens = true;
+        c.broker.sasl_ssl_listener = true;
+        let facing: Vec<PortKey> =
+            PortKey::ALL.into_iter().filter(|k| port_bind_address(&c, *k) != "127.0.0.1").collect();
+        assert_eq!(
+            facing,
+            [PortKey::Database, PortKey::FlinkUi, PortKey::SparkRest, PortKey::BrokerSaslSsl]
+        );
+        c.bind_address = "127.0.0.1".into();
+        assert!(PortKey::ALL.iter().all(|k| port_bind_address(&c, *k) == "127.0.0.1"));
     }
 }

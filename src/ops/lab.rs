@@ -115,7 +115,8 @@ impl Lab {
             .stack
             .published_port(PortKey::Database)
             .context("the stack has no database port")?;
-        Ok(Database::new(self.stack.bind_address.clone(), port, user, name, password))
+        let host = self.stack.port_host(PortKey::Database).unwrap_or("127.0.0.1").to_string();
+        Ok(Database::new(host, port, user, name, password))
     }
 
     pub fn flink(&self, timeout: Duration) -> Result<flink::Client> {
@@ -124,7 +125,13 @@ impl Lab {
         } else {
             self.url(PortKey::FlinkUi)?
         };
-        flink::Client::new(url, timeout)
+        let tls = match &self.state.flink_rest_tls {
+            Some(t) if self.config.flink.rest_mutual_tls => {
+                Some(flink::MutualTls { ca: t.ca.clone(), identity: t.client_identity() })
+            }
+            _ => None,
+        };
+        flink::Client::with_tls(url, timeout, tls.as_ref())
     }
 
     pub fn spark(&self, timeout: Duration) -> Result<spark::Client> {
@@ -136,7 +143,15 @@ impl Lab {
                 timeout,
             );
         }
-        spark::Client::new(self.url(PortKey::SparkUi)?, self.url(PortKey::SparkRest)?, timeout)
+        let client = spark::Client::new(
+            self.url(PortKey::SparkUi)?,
+            self.url(PortKey::SparkRest)?,
+            timeout,
+        )?;
+        if self.config.spark.rest_tokens {
+            return client.with_token_key(&self.state.spark_rest_key);
+        }
+        Ok(client)
     }
 
     pub fn blob(&self, timeout: Duration) -> Result<BlobClient> {
@@ -153,7 +168,8 @@ impl Lab {
             .stack
             .published_port(PortKey::Azurite)
             .context("the stack publishes no azurite port")?;
-        BlobClient::azurite(&self.stack.bind_address, port, timeout)
+        let host = self.stack.port_host(PortKey::Azurite).unwrap_or("127.0.0.1");
+        BlobClient::azurite(host, port, timeout)
     }
 
     /// Runs one readiness check once. Ok(detail) when ready, Err(why not) otherwise.

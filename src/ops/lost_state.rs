@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use crate::{
     clients::docker::{ContainerInfo, Runtime},
     model::config::Config,
-    stack::{self, state::State, Secret, Stack},
+    stack::{self, state::State, Stack},
 };
 
 /// The state rebuilt from the lab's containers, and what was taken from where.
@@ -48,16 +48,13 @@ pub async fn from_containers(
             }
         }
         for s in &svc.secrets {
-            let bytes = rt.read_file(&name, s.path).await.with_context(|| {
+            let bytes = rt.read_file(&name, &s.path).await.with_context(|| {
                 format!("the state file of lab `{}` is missing and its password cannot be read back from container {name}; put the state file back, or `labctl down` (data volumes are kept) and `labctl up`: a new container takes the new password", config.project)
             })?;
             let value = String::from_utf8(bytes)
                 .with_context(|| format!("{} in {name} is not text", s.path))?;
-            match s.secret {
-                Secret::DbPassword => state.db_password = value,
-                Secret::BrokerPassword => state.broker_password = value,
-            }
-            found.push(format!("{} from {name}", secret_name(s.secret)));
+            state.set_secret(s.secret, value);
+            found.push(format!("{} from {name}", s.secret.what()));
         }
     }
     for service in stack::SCALABLE {
@@ -68,11 +65,4 @@ pub async fn from_containers(
         }
     }
     Ok(Recovered { state, found })
-}
-
-fn secret_name(s: Secret) -> &'static str {
-    match s {
-        Secret::DbPassword => "the database password",
-        Secret::BrokerPassword => "the broker's SASL password",
-    }
 }

@@ -364,13 +364,12 @@ fn taken_port(lab: &Lab, existing: &[ContainerInfo]) -> Option<PortTaken> {
             if ours {
                 continue;
             }
-            if let Err(error) =
-                std::net::TcpListener::bind((lab.stack.bind_address.as_str(), p.host))
-            {
+            let bind = lab.stack.port_bind(p);
+            if let Err(error) = std::net::TcpListener::bind((bind, p.host)) {
                 return Some(PortTaken {
                     service: svc.name.to_string(),
                     port: p.host,
-                    bind: lab.stack.bind_address.to_string(),
+                    bind: bind.to_string(),
                     key: p.key.as_str().to_string(),
                     error,
                 });
@@ -413,12 +412,8 @@ pub async fn ensure_replicas(
     tag: &str,
     existing: &[ContainerInfo],
 ) -> Result<usize> {
-    let (password, broker_password) =
-        (lab.state.db_password.clone(), lab.state.broker_password.clone());
-    let secrets = move |s: Secret| match s {
-        Secret::DbPassword => password.clone(),
-        Secret::BrokerPassword => broker_password.clone(),
-    };
+    let state = lab.state.clone();
+    let secrets = move |s: Secret| state.secret(s);
     let mut changed = 0;
     for replica in 1..=svc.replicas {
         let name = lab.stack.container_name(svc.name, replica);

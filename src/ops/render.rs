@@ -56,6 +56,24 @@ struct ComposeService {
     aliases: Vec<String>,
 }
 
+#[derive(Serialize)]
+struct ComposeSecret {
+    name: &'static str,
+    variable: String,
+    what: &'static str,
+}
+
+/// The variable naming a secret's file for compose: `LABCTL_DB_PASSWORD_FILE` and the like.
+fn secret_variable(s: Secret) -> String {
+    let stem: String = s
+        .name()
+        .trim_end_matches(".pem")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .collect();
+    format!("LABCTL_{stem}_FILE")
+}
+
 pub fn compose(stack: &Stack) -> Result<String> {
     let services: Vec<ComposeService> = stack
         .services
@@ -68,10 +86,10 @@ pub fn compose(stack: &Stack) -> Result<String> {
             ports: s
                 .ports
                 .iter()
-                .map(|p| yaml_str(&format!("{}:{}:{}", stack.bind_address, p.host, p.container)))
+                .map(|p| yaml_str(&format!("{}:{}:{}", stack.port_bind(p), p.host, p.container)))
                 .collect(),
             volumes: s.mounts.iter().map(|m| format!("{}:{}", m.volume, m.path)).collect(),
-            secrets: s.secrets.iter().map(|f| secret_name(f.secret).to_string()).collect(),
+            secrets: s.secrets.iter().map(|f| f.secret.name().to_string()).collect(),
             depends_on: s.depends_on.iter().map(|d| d.to_string()).collect(),
             replicas: s.replicas,
             stop_signal: s.stop_signal.map(str::to_string),
@@ -90,17 +108,19 @@ pub fn compose(stack: &Stack) -> Result<String> {
     ctx.insert("network", &stack.network);
     ctx.insert("services", &services);
     ctx.insert("volumes", &volumes);
-    let broker_secret =
-        stack.services.iter().flat_map(|s| &s.secrets).any(|f| f.secret == Secret::BrokerPassword);
-    ctx.insert("broker_secret", &broker_secret);
-    render_template(COMPOSE_TEMPLATE, &ctx).context("rendering docker-compose.yml")
-}
-
-fn secret_name(s: Secret) -> &'static str {
-    match s {
-        Secret::DbPassword => "db-password",
-        Secret::BrokerPassword => "broker-password",
+    // Each secret file the services take, as compose reads it from a file of the user's.
+    let mut secrets: Vec<ComposeSecret> = Vec::new();
+    for f in stack.services.iter().flat_map(|s| &s.secrets) {
+        if secrets.iter().all(|s| s.name != f.secret.name()) {
+            secrets.push(ComposeSecret {
+                name: f.secret.name(),
+                variable: secret_variable(f.secret),
+                what: f.secret.what(),
+            });
+        }
     }
+    ctx.insert("secrets", &secrets);
+    render_template(COMPOSE_TEMPLATE, &ctx).context("rendering docker-compose.yml")
 }
 
 #[cfg(test)]

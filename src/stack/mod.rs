@@ -6,6 +6,7 @@
 pub mod assets;
 pub mod endpoints;
 pub mod journal;
+pub mod rest_tls;
 pub mod service_id;
 pub mod state;
 
@@ -17,6 +18,7 @@ use crate::{
     model::config::MAX_BROKER_NODES,
     model::{
         config::{Config, PortKey, Ports},
+        security,
         topology::{external_parts, Part},
     },
     stack::state::State,
@@ -126,6 +128,14 @@ pub struct PublishedPort {
     pub host: u16,
     /// What a person opens, if anything (e.g. the Flink UI).
     pub url_path: Option<&'static str>,
+    /// The host address it binds to when that is not the stack's `bind_address` (see
+    /// `security::port_bind_address`); left out of the definition's hash when unset, so a
+    /// loopback lab's containers stay as they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+    /// Spoken over TLS (Flink's REST API with `flink.rest_mutual_tls`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub https: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -139,7 +149,7 @@ pub struct Mount {
 /// container's environment or command line (`docker inspect` shows both).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct SecretFile {
-    pub path: &'static str,
+    pub path: String,
     pub secret: Secret,
 }
 
@@ -149,6 +159,55 @@ pub enum Secret {
     DbPassword,
     /// The SCRAM password of the lab broker's SASL_SSL user (`broker.sasl_ssl_listener`).
     BrokerPassword,
+    /// `flink.rest_mutual_tls`: the lab CA's certificate, the JobManager's certificate and
+    /// key, and labctl's client certificate and key. The client's pair is kept there too, so a
+    /// lost state file can be rebuilt from the container: whoever reads the JobManager's files
+    /// controls Flink anyway.
+    FlinkRestCa,
+    FlinkRestServerCert,
+    FlinkRestServerKey,
+    FlinkRestClientCert,
+    FlinkRestClientKey,
+    /// `spark.rest_tokens`: the key the master checks the tokens of REST requests with.
+    SparkRestKey,
+}
+
+impl Secret {
+    /// Its file's name under /run/secrets (also its name in the rendered compose file).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Secret::DbPassword => "db-password",
+            Secret::BrokerPassword => "broker-password",
+            Secret::FlinkRestCa => "flink-rest-ca.pem",
+            Secret::FlinkRestServerCert => "flink-rest-server.pem",
+            Secret::FlinkRestServerKey => "flink-rest-server.key",
+            Secret::FlinkRestClientCert => "flink-rest-client.pem",
+            Secret::FlinkRestClientKey => "flink-rest-client.key",
+            Secret::SparkRestKey => "spark-rest-key",
+        }
+    }
+
+    /// What it is, for messages.
+    pub const fn what(self) -> &'static str {
+        match self {
+            Secret::DbPassword => "the database password",
+            Secret::BrokerPassword => "the SCRAM password of the broker user lab",
+            Secret::FlinkRestCa => "the CA certificate of Flink's REST API",
+            Secret::FlinkRestServerCert => "the certificate of Flink's REST API",
+            Secret::FlinkRestServerKey => "the key of Flink's REST API",
+            Secret::FlinkRestClientCert => "labctl's client certificate for Flink's REST API",
+            Secret::FlinkRestClientKey => "labctl's client key for Flink's REST API",
+            Secret::SparkRestKey => "the key of Spark's REST tokens",
+        }
+    }
+
+    pub fn path(self) -> String {
+        format!("/run/secrets/{}", self.name())
+    }
+
+    fn file(self) -> SecretFile {
+        SecretFile { path: self.path(), secret: self }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -233,8 +292,14 @@ pub const AZURITE_PORT: u16 = 80;
 /// Spark job's `wasb://<container>@devstoreaccount1.blob.core.windows.net/...` reaches it.
 pub const AZURITE_ACCOUNT_HOST: &str = "devstoreaccount1.blob.core.windows.net";
 
-pub const DB_PASSWORD_PATH: &str = "/run/secrets/db-password";
-pub const BROKER_PASSWORD_PATH: &str = "/run/secrets/broker-password";
+/// The files of `flink.rest_mutual_tls` in the JobManager.
+pub const FLINK_REST_TLS: [Secret; 5] = [
+    Secret::FlinkRestCa,
+    Secret::FlinkRestServerCert,
+    Secret::FlinkRestServerKey,
+    Secret::FlinkRestClientCert,
+    Secret::FlinkRestClientKey,
+];
 
 /// The lab broker's SASL_SSL listeners (`broker.sasl_ssl_listener`): one on the lab's network,
 /// advertised as `broker:9095`, and one for clients on the host, published as
@@ -279,7 +344,7 @@ fn port(
     container: u16,
     url_path: Option<&'static str>,
 ) -> PublishedPort {
-    PublishedPort { key, container, host: ports.get(key), url_path }
+    PublishedPort { key, container, host: ports.get(key), url_path, bind: None, https: false }
 }
 
 /// The address host clients use for a port published on `bind_address`: a wildcard bind is
@@ -313,7 +378,7 @@ pub fn kafka_cluster_id(project: &str) -> String {
 fn broker_service(config: &Config, ports: &Ports, node: usize) -> Service {
     let nodes = config.broker.nodes as usize;
     let name = BROKER_NODES[node];
-    let host = host_address(&config.bind_address);
+    let host = host_address(security::port_bind_address(config, BROKER_PORT_KEYS[node]));
     let voters: Vec<String> = BROKER_NODES[..nodes]
         .iter()
         .enumerate()
@@ -353,7 +418,8 @@ fn broker_service(config: &Config, ports: &Ports, node: usize) -> Service {
         ..Service::base(name, BROKER_IMAGE)
     };
     if config.broker.sasl_ssl_listener {
-        add_sasl_ssl_listeners(&mut svc, host, ports);
+        let secure_host = host_address(security::port_bind_address(config, PortKey::BrokerSaslSsl));
+        add_sasl_ssl_listeners(&mut svc, secure_host, ports);
     }
     svc
 }
@@ -414,7 +480,7 @@ fn add_sasl_ssl_listeners(svc: &mut Service, host: &str, ports: &Ports) {
     svc.env.push(("KAFKA_TLS_NAMES".into(), tls_names.join(",")));
     svc.env.push(("KAFKA_SCRAM_USER".into(), BROKER_SASL_USER.into()));
     svc.ports.push(port(ports, PortKey::BrokerSaslSsl, BROKER_HOST_SASL_SSL_LISTENER_PORT, None));
-    svc.secrets.push(SecretFile { path: BROKER_PASSWORD_PATH, secret: Secret::BrokerPassword });
+    svc.secrets.push(Secret::BrokerPassword.file());
 }
 
 /// Replication factor and `min.insync.replicas` of the lab's topics: with three nodes or more
@@ -462,11 +528,11 @@ fn database_service(config: &Config, ports: &Ports) -> Service {
         env: env(&[
             ("POSTGRES_USER", config.database.user.clone()),
             ("POSTGRES_DB", config.database.name.clone()),
-            ("POSTGRES_PASSWORD_FILE", DB_PASSWORD_PATH.into()),
+            ("POSTGRES_PASSWORD_FILE", Secret::DbPassword.path()),
         ]),
         ports: vec![port(ports, PortKey::Database, DATABASE_PORT, None)],
         mounts: vec![Mount { volume: "db-data", path: "/var/lib/postgresql/data" }],
-        secrets: vec![SecretFile { path: DB_PASSWORD_PATH, secret: Secret::DbPassword }],
+        secrets: vec![Secret::DbPassword.file()],
         probe: Probe::PostgresLogin,
         // SIGINT is PostgreSQL's fast shutdown: a checkpoint, no waiting for clients.
         stop_signal: Some("SIGINT"),
@@ -504,12 +570,22 @@ fn flink_services(config: &Config, ports: &Ports, taskmanagers: u32) -> [Service
     // Checkpoints are written by TaskManagers and read back by the JobManager on recovery, so
     // both see the same volume.
     let data = Mount { volume: "flink-data", path: "/var/lib/flink" };
+    let mut rest = port(ports, PortKey::FlinkUi, FLINK_REST_PORT, Some("/"));
+    // The entrypoint turns these files into Flink's keystore and truststore, and REST into
+    // mutually authenticated TLS (docker/flink/entrypoint.sh).
+    let rest_tls: Vec<SecretFile> = if flink.rest_mutual_tls {
+        rest.https = true;
+        FLINK_REST_TLS.iter().map(|s| s.file()).collect()
+    } else {
+        vec![]
+    };
     [
         Service {
             command: vec!["jobmanager".into()],
             env: env(&[("FLINK_PROPERTIES", properties.clone())]),
-            ports: vec![port(ports, PortKey::FlinkUi, FLINK_REST_PORT, Some("/"))],
+            ports: vec![rest],
             mounts: vec![data.clone()],
+            secrets: rest_tls,
             probe: Probe::FlinkTaskManagers {
                 count: taskmanagers,
                 slots: taskmanagers * flink.slots_per_taskmanager,
@@ -541,6 +617,12 @@ fn spark_services(config: &Config, ports: &Ports, workers: u32) -> [Service; 2] 
                 port(ports, PortKey::SparkRest, SPARK_REST_PORT, None),
             ],
             probe: Probe::SparkWorkers { count: workers },
+            // The entrypoint puts Spark's JWSFilter in front of the REST server with this key.
+            secrets: if config.spark.rest_tokens {
+                vec![Secret::SparkRestKey.file()]
+            } else {
+                vec![]
+            },
             ..Service::base(SPARK_MASTER, SPARK_IMAGE)
         },
         Service {
@@ -642,6 +724,12 @@ impl Stack {
             .collect();
         services.retain(|s| !Part::of_service(s.name).is_some_and(|p| external.contains(&p)));
         services.extend(ingest_service(config, external.contains(&Part::Broker)));
+        for p in services.iter_mut().flat_map(|s| &mut s.ports) {
+            let bind = security::port_bind_address(config, p.key);
+            if bind != config.bind_address {
+                p.bind = Some(bind.to_string());
+            }
+        }
         Stack {
             project: config.project.clone(),
             network: format!("{}-net", config.project),
@@ -722,8 +810,24 @@ impl Stack {
         self.services.iter().flat_map(|s| &s.ports).find(|p| p.key == key).map(|p| p.host)
     }
 
+    fn port_of(&self, key: PortKey) -> Option<&PublishedPort> {
+        self.services.iter().flat_map(|s| &s.ports).find(|p| p.key == key)
+    }
+
+    /// The host address a port is published on (see `PublishedPort::bind`).
+    pub fn port_bind<'a>(&'a self, p: &'a PublishedPort) -> &'a str {
+        p.bind.as_deref().unwrap_or(&self.bind_address)
+    }
+
+    /// The address this host's clients reach a published port at.
+    pub fn port_host(&self, key: PortKey) -> Option<&str> {
+        self.port_of(key).map(|p| host_address(self.port_bind(p)))
+    }
+
     pub fn url(&self, key: PortKey) -> Option<String> {
-        self.published_port(key).map(|p| format!("http://{}:{p}", self.bind_address))
+        let p = self.port_of(key)?;
+        let scheme = if p.https { "https" } else { "http" };
+        Some(format!("{scheme}://{}:{}", host_address(self.port_bind(p)), p.host))
     }
 }
 
@@ -820,10 +924,7 @@ mod tests {
         assert!(b.ports.iter().any(|p| p.key == PortKey::BrokerSaslSsl
             && p.container == 9096
             && p.host == c.ports.broker_sasl_ssl));
-        assert_eq!(
-            b.secrets,
-            [SecretFile { path: BROKER_PASSWORD_PATH, secret: Secret::BrokerPassword }]
-        );
+        assert_eq!(b.secrets, [Secret::BrokerPassword.file()]);
         for (k, v) in &b.env {
             assert!(!v.contains(&st.broker_password), "{k} carries the broker password");
         }

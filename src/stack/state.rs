@@ -14,7 +14,13 @@ use anyhow::{Context, Result};
 use rand::{distributions::Alphanumeric, Rng};
 use serde::{Deserialize, Serialize};
 
-use crate::model::config::{Config, Ports};
+use crate::{
+    model::{
+        config::{Config, PortKey, Ports},
+        security,
+    },
+    stack::{host_address, rest_tls, rest_tls::RestTls, Secret},
+};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct State {
@@ -42,6 +48,47 @@ pub struct State {
     /// newest retained checkpoint.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub flink_job: bool,
+    /// The certificates of Flink's REST API with `flink.rest_mutual_tls`, labctl's client key
+    /// among them; made on the first `up` that needs them, again when the server's names change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flink_rest_tls: Option<RestTls>,
+    /// The key (256 bits, base64url) Spark's REST server checks the tokens of requests with
+    /// (`spark.rest_tokens`); labctl signs each request's token with it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub spark_rest_key: String,
+}
+
+impl State {
+    /// The content of a secret file labctl places into a container.
+    pub fn secret(&self, s: Secret) -> String {
+        match s {
+            Secret::DbPassword => self.db_password.clone(),
+            Secret::BrokerPassword => self.broker_password.clone(),
+            Secret::SparkRestKey => self.spark_rest_key.clone(),
+            tls => self
+                .flink_rest_tls
+                .as_ref()
+                .and_then(|t| t.file(tls))
+                .unwrap_or_default()
+                .to_string(),
+        }
+    }
+
+    /// Takes a secret back (read from a container, when the state file was lost).
+    pub fn set_secret(&mut self, s: Secret, value: String) {
+        match s {
+            Secret::DbPassword => self.db_password = value,
+            Secret::BrokerPassword => self.broker_password = value,
+            Secret::SparkRestKey => self.spark_rest_key = value,
+            tls => {
+                if let Some(slot) =
+                    self.flink_rest_tls.get_or_insert_with(Default::default).file_mut(tls)
+                {
+                    *slot = value;
+                }
+            }
+        }
+    }
 }
 
 impl State {
@@ -166,6 +213,13 @@ fn new_password() -> String {
     rand::thread_rng().sample_iter(&Alphanumeric).take(32).map(char::from).collect()
 }
 
+/// 256 random bits, base64url without padding (as Spark's JWSFilter reads its key).
+fn new_key() -> String {
+    use base64::Engine;
+    let bytes: [u8; 32] = rand::thread_rng().gen();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
 /// Picks a port the kernel says is free right now on `bind`.
 fn free_port(bind: &str) -> Result<u16> {
     let l = std::net::TcpListener::bind((bind, 0))
@@ -201,9 +255,21 @@ impl State {
             db_writer_password: String::new(),
             db_reader_password: String::new(),
             flink_job: false,
+            flink_rest_tls: None,
+            spark_rest_key: String::new(),
         });
         if config.broker.sasl_ssl_listener && st.broker_password.is_empty() {
             st.broker_password = new_password();
+        }
+        if config.spark.rest_tokens && st.spark_rest_key.is_empty() {
+            st.spark_rest_key = new_key();
+        }
+        if config.flink.rest_mutual_tls && config.flink.url.is_empty() {
+            let host = host_address(security::port_bind_address(config, PortKey::FlinkUi));
+            let names = rest_tls::server_names(host);
+            if st.flink_rest_tls.as_ref().is_none_or(|t| t.names != names) {
+                st.flink_rest_tls = Some(rest_tls::issue(&config.project, names)?);
+            }
         }
         for pw in [&mut st.db_writer_password, &mut st.db_reader_password] {
             if pw.is_empty() {
@@ -211,26 +277,15 @@ impl State {
             }
         }
         let fresh = old.is_none();
-        let resolve = |want: u16, had: u16| -> Result<u16> {
-            Ok(match want {
-                0 if !fresh && had != 0 => had,
-                0 => free_port(&config.bind_address)?,
+        let had = st.ports.clone();
+        for key in PortKey::ALL {
+            let port = match config.ports.get(key) {
+                0 if !fresh && had.get(key) != 0 => had.get(key),
+                0 => free_port(security::port_bind_address(config, key))?,
                 p => p,
-            })
-        };
-        let c = &config.ports;
-        let h = st.ports.clone();
-        st.ports = Ports {
-            broker: resolve(c.broker, h.broker)?,
-            broker_2: resolve(c.broker_2, h.broker_2)?,
-            broker_3: resolve(c.broker_3, h.broker_3)?,
-            database: resolve(c.database, h.database)?,
-            flink_ui: resolve(c.flink_ui, h.flink_ui)?,
-            spark_ui: resolve(c.spark_ui, h.spark_ui)?,
-            spark_rest: resolve(c.spark_rest, h.spark_rest)?,
-            azurite: resolve(c.azurite, h.azurite)?,
-            broker_sasl_ssl: resolve(c.broker_sasl_ssl, h.broker_sasl_ssl)?,
-        };
+            };
+            st.ports.set(key, port);
+        }
         Ok(st)
     }
 
@@ -295,6 +350,8 @@ impl State {
             db_writer_password: new_password(),
             db_reader_password: new_password(),
             flink_job: false,
+            flink_rest_tls: None,
+            spark_rest_key: String::new(),
         }
     }
 }

@@ -190,7 +190,7 @@ impl Runtime {
         }
         self.create(stack, svc, replica, image, &spec).await?;
         for s in &svc.secrets {
-            self.upload_file(&name, s.path, (secrets)(s.secret).as_bytes(), 0o444).await?;
+            self.upload_file(&name, &s.path, (secrets)(s.secret).as_bytes(), 0o444).await?;
         }
         self.start(&name).await?;
         Ok(if existing.is_some() { Action::Recreated } else { Action::Created })
@@ -213,7 +213,7 @@ impl Runtime {
             bindings.insert(
                 key,
                 Some(vec![PortBinding {
-                    host_ip: Some(stack.bind_address.clone()),
+                    host_ip: Some(stack.port_bind(p).to_string()),
                     host_port: Some(p.host.to_string()),
                 }]),
             );

@@ -40,12 +40,38 @@ struct TaskManagers {
     taskmanagers: Vec<TaskManager>,
 }
 
+/// Mutual TLS towards a JobManager: the only CA labctl trusts for it, and labctl's own
+/// certificate with its key (PEM).
+#[derive(Debug, Clone)]
+pub struct MutualTls {
+    pub ca: String,
+    pub identity: String,
+}
+
 impl Client {
     pub fn new(base: impl Into<String>, timeout: Duration) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .context("building an HTTP client")?;
+        Self::with_tls(base, timeout, None)
+    }
+
+    pub fn with_tls(
+        base: impl Into<String>,
+        timeout: Duration,
+        tls: Option<&MutualTls>,
+    ) -> Result<Self> {
+        let mut builder = reqwest::Client::builder().timeout(timeout);
+        if let Some(t) = tls {
+            builder = builder
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(
+                    reqwest::Certificate::from_pem(t.ca.as_bytes())
+                        .context("the CA certificate of Flink's REST API")?,
+                )
+                .identity(
+                    reqwest::Identity::from_pem(t.identity.as_bytes())
+                        .context("labctl's client certificate for Flink's REST API")?,
+                );
+        }
+        let http = builder.build().context("building an HTTP client")?;
         Ok(Self { base: base.into().trim_end_matches('/').to_string(), http })
     }
 

@@ -17,7 +17,10 @@ use rdkafka::{
     ClientConfig, ClientContext,
 };
 
-use crate::stack::{host_address, Stack, BROKER_NODES};
+use crate::{
+    model::config::PortKey,
+    stack::{host_address, Stack, BROKER_NODES},
+};
 
 /// How labctl on the host reaches the broker.
 #[derive(Clone)]
@@ -54,12 +57,13 @@ impl Broker {
     /// The lab's own broker nodes, through their host listeners (advertised as the published
     /// ports).
     pub fn for_stack(stack: &Stack) -> Result<Self> {
-        let host = host_address(&stack.bind_address);
+        // Only the plaintext listeners: the SASL_SSL one (if any) needs credentials.
         let bootstrap: Vec<String> = BROKER_NODES
             .iter()
             .filter_map(|n| stack.service(*n))
             .flat_map(|s| &s.ports)
-            .map(|p| format!("{host}:{}", p.host))
+            .filter(|p| p.key != PortKey::BrokerSaslSsl)
+            .map(|p| format!("{}:{}", host_address(stack.port_bind(p)), p.host))
             .collect();
         anyhow::ensure!(!bootstrap.is_empty(), "the stack has no broker port");
         Ok(Self { bootstrap: bootstrap.join(","), security: vec![] })

@@ -472,11 +472,7 @@ async fn services(lab: &Lab, rt: &Runtime, timeout: Duration) -> Result<Vec<Serv
             ready: ready || (svc.name == INGEST && !lab.config.ingest.enabled && mine.is_empty()),
             light,
             restarts,
-            url: svc
-                .ports
-                .iter()
-                .find(|p| p.url_path.is_some())
-                .map(|p| format!("http://{}:{}", lab.stack.bind_address, p.host)),
+            url: svc.ports.iter().find(|p| p.url_path.is_some()).and_then(|p| lab.stack.url(p.key)),
             containers: mine
                 .iter()
                 .map(|c| ContainerStatus {
