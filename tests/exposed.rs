@@ -49,7 +49,7 @@ fn a_lab_beyond_loopback_lets_in_only_who_authenticates() {
         .with_env("LABCTL_SPARK_REST_TOKENS", "true")
         .with_env("LABCTL_BROKER_SASL_SSL_LISTENER", "true");
     // `up` waits on every probe, Flink's and Spark's through their authentication.
-    t.ok(&["up"]);
+    let up = t.json(&["up", "--json"]);
     let lab = t.lab();
     let port = |k: PortKey| lab.state.ports.get(k);
 
@@ -69,8 +69,16 @@ fn a_lab_beyond_loopback_lets_in_only_who_authenticates() {
     let get = |client: reqwest::Client, url: String| {
         rt.block_on(async move { client.get(url).send().await.map(|r| r.status().as_u16()) })
     };
+    // The files `up` leaves for other clients are that certificate and CA.
+    let read =
+        |key: &str| std::fs::read_to_string(up["flink_client"][key].as_str().unwrap()).unwrap();
+    let (identity_file, ca_file) = (read("certificate"), read("ca_file"));
     assert_eq!(
-        get(http(Some((&tls.ca, Some(tls.client_identity())))), flink.clone()).ok(),
+        (identity_file.as_str(), ca_file.as_str()),
+        (tls.client_identity().as_str(), tls.ca.as_str())
+    );
+    assert_eq!(
+        get(http(Some((&ca_file, Some(identity_file)))), flink.clone()).ok(),
         Some(200),
         "labctl's certificate is refused"
     );
@@ -160,4 +168,15 @@ fn a_lab_beyond_loopback_lets_in_only_who_authenticates() {
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(logs.contains("REST: mutual TLS"), "the JobManager did not turn mutual TLS on");
     assert!(!logs.contains(&keystore_password), "the JobManager's log shows the keystore password");
+
+    // A lost state file: `up` reads the certificates and the token key back from the
+    // containers, changes none, and labctl gets in as before.
+    std::fs::remove_file(t.state_dir.path().join(format!("{}.json", t.project))).unwrap();
+    let again = t.json(&["up", "--json"]);
+    assert_eq!(again["containers_changed"], 0, "{again}");
+    let back = t.lab();
+    assert_eq!(back.state.flink_rest_tls, Some(tls), "other certificates after the rebuild");
+    assert_eq!(back.state.spark_rest_key, lab.state.spark_rest_key);
+    let st = t.json(&["status", "--json"]);
+    assert!(st.to_string().contains("RUNNING"), "{st}");
 }

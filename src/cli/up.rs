@@ -59,6 +59,12 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
                 eprintln!("  {what:<9} {u}");
             }
         }
+        if let (Some(f), Some(url)) = (&report.flink_client, &report.flink_ui) {
+            eprintln!(
+                "  Flink     mutual TLS: `curl --cert {} --cacert {} {url}/overview`",
+                f.certificate, f.ca_file
+            );
+        }
         let p = &lab.state.ports;
         let c = &lab.config;
         let host = |k: PortKey| lab.stack.port_host(k).unwrap_or("127.0.0.1");

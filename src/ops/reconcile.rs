@@ -109,9 +109,44 @@ pub struct UpReport {
     pub flink_ui: Option<String>,
     pub spark_ui: Option<String>,
     pub broker_sasl_ssl: Option<SaslSslListener>,
+    /// Flink's REST API with mutual TLS: where labctl put a copy of its client certificate.
+    pub flink_client: Option<FlinkClientFiles>,
     /// The lab's Flink job, when `up` found it missing and brought it back.
     pub flink_job_restored: Option<Submitted>,
     pub seconds: UpSeconds,
+}
+
+/// The files a client of Flink's mutually authenticated REST API names (`curl --cert
+/// certificate --cacert ca_file`).
+#[derive(Debug, Clone, Serialize)]
+pub struct FlinkClientFiles {
+    /// labctl's client key and certificate, one PEM file.
+    pub certificate: String,
+    pub ca_file: String,
+}
+
+/// Copies labctl's client certificate and the lab CA next to the state file (mode 0600).
+fn write_flink_client_files(lab: &Lab) -> Result<Option<FlinkClientFiles>> {
+    let Some(tls) = lab.state.flink_rest_tls.as_ref().filter(|_| lab.config.flink.rest_mutual_tls)
+    else {
+        return Ok(None);
+    };
+    let (cert, ca) = crate::stack::state::flink_client_paths(&lab.stack.project);
+    for (path, text) in [(&cert, tls.client_identity()), (&ca, tls.ca.clone())] {
+        use std::{io::Write, os::unix::fs::OpenOptionsExt};
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(Some(FlinkClientFiles {
+        certificate: cert.display().to_string(),
+        ca_file: ca.display().to_string(),
+    }))
 }
 
 /// Builds what is missing, starts every service and waits until each really works.
@@ -204,6 +239,7 @@ pub async fn up(mut config: Config, req: &UpRequest, tasks: &dyn Tasks) -> Resul
         Some(port) => Some(check_sasl_ssl_listener(&rt, &lab, port).await?),
         None => None,
     };
+    let flink_client = write_flink_client_files(&lab)?;
     let flink_job_restored = restore_lab_job(&lab, tasks, state_lost).await?;
     let report = UpReport {
         project: lab.stack.project.clone(),
@@ -212,6 +248,7 @@ pub async fn up(mut config: Config, req: &UpRequest, tasks: &dyn Tasks) -> Resul
         flink_ui: lab.stack.url(PortKey::FlinkUi),
         spark_ui: lab.stack.url(PortKey::SparkUi),
         broker_sasl_ssl: secure,
+        flink_client,
         flink_job_restored,
         seconds: UpSeconds {
             images: images_secs,

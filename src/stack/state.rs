@@ -205,6 +205,13 @@ pub fn broker_ca_path(project: &str) -> PathBuf {
     state_dir().join(format!("{project}.broker-ca.pem"))
 }
 
+/// labctl's client certificate with its key, and the lab CA, for Flink's REST API
+/// (`flink.rest_mutual_tls`), written by `up` for other clients (curl, Flink's CLI).
+pub fn flink_client_paths(project: &str) -> (PathBuf, PathBuf) {
+    let d = state_dir();
+    (d.join(format!("{project}.flink-client.pem")), d.join(format!("{project}.flink-ca.pem")))
+}
+
 pub fn state_path(project: &str) -> PathBuf {
     state_dir().join(format!("{project}.json"))
 }
@@ -329,6 +336,8 @@ impl State {
             samples_path(project),
             submit_marker_path(project),
             broker_ca_path(project),
+            flink_client_paths(project).0,
+            flink_client_paths(project).1,
         ] {
             match fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
