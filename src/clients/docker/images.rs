@@ -27,8 +27,14 @@ use crate::{
 };
 
 pub const BASE_IMAGE: &str = "labctl/debian:bookworm";
-/// Tried first where a registry is reachable.
-const REGISTRY_BASE: &str = "debian:bookworm-slim";
+/// Tried first where a registry is reachable: `debian:bookworm-slim` by digest, so a tag moved
+/// on the registry cannot change what every image is built on. The digest is the one the tag
+/// resolved to in a public build log of 2026-09 (no registry answers on the machine this was
+/// written on). Where it is gone from the registry the pull fails and debootstrap makes the
+/// base, as without a registry; a newer one goes here by hand.
+const REGISTRY_BASE: &str =
+    "debian@sha256:3783cc01769c7b2b1b83a5c5ad96c815348e28ed7da68e2e3687004faa906251";
+const REGISTRY_BASE_NAME: &str = "debian:bookworm-slim";
 /// Lines of build output shown when a step fails.
 const FAILED_STEP_LINES: usize = 40;
 
@@ -182,7 +188,7 @@ impl Runtime {
         if self.image_exists(BASE_IMAGE).await {
             return Ok(());
         }
-        progress.set(&format!("pulling {REGISTRY_BASE}"));
+        progress.set(&format!("pulling {REGISTRY_BASE_NAME} by digest"));
         match self.pull(REGISTRY_BASE).await {
             Ok(()) => {
                 self.docker
@@ -196,7 +202,7 @@ impl Runtime {
             }
             Err(e) => {
                 let msg = format!(
-                    "no registry reachable ({e:#}); making the base image with debootstrap instead"
+                    "no {REGISTRY_BASE_NAME} from a registry ({REGISTRY_BASE}: {e:#}); making the base image with debootstrap instead"
                 );
                 progress.note(&format!("note: {msg}"));
                 tracing::info!("{msg}");
