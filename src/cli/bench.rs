@@ -54,6 +54,10 @@ pub struct FlinkArgs {
     /// table shows medians. One case of 7 days takes 10-100 s here.
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub runs: u32,
+    /// A Flink option for both Flink cases, after the job's own (repeatable), e.g.
+    /// `--set execution.checkpointing.interval='30 s'`: to measure a setting first.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = flink::parse_override)]
+    pub overrides: Vec<(String, String)>,
     /// Write the table as JSON to this file as well.
     #[arg(long, value_name = "FILE")]
     pub json_out: Option<PathBuf>,
@@ -61,7 +65,12 @@ pub struct FlinkArgs {
 
 impl FlinkArgs {
     fn settings(&self) -> flink::Settings {
-        flink::Settings { days: self.days, live_windows: self.live_windows, runs: self.runs }
+        flink::Settings {
+            days: self.days,
+            live_windows: self.live_windows,
+            runs: self.runs,
+            overrides: self.overrides.clone(),
+        }
     }
 }
 
@@ -278,7 +287,12 @@ pub async fn run(config: Config, relaunch: Relaunch, args: Args) -> Result<ExitC
                 "flink",
                 flink::run(
                     &lab,
-                    &flink::Settings { days: all.days, live_windows: 3, runs: 3 },
+                    &flink::Settings {
+                        days: all.days,
+                        live_windows: 3,
+                        runs: 3,
+                        overrides: vec![],
+                    },
                     &Lines,
                 )
                 .await,

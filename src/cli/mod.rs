@@ -167,7 +167,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 console::Relaunch { config: cli.config.clone(), project: config.project.clone() };
             console::run(config, relaunch, a).await
         }
-        Command::Render(a) => render::run(config, a),
+        Command::Render(a) => render::run(config, a).await,
         Command::Images(c) => images::run(config, c).await,
         Command::Bench(c) => {
             let relaunch =

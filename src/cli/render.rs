@@ -20,6 +20,10 @@ pub struct Args {
     /// Exit non-zero if FILE (--output) differs from what would be rendered; write nothing.
     #[arg(long, requires = "output")]
     check: bool,
+    /// With `flink`: the plan Flink's planner makes of the job (EXPLAIN of its statement set),
+    /// computed in the lab's JobManager, instead of the SQL.
+    #[arg(long)]
+    explain: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -34,8 +38,12 @@ enum What {
     Spark,
 }
 
-pub fn run(config: Config, args: Args) -> Result<ExitCode> {
+pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
+    if args.explain && !matches!(args.what, What::Flink) {
+        anyhow::bail!("--explain goes with `labctl render flink` only");
+    }
     let text = match args.what {
+        What::Flink if args.explain => crate::ops::flink::explain::explain(&config).await?,
         What::Compose => {
             // Rendering needs no running lab: use remembered ports if any, else the config's.
             let state = State::load(&config.project)?

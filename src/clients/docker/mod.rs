@@ -73,6 +73,14 @@ impl ContainerInfo {
     }
 }
 
+/// What a command run in a container printed, and how it ended.
+#[derive(Debug, Default)]
+pub struct ExecOutput {
+    pub stdout: String,
+    pub stderr: String,
+    pub code: i64,
+}
+
 impl Runtime {
     /// Connects and pings, so "Docker is not there" is reported once, clearly, up front.
     pub async fn connect() -> Result<Self> {
@@ -523,6 +531,46 @@ impl Runtime {
             }
         }
         Ok(stdout)
+    }
+
+    /// Runs a command in a container to its end: its standard output, standard error and exit
+    /// code.
+    pub async fn exec_capture(&self, container: &str, cmd: &[&str]) -> Result<ExecOutput> {
+        use bollard::exec::{CreateExecOptions, StartExecResults};
+        use futures_util::StreamExt;
+        let what = || format!("running {} in {container}", cmd.first().unwrap_or(&""));
+        let exec = self
+            .docker
+            .create_exec(
+                container,
+                CreateExecOptions {
+                    cmd: Some(cmd.to_vec()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .with_context(what)?;
+        let mut out = ExecOutput::default();
+        if let StartExecResults::Attached { mut output, .. } =
+            self.docker.start_exec(&exec.id, None).await.with_context(what)?
+        {
+            while let Some(chunk) = output.next().await {
+                match chunk.with_context(what)? {
+                    bollard::container::LogOutput::StdOut { message } => {
+                        out.stdout.push_str(&String::from_utf8_lossy(&message))
+                    }
+                    bollard::container::LogOutput::StdErr { message } => {
+                        out.stderr.push_str(&String::from_utf8_lossy(&message))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let inspect = self.docker.inspect_exec(&exec.id).await.with_context(what)?;
+        out.code = inspect.exit_code.unwrap_or(-1);
+        Ok(out)
     }
 
     /// The last `tail` lines a container wrote, stdout and stderr interleaved.

@@ -36,6 +36,32 @@ pub struct Settings {
     pub live_windows: u32,
     /// Runs of each case (COPY, read-only, the lab's job), in alternating order.
     pub runs: u32,
+    /// Flink options set on both Flink cases after the job's own (`--set key=value`): to
+    /// measure a setting before it goes into the template.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Settings {
+    /// The script with the overrides as SET statements at its end (the SQL runner applies every
+    /// SET before planning, the last of a key winning).
+    fn with_overrides(&self, script: String) -> String {
+        let mut script = script;
+        for (k, v) in &self.overrides {
+            script.push_str(&format!("\nSET '{}' = '{}';\n", k, v.replace('\'', "''")));
+        }
+        script
+    }
+}
+
+/// `key=value` of `--set`: a Flink option name and its value.
+pub fn parse_override(s: &str) -> std::result::Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or("expected KEY=VALUE")?;
+    let k = k.trim();
+    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        return Err(format!("{k:?} is not a Flink option name (letters, digits, '.', '-', '_')"));
+    }
+    Ok((k.to_string(), v.trim().to_string()))
 }
 
 /// Submits a script through the SQL runner and waits until it runs.
@@ -202,7 +228,7 @@ pub async fn run(lab: &Lab, bench: &Settings, progress: &dyn Progress) -> Result
     }
     broker.delete_topics(&[topic]).await.ok();
     let (mut rows, live, late) = result?;
-    let conditions = format!(
+    let mut conditions = format!(
         "{} TaskManager(s), {} slots, parallelism {}, {} partitions ({}); {readings} readings; median of {} run(s)",
         overview.taskmanagers,
         overview.slots_total,
@@ -211,6 +237,10 @@ pub async fn run(lab: &Lab, bench: &Settings, progress: &dyn Progress) -> Result
         per_partition.join(", "),
         bench.runs
     );
+    if !bench.overrides.is_empty() {
+        let set: Vec<String> = bench.overrides.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        conditions.push_str(&format!("; --set {}", set.join(" ")));
+    }
     for r in &mut rows {
         r.notes = format!("{}; {conditions}", r.notes);
     }
@@ -290,7 +320,12 @@ async fn measure(
                         round + 1
                     ));
                     let script = read_only_script(
-                        &render_for(&lab.config, &owner, settings, &target(&tag))?,
+                        &bench.with_overrides(render_for(
+                            &lab.config,
+                            &owner,
+                            settings,
+                            &target(&tag),
+                        )?),
                         &scratch.rejected,
                         backfill,
                     );
@@ -307,7 +342,12 @@ async fn measure(
                         "run {}/{runs}: the lab's job into scratch tables …",
                         round + 1
                     ));
-                    let script = render_for(&lab.config, &owner, settings, &target(&tag))?;
+                    let script = bench.with_overrides(render_for(
+                        &lab.config,
+                        &owner,
+                        settings,
+                        &target(&tag),
+                    )?);
                     let t = Instant::now();
                     let id = run_script(client, &script).await?;
                     set(running, Some(id.clone()));

@@ -443,8 +443,12 @@ mod tests {
         assert!(sql.contains("SET 'execution.checkpointing.dir' = 'file:///var/lib/flink/checkpoints/sensor-aggregation'"), "{sql}");
         let stmts = split_statements(&sql);
         assert_eq!(stmts.iter().filter(|s| kind(s) == "INSERT").count(), 3);
-        // The function, the source, two views and three sinks.
-        assert_eq!(stmts.iter().filter(|s| kind(s) == "CREATE").count(), 7);
+        // The two functions, the source, two views and three sinks.
+        assert_eq!(stmts.iter().filter(|s| kind(s) == "CREATE").count(), 8);
+        // The watermark names the event time once (each mention would parse it again).
+        let source = stmts.iter().find(|s| s.contains("CREATE TABLE sensor_readings")).unwrap();
+        let watermark = &source[source.find("WATERMARK FOR").unwrap()..];
+        assert_eq!(watermark.matches("event_time").count(), 2, "{watermark}");
         assert!(stmts.iter().all(|s| !s.trim_start().starts_with("--")));
     }
 

@@ -3,6 +3,7 @@
 //! (`in_flight`), restored from its newest retained checkpoint or savepoint (`snapshots`), and
 //! replaced with a savepoint. `submit` returns a report; the command line prints it.
 
+pub mod explain;
 mod in_flight;
 pub mod job;
 mod runner;

@@ -22,6 +22,10 @@ import org.apache.flink.table.api.bridge.java.StreamTableEnvironment;
  * UTF-8. Statements run in order: {@code SET 'k' = 'v'} goes into the configuration, every
  * {@code INSERT ...} is added to one StatementSet that is executed at the end (one job), anything
  * else is run with executeSql. Without INSERTs nothing is submitted.
+ *
+ * <p>With {@code --explain} as the first argument nothing is submitted: the statement set's plan
+ * is printed instead (the optimized physical plan and the execution plan, as EXPLAIN gives them),
+ * so that what the planner made of the script can be checked (labctl render flink --explain).
  */
 public final class SqlRunner {
 
@@ -34,7 +38,9 @@ public final class SqlRunner {
 
     private SqlRunner() {}
 
-    public static void main(String[] args) throws Exception {
+    public static void main(String[] argv) throws Exception {
+        boolean explain = argv.length > 0 && argv[0].equals("--explain");
+        String[] args = explain ? java.util.Arrays.copyOfRange(argv, 1, argv.length) : argv;
         List<String> stmts = new ArrayList<>();
         for (int i = 0; i < args.length; i++) {
             String s;
@@ -99,6 +105,10 @@ public final class SqlRunner {
         }
         if (inserts == 0) {
             System.out.println(TAG + "no INSERT statement, no job submitted");
+            return;
+        }
+        if (explain) {
+            System.out.println(set.explain());
             return;
         }
         try {
