@@ -426,7 +426,7 @@ mod tests {
     fn rendered_job_uses_schema_names_and_the_t_fix() {
         let sql = rendered();
         assert!(
-            sql.contains("TO_TIMESTAMP(REPLACE(json_fields(`payload`, 'machine_id,machine_type,sensor_type,value,unit,timestamp')[6], 'T', ' '))"),
+            sql.contains("TO_TIMESTAMP(REPLACE(json_fields(`payload`, 'machine_id,machine_type,sensor_type,value,unit,timestamp')[6], 'T', ' '), 'yyyy-MM-dd HH:mm:ss[.SSS]')"),
             "{sql}"
         );
         assert!(sql.contains("json_fields(`payload`, 'machine_id,machine_type,sensor_type,value,unit,timestamp')"), "{sql}");
