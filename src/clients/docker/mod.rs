@@ -505,32 +505,7 @@ impl Runtime {
 
     /// Runs a command in a container and returns its standard output.
     pub async fn exec_output(&self, container: &str, cmd: &[&str]) -> Result<String> {
-        use bollard::exec::{CreateExecOptions, StartExecResults};
-        use futures_util::StreamExt;
-        let exec = self
-            .docker
-            .create_exec(
-                container,
-                CreateExecOptions {
-                    cmd: Some(cmd.to_vec()),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    ..Default::default()
-                },
-            )
-            .await
-            .with_context(|| format!("running {} in {container}", cmd.join(" ")))?;
-        let mut stdout = String::new();
-        if let StartExecResults::Attached { mut output, .. } =
-            self.docker.start_exec(&exec.id, None).await?
-        {
-            while let Some(chunk) = output.next().await {
-                if let bollard::container::LogOutput::StdOut { message } = chunk? {
-                    stdout.push_str(&String::from_utf8_lossy(&message));
-                }
-            }
-        }
-        Ok(stdout)
+        Ok(self.exec_capture(container, cmd).await?.stdout)
     }
 
     /// Runs a command in a container to its end: its standard output, standard error and exit
