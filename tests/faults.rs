@@ -685,7 +685,28 @@ echo $all
     };
     let tm_containers =
         || containers(&t.project).iter().filter(|c| c.contains("-flink-taskmanager-")).count();
-    let k = kill_after(&["scale", "flink-taskmanager", "2"], Duration::from_secs(3));
+    // Killed once the new TaskManager's container exists, while scale waits for it to register
+    // (a fixed delay raced the TaskManager's start: seen finished within 3 s).
+    let mut child = t
+        .command(&["scale", "flink-taskmanager", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while tm_containers() < 2 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "labctl scale flink-taskmanager 2 ended before its new container existed"
+        );
+        assert!(started.elapsed() < Duration::from_secs(120), "no second TaskManager container");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ended_by_itself = child.try_wait().unwrap().is_some();
+    assert!(!ended_by_itself, "labctl scale ended before it could be killed");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let k = started.elapsed().as_secs_f64();
     let again = Instant::now();
     t.ok(&["scale", "flink-taskmanager", "2"]);
     wait_for("2 TaskManagers registered", Duration::from_secs(120), || {
@@ -695,7 +716,7 @@ echo $all
     });
     assert_eq!(tm_containers(), 2);
     eprintln!(
-        "MEASURE | SIGKILL of labctl scale | killed {k:.0} s into `scale flink-taskmanager 2`, run again | 2 TaskManager containers, 2 registered | {:.1} s to both registered",
+        "MEASURE | SIGKILL of labctl scale | killed {k:.1} s into `scale flink-taskmanager 2` (its new container made), run again | 2 TaskManager containers, 2 registered | {:.1} s to both registered",
         again.elapsed().as_secs_f64()
     );
     t.ok(&["scale", "flink-taskmanager", "1"]);
