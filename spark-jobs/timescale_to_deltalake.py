@@ -121,7 +121,6 @@ import json
 import os
 import re
 import sys
-import threading
 import time
 import traceback
 import urllib.error
@@ -1203,41 +1202,14 @@ def spark_conf(cfg):
 class LazySpark:
     """The SparkSession, started on the first call: a run with nothing to change needs none.
     Its start-up times go into the result's `startup`, and into `seconds` for the tables'
-    spark_start phase. `prestart` begins that start in the background while the tables are
-    compared: the comparison (queries and a listing, mostly waiting) and Spark's start (mostly
-    the JVM loading classes) then overlap instead of adding up, and the first call waits only
-    for what is left of the start."""
+    spark_start phase."""
 
     def __init__(self, cfg, startup):
         self.cfg, self.startup = cfg, startup
         self.spark = None
         self.seconds = 0.0
-        self._starting = None
-        self._error = None
-
-    def prestart(self):
-        def start():
-            try:
-                self.spark = self._start()
-            except BaseException as exc:  # noqa: BLE001  (raised where Spark is wanted)
-                self._error = exc
-
-        self._starting = threading.Thread(target=start, name="spark-start", daemon=True)
-        self._starting.start()
-
-    def _settle(self):
-        """Waits for a background start; its error, if any, is raised to whoever needs Spark."""
-        if self._starting is not None:
-            t = time.time()
-            self._starting.join()
-            self._starting = None
-            self.startup["spark_wait"] = round(time.time() - t, 3)
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
 
     def __call__(self):
-        self._settle()
         if self.spark is None:
             self.spark = self._start()
         return self.spark
@@ -1259,10 +1231,6 @@ class LazySpark:
         return spark
 
     def stop(self):
-        try:
-            self._settle()
-        except BaseException:  # noqa: BLE001  (a start nobody needed may fail unseen)
-            pass
         if self.spark is not None:
             self.spark.stop()
 
@@ -1314,9 +1282,6 @@ def main(cfg):
     jvm_start = driver_jvm_start()
     startup = {"jvm_to_python": round(T0 - jvm_start / 1000, 3)}
     session = LazySpark(cfg, startup)
-    if not cfg.vacuum:
-        # an export almost always has days to write (readings arrive all the time)
-        session.prestart()
     results = run_tables(cfg, session)
     if cfg.vacuum:
         summary = vacuum_summary(results, startup)

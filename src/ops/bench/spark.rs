@@ -93,9 +93,7 @@ struct Phases {
     /// (before any SparkContext).
     compare: f64,
     /// SparkContext (with executor registration) and session; 0 when nothing had to change.
-    /// It runs beside the comparison: `spark_wait` is what the export waited for it after.
     spark_start: f64,
-    spark_wait: f64,
     /// JDBC read of the differing days into the tasks, materialized, with their figures.
     read: f64,
     /// Parquet files written by the tasks, then the Delta commit.
@@ -122,14 +120,6 @@ impl Phases {
             jvm_to_python: num(r, &["startup", "jvm_to_python"]),
             compare: p("compare_db") + p("compare_lake"),
             spark_start: p("spark_start"),
-            spark_wait: {
-                let w = num(r, &["startup", "spark_wait"]);
-                if w.is_nan() {
-                    0.0
-                } else {
-                    w
-                }
-            },
             read: p("read"),
             write: p("write"),
             commit: p("commit"),
@@ -144,7 +134,6 @@ impl Phases {
             jvm_to_python: m(|p| p.jvm_to_python),
             compare: m(|p| p.compare),
             spark_start: m(|p| p.spark_start),
-            spark_wait: m(|p| p.spark_wait),
             read: m(|p| p.read),
             write: m(|p| p.write),
             commit: m(|p| p.commit),
@@ -153,13 +142,12 @@ impl Phases {
 
     fn describe(&self) -> String {
         format!(
-            "driver start {:.1} s (submit->JVM + exit {:.1}, JVM->python {:.1}), compare {:.1} s, Spark start {:.1} s (beside the compare; waited {:.1} s after it), read {:.1} s, write {:.1} s, commit {:.1} s",
+            "driver start {:.1} s (submit->JVM + exit {:.1}, JVM->python {:.1}), compare {:.1} s, Spark start {:.1} s, read {:.1} s, write {:.1} s, commit {:.1} s",
             self.outside_driver + self.jvm_to_python,
             self.outside_driver,
             self.jvm_to_python,
             self.compare,
             self.spark_start,
-            self.spark_wait,
             self.read,
             self.write,
             self.commit
