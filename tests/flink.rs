@@ -4,7 +4,7 @@ mod common;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use common::{rt, wait_for, TestLab};
+use common::{flink_diagnosis, rt, wait_for, wait_for_explained, TestLab};
 use labctl::{
     clients::flink::JobState,
     model::fleet::Sensor,
@@ -220,6 +220,44 @@ async fn windows_in_db(lab: &labctl::ops::lab::Lab) -> BTreeMap<Key, (f64, f64, 
         .collect()
 }
 
+/// Waits until every window of `want` is in sensor_aggregates; a timeout names the missing
+/// ones and what Flink and Docker say of the job.
+fn wait_for_windows(
+    t: &TestLab,
+    rt: &tokio::runtime::Runtime,
+    job_id: &str,
+    what: &str,
+    timeout: Duration,
+    want: &BTreeMap<Key, (f64, f64, f64, i64)>,
+) -> BTreeMap<Key, (f64, f64, f64, i64)> {
+    let lab = t.lab();
+    let client = lab.flink(Duration::from_secs(10)).unwrap();
+    let start = std::time::Instant::now();
+    // The job's state as it changes, with the time: how a recovery went, even when it passes.
+    let mut last_state = String::new();
+    wait_for_explained(
+        what,
+        timeout,
+        || {
+            let state = match rt.block_on(client.job(job_id)) {
+                Ok(j) => format!("{:?}", j.state),
+                Err(e) => format!("unknown ({e})"),
+            };
+            if state != last_state {
+                eprintln!("  {:6.1} s: job {state}", start.elapsed().as_secs_f64());
+                last_state = state;
+            }
+            let got = rt.block_on(windows_in_db(&lab));
+            want.keys().all(|k| got.contains_key(k)).then_some(got)
+        },
+        || {
+            let got = rt.block_on(windows_in_db(&lab));
+            let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+            format!("windows missing: {missing:?}\n{}", flink_diagnosis(t, rt, job_id))
+        },
+    )
+}
+
 fn assert_windows(
     got: &BTreeMap<Key, (f64, f64, f64, i64)>,
     want: &BTreeMap<Key, (f64, f64, f64, i64)>,
@@ -363,11 +401,14 @@ fn streaming_job_writes_exact_rows() {
 
     let want = expected_windows(&readings);
     assert_eq!(want.len(), 27, "3 machines x 3 sensors x 3 minutes");
-    let got =
-        wait_for("all 27 closed windows in sensor_aggregates", Duration::from_secs(180), || {
-            let got = rt.block_on(windows_in_db(&lab));
-            want.keys().all(|k| got.contains_key(k)).then_some(got)
-        });
+    let got = wait_for_windows(
+        &t,
+        &rt,
+        &job_id,
+        "all 27 closed windows in sensor_aggregates",
+        Duration::from_secs(180),
+        &want,
+    );
     assert_windows(&got, &want);
 
     // Raw rows: every reading once, timestamps parsed from the 'T' form, millis kept. The raw
@@ -545,13 +586,13 @@ fn streaming_job_writes_exact_rows() {
     let mut all = readings.clone();
     all.extend(later.iter().cloned());
     let want_all = expected_windows(&all);
-    let got = wait_for(
+    let got = wait_for_windows(
+        &t,
+        &rt,
+        &job_id,
         "the job to recover and write the later windows",
-        Duration::from_secs(240),
-        || {
-            let got = rt.block_on(windows_in_db(&lab));
-            want_all.keys().all(|k| got.contains_key(k)).then_some(got)
-        },
+        Duration::from_secs(360),
+        &want_all,
     );
     assert_windows(&got, &want_all);
     eprintln!(
@@ -620,10 +661,14 @@ fn streaming_job_writes_exact_rows() {
         want.contains_key(&("CNC-1".into(), "temperature".into(), T0 + 1260))
             && want.len() > want_all.len()
     );
-    let got = wait_for("the windows after --replace", Duration::from_secs(120), || {
-        let got = rt.block_on(windows_in_db(&lab));
-        want.keys().all(|k| got.contains_key(k)).then_some(got)
-    });
+    let got = wait_for_windows(
+        &t,
+        &rt,
+        &job2,
+        "the windows after --replace",
+        Duration::from_secs(120),
+        &want,
+    );
     assert_windows(&got, &want);
     assert_eq!(
         got[&("CNC-1".to_string(), "temperature".to_string(), T0 + 1260)].3,
@@ -682,11 +727,14 @@ fn streaming_job_writes_exact_rows() {
     produce(&lab, &pushers4);
     all.extend(phase5.iter().chain(&pushers4).cloned());
     let want = closed_windows(&all, T0 + 1740 - 5);
-    let got =
-        wait_for("the windows after the JobManager restart", Duration::from_secs(120), || {
-            let got = rt.block_on(windows_in_db(&lab));
-            want.keys().all(|k| got.contains_key(k)).then_some(got)
-        });
+    let got = wait_for_windows(
+        &t,
+        &rt,
+        &job3,
+        "the windows after the JobManager restart",
+        Duration::from_secs(120),
+        &want,
+    );
     assert_windows(&got, &want);
     eprintln!(
         "MEASURE | JobManager SIGKILL while the job writes | docker kill --signal KILL + start, then labctl up | job restored from its retained checkpoint by up; every window of the readings produced after it exact | {:.1} s from the kill to the last window",
@@ -739,10 +787,14 @@ fn streaming_job_writes_exact_rows() {
         rt.block_on(lab.database().unwrap().probe(Duration::from_secs(2))).ok()
     });
     let want = closed_windows(&all, T0 + 1980 - 5);
-    let got = wait_for("the windows after the database restart", Duration::from_secs(240), || {
-        let got = rt.block_on(windows_in_db(&lab));
-        want.keys().all(|k| got.contains_key(k)).then_some(got)
-    });
+    let got = wait_for_windows(
+        &t,
+        &rt,
+        &job4,
+        "the windows after the database restart",
+        Duration::from_secs(240),
+        &want,
+    );
     assert_windows(&got, &want);
     eprintln!(
         "windows complete {:.1} s after the database restart began",

@@ -133,6 +133,94 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Like `wait_for`, but a timeout first prints what `explain` finds (a job's state, a
+/// container's log): a CI run that fails once must say why, as there is no rerun to look at.
+pub fn wait_for_explained<T>(
+    what: &str,
+    timeout: Duration,
+    f: impl FnMut() -> Option<T>,
+    explain: impl FnOnce() -> String,
+) -> T {
+    let mut explain = Some(explain);
+    let mut f = f;
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() >= timeout {
+            let why = explain.take().map(|e| e()).unwrap_or_default();
+            eprintln!("--- while waiting for {what} ---\n{why}");
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// What Flink and Docker say of a streaming job that does not get on: the job's and its tasks'
+/// states, its newest failure, the TaskManagers the JobManager knows, the containers, and the
+/// tail of each Flink container's log.
+pub fn flink_diagnosis(t: &TestLab, rt: &tokio::runtime::Runtime, job_id: &str) -> String {
+    let mut out = String::new();
+    let lab = t.lab();
+    match lab.flink(Duration::from_secs(10)) {
+        Err(e) => out += &format!("no Flink client: {e:#}\n"),
+        Ok(c) => {
+            match rt.block_on(c.job(job_id)) {
+                Ok(j) => {
+                    out += &format!("job {job_id}: {:?}\n", j.state);
+                    for v in &j.vertices {
+                        out += &format!("  {}: {:?}\n", v.name, v.status);
+                    }
+                }
+                Err(e) => out += &format!("job {job_id}: {e:#}\n"),
+            }
+            match rt.block_on(c.last_exception(job_id)) {
+                Ok(Some((cause, full))) => {
+                    let head: String = full.lines().take(30).collect::<Vec<_>>().join("\n");
+                    out += &format!("newest failure: {cause}\n{head}\n");
+                }
+                Ok(None) => out += "no failure recorded\n",
+                Err(e) => out += &format!("exceptions: {e:#}\n"),
+            }
+            match rt.block_on(c.taskmanagers()) {
+                Ok(tms) => {
+                    for tm in tms {
+                        out += &format!(
+                            "TaskManager {} at {}: {} slots, {} free\n",
+                            tm.id, tm.path, tm.slots_number, tm.free_slots
+                        );
+                    }
+                }
+                Err(e) => out += &format!("taskmanagers: {e:#}\n"),
+            }
+            if let Ok(cp) = rt.block_on(c.checkpoints(job_id)) {
+                out += &format!("checkpoints: {}\n", cp["counts"]);
+            }
+        }
+    }
+    let ps = Command::new("docker")
+        .args(["ps", "-a", "--filter", &format!("name={}-", t.project)])
+        .args(["--format", "{{.Names}} {{.Status}}"])
+        .output();
+    if let Ok(ps) = ps {
+        out += &String::from_utf8_lossy(&ps.stdout);
+        for name in String::from_utf8_lossy(&ps.stdout).lines() {
+            let name = name.split(' ').next().unwrap_or_default();
+            if name.contains("-flink-") {
+                if let Ok(log) =
+                    Command::new("docker").args(["logs", "--tail", "60", name]).output()
+                {
+                    out += &format!("--- docker logs --tail 60 {name} ---\n");
+                    out += &String::from_utf8_lossy(&log.stdout);
+                    out += &String::from_utf8_lossy(&log.stderr);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// GET a JSON document (Flink REST, the Spark master's UI); None when it does not answer.
 pub fn get_json(rt: &tokio::runtime::Runtime, url: &str) -> Option<serde_json::Value> {
     rt.block_on(async { reqwest::get(url).await.ok()?.json::<serde_json::Value>().await.ok() })
