@@ -239,8 +239,13 @@ fn wait_for_windows(
         what,
         timeout,
         || {
+            // Region failover restarts tasks under a RUNNING job: their states tell.
             let state = match rt.block_on(client.job(job_id)) {
-                Ok(j) => format!("{:?}", j.state),
+                Ok(j) => {
+                    let tasks: Vec<String> =
+                        j.vertices.iter().map(|v| format!("{:?}", v.status)).collect();
+                    format!("{:?}, tasks {}", j.state, tasks.join(" "))
+                }
                 Err(e) => format!("unknown ({e})"),
             };
             if state != last_state {
