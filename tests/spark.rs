@@ -189,6 +189,39 @@ fn assert_equal_days(lake: &Days, db: &Days, what: &str) {
     }
 }
 
+/// The driver's JVM was told to map the image's class-data archive, and the class path the worker
+/// built for it (read from the driver's launch command) is one the archive fits: otherwise the
+/// JVM silently loads every class from the jars again.
+fn assert_driver_fits_the_class_data_archive(t: &TestLab) {
+    let worker = format!("{}-spark-worker-1", t.project);
+    let out = std::process::Command::new("docker")
+        .args(["exec", &worker, "sh", "-c"])
+        .arg("grep -h '^Launch Command: ' /var/lib/spark/work/driver-*/stderr | tail -n 1")
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let args: Vec<&str> =
+        line.trim_start_matches("Launch Command: ").trim_matches('"').split("\" \"").collect();
+    let archive = labctl::stack::SPARK_DRIVER_ARCHIVE;
+    assert!(
+        args.contains(&format!("-XX:SharedArchiveFile={archive}").as_str()),
+        "the driver maps the archive: {line}"
+    );
+    let cp = args.iter().position(|a| *a == "-cp").map(|i| args[i + 1]).expect(&line);
+    let check = std::process::Command::new("docker")
+        .args(["exec", &worker, "java", &format!("-XX:SharedArchiveFile={archive}")])
+        .args(["-XX:+UseSerialGC", "-cp", cp, "-XX:+PrintSharedArchiveAndExit"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(
+        text.trim_end().lines().last(),
+        Some("archive is valid"),
+        "the archive does not fit the driver's class path {cp}"
+    );
+    eprintln!("the driver's class path {cp} fits {archive}");
+}
+
 #[test]
 fn export_writes_a_partitioned_delta_table_once() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -237,6 +270,8 @@ fn export_writes_a_partitioned_delta_table_once() {
     assert_eq!(summary.rows, Some(rows.len() as u64), "{summary:?}");
     let age = chrono::Utc::now() - summary.last_commit.expect("last commit time");
     assert!(age.num_seconds() >= 0 && age.num_seconds() < 600, "{summary:?}");
+
+    assert_driver_fits_the_class_data_archive(&t);
 
     // Partition folders for exactly those days (data files only: WASB also keeps a marker blob
     // per folder).

@@ -36,6 +36,13 @@ case "$role" in
     master_url="spark://spark-master:7077"
     if [ $# -gt 0 ] && [[ "$1" == spark://* ]]; then master_url="$1"; shift; fi
     export SPARK_DAEMON_JAVA_OPTS="-Duser.timezone=UTC -Djava.security.egd=file:/dev/urandom ${SPARK_DAEMON_JAVA_OPTS:-}"
+    # The worker puts its conf folder first on its drivers' class path, and a driver maps the
+    # image's class-data archive only with the empty folder it was made with (see the
+    # Dockerfile). Nothing the worker or a driver needs is in /etc/spark: a submission's
+    # settings come with it.
+    if [ -d /usr/lib/labctl/spark-driver-conf ]; then
+      export SPARK_CONF_DIR=/usr/lib/labctl/spark-driver-conf
+    fi
     mkdir -p "${SPARK_WORKER_DIR:-/var/lib/spark/work}"
     exec spark-class org.apache.spark.deploy.worker.Worker \
       --cores "${SPARK_WORKER_CORES:-2}" --memory "${SPARK_WORKER_MEMORY:-2g}" \

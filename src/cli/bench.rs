@@ -82,8 +82,9 @@ pub struct SparkArgs {
     /// Parallel JDBC reads (as `labctl submit spark --partitions`).
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub partitions: u32,
-    /// Runs of each (baseline, export, the same export again with nothing to change),
-    /// alternating; the median of each is reported.
+    /// Runs of each (baseline, export, the export with a driver without the class-data archive,
+    /// the same export again with nothing to change), alternating; the median of each is
+    /// reported.
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub runs: u32,
     /// Write the table as JSON to this file as well.

@@ -85,7 +85,7 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let repaired = if args.no_repair { None } else { repair_late_windows(&lab, &args).await? };
-    let started = start_export(&lab, staging, &config_json).await?;
+    let started = start_export(&lab, staging, &config_json, true).await?;
     let id = started.id.clone();
     if args.no_wait {
         if args.json {

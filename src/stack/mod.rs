@@ -81,6 +81,9 @@ pub const SPARK_IMAGE: ImageSpec = ImageSpec {
     // Delta Lake's Spark writer and the WASB file system, into $SPARK_HOME/jars.
     jars: Some(JarSet { folder: "docker/spark/maven" }),
 };
+/// The class-data archive the Spark image makes for the export's driver (see
+/// docker/spark/Dockerfile, which names the same path).
+pub const SPARK_DRIVER_ARCHIVE: &str = "/usr/lib/labctl/spark-driver.jsa";
 pub const AZURITE_IMAGE: ImageSpec = ImageSpec {
     name: "azurite",
     dockerfile: "docker/azurite/Dockerfile",

@@ -2,7 +2,9 @@
 //! a scratch hypertable of its own, against a read-only baseline in the same run: the same
 //! submission reading the same rows over JDBC into the tasks and counting them, writing and
 //! committing nothing. So the ratio shows what writing the Delta table costs on top of reading.
-//! Also the job's own phases and submit-to-FINISHED against the target.
+//! Also the job's own phases and submit-to-FINISHED against the target, and the fixed
+//! cost against the same export whose driver loads its classes from the jars instead of the
+//! image's class-data archive.
 //!
 //! The scratch table and the scratch Delta path are removed afterwards, also when a run fails.
 
@@ -32,18 +34,29 @@ pub struct Settings {
     pub days: f64,
     /// Parallel JDBC reads (as `labctl submit spark --partitions`).
     pub partitions: u32,
-    /// Runs of each (baseline, export, the same export again with nothing to change),
-    /// alternating; the median of each is reported.
+    /// Runs of each (baseline, export, the export with a driver without the class-data archive,
+    /// the same export again with nothing to change), alternating; the median of each is
+    /// reported.
     pub runs: u32,
 }
 
 /// One submission of the export job, waited for; fails unless it FINISHED.
+/// What one submission does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Case {
+    /// Read over JDBC and count; write nothing.
+    ReadOnly,
+    Export,
+    /// The export with a driver that loads every class from the jars.
+    ExportWithoutArchive,
+}
+
 async fn run_once(
     lab: &Lab,
     table: &str,
     delta_path: &str,
     partitions: u32,
-    read_only: bool,
+    case: Case,
 ) -> Result<(Outcome, Sizing)> {
     // An explicit end: the default stops 60 s before now, and the scratch table reaches now.
     let to = Some(
@@ -54,8 +67,9 @@ async fn run_once(
     let over = Overrides {
         table: Some(table.into()),
         delta_path: Some(delta_path.into()),
-        read_only,
+        read_only: case == Case::ReadOnly,
         vacuum: None,
+        without_driver_archive: case == Case::ExportWithoutArchive,
     };
     // The previous run's application may still be releasing its cores.
     let spark = lab.spark(Duration::from_secs(10))?;
@@ -138,6 +152,11 @@ impl Phases {
             write: m(|p| p.write),
             commit: m(|p| p.commit),
         }
+    }
+
+    /// Submit until the tasks start reading, and the exit: all but the read, write and commit.
+    fn fixed(&self) -> f64 {
+        self.total - self.read - self.write - self.commit
     }
 
     fn describe(&self) -> String {
@@ -225,7 +244,8 @@ async fn measure(
 
     let blob = lab.blob(Duration::from_secs(30))?;
     let container = &lab.config.lake.container;
-    let (mut base, mut export, mut noop) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut base, mut export, mut noop, mut plain) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut sizing = None;
     for i in 0..bench.runs {
         progress.note(&format!(
@@ -234,7 +254,8 @@ async fn measure(
             bench.runs
         ));
         let (o, _) =
-            run_once(lab, table, &format!("{prefix}/base-{i}"), bench.partitions, true).await?;
+            run_once(lab, table, &format!("{prefix}/base-{i}"), bench.partitions, Case::ReadOnly)
+                .await?;
         let read = o.result["rows_read"].as_u64().unwrap_or(0);
         if read != n || o.result["committed"] != false {
             bail!(
@@ -250,40 +271,52 @@ async fn measure(
         ));
         base.push(Phases::of(&o));
 
-        progress.note(&format!(
-            "run {}/{}: the export to {container}/{prefix}/export-{i} …",
-            i + 1,
-            bench.runs
-        ));
+        // The export with and without the driver's class-data archive, in alternating order.
+        let cases = if i % 2 == 0 {
+            [Case::Export, Case::ExportWithoutArchive]
+        } else {
+            [Case::ExportWithoutArchive, Case::Export]
+        };
+        for case in cases {
+            let (path, what) = match case {
+                Case::Export => (format!("{prefix}/export-{i}"), "the export"),
+                _ => (format!("{prefix}/plain-{i}"), "the export, its driver without the archive,"),
+            };
+            progress.note(&format!("run {}/{}: {what} to {container}/{path} …", i + 1, bench.runs));
+            let (o, s) = run_once(lab, table, &path, bench.partitions, case).await?;
+            let written = o.result["rows_written"].as_u64().unwrap_or(0);
+            if written != n || o.result["committed"] != true {
+                bail!(
+                    "{what} wrote {written} of {n} rows (committed: {}): {}",
+                    o.result["committed"],
+                    o.result
+                );
+            }
+            // What `labctl status` will say about it: the row count from the Delta log.
+            let summary = blob.delta_summary(container, &path).await?;
+            if summary.rows != Some(n) {
+                bail!("the Delta log of {path} counts {:?} rows, {what} wrote {n}", summary.rows);
+            }
+            progress.note(&format!(
+                "  {:.1} s submit->FINISHED; {}",
+                o.seconds,
+                Phases::of(&o).describe()
+            ));
+            if case == Case::Export {
+                export.push(Phases::of(&o));
+                sizing = Some(s);
+            } else {
+                plain.push(Phases::of(&o));
+            }
+        }
         let path = format!("{prefix}/export-{i}");
-        let (o, s) = run_once(lab, table, &path, bench.partitions, false).await?;
-        let written = o.result["rows_written"].as_u64().unwrap_or(0);
-        if written != n || o.result["committed"] != true {
-            bail!(
-                "the export wrote {written} of {n} rows (committed: {}): {}",
-                o.result["committed"],
-                o.result
-            );
-        }
-        // What `labctl status` will say about it: the row count from the Delta log.
-        let summary = blob.delta_summary(container, &path).await?;
-        if summary.rows != Some(n) {
-            bail!("the Delta log of {path} counts {:?} rows, the export wrote {n}", summary.rows);
-        }
-        progress.note(&format!(
-            "  {:.1} s submit->FINISHED; {}",
-            o.seconds,
-            Phases::of(&o).describe()
-        ));
-        export.push(Phases::of(&o));
-        sizing = Some(s);
 
         progress.note(&format!(
             "run {}/{}: the same export again (nothing to change) …",
             i + 1,
             bench.runs
         ));
-        let (o, _) = run_once(lab, table, &path, bench.partitions, false).await?;
+        let (o, _) = run_once(lab, table, &path, bench.partitions, Case::Export).await?;
         if o.result["committed"] != false || o.result["days_rewritten"].as_u64() != Some(0) {
             bail!(
                 "the export with nothing to change rewrote {} days: {}",
@@ -300,6 +333,7 @@ async fn measure(
     }
     let (b, e, z) =
         (Phases::median_of(&base), Phases::median_of(&export), Phases::median_of(&noop));
+    let plain = Phases::median_of(&plain);
     let sizing = sizing.map(|s| s.describe()).unwrap_or_default();
     let conditions = format!(
         "{n} rows ({} days), {} JDBC partitions; {sizing}; median of {} run(s)",
@@ -315,6 +349,7 @@ async fn measure(
         format!("target ({TARGET_SECS:.0} s) applies to --days 7")
     };
     const BASE: &str = "read-only (JDBC -> count)";
+    const PLAIN: &str = "fixed cost, driver without class-data archive";
     Ok(vec![
         Measurement::new("spark", BASE, rate(b.total), "rows/s")
             .note(format!("{:.1} s submit->FINISHED; {conditions}", b.total)),
@@ -335,16 +370,17 @@ async fn measure(
         Measurement::new("spark", "export with nothing to change", z.total, "s")
             .against("export -> Delta (submit->FINISHED)", e.total / z.total)
             .note(format!("{}; the comparison is {:.1} s of it", z.describe(), z.compare)),
-        Measurement::new(
-            "spark",
-            "fixed cost: submit -> tasks start",
-            e.total - e.read - e.write - e.commit,
-            "s",
-        )
-        .note(format!(
-            "driver start, compare, Spark start, exit; {:.1} s in the baseline",
-            b.total - b.read
+        Measurement::new("spark", PLAIN, plain.fixed(), "s").note(format!(
+            "export {:.1} s submit->FINISHED; {}",
+            plain.total,
+            plain.describe()
         )),
+        Measurement::new("spark", "fixed cost: submit -> tasks start", e.fixed(), "s")
+            .against(PLAIN, plain.fixed() / e.fixed())
+            .note(format!(
+                "driver start, compare, Spark start, exit; {:.1} s in the read-only baseline",
+                b.total - b.read
+            )),
         Measurement::new("spark", "scratch table fill (binary COPY)", rate(fill_secs), "rows/s")
             .note(format!("{fill_secs:.1} s, not part of any ratio")),
     ])

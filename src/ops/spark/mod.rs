@@ -72,6 +72,9 @@ pub struct Overrides {
     /// Vacuum the tables instead of exporting: Some(None) keeps Delta's default retention (7
     /// days), Some(Some(h)) keeps h hours.
     pub vacuum: Option<Option<f64>>,
+    /// The driver loads every class from the jars instead of mapping the image's class-data
+    /// archive: the benchmark's baseline for the archive.
+    pub without_driver_archive: bool,
 }
 
 /// A PostgreSQL table name labctl may hand to the job: lower-case identifier, at most 63 bytes.
@@ -258,7 +261,14 @@ pub struct Outcome {
 
 /// Stages the job and its config (rendered with `staging.result_url()`) in the lake and
 /// submits it; the cluster fetches both through SAS URLs.
-pub async fn start_export(lab: &Lab, staging: Staging, config_json: &str) -> Result<Started> {
+/// `driver_archive`: the driver maps the Spark image's class-data archive (false only for the
+/// benchmark's baseline).
+pub async fn start_export(
+    lab: &Lab,
+    staging: Staging,
+    config_json: &str,
+    driver_archive: bool,
+) -> Result<Started> {
     let job = assets::text(JOB_FILE)
         .ok_or_else(|| anyhow!("{JOB_FILE} is not embedded in this build"))?;
     let client = lab.spark(Duration::from_secs(10))?;
@@ -272,7 +282,7 @@ pub async fn start_export(lab: &Lab, staging: Staging, config_json: &str) -> Res
         bail!("no Spark worker is alive; `labctl up` starts them");
     }
     let sizing = Sizing::from_master(&master)?;
-    let mut props = sizing.properties();
+    let mut props = sizing.properties(driver_archive);
     props.extend([
         ("spark.jars".to_string(), endpoints::spark_jdbc_jar(&lab.config)),
         ("spark.pyspark.python".into(), endpoints::spark_python(&lab.config)),
@@ -331,7 +341,7 @@ pub async fn run(
 ) -> Result<(Started, Outcome)> {
     let staging = Staging::new(lab, timeout)?;
     let config = render_config(lab, req, &JobSecrets::of(lab)?, over, Some(staging.result_url()))?;
-    let started = start_export(lab, staging, &config).await?;
+    let started = start_export(lab, staging, &config, !over.without_driver_archive).await?;
     let outcome = wait_export(&started, timeout, progress).await?;
     outcome.require_finished()?;
     Ok((started, outcome))

@@ -27,6 +27,14 @@ pub struct Sizing {
 const JVM_OPTIONS: &str =
     "-Duser.timezone=UTC -XX:+UseSerialGC -Djava.security.egd=file:/dev/urandom";
 
+/// The driver also maps the class-data archive of the lab's Spark image
+/// (`stack::SPARK_DRIVER_ARCHIVE`): classes loaded from it instead of from jars. A JVM without
+/// that file, or whose class path does not fit it (a cluster not built by labctl), runs as
+/// without the option.
+fn driver_jvm_options() -> String {
+    format!("{JVM_OPTIONS} -XX:SharedArchiveFile={}", crate::stack::SPARK_DRIVER_ARCHIVE)
+}
+
 impl Sizing {
     /// From the workers' free cores (all cores when fewer than 2 are free: the submission then
     /// queues). In cluster mode the driver takes a core of a worker. With one worker the driver
@@ -73,11 +81,14 @@ impl Sizing {
         })
     }
 
-    pub fn properties(&self) -> Vec<(String, String)> {
+    /// The submission's sizing properties; `driver_archive` false leaves out the class-data
+    /// archive (the benchmark's baseline for it).
+    pub fn properties(&self, driver_archive: bool) -> Vec<(String, String)> {
+        let driver_options = if driver_archive { driver_jvm_options() } else { JVM_OPTIONS.into() };
         let mut p = vec![
             ("spark.driver.cores".to_string(), self.driver_cores.to_string()),
             ("spark.driver.memory".into(), format!("{}m", self.driver_memory_mb)),
-            ("spark.driver.extraJavaOptions".into(), JVM_OPTIONS.into()),
+            ("spark.driver.extraJavaOptions".into(), driver_options),
         ];
         if self.executors == 0 {
             // read by the job: run the tasks in the driver with this many threads
@@ -151,13 +162,13 @@ mod tests {
             (s.executors, s.driver_cores, s.task_slots, s.driver_memory_mb),
             (0, 2, 2, 1536)
         );
-        let props = s.properties();
+        let props = s.properties(true);
         assert!(props.contains(&("spark.labctl.driverTaskThreads".into(), "2".into())));
         assert!(!props.iter().any(|(k, _)| k == "spark.cores.max"));
         // Two workers: the driver takes one core, executors of one core the rest.
         let s = Sizing::from_master(&master(&[(2, 0, 2048), (2, 0, 2048)])).unwrap();
         assert_eq!((s.executors, s.driver_cores, s.task_slots), (3, 1, 3));
-        assert!(s.properties().contains(&("spark.cores.max".into(), "3".into())));
+        assert!(s.properties(true).contains(&("spark.cores.max".into(), "3".into())));
         // Busy cores are not counted while 2 are free ...
         let s = Sizing::from_master(&master(&[(2, 1, 2048), (2, 0, 2048)])).unwrap();
         assert_eq!(s.executors, 2);
@@ -165,5 +176,19 @@ mod tests {
         let s = Sizing::from_master(&master(&[(2, 2, 2048)])).unwrap();
         assert_eq!(s.task_slots, 2);
         assert!(Sizing::from_master(&master(&[(1, 0, 2048)])).is_err());
+    }
+
+    #[test]
+    fn the_driver_maps_the_archive_the_image_makes() {
+        let dockerfile = include_str!("../../../docker/spark/Dockerfile");
+        let archive = crate::stack::SPARK_DRIVER_ARCHIVE;
+        assert!(dockerfile.contains(&format!("jsa={archive}")), "the Dockerfile makes {archive}");
+        let s = Sizing::from_master(&master(&[(2, 0, 2048)])).unwrap();
+        let props = s.properties(true);
+        let driver = props.iter().find(|(k, _)| k == "spark.driver.extraJavaOptions").unwrap();
+        assert!(driver.1.contains(&format!("-XX:SharedArchiveFile={archive}")), "{driver:?}");
+        assert!(driver.1.contains("-XX:+UseSerialGC"), "the collector the archive was made with");
+        let without = s.properties(false);
+        assert!(!without.iter().any(|(_, v)| v.contains("SharedArchiveFile")), "{without:?}");
     }
 }
