@@ -122,15 +122,8 @@ impl Drop for TestLab {
 }
 
 /// Polls `f` until it returns Some or `timeout` passes.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    wait_for_explained(what, timeout, f, String::new)
 }
 
 /// Like `wait_for`, but a timeout first prints what `explain` finds (a job's state, a
@@ -150,7 +143,9 @@ pub fn wait_for_explained<T>(
         }
         if start.elapsed() >= timeout {
             let why = explain.take().map(|e| e()).unwrap_or_default();
-            eprintln!("--- while waiting for {what} ---\n{why}");
+            if !why.is_empty() {
+                eprintln!("--- while waiting for {what} ---\n{why}");
+            }
             panic!("timed out after {timeout:?} waiting for {what}");
         }
         std::thread::sleep(Duration::from_millis(500));
