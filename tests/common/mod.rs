@@ -131,18 +131,16 @@ pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) 
 pub fn wait_for_explained<T>(
     what: &str,
     timeout: Duration,
-    f: impl FnMut() -> Option<T>,
+    mut f: impl FnMut() -> Option<T>,
     explain: impl FnOnce() -> String,
 ) -> T {
-    let mut explain = Some(explain);
-    let mut f = f;
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
             return v;
         }
         if start.elapsed() >= timeout {
-            let why = explain.take().map(|e| e()).unwrap_or_default();
+            let why = explain();
             if !why.is_empty() {
                 eprintln!("--- while waiting for {what} ---\n{why}");
             }
