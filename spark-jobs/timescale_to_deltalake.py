@@ -60,8 +60,12 @@ and the database does not (e.g. dropped chunks) are kept: the lake may be the on
 
 The lake's figures come from its _delta_log, read through Hadoop's FileSystem before any
 SparkContext exists (class LakeLog): rows per day are the live files' numRecords, and the sums
-are those recorded by the export that last wrote the day, computed from exactly the rows it wrote
-(read once, materialized with localCheckpoint, summed, written). Each export commit carries
+are those recorded by the export that last wrote the day: the database's figures of exactly the
+rows it wrote. The comparison runs in a REPEATABLE READ transaction whose snapshot it exports
+(pg_export_snapshot), and every JDBC read of the export imports that snapshot (SET TRANSACTION
+SNAPSHOT), so the rows are read from the database as they were when compared, in one pass that
+writes them as it reads them; the counts of rows read, rows committed and rows in the snapshot
+must agree. The comparison's connection holds the snapshot until the commit. Each export commit carries
 userMetadata {"labctl.export": {"run", "table", "days", "rows", "as_of" (ISO instant of its
 comparison), "summary": {"<epoch day>": [rows, "<sum of epoch us>", [sums]]}}}. A day another
 writer touched since, or whose numRecords disagree with the record, compares as different. So a
@@ -99,7 +103,8 @@ Output: on success one stdout line
   ISO, null = open), committed, rows_read, rows_written, files, files_removed, delta_version,
   previous_version, partitions, days_compared, days_rewritten, days_only_in_lake, differences
   (the first days that differed: day, database and lake rows), attempts, message, phases
-  (seconds per step: compare_db, compare_lake, spark_start, read, write, commit),
+  (seconds per step: compare_db, compare_lake, spark_start, read, write, commit; an export's
+  tasks read and write in one pass, its "write", and "read" is the read_only run's read),
   days_unknown_in_lake, lake_compared_from ("log" or "data") and seconds.
 Spark property spark.labctl.driverTaskThreads=N (optional, set by labctl when the cluster has one
 worker and the driver was granted its cores): the tasks run inside the driver with N threads
@@ -163,6 +168,12 @@ CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException",
              "ConcurrentDeleteDeleteException", "ConcurrentTransactionException",
              "ConcurrentWriteException", "MetadataChangedException", "ProtocolChangedException",
              "DeltaConcurrentModificationException")
+
+
+# What pg_export_snapshot() returns ("00000003-0000001B-1"): checked before it is put into SQL.
+SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
+# java.sql.Connection.TRANSACTION_REPEATABLE_READ
+REPEATABLE_READ = 4
 
 
 class JobError(Exception):
@@ -441,6 +452,11 @@ def quote_ident(name):
 # Time helpers (instants are aware UTC datetimes; days are days since 1970-01-01, UTC)
 # ----------------------------------------------------------------------------------------------
 
+def quote_ident_spark(name):
+    """A column name for Spark SQL: in backticks, any backtick doubled."""
+    return "`" + name.replace("`", "``") + "`"
+
+
 def iso(instant):
     return None if instant is None else instant.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -526,7 +542,8 @@ def failure_kind(exc):
 # ----------------------------------------------------------------------------------------------
 
 class Db:
-    """A JDBC connection on the driver JVM (py4j), for the per-day comparison query."""
+    """A JDBC connection on the driver JVM (py4j), for the per-day comparison query. It holds
+    the comparison's snapshot open until the export is committed (close())."""
 
     def __init__(self, jvm, cfg):
         self.url = cfg.jdbc_url
@@ -547,6 +564,28 @@ class Db:
                            f"{java_root_cause(exc)}") from exc
         if self.conn is None:
             raise JobError(f"the PostgreSQL JDBC driver does not accept the URL {self.url}")
+
+    def export_snapshot(self):
+        """Begins a REPEATABLE READ transaction and exports its snapshot, in which the
+        comparison runs next. The export's JDBC reads import it (snapshot_import): they read
+        exactly the rows whose figures the comparison computed, however the table changes
+        meanwhile, so those figures are recorded with the commit without a pass of their own."""
+        try:
+            self.conn.setAutoCommit(False)
+            self.conn.setTransactionIsolation(REPEATABLE_READ)
+            stmt = self.conn.createStatement()
+            rs = stmt.executeQuery("SELECT pg_export_snapshot()")
+            rs.next()
+            snapshot = rs.getString(1)
+            stmt.close()
+        except Exception as exc:  # noqa: BLE001
+            raise JobError(f"cannot export a snapshot of the database at {self.url}: "
+                           f"{java_root_cause(exc)} (the export needs PostgreSQL's "
+                           "pg_export_snapshot; a pooler in transaction mode does not keep it)"
+                           ) from exc
+        if not SNAPSHOT_ID.fullmatch(snapshot or ""):
+            raise JobError(f"the database exported a snapshot id of unknown form: {snapshot!r}")
+        return snapshot
 
     def day_summary(self, table, time_column, sums, lo_day, hi_day):
         """{day: (rows, sum of epoch microseconds, [sum of each checksum column])} of the days
@@ -877,15 +916,6 @@ class ExportPlan:
                  "lake_rows": self.lake_rows(d)} for d in self.days[:DIFFERENCES_SHOWN]]
 
 
-def database_days(jvm, cfg, table, lo_day, hi_day):
-    db = Db(jvm, cfg)
-    try:
-        return db.day_summary(table.name, table.time_column, table.checksum_columns, lo_day,
-                              hi_day)
-    finally:
-        db.close()
-
-
 def lake_days(session, lake, table, uri, lake_log, lo_day, hi_day):
     """(version or None, {day: figures or UNKNOWN} in the range, "log" or "data") of the Delta
     table's current version."""
@@ -911,13 +941,14 @@ def lake_days(session, lake, table, uri, lake_log, lo_day, hi_day):
                        f"table {uri}): {detail}; nothing committed") from exc
 
 
-def plan_export(cfg, table, uri, jvm, session, lake_log):
-    """Compares the table's days in the database, then in the lake. Writes nothing; Spark is
-    started only when the lake's log cannot tell its figures."""
+def plan_export(cfg, table, uri, db, session, lake_log):
+    """Compares the table's days in the database (in `db`'s snapshot), then in the lake. Writes
+    nothing; Spark is started only when the lake's log cannot tell its figures."""
     lo_day, hi_day = cfg.lo_day, cfg.hi_day
     t = time.time()
     as_of = dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")
-    db_days = database_days(jvm, cfg, table, lo_day, hi_day)
+    db_days = db.day_summary(table.name, table.time_column, table.checksum_columns, lo_day,
+                             hi_day)
     seconds_db = round(time.time() - t, 3)
     t = time.time()
     version, lake_figs, source = lake_days(session, cfg.lake, table, uri, lake_log, lo_day,
@@ -930,14 +961,34 @@ def plan_export(cfg, table, uri, jvm, session, lake_log):
                       seconds_db=seconds_db, seconds_lake=seconds_lake)
 
 
-def read_days(spark, cfg, plan):
-    """(DataFrame, figures) of the plan's days read over JDBC in parallel. The rows are read
-    once: the figures recorded with the commit are those of the very rows written."""
+def snapshot_import(snapshot):
+    """The JDBC reads' session statement: their transaction takes the comparison's snapshot.
+    Spark's PostgreSQL dialect turns autocommit off before it (a cursor needs a transaction);
+    should that ever change, SET TRANSACTION would only warn, so the block fails the read
+    instead of letting it see another snapshot."""
+    if not SNAPSHOT_ID.fullmatch(snapshot):
+        raise JobError(f"not a snapshot id: {snapshot!r}")
+    return ("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; "
+            f"SET TRANSACTION SNAPSHOT '{snapshot}'; "
+            "DO $$ BEGIN IF current_setting('transaction_isolation') <> 'repeatable read' THEN "
+            "RAISE EXCEPTION 'the read is not in the comparison''s snapshot'; END IF; END $$")
+
+
+def read_days(spark, cfg, plan, snapshot):
+    """(DataFrame, Observation of its rows) of the plan's days read over JDBC in parallel, in
+    the comparison's snapshot: the rows whose figures the comparison computed. Lazy: the write
+    reads them as it writes them, one pass."""
+    from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
     table = plan.table
     props = {"user": cfg.db_user, "password": cfg.db_password,
-             "driver": "org.postgresql.Driver", "fetchsize": "20000"}
+             "driver": "org.postgresql.Driver", "fetchsize": "20000",
+             "sessionInitStatement": snapshot_import(snapshot),
+             # rows in PostgreSQL's binary format from the first query on, not only after five
+             # executions of a statement: no parsing of numbers and timestamps from text (the
+             # read took 25 % less; a prepareThreshold in the URL wins over this)
+             "prepareThreshold": "-1"}
     preds = jdbc_predicates(table.time_column, plan.days, plan.db_days, cfg.partitions)
     df = spark.read.jdbc(cfg.jdbc_url, quote_ident(table.name), predicates=preds,
                          properties=props)
@@ -945,15 +996,19 @@ def read_days(spark, cfg, plan):
     if clash:
         raise JobError(f"{table.name}: column {clash[0]} clashes with a partition column")
     tcol = F.col(table.time_column)
+    seen = Observation()
     df = df.select("*", F.year(tcol).alias("year"), F.month(tcol).alias("month"),
                    F.dayofmonth(tcol).alias("day"))
+    return df.observe(seen, F.count(F.lit(1)).alias("rows")), seen
+
+
+def read_only(df, plan):
+    """Reads every row and column of the plan's days and keeps nothing: the read of an export
+    without its write (a benchmark's baseline)."""
     try:
-        # materialized once, lineage cut: a lost block fails the run instead of reading the
-        # database again (which may have changed meanwhile)
-        df = df.localCheckpoint(eager=True)
-        return df, day_figures(df, table.time_column, table.checksum_columns)
+        df.write.format("noop").mode("overwrite").save()
     except Exception as exc:  # noqa: BLE001
-        raise JobError(f"{table.name}: reading {len(plan.days)} days over JDBC failed: "
+        raise JobError(f"{plan.table.name}: reading {len(plan.days)} days over JDBC failed: "
                        f"{failure_kind(exc)[1]} (nothing committed, {plan.uri} left at version "
                        f"{plan.version})") from exc
 
@@ -974,6 +1029,11 @@ def write_days(df, plan, meta):
     # one replaces those days instead of appending to them
     (df.write.format("delta").partitionBy(*PARTITION_COLUMNS)
      .option("userMetadata", meta).mode("overwrite")
+     # statistics (min, max, nulls) of the time column only, for a table this creates: every
+     # file holds all machines and sensors of its day, so those of the other columns skip no
+     # file, and collecting them per row cost 16 % of the tasks' time (numRecords, which the
+     # comparison reads, is always collected)
+     .option("delta.dataSkippingStatsColumns", quote_ident_spark(plan.table.time_column))
      .option("replaceWhere", plan.replace_where)
      .save(plan.uri))
 
@@ -1051,7 +1111,6 @@ def export_table(session, cfg, table, run_id):
     name = table.name
     uri = lake_location(cfg.lake, table.delta_path)
     result = new_result(cfg, table, uri)
-    phases = result["phases"]
     t_table = time.time()
     jvm = SparkContext_jvm()
     readers = []
@@ -1065,53 +1124,75 @@ def export_table(session, cfg, table, run_id):
 
     for attempt in range(1, ATTEMPTS + 1):
         result["attempts"] = attempt
-        plan = plan_export(cfg, table, uri, jvm, session, lake_log)
-        record_plan(result, plan, attempt, session)
-        log(f"{name}: {len(plan.db_days)} days in the database, {len(plan.lake_days)} in the "
-            f"lake (version {plan.version}), {len(plan.days)} to rewrite")
-        if not plan.days:
-            result["message"] = (f"{name}: the lake equals the database on all "
-                                 f"{result['days_compared']} days compared; nothing written, "
-                                 f"{uri} left at version {plan.version}")
-            return finish(result, t_table)
-
-        spark = session()
-        phases["spark_start"] = session.seconds
-        t = time.time()
-        df, written = read_days(spark, cfg, plan)
-        phases["read"] += round(time.time() - t, 3)
-        result["rows_read"] = sum(f[0] for f in written.values())
-        if cfg.read_only:
-            result["message"] = (f"{name}: read {result['rows_read']} rows of {len(plan.days)} "
-                                 f"differing days (read_only: nothing written, {uri} left at "
-                                 f"version {plan.version})")
-            return finish(result, t_table)
-
-        t = time.time()
+        db = Db(jvm, cfg)
         try:
-            write_days(df, plan, commit_metadata(run_id, plan, written))
-        except Exception as exc:  # noqa: BLE001
-            if not (is_conflict(exc) and attempt < ATTEMPTS):
-                raise write_error(exc, plan) from exc
-            log(f"{name}: a concurrent export committed first ({failure_kind(exc)[1]}); "
-                f"comparing again (attempt {attempt + 1} of {ATTEMPTS})")
-            phases["write"] += round(time.time() - t, 3)
-            continue
-        t_end = time.time()
-        commit = find_commit(lake_log(), plan, run_id)
-        record_commit(result, plan, commit, t, t_end)
-        if result["rows_written"] != result["rows_read"]:
-            raise JobError(f"{name}: committed version {commit['version']} with "
-                           f"{result['rows_written']} rows but {result['rows_read']} were read; "
-                           "the next export compares and rewrites those days")
-        log(f"{name}: committed version {commit['version']}: {result['rows_written']} rows of "
-            f"{len(plan.days)} days, {result['files']} files added, {result['files_removed']} "
-            "removed")
-        result["message"] = (f"{name}: {result['rows_written']} rows of {len(plan.days)} "
-                             f"differing days (of {result['days_compared']} compared) committed "
-                             f"as version {commit['version']}")
-        return finish(result, t_table)
+            done = export_attempt(session, cfg, table, db, result, attempt, run_id, lake_log)
+        finally:
+            db.close()  # ends the snapshot's transaction: every read has finished
+        if done:
+            return finish(result, t_table)
     raise AssertionError("unreachable")
+
+
+def export_attempt(session, cfg, table, db, result, attempt, run_id, lake_log):
+    """One comparison and, if days differ, their rewrite in one Delta transaction. True when
+    the table's result is final; False when a concurrent export committed first and the
+    comparison must be made again."""
+    name, uri, phases = result["name"], result["delta_uri"], result["phases"]
+    snapshot = db.export_snapshot()
+    plan = plan_export(cfg, table, uri, db, session, lake_log)
+    record_plan(result, plan, attempt, session)
+    log(f"{name}: {len(plan.db_days)} days in the database, {len(plan.lake_days)} in the "
+        f"lake (version {plan.version}), {len(plan.days)} to rewrite")
+    if not plan.days:
+        result["message"] = (f"{name}: the lake equals the database on all "
+                             f"{result['days_compared']} days compared; nothing written, "
+                             f"{uri} left at version {plan.version}")
+        return True
+
+    spark = session()
+    phases["spark_start"] = session.seconds
+    df, seen = read_days(spark, cfg, plan, snapshot)
+    if cfg.read_only:
+        t = time.time()
+        read_only(df, plan)
+        phases["read"] += round(time.time() - t, 3)
+        result["rows_read"] = seen.get["rows"]
+        result["message"] = (f"{name}: read {result['rows_read']} rows of {len(plan.days)} "
+                             f"differing days (read_only: nothing written, {uri} left at "
+                             f"version {plan.version})")
+        return True
+
+    # The rows are read from the comparison's snapshot: its figures are those of the rows
+    # written, recorded with the commit.
+    written = {d: plan.db_days[d] for d in plan.days}
+    t = time.time()
+    try:
+        write_days(df, plan, commit_metadata(run_id, plan, written))
+    except Exception as exc:  # noqa: BLE001
+        if not (is_conflict(exc) and attempt < ATTEMPTS):
+            raise write_error(exc, plan) from exc
+        log(f"{name}: a concurrent export committed first ({failure_kind(exc)[1]}); "
+            f"comparing again (attempt {attempt + 1} of {ATTEMPTS})")
+        phases["write"] += round(time.time() - t, 3)
+        return False
+    t_end = time.time()
+    result["rows_read"] = seen.get["rows"]
+    commit = find_commit(lake_log(), plan, run_id)
+    record_commit(result, plan, commit, t, t_end)
+    counts = {result["rows_written"], result["rows_read"], plan.rows_expected}
+    if len(counts) != 1:
+        raise JobError(f"{name}: committed version {commit['version']} with "
+                       f"{result['rows_written']} rows; {result['rows_read']} were read and the "
+                       f"comparison's snapshot holds {plan.rows_expected}; the next export "
+                       "compares and rewrites those days")
+    log(f"{name}: committed version {commit['version']}: {result['rows_written']} rows of "
+        f"{len(plan.days)} days, {result['files']} files added, {result['files_removed']} "
+        "removed")
+    result["message"] = (f"{name}: {result['rows_written']} rows of {len(plan.days)} "
+                         f"differing days (of {result['days_compared']} compared) committed "
+                         f"as version {commit['version']}")
+    return True
 
 
 def vacuum_table(session, cfg, table):
