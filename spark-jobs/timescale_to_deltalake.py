@@ -448,14 +448,14 @@ def quote_ident(name):
     return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
 
 
-# ----------------------------------------------------------------------------------------------
-# Time helpers (instants are aware UTC datetimes; days are days since 1970-01-01, UTC)
-# ----------------------------------------------------------------------------------------------
-
 def quote_ident_spark(name):
     """A column name for Spark SQL: in backticks, any backtick doubled."""
     return "`" + name.replace("`", "``") + "`"
 
+
+# ----------------------------------------------------------------------------------------------
+# Time helpers (instants are aware UTC datetimes; days are days since 1970-01-01, UTC)
+# ----------------------------------------------------------------------------------------------
 
 def iso(instant):
     return None if instant is None else instant.isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -583,8 +583,6 @@ class Db:
                            f"{java_root_cause(exc)} (the export needs PostgreSQL's "
                            "pg_export_snapshot; a pooler in transaction mode does not keep it)"
                            ) from exc
-        if not SNAPSHOT_ID.fullmatch(snapshot or ""):
-            raise JobError(f"the database exported a snapshot id of unknown form: {snapshot!r}")
         return snapshot
 
     def day_summary(self, table, time_column, sums, lo_day, hi_day):
@@ -966,8 +964,8 @@ def snapshot_import(snapshot):
     Spark's PostgreSQL dialect turns autocommit off before it (a cursor needs a transaction);
     should that ever change, SET TRANSACTION would only warn, so the block fails the read
     instead of letting it see another snapshot."""
-    if not SNAPSHOT_ID.fullmatch(snapshot):
-        raise JobError(f"not a snapshot id: {snapshot!r}")
+    if not SNAPSHOT_ID.fullmatch(snapshot or ""):  # checked where it goes into SQL
+        raise JobError(f"the database exported a snapshot id of unknown form: {snapshot!r}")
     return ("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; "
             f"SET TRANSACTION SNAPSHOT '{snapshot}'; "
             "DO $$ BEGIN IF current_setting('transaction_isolation') <> 'repeatable read' THEN "
