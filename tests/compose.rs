@@ -9,8 +9,12 @@ use std::{process::Command, time::Duration};
 
 use common::{labctl_bin, rt, wait_for};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port()
+/// `n` distinct free ports: each listener stays open until all are picked, or the kernel may
+/// hand out one port twice.
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<_> =
+        (0..n).map(|_| std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap()).collect();
+    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
 fn compose(
@@ -40,17 +44,26 @@ fn compose(
 fn debians_docker_compose_runs_the_rendered_file() {
     let dir = tempfile::tempdir().unwrap();
     let project = format!("t-compose-{}-{}", std::process::id() % 100_000, rand::random::<u16>());
-    let broker_port = free_port();
+    let keys = [
+        "BROKER",
+        "BROKER_2",
+        "BROKER_3",
+        "DATABASE",
+        "FLINK_UI",
+        "SPARK_UI",
+        "SPARK_REST",
+        "AZURITE",
+    ];
+    let ports = free_ports(keys.len());
+    let broker_port = ports[0];
     let mut render = Command::new(labctl_bin());
     render.args(["render", "compose", "-o"]).arg(dir.path().join("docker-compose.yml"));
     render
         .env("LABCTL_PROJECT", &project)
         .env("LABCTL_STATE_DIR", dir.path())
         .env_remove("LABCTL_CONFIG");
-    render.env("LABCTL_PORTS_BROKER", broker_port.to_string());
-    for key in ["BROKER_2", "BROKER_3", "DATABASE", "FLINK_UI", "SPARK_UI", "SPARK_REST", "AZURITE"]
-    {
-        render.env(format!("LABCTL_PORTS_{key}"), free_port().to_string());
+    for (key, port) in keys.iter().zip(&ports) {
+        render.env(format!("LABCTL_PORTS_{key}"), port.to_string());
     }
     let out = render.output().unwrap();
     assert!(out.status.success(), "render compose: {}", String::from_utf8_lossy(&out.stderr));

@@ -504,6 +504,18 @@ impl Config {
         if self.spark.rest_tokens && !self.spark.master_url.is_empty() {
             bail!(invalid("spark.rest_tokens", true, "applies to the lab's own Spark cluster, and spark.master_url names an external one; remove one of the two"));
         }
+        for (i, a) in PortKey::ALL.iter().enumerate() {
+            let port = self.ports.get(*a);
+            if let Some(b) =
+                PortKey::ALL[i + 1..].iter().find(|b| port != 0 && self.ports.get(**b) == port)
+            {
+                bail!(invalid(
+                    &format!("ports.{a}"),
+                    port,
+                    &format!("is ports.{b} too; give each its own port (0 picks a free one)")
+                ));
+            }
+        }
         check_identifier("database.user", &self.database.user)?;
         check_identifier("database.name", &self.database.name)?;
         check_range("flink.taskmanagers", self.flink.taskmanagers, 1, MAX_REPLICAS)?;
@@ -666,6 +678,14 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn one_port_for_two_services_is_refused() {
+        let err = format!("{:#}", load_str("[ports]\ndatabase = 9092\n", &[]).unwrap_err());
+        assert!(err.contains("ports.broker") && err.contains("ports.database"), "{err}");
+        let zeros = load_str("[ports]\nbroker = 0\ndatabase = 0\n", &[]).unwrap();
+        zeros.validate().expect("0 is a free port each, not one port");
     }
 
     #[test]
