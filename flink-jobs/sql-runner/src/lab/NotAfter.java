@@ -1,8 +1,7 @@
 package lab;
 
-import java.time.LocalDateTime;
-
 import org.apache.flink.table.annotation.DataTypeHint;
+import org.apache.flink.table.data.TimestampData;
 import org.apache.flink.table.functions.ScalarFunction;
 
 /**
@@ -17,10 +16,11 @@ import org.apache.flink.table.functions.ScalarFunction;
  */
 public final class NotAfter extends ScalarFunction {
 
-    public @DataTypeHint("TIMESTAMP(3)") LocalDateTime eval(
-            @DataTypeHint("TIMESTAMP(3)") LocalDateTime t,
-            @DataTypeHint("TIMESTAMP(3)") LocalDateTime bound) {
-        if (t == null || bound == null || t.isAfter(bound)) {
+    /** Flink's own timestamp type in and out: no conversion to java.time and back per message. */
+    public @DataTypeHint(value = "TIMESTAMP(3)", bridgedTo = TimestampData.class) TimestampData eval(
+            @DataTypeHint(value = "TIMESTAMP(3)", bridgedTo = TimestampData.class) TimestampData t,
+            @DataTypeHint(value = "TIMESTAMP(3)", bridgedTo = TimestampData.class) TimestampData bound) {
+        if (t == null || bound == null || t.compareTo(bound) > 0) {
             return null;
         }
         return t;
