@@ -570,6 +570,10 @@ fn flink_services(config: &Config, ports: &Ports, taskmanagers: u32) -> [Service
         // 1280m TaskManager and the job 1.3x slower (`labctl bench flink`, README).
         "taskmanager.memory.managed.fraction: 0.1".to_string(),
         format!("parallelism.default: {}", config.broker.partitions),
+        // How long the REST API serves a job's state from its cache (default 3 s): a job whose
+        // tasks all ran 0.5 s after its submission showed as starting for 2.5 s more to `submit`,
+        // `status` and the fault tests' recovery waits.
+        "web.refresh-interval: 500 ms".to_string(),
         "state.checkpoints.dir: file:///var/lib/flink/checkpoints".to_string(),
         "state.savepoints.dir: file:///var/lib/flink/savepoints".to_string(),
     ]
