@@ -112,6 +112,16 @@ fn bad_messages() -> Vec<(&'static [u8], Vec<u8>, &'static str)> {
             reading((r#""CNC-1""#, r#""x'; DROP TABLE machine_sensors; --""#)),
             "machine_id is not an identifier",
         ),
+        // A byte that is not UTF-8 inside a field: read as Flink decodes text (U+FFFD), so the
+        // reason names the field, not the message.
+        (
+            b"CNC-1",
+            reading((r#""CNC-1""#, r#""CNC-~""#))
+                .into_iter()
+                .map(|b| if b == b'~' { 0xff } else { b })
+                .collect(),
+            "machine_id is not an identifier",
+        ),
     ]
 }
 
