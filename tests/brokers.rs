@@ -7,7 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{audit, docker, read_readings, rt, topic_total, wait_for, TestLab, INTERVAL};
+use common::{
+    audit, containers_diagnosis, docker, read_readings, rt, topic_ends, topic_total, wait_for,
+    wait_for_explained, TestLab, INTERVAL,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 const BACKFILL_SECS: i64 = 12 * 3_600;
@@ -60,9 +63,18 @@ fn one_of_three_brokers_killed_while_producing_loses_nothing() {
     eprintln!("topic layout (partition, leader, replicas, isr): {layout:?}");
 
     let backfill_readings = BACKFILL_SECS / INTERVAL * 9;
-    let at = wait_for("the backfill to be under way", Duration::from_secs(120), || {
-        topic_total(&rt, &lab).filter(|n| *n > backfill_readings / 5)
-    });
+    let at = wait_for_explained(
+        "the backfill to be under way",
+        Duration::from_secs(120),
+        || topic_total(&rt, &lab).filter(|n| *n > backfill_readings / 5),
+        || {
+            let ends = topic_ends(&rt, &lab);
+            format!(
+                "topic end offsets: {ends:?}\n{}",
+                containers_diagnosis(&t, &["ingest", "broker"])
+            )
+        },
+    );
     assert!(
         at < backfill_readings * 7 / 10,
         "the backfill went too fast to be interrupted ({at} of {backfill_readings})"

@@ -7,7 +7,8 @@ mod common;
 
 use std::{process::Command, time::Duration};
 
-use common::{labctl_bin, rt, wait_for};
+use common::{labctl_bin, port_env, rt, wait_for};
+use labctl::model::config::PortKey;
 
 /// `n` distinct free ports: each listener stays open until all are picked, or the kernel may
 /// hand out one port twice.
@@ -44,26 +45,18 @@ fn compose(
 fn debians_docker_compose_runs_the_rendered_file() {
     let dir = tempfile::tempdir().unwrap();
     let project = format!("t-compose-{}-{}", std::process::id() % 100_000, rand::random::<u16>());
-    let keys = [
-        "BROKER",
-        "BROKER_2",
-        "BROKER_3",
-        "DATABASE",
-        "FLINK_UI",
-        "SPARK_UI",
-        "SPARK_REST",
-        "AZURITE",
-    ];
+    let keys = PortKey::ALL;
     let ports = free_ports(keys.len());
-    let broker_port = ports[0];
+    let broker_port =
+        ports[keys.iter().position(|k| *k == PortKey::Broker).expect("a broker port")];
     let mut render = Command::new(labctl_bin());
     render.args(["render", "compose", "-o"]).arg(dir.path().join("docker-compose.yml"));
     render
         .env("LABCTL_PROJECT", &project)
         .env("LABCTL_STATE_DIR", dir.path())
         .env_remove("LABCTL_CONFIG");
-    for (key, port) in keys.iter().zip(&ports) {
-        render.env(format!("LABCTL_PORTS_{key}"), port.to_string());
+    for (key, port) in keys.into_iter().zip(&ports) {
+        render.env(port_env(key), port.to_string());
     }
     let out = render.output().unwrap();
     assert!(out.status.success(), "render compose: {}", String::from_utf8_lossy(&out.stderr));

@@ -19,6 +19,11 @@ pub struct TestLab {
     pub env: Vec<(String, String)>,
 }
 
+/// The variable that sets a `[ports]` key, e.g. `LABCTL_PORTS_FLINK_UI`.
+pub fn port_env(key: labctl::model::config::PortKey) -> String {
+    format!("LABCTL_PORTS_{}", key.as_str().to_ascii_uppercase())
+}
+
 pub fn labctl_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_labctl"))
 }
@@ -29,18 +34,8 @@ impl TestLab {
         let project = format!("t-{prefix}-{}-{nonce}", std::process::id() % 100_000);
         let state_dir = tempfile::tempdir().expect("tempdir");
         let mut env = vec![("LABCTL_PROJECT".to_string(), project.clone())];
-        for key in [
-            "BROKER",
-            "BROKER_2",
-            "BROKER_3",
-            "DATABASE",
-            "FLINK_UI",
-            "SPARK_UI",
-            "SPARK_REST",
-            "AZURITE",
-            "BROKER_SASL_SSL",
-        ] {
-            env.push((format!("LABCTL_PORTS_{key}"), "0".into()));
+        for key in labctl::model::config::PortKey::ALL {
+            env.push((port_env(key), "0".into()));
         }
         env.push(("LABCTL_STATE_DIR".into(), state_dir.path().display().to_string()));
         Self { project, state_dir, env }
@@ -192,6 +187,13 @@ pub fn flink_diagnosis(t: &TestLab, rt: &tokio::runtime::Runtime, job_id: &str) 
             }
         }
     }
+    out + &containers_diagnosis(t, &["flink-"])
+}
+
+/// `docker ps -a` of the lab, and the last 60 log lines of each container of a service whose
+/// name starts with one of `services` (`broker` takes broker-2 and broker-3 too).
+pub fn containers_diagnosis(t: &TestLab, services: &[&str]) -> String {
+    let mut out = String::new();
     let ps = Command::new("docker")
         .args(["ps", "-a", "--filter", &format!("name={}-", t.project)])
         .args(["--format", "{{.Names}} {{.Status}}"])
@@ -200,7 +202,7 @@ pub fn flink_diagnosis(t: &TestLab, rt: &tokio::runtime::Runtime, job_id: &str) 
         out += &String::from_utf8_lossy(&ps.stdout);
         for name in String::from_utf8_lossy(&ps.stdout).lines() {
             let name = name.split(' ').next().unwrap_or_default();
-            if name.contains("-flink-") {
+            if services.iter().any(|s| name.starts_with(&format!("{}-{s}", t.project))) {
                 if let Ok(log) =
                     Command::new("docker").args(["logs", "--tail", "60", name]).output()
                 {
