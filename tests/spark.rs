@@ -52,6 +52,8 @@ type Days = BTreeMap<String, (i64, f64)>;
 struct LakeView {
     /// Per UTC day of the rows' timestamps: rows and the sum of `value`.
     days: Days,
+    /// The values of the rows of machine [`WRITER`], sorted.
+    writer_values: Vec<f64>,
     version: Option<u64>,
     files: usize,
     partition_columns: serde_json::Value,
@@ -94,6 +96,7 @@ fn lake_view(t: &TestLab) -> LakeView {
                 .unwrap_or_default()
         };
         let mut days = Days::new();
+        let mut writer_values = Vec::new();
         let mut parquet_ts_type = String::new();
         for f in &files {
             let bytes = blob.get_blob("lake", &format!("{table}/{}", f.path)).await.unwrap();
@@ -105,16 +108,20 @@ fn lake_view(t: &TestLab) -> LakeView {
             let mut n = 0;
             for row in reader.get_row_iter(None).unwrap() {
                 let row = row.unwrap();
-                let (mut us, mut value) = (None, None);
+                let (mut us, mut value, mut writer) = (None, None, false);
                 for (name, field) in row.get_column_iter() {
                     match (name.as_str(), field) {
                         ("timestamp", Field::TimestampMicros(x)) => us = Some(*x),
                         ("timestamp", Field::TimestampMillis(x)) => us = Some(*x * 1000),
                         ("value", Field::Double(x)) => value = Some(*x),
+                        ("machine_id", Field::Str(m)) => writer = m == WRITER,
                         _ => {}
                     }
                 }
                 let (us, value) = (us.expect("a timestamp"), value.expect("a value"));
+                if writer {
+                    writer_values.push(value);
+                }
                 let day = chrono::DateTime::from_timestamp_micros(us)
                     .unwrap()
                     .format("%Y-%m-%d")
@@ -132,8 +139,10 @@ fn lake_view(t: &TestLab) -> LakeView {
             }
             assert_eq!(Some(n), f.rows, "numRecords of {} in the log", f.path);
         }
+        writer_values.sort_by(f64::total_cmp);
         LakeView {
             days,
+            writer_values,
             version: summary.version,
             files: files.len(),
             partition_columns: meta["partitionColumns"].clone(),
@@ -171,6 +180,32 @@ fn insert(t: &TestLab, rows: &[(String, &str, &str, f64)]) {
             .unwrap();
         }
     });
+}
+
+/// The machine whose readings [`write_in_sequence`] writes.
+const WRITER: &str = "SNAPSHOT-1";
+
+/// Readings 1, 2, 3 ... (the value is the number), each in a transaction of its own, spread over
+/// three days, until `stop`; returns how many were written.
+fn write_in_sequence(t: &TestLab, stop: &std::sync::atomic::AtomicBool) -> u64 {
+    let lab = t.lab();
+    rt().block_on(async {
+        let db = lab.database().unwrap().connect(Duration::from_secs(10)).await.unwrap();
+        let mut n = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            n += 1;
+            let day = ["2026-01-01", "2026-01-03", "2026-01-05"][(n % 3) as usize];
+            let ts = format!("{day}T20:00:00Z");
+            db.execute(
+                "INSERT INTO machine_sensors VALUES ($1::text::timestamptz + $2 * interval '1 millisecond', $3, 'X', 'temperature', $4, 'u')",
+                &[&ts, &(n as f64), &WRITER, &(n as f64)],
+            )
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        n
+    })
 }
 
 fn assert_equal_days(lake: &Days, db: &Days, what: &str) {
@@ -607,6 +642,35 @@ fn late_readings_reach_the_lake_and_concurrent_exports_never_double_rows() {
     assert_equal_days(&view.days, &db, "after two exports at once");
     let total: i64 = db.values().map(|(n, _)| n).sum();
     assert_eq!(view.days.values().map(|(n, _)| n).sum::<i64>(), total, "no doubled rows");
+
+    // Readings written while an export runs, one transaction after another: the export reads
+    // one snapshot of the database in all its tasks (and the comparison that chose the days), so
+    // the lake holds the writer's first K readings for one K, on every day, and the next export
+    // adds the rest. Tasks reading at their own moments would each see a different K, and their
+    // rows would disagree with the comparison's counts (the export fails then).
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (during, written) = std::thread::scope(|s| {
+        let writer = s.spawn(|| write_in_sequence(&t, &stop));
+        std::thread::sleep(Duration::from_millis(300));
+        let export = t.run(&["submit", "spark", "--json"]);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        (export, writer.join().unwrap())
+    });
+    assert!(
+        during.status.success(),
+        "the export beside a writer failed:\n{}",
+        String::from_utf8_lossy(&during.stderr)
+    );
+    let seen = lake_view(&t).writer_values;
+    let k = seen.len() as u64;
+    assert!(k >= 1 && k < written, "the export saw {k} of {written} readings written beside it");
+    assert_eq!(seen, (1..=k).map(|i| i as f64).collect::<Vec<_>>(), "one snapshot: the first {k}");
+    let after = t.json(&["submit", "spark", "--json"]);
+    assert!(after["result"]["days_rewritten"].as_u64() >= Some(1), "{after}");
+    let view = lake_view(&t);
+    assert_equal_days(&view.days, &db_days(&t), "after the writer");
+    assert_eq!(view.writer_values, (1..=written).map(|i| i as f64).collect::<Vec<_>>());
+    eprintln!("an export beside a writer saw the first {k} of its {written} readings, the next one the rest");
 
     // And once more: nothing left to do.
     let last = t.json(&["submit", "spark", "--json"]);
