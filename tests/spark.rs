@@ -208,6 +208,15 @@ fn write_in_sequence(t: &TestLab, stop: &std::sync::atomic::AtomicBool) -> u64 {
     })
 }
 
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 fn assert_equal_days(lake: &Days, db: &Days, what: &str) {
     assert_eq!(
         lake.keys().collect::<Vec<_>>(),
@@ -651,9 +660,12 @@ fn late_readings_reach_the_lake_and_concurrent_exports_never_double_rows() {
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (during, written) = std::thread::scope(|s| {
         let writer = s.spawn(|| write_in_sequence(&t, &stop));
+        // Dropped on the way out, also by a panic below: the scope then joins a writer that stops
+        // instead of waiting for it forever.
+        let stop_writer = StopOnDrop(&stop);
         std::thread::sleep(Duration::from_millis(300));
         let export = t.run(&["submit", "spark", "--json"]);
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(stop_writer);
         (export, writer.join().unwrap())
     });
     assert!(
