@@ -443,8 +443,17 @@ mod tests {
         assert!(sql.contains("SET 'execution.checkpointing.dir' = 'file:///var/lib/flink/checkpoints/sensor-aggregation'"), "{sql}");
         let stmts = split_statements(&sql);
         assert_eq!(stmts.iter().filter(|s| kind(s) == "INSERT").count(), 3);
-        // The two functions, the source, two views and three sinks.
-        assert_eq!(stmts.iter().filter(|s| kind(s) == "CREATE").count(), 8);
+        // The four functions, the source, two views and three sinks.
+        assert_eq!(stmts.iter().filter(|s| kind(s) == "CREATE").count(), 10);
+        // The timestamp is parsed in one place, only when the thread has not just parsed it.
+        assert_eq!(sql.matches("TO_TIMESTAMP(").count(), 1, "{sql}");
+        let event_time = &sql[sql.find("event_time AS").unwrap()..];
+        let event_time = &event_time[..event_time.find("\n  WATERMARK").unwrap()];
+        assert!(
+            event_time.starts_with("event_time AS CASE\n    WHEN recall_time("),
+            "{event_time}"
+        );
+        assert!(event_time.contains("THEN remember_time("), "{event_time}");
         // The watermark names the event time once (each mention would parse it again).
         let source = stmts.iter().find(|s| s.contains("CREATE TABLE sensor_readings")).unwrap();
         let watermark = &source[source.find("WATERMARK FOR").unwrap()..];
